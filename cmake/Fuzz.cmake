@@ -1,0 +1,17 @@
+# libFuzzer targets: configure with clang (see the "fuzz" preset). Each tests/fuzz/*_fuzz.cpp is one
+# target linked against the engine sources it needs, built with ASan + UBSan.
+option(KILN_FUZZ "Build libFuzzer targets (needs clang)" OFF)
+if(KILN_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "kiln: KILN_FUZZ needs clang (apt-get install clang); use the 'fuzz' preset")
+  endif()
+  file(GLOB KILN_FUZZ_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/fuzz/*_fuzz.cpp)
+  foreach(src ${KILN_FUZZ_SOURCES})
+    get_filename_component(name ${src} NAME_WE)
+    add_executable(${name} ${src})
+    target_link_libraries(${name} PRIVATE engine)
+    target_compile_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+    target_link_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+  endforeach()
+  target_compile_options(engine_objects PRIVATE -fsanitize=fuzzer-no-link,address,undefined)
+endif()

@@ -1,0 +1,20 @@
+add_library(kiln_warnings INTERFACE)
+target_compile_options(kiln_warnings INTERFACE -Wall -Wextra)
+if(KILN_WERROR)
+  target_compile_options(kiln_warnings INTERFACE -Werror)
+endif()
+if(KILN_SANITIZE)
+  target_compile_options(kiln_warnings INTERFACE -fsanitize=address,undefined -fno-omit-frame-pointer
+                                                 -fno-sanitize-recover=undefined)
+  target_link_options(kiln_warnings INTERFACE -fsanitize=address,undefined)
+endif()
+
+# Hot code (kernels, engine) is built with -O3 even in RelWithDebInfo-style builds.
+function(kiln_optimise target)
+  if(CMAKE_BUILD_TYPE MATCHES "Release|RelWithDebInfo")
+    target_compile_options(${target} PRIVATE -O3)
+  endif()
+  if(KILN_NATIVE)
+    target_compile_options(${target} PRIVATE -march=native)
+  endif()
+endfunction()

@@ -1,0 +1,46 @@
+// The table of truth for tensor types: GGUF type id, name, elements per block, bytes per block.
+// Everything that sizes, reads or converts a tensor asks this table (the GGUF reader included).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace kiln {
+
+// Values are the GGUF (ggml) type ids stored in files.
+enum class TensorType : uint32_t {
+    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3,
+    Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
+    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
+    IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22,
+    IQ4_XS = 23, I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30,
+    TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39,
+};
+
+struct TypeTraits {
+    TensorType type;
+    const char* name;       // as llama.cpp / gguf-py print it: "f32", "q4_K", "iq4_xs", "mxfp4"
+    uint32_t block_size;    // elements per block
+    uint32_t type_size;     // bytes per block
+    bool can_dequantize;    // a reference dequantize_row exists
+    bool can_quantize;      // a reference quantize_row exists
+};
+
+// nullptr when the id is not a known type.
+const TypeTraits* type_traits(uint32_t type_id);
+// Throws kiln::Error naming the id (and `what`, e.g. "tensor 'blk.0.attn_q.weight'") when unknown.
+const TypeTraits& type_traits_or_throw(uint32_t type_id, std::string_view what = {});
+inline const TypeTraits& traits(TensorType t) { return *type_traits(static_cast<uint32_t>(t)); }
+const char* type_name(TensorType t);
+std::optional<TensorType> type_from_name(std::string_view name);  // case-insensitive
+
+// Bytes of a row of n elements; nullopt when n is not a whole number of blocks.
+std::optional<uint64_t> row_bytes(TensorType t, uint64_t n);
+
+// Every known type, in id order (for tables and tests).
+const TypeTraits* all_types(size_t* count);
+
+}  // namespace kiln
