@@ -1,0 +1,43 @@
+// A small argument parser with llama.cpp-style flags (-m, -p, -n, -c, -t ...). Unknown flags and
+// bad values are errors that name the flag.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace kiln::cli {
+
+class Args {
+public:
+    Args(std::string command, std::string usage) : command_(std::move(command)), usage_(std::move(usage)) {}
+
+    // Register options. `names` is a list like {"-m", "--model"}.
+    void flag(std::vector<std::string> names, bool* out, std::string help);
+    void option(std::vector<std::string> names, std::string* out, std::string metavar, std::string help);
+    void option(std::vector<std::string> names, int64_t* out, std::string metavar, std::string help);
+    void option(std::vector<std::string> names, int* out, std::string metavar, std::string help);
+    void option(std::vector<std::string> names, double* out, std::string metavar, std::string help);
+    void option(std::vector<std::string> names, float* out, std::string metavar, std::string help);
+    // Positional arguments are collected in order.
+    void positional(std::vector<std::string>* out) { positional_ = out; }
+
+    // Parses; on error throws kiln::Error. Returns false when --help was asked (help printed).
+    bool parse(const std::vector<std::string>& args);
+    std::string help() const;
+
+private:
+    struct Opt {
+        std::vector<std::string> names;
+        std::string metavar, help;
+        std::function<void(const std::string&)> set;  // null for flags
+        bool* flag = nullptr;
+    };
+    const Opt* lookup(const std::string& name) const;
+    std::string command_, usage_;
+    std::vector<Opt> opts_;
+    std::vector<std::string>* positional_ = nullptr;
+};
+
+}  // namespace kiln::cli
