@@ -1,0 +1,66 @@
+// Backend: executes graphs (engine/graph/graph.h). A backend compiles a graph once per batch shape
+// (planning all of its buffers then) and runs the result for every batch of that shape; a run
+// allocates nothing. The KV cache memory belongs to the backend (it lives where the attention runs);
+// engine/runtime/ keeps the bookkeeping (which slots are used).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "graph/graph.h"
+#include "kiln/types.h"
+
+namespace kiln::backend {
+
+// Shape of the KV cache: one entry per layer, n_ctx slots each.
+struct KvLayerShape {
+    int n_head_kv = 0;
+    int head_dim_k = 0;
+    int head_dim_v = 0;
+};
+struct KvLayout {
+    std::vector<KvLayerShape> layers;
+    int64_t n_ctx = 0;
+    KvType type = KvType::F16;
+
+    size_t bytes() const;  // total memory of K and V over all layers
+};
+
+// Backend-owned KV memory for one context.
+class KvBuffers {
+public:
+    virtual ~KvBuffers() = default;
+    virtual const KvLayout& layout() const = 0;
+};
+
+struct RunArgs {
+    KvBuffers* kv = nullptr;  // required when the graph has StoreKV/Attention nodes
+    int64_t kv_base = 0;      // cache slot of the batch's first token; token t goes to slot kv_base + t
+};
+
+// A compiled graph: its buffers are planned and allocated; run() can be called any number of times.
+class Executable {
+public:
+    virtual ~Executable() = default;
+    virtual const graph::Graph& graph() const = 0;
+    // Copies `bytes` into the input tensor `id` (exactly its size).
+    virtual void set_input(graph::TensorId id, const void* data, size_t bytes) = 0;
+    virtual void run(const RunArgs& args) = 0;
+    // An output tensor's data after run() (ne1 rows of ne0 floats), valid until the next run.
+    virtual const float* output(graph::TensorId id) const = 0;
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual const char* name() const = 0;
+    virtual std::unique_ptr<Executable> compile(graph::Graph g) = 0;
+    virtual std::unique_ptr<KvBuffers> alloc_kv(const KvLayout& layout) = 0;
+};
+
+// The CPU backend: kernels/ on one thread pool of n_threads (0: all hardware threads).
+std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+
+}  // namespace kiln::backend

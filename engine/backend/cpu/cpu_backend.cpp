@@ -1,0 +1,436 @@
+// CPU backend: runs a graph node by node with kernels/ on one thread pool.
+//
+// Memory: every executable's values live in one workspace owned by the backend (runs are sequential
+// within a context, so executables of different batch shapes share it); the workspace, the matmul
+// scratch and the attention scratch are sized when a graph is compiled or a KV cache allocated.
+// run() allocates nothing.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels_shim.h"
+#include "kiln/error.h"
+#include "quant/quant.h"
+
+namespace kiln::backend {
+
+size_t KvLayout::bytes() const {
+    const size_t el = type == KvType::F16 ? 2 : 4;
+    size_t total = 0;
+    for (const KvLayerShape& l : layers)
+        total += static_cast<size_t>(n_ctx) * static_cast<size_t>(l.n_head_kv) *
+                 static_cast<size_t>(l.head_dim_k + l.head_dim_v) * el;
+    return total;
+}
+
+namespace {
+
+using graph::Node;
+using graph::Op;
+using graph::Tensor;
+using graph::TensorId;
+using graph::TensorKind;
+
+struct AlignedFree {
+    void operator()(void* p) const { std::free(p); }
+};
+using AlignedBuf = std::unique_ptr<uint8_t, AlignedFree>;
+
+AlignedBuf aligned_bytes(size_t n) {
+    n = std::max<size_t>(64, (n + 63) / 64 * 64);
+    void* p = std::aligned_alloc(64, n);
+    if (!p) throw Error(fmt::format("cpu backend: out of memory allocating {} bytes", n));
+    return AlignedBuf(static_cast<uint8_t*>(p));
+}
+
+// K and V of every layer, one row per slot: row = n_head_kv heads of head_dim elements.
+class CpuKv final : public KvBuffers {
+public:
+    CpuKv(const KvLayout& layout, int n_threads) : layout_(layout) {
+        const size_t el = layout.type == KvType::F16 ? 2 : 4;
+        for (const KvLayerShape& l : layout.layers) {
+            k_.push_back(aligned_bytes(static_cast<size_t>(layout.n_ctx) * l.n_head_kv * l.head_dim_k * el));
+            v_.push_back(aligned_bytes(static_cast<size_t>(layout.n_ctx) * l.n_head_kv * l.head_dim_v * el));
+            max_dv_ = std::max(max_dv_, l.head_dim_v);
+        }
+        // Per thread: the scores of one query head over the whole context.
+        scores_stride_ = static_cast<size_t>(layout.n_ctx + 16);
+        scores_ = aligned_bytes(scores_stride_ * sizeof(float) * static_cast<size_t>(n_threads));
+    }
+    const KvLayout& layout() const override { return layout_; }
+    uint8_t* k(int layer) { return k_[static_cast<size_t>(layer)].get(); }
+    uint8_t* v(int layer) { return v_[static_cast<size_t>(layer)].get(); }
+    float* scores(int thread) { return reinterpret_cast<float*>(scores_.get()) + scores_stride_ * static_cast<size_t>(thread); }
+
+private:
+    KvLayout layout_;
+    std::vector<AlignedBuf> k_, v_;
+    AlignedBuf scores_;
+    size_t scores_stride_ = 0;
+    int max_dv_ = 0;
+};
+
+class CpuBackend;
+
+class CpuExecutable final : public Executable {
+public:
+    CpuExecutable(CpuBackend& be, graph::Graph g);
+    const graph::Graph& graph() const override { return g_; }
+    void set_input(TensorId id, const void* data, size_t bytes) override;
+    void run(const RunArgs& args) override;
+    const float* output(TensorId id) const override;
+
+private:
+    float* f32(TensorId id) const;
+    const int32_t* i32(TensorId id) const { return reinterpret_cast<const int32_t*>(f32(id)); }
+    void run_node(const Node& n, const RunArgs& args);
+    void get_rows(const Node& n);
+    void matmul(const Node& n);
+    void binary(const Node& n);
+    void rms_norm(const Node& n);
+    void rope(const Node& n);
+    void store_kv(const Node& n, CpuKv& kv, int64_t base);
+    void attention(const Node& n, CpuKv& kv, int64_t base);
+    void unary(const Node& n);
+
+    CpuBackend& be_;
+    graph::Graph g_;
+    graph::Plan plan_;
+};
+
+class CpuBackend final : public Backend {
+public:
+    explicit CpuBackend(int n_threads) : pool_(n_threads) {}
+    const char* name() const override { return "cpu"; }
+
+    std::unique_ptr<Executable> compile(graph::Graph g) override {
+        return std::make_unique<CpuExecutable>(*this, std::move(g));
+    }
+    std::unique_ptr<KvBuffers> alloc_kv(const KvLayout& layout) override {
+        return std::make_unique<CpuKv>(layout, pool_.size());
+    }
+
+    void reserve(size_t workspace, size_t scratch) {
+        if (workspace > workspace_size_) {
+            workspace_ = aligned_bytes(workspace);
+            workspace_size_ = workspace;
+        }
+        if (scratch > scratch_size_) {
+            scratch_ = aligned_bytes(scratch);
+            scratch_size_ = scratch;
+        }
+    }
+    uint8_t* workspace() const { return workspace_.get(); }
+    void* scratch() const { return scratch_.get(); }
+    ThreadPool& pool() { return pool_; }
+
+private:
+    ThreadPool pool_;
+    AlignedBuf workspace_, scratch_;
+    size_t workspace_size_ = 0, scratch_size_ = 0;
+};
+
+// Splits [0, n) over the pool only when there is enough work to pay for waking the threads.
+template <class F>
+void maybe_parallel(ThreadPool& pool, int64_t n, int64_t work_per_item, F&& fn) {
+    if (n * work_per_item < 32768 || n == 1) {
+        fn(int64_t{0}, n, 0);
+        return;
+    }
+    pool.parallel_for(n, [&](int64_t b, int64_t e, int th) { fn(b, e, th); });
+}
+
+CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
+    plan_ = graph::plan_buffers(g_, 64);
+    size_t scratch = 0;
+    for (const Node& n : g_.nodes()) {
+        if (n.op != Op::MatMul) continue;
+        const Tensor& w = g_.tensor(n.src[0]);
+        const Tensor& x = g_.tensor(n.src[1]);
+        scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, x.ne1, be_.pool().size()));
+    }
+    // GetRows of a quantized table dequantizes through the same scratch (one row per thread).
+    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch);
+}
+
+float* CpuExecutable::f32(TensorId id) const {
+    const int64_t off = plan_.offset[static_cast<size_t>(id)];
+    return reinterpret_cast<float*>(be_.workspace() + off);
+}
+
+void CpuExecutable::set_input(TensorId id, const void* data, size_t bytes) {
+    const Tensor& t = g_.tensor(id);
+    if (t.kind != TensorKind::Input) throw Error(fmt::format("cpu backend: tensor {} is not an input", id));
+    const size_t want = static_cast<size_t>(t.n_elements()) * 4;
+    if (bytes != want)
+        throw Error(fmt::format("cpu backend: input '{}' takes {} bytes, got {}", t.name, want, bytes));
+    std::memcpy(f32(id), data, bytes);
+}
+
+const float* CpuExecutable::output(TensorId id) const {
+    if (g_.tensor(id).kind != TensorKind::Output) throw Error(fmt::format("cpu backend: tensor {} is not an output", id));
+    return f32(id);
+}
+
+void CpuExecutable::run(const RunArgs& args) {
+    for (const Node& n : g_.nodes()) run_node(n, args);
+}
+
+void CpuExecutable::run_node(const Node& n, const RunArgs& args) {
+    switch (n.op) {
+        case Op::GetRows: return get_rows(n);
+        case Op::MatMul: return matmul(n);
+        case Op::Add:
+        case Op::Mul: return binary(n);
+        case Op::RmsNorm: return rms_norm(n);
+        case Op::Rope: return rope(n);
+        case Op::StoreKV:
+        case Op::Attention: {
+            if (!args.kv) throw Error(fmt::format("cpu backend: {} needs a KV cache", graph::op_name(n.op)));
+            auto& kv = static_cast<CpuKv&>(*args.kv);
+            if (n.op == Op::StoreKV) return store_kv(n, kv, args.kv_base);
+            return attention(n, kv, args.kv_base);
+        }
+        case Op::SwiGLU:
+        case Op::Silu:
+        case Op::Scale:
+        case Op::Rows: return unary(n);
+    }
+}
+
+void CpuExecutable::get_rows(const Node& n) {
+    const Tensor& w = g_.tensor(n.src[0]);
+    const Tensor& dst = g_.tensor(n.dst);
+    const int32_t* ids = i32(n.src[1]);
+    float* out = f32(n.dst);
+    const uint64_t rb = *row_bytes(w.wtype, static_cast<uint64_t>(w.ne0));
+    for (int64_t t = 0; t < dst.ne1; ++t) {
+        const int32_t id = ids[t];
+        if (id < 0 || id >= w.ne1)
+            throw Error(fmt::format("token id {} is out of range for '{}' ({} rows)", id, w.name, w.ne1));
+        const uint8_t* row = static_cast<const uint8_t*>(w.data) + rb * static_cast<uint64_t>(id);
+        float* o = out + t * dst.ne0;
+        if (w.wtype == TensorType::F16) {
+            const auto* h = reinterpret_cast<const uint16_t*>(row);
+            for (int64_t i = 0; i < w.ne0; ++i) o[i] = shim_fp16_to_fp32(h[i]);
+        } else {
+            dequantize_row(w.wtype, row, o, w.ne0);
+        }
+    }
+}
+
+void CpuExecutable::matmul(const Node& n) {
+    const Tensor& w = g_.tensor(n.src[0]);
+    const Tensor& x = g_.tensor(n.src[1]);
+    kernels::matmul(w.wtype, w.data, w.ne1, w.ne0, f32(n.src[1]), x.ne1, f32(n.dst), be_.scratch(), be_.pool());
+}
+
+void CpuExecutable::binary(const Node& n) {
+    const Tensor& a = g_.tensor(n.src[0]);
+    const Tensor& b = g_.tensor(n.src[1]);
+    const float* pa = f32(n.src[0]);
+    const float* pb = b.kind == TensorKind::Weight ? static_cast<const float*>(b.data) : f32(n.src[1]);
+    if (b.kind == TensorKind::Weight && b.wtype != TensorType::F32)
+        throw Error(fmt::format("cpu backend: {} with weight '{}' of type {} (f32 expected)", graph::op_name(n.op),
+                                b.name, type_name(b.wtype)));
+    float* d = f32(n.dst);
+    const int64_t ne0 = a.ne0;
+    const bool bcast = b.ne1 == 1;
+    const bool is_add = n.op == Op::Add;
+    maybe_parallel(be_.pool(), a.ne1, ne0, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const float* x = pa + r * ne0;
+            const float* y = pb + (bcast ? 0 : r * ne0);
+            float* o = d + r * ne0;
+            if (is_add)
+                for (int64_t i = 0; i < ne0; ++i) o[i] = x[i] + y[i];
+            else
+                for (int64_t i = 0; i < ne0; ++i) o[i] = x[i] * y[i];
+        }
+    });
+}
+
+void CpuExecutable::rms_norm(const Node& n) {
+    const Tensor& x = g_.tensor(n.src[0]);
+    const float* px = f32(n.src[0]);
+    const float* pw = nullptr;
+    if (n.src[1] != graph::kNone) {
+        const Tensor& w = g_.tensor(n.src[1]);
+        pw = w.kind == TensorKind::Weight ? static_cast<const float*>(w.data) : f32(n.src[1]);
+    }
+    float* d = f32(n.dst);
+    const int64_t ne0 = x.ne0;
+    const float eps = n.f;
+    maybe_parallel(be_.pool(), x.ne1, ne0, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) kernels::rms_norm(px + r * ne0, pw, d + r * ne0, ne0, eps);
+    });
+}
+
+void CpuExecutable::rope(const Node& n) {
+    const Tensor& x = g_.tensor(n.src[0]);
+    const graph::RopeParams& p = n.rope;
+    const float* px = f32(n.src[0]);
+    const int32_t* pos = i32(n.src[1]);
+    float* d = f32(n.dst);
+    const int64_t ne0 = x.ne0;
+    const int half = p.n_dims / 2;
+    // theta_i = pos * freq_scale * base^(-2i / n_dims), i < n_dims / 2
+    maybe_parallel(be_.pool(), x.ne1, ne0 * 8, [&](int64_t r0, int64_t r1, int) {
+        float cs[512], sn[512];  // n_dims / 2 <= 512 (head sizes up to 1024)
+        for (int64_t r = r0; r < r1; ++r) {
+            const double position = static_cast<double>(pos[r]) * p.freq_scale;
+            for (int i = 0; i < half; ++i) {
+                const double theta = position * std::pow(static_cast<double>(p.freq_base), -2.0 * i / p.n_dims);
+                cs[i] = static_cast<float>(std::cos(theta));
+                sn[i] = static_cast<float>(std::sin(theta));
+            }
+            const float* xr = px + r * ne0;
+            float* dr = d + r * ne0;
+            for (int h = 0; h < p.n_head; ++h) {
+                const float* xh = xr + static_cast<int64_t>(h) * p.head_dim;
+                float* dh = dr + static_cast<int64_t>(h) * p.head_dim;
+                if (p.mode == graph::RopeMode::Normal) {
+                    for (int i = 0; i < half; ++i) {
+                        const float a = xh[2 * i], b = xh[2 * i + 1];
+                        dh[2 * i] = a * cs[i] - b * sn[i];
+                        dh[2 * i + 1] = a * sn[i] + b * cs[i];
+                    }
+                } else {
+                    for (int i = 0; i < half; ++i) {
+                        const float a = xh[i], b = xh[i + half];
+                        dh[i] = a * cs[i] - b * sn[i];
+                        dh[i + half] = a * sn[i] + b * cs[i];
+                    }
+                }
+                for (int i = p.n_dims; i < p.head_dim; ++i) dh[i] = xh[i];
+            }
+        }
+    });
+}
+
+void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
+    const graph::AttentionParams& p = n.attn;
+    const Tensor& k = g_.tensor(n.src[0]);
+    const KvLayout& L = kv.layout();
+    const int64_t n_tok = k.ne1;
+    if (base < 0 || base + n_tok > L.n_ctx)
+        throw Error(fmt::format("cpu backend: KV slots [{}, {}) outside the cache of {}", base, base + n_tok, L.n_ctx));
+    const int64_t kw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_k;
+    const int64_t vw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_v;
+    const float* pk = f32(n.src[0]);
+    const float* pv = f32(n.src[1]);
+    if (L.type == KvType::F16) {
+        auto* ck = reinterpret_cast<uint16_t*>(kv.k(p.layer)) + base * kw;
+        auto* cv = reinterpret_cast<uint16_t*>(kv.v(p.layer)) + base * vw;
+        for (int64_t i = 0; i < n_tok * kw; ++i) ck[i] = shim_fp32_to_fp16(pk[i]);
+        for (int64_t i = 0; i < n_tok * vw; ++i) cv[i] = shim_fp32_to_fp16(pv[i]);
+    } else {
+        std::memcpy(reinterpret_cast<float*>(kv.k(p.layer)) + base * kw, pk, static_cast<size_t>(n_tok * kw) * 4);
+        std::memcpy(reinterpret_cast<float*>(kv.v(p.layer)) + base * vw, pv, static_cast<size_t>(n_tok * vw) * 4);
+    }
+}
+
+// Token t (slot base + t) attends to slots [start, base + t], start = 0 or the window's first slot.
+void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
+    const graph::AttentionParams& p = n.attn;
+    const Tensor& q = g_.tensor(n.src[0]);
+    const KvLayout& L = kv.layout();
+    const int64_t n_tok = q.ne1;
+    if (base < 0 || base + n_tok > L.n_ctx)
+        throw Error(fmt::format("cpu backend: attention over slots [0, {}) outside the cache of {}", base + n_tok, L.n_ctx));
+    const int dk = p.head_dim_k, dv = p.head_dim_v;
+    const int group = p.n_head / p.n_head_kv;
+    const int64_t kw = static_cast<int64_t>(p.n_head_kv) * dk;
+    const int64_t vw = static_cast<int64_t>(p.n_head_kv) * dv;
+    const float* pq = f32(n.src[0]);
+    float* out = f32(n.dst);
+    const bool f16 = L.type == KvType::F16;
+    const uint8_t* kbase = kv.k(p.layer);
+    const uint8_t* vbase = kv.v(p.layer);
+    const int64_t items = n_tok * p.n_head;
+
+    be_.pool().parallel_for(items, [&](int64_t b, int64_t e, int th) {
+        float* scores = kv.scores(th);
+        for (int64_t it = b; it < e; ++it) {
+            const int64_t t = it / p.n_head;
+            const int h = static_cast<int>(it % p.n_head);
+            const int kvh = h / group;
+            const int64_t last = base + t;  // inclusive
+            const int64_t first = p.window > 0 ? std::max<int64_t>(0, last - p.window + 1) : 0;
+            const float* qh = pq + t * q.ne0 + static_cast<int64_t>(h) * dk;
+            float* oh = out + t * (static_cast<int64_t>(p.n_head) * dv) + static_cast<int64_t>(h) * dv;
+
+            float mx = -INFINITY;
+            for (int64_t j = first; j <= last; ++j) {
+                float s;
+                if (f16) {
+                    s = kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + j * kw + kvh * dk, dk);
+                } else {
+                    const float* kr = reinterpret_cast<const float*>(kbase) + j * kw + kvh * dk;
+                    s = 0;
+                    for (int i = 0; i < dk; ++i) s += qh[i] * kr[i];
+                }
+                s *= p.scale;
+                scores[j - first] = s;
+                mx = std::max(mx, s);
+            }
+            const int64_t len = last - first + 1;
+            float sum = 0;
+            for (int64_t j = 0; j < len; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+            const float inv = 1.0f / sum;
+
+            std::fill(oh, oh + dv, 0.0f);
+            for (int64_t j = 0; j < len; ++j) {
+                const float w = scores[j] * inv;
+                const int64_t slot = first + j;
+                if (f16) {
+                    kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(vbase) + slot * vw + kvh * dv, oh, dv);
+                } else {
+                    const float* vr = reinterpret_cast<const float*>(vbase) + slot * vw + kvh * dv;
+                    for (int i = 0; i < dv; ++i) oh[i] += w * vr[i];
+                }
+            }
+        }
+    });
+}
+
+void CpuExecutable::unary(const Node& n) {
+    const Tensor& dst = g_.tensor(n.dst);
+    const float* a = f32(n.src[0]);
+    float* d = f32(n.dst);
+    const int64_t ne0 = dst.ne0;
+    switch (n.op) {
+        case Op::Rows:
+            std::memcpy(d, a + n.i0 * ne0, static_cast<size_t>(dst.n_elements()) * 4);
+            return;
+        case Op::SwiGLU: {
+            const float* u = f32(n.src[1]);
+            maybe_parallel(be_.pool(), dst.ne1, ne0 * 4, [&](int64_t r0, int64_t r1, int) {
+                for (int64_t i = r0 * ne0; i < r1 * ne0; ++i) d[i] = a[i] / (1.0f + std::exp(-a[i])) * u[i];
+            });
+            return;
+        }
+        case Op::Silu:
+            for (int64_t i = 0; i < dst.n_elements(); ++i) d[i] = a[i] / (1.0f + std::exp(-a[i]));
+            return;
+        case Op::Scale:
+            for (int64_t i = 0; i < dst.n_elements(); ++i) d[i] = a[i] * n.f;
+            return;
+        default:
+            throw Error(fmt::format("cpu backend: op {} not handled", graph::op_name(n.op)));
+    }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) {
+    if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    return std::make_unique<CpuBackend>(n_threads);
+}
+
+}  // namespace kiln::backend

@@ -1,0 +1,55 @@
+// kiln public API: an inference context (one sequence, its KV cache and its logits).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "kiln/model.h"
+#include "kiln/types.h"
+
+namespace kiln {
+
+struct ContextOptions {
+    int64_t n_ctx = 0;      // tokens the KV cache holds (0: the model's trained context, at most 4096)
+    int n_threads = 0;      // 0: the model's default (LoadOptions::n_threads, else all cores)
+    int64_t n_batch = 512;  // tokens per forward pass when a prompt is decoded
+    KvType kv_type = KvType::F16;
+    std::string backend = "cpu";  // "cpu" ("vulkan" is not available yet)
+};
+
+class Context {
+public:
+    explicit Context(const Model& model, const ContextOptions& options = {});
+    ~Context();
+    Context(Context&&) noexcept;
+    Context& operator=(Context&&) noexcept;
+
+    // Appends `tokens` to the sequence and runs the forward pass over them, n_batch tokens per
+    // pass. Afterwards logits(i) holds row i of this call's tokens when all_logits is true, else
+    // only the last token's row (logits() / logits(-1)). Throws kiln::Error when the tokens do not
+    // fit in the context (naming both numbers) or a token id is out of the vocabulary; the
+    // context is then unchanged.
+    void decode(std::span<const int32_t> tokens, bool all_logits = false);
+
+    // Logits (n_vocab floats) of token i of the last decode() call; -1 is its last token. Valid
+    // until the next decode() or clear().
+    std::span<const float> logits(int64_t i = -1) const;
+    int64_t n_logits() const;  // rows available from the last decode()
+
+    int64_t n_past() const;   // tokens in the context (= position of the next token)
+    int64_t n_ctx() const;
+    int64_t n_vocab() const;
+    size_t kv_bytes() const;  // memory of the KV cache
+    // Forgets the sequence (the KV cache memory is kept for the next one).
+    void clear();
+
+    const Model& model() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kiln

@@ -1,0 +1,8 @@
+// kiln: the whole public C++ API.
+#pragma once
+
+#include "kiln/context.h"
+#include "kiln/error.h"
+#include "kiln/model.h"
+#include "kiln/types.h"
+#include "kiln/version.h"

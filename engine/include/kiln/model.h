@@ -1,0 +1,62 @@
+// kiln public API: a loaded model.
+//
+//   kiln::Model model = kiln::Model::load("model.gguf");
+//   kiln::Context ctx(model, {.n_ctx = 2048});
+//   ctx.decode(tokens);                     // the whole prompt, in batches of n_batch
+//   std::span<const float> row = ctx.logits();   // the last token's logits
+//
+// A Model is a cheap handle (copies share the same loaded file); it stays alive as long as any
+// copy or any Context made from it. Every failure is a kiln::Error with a message for the user.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+struct LoadOptions {
+    // Called while loading with the fraction done (0..1); return false to cancel (load() then
+    // throws kiln::Error "loading ... cancelled").
+    std::function<bool(float)> progress;
+    // Threads for load-time work and the default for contexts of this model (0: all cores).
+    int n_threads = 0;
+};
+
+struct ModelInfo {
+    std::string path;
+    std::string arch;          // general.architecture, e.g. "llama"
+    std::string name;          // general.name (may be empty)
+    int64_t n_vocab = 0;
+    int64_t n_ctx_train = 0;   // context length the model was trained with (0 if unknown)
+    int64_t n_embd = 0;
+    int64_t n_layer = 0;
+    int64_t n_head = 0;
+    int64_t n_head_kv = 0;
+    int64_t head_dim = 0;
+    int64_t n_ff = 0;
+    uint64_t n_params = 0;     // elements over all weights
+    uint64_t weight_bytes = 0; // bytes of all weights as stored
+    std::string weight_types;  // e.g. "q4_K:113 q6_K:1 f32:9"
+};
+
+class Model {
+public:
+    // Maps the GGUF file and binds the weights of its architecture. Throws kiln::Error naming the
+    // file and what is wrong (unknown architecture, missing or mis-shaped tensor, bad metadata).
+    static Model load(const std::string& path, const LoadOptions& options = {});
+
+    const ModelInfo& info() const;
+    int default_threads() const;
+
+    struct Impl;  // engine-internal
+    const std::shared_ptr<const Impl>& impl() const { return impl_; }
+
+private:
+    explicit Model(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+    std::shared_ptr<const Impl> impl_;
+};
+
+}  // namespace kiln

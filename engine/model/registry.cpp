@@ -1,0 +1,36 @@
+// general.architecture -> the file under engine/model/arch/ that builds it. Adding an architecture
+// is one file there plus one line here.
+#include <fmt/format.h>
+
+#include "kiln/error.h"
+#include "model/architecture.h"
+
+namespace kiln::model {
+
+namespace {
+struct Entry {
+    const char* name;
+    ArchitectureLoader load;
+};
+constexpr Entry kArchitectures[] = {
+    {"llama", &load_llama},
+    {"qwen2", &load_qwen2},
+};
+}  // namespace
+
+std::vector<std::string> supported_architectures() {
+    std::vector<std::string> out;
+    for (const Entry& e : kArchitectures) out.emplace_back(e.name);
+    return out;
+}
+
+std::unique_ptr<Architecture> load_architecture(const gguf::File& f) {
+    const std::string arch = f.architecture();
+    for (const Entry& e : kArchitectures)
+        if (arch == e.name) return e.load(f);
+    throw Error(fmt::format("{}: architecture '{}' is not supported (supported: {})", f.path(),
+                            arch.empty() ? "<none: general.architecture is missing>" : arch,
+                            fmt::join(supported_architectures(), ", ")));
+}
+
+}  // namespace kiln::model

@@ -1,0 +1,50 @@
+// Binding of weight tensors by name, with shape and type checks. A model file that lacks a tensor
+// or holds one of the wrong shape is refused with a message naming the tensor, the expected and
+// the actual shape.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf.h"
+#include "graph/graph.h"
+
+namespace kiln::model {
+
+// A weight in the model file: 1-D (ne1 == 1) or 2-D, any stored type.
+struct Weight {
+    const gguf::TensorInfo* info = nullptr;  // null: absent (optional weight)
+    int64_t ne0 = 0, ne1 = 0;
+
+    explicit operator bool() const { return info != nullptr; }
+    const std::string& name() const { return info->name; }
+    TensorType type() const { return info->type; }
+    // Adds it to a graph as a leaf.
+    graph::TensorId in(graph::Graph& g) const;
+};
+
+class WeightBinder {
+public:
+    explicit WeightBinder(const gguf::File& f) : f_(f) {}
+
+    // `shape` in ggml order: {row length} or {row length, rows}. Throws kiln::Error when missing
+    // or mis-shaped. Row-wise tensors (norms, biases) must be f32.
+    Weight require(const std::string& name, std::vector<int64_t> shape);
+    // As require(), but an absent tensor gives an empty Weight.
+    Weight optional(const std::string& name, std::vector<int64_t> shape);
+    // "blk.%d.<suffix>" helpers.
+    static std::string layer(int64_t il, const char* suffix);
+
+    // Every tensor bound so far (to report unused ones, count bytes).
+    size_t n_bound() const { return n_bound_; }
+    uint64_t bytes_bound() const { return bytes_bound_; }
+
+private:
+    Weight bind(const gguf::TensorInfo& t, const std::vector<int64_t>& shape);
+    const gguf::File& f_;
+    size_t n_bound_ = 0;
+    uint64_t bytes_bound_ = 0;
+};
+
+}  // namespace kiln::model

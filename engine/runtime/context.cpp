@@ -1,0 +1,156 @@
+// kiln::Context: one sequence on one backend. Owns the KV cache and the compiled graphs of the
+// batch shapes it has seen (the decode shape is compiled once and reused for every token).
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "backend/backend.h"
+#include "kiln/context.h"
+#include "kiln/error.h"
+#include "model/model_impl.h"
+#include "runtime/kv_cache.h"
+
+namespace kiln {
+
+namespace {
+// Prompt chunk shapes other than the decode shape kept compiled (least recently used dropped).
+constexpr size_t kMaxCachedShapes = 4;
+}  // namespace
+
+struct Context::Impl {
+    Model model;
+    const Model::Impl& m;
+    ContextOptions opt;
+    std::unique_ptr<backend::Backend> backend;
+    std::unique_ptr<runtime::KvCache> kv;
+
+    struct Compiled {
+        std::unique_ptr<backend::Executable> exe;
+        graph::TensorId tokens, positions, logits;
+        uint64_t last_used = 0;
+    };
+    std::map<std::pair<int64_t, int64_t>, Compiled> compiled;  // (n_tokens, n_outputs)
+    uint64_t use_clock = 0;
+
+    std::vector<int32_t> positions;  // n_batch, reused
+    std::vector<float> logits;       // n_logit_rows * n_vocab, grown on demand only
+    int64_t n_logit_rows = 0;
+
+    Impl(const Model& mdl, const ContextOptions& o) : model(mdl), m(*mdl.impl()), opt(o) {}
+
+    Compiled& get(int64_t n_tokens, int64_t n_outputs) {
+        const auto key = std::make_pair(n_tokens, n_outputs);
+        auto it = compiled.find(key);
+        if (it == compiled.end()) {
+            if (compiled.size() > kMaxCachedShapes) {
+                auto victim = compiled.end();
+                for (auto c = compiled.begin(); c != compiled.end(); ++c)
+                    if (c->first.first != 1 && (victim == compiled.end() || c->second.last_used < victim->second.last_used))
+                        victim = c;
+                if (victim != compiled.end()) compiled.erase(victim);
+            }
+            Compiled c;
+            c.exe = backend->compile(m.arch->build({n_tokens, n_outputs}));
+            const graph::Graph& g = c.exe->graph();
+            c.tokens = g.find(model::kInputTokens);
+            c.positions = g.find(model::kInputPositions);
+            c.logits = g.find(model::kOutputLogits);
+            it = compiled.emplace(key, std::move(c)).first;
+        }
+        it->second.last_used = ++use_clock;
+        return it->second;
+    }
+};
+
+Context::Context(const Model& model, const ContextOptions& options) {
+    impl_ = std::make_unique<Impl>(model, options);
+    Impl& c = *impl_;
+    const model::HParams& hp = c.m.arch->hparams();
+    if (c.opt.backend == "vulkan") throw Error("backend 'vulkan' is not available yet (use --backend cpu)");
+    if (c.opt.backend != "cpu") throw Error(fmt::format("unknown backend '{}' (available: cpu)", c.opt.backend));
+    if (c.opt.n_ctx <= 0) c.opt.n_ctx = hp.n_ctx_train > 0 ? std::min<int64_t>(hp.n_ctx_train, 4096) : 4096;
+    if (c.opt.n_batch <= 0) throw Error(fmt::format("n_batch must be positive, got {}", c.opt.n_batch));
+    c.opt.n_batch = std::min(c.opt.n_batch, c.opt.n_ctx);
+    if (c.opt.n_threads <= 0) c.opt.n_threads = model.default_threads();
+
+    c.backend = backend::make_cpu_backend(c.opt.n_threads);
+    backend::KvLayout layout;
+    layout.n_ctx = c.opt.n_ctx;
+    layout.type = c.opt.kv_type;
+    for (int64_t il = 0; il < hp.n_layer; ++il)
+        layout.layers.push_back({static_cast<int>(hp.n_head_kv), static_cast<int>(hp.head_dim_k),
+                                 static_cast<int>(hp.head_dim_v)});
+    c.kv = std::make_unique<runtime::KvCache>(*c.backend, std::move(layout));
+    c.positions.resize(static_cast<size_t>(c.opt.n_batch));
+    c.logits.resize(static_cast<size_t>(hp.n_vocab));
+    // The decode shape is compiled up front: generating a token never compiles or allocates.
+    c.get(1, 1);
+}
+
+Context::~Context() = default;
+Context::Context(Context&&) noexcept = default;
+Context& Context::operator=(Context&&) noexcept = default;
+
+void Context::decode(std::span<const int32_t> tokens, bool all_logits) {
+    Impl& c = *impl_;
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    if (n == 0) throw Error("decode: no tokens given");
+    if (n > c.kv->n_free())
+        throw Error(fmt::format("{} tokens do not fit in the context: {} of {} positions are used, {} free "
+                                "(a larger context needs -c / ContextOptions::n_ctx)",
+                                n, c.kv->n_past(), c.kv->n_ctx(), c.kv->n_free()));
+    const int64_t n_vocab = c.m.arch->hparams().n_vocab;
+    for (int64_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            throw Error(fmt::format("decode: token {} (id {}) is outside the vocabulary of {}", i, tokens[i], n_vocab));
+
+    const int64_t rows = all_logits ? n : 1;
+    if (c.logits.size() < static_cast<size_t>(rows * n_vocab)) c.logits.resize(static_cast<size_t>(rows * n_vocab));
+    c.n_logit_rows = 0;
+
+    for (int64_t start = 0; start < n; start += c.opt.n_batch) {
+        const int64_t len = std::min(c.opt.n_batch, n - start);
+        const bool last_chunk = start + len == n;
+        const int64_t n_out = all_logits ? len : (last_chunk ? 1 : 0);
+        Impl::Compiled& comp = c.get(len, n_out);
+        const int64_t base = c.kv->n_past();
+        for (int64_t t = 0; t < len; ++t) c.positions[static_cast<size_t>(t)] = static_cast<int32_t>(base + t);
+        comp.exe->set_input(comp.tokens, tokens.data() + start, static_cast<size_t>(len) * 4);
+        comp.exe->set_input(comp.positions, c.positions.data(), static_cast<size_t>(len) * 4);
+        backend::RunArgs args;
+        args.kv = &c.kv->buffers();
+        args.kv_base = base;
+        comp.exe->run(args);
+        c.kv->advance(len);
+        if (n_out > 0) {
+            const float* out = comp.exe->output(comp.logits);
+            std::copy(out, out + n_out * n_vocab, c.logits.begin() + c.n_logit_rows * n_vocab);
+            c.n_logit_rows += n_out;
+        }
+    }
+}
+
+std::span<const float> Context::logits(int64_t i) const {
+    const Impl& c = *impl_;
+    if (i < 0) i += c.n_logit_rows;
+    if (i < 0 || i >= c.n_logit_rows)
+        throw Error(fmt::format("logits: row {} requested, the last decode produced {}", i, c.n_logit_rows));
+    const int64_t n_vocab = c.m.arch->hparams().n_vocab;
+    return {c.logits.data() + i * n_vocab, static_cast<size_t>(n_vocab)};
+}
+
+int64_t Context::n_logits() const { return impl_->n_logit_rows; }
+int64_t Context::n_past() const { return impl_->kv->n_past(); }
+int64_t Context::n_ctx() const { return impl_->kv->n_ctx(); }
+int64_t Context::n_vocab() const { return impl_->m.arch->hparams().n_vocab; }
+size_t Context::kv_bytes() const { return impl_->kv->bytes(); }
+const Model& Context::model() const { return impl_->model; }
+
+void Context::clear() {
+    impl_->kv->clear();
+    impl_->n_logit_rows = 0;
+}
+
+}  // namespace kiln
