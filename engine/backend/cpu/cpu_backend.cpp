@@ -215,12 +215,7 @@ void CpuExecutable::get_rows(const Node& n) {
             throw Error(fmt::format("token id {} is out of range for '{}' ({} rows)", id, w.name, w.ne1));
         const uint8_t* row = static_cast<const uint8_t*>(w.data) + rb * static_cast<uint64_t>(id);
         float* o = out + t * dst.ne0;
-        if (w.wtype == TensorType::F16) {
-            const auto* h = reinterpret_cast<const uint16_t*>(row);
-            for (int64_t i = 0; i < w.ne0; ++i) o[i] = shim_fp16_to_fp32(h[i]);
-        } else {
-            dequantize_row(w.wtype, row, o, w.ne0);
-        }
+        dequantize_row(w.wtype, row, o, w.ne0);
     }
 }
 
@@ -327,8 +322,8 @@ void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
     if (L.type == KvType::F16) {
         auto* ck = reinterpret_cast<uint16_t*>(kv.k(p.layer)) + base * kw;
         auto* cv = reinterpret_cast<uint16_t*>(kv.v(p.layer)) + base * vw;
-        for (int64_t i = 0; i < n_tok * kw; ++i) ck[i] = shim_fp32_to_fp16(pk[i]);
-        for (int64_t i = 0; i < n_tok * vw; ++i) cv[i] = shim_fp32_to_fp16(pv[i]);
+        for (int64_t i = 0; i < n_tok * kw; ++i) ck[i] = fp32_to_fp16(pk[i]);
+        for (int64_t i = 0; i < n_tok * vw; ++i) cv[i] = fp32_to_fp16(pv[i]);
     } else {
         std::memcpy(reinterpret_cast<float*>(kv.k(p.layer)) + base * kw, pk, static_cast<size_t>(n_tok * kw) * 4);
         std::memcpy(reinterpret_cast<float*>(kv.v(p.layer)) + base * vw, pv, static_cast<size_t>(n_tok * vw) * 4);

@@ -9,38 +9,6 @@
 
 namespace kiln {
 
-uint16_t shim_fp32_to_fp16(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint32_t sign = (x >> 16) & 0x8000u;
-    const uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
-    if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to inf
-    if (ax < 0x38800000u) {  // subnormal half (or zero)
-        float a;
-        std::memcpy(&a, &ax, 4);
-        return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 0x1p24f)));
-    }
-    const uint32_t mant_odd = (ax >> 13) & 1u;
-    const uint32_t r = ax + 0xfffu + mant_odd;
-    return static_cast<uint16_t>(sign | ((r - (112u << 23)) >> 13));
-}
-
-float shim_fp16_to_fp32(uint16_t h) {
-    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-    const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-    uint32_t bits;
-    if (exp == 0x1f) bits = sign | 0x7f800000u | (mant << 13);
-    else if (exp) bits = sign | ((exp + 112) << 23) | (mant << 13);
-    else {
-        const float f = static_cast<float>(mant) * 0x1p-24f;
-        return sign ? -f : f;
-    }
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-
 ThreadPool::ThreadPool(int n) : n_threads_(std::max(1, n)) {
     for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
@@ -97,14 +65,6 @@ size_t matmul_scratch_bytes(TensorType, int64_t k, int64_t, int n_threads) {
     return static_cast<size_t>(k) * sizeof(float) * static_cast<size_t>(n_threads);
 }
 
-static void to_f32_row(TensorType t, const uint8_t* src, float* dst, int64_t k) {
-    if (t == TensorType::F16) {
-        const auto* h = reinterpret_cast<const uint16_t*>(src);
-        for (int64_t i = 0; i < k; ++i) dst[i] = shim_fp16_to_fp32(h[i]);
-    } else {
-        dequantize_row(t, src, dst, k);
-    }
-}
 
 void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const float* x, int64_t n_tokens,
             float* y, void* scratch, ThreadPool& pool) {
@@ -112,7 +72,7 @@ void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const floa
     pool.parallel_for(rows, [&](int64_t r0, int64_t r1, int th) {
         float* row = static_cast<float*>(scratch) + k * th;
         for (int64_t r = r0; r < r1; ++r) {
-            to_f32_row(wtype, static_cast<const uint8_t*>(w) + rb * r, row, k);
+            dequantize_row(wtype, static_cast<const uint8_t*>(w) + rb * r, row, k);
             for (int64_t t = 0; t < n_tokens; ++t) {
                 const float* xt = x + t * k;
                 float s = 0;
@@ -139,11 +99,11 @@ void softmax_inplace(float* x, int64_t n) {
 }
 float dot_f32_f16(const float* x, const uint16_t* y, int64_t n) {
     float s = 0;
-    for (int64_t i = 0; i < n; ++i) s += x[i] * shim_fp16_to_fp32(y[i]);
+    for (int64_t i = 0; i < n; ++i) s += x[i] * fp16_to_fp32(y[i]);
     return s;
 }
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] += a * shim_fp16_to_fp32(x[i]);
+    for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
 }
 
 }  // namespace kernels

@@ -15,9 +15,6 @@
 
 namespace kiln {
 
-uint16_t shim_fp32_to_fp16(float f);
-float shim_fp16_to_fp32(uint16_t h);
-
 class ThreadPool {
 public:
     explicit ThreadPool(int n_threads);
