@@ -14,6 +14,8 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels_shim.h"
+#include "kernels/ops.h"
+#include "kernels/threadpool.h"
 #include "kiln/error.h"
 #include "quant/quant.h"
 
@@ -135,6 +137,13 @@ private:
     size_t workspace_size_ = 0, scratch_size_ = 0;
 };
 
+// pool.parallel_for through a one-pointer closure: the std::function it takes then fits its
+// small-object buffer, so no call allocates, however much the body captures.
+template <class F>
+void parallel(ThreadPool& pool, int64_t n, F&& fn) {
+    pool.parallel_for(n, [&fn](int64_t b, int64_t e, int th) { fn(b, e, th); });
+}
+
 // Splits [0, n) over the pool only when there is enough work to pay for waking the threads.
 template <class F>
 void maybe_parallel(ThreadPool& pool, int64_t n, int64_t work_per_item, F&& fn) {
@@ -142,7 +151,7 @@ void maybe_parallel(ThreadPool& pool, int64_t n, int64_t work_per_item, F&& fn) 
         fn(int64_t{0}, n, 0);
         return;
     }
-    pool.parallel_for(n, [&](int64_t b, int64_t e, int th) { fn(b, e, th); });
+    parallel(pool, n, fn);
 }
 
 CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
@@ -242,10 +251,8 @@ void CpuExecutable::binary(const Node& n) {
             const float* x = pa + r * ne0;
             const float* y = pb + (bcast ? 0 : r * ne0);
             float* o = d + r * ne0;
-            if (is_add)
-                for (int64_t i = 0; i < ne0; ++i) o[i] = x[i] + y[i];
-            else
-                for (int64_t i = 0; i < ne0; ++i) o[i] = x[i] * y[i];
+            if (is_add) kernels::add(x, y, o, ne0);
+            else kernels::mul(x, y, o, ne0);
         }
     });
 }
@@ -262,7 +269,7 @@ void CpuExecutable::rms_norm(const Node& n) {
     const int64_t ne0 = x.ne0;
     const float eps = n.f;
     maybe_parallel(be_.pool(), x.ne1, ne0, [&](int64_t r0, int64_t r1, int) {
-        for (int64_t r = r0; r < r1; ++r) kernels::rms_norm(px + r * ne0, pw, d + r * ne0, ne0, eps);
+        for (int64_t r = r0; r < r1; ++r) kernels::rms_norm(px + r * ne0, pw, ne0, eps, d + r * ne0);
     });
 }
 
@@ -322,8 +329,8 @@ void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
     if (L.type == KvType::F16) {
         auto* ck = reinterpret_cast<uint16_t*>(kv.k(p.layer)) + base * kw;
         auto* cv = reinterpret_cast<uint16_t*>(kv.v(p.layer)) + base * vw;
-        for (int64_t i = 0; i < n_tok * kw; ++i) ck[i] = fp32_to_fp16(pk[i]);
-        for (int64_t i = 0; i < n_tok * vw; ++i) cv[i] = fp32_to_fp16(pv[i]);
+        kernels::f32_to_f16(pk, ck, n_tok * kw);
+        kernels::f32_to_f16(pv, cv, n_tok * vw);
     } else {
         std::memcpy(reinterpret_cast<float*>(kv.k(p.layer)) + base * kw, pk, static_cast<size_t>(n_tok * kw) * 4);
         std::memcpy(reinterpret_cast<float*>(kv.v(p.layer)) + base * vw, pv, static_cast<size_t>(n_tok * vw) * 4);
@@ -349,7 +356,7 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
     const uint8_t* vbase = kv.v(p.layer);
     const int64_t items = n_tok * p.n_head;
 
-    be_.pool().parallel_for(items, [&](int64_t b, int64_t e, int th) {
+    parallel(be_.pool(), items, [&](int64_t b, int64_t e, int th) {
         float* scores = kv.scores(th);
         for (int64_t it = b; it < e; ++it) {
             const int64_t t = it / p.n_head;
@@ -360,34 +367,23 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
             const float* qh = pq + t * q.ne0 + static_cast<int64_t>(h) * dk;
             float* oh = out + t * (static_cast<int64_t>(p.n_head) * dv) + static_cast<int64_t>(h) * dv;
 
-            float mx = -INFINITY;
             for (int64_t j = first; j <= last; ++j) {
-                float s;
-                if (f16) {
-                    s = kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + j * kw + kvh * dk, dk);
-                } else {
-                    const float* kr = reinterpret_cast<const float*>(kbase) + j * kw + kvh * dk;
-                    s = 0;
-                    for (int i = 0; i < dk; ++i) s += qh[i] * kr[i];
-                }
-                s *= p.scale;
-                scores[j - first] = s;
-                mx = std::max(mx, s);
+                const float s =
+                    f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + j * kw + kvh * dk, dk)
+                        : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + j * kw + kvh * dk, dk);
+                scores[j - first] = s * p.scale;
             }
             const int64_t len = last - first + 1;
-            float sum = 0;
-            for (int64_t j = 0; j < len; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
-            const float inv = 1.0f / sum;
+            kernels::softmax_inplace(scores, len);
 
             std::fill(oh, oh + dv, 0.0f);
             for (int64_t j = 0; j < len; ++j) {
-                const float w = scores[j] * inv;
+                const float w = scores[j];
                 const int64_t slot = first + j;
                 if (f16) {
                     kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(vbase) + slot * vw + kvh * dv, oh, dv);
                 } else {
-                    const float* vr = reinterpret_cast<const float*>(vbase) + slot * vw + kvh * dv;
-                    for (int i = 0; i < dv; ++i) oh[i] += w * vr[i];
+                    kernels::axpy_f32(w, reinterpret_cast<const float*>(vbase) + slot * vw + kvh * dv, oh, dv);
                 }
             }
         }
@@ -406,15 +402,17 @@ void CpuExecutable::unary(const Node& n) {
         case Op::SwiGLU: {
             const float* u = f32(n.src[1]);
             maybe_parallel(be_.pool(), dst.ne1, ne0 * 4, [&](int64_t r0, int64_t r1, int) {
-                for (int64_t i = r0 * ne0; i < r1 * ne0; ++i) d[i] = a[i] / (1.0f + std::exp(-a[i])) * u[i];
+                kernels::silu(a + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
+                kernels::mul(d + r0 * ne0, u + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
             });
             return;
         }
         case Op::Silu:
-            for (int64_t i = 0; i < dst.n_elements(); ++i) d[i] = a[i] / (1.0f + std::exp(-a[i]));
+            kernels::silu(a, d, dst.n_elements());
             return;
         case Op::Scale:
-            for (int64_t i = 0; i < dst.n_elements(); ++i) d[i] = a[i] * n.f;
+            if (d != a) std::memcpy(d, a, static_cast<size_t>(dst.n_elements()) * 4);
+            kernels::scale(d, n.f, dst.n_elements());
             return;
         default:
             throw Error(fmt::format("cpu backend: op {} not handled", graph::op_name(n.op)));
