@@ -317,6 +317,39 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, QuantRoundTrip, testing::ValuesIn(quantizable
 
 // ---- format details ------------------------------------------------------------------------
 
+TEST(QuantFormats, BlockStructsMatchTable) {
+    // quant.h static_asserts the sizes as literals; this ties them to the type table.
+    struct Layout {
+        TensorType type;
+        size_t bytes;
+        int elements;
+    };
+    const Layout layouts[] = {
+        {TensorType::Q4_0, sizeof(kiln::block_q4_0), kiln::kQK},
+        {TensorType::Q4_1, sizeof(kiln::block_q4_1), kiln::kQK},
+        {TensorType::Q5_0, sizeof(kiln::block_q5_0), kiln::kQK},
+        {TensorType::Q5_1, sizeof(kiln::block_q5_1), kiln::kQK},
+        {TensorType::Q8_0, sizeof(kiln::block_q8_0), kiln::kQK},
+        {TensorType::Q8_1, sizeof(kiln::block_q8_1), kiln::kQK},
+        {TensorType::Q2_K, sizeof(kiln::block_q2_K), kiln::kQKK},
+        {TensorType::Q3_K, sizeof(kiln::block_q3_K), kiln::kQKK},
+        {TensorType::Q4_K, sizeof(kiln::block_q4_K), kiln::kQKK},
+        {TensorType::Q5_K, sizeof(kiln::block_q5_K), kiln::kQKK},
+        {TensorType::Q6_K, sizeof(kiln::block_q6_K), kiln::kQKK},
+        {TensorType::Q8_K, sizeof(kiln::block_q8_K), kiln::kQKK},
+        {TensorType::IQ4_NL, sizeof(kiln::block_iq4_nl), kiln::kQK},
+        {TensorType::IQ4_XS, sizeof(kiln::block_iq4_xs), kiln::kQKK},
+        {TensorType::MXFP4, sizeof(kiln::block_mxfp4), kiln::kQK},
+    };
+    for (const Layout& l : layouts) {
+        EXPECT_EQ(kiln::traits(l.type).type_size, l.bytes) << kiln::type_name(l.type);
+        EXPECT_EQ(kiln::traits(l.type).block_size, static_cast<uint32_t>(l.elements)) << kiln::type_name(l.type);
+    }
+    // Empty rows are fine (no blocks, nothing touched).
+    EXPECT_NO_THROW(kiln::dequantize_row(TensorType::Q4_K, nullptr, nullptr, 0));
+    EXPECT_NO_THROW(kiln::quantize_row(TensorType::F32, nullptr, nullptr, 0));
+}
+
 TEST(QuantFormats, Q8_1SumField) {
     const std::vector<float> x = gauss_rows(1, 42, false);
     std::vector<kiln::block_q8_1> q(kRow / 32);

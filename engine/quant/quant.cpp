@@ -2,8 +2,9 @@
 // quant.h; this file says how each format is decoded and how we choose the codes when encoding.
 //
 // Dequantizers reproduce llama.cpp's float results bit for bit, so the order of the float
-// operations below matters (and this file must not be compiled with FMA contraction; see the
-// -ffp-contract=off property in CMakeLists.txt).
+// operations below matters. CMakeLists.txt builds this file with -ffp-contract=off so that
+// a*b - c is never fused into an fma: the reference results are then the same on every machine
+// and with -march=native (the shared reference blocks happen to match either way).
 #include "quant/quant.h"
 
 #include <algorithm>
@@ -864,6 +865,7 @@ void quant_mxfp4(const float* x, void* dst, int64_t nb) {
 void dequantize_row(TensorType t, const void* src, float* dst, int64_t n) {
     const char* fn = "dequantize_row";
     const int64_t nb = block_count(fn, t, n);
+    if (n == 0 && traits(t).can_dequantize) return;
     switch (t) {
         case TensorType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); return;
         case TensorType::F16:
@@ -899,6 +901,7 @@ void dequantize_row(TensorType t, const void* src, float* dst, int64_t n) {
 void quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
     const char* fn = "quantize_row";
     const int64_t nb = block_count(fn, t, n);
+    if (n == 0 && traits(t).can_quantize) return;
     switch (t) {
         case TensorType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); return;
         case TensorType::F16:

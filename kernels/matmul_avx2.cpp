@@ -1,0 +1,493 @@
+// AVX2 + FMA + F16C kernels for the matmul, compiled per function with a target attribute and
+// chosen at run time (kernels/cpu.h); the rest of the binary stays generic x86-64.
+//
+// Decode (few tokens): integer dot products of the weight codes with 8-bit activations
+// (blk::xq32 / blk::xq256), scales applied once per block or super-block.
+// Prefill: weight tiles expanded to float once (the decoders here) and the FMA tile below.
+#include "kernels/matmul_impl.h"
+
+#ifdef KILN_KERNELS_X86
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#define KILN_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace kiln::kernels::detail {
+namespace {
+
+using namespace blk;
+
+KILN_AVX2 inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+KILN_AVX2 inline int hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+KILN_AVX2 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+KILN_AVX2 inline __m256i loadu256(const void* p) {
+    return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+KILN_AVX2 inline __m128i loadu128(const void* p) {
+    return _mm_loadu_si128(static_cast<const __m128i*>(p));
+}
+
+// 16 packed bytes -> 32 codes: low nibbles (elements 0..15) then high nibbles (16..31).
+KILN_AVX2 inline __m256i unpack_nibbles16(const uint8_t* p) {
+    const __m128i b = loadu128(p);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m4), _mm_and_si128(b, m4));
+}
+
+// Sum of 16 u8 x s8 products per int32 lane pair, as 8 int32 lanes.
+KILN_AVX2 inline __m256i dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// Writes 32 unsigned byte codes as floats: out = q * scale + bias.
+KILN_AVX2 inline void store_u8x32(__m256i q, __m256 scale, __m256 bias, float* out) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), scale, bias));
+    _mm256_storeu_ps(out + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), scale, bias));
+    _mm256_storeu_ps(out + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), scale, bias));
+    _mm256_storeu_ps(out + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), scale, bias));
+}
+
+// ---- activation quantisation ----------------------------------------------------------------
+
+// Quantises 32 floats with the given inverse scale; returns the codes and their int32 sums per
+// 4-element group (lanes 0-3: elements 0..15, lanes 4-7: 16..31).
+KILN_AVX2 inline __m256i quant32(const float* x, __m256 id, __m256i* sums) {
+    const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), id));
+    const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8), id));
+    const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 16), id));
+    const __m256i d = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 24), id));
+    // hadd keeps 128-bit lanes apart: [a01 a23 b01 b23 | a45 a67 b45 b67] etc.
+    *sums = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    // packs interleave 128-bit lanes; the permute puts the 32 bytes back in order.
+    const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+    const __m256i q = _mm256_packs_epi16(ab, cd);
+    return _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+KILN_AVX2 inline __m256 absmax32(const float* x, __m256 m) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int j = 0; j < 32; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+    return m;
+}
+
+KILN_AVX2 inline float hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+// ---- dot products for decode ----------------------------------------------------------------
+
+KILN_AVX2 float vd_f32(const void* w, const void* x, int64_t n) {
+    const float* a = static_cast<const float*>(w);
+    const float* b = static_cast<const float*>(x);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+KILN_AVX2 inline __m256 load_f16(const uint16_t* p) { return _mm256_cvtph_ps(loadu128(p)); }
+KILN_AVX2 inline __m256 load_bf16(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(loadu128(p)), 16));
+}
+
+KILN_AVX2 float vd_f16(const void* w, const void* x, int64_t n) {
+    const uint16_t* a = static_cast<const uint16_t*>(w);
+    const float* b = static_cast<const float*>(x);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(load_f16(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(load_f16(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(load_f16(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(load_f16(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_f16(a + i), _mm256_loadu_ps(b + i), acc0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; ++i) s += h2f(a[i]) * b[i];
+    return s;
+}
+
+KILN_AVX2 float vd_bf16(const void* w, const void* x, int64_t n) {
+    const uint16_t* a = static_cast<const uint16_t*>(w);
+    const float* b = static_cast<const float*>(x);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(load_bf16(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(load_bf16(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(load_bf16(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(load_bf16(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_bf16(a + i), _mm256_loadu_ps(b + i), acc0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; ++i) s += bf16_to_float(a[i]) * b[i];
+    return s;
+}
+
+// Q8_0: signed codes; |w| * sign(x, w) makes maddubs' unsigned operand.
+KILN_AVX2 float vd_q8_0(const void* w, const void* xv, int64_t n) {
+    const q8_0* b = static_cast<const q8_0*>(w);
+    const xq32* x = static_cast<const xq32*>(xv);
+    const int64_t nb = n / QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t ib = 0;
+    for (; ib + 2 <= nb; ib += 2) {
+        const __m256i w0 = loadu256(b[ib].qs), w1 = loadu256(b[ib + 1].qs);
+        const __m256i x0 = loadu256(x[ib].qs), x1 = loadu256(x[ib + 1].qs);
+        const __m256i p0 = dot_u8s8(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0));
+        const __m256i p1 = dot_u8s8(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib + 1].d) * x[ib + 1].d), _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; ib < nb; ++ib) {
+        const __m256i w0 = loadu256(b[ib].qs), x0 = loadu256(x[ib].qs);
+        const __m256i p0 = dot_u8s8(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), _mm256_cvtepi32_ps(p0), acc0);
+    }
+    return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+// Q4_0: codes 0..15 stay unsigned; the -8 offset is -8 * d * sum(x codes) per block.
+KILN_AVX2 float vd_q4_0(const void* w, const void* xv, int64_t n) {
+    const q4_0* b = static_cast<const q4_0*>(w);
+    const xq32* x = static_cast<const xq32*>(xv);
+    const int64_t nb = n / QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float off = 0;
+    int64_t ib = 0;
+    for (; ib + 2 <= nb; ib += 2) {
+        const float d0 = h2f(b[ib].d) * x[ib].d, d1 = h2f(b[ib + 1].d) * x[ib + 1].d;
+        const __m256i p0 = dot_u8s8(unpack_nibbles16(b[ib].qs), loadu256(x[ib].qs));
+        const __m256i p1 = dot_u8s8(unpack_nibbles16(b[ib + 1].qs), loadu256(x[ib + 1].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(p1), acc1);
+        off += d0 * static_cast<float>(x[ib].sum) + d1 * static_cast<float>(x[ib + 1].sum);
+    }
+    for (; ib < nb; ++ib) {
+        const float d0 = h2f(b[ib].d) * x[ib].d;
+        const __m256i p0 = dot_u8s8(unpack_nibbles16(b[ib].qs), loadu256(x[ib].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(p0), acc0);
+        off += d0 * static_cast<float>(x[ib].sum);
+    }
+    return hsum(_mm256_add_ps(acc0, acc1)) - 8.0f * off;
+}
+
+// Q4_K: per 32-element group an unsigned 6-bit scale (applied in int32 with madd) and a min
+// (applied through the activation group sums).
+KILN_AVX2 float vd_q4_K(const void* w, const void* xv, int64_t n) {
+    const q4_K* b = static_cast<const q4_K*>(w);
+    const xq256* x = static_cast<const xq256*>(xv);
+    const int64_t nb = n / QKK;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    float macc = 0;
+    for (int64_t ib = 0; ib < nb; ++ib) {
+        uint8_t sc[8], mn[8];
+        for (int j = 0; j < 8; ++j) scale_min_k4(j, b[ib].scales, &sc[j], &mn[j]);
+        int summ = 0;
+        for (int j = 0; j < 8; ++j) summ += mn[j] * (x[ib].bsums[2 * j] + x[ib].bsums[2 * j + 1]);
+        __m256i iacc = _mm256_setzero_si256();
+        for (int c = 0; c < 4; ++c) {
+            const __m256i bytes = loadu256(b[ib].qs + 32 * c);
+            const __m256i lo = _mm256_and_si256(bytes, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
+            __m256i plo = _mm256_maddubs_epi16(lo, loadu256(x[ib].qs + 64 * c));
+            __m256i phi = _mm256_maddubs_epi16(hi, loadu256(x[ib].qs + 64 * c + 32));
+            plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c]));
+            phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1]));
+            iacc = _mm256_add_epi32(iacc, _mm256_add_epi32(plo, phi));
+        }
+        const float dx = x[ib].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * dx), _mm256_cvtepi32_ps(iacc), acc);
+        macc += h2f(b[ib].dmin) * dx * static_cast<float>(summ);
+    }
+    return hsum(acc) - macc;
+}
+
+// The four 32-code groups of one Q6_K half (values 0..63, offset 32 applied by the caller).
+KILN_AVX2 inline void q6k_codes(const uint8_t* ql, const uint8_t* qh, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i l0 = loadu256(ql), l1 = loadu256(ql + 32), h = loadu256(qh);
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                           _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(0x03)), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                           _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(0x0C)), 2));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                           _mm256_and_si256(h, _mm256_set1_epi8(0x30)));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                           _mm256_srli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(static_cast<char>(0xC0))), 2));
+}
+
+// Q6_K: signed 8-bit scale per 16 elements, applied with madd (16-bit lanes 0-7 hold the first
+// 16 elements of a 32-group, 8-15 the second); the -32 offset goes through the group sums.
+KILN_AVX2 float vd_q6_K(const void* w, const void* xv, int64_t n) {
+    const q6_K* b = static_cast<const q6_K*>(w);
+    const xq256* x = static_cast<const xq256*>(xv);
+    const int64_t nb = n / QKK;
+    __m256 acc = _mm256_setzero_ps();
+    float oacc = 0;
+    for (int64_t ib = 0; ib < nb; ++ib) {
+        const int8_t* sc = b[ib].scales;
+        int offs = 0;
+        for (int g = 0; g < 16; ++g) offs += sc[g] * x[ib].bsums[g];
+        __m256i iacc = _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) {
+            __m256i q[4];
+            q6k_codes(b[ib].ql + 64 * h, b[ib].qh + 32 * h, q);
+            const int8_t* s = sc + 8 * h;
+            const int8_t* xq = x[ib].qs + 128 * h;
+            for (int g = 0; g < 4; ++g) {
+                const __m256i p = _mm256_maddubs_epi16(q[g], loadu256(xq + 32 * g));
+                const __m256i sv = _mm256_set_m128i(_mm_set1_epi16(s[2 * g + 1]), _mm_set1_epi16(s[2 * g]));
+                iacc = _mm256_add_epi32(iacc, _mm256_madd_epi16(p, sv));
+            }
+        }
+        const float d = h2f(b[ib].d) * x[ib].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(iacc), acc);
+        oacc += d * static_cast<float>(32 * offs);
+    }
+    return hsum(acc) - oacc;
+}
+
+// ---- decoders (weight tile -> float) --------------------------------------------------------
+
+KILN_AVX2 void dec_f16(const void* w, float* out, int64_t n) {
+    const uint16_t* h = static_cast<const uint16_t*>(w);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load_f16(h + i));
+    for (; i < n; ++i) out[i] = h2f(h[i]);
+}
+
+KILN_AVX2 void dec_bf16(const void* w, float* out, int64_t n) {
+    const uint16_t* h = static_cast<const uint16_t*>(w);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load_bf16(h + i));
+    for (; i < n; ++i) out[i] = bf16_to_float(h[i]);
+}
+
+KILN_AVX2 void dec_q8_0(const void* w, float* out, int64_t n) {
+    const q8_0* b = static_cast<const q8_0*>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const __m256 d = _mm256_set1_ps(h2f(b[ib].d));
+        for (int j = 0; j < 32; j += 8) {
+            const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b[ib].qs + j));
+            _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+    }
+}
+
+KILN_AVX2 void dec_q4_0(const void* w, float* out, int64_t n) {
+    const q4_0* b = static_cast<const q4_0*>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = h2f(b[ib].d);
+        store_u8x32(unpack_nibbles16(b[ib].qs), _mm256_set1_ps(d), _mm256_set1_ps(-8.0f * d), out);
+    }
+}
+
+KILN_AVX2 void dec_q4_K(const void* w, float* out, int64_t n) {
+    const q4_K* b = static_cast<const q4_K*>(w);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = h2f(b[ib].d), dmin = h2f(b[ib].dmin);
+        for (int c = 0; c < 4; ++c) {
+            uint8_t sc0, m0, sc1, m1;
+            scale_min_k4(2 * c, b[ib].scales, &sc0, &m0);
+            scale_min_k4(2 * c + 1, b[ib].scales, &sc1, &m1);
+            const __m256i bytes = loadu256(b[ib].qs + 32 * c);
+            store_u8x32(_mm256_and_si256(bytes, m4), _mm256_set1_ps(d * sc0),
+                        _mm256_set1_ps(-(dmin * m0)), out + 64 * c);
+            store_u8x32(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4), _mm256_set1_ps(d * sc1),
+                        _mm256_set1_ps(-(dmin * m1)), out + 64 * c + 32);
+        }
+    }
+}
+
+KILN_AVX2 void dec_q6_K(const void* w, float* out, int64_t n) {
+    const q6_K* b = static_cast<const q6_K*>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = h2f(b[ib].d);
+        for (int h = 0; h < 2; ++h) {
+            __m256i q[4];
+            q6k_codes(b[ib].ql + 64 * h, b[ib].qh + 32 * h, q);
+            const int8_t* s = b[ib].scales + 8 * h;
+            for (int g = 0; g < 4; ++g) {
+                // 16-element scale groups: the first 16 codes use s[2g], the next 16 s[2g+1].
+                const float d0 = d * static_cast<float>(s[2 * g]), d1 = d * static_cast<float>(s[2 * g + 1]);
+                const __m256 sc = _mm256_set1_ps(d0);
+                const __m256 sc1 = _mm256_set1_ps(d1);
+                float* o = out + 128 * h + 32 * g;
+                const __m128i lo = _mm256_castsi256_si128(q[g]), hi = _mm256_extracti128_si256(q[g], 1);
+                const __m256 b0 = _mm256_set1_ps(-32.0f * d0), b1 = _mm256_set1_ps(-32.0f * d1);
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), sc, b0));
+                _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), sc, b0));
+                _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), sc1, b1));
+                _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), sc1, b1));
+            }
+        }
+    }
+}
+
+// ---- GEMM tile ------------------------------------------------------------------------------
+
+// R rows x T tokens, 8-wide partial sums per pair; T activation vectors loaded once per step and
+// reused by the R rows. 4 x 3 = 12 accumulators + 3 x + 1 w fill the 16 ymm registers.
+template <int R, int T>
+KILN_AVX2 void tile(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc, float* y,
+                    int64_t ldy, bool accumulate) {
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= kc; i += 8) {
+        __m256 xv[T];
+        for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(x + t * ldx + i);
+        for (int r = 0; r < R; ++r) {
+            const __m256 wv = _mm256_loadu_ps(w + r * ldw + i);
+            for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    for (int t = 0; t < T; ++t) {
+        if constexpr (R == 4) {
+            // Horizontal sums of the 4 row accumulators into one vector [s0 s1 s2 s3].
+            const __m256 h01 = _mm256_hadd_ps(acc[0][t], acc[1][t]);
+            const __m256 h23 = _mm256_hadd_ps(acc[2][t], acc[3][t]);
+            const __m256 h = _mm256_hadd_ps(h01, h23);
+            __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            if (i < kc) {
+                alignas(16) float tail[4];
+                for (int r = 0; r < 4; ++r) {
+                    float ts = 0;
+                    for (int64_t j = i; j < kc; ++j) ts += w[r * ldw + j] * x[t * ldx + j];
+                    tail[r] = ts;
+                }
+                s = _mm_add_ps(s, _mm_load_ps(tail));
+            }
+            float* out = y + t * ldy;
+            if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(out));
+            _mm_storeu_ps(out, s);
+        } else {
+            for (int r = 0; r < R; ++r) {
+                float s = hsum(acc[r][t]);
+                for (int64_t j = i; j < kc; ++j) s += w[r * ldw + j] * x[t * ldx + j];
+                float& out = y[t * ldy + r];
+                out = accumulate ? out + s : s;
+            }
+        }
+    }
+}
+
+template <int R>
+KILN_AVX2 void tile_rows(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc,
+                         float* y, int64_t ldy, int64_t nt, bool accumulate) {
+    int64_t t = 0;
+    for (; t + 3 <= nt; t += 3) tile<R, 3>(w, ldw, x + t * ldx, ldx, kc, y + t * ldy, ldy, accumulate);
+    if (nt - t == 2) tile<R, 2>(w, ldw, x + t * ldx, ldx, kc, y + t * ldy, ldy, accumulate);
+    if (nt - t == 1) tile<R, 1>(w, ldw, x + t * ldx, ldx, kc, y + t * ldy, ldy, accumulate);
+}
+
+}  // namespace
+
+KILN_AVX2 void gemm_tile_avx2(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc,
+                    float* y, int64_t ldy, int64_t nr, int64_t nt, bool accumulate) {
+    // Tokens in the outer loop: the T activation rows stay in L1 while the weight tile (sized
+    // for L2 by the caller) streams past them.
+    constexpr int64_t kTokenBlock = 48;
+    for (int64_t t0 = 0; t0 < nt; t0 += kTokenBlock) {
+        const int64_t tn = std::min(kTokenBlock, nt - t0);
+        const float* xt = x + t0 * ldx;
+        float* yt = y + t0 * ldy;
+        int64_t r = 0;
+        for (; r + 4 <= nr; r += 4) tile_rows<4>(w + r * ldw, ldw, xt, ldx, kc, yt + r, ldy, tn, accumulate);
+        switch (nr - r) {
+            case 3: tile_rows<3>(w + r * ldw, ldw, xt, ldx, kc, yt + r, ldy, tn, accumulate); break;
+            case 2: tile_rows<2>(w + r * ldw, ldw, xt, ldx, kc, yt + r, ldy, tn, accumulate); break;
+            case 1: tile_rows<1>(w + r * ldw, ldw, xt, ldx, kc, yt + r, ldy, tn, accumulate); break;
+            default: break;
+        }
+    }
+}
+
+KILN_AVX2 void quantize_x_q8x32_avx2(const float* x, xq32* out, int64_t k) {
+    for (int64_t ib = 0; ib < k / QK; ++ib, x += QK) {
+        const float amax = hmax(absmax32(x, _mm256_setzero_ps()));
+        const float d = amax / 127.0f;
+        const __m256 id = _mm256_set1_ps(d > 0 ? 127.0f / amax : 0.0f);
+        __m256i sums;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[ib].qs), quant32(x, id, &sums));
+        out[ib].d = d;
+        out[ib].sum = hsum_i32(sums);
+    }
+}
+
+KILN_AVX2 void quantize_x_q8x256_avx2(const float* x, xq256* out, int64_t k) {
+    for (int64_t ib = 0; ib < k / QKK; ++ib, x += QKK) {
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < QKK; j += 32) m = absmax32(x + j, m);
+        const float amax = hmax(m);
+        const float d = amax / 127.0f;
+        const __m256 id = _mm256_set1_ps(d > 0 ? 127.0f / amax : 0.0f);
+        for (int c = 0; c < 8; ++c) {
+            __m256i sums;
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[ib].qs + 32 * c), quant32(x + 32 * c, id, &sums));
+        }
+        // Group sums from the stored codes (cheap next to the matmul this feeds).
+        for (int g = 0; g < 16; ++g) {
+            const __m128i q = loadu128(out[ib].qs + 16 * g);
+            const __m128i s16 = _mm_maddubs_epi16(_mm_set1_epi8(1), q);
+            __m128i s32 = _mm_madd_epi16(s16, _mm_set1_epi16(1));
+            s32 = _mm_add_epi32(s32, _mm_shuffle_epi32(s32, _MM_SHUFFLE(1, 0, 3, 2)));
+            s32 = _mm_add_epi32(s32, _mm_shuffle_epi32(s32, _MM_SHUFFLE(2, 3, 0, 1)));
+            out[ib].bsums[g] = static_cast<int16_t>(_mm_cvtsi128_si32(s32));
+        }
+        out[ib].d = d;
+    }
+}
+
+Avx2Kernels avx2_kernels(TensorType t) {
+    Avx2Kernels k;
+    switch (t) {
+        case TensorType::F32: k.vec_dot = vd_f32; break;
+        case TensorType::F16: k = {XFormat::F32, vd_f16, dec_f16}; break;
+        case TensorType::BF16: k = {XFormat::F32, vd_bf16, dec_bf16}; break;
+        case TensorType::Q8_0: k = {XFormat::Q8x32, vd_q8_0, dec_q8_0}; break;
+        case TensorType::Q4_0: k = {XFormat::Q8x32, vd_q4_0, dec_q4_0}; break;
+        case TensorType::Q4_K: k = {XFormat::Q8x256, vd_q4_K, dec_q4_K}; break;
+        case TensorType::Q6_K: k = {XFormat::Q8x256, vd_q6_K, dec_q6_K}; break;
+        default: break;
+    }
+    return k;
+}
+
+}  // namespace kiln::kernels::detail
+
+#endif  // KILN_KERNELS_X86

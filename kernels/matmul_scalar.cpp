@@ -1,0 +1,360 @@
+// Portable kernels: a block decoder per weight type, the 8-bit activation quantisers and the
+// scalar GEMM tile. These are the always-available path (and what set_force_scalar selects).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/matmul_impl.h"
+
+namespace kiln::kernels::detail {
+namespace {
+
+using namespace blk;
+
+template <typename B>
+const B* blocks(const void* w) {
+    return static_cast<const B*>(w);
+}
+
+void dec_f32(const void* w, float* out, int64_t n) {
+    std::memcpy(out, w, static_cast<size_t>(n) * sizeof(float));
+}
+
+void dec_f16(const void* w, float* out, int64_t n) {
+    const auto* h = static_cast<const uint16_t*>(w);
+    for (int64_t i = 0; i < n; ++i) out[i] = half_to_float(h[i]);
+}
+
+void dec_bf16(const void* w, float* out, int64_t n) {
+    const auto* h = static_cast<const uint16_t*>(w);
+    for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(h[i]);
+}
+
+void dec_q4_0(const void* w, float* out, int64_t n) {
+    const q4_0* b = blocks<q4_0>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = half_to_float(b[ib].d);
+        for (int j = 0; j < 16; ++j) {
+            out[j] = static_cast<float>((b[ib].qs[j] & 0xF) - 8) * d;
+            out[j + 16] = static_cast<float>((b[ib].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+void dec_q4_1(const void* w, float* out, int64_t n) {
+    const q4_1* b = blocks<q4_1>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = half_to_float(b[ib].d), m = half_to_float(b[ib].m);
+        for (int j = 0; j < 16; ++j) {
+            out[j] = static_cast<float>(b[ib].qs[j] & 0xF) * d + m;
+            out[j + 16] = static_cast<float>(b[ib].qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+void dec_q5_0(const void* w, float* out, int64_t n) {
+    const q5_0* b = blocks<q5_0>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = half_to_float(b[ib].d);
+        uint32_t qh;
+        std::memcpy(&qh, b[ib].qh, 4);
+        for (int j = 0; j < 16; ++j) {
+            const int lo = (b[ib].qs[j] & 0xF) | static_cast<int>(((qh >> j) & 1u) << 4);
+            const int hi = (b[ib].qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
+            out[j] = static_cast<float>(lo - 16) * d;
+            out[j + 16] = static_cast<float>(hi - 16) * d;
+        }
+    }
+}
+
+void dec_q5_1(const void* w, float* out, int64_t n) {
+    const q5_1* b = blocks<q5_1>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = half_to_float(b[ib].d), m = half_to_float(b[ib].m);
+        uint32_t qh;
+        std::memcpy(&qh, b[ib].qh, 4);
+        for (int j = 0; j < 16; ++j) {
+            const int lo = (b[ib].qs[j] & 0xF) | static_cast<int>(((qh >> j) & 1u) << 4);
+            const int hi = (b[ib].qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
+            out[j] = static_cast<float>(lo) * d + m;
+            out[j + 16] = static_cast<float>(hi) * d + m;
+        }
+    }
+}
+
+void dec_q8_0(const void* w, float* out, int64_t n) {
+    const q8_0* b = blocks<q8_0>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = half_to_float(b[ib].d);
+        for (int j = 0; j < QK; ++j) out[j] = static_cast<float>(b[ib].qs[j]) * d;
+    }
+}
+
+void dec_q8_1(const void* w, float* out, int64_t n) {
+    const q8_1* b = blocks<q8_1>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = half_to_float(b[ib].d);
+        for (int j = 0; j < QK; ++j) out[j] = static_cast<float>(b[ib].qs[j]) * d;
+    }
+}
+
+void dec_q2_K(const void* w, float* out, int64_t n) {
+    const q2_K* b = blocks<q2_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = half_to_float(b[ib].d), dmin = half_to_float(b[ib].dmin);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* q = b[ib].qs + 32 * h;
+            for (int s = 0; s < 4; ++s) {
+                for (int g2 = 0; g2 < 2; ++g2) {
+                    const uint8_t sc = b[ib].scales[8 * h + 2 * s + g2];
+                    const float dl = d * static_cast<float>(sc & 0xF);
+                    const float ml = dmin * static_cast<float>(sc >> 4);
+                    float* o = out + 128 * h + 32 * s + 16 * g2;
+                    for (int l = 0; l < 16; ++l)
+                        o[l] = dl * static_cast<float>((q[16 * g2 + l] >> (2 * s)) & 3) - ml;
+                }
+            }
+        }
+    }
+}
+
+void dec_q3_K(const void* w, float* out, int64_t n) {
+    const q3_K* b = blocks<q3_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = half_to_float(b[ib].d);
+        for (int e = 0; e < QKK; ++e) {
+            const int h = e / 128, s = (e % 128) / 32, i = e % 32;
+            const int q2 = (b[ib].qs[32 * h + i] >> (2 * s)) & 3;
+            const int hbit = (b[ib].hmask[i] >> (e / 32)) & 1;
+            const float dl = d * static_cast<float>(q3k_scale(e / 16, b[ib].scales));
+            out[e] = dl * static_cast<float>(q2 - (hbit ? 0 : 4));
+        }
+    }
+}
+
+void dec_q4_K(const void* w, float* out, int64_t n) {
+    const q4_K* b = blocks<q4_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = half_to_float(b[ib].d), dmin = half_to_float(b[ib].dmin);
+        for (int c = 0; c < 4; ++c) {
+            uint8_t sc0, m0, sc1, m1;
+            scale_min_k4(2 * c, b[ib].scales, &sc0, &m0);
+            scale_min_k4(2 * c + 1, b[ib].scales, &sc1, &m1);
+            const float d0 = d * sc0, mm0 = dmin * m0, d1 = d * sc1, mm1 = dmin * m1;
+            const uint8_t* q = b[ib].qs + 32 * c;
+            for (int l = 0; l < 32; ++l) {
+                out[64 * c + l] = d0 * static_cast<float>(q[l] & 0xF) - mm0;
+                out[64 * c + 32 + l] = d1 * static_cast<float>(q[l] >> 4) - mm1;
+            }
+        }
+    }
+}
+
+void dec_q5_K(const void* w, float* out, int64_t n) {
+    const q5_K* b = blocks<q5_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = half_to_float(b[ib].d), dmin = half_to_float(b[ib].dmin);
+        for (int c = 0; c < 4; ++c) {
+            uint8_t sc0, m0, sc1, m1;
+            scale_min_k4(2 * c, b[ib].scales, &sc0, &m0);
+            scale_min_k4(2 * c + 1, b[ib].scales, &sc1, &m1);
+            const float d0 = d * sc0, mm0 = dmin * m0, d1 = d * sc1, mm1 = dmin * m1;
+            const uint8_t* q = b[ib].qs + 32 * c;
+            for (int l = 0; l < 32; ++l) {
+                const int lo = (q[l] & 0xF) | (((b[ib].qh[l] >> (2 * c)) & 1) << 4);
+                const int hi = (q[l] >> 4) | (((b[ib].qh[l] >> (2 * c + 1)) & 1) << 4);
+                out[64 * c + l] = d0 * static_cast<float>(lo) - mm0;
+                out[64 * c + 32 + l] = d1 * static_cast<float>(hi) - mm1;
+            }
+        }
+    }
+}
+
+void dec_q6_K(const void* w, float* out, int64_t n) {
+    const q6_K* b = blocks<q6_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = half_to_float(b[ib].d);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* ql = b[ib].ql + 64 * h;
+            const uint8_t* qh = b[ib].qh + 32 * h;
+            const int8_t* sc = b[ib].scales + 8 * h;
+            float* o = out + 128 * h;
+            for (int l = 0; l < 32; ++l) {
+                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                const int g = l / 16;
+                o[l] = d * static_cast<float>(sc[g]) * static_cast<float>(q1);
+                o[l + 32] = d * static_cast<float>(sc[g + 2]) * static_cast<float>(q2);
+                o[l + 64] = d * static_cast<float>(sc[g + 4]) * static_cast<float>(q3);
+                o[l + 96] = d * static_cast<float>(sc[g + 6]) * static_cast<float>(q4);
+            }
+        }
+    }
+}
+
+void dec_q8_K(const void* w, float* out, int64_t n) {
+    const q8_K* b = blocks<q8_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK)
+        for (int j = 0; j < QKK; ++j) out[j] = b[ib].d * static_cast<float>(b[ib].qs[j]);
+}
+
+void dec_iq4_nl(const void* w, float* out, int64_t n) {
+    const iq4_nl* b = blocks<iq4_nl>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = half_to_float(b[ib].d);
+        for (int j = 0; j < 16; ++j) {
+            out[j] = d * static_cast<float>(kIq4nl[b[ib].qs[j] & 0xF]);
+            out[j + 16] = d * static_cast<float>(kIq4nl[b[ib].qs[j] >> 4]);
+        }
+    }
+}
+
+void dec_iq4_xs(const void* w, float* out, int64_t n) {
+    const iq4_xs* b = blocks<iq4_xs>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = half_to_float(b[ib].d);
+        for (int g = 0; g < 8; ++g) {
+            const int ls = ((b[ib].scales_l[g / 2] >> (4 * (g % 2))) & 0xF) |
+                           (((b[ib].scales_h >> (2 * g)) & 3) << 4);
+            const float dl = d * static_cast<float>(ls - 32);
+            const uint8_t* q = b[ib].qs + 16 * g;
+            for (int j = 0; j < 16; ++j) {
+                out[32 * g + j] = dl * static_cast<float>(kIq4nl[q[j] & 0xF]);
+                out[32 * g + 16 + j] = dl * static_cast<float>(kIq4nl[q[j] >> 4]);
+            }
+        }
+    }
+}
+
+void dec_mxfp4(const void* w, float* out, int64_t n) {
+    const mxfp4* b = blocks<mxfp4>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = e8m0_half(b[ib].e);
+        for (int j = 0; j < 16; ++j) {
+            out[j] = d * static_cast<float>(kMxfp4[b[ib].qs[j] & 0xF]);
+            out[j + 16] = d * static_cast<float>(kMxfp4[b[ib].qs[j] >> 4]);
+        }
+    }
+}
+
+// Scalar GEMM tile: R rows x T tokens of dot products kept in kLanes-wide partial sums, a shape
+// compilers vectorise without -ffast-math.
+constexpr int kLanes = 8;
+
+template <int R, int T>
+void tile_scalar(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc, float* y,
+                 int64_t ldy, bool accumulate) {
+    float acc[R][T][kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= kc; i += kLanes)
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < T; ++t)
+                for (int l = 0; l < kLanes; ++l)
+                    acc[r][t][l] += w[r * ldw + i + l] * x[t * ldx + i + l];
+    for (int r = 0; r < R; ++r) {
+        for (int t = 0; t < T; ++t) {
+            float s = 0;
+            for (int l = 0; l < kLanes; ++l) s += acc[r][t][l];
+            for (int64_t j = i; j < kc; ++j) s += w[r * ldw + j] * x[t * ldx + j];
+            float& out = y[t * ldy + r];
+            out = accumulate ? out + s : s;
+        }
+    }
+}
+
+}  // namespace
+
+DecodeFn decoder_scalar(TensorType t) {
+    switch (t) {
+        case TensorType::F32: return dec_f32;
+        case TensorType::F16: return dec_f16;
+        case TensorType::BF16: return dec_bf16;
+        case TensorType::Q4_0: return dec_q4_0;
+        case TensorType::Q4_1: return dec_q4_1;
+        case TensorType::Q5_0: return dec_q5_0;
+        case TensorType::Q5_1: return dec_q5_1;
+        case TensorType::Q8_0: return dec_q8_0;
+        case TensorType::Q8_1: return dec_q8_1;
+        case TensorType::Q2_K: return dec_q2_K;
+        case TensorType::Q3_K: return dec_q3_K;
+        case TensorType::Q4_K: return dec_q4_K;
+        case TensorType::Q5_K: return dec_q5_K;
+        case TensorType::Q6_K: return dec_q6_K;
+        case TensorType::Q8_K: return dec_q8_K;
+        case TensorType::IQ4_NL: return dec_iq4_nl;
+        case TensorType::IQ4_XS: return dec_iq4_xs;
+        case TensorType::MXFP4: return dec_mxfp4;
+        default: return nullptr;
+    }
+}
+
+size_t xformat_row_bytes(XFormat f, int64_t k) {
+    switch (f) {
+        case XFormat::F32: return static_cast<size_t>(k) * sizeof(float);
+        case XFormat::Q8x32: return static_cast<size_t>(k / QK) * sizeof(xq32);
+        case XFormat::Q8x256: return static_cast<size_t>(k / QKK) * sizeof(xq256);
+    }
+    return 0;
+}
+
+void quantize_x_q8x32_scalar(const float* x, xq32* out, int64_t k) {
+    for (int64_t ib = 0; ib < k / QK; ++ib, x += QK) {
+        float amax = 0;
+        for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127.0f;
+        const float id = d > 0 ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QK; ++j) {
+            const int q = static_cast<int>(std::nearbyint(x[j] * id));
+            out[ib].qs[j] = static_cast<int8_t>(q);
+            sum += q;
+        }
+        out[ib].d = d;
+        out[ib].sum = sum;
+    }
+}
+
+void quantize_x_q8x256_scalar(const float* x, xq256* out, int64_t k) {
+    for (int64_t ib = 0; ib < k / QKK; ++ib, x += QKK) {
+        float amax = 0;
+        for (int j = 0; j < QKK; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127.0f;
+        const float id = d > 0 ? 127.0f / amax : 0.0f;
+        for (int g = 0; g < 16; ++g) {
+            int sum = 0;
+            for (int j = 16 * g; j < 16 * g + 16; ++j) {
+                const int q = static_cast<int>(std::nearbyint(x[j] * id));
+                out[ib].qs[j] = static_cast<int8_t>(q);
+                sum += q;
+            }
+            out[ib].bsums[g] = static_cast<int16_t>(sum);
+        }
+        out[ib].d = d;
+    }
+}
+
+void gemm_tile_scalar(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc,
+                      float* y, int64_t ldy, int64_t nr, int64_t nt, bool accumulate) {
+    constexpr int R = 4, T = 4;
+    for (int64_t t = 0; t < nt; t += T) {
+        const int64_t tn = std::min<int64_t>(T, nt - t);
+        for (int64_t r = 0; r < nr; r += R) {
+            const int64_t rn = std::min<int64_t>(R, nr - r);
+            const float* wr = w + r * ldw;
+            const float* xt = x + t * ldx;
+            float* yt = y + t * ldy + r;
+            if (rn == R && tn == T) {
+                tile_scalar<R, T>(wr, ldw, xt, ldx, kc, yt, ldy, accumulate);
+            } else {
+                for (int64_t rr = 0; rr < rn; ++rr)
+                    for (int64_t tt = 0; tt < tn; ++tt)
+                        tile_scalar<1, 1>(wr + rr * ldw, ldw, xt + tt * ldx, ldx, kc,
+                                          yt + tt * ldy + rr, ldy, accumulate);
+            }
+        }
+    }
+}
+
+}  // namespace kiln::kernels::detail
