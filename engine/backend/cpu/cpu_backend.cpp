@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
-#include "backend/cpu/kernels_shim.h"
+#include "kernels/matmul.h"
 #include "kernels/ops.h"
 #include "kernels/threadpool.h"
 #include "kiln/error.h"
@@ -161,9 +161,11 @@ CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::
         if (n.op != Op::MatMul) continue;
         const Tensor& w = g_.tensor(n.src[0]);
         const Tensor& x = g_.tensor(n.src[1]);
+        if (!kernels::matmul_supports(w.wtype))
+            throw Error(fmt::format("cpu backend: weight '{}' has type {}, which the CPU matmul does not support",
+                                    w.name, type_name(w.wtype)));
         scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, x.ne1, be_.pool().size()));
     }
-    // GetRows of a quantized table dequantizes through the same scratch (one row per thread).
     be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch);
 }
 
