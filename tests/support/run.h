@@ -33,7 +33,9 @@ inline RunResult run_kiln(const std::vector<std::string>& args, const std::strin
     const auto err_path = temp_path(tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".err");
     std::string cmd = shell_quote(kiln_binary());
     for (const auto& a : args) cmd += " " + shell_quote(a);
-    cmd += " 2>" + shell_quote(err_path.string()) + " </dev/null";
+    cmd += " 2>";  // appended piecewise: GCC 12 warns falsely (-Wrestrict) on "literal" + string&&
+    cmd += shell_quote(err_path.string());
+    cmd += " </dev/null";
     RunResult r;
     FILE* p = ::popen(cmd.c_str(), "r");
     if (!p) return r;
