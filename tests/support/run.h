@@ -32,8 +32,12 @@ inline RunResult run_kiln(const std::vector<std::string>& args, const std::strin
     static int counter = 0;
     const auto err_path = temp_path(tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".err");
     std::string cmd = shell_quote(kiln_binary());
-    for (const auto& a : args) cmd += " " + shell_quote(a);
-    cmd += " 2>";  // appended piecewise: GCC 12 warns falsely (-Wrestrict) on "literal" + string&&
+    // Appended piecewise: GCC 12 warns falsely (-Wrestrict) on "literal" + string&&.
+    for (const auto& a : args) {
+        cmd += ' ';
+        cmd += shell_quote(a);
+    }
+    cmd += " 2>";
     cmd += shell_quote(err_path.string());
     cmd += " </dev/null";
     RunResult r;
