@@ -1,0 +1,214 @@
+// kiln info MODEL.gguf [--tensors] [--json]: what a GGUF file holds, without loading weights.
+#include <map>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/args.h"
+#include "cli/command.h"
+#include "gguf/gguf.h"
+
+namespace kiln::cli {
+namespace {
+
+using gguf::Value;
+using gguf::ValueType;
+
+nlohmann::json to_json(const Value& v) {
+    switch (v.type()) {
+        case ValueType::STRING: return v.as_string();
+        case ValueType::BOOL: return v.as_bool();
+        case ValueType::FLOAT32: case ValueType::FLOAT64: return v.as_float();
+        case ValueType::ARRAY: {
+            nlohmann::json a = nlohmann::json::array();
+            for (const Value& e : v.as_array()) a.push_back(to_json(e));
+            return a;
+        }
+        case ValueType::UINT64: case ValueType::UINT32: case ValueType::UINT16: case ValueType::UINT8:
+            return v.as_uint();
+        default: return v.as_int();
+    }
+}
+
+std::string human_bytes(double b) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024 && u < 4) b /= 1024, ++u;
+    return u == 0 ? fmt::format("{:.0f} B", b) : fmt::format("{:.2f} {}", b, units[u]);
+}
+
+std::string human_count(double n) {
+    if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
+    if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+    if (n >= 1e3) return fmt::format("{:.2f}K", n / 1e3);
+    return fmt::format("{:.0f}", n);
+}
+
+// RoPE flavour by architecture (how pairs are rotated), as the graphs use it.
+const char* rope_kind(const std::string& arch) {
+    if (arch == "llama" || arch == "deepseek2") return "normal";
+    if (arch == "qwen2" || arch == "gemma3" || arch == "gpt-oss") return "neox";
+    return "unknown";
+}
+
+struct Summary {
+    nlohmann::json hparams = nlohmann::json::object();  // every "<arch>." key, prefix stripped, plus derived
+    uint64_t params = 0, tensor_bytes = 0;
+    std::map<std::string, std::pair<uint64_t, uint64_t>> per_type;  // name -> (count, bytes)
+};
+
+Summary summarise(const gguf::File& f) {
+    Summary s;
+    const std::string arch = f.architecture();
+    const std::string prefix = arch + ".";
+    for (const auto& [key, value] : f.metadata())
+        if (!arch.empty() && key.rfind(prefix, 0) == 0) s.hparams[key.substr(prefix.size())] = to_json(value);
+
+    auto& h = s.hparams;
+    auto get = [&](const char* k) -> const nlohmann::json* { return h.contains(k) ? &h[k] : nullptr; };
+    if (const auto* heads = get("attention.head_count"); heads && heads->is_number_integer() && get("embedding_length")) {
+        const int64_t n_head = heads->get<int64_t>();
+        if (n_head > 0) {
+            const int64_t hd = h["embedding_length"].get<int64_t>() / n_head;
+            if (!get("attention.key_length")) h["attention.key_length"] = hd;
+            if (!get("attention.value_length")) h["attention.value_length"] = hd;
+        }
+    }
+    if (!arch.empty()) h["rope.type"] = rope_kind(arch);
+
+    for (const auto& t : f.tensors()) {
+        s.params += t.n_elements;
+        s.tensor_bytes += t.n_bytes;
+        auto& e = s.per_type[type_name(t.type)];
+        e.first += 1;
+        e.second += t.n_bytes;
+    }
+    return s;
+}
+
+// The order and labels of the hyper-parameters people look for first; the rest follow.
+const std::vector<std::pair<const char*, const char*>> kLabels = {
+    {"block_count", "layers"},
+    {"embedding_length", "width"},
+    {"feed_forward_length", "ffn width"},
+    {"attention.head_count", "heads"},
+    {"attention.head_count_kv", "kv heads"},
+    {"attention.key_length", "head dim (k)"},
+    {"attention.value_length", "head dim (v)"},
+    {"context_length", "context length"},
+    {"rope.type", "rope type"},
+    {"rope.freq_base", "rope base"},
+    {"rope.dimension_count", "rope dims"},
+    {"rope.scaling.type", "rope scaling"},
+    {"rope.scaling.factor", "rope scale factor"},
+    {"rope.scaling.original_context_length", "rope orig. context"},
+    {"attention.sliding_window", "sliding window"},
+    {"expert_count", "experts"},
+    {"expert_used_count", "experts used"},
+    {"expert_shared_count", "shared experts"},
+    {"attention.q_lora_rank", "q lora rank"},
+    {"attention.kv_lora_rank", "kv lora rank"},
+    {"expert_gating_func", "gating func"},
+};
+
+std::string render(const nlohmann::json& v) {
+    if (v.is_string()) return v.get<std::string>();
+    if (v.is_array() && v.size() > 8) return fmt::format("[{} values] {}...", v.size(), v[0].dump());
+    return v.dump();
+}
+
+int run_info(const std::vector<std::string>& argv) {
+    std::vector<std::string> files;
+    bool tensors = false, json = false;
+    Args args("info", "MODEL.gguf [--tensors] [--json]");
+    args.flag({"--tensors"}, &tensors, "print the full tensor table");
+    args.flag({"--json"}, &json, "print one JSON object");
+    args.positional(&files);
+    if (!args.parse(argv)) return 0;
+    std::string path;
+    if (files.size() == 1) path = files[0];
+    if (files.empty()) throw Error("kiln info: no model given (usage: kiln info MODEL.gguf)");
+    if (files.size() > 1) throw Error("kiln info: give one model file");
+
+    auto f = gguf::File::open(path);
+    const Summary s = summarise(*f);
+    const std::string arch = f->architecture();
+    const Value* tokens = f->find("tokenizer.ggml.tokens");
+    const uint64_t n_vocab = tokens && tokens->is_array() ? tokens->as_array().size() : 0;
+    const Value* tmpl = f->find("tokenizer.chat_template");
+    const bool has_template = tmpl && tmpl->is_string();
+
+    if (json) {
+        nlohmann::json j;
+        j["file"] = path;
+        j["gguf_version"] = f->version();
+        j["file_size"] = f->file_size();
+        j["architecture"] = arch;
+        j["name"] = f->get_string_or("general.name", "");
+        j["hparams"] = s.hparams;
+        j["tokenizer"] = {{"model", f->get_string_or("tokenizer.ggml.model", "")},
+                          {"pre", f->get_string_or("tokenizer.ggml.pre", "")},
+                          {"vocab_size", n_vocab},
+                          {"bos_token_id", f->get_int_or("tokenizer.ggml.bos_token_id", -1)},
+                          {"eos_token_id", f->get_int_or("tokenizer.ggml.eos_token_id", -1)}};
+        j["chat_template"] = has_template;
+        j["tensor_count"] = f->tensors().size();
+        j["parameter_count"] = s.params;
+        j["tensor_bytes"] = s.tensor_bytes;
+        nlohmann::json types = nlohmann::json::object();
+        for (const auto& [name, e] : s.per_type) types[name] = {{"tensors", e.first}, {"bytes", e.second}};
+        j["types"] = types;
+        if (tensors) {
+            nlohmann::json t = nlohmann::json::array();
+            for (const auto& ti : f->tensors())
+                t.push_back({{"name", ti.name}, {"type", type_name(ti.type)}, {"shape", ti.shape},
+                             {"bytes", ti.n_bytes}, {"offset", f->data_offset() + ti.offset}});
+            j["tensors"] = t;
+        }
+        fmt::print("{}\n", j.dump(2));
+        return 0;
+    }
+
+    fmt::print("file            {} (GGUF v{}, {})\n", path, f->version(), human_bytes(static_cast<double>(f->file_size())));
+    fmt::print("architecture    {}\n", arch.empty() ? "(none)" : arch);
+    fmt::print("name            {}\n", f->get_string_or("general.name", "(none)"));
+    if (!s.hparams.empty()) {
+        fmt::print("hyper-parameters\n");
+        std::vector<std::string> shown;
+        for (const auto& [key, label] : kLabels) {
+            if (!s.hparams.contains(key)) continue;
+            std::string v = render(s.hparams[key]);
+            if (std::string(key) == "expert_gating_func")
+                v += v == "1" ? " (softmax)" : v == "2" ? " (sigmoid)" : " (unknown)";
+            fmt::print("  {:<34} {}\n", label, v);
+            shown.push_back(key);
+        }
+        for (const auto& [key, value] : s.hparams.items())
+            if (std::find(shown.begin(), shown.end(), key) == shown.end())
+                fmt::print("  {:<34} {}\n", key, render(value));
+    }
+    fmt::print("tokenizer       {} (pre: {}), {} tokens, bos {}, eos {}\n",
+               f->get_string_or("tokenizer.ggml.model", "(none)"), f->get_string_or("tokenizer.ggml.pre", "default"),
+               n_vocab, f->get_int_or("tokenizer.ggml.bos_token_id", -1), f->get_int_or("tokenizer.ggml.eos_token_id", -1));
+    fmt::print("chat template   {}\n", has_template ? fmt::format("present ({} chars)", tmpl->as_string().size()) : "none");
+    const double bpw = s.params ? 8.0 * static_cast<double>(s.tensor_bytes) / static_cast<double>(s.params) : 0.0;
+    fmt::print("tensors         {} tensors, {} parameters, {} ({:.2f} bits per weight)\n", f->tensors().size(),
+               human_count(static_cast<double>(s.params)), human_bytes(static_cast<double>(s.tensor_bytes)), bpw);
+    for (const auto& [name, e] : s.per_type)
+        fmt::print("  {:<8} {:>6} tensors {:>12}\n", name, e.first, human_bytes(static_cast<double>(e.second)));
+    if (tensors) {
+        fmt::print("\n{:<40} {:<8} {:<24} {:>12} {:>12}\n", "name", "type", "shape", "bytes", "offset");
+        for (const auto& ti : f->tensors())
+            fmt::print("{:<40} {:<8} {:<24} {:>12} {:>12}\n", ti.name, type_name(ti.type), ti.shape_string(), ti.n_bytes,
+                       f->data_offset() + ti.offset);
+    }
+    return 0;
+}
+
+}  // namespace
+
+KILN_COMMAND("info", "describe a GGUF file: architecture, hyper-parameters, tokenizer, tensors", run_info);
+
+}  // namespace kiln::cli

@@ -1,0 +1,30 @@
+// Synthetic models written with kiln's own GGUF writer: random weights, a small real SPM vocab
+// (bytes, letters, common English pieces). Used by `kiln demo` and by tests that must not depend
+// on ../shared.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "quant/types.h"
+
+namespace kiln {
+
+struct SyntheticLlama {
+    int n_layer = 2;
+    int n_embd = 64;
+    int n_head = 4;
+    int n_head_kv = 2;
+    int n_ff = 128;
+    int n_ctx = 2048;
+    float rope_base = 10000.0f;
+    TensorType type = TensorType::Q8_0;  // matrices; norms stay F32
+    bool tied_output = false;            // no output.weight: logits use token_embd
+    uint64_t seed = 42;
+    std::string name = "kiln-demo";
+};
+
+// Writes a llama-architecture GGUF to `path`. Throws kiln::Error on I/O failure.
+void write_synthetic_llama(const std::string& path, const SyntheticLlama& opts);
+
+}  // namespace kiln

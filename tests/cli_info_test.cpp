@@ -1,0 +1,88 @@
+// `kiln info` on every shared file (text and JSON), and on bad files (exit 1, loader message).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "gguf/gguf.h"
+#include "gguf/writer.h"
+#include "support/run.h"
+
+namespace fs = std::filesystem;
+using kiln::test::run_kiln;
+
+TEST(CliInfo, EverySharedFileIsDescribed) {
+    KILN_REQUIRE_SHARED("models");
+    int n = 0;
+    for (const char* sub : {"models", "vocab"}) {
+        for (const auto& entry : fs::directory_iterator(kiln::test::shared_dir() / sub)) {
+            if (entry.path().extension() != ".gguf") continue;
+            const std::string path = entry.path().string();
+            SCOPED_TRACE(path);
+            auto text = run_kiln({"info", path}, "info");
+            ASSERT_EQ(text.code, 0) << text.err;
+            EXPECT_NE(text.out.find("architecture"), std::string::npos);
+            auto js = run_kiln({"info", "--json", "--tensors", path}, "info");
+            ASSERT_EQ(js.code, 0) << js.err;
+            const auto j = nlohmann::json::parse(js.out);
+            auto f = kiln::gguf::File::open(path);
+            EXPECT_EQ(j["architecture"], f->architecture());
+            EXPECT_EQ(j["name"], f->get_string_or("general.name", ""));
+            EXPECT_EQ(j["tensor_count"], f->tensors().size());
+            EXPECT_EQ(j["file_size"], fs::file_size(entry.path()));
+            uint64_t params = 0;
+            for (const auto& t : f->tensors()) params += t.n_elements;
+            EXPECT_EQ(j["parameter_count"], params);
+            EXPECT_EQ(j["tensors"].size(), f->tensors().size());
+            const auto& h = j["hparams"];
+            const std::string a = f->architecture();
+            EXPECT_EQ(h["block_count"], f->get_int(a + ".block_count"));
+            EXPECT_EQ(h["embedding_length"], f->get_int(a + ".embedding_length"));
+            EXPECT_EQ(h["attention.head_count"], f->get_int(a + ".attention.head_count"));
+            EXPECT_TRUE(h.contains("attention.key_length"));
+            EXPECT_TRUE(h.contains("context_length"));
+            if (f->has(a + ".attention.sliding_window")) {
+                EXPECT_EQ(h["attention.sliding_window"], f->get_int(a + ".attention.sliding_window"));
+            }
+            if (f->has(a + ".expert_count")) {
+                EXPECT_EQ(h["expert_count"], f->get_int(a + ".expert_count"));
+            }
+            EXPECT_EQ(j["tokenizer"]["vocab_size"], f->get("tokenizer.ggml.tokens").as_array().size());
+            ++n;
+        }
+    }
+    EXPECT_GE(n, 30);
+}
+
+TEST(CliInfo, BadFilesExitOneWithTheLoaderMessage) {
+    const auto missing = run_kiln({"info", "/nonexistent/model.gguf"});
+    EXPECT_EQ(missing.code, 1);
+    EXPECT_NE(missing.err.find("/nonexistent/model.gguf"), std::string::npos) << missing.err;
+
+    kiln::gguf::Writer w;
+    w.set_string("general.architecture", "llama");
+    w.add_tensor("t", kiln::TensorType::F32, {1024}, std::vector<uint8_t>(4096));
+    auto bytes = w.to_bytes();
+    bytes.resize(bytes.size() - 100);
+    const auto path = kiln::test::temp_path("info-truncated.gguf");
+    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    const auto r = run_kiln({"info", path.string()});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.err.find("tensor 't': data [offset"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("runs past end of file"), std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty());
+
+    const auto text = kiln::test::temp_path("info-text.gguf");
+    std::ofstream(text) << "hello, not a model\n";
+    const auto t = run_kiln({"info", text.string()});
+    EXPECT_EQ(t.code, 1);
+    EXPECT_NE(t.err.find("not a GGUF file"), std::string::npos) << t.err;
+
+    const auto noarg = run_kiln({"info"});
+    EXPECT_EQ(noarg.code, 1);
+    const auto badflag = run_kiln({"info", "--bogus", "x"});
+    EXPECT_EQ(badflag.code, 1);
+    EXPECT_NE(badflag.err.find("--bogus"), std::string::npos);
+}

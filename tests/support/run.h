@@ -1,0 +1,59 @@
+// Running the built `kiln` binary from tests: exit code, stdout and stderr.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "support/shared.h"
+
+namespace kiln::test {
+
+struct RunResult {
+    int code = -1;
+    std::string out, err;
+};
+
+inline std::string kiln_binary() { return (std::filesystem::path(KILN_BINARY_DIR) / "kiln").string(); }
+
+inline std::string shell_quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
+// Runs `kiln ARGS...` (each argument quoted), capturing stdout and stderr separately.
+inline RunResult run_kiln(const std::vector<std::string>& args, const std::string& tag = "run") {
+    static int counter = 0;
+    const auto err_path = temp_path(tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".err");
+    std::string cmd = shell_quote(kiln_binary());
+    // Appended piecewise: GCC 12 warns falsely (-Wrestrict) on "literal" + string&&.
+    for (const auto& a : args) {
+        cmd += ' ';
+        cmd += shell_quote(a);
+    }
+    cmd += " 2>";
+    cmd += shell_quote(err_path.string());
+    cmd += " </dev/null";
+    RunResult r;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) return r;
+    std::array<char, 65536> buf;
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+    const int status = ::pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::ifstream e(err_path);
+    std::stringstream ss;
+    ss << e.rdbuf();
+    r.err = ss.str();
+    std::filesystem::remove(err_path);
+    return r;
+}
+
+}  // namespace kiln::test
