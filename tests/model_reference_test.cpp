@@ -17,12 +17,13 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/kiln.h"
+#include "support/shared.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-const fs::path kModels = fs::path(KILN_SHARED_DIR) / "models";
+fs::path models_dir() { return kiln::test::shared_dir() / "models"; }
 
 struct Reference {
     std::vector<int32_t> tokens;
@@ -112,10 +113,10 @@ const char* mode_name(Mode m) {
 }
 
 void check_model(const std::string& name, Mode mode) {
-    const fs::path gguf = kModels / (name + ".gguf");
-    const fs::path json = kModels / "reference" / (name + ".json");
-    if (!fs::exists(gguf) || !fs::exists(json))
-        GTEST_SKIP() << "SKIPPED: shared model data not found (" << gguf << "); reference comparison not run";
+    const fs::path gguf = models_dir() / (name + ".gguf");
+    const fs::path json = models_dir() / "reference" / (name + ".json");
+    KILN_REQUIRE_SHARED("models");
+    if (!fs::exists(gguf) || !fs::exists(json)) GTEST_SKIP() << "SKIPPED: " << gguf << " or its reference is absent";
 
     const Reference ref = load_reference(json);
     const kiln::Model model = kiln::Model::load(gguf.string());
@@ -173,8 +174,9 @@ TEST(ReferenceLogitsIncremental, Qwen2F32BatchesOf7) { check_model("qwen2-tiny.f
 // qwen3-vocab-tiny has no reference logits: it must load (151K-token vocabulary, F16 weights,
 // no rope.dimension_count), give finite logits, and agree between batch and token-by-token.
 TEST(ReferenceLogitsIncremental, Qwen3VocabTinyRunsConsistently) {
-    const fs::path gguf = kModels / "qwen3-vocab-tiny.f16.gguf";
-    if (!fs::exists(gguf)) GTEST_SKIP() << "SKIPPED: shared model data not found (" << gguf << ")";
+    const fs::path gguf = models_dir() / "qwen3-vocab-tiny.f16.gguf";
+    KILN_REQUIRE_SHARED("models");
+    if (!fs::exists(gguf)) GTEST_SKIP() << "SKIPPED: " << gguf << " is absent";
     const kiln::Model model = kiln::Model::load(gguf.string());
     EXPECT_EQ(model.info().arch, "qwen2");
     EXPECT_EQ(model.info().n_vocab, 151669);
