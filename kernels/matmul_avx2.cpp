@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #define KILN_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -202,20 +203,43 @@ KILN_AVX2 float vd_q4_0(const void* w, const void* xv, int64_t n) {
     return hsum(_mm256_add_ps(acc0, acc1)) - 8.0f * off;
 }
 
+// Q4_K's 12 scale bytes -> 8 scales (low 64 bits) and 8 mins (high 64 bits) as bytes.
+inline void q4k_unpack_scales(const uint8_t* s, uint32_t out[4]) {
+    uint32_t u[3];
+    std::memcpy(u, s, 12);
+    out[0] = u[0] & 0x3f3f3f3fu;                                               // scales 0..3
+    out[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);        // scales 4..7
+    out[2] = u[1] & 0x3f3f3f3fu;                                               // mins 0..3
+    out[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);  // mins 4..7
+}
+
+// pshufb control broadcasting 16-bit element j of each 128-bit lane.
+KILN_AVX2 inline __m256i bcast16_ctrl(int j) {
+    return _mm256_set1_epi16(static_cast<short>(((2 * j + 1) << 8) | (2 * j)));
+}
+
 // Q4_K: per 32-element group an unsigned 6-bit scale (applied in int32 with madd) and a min
-// (applied through the activation group sums).
+// (applied through the activation group sums, also with madd).
 KILN_AVX2 float vd_q4_K(const void* w, const void* xv, int64_t n) {
     const q4_K* b = static_cast<const q4_K*>(w);
     const xq256* x = static_cast<const xq256*>(xv);
     const int64_t nb = n / QKK;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc = _mm256_setzero_ps();
-    float macc = 0;
+    __m128 macc = _mm_setzero_ps();
     for (int64_t ib = 0; ib < nb; ++ib) {
-        uint8_t sc[8], mn[8];
-        for (int j = 0; j < 8; ++j) scale_min_k4(j, b[ib].scales, &sc[j], &mn[j]);
-        int summ = 0;
-        for (int j = 0; j < 8; ++j) summ += mn[j] * (x[ib].bsums[2 * j] + x[ib].bsums[2 * j + 1]);
+        uint32_t u[4];
+        q4k_unpack_scales(b[ib].scales, u);
+        const __m128i scmn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+        const __m128i sc16 = _mm_cvtepu8_epi16(scmn);                     // 8 scales
+        const __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(scmn, 8));  // 8 mins
+        const __m256i bs = loadu256(x[ib].bsums);
+        const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const __m128i mprod = _mm_madd_epi16(mn16, pairs);
+        const float dx = x[ib].d;
+        macc = _mm_fmadd_ps(_mm_set1_ps(h2f(b[ib].dmin) * dx), _mm_cvtepi32_ps(mprod), macc);
+
+        const __m256i sc = _mm256_broadcastsi128_si256(sc16);
         __m256i iacc = _mm256_setzero_si256();
         for (int c = 0; c < 4; ++c) {
             const __m256i bytes = loadu256(b[ib].qs + 32 * c);
@@ -223,15 +247,15 @@ KILN_AVX2 float vd_q4_K(const void* w, const void* xv, int64_t n) {
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
             __m256i plo = _mm256_maddubs_epi16(lo, loadu256(x[ib].qs + 64 * c));
             __m256i phi = _mm256_maddubs_epi16(hi, loadu256(x[ib].qs + 64 * c + 32));
-            plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c]));
-            phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1]));
+            plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, bcast16_ctrl(2 * c)));
+            phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, bcast16_ctrl(2 * c + 1)));
             iacc = _mm256_add_epi32(iacc, _mm256_add_epi32(plo, phi));
         }
-        const float dx = x[ib].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * dx), _mm256_cvtepi32_ps(iacc), acc);
-        macc += h2f(b[ib].dmin) * dx * static_cast<float>(summ);
     }
-    return hsum(acc) - macc;
+    __m128 m = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return hsum(acc) - _mm_cvtss_f32(m);
 }
 
 // The four 32-code groups of one Q6_K half (values 0..63, offset 32 applied by the caller).
@@ -254,29 +278,32 @@ KILN_AVX2 float vd_q6_K(const void* w, const void* xv, int64_t n) {
     const q6_K* b = static_cast<const q6_K*>(w);
     const xq256* x = static_cast<const xq256*>(xv);
     const int64_t nb = n / QKK;
-    __m256 acc = _mm256_setzero_ps();
-    float oacc = 0;
+    // Group g of a half uses scale 2g in the low 128-bit lane and 2g+1 in the high one.
+    __m256i ctrl[4];
+    for (int g = 0; g < 4; ++g)
+        ctrl[g] = _mm256_set_m128i(_mm256_castsi256_si128(bcast16_ctrl(2 * g + 1)),
+                                   _mm256_castsi256_si128(bcast16_ctrl(2 * g)));
+    __m256 acc = _mm256_setzero_ps(), oacc = _mm256_setzero_ps();
     for (int64_t ib = 0; ib < nb; ++ib) {
-        const int8_t* sc = b[ib].scales;
-        int offs = 0;
-        for (int g = 0; g < 16; ++g) offs += sc[g] * x[ib].bsums[g];
+        const __m256i sc16 = _mm256_cvtepi8_epi16(loadu128(b[ib].scales));  // 16 scales
+        const __m256i offs = _mm256_madd_epi16(sc16, loadu256(x[ib].bsums));
         __m256i iacc = _mm256_setzero_si256();
         for (int h = 0; h < 2; ++h) {
             __m256i q[4];
             q6k_codes(b[ib].ql + 64 * h, b[ib].qh + 32 * h, q);
-            const int8_t* s = sc + 8 * h;
+            const __m128i sh = h == 0 ? _mm256_castsi256_si128(sc16) : _mm256_extracti128_si256(sc16, 1);
+            const __m256i sc = _mm256_broadcastsi128_si256(sh);
             const int8_t* xq = x[ib].qs + 128 * h;
             for (int g = 0; g < 4; ++g) {
                 const __m256i p = _mm256_maddubs_epi16(q[g], loadu256(xq + 32 * g));
-                const __m256i sv = _mm256_set_m128i(_mm_set1_epi16(s[2 * g + 1]), _mm_set1_epi16(s[2 * g]));
-                iacc = _mm256_add_epi32(iacc, _mm256_madd_epi16(p, sv));
+                iacc = _mm256_add_epi32(iacc, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, ctrl[g])));
             }
         }
-        const float d = h2f(b[ib].d) * x[ib].d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(iacc), acc);
-        oacc += d * static_cast<float>(32 * offs);
+        const __m256 d = _mm256_set1_ps(h2f(b[ib].d) * x[ib].d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(iacc), acc);
+        oacc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(offs), oacc);
     }
-    return hsum(acc) - oacc;
+    return hsum(acc) - 32.0f * hsum(oacc);
 }
 
 // ---- decoders (weight tile -> float) --------------------------------------------------------
