@@ -184,7 +184,10 @@ TEST(ReferenceLogitsIncremental, Qwen3VocabTinyRunsConsistently) {
     opts.n_ctx = 64;
     opts.n_threads = 2;
     kiln::Context ctx(model, opts);
-    const std::vector<int32_t> tokens = {151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198};
+    ASSERT_TRUE(model.has_tokenizer());
+    const std::vector<int32_t> tokens = model.tokenizer().encode("<|im_start|>user\nHello, how are you?<|im_end|>\n", false, true);
+    ASSERT_GE(tokens.size(), 8u);
+    EXPECT_EQ(tokens.front(), model.tokenizer().find_token("<|im_start|>"));
     const auto batch = run_batch(ctx, tokens);
     const auto step = run_token_by_token(ctx, tokens);
     double max_abs = 0, max_d = 0;

@@ -525,6 +525,10 @@ TEST(SyntheticModel, InfoDescribesTheModel) {
     EXPECT_EQ(i.n_head_kv, c.n_head_kv);
     EXPECT_EQ(i.head_dim, c.head_dim);
 
+    // Its metadata has a token list but no tokenizer.ggml.model: logits work, the tokenizer says why not.
+    EXPECT_FALSE(m.has_tokenizer());
+    EXPECT_THROW(m.tokenizer(), kiln::Error);
+
     lo.progress = [](float f) { return f < 0.5f; };
     EXPECT_NE(error_of([&] { kiln::Model::load(path, lo); }).find("cancelled"), std::string::npos);
 }

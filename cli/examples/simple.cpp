@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "kiln/kiln.h"
@@ -33,8 +34,9 @@ int main(int argc, char** argv) {
         for (int step = 0; step < 8 && ctx.n_past() < ctx.n_ctx(); ++step) {
             const auto row = ctx.logits();
             const int32_t best = static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
-            std::printf("position %lld: argmax %d (logit %.4f)\n", static_cast<long long>(ctx.n_past() - 1), best,
-                        row[static_cast<size_t>(best)]);
+            const std::string piece = model.has_tokenizer() ? model.tokenizer().token_to_piece(best) : "";
+            std::printf("position %lld: argmax %d %s(logit %.4f)\n", static_cast<long long>(ctx.n_past() - 1), best,
+                        piece.empty() ? "" : ("'" + piece + "' ").c_str(), row[static_cast<size_t>(best)]);
             ctx.decode(std::span<const int32_t>(&best, 1));
         }
         return 0;

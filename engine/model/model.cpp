@@ -19,6 +19,15 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
     report(0.1f);
     impl->arch = model::load_architecture(*impl->file);
     const model::HParams& hp = impl->arch->hparams();
+    try {
+        impl->tokenizer = std::make_unique<Tokenizer>(*impl->file);
+        if (impl->tokenizer->n_vocab() != hp.n_vocab)
+            throw Error(fmt::format("{}: the tokenizer has {} tokens but the model's vocabulary is {}", path,
+                                    impl->tokenizer->n_vocab(), hp.n_vocab));
+    } catch (const Error& e) {
+        impl->tokenizer.reset();
+        impl->tokenizer_error = e.what();
+    }
 
     ModelInfo& in = impl->info;
     in.path = path;
@@ -62,5 +71,10 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
 
 const ModelInfo& Model::info() const { return impl_->info; }
 int Model::default_threads() const { return impl_->n_threads; }
+bool Model::has_tokenizer() const { return impl_->tokenizer != nullptr; }
+const Tokenizer& Model::tokenizer() const {
+    if (!impl_->tokenizer) throw Error(impl_->tokenizer_error.empty() ? "model has no tokenizer" : impl_->tokenizer_error);
+    return *impl_->tokenizer;
+}
 
 }  // namespace kiln

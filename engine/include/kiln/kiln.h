@@ -5,4 +5,5 @@
 #include "kiln/error.h"
 #include "kiln/model.h"
 #include "kiln/types.h"
+#include "tokenizer/tokenizer.h"
 #include "kiln/version.h"

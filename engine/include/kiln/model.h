@@ -17,6 +17,8 @@
 
 namespace kiln {
 
+class Tokenizer;  // engine/tokenizer/tokenizer.h (included by kiln/kiln.h)
+
 struct LoadOptions {
     // Called while loading with the fraction done (0..1); return false to cancel (load() then
     // throws kiln::Error "loading ... cancelled").
@@ -50,6 +52,12 @@ public:
 
     const ModelInfo& info() const;
     int default_threads() const;
+
+    // The model's tokenizer (from its tokenizer.ggml.* metadata). A model whose tokenizer cannot
+    // be built still loads and computes logits from ids; asking for its tokenizer then throws
+    // the kiln::Error that building it gave.
+    const Tokenizer& tokenizer() const;
+    bool has_tokenizer() const;
 
     struct Impl;  // engine-internal
     const std::shared_ptr<const Impl>& impl() const { return impl_; }
