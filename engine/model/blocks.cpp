@@ -21,7 +21,15 @@ TensorId linear(Graph& g, TensorId x, const Weight& w, const Weight& b) {
     return y;
 }
 
+void require_plain_rope(const HParams& hp) {
+    if (hp.rope_scaling == RopeScaling::Yarn)
+        throw Error(fmt::format("{}: YaRN RoPE scaling ({}.rope.scaling.type = yarn) is not implemented for this "
+                                "architecture yet",
+                                hp.arch, hp.arch));
+}
+
 AttentionConfig attention_config(const HParams& hp, int64_t layer, graph::RopeMode mode) {
+    require_plain_rope(hp);
     AttentionConfig c;
     c.attn.layer = static_cast<int>(layer);
     c.attn.n_head = static_cast<int>(hp.n_head);

@@ -29,6 +29,8 @@ struct AttentionConfig {
     graph::AttentionParams attn;  // layer, heads, head sizes, scale, window
     graph::RopeParams rope;       // mode, base, scale, rotated dims (n_head filled per use)
 };
+// Throws when the file asks for a RoPE scaling the shared attention does not implement (YaRN).
+void require_plain_rope(const HParams& hp);
 // The usual config of a layer from hparams: scale 1/sqrt(dk), rope over n_rot dims.
 AttentionConfig attention_config(const HParams& hp, int64_t layer, graph::RopeMode mode);
 

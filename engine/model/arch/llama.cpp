@@ -17,6 +17,7 @@ struct LlamaLayer {
 class Llama final : public Architecture {
 public:
     explicit Llama(const gguf::File& f) : hp_(HParams::read(f)), w_(f) {
+        blocks::require_plain_rope(hp_);
         const int64_t E = hp_.n_embd, V = hp_.n_vocab, F = hp_.n_ff;
         const int64_t QD = hp_.n_head * hp_.head_dim_k, KD = hp_.n_head_kv * hp_.head_dim_k;
         const int64_t VD = hp_.n_head_kv * hp_.head_dim_v, OD = hp_.n_head * hp_.head_dim_v;
