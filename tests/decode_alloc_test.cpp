@@ -21,6 +21,12 @@ std::atomic<bool> g_counting{false};
 std::atomic<int64_t> g_allocations{0};
 }  // namespace
 
+// Under AddressSanitizer the runtime owns operator new/delete (and mixes ours with its own), so the
+// count is only taken in ordinary builds.
+#if defined(__SANITIZE_ADDRESS__)
+#define KILN_COUNT_ALLOCATIONS 0
+#else
+#define KILN_COUNT_ALLOCATIONS 1
 void* operator new(std::size_t n) {
     if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
     if (void* p = std::malloc(n ? n : 1)) return p;
@@ -31,6 +37,7 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+#endif
 
 namespace {
 
@@ -76,6 +83,7 @@ std::string write_tiny_llama() {
 }
 
 TEST(DecodeAllocations, NoneWhileGeneratingTokens) {
+    if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
     const kiln::Model model = kiln::Model::load(write_tiny_llama());
     kiln::ContextOptions o;
     o.n_ctx = 48;
