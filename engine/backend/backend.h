@@ -48,7 +48,8 @@ public:
     // Copies `bytes` into the input tensor `id` (exactly its size).
     virtual void set_input(graph::TensorId id, const void* data, size_t bytes) = 0;
     virtual void run(const RunArgs& args) = 0;
-    // An output tensor's data after run() (ne1 rows of ne0 floats), valid until the next run.
+    // An output tensor's data after run() (ne1 rows of ne0 floats), valid until the next run of
+    // any executable of the same backend (they may share one workspace).
     virtual const float* output(graph::TensorId id) const = 0;
 };
 

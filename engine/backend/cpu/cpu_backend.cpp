@@ -58,7 +58,6 @@ public:
         for (const KvLayerShape& l : layout.layers) {
             k_.push_back(aligned_bytes(static_cast<size_t>(layout.n_ctx) * l.n_head_kv * l.head_dim_k * el));
             v_.push_back(aligned_bytes(static_cast<size_t>(layout.n_ctx) * l.n_head_kv * l.head_dim_v * el));
-            max_dv_ = std::max(max_dv_, l.head_dim_v);
         }
         // Per thread: the scores of one query head over the whole context.
         scores_stride_ = static_cast<size_t>(layout.n_ctx + 16);
@@ -74,7 +73,6 @@ private:
     std::vector<AlignedBuf> k_, v_;
     AlignedBuf scores_;
     size_t scores_stride_ = 0;
-    int max_dv_ = 0;
 };
 
 class CpuBackend;
