@@ -86,13 +86,12 @@ BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->MinTime(0.2)->UseRealTime()
 void BM_ReadBandwidth(benchmark::State& state) {
     const int64_t n = static_cast<int64_t>(kCopyBytes / sizeof(float));
     static std::vector<float> buf(static_cast<size_t>(n), 1.0f);
-    static std::vector<float> ones(1 << 16, 1.0f);
     auto& p = pool();
     std::vector<float> partial(static_cast<size_t>(p.size()));
     for (auto _ : state) {
         p.parallel_for(n / 65536, [&](int64_t b, int64_t e, int t) {
             float s = 0;
-            for (int64_t c = b; c < e; ++c) s += kiln::kernels::dot_f32(buf.data() + c * 65536, ones.data(), 65536);
+            for (int64_t c = b; c < e; ++c) s += kiln::kernels::dot_f32(buf.data() + c * 65536, buf.data() + c * 65536, 65536);
             partial[static_cast<size_t>(t)] = s;
         });
         benchmark::DoNotOptimize(partial.data());
