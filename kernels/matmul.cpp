@@ -1,6 +1,7 @@
 #include "kernels/matmul.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -15,8 +16,20 @@ namespace {
 using namespace detail;
 
 // From this many tokens on, weights are expanded to float tiles (each block decoded once per
-// call) instead of being dotted with each token straight from the quantized bytes.
-constexpr int64_t kTileMinTokens = 4;
+// call) instead of being dotted with each token straight from the weight bytes. The integer
+// dots of the quantized types are cheap enough per token to win up to ~16 tokens (measured
+// on Zen 4); float weights switch earlier. KILN_TILE_MIN_TOKENS overrides both (tuning).
+int64_t env_tile_min_tokens() {
+    static const int64_t v = [] {
+        const char* e = std::getenv("KILN_TILE_MIN_TOKENS");
+        return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t{0};
+    }();
+    return v;
+}
+constexpr int64_t kTileMinTokensInt = 16;
+constexpr int64_t kTileMinTokensFloat = 4;
+constexpr int64_t kTileMinTokensMax = 16;
+
 // Tile sizes: a thread's weight tile of kTileRows x kTileK floats (128 KiB) sits in L2.
 // kTileK is a multiple of every block size (256), so a k-slice starts on a block boundary.
 constexpr int64_t kTileRows = 64;
@@ -25,13 +38,15 @@ constexpr size_t kAlign = 64;
 
 size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
-size_t per_thread_bytes(int64_t k, int64_t n_tokens) {
-    if (matmul_uses_tiles(n_tokens)) return align_up(static_cast<size_t>(kTileRows * std::min(k, kTileK)) * sizeof(float));
-    return align_up(static_cast<size_t>(k) * sizeof(float));  // one decoded row
+// Scratch layout: [8-bit activations (few-token path)] [per-thread area] x n_threads, where the
+// per-thread area holds a decoded row (few-token path) or a weight tile (tile path). Sized for
+// whichever path any kernel level could take, so set_force_scalar between calls is safe.
+size_t per_thread_bytes(int64_t k) {
+    return align_up(static_cast<size_t>(std::max(kTileRows * std::min(k, kTileK), k)) * sizeof(float));
 }
 
 size_t x_bytes(int64_t k, int64_t n_tokens) {
-    if (matmul_uses_tiles(n_tokens)) return 0;
+    if (n_tokens >= std::max(kTileMinTokensMax, env_tile_min_tokens())) return 0;
     const size_t row = std::max(xformat_row_bytes(XFormat::Q8x32, k), xformat_row_bytes(XFormat::Q8x256, k));
     return align_up(row * static_cast<size_t>(n_tokens));
 }
@@ -178,7 +193,10 @@ XFormat detail::decode_xformat(TensorType t) {
     return XFormat::F32;
 }
 
-bool matmul_uses_tiles(int64_t n_tokens) { return n_tokens >= kTileMinTokens; }
+bool matmul_uses_tiles(TensorType t, int64_t n_tokens) {
+    if (env_tile_min_tokens() > 0) return n_tokens >= env_tile_min_tokens();
+    return n_tokens >= (detail::decode_xformat(t) != XFormat::F32 ? kTileMinTokensInt : kTileMinTokensFloat);
+}
 
 bool matmul_supports(TensorType t) {
     const TypeTraits* tr = type_traits(static_cast<uint32_t>(t));
@@ -189,7 +207,7 @@ size_t matmul_scratch_bytes(TensorType wtype, int64_t k, int64_t n_tokens, int n
     (void)wtype;
     if (k <= 0 || n_tokens <= 0) return 0;
     n_threads = std::max(n_threads, 1);
-    return kAlign + x_bytes(k, n_tokens) + static_cast<size_t>(n_threads) * per_thread_bytes(k, n_tokens);
+    return kAlign + x_bytes(k, n_tokens) + static_cast<size_t>(n_threads) * per_thread_bytes(k);
 }
 
 void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const float* x,
@@ -216,10 +234,10 @@ void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const floa
     p.x = x;
     p.y = y;
     p.thread_scratch = xbuf + x_bytes(k, n_tokens);
-    p.thread_stride = per_thread_bytes(k, n_tokens);
+    p.thread_stride = per_thread_bytes(k);
     p.avx2 = use_avx2();
 
-    if (matmul_uses_tiles(n_tokens))
+    if (matmul_uses_tiles(wtype, n_tokens))
         run_tiles(p, pool);
     else
         run_rows(p, pool, xbuf);

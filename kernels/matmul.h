@@ -39,7 +39,8 @@ void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const floa
 void matmul_reference(TensorType wtype, const void* w, int64_t rows, int64_t k, const float* x,
                       int64_t n_tokens, float* y);
 
-// Which path matmul takes for n_tokens (for benchmarks and tests): true = prefill (float tile).
-bool matmul_uses_tiles(int64_t n_tokens);
+// Which path matmul takes (for benchmarks and tests): true = weight tiles expanded to float,
+// false = per-token dots straight from the weight bytes. Depends on the kernel level in use.
+bool matmul_uses_tiles(TensorType wtype, int64_t n_tokens);
 
 }  // namespace kiln::kernels

@@ -1,0 +1,211 @@
+// Matmul throughput per weight type at real layer shapes, next to the machine's memory bandwidth.
+//
+//   ./kiln_bench --benchmark_filter='Memcpy|ReadBandwidth|Matmul/(q4_K|q8_0|f16)/'
+//
+// Counters: weight_GB/s (weight bytes read per second: the decode roofline is memory bandwidth),
+// GFLOP/s (2*rows*k*n_tokens per second), and for decode (n_tokens = 1) of_memcpy = weight_GB/s
+// divided by the memcpy bandwidth measured in this process (BM_Memcpy, bytes copied per second).
+// Threads: KILN_BENCH_THREADS (default: all hardware threads). KILN_FORCE_SCALAR=1 benchmarks
+// the portable path.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+#include "quant/quant.h"
+
+namespace {
+
+using kiln::TensorType;
+
+int bench_threads() {
+    const char* v = std::getenv("KILN_BENCH_THREADS");
+    return v ? std::atoi(v) : 0;
+}
+
+kiln::ThreadPool& pool() {
+    static kiln::ThreadPool p(bench_threads());
+    return p;
+}
+
+// ---- memory roofline ------------------------------------------------------------------------
+
+constexpr size_t kCopyBytes = size_t{256} << 20;
+
+std::vector<char>& copy_src() {
+    static std::vector<char> v(kCopyBytes, 1);
+    return v;
+}
+std::vector<char>& copy_dst() {
+    static std::vector<char> v(kCopyBytes, 2);
+    return v;
+}
+
+double g_memcpy_gbs = 0;  // bytes copied per second, best seen
+
+double measure_memcpy_gbs() {
+    if (g_memcpy_gbs > 0) return g_memcpy_gbs;
+    auto& s = copy_src();
+    auto& d = copy_dst();
+    double best = 0;
+    for (int i = 0; i < 3; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        std::memcpy(d.data(), s.data(), kCopyBytes);
+        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, static_cast<double>(kCopyBytes) / sec / 1e9);
+    }
+    g_memcpy_gbs = best;
+    return best;
+}
+
+void BM_Memcpy(benchmark::State& state) {
+    auto& s = copy_src();
+    auto& d = copy_dst();
+    for (auto _ : state) {
+        std::memcpy(d.data(), s.data(), kCopyBytes);
+        benchmark::DoNotOptimize(d.data());
+        benchmark::ClobberMemory();
+    }
+    const double gbs = static_cast<double>(kCopyBytes) * static_cast<double>(state.iterations()) / 1e9;
+    state.counters["copy_GB/s"] = benchmark::Counter(gbs, benchmark::Counter::kIsRate);
+    state.counters["read+write_GB/s"] = benchmark::Counter(2 * gbs, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->MinTime(0.2)->UseRealTime();
+
+// All pool threads summing one large float buffer: the read bandwidth decode can hope for.
+void BM_ReadBandwidth(benchmark::State& state) {
+    const int64_t n = static_cast<int64_t>(kCopyBytes / sizeof(float));
+    static std::vector<float> buf(static_cast<size_t>(n), 1.0f);
+    auto& p = pool();
+    std::vector<float> partial(static_cast<size_t>(p.size()));
+    for (auto _ : state) {
+        p.parallel_for(n / 65536, [&](int64_t b, int64_t e, int t) {
+            float s = 0;
+            for (int64_t c = b; c < e; ++c) s += kiln::kernels::dot_f32(buf.data() + c * 65536, buf.data() + c * 65536, 65536);
+            partial[static_cast<size_t>(t)] = s;
+        });
+        benchmark::DoNotOptimize(partial.data());
+    }
+    state.counters["read_GB/s"] = benchmark::Counter(
+        static_cast<double>(kCopyBytes) * static_cast<double>(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+    state.counters["threads"] = p.size();
+}
+BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->MinTime(0.2)->UseRealTime();
+
+// ---- matmul ---------------------------------------------------------------------------------
+
+struct Weights {
+    std::vector<uint8_t> bytes;
+};
+
+// Distinct quantized rows (64 of them, repeated) so building 14336 x 4096 stays quick.
+const Weights& weights(TensorType t, int64_t rows, int64_t k) {
+    static std::map<std::tuple<uint32_t, int64_t, int64_t>, std::unique_ptr<Weights>> cache;
+    auto key = std::make_tuple(static_cast<uint32_t>(t), rows, k);
+    auto it = cache.find(key);
+    if (it != cache.end()) return *it->second;
+    cache.clear();  // one weight matrix alive at a time
+    auto w = std::make_unique<Weights>();
+    const size_t rb = static_cast<size_t>(*kiln::row_bytes(t, static_cast<uint64_t>(k)));
+    const int64_t distinct = std::min<int64_t>(rows, 64);
+    std::vector<uint8_t> base(rb * static_cast<size_t>(distinct));
+    std::mt19937 rng(1234);
+    std::normal_distribution<float> nd(0.0f, 0.02f);
+    std::vector<float> row(static_cast<size_t>(k));
+    const auto& tr = kiln::traits(t);
+    for (int64_t r = 0; r < distinct; ++r) {
+        for (auto& v : row) v = nd(rng);
+        uint8_t* dst = base.data() + static_cast<size_t>(r) * rb;
+        if (tr.can_quantize) {
+            kiln::quantize_row(t, row.data(), dst, k);
+        } else {
+            // No quantizer (Q2_K, Q3_K, IQ4_XS): random codes, quantized-looking scales.
+            for (size_t i = 0; i < rb; ++i) dst[i] = static_cast<uint8_t>(rng());
+            for (size_t b = 0; b < rb / tr.type_size; ++b) {
+                uint8_t* blk = dst + b * tr.type_size;
+                const uint16_t h = 0x1c00;  // 2^-8
+                if (t == TensorType::Q2_K) { std::memcpy(blk + 80, &h, 2); std::memcpy(blk + 82, &h, 2); }
+                if (t == TensorType::Q3_K) std::memcpy(blk + 108, &h, 2);
+                if (t == TensorType::IQ4_XS) std::memcpy(blk, &h, 2);
+            }
+        }
+    }
+    w->bytes.resize(rb * static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(w->bytes.data() + static_cast<size_t>(r) * rb,
+                    base.data() + static_cast<size_t>(r % distinct) * rb, rb);
+    auto& ref = *w;
+    cache.emplace(key, std::move(w));
+    return ref;
+}
+
+void BM_Matmul(benchmark::State& state, TensorType t, int64_t rows, int64_t k, int64_t n) {
+    const Weights& w = weights(t, rows, k);
+    std::vector<float> x(static_cast<size_t>(n * k));
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
+    for (auto& v : x) v = ud(rng);
+    std::vector<float> y(static_cast<size_t>(n * rows));
+    auto& p = pool();
+    std::vector<uint8_t> scratch(kiln::kernels::matmul_scratch_bytes(t, k, n, p.size()));
+    const double gbs_memcpy = n == 1 ? measure_memcpy_gbs() : 0;
+    kiln::kernels::matmul(t, w.bytes.data(), rows, k, x.data(), n, y.data(), scratch.data(), p);  // warm
+    for (auto _ : state) {
+        kiln::kernels::matmul(t, w.bytes.data(), rows, k, x.data(), n, y.data(), scratch.data(), p);
+        benchmark::DoNotOptimize(y.data());
+    }
+    const double iters = static_cast<double>(state.iterations());
+    const double wbytes = static_cast<double>(w.bytes.size());
+    state.counters["weight_GB/s"] = benchmark::Counter(wbytes * iters / 1e9, benchmark::Counter::kIsRate);
+    state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(rows * k) * static_cast<double>(n) * iters / 1e9,
+                                                   benchmark::Counter::kIsRate);
+    if (n == 1) {
+        // A rate counter divides by the elapsed time: weight_GB/s / memcpy_GB/s.
+        state.counters["of_memcpy"] = benchmark::Counter(wbytes * iters / 1e9 / gbs_memcpy, benchmark::Counter::kIsRate);
+    }
+    state.SetLabel(std::string(kiln::kernels::kernel_level_name()) + " threads=" + std::to_string(p.size()));
+}
+
+const TensorType kBenchTypes[] = {
+    TensorType::Q4_K, TensorType::Q8_0, TensorType::F16,  TensorType::Q4_0, TensorType::Q6_K,
+    TensorType::F32,  TensorType::BF16, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1,
+    TensorType::Q2_K, TensorType::Q3_K, TensorType::Q5_K, TensorType::IQ4_NL, TensorType::IQ4_XS,
+    TensorType::MXFP4,
+};
+
+[[maybe_unused]] const bool registered = [] {
+    struct Shape { int64_t rows, k; };
+    for (TensorType t : kBenchTypes)
+        for (Shape s : {Shape{4096, 4096}, Shape{14336, 4096}})
+            for (int64_t n : {1, 512}) {
+                const std::string name = std::string("Matmul/") + kiln::type_name(t) + "/" +
+                                         std::to_string(s.rows) + "x" + std::to_string(s.k) + "/n=" + std::to_string(n);
+                benchmark::RegisterBenchmark(name.c_str(), BM_Matmul, t, s.rows, s.k, n)
+                    ->Unit(benchmark::kMillisecond)
+                    ->MinTime(n == 1 ? 0.2 : 0.05)
+                    ->UseRealTime();
+            }
+    // Small batches around the switch from per-token dots to float tiles (speculative decoding,
+    // short prompts).
+    for (TensorType t : {TensorType::Q4_K, TensorType::Q8_0, TensorType::F16})
+        for (int64_t n : {2, 3, 4, 8, 17}) {
+            const std::string name = std::string("MatmulBatch/") + kiln::type_name(t) + "/4096x4096/n=" + std::to_string(n);
+            benchmark::RegisterBenchmark(name.c_str(), BM_Matmul, t, int64_t{4096}, int64_t{4096}, n)
+                ->Unit(benchmark::kMillisecond)
+                ->MinTime(0.1)
+                ->UseRealTime();
+        }
+    return true;
+}();
+
+}  // namespace
