@@ -1,5 +1,6 @@
 #include "model/synthetic.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -38,6 +39,7 @@ uint64_t add_vocab(gguf::Writer& w) {
         pieces.emplace_back(word);
     }
     for (const auto& p : pieces) {
+        if (std::find(tokens.begin(), tokens.end(), p) != tokens.end()) continue;  // "a" is a letter and a word
         tokens.push_back(p);
         scores.push_back(-1000.0f + static_cast<float>(p.size()) * 10.0f - static_cast<float>(tokens.size()) * 0.01f);
         types.push_back(kNormal);
