@@ -1,5 +1,6 @@
 #include "model/synthetic.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -34,10 +35,16 @@ uint64_t add_vocab(gguf::Writer& w) {
     for (const char* p : {".", ",", "!", "?", "'", "-", ":"}) pieces.emplace_back(p);
     for (const char* word : {"the", "a", "of", "and", "to", "in", "is", "it", "that", "kiln", "fire", "clay", "pot",
                              "hot", "cool", "glaze", "once", "upon", "time", "there", "was", "model", "token"}) {
-        pieces.push_back(space + word);
-        pieces.emplace_back(word);
+        // SPM merges two adjacent pieces only into a piece of the vocabulary: add every prefix so
+        // that whole words are reachable.
+        const std::string w = word;
+        for (size_t n = 1; n <= w.size(); ++n) {
+            pieces.push_back(space + w.substr(0, n));
+            if (n > 1) pieces.push_back(w.substr(0, n));
+        }
     }
     for (const auto& p : pieces) {
+        if (std::find(tokens.begin(), tokens.end(), p) != tokens.end()) continue;  // "a" is a letter and a word
         tokens.push_back(p);
         scores.push_back(-1000.0f + static_cast<float>(p.size()) * 10.0f - static_cast<float>(tokens.size()) * 0.01f);
         types.push_back(kNormal);

@@ -384,7 +384,7 @@ void Tokenizer::Impl::detect_special_tokens(const gguf::File&) {
     static constexpr const char* kEog[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>",
                                            "<|flush|>", "<|calls|>", "<end_of_turn>", "<|endoftext|>",
                                            "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
-                                           "<end_of_utterance>", "<turn|>", "<|tool_response>",
+                                           "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
                                            "<｜end▁of▁sentence｜>"};
     static constexpr const char* kFimEog[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]",
                                               "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>",
