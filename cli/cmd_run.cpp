@@ -1,0 +1,151 @@
+// kiln run -m MODEL -p PROMPT: load, decode the prompt, stream the generated text, print stats.
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "cli/args.h"
+#include "cli/command.h"
+#include "cli/progress.h"
+#include "kiln/kiln.h"
+
+namespace kiln::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+void print_rate(const char* what, double ms, int64_t n, const char* unit) {
+    fmt::print(stderr, "{:<17}= {:10.2f} ms / {:5} {:<6} ({:8.2f} ms per token, {:8.2f} tokens per second)\n", what, ms, n,
+               unit, n ? ms / static_cast<double>(n) : 0.0, ms > 0 ? 1000.0 * static_cast<double>(n) / ms : 0.0);
+}
+
+int run_run(const std::vector<std::string>& argv) {
+    std::string model_path, prompt, backend = "cpu";
+    int64_t n_predict = 128, n_ctx = 0, n_batch = 512;
+    int n_threads = 0;
+    bool no_display_prompt = false, quiet = false, ignore_eos = false;
+    SamplerParams sp;
+    int64_t seed = -1;
+    Args args("run", "-m MODEL -p PROMPT [options]");
+    args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to run");
+    args.option({"-p", "--prompt"}, &prompt, "TEXT", "prompt text");
+    args.option({"-n", "--n-predict"}, &n_predict, "N", "tokens to generate (default 128, -1: until end of text or context)");
+    args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
+    args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
+    args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
+    args.option({"--backend"}, &backend, "NAME", "cpu (default) or vulkan");
+    args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
+    args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
+    args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
+    args.option({"--min-p"}, &sp.min_p, "P", "min-p sampling (default 0.05, 0 = off)");
+    args.option({"--repeat-penalty"}, &sp.repeat_penalty, "X", "repetition penalty (default 1.0 = off)");
+    args.option({"--repeat-last-n"}, &sp.repeat_last_n, "N", "tokens the penalties look back over (default 64)");
+    args.option({"--presence-penalty"}, &sp.presence_penalty, "X", "presence penalty (default 0)");
+    args.option({"--frequency-penalty"}, &sp.frequency_penalty, "X", "frequency penalty (default 0)");
+    args.option({"-s", "--seed"}, &seed, "N", "random seed (default: random)");
+    args.flag({"--ignore-eos"}, &ignore_eos, "keep generating past end-of-text tokens");
+    args.flag({"--no-display-prompt"}, &no_display_prompt, "do not echo the prompt");
+    args.flag({"-q", "--quiet"}, &quiet, "no progress bars or statistics");
+    if (!args.parse(argv)) return 0;
+    if (model_path.empty()) throw Error("kiln run: no model given (-m MODEL.gguf)");
+    if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
+
+    const auto t_load = Clock::now();
+    LoadOptions lo;
+    lo.n_threads = n_threads;
+    Progress load_bar("loading", !quiet);
+    lo.progress = [&](float f) {
+        load_bar.update(f);
+        return true;
+    };
+    Model model = Model::load(model_path, lo);
+    load_bar.done();
+    ContextOptions co;
+    co.n_ctx = n_ctx;
+    co.n_threads = n_threads;
+    co.n_batch = n_batch;
+    co.backend = backend;
+    Context ctx(model, co);
+    const double load_ms = ms_since(t_load);
+
+    const Tokenizer& tok = model.tokenizer();
+    const std::vector<int32_t> tokens = tok.encode(prompt, /*add_special=*/true, /*parse_special=*/true);
+    if (tokens.empty()) throw Error("kiln run: the prompt is empty (give one with -p)");
+    if (static_cast<int64_t>(tokens.size()) >= ctx.n_ctx())
+        throw Error(fmt::format("kiln run: the prompt is {} tokens but the context holds {} (raise -c)", tokens.size(),
+                                ctx.n_ctx()));
+    if (!quiet)
+        fmt::print(stderr, "kiln run: {} ({}), {} prompt tokens, context {}\n", model.info().name.empty() ? model_path : model.info().name,
+                   model.info().arch, tokens.size(), ctx.n_ctx());
+
+    if (!no_display_prompt) {
+        fmt::print("{}", prompt);
+        std::fflush(stdout);
+    }
+
+    // The prompt, in n_batch chunks so a long one shows progress.
+    const auto t_prompt = Clock::now();
+    {
+        Progress bar("prompt", !quiet && tokens.size() > static_cast<size_t>(n_batch));
+        const size_t step = static_cast<size_t>(std::max<int64_t>(1, n_batch));
+        for (size_t i = 0; i < tokens.size(); i += step) {
+            const size_t n = std::min(step, tokens.size() - i);
+            ctx.decode(std::span<const int32_t>(tokens.data() + i, n));
+            bar.update(static_cast<double>(i + n) / static_cast<double>(tokens.size()));
+        }
+    }
+    const double prompt_ms = ms_since(t_prompt);
+
+    Sampler sampler(sp, static_cast<int32_t>(ctx.n_vocab()));
+    for (int32_t t : tokens) sampler.accept(t);
+    Detokenizer detok(tok);
+    const auto t_gen = Clock::now();
+    int64_t generated = 0;
+    std::string stop_reason = "length";
+    const int64_t limit = n_predict < 0 ? ctx.n_ctx() : n_predict;
+    while (generated < limit) {
+        const int32_t next = sampler.sample(ctx.logits());
+        sampler.accept(next);
+        ++generated;
+        if (!ignore_eos && tok.is_eog(next)) {
+            stop_reason = "end of text";
+            break;
+        }
+        const std::string piece = detok.push(next);
+        if (!piece.empty()) {
+            std::fwrite(piece.data(), 1, piece.size(), stdout);
+            std::fflush(stdout);
+        }
+        if (generated == limit) break;
+        if (ctx.n_past() >= ctx.n_ctx()) {
+            stop_reason = "context full";
+            break;
+        }
+        ctx.decode(std::span<const int32_t>(&next, 1));
+    }
+    const std::string rest = detok.flush();
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    fmt::print("\n");
+    std::fflush(stdout);
+    const double gen_ms = ms_since(t_gen);
+
+    if (!quiet) {
+        fmt::print(stderr, "\n");
+        fmt::print(stderr, "{:<17}= {:10.2f} ms\n", "load time", load_ms);
+        print_rate("prompt eval time", prompt_ms, static_cast<int64_t>(tokens.size()), "tokens");
+        print_rate("eval time", gen_ms, generated, "runs");
+        fmt::print(stderr, "{:<17}= {:10.2f} ms / {:5} tokens (stopped: {}, seed {})\n", "total time",
+                   load_ms + prompt_ms + gen_ms, static_cast<int64_t>(tokens.size()) + generated, stop_reason,
+                   sampler.seed());
+    }
+    return 0;
+}
+
+}  // namespace
+
+KILN_COMMAND("run", "generate text from a prompt: kiln run -m MODEL -p PROMPT [-n N]", run_run);
+
+}  // namespace kiln::cli
