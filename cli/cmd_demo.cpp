@@ -15,22 +15,35 @@ namespace {
 
 int run_demo(const std::vector<std::string>& argv) {
     std::string out = (std::filesystem::temp_directory_path() / "kiln-demo.gguf").string();
-    std::string type = "q8_0";
-    Args args("demo", "[-o FILE] [--type TYPE]");
+    std::string type = "q8_0", prompt = "Once upon a time";
+    int64_t n_predict = 48, seed = 7;
+    Args args("demo", "[-o FILE] [--type TYPE] [-p PROMPT] [-n N] [-s SEED]");
     args.option({"-o", "--output"}, &out, "FILE", "where to write the demo model (default: $TMPDIR/kiln-demo.gguf)");
     args.option({"--type"}, &type, "TYPE", "weight type of the matrices (default q8_0)");
+    args.option({"-p", "--prompt"}, &prompt, "TEXT", "prompt (default \"Once upon a time\")");
+    args.option({"-n", "--n-predict"}, &n_predict, "N", "tokens to generate (default 48)");
+    args.option({"-s", "--seed"}, &seed, "N", "sampling seed (default 7)");
     if (!args.parse(argv)) return 0;
     SyntheticLlama opts;
     const auto t = type_from_name(type);
     if (!t || !traits(*t).can_quantize)
         throw Error(fmt::format("kiln demo: --type {}: not a type kiln can write", type));
     opts.type = *t;
-    fmt::print(stderr, "kiln demo: writing a {}-layer llama model ({}) to {}\n", opts.n_layer, type, out);
+    opts.story = true;
+    fmt::print(stderr, "kiln demo: writing a {}-layer llama model ({}) with kiln's GGUF writer to {}\n", opts.n_layer,
+               type, out);
     write_synthetic_llama(out, opts);
-    const Command* info = nullptr;
-    for (const Command& c : commands())
-        if (std::string(c.name) == "info") info = &c;
-    return info->run({out});
+    auto command = [](const char* name) {
+        for (const Command& c : commands())
+            if (std::string(c.name) == name) return c;
+        throw Error(fmt::format("kiln demo: command '{}' is missing from this build", name));
+    };
+    fmt::print(stderr, "\n$ kiln info {}\n", out);
+    if (const int rc = command("info").run({out}); rc != 0) return rc;
+    const std::vector<std::string> run_args = {"-m", out, "-p", prompt, "-n", std::to_string(n_predict), "--seed",
+                                               std::to_string(seed)};
+    fmt::print(stderr, "\n$ kiln run -m {} -p \"{}\" -n {} --seed {}\n", out, prompt, n_predict, seed);
+    return command("run").run(run_args);
 }
 
 }  // namespace

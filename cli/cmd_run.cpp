@@ -51,6 +51,7 @@ int run_run(const std::vector<std::string>& argv) {
     args.flag({"-q", "--quiet"}, &quiet, "no progress bars or statistics");
     if (!args.parse(argv)) return 0;
     if (model_path.empty()) throw Error("kiln run: no model given (-m MODEL.gguf)");
+    if (prompt.empty()) throw Error("kiln run: no prompt given (-p TEXT)");
     if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
 
     const auto t_load = Clock::now();
@@ -101,7 +102,10 @@ int run_run(const std::vector<std::string>& argv) {
 
     Sampler sampler(sp, static_cast<int32_t>(ctx.n_vocab()));
     for (int32_t t : tokens) sampler.accept(t);
+    // The detokenizer sees the prompt first (its output discarded: the prompt was echoed as typed),
+    // so the first generated piece keeps its leading space and partial UTF-8 carries over.
     Detokenizer detok(tok);
+    for (int32_t t : tokens) (void)detok.push(t);  // (flush() would reset it: not called)
     const auto t_gen = Clock::now();
     int64_t generated = 0;
     std::string stop_reason = "length";

@@ -1,4 +1,5 @@
 // A progress bar on stderr: redrawn in place on a terminal, a few plain lines otherwise (logs).
+// Work that finishes quickly shows nothing.
 #pragma once
 
 #include <unistd.h>
@@ -20,6 +21,8 @@ public:
         if (!enabled_ || finished_) return;
         const auto now = std::chrono::steady_clock::now();
         const int pct = static_cast<int>(fraction * 100.0 + 0.5);
+        // Quick work shows nothing: a bar appears after 0.25 s on a terminal, 1 s in a log.
+        if (now - start_ < (tty_ ? std::chrono::milliseconds(250) : std::chrono::milliseconds(1000))) return;
         if (tty_) {
             if (now - last_ < std::chrono::milliseconds(50) && pct < 100) return;
             last_ = now;

@@ -15,8 +15,8 @@ namespace {
 // SPM token types as stored in tokenizer.ggml.token_type.
 enum : int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kByte = 6 };
 
-// Returns the vocabulary size.
-uint64_t add_vocab(gguf::Writer& w) {
+// Returns the token texts.
+std::vector<std::string> add_vocab(gguf::Writer& w) {
     std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
     std::vector<float> scores = {0, 0, 0};
     std::vector<int32_t> types = {kUnknown, kControl, kControl};
@@ -58,7 +58,32 @@ uint64_t add_vocab(gguf::Writer& w) {
     w.set_u32("tokenizer.ggml.eos_token_id", 2);
     w.set_bool("tokenizer.ggml.add_bos_token", true);
     w.set_bool("tokenizer.ggml.add_eos_token", false);
-    return tokens.size();
+    return tokens;
+}
+
+// The story model's word chain: each word's possible next words (SPM pieces, "_" = "▁").
+const std::vector<std::pair<const char*, std::vector<const char*>>> kStory = {
+    {"_once", {"_upon"}},
+    {"_upon", {"_a"}},
+    {"_a", {"_time", "_kiln", "_pot"}},
+    {"_time", {"_there"}},
+    {"_there", {"_was"}},
+    {"_was", {"_a", "_hot", "_cool"}},
+    {"_kiln", {"_was"}},
+    {"_pot", {"_was"}},
+    {"_hot", {"_and", "."}},
+    {"_cool", {"_and", "."}},
+    {"_and", {"_the"}},
+    {"_the", {"_clay", "_fire", "_glaze", "_kiln", "_pot"}},
+    {"_clay", {"_was"}},
+    {"_fire", {"_was"}},
+    {"_glaze", {"_was"}},
+    {".", {"_the", "_once"}},
+};
+
+std::string piece(const char* word) {
+    std::string w = word;
+    return w[0] == '_' ? "\xE2\x96\x81" + w.substr(1) : w;
 }
 
 }  // namespace
@@ -80,13 +105,22 @@ void write_synthetic_llama(const std::string& path, const SyntheticLlama& o) {
     w.set_f32("llama.rope.freq_base", o.rope_base);
     const int head_dim = o.n_embd / o.n_head;
     w.set_u32("llama.rope.dimension_count", static_cast<uint32_t>(head_dim));
-    const uint64_t vocab = add_vocab(w);
+    const std::vector<std::string> token_texts = add_vocab(w);
+    const uint64_t vocab = token_texts.size();
+    auto token_id = [&](const std::string& text) -> uint64_t {
+        const auto it = std::find(token_texts.begin(), token_texts.end(), text);
+        if (it == token_texts.end()) throw Error("synthetic llama: story word '" + text + "' is not in the vocabulary");
+        return static_cast<uint64_t>(it - token_texts.begin());
+    };
+    if (o.story && (o.tied_output || static_cast<size_t>(o.n_embd) <= kStory.size()))
+        throw Error("synthetic llama: the story model needs an untied output and more dimensions than story words");
 
     std::mt19937_64 rng(o.seed);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto matrix = [&](const std::string& name, uint64_t cols, uint64_t rows, TensorType type) {
+    // In the story model the blocks only nudge the residual: their output projections are small.
+    auto matrix = [&](const std::string& name, uint64_t cols, uint64_t rows, TensorType type, float gain = 1.0f) {
         std::vector<float> v(cols * rows);
-        const float scale = 1.0f / std::sqrt(static_cast<float>(cols));
+        const float scale = gain / std::sqrt(static_cast<float>(cols));
         for (float& x : v) x = normal(rng) * scale;
         w.add_tensor_f32(name, type, {cols, rows}, v);
     };
@@ -97,10 +131,22 @@ void write_synthetic_llama(const std::string& path, const SyntheticLlama& o) {
     };
     const uint64_t d = static_cast<uint64_t>(o.n_embd), ff = static_cast<uint64_t>(o.n_ff);
     const uint64_t kv = static_cast<uint64_t>(o.n_head_kv * head_dim);
-    // Embeddings are stored at the matrix type too, as real files do.
+    // Embeddings are stored at the matrix type too, as real files do. The story model gives each
+    // story word its own axis (every other token shares the last one) and its output matrix maps
+    // a word's axis to its possible next words: a bigram chain that the attention and FFN blocks,
+    // computed in full, only perturb.
+    const float out_gain = o.story ? 0.05f : 1.0f;
     {
         std::vector<float> v(d * vocab);
-        for (float& x : v) x = normal(rng);
+        for (float& x : v) x = normal(rng) * (o.story ? 0.05f : 1.0f);
+        if (o.story) {
+            for (uint64_t t = 0; t < vocab; ++t) v[t * d + d - 1] += 4.0f;
+            for (size_t i = 0; i < kStory.size(); ++i) {
+                const uint64_t t = token_id(piece(kStory[i].first));
+                v[t * d + d - 1] -= 4.0f;
+                v[t * d + i] += 4.0f;
+            }
+        }
         w.add_tensor_f32("token_embd.weight", o.type, {d, vocab}, v);
     }
     for (int l = 0; l < o.n_layer; ++l) {
@@ -109,14 +155,24 @@ void write_synthetic_llama(const std::string& path, const SyntheticLlama& o) {
         matrix(p + "attn_q.weight", d, d, o.type);
         matrix(p + "attn_k.weight", d, kv, o.type);
         matrix(p + "attn_v.weight", d, kv, o.type);
-        matrix(p + "attn_output.weight", d, d, o.type);
+        matrix(p + "attn_output.weight", d, d, o.type, out_gain);
         norm(p + "ffn_norm.weight");
         matrix(p + "ffn_gate.weight", d, ff, o.type);
         matrix(p + "ffn_up.weight", d, ff, o.type);
-        matrix(p + "ffn_down.weight", ff, d, o.type);
+        matrix(p + "ffn_down.weight", ff, d, o.type, out_gain);
     }
-    norm("output_norm.weight");
-    if (!o.tied_output) matrix("output.weight", d, vocab, o.type);
+    if (o.story) {
+        w.add_tensor_f32("output_norm.weight", TensorType::F32, {d}, std::vector<float>(d, 1.0f));
+        std::vector<float> out(d * vocab);
+        for (float& x : out) x = normal(rng) * 0.01f;
+        for (size_t i = 0; i < kStory.size(); ++i)
+            for (const char* next : kStory[i].second) out[token_id(piece(next)) * d + i] += 1.5f;
+        out[token_id(piece("_once")) * d + d - 1] += 1.5f;  // any other token starts the story
+        w.add_tensor_f32("output.weight", o.type, {d, vocab}, out);
+    } else {
+        norm("output_norm.weight");
+        if (!o.tied_output) matrix("output.weight", d, vocab, o.type);
+    }
     w.write(path);
 }
 

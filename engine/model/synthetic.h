@@ -21,6 +21,10 @@ struct SyntheticLlama {
     TensorType type = TensorType::Q8_0;  // matrices; norms stay F32
     bool tied_output = false;            // no output.weight: logits use token_embd
     uint64_t seed = 42;
+    // Instead of random logits, write the weights of a tiny story: each word's axis in the
+    // embedding maps to its possible next words in the output matrix, so the model tells
+    // "once upon a time there was a kiln ..." while every block of the forward pass still runs.
+    bool story = false;
     std::string name = "kiln-demo";
 };
 
