@@ -94,11 +94,24 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
         fn(0, n, tls_thread_index);
         return;
     }
+    std::lock_guard<std::mutex> call_lock(call_mutex_);
+    // While the caller runs chunk 0 it counts as thread 0 of this pool (restored afterwards: it
+    // may be a worker of another pool).
+    struct Mark {
+        const ThreadPool* pool = tls_running_pool;
+        int index = tls_thread_index;
+        ~Mark() {
+            tls_running_pool = pool;
+            tls_thread_index = index;
+        }
+    } mark;
+    tls_running_pool = this;
+    tls_thread_index = 0;
     if (n_threads_ == 1 || n == 1) {
         fn(0, n, 0);
         return;
     }
-    std::lock_guard<std::mutex> call_lock(call_mutex_);
+
     fn_ = &fn;
     n_ = n;
     error_ = nullptr;
@@ -106,10 +119,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     generation_.fetch_add(1, std::memory_order_acq_rel);
     generation_.notify_all();
 
-    tls_running_pool = this;
-    tls_thread_index = 0;
     run_chunk(0);
-    tls_running_pool = nullptr;
 
     spin_then_wait(pending_, [](int p) { return p == 0; });
     fn_ = nullptr;
