@@ -37,7 +37,8 @@ size_t matmul_scratch_bytes(TensorType wtype, int64_t k, int64_t n_tokens, int n
 // X: n_tokens x k floats, row-major; Y: n_tokens x rows floats, row-major (ldy = rows).
 // k must be a multiple of the type's block size and the type supported (else kiln::Error naming
 // the type and k). `scratch` is caller-owned, at least matmul_scratch_bytes(wtype, k, n_tokens,
-// pool.size()) bytes (any alignment); nothing is allocated per call.
+// pool.size()) bytes (any alignment); nothing is allocated per call. y must not overlap w, x or
+// scratch. Concurrent calls need their own scratch (the pool serialises them).
 void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const float* x,
             int64_t n_tokens, float* y, void* scratch, ThreadPool& pool);
 
