@@ -68,7 +68,7 @@ void ThreadPool::run_chunk(int index) {
     const int64_t end = n_ * (index + 1) / n_threads_;
     if (begin >= end) return;
     try {
-        (*fn_)(begin, end, index);
+        call_(fn_, begin, end, index);
     } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
@@ -88,10 +88,10 @@ void ThreadPool::worker_main(int index) {
     }
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
+void ThreadPool::run(int64_t n, Trampoline call, const void* fn) {
     if (n <= 0) return;
     if (tls_running_pool == this) {  // nested: run inline, keeping this thread's index
-        fn(0, n, tls_thread_index);
+        call(fn, 0, n, tls_thread_index);
         return;
     }
     std::lock_guard<std::mutex> call_lock(call_mutex_);
@@ -108,11 +108,12 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     tls_running_pool = this;
     tls_thread_index = 0;
     if (n_threads_ == 1 || n == 1) {
-        fn(0, n, 0);
+        call(fn, 0, n, 0);
         return;
     }
 
-    fn_ = &fn;
+    call_ = call;
+    fn_ = fn;
     n_ = n;
     error_ = nullptr;
     pending_.store(n_threads_ - 1, std::memory_order_relaxed);
@@ -122,6 +123,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     run_chunk(0);
 
     spin_then_wait(pending_, [](int p) { return p == 0; });
+    call_ = nullptr;
     fn_ = nullptr;
     if (error_) {
         std::exception_ptr e = error_;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <vector>
@@ -129,6 +130,20 @@ TEST(ThreadPool, ConcurrentCallersAreSerialised) {
     a.join();
     b.join();
     EXPECT_FALSE(overlap.load()) << "two chunks ran with the same thread index at once";
+}
+
+// A move-only lambda cannot become a std::function: this compiles only because parallel_for takes
+// any callable by reference, which is also why big captures never allocate.
+TEST(ThreadPool, TakesCallablesWithoutStdFunction) {
+    kiln::ThreadPool pool(2);
+    auto owned = std::make_unique<std::atomic<int64_t>>(0);
+    char big[512] = {};
+    auto body = [p = std::move(owned), big](int64_t b, int64_t e, int) { *p += (e - b) + big[0]; };
+    pool.parallel_for(100, body);
+    std::atomic<int64_t> covered{0};
+    const std::function<void(int64_t, int64_t, int)> f = [&](int64_t b, int64_t e, int) { covered += e - b; };
+    pool.parallel_for(50, f);  // the std::function overload still works
+    EXPECT_EQ(covered.load(), 50);
 }
 
 TEST(ThreadPool, IdleThenReuse) {
