@@ -15,6 +15,7 @@
 #include <cstring>
 #include <map>
 #include <tuple>
+#include <utility>
 #include <memory>
 #include <random>
 #include <string>
@@ -42,12 +43,25 @@ kiln::ThreadPool& pool() {
 
 constexpr size_t kCopyBytes = size_t{256} << 20;
 
+// Random contents: pages of identical bytes could be deduplicated by the host.
+std::vector<char> random_bytes(size_t n, uint64_t seed) {
+    std::vector<char> v(n);
+    uint64_t s = seed;
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        std::memcpy(v.data() + i, &s, 8);
+    }
+    return v;
+}
+
 std::vector<char>& copy_src() {
-    static std::vector<char> v(kCopyBytes, 1);
+    static std::vector<char> v = random_bytes(kCopyBytes, 1);
     return v;
 }
 std::vector<char>& copy_dst() {
-    static std::vector<char> v(kCopyBytes, 2);
+    static std::vector<char> v = random_bytes(kCopyBytes, 2);
     return v;
 }
 
@@ -85,7 +99,13 @@ BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->MinTime(0.2)->UseRealTime()
 // All pool threads summing one large float buffer: the read bandwidth decode can hope for.
 void BM_ReadBandwidth(benchmark::State& state) {
     const int64_t n = static_cast<int64_t>(kCopyBytes / sizeof(float));
-    static std::vector<float> buf(static_cast<size_t>(n), 1.0f);
+    static std::vector<float> buf = [n] {
+        std::vector<float> b(static_cast<size_t>(n));
+        std::mt19937 rng(3);
+        std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
+        for (auto& v : b) v = ud(rng);
+        return b;
+    }();
     auto& p = pool();
     std::vector<float> partial(static_cast<size_t>(p.size()));
     for (auto _ : state) {
@@ -108,7 +128,25 @@ struct Weights {
     std::vector<uint8_t> bytes;
 };
 
-// Distinct quantized rows (64 of them, repeated) so building 14336 x 4096 stays quick.
+// Bytes [begin, end) of a block that hold an f16 / f32 / e8m0 scale: left alone when rows are
+// made distinct (every other byte is a code or an integer scale, valid with any value).
+std::pair<int, int> scale_field(TensorType t) {
+    switch (t) {
+        case TensorType::Q4_0: case TensorType::Q5_0: case TensorType::Q8_0:
+        case TensorType::IQ4_NL: case TensorType::IQ4_XS: return {0, 2};
+        case TensorType::Q4_1: case TensorType::Q5_1: case TensorType::Q8_1: case TensorType::Q8_K:
+        case TensorType::Q4_K: case TensorType::Q5_K: return {0, 4};
+        case TensorType::Q2_K: return {80, 84};
+        case TensorType::Q3_K: return {108, 110};
+        case TensorType::Q6_K: return {208, 210};
+        case TensorType::MXFP4: return {0, 1};
+        default: return {0, 0};
+    }
+}
+
+// Every row distinct (so no cache or memory deduplication flatters the bandwidth): float types
+// are converted from random floats; block types quantize 64 random rows (the reference
+// quantizers are slow) and give each copy fresh random codes, keeping the scale fields.
 const Weights& weights(TensorType t, int64_t rows, int64_t k) {
     static std::map<std::tuple<uint32_t, int64_t, int64_t>, std::unique_ptr<Weights>> cache;
     auto key = std::make_tuple(static_cast<uint32_t>(t), rows, k);
@@ -116,34 +154,45 @@ const Weights& weights(TensorType t, int64_t rows, int64_t k) {
     if (it != cache.end()) return *it->second;
     cache.clear();  // one weight matrix alive at a time
     auto w = std::make_unique<Weights>();
+    const auto& tr = kiln::traits(t);
     const size_t rb = static_cast<size_t>(*kiln::row_bytes(t, static_cast<uint64_t>(k)));
-    const int64_t distinct = std::min<int64_t>(rows, 64);
-    std::vector<uint8_t> base(rb * static_cast<size_t>(distinct));
+    const int64_t distinct = tr.block_size == 1 ? rows : std::min<int64_t>(rows, 64);
+    w->bytes.resize(rb * static_cast<size_t>(rows));
     std::mt19937 rng(1234);
     std::normal_distribution<float> nd(0.0f, 0.02f);
     std::vector<float> row(static_cast<size_t>(k));
-    const auto& tr = kiln::traits(t);
     for (int64_t r = 0; r < distinct; ++r) {
-        for (auto& v : row) v = nd(rng);
-        uint8_t* dst = base.data() + static_cast<size_t>(r) * rb;
+        uint8_t* dst = w->bytes.data() + static_cast<size_t>(r) * rb;
         if (tr.can_quantize) {
+            for (auto& v : row) v = nd(rng);
             kiln::quantize_row(t, row.data(), dst, k);
         } else {
             // No quantizer (Q2_K, Q3_K, IQ4_XS): random codes, quantized-looking scales.
             for (size_t i = 0; i < rb; ++i) dst[i] = static_cast<uint8_t>(rng());
-            for (size_t b = 0; b < rb / tr.type_size; ++b) {
-                uint8_t* blk = dst + b * tr.type_size;
-                const uint16_t h = 0x1c00;  // 2^-8
-                if (t == TensorType::Q2_K) { std::memcpy(blk + 80, &h, 2); std::memcpy(blk + 82, &h, 2); }
-                if (t == TensorType::Q3_K) std::memcpy(blk + 108, &h, 2);
-                if (t == TensorType::IQ4_XS) std::memcpy(blk, &h, 2);
+            const auto [b0, b1] = scale_field(t);
+            for (size_t b = 0; b < rb / tr.type_size; ++b)
+                for (int i = b0; i < b1; i += 2) {
+                    const uint16_t h = 0x1c00;  // 2^-8
+                    std::memcpy(dst + b * tr.type_size + i, &h, 2);
+                }
+        }
+    }
+    const auto [s0, s1] = scale_field(t);
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    for (int64_t r = distinct; r < rows; ++r) {
+        uint8_t* dst = w->bytes.data() + static_cast<size_t>(r) * rb;
+        std::memcpy(dst, w->bytes.data() + static_cast<size_t>(r % distinct) * rb, rb);
+        for (size_t b = 0; b < rb / tr.type_size; ++b) {
+            uint8_t* blk = dst + b * tr.type_size;
+            for (uint32_t i = 0; i < tr.type_size; ++i) {
+                if (static_cast<int>(i) >= s0 && static_cast<int>(i) < s1) continue;
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                blk[i] = static_cast<uint8_t>(state);
             }
         }
     }
-    w->bytes.resize(rb * static_cast<size_t>(rows));
-    for (int64_t r = 0; r < rows; ++r)
-        std::memcpy(w->bytes.data() + static_cast<size_t>(r) * rb,
-                    base.data() + static_cast<size_t>(r % distinct) * rb, rb);
     auto& ref = *w;
     cache.emplace(key, std::move(w));
     return ref;

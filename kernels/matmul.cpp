@@ -15,10 +15,18 @@ namespace {
 
 using namespace detail;
 
-// From this many tokens on, weights are expanded to float tiles (each block decoded once per
-// call) instead of being dotted with each token straight from the weight bytes. The integer
-// dots of the quantized types are cheap enough per token to win up to ~16 tokens (measured
-// on Zen 4); float weights switch earlier. KILN_TILE_MIN_TOKENS overrides both (tuning).
+// Three ways through a matmul:
+//  Rows:       per-token dot products straight from the weight bytes (integer dots against 8-bit
+//              activations for the quantized types at the avx2 level). Each weight byte is read
+//              once; the per-token cost includes unpacking the codes again.
+//  FloatTiles: a thread expands a tile of rows x k-slice to float once and runs an FMA register
+//              tile over all its tokens.
+//  IntTiles:   (avx512vnni level, quantized types) the tile is unpacked once to 8-bit codes and
+//              multiplied with vpdpbusd against activations quantised per group.
+// The thresholds were measured on Zen 4 (benchmarks/matmul_bench.cpp, MatmulBatch);
+// KILN_TILE_MIN_TOKENS overrides them for tuning.
+enum class Path { Rows, FloatTiles, IntTiles };
+
 int64_t env_tile_min_tokens() {
     static const int64_t v = [] {
         const char* e = std::getenv("KILN_TILE_MIN_TOKENS");
@@ -26,28 +34,54 @@ int64_t env_tile_min_tokens() {
     }();
     return v;
 }
-constexpr int64_t kTileMinTokensInt = 16;
-constexpr int64_t kTileMinTokensFloat = 4;
-constexpr int64_t kTileMinTokensMax = 16;
+constexpr int64_t kMinTokensFloatTilesQuant = 16;  // vs. integer per-token dots (avx2)
+constexpr int64_t kMinTokensIntTiles = 8;
+constexpr int64_t kMinTokensFloatTilesFloat = 4;  // f32/f16/bf16 and types without integer dots
 
-// Tile sizes: a thread's weight tile of kTileRows x kTileK floats (128 KiB) sits in L2.
-// kTileK is a multiple of every block size (256), so a k-slice starts on a block boundary.
+Path choose_path(TensorType t, int64_t n) {
+    const bool int_tiles = use_avx512vnni() && code_format(t).group > 0;
+    const bool int_rows = decode_xformat(t) != XFormat::F32;
+    int64_t min_tiles = int_tiles ? kMinTokensIntTiles : int_rows ? kMinTokensFloatTilesQuant : kMinTokensFloatTilesFloat;
+    if (env_tile_min_tokens() > 0) min_tiles = env_tile_min_tokens();
+    if (n < min_tiles) return Path::Rows;
+    return int_tiles ? Path::IntTiles : Path::FloatTiles;
+}
+
+// Tile sizes: a thread's float tile of kTileRows x kTileK floats (128 KiB) sits in L2; an
+// integer tile of the same shape is ~50 KiB. kTileK is a multiple of every block size (256),
+// so a k-slice starts on a block boundary; kTileRows is a multiple of kVnniRows.
 constexpr int64_t kTileRows = 64;
 constexpr int64_t kTileK = 512;
+constexpr int64_t kTokenChunk = 32;  // integer tiles: tokens per pass over the packed rows
 constexpr size_t kAlign = 64;
+static_assert(kTileRows % kVnniRows == 0);
 
 size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
-// Scratch layout: [8-bit activations (few-token path)] [per-thread area] x n_threads, where the
-// per-thread area holds a decoded row (few-token path) or a weight tile (tile path). Sized for
-// whichever path any kernel level could take, so set_force_scalar between calls is safe.
+// Integer tile area: the packed blocks of a row tile, then the unpack buffer.
+size_t int_tile_packed_bytes(int group, int64_t kc) {
+    return align_up(static_cast<size_t>(kTileRows / kVnniRows) * vnni_pack_bytes(group, kc));
+}
+size_t int_tile_bytes(int group, int64_t kc) {
+    return int_tile_packed_bytes(group, kc) +
+           align_up(static_cast<size_t>(kVnniRows * kc) + 2 * kVnniRows * static_cast<size_t>(kc / group) * sizeof(float));
+}
+
+// Scratch layout: [activations] [per-thread area] x n_threads. Activations: 8-bit rows for the
+// Rows path or grouped 8-bit rows for IntTiles. Per-thread: a decoded row, a float tile or an
+// integer tile. Sized for every path and level, so changing the level between calls is safe.
 size_t per_thread_bytes(int64_t k) {
-    return align_up(static_cast<size_t>(std::max(kTileRows * std::min(k, kTileK), k)) * sizeof(float));
+    const int64_t kc = std::min(k, kTileK);
+    size_t b = static_cast<size_t>(std::max(kTileRows * kc, k)) * sizeof(float);
+    if (k % 16 == 0) b = std::max(b, int_tile_bytes(16, kc));
+    if (k % 32 == 0) b = std::max(b, int_tile_bytes(32, kc));
+    return align_up(b);
 }
 
 size_t x_bytes(int64_t k, int64_t n_tokens) {
-    if (n_tokens >= std::max(kTileMinTokensMax, env_tile_min_tokens())) return 0;
-    const size_t row = std::max(xformat_row_bytes(XFormat::Q8x32, k), xformat_row_bytes(XFormat::Q8x256, k));
+    size_t row = std::max(xformat_row_bytes(XFormat::Q8x32, k), xformat_row_bytes(XFormat::Q8x256, k));
+    row = std::max(row, vnni_xrow_bytes(16, k));
+    row = std::max(row, vnni_xrow_bytes(32, k));
     return align_up(row * static_cast<size_t>(n_tokens));
 }
 
@@ -180,6 +214,60 @@ void run_tiles(const Plan& p, ThreadPool& pool) {
     });
 }
 
+
+#ifdef KILN_KERNELS_X86
+// Many tokens at the avx512vnni level: activations quantised per group once (in parallel),
+// then per task each 16-row block of the tile is unpacked once per k-slice and applied to the
+// task's tokens.
+void run_int_tiles(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
+    const CodeFormat f = code_format(p.type);
+    UnpackFn unpack = unpacker_vnni(p.type);
+    if (!unpack) unpack = unpacker_scalar(p.type);
+    const size_t xrow = vnni_xrow_bytes(f.group, p.k);
+    const size_t xgroup = vnni_xgroup_bytes(f.group);
+    pool.parallel_for(p.n, [&](int64_t t0, int64_t t1, int) {
+        for (int64_t t = t0; t < t1; ++t) quantize_x_vnni(p.x + t * p.k, p.k, f, xbuf + static_cast<size_t>(t) * xrow);
+    });
+
+    const int64_t row_tiles = (p.rows + kTileRows - 1) / kTileRows;
+    int64_t token_parts = 1;
+    const int64_t want = 2 * static_cast<int64_t>(pool.size());
+    if (row_tiles < want) token_parts = std::min((want + row_tiles - 1) / row_tiles, (p.n + 7) / 8);
+    token_parts = std::max<int64_t>(token_parts, 1);
+    const int64_t part = (p.n + token_parts - 1) / token_parts;
+
+    pool.parallel_for(row_tiles * token_parts, [&](int64_t b, int64_t e, int tid) {
+        uint8_t* area = p.thread_scratch + static_cast<size_t>(tid) * p.thread_stride;
+        uint8_t* tmp = area + int_tile_packed_bytes(f.group, std::min(p.k, kTileK));
+        for (int64_t task = b; task < e; ++task) {
+            const int64_t r0 = task / token_parts * kTileRows;
+            const int64_t t0 = task % token_parts * part;
+            const int64_t nr = std::min(kTileRows, p.rows - r0);
+            const int64_t nt = std::min(part, p.n - t0);
+            if (nt <= 0) continue;
+            const int64_t nblk = (nr + kVnniRows - 1) / kVnniRows;
+            for (int64_t k0 = 0; k0 < p.k; k0 += kTileK) {
+                const int64_t kc = std::min(kTileK, p.k - k0);
+                const size_t off = static_cast<size_t>(k0 / p.block_size) * p.type_size;
+                const size_t blk_bytes = vnni_pack_bytes(f.group, kc);
+                for (int64_t bi = 0; bi < nblk; ++bi)
+                    pack_rows_vnni(p.type, f, unpack, p.w + static_cast<size_t>(r0 + bi * kVnniRows) * p.row_bytes,
+                                   p.row_bytes, std::min<int64_t>(kVnniRows, nr - bi * kVnniRows), off, kc,
+                                   area + static_cast<size_t>(bi) * blk_bytes, tmp);
+                const uint8_t* xs = xbuf + static_cast<size_t>(k0 / f.group) * xgroup;
+                for (int64_t tc = t0; tc < t0 + nt; tc += kTokenChunk) {
+                    const int64_t ntc = std::min(kTokenChunk, t0 + nt - tc);
+                    for (int64_t bi = 0; bi < nblk; ++bi)
+                        gemm_vnni(f, area + static_cast<size_t>(bi) * blk_bytes, kc, xs + static_cast<size_t>(tc) * xrow,
+                                  xrow, ntc, p.y + tc * p.rows + r0 + bi * kVnniRows, p.rows,
+                                  std::min<int64_t>(kVnniRows, nr - bi * kVnniRows), k0 > 0);
+                }
+            }
+        }
+    });
+}
+#endif
+
 }  // namespace
 
 XFormat detail::decode_xformat(TensorType t) {
@@ -193,9 +281,21 @@ XFormat detail::decode_xformat(TensorType t) {
     return XFormat::F32;
 }
 
-bool matmul_uses_tiles(TensorType t, int64_t n_tokens) {
-    if (env_tile_min_tokens() > 0) return n_tokens >= env_tile_min_tokens();
-    return n_tokens >= (detail::decode_xformat(t) != XFormat::F32 ? kTileMinTokensInt : kTileMinTokensFloat);
+bool matmul_uses_tiles(TensorType t, int64_t n_tokens) { return choose_path(t, n_tokens) != Path::Rows; }
+
+int detail::activation_group(TensorType t, int64_t n_tokens) {
+    switch (choose_path(t, n_tokens)) {
+        case Path::Rows:
+            switch (decode_xformat(t)) {
+                case XFormat::F32: return 0;
+                case XFormat::Q8x32: return 32;
+                case XFormat::Q8x256: return 256;
+            }
+            return 0;
+        case Path::FloatTiles: return 0;
+        case Path::IntTiles: return code_format(t).group;
+    }
+    return 0;
 }
 
 bool matmul_supports(TensorType t) {
@@ -237,10 +337,15 @@ void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const floa
     p.thread_stride = per_thread_bytes(k);
     p.avx2 = use_avx2();
 
-    if (matmul_uses_tiles(wtype, n_tokens))
-        run_tiles(p, pool);
-    else
-        run_rows(p, pool, xbuf);
+    switch (choose_path(wtype, n_tokens)) {
+        case Path::Rows: run_rows(p, pool, xbuf); break;
+        case Path::FloatTiles: run_tiles(p, pool); break;
+        case Path::IntTiles:
+#ifdef KILN_KERNELS_X86
+            run_int_tiles(p, pool, xbuf);
+#endif
+            break;
+    }
 }
 
 void matmul_reference(TensorType wtype, const void* w, int64_t rows, int64_t k, const float* x,

@@ -1,12 +1,18 @@
 // Matrix multiply of a weight matrix in any GGUF tensor type by float activations:
 // the one CPU kernel every linear layer of a model goes through.
 //
-// Decode (a few tokens): each weight byte is read once, rows are split across the threads, and
+// Decode (few tokens): each weight byte is read once, rows are split across the threads, and
 // quantized types use integer dot products against activations quantised to 8 bits per block
-// (AVX2). Prefill (many tokens): each thread expands a tile of weight rows to float once into
-// its scratch and multiplies it by every token with an FMA register tile, so no weight block is
-// decoded more than once per call. A portable scalar path exists for every type (see
-// kernels/cpu.h: set_force_scalar, KILN_FORCE_SCALAR).
+// (avx2 level). Prefill (many tokens): each thread expands a tile of weight rows once and
+// multiplies it by every token: to float with an FMA register tile (avx2 / scalar), or, at the
+// avx512vnni level for quantized types, to 8-bit codes multiplied with vpdpbusd against
+// activations quantised per 16/32 elements. No weight block is decoded more than once per
+// call on the tile paths. A portable scalar path exists for every type (kernels/cpu.h:
+// set_force_scalar, set_max_kernel_level, KILN_FORCE_SCALAR, KILN_KERNEL_LEVEL).
+//
+// Accuracy: float weights and the scalar / float-tile paths compute with float X (relative
+// error ~1e-6 of sum |w x|); the integer paths add the error of 8-bit activation quantisation
+// (|dx| <= amax(group) / 254 per element), as established engines do.
 #pragma once
 
 #include <cstddef>
@@ -31,7 +37,8 @@ size_t matmul_scratch_bytes(TensorType wtype, int64_t k, int64_t n_tokens, int n
 // X: n_tokens x k floats, row-major; Y: n_tokens x rows floats, row-major (ldy = rows).
 // k must be a multiple of the type's block size and the type supported (else kiln::Error naming
 // the type and k). `scratch` is caller-owned, at least matmul_scratch_bytes(wtype, k, n_tokens,
-// pool.size()) bytes (any alignment); nothing is allocated per call.
+// pool.size()) bytes (any alignment); nothing is allocated per call. y must not overlap w, x or
+// scratch. Concurrent calls need their own scratch (the pool serialises them).
 void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const float* x,
             int64_t n_tokens, float* y, void* scratch, ThreadPool& pool);
 

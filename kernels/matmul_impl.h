@@ -22,6 +22,9 @@ DecodeFn decoder_scalar(TensorType t);
 // The activation format the decode path (few tokens) quantises X to for type t with the current
 // kernel level: F32 means X is used as is (scalar level, float types, generic types).
 XFormat decode_xformat(TensorType t);
+// The group size matmul quantises X to for these arguments at the current level (0: X is used
+// as float), all with d = amax / 127 and round-to-nearest-even codes. For tests.
+int activation_group(TensorType t, int64_t n_tokens);
 
 // Bytes of one token's activation row prepared in format f.
 size_t xformat_row_bytes(XFormat f, int64_t k);
@@ -36,6 +39,30 @@ using GemmFn = void (*)(const float* w, int64_t ldw, const float* x, int64_t ldx
 void gemm_tile_scalar(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc,
                       float* y, int64_t ldy, int64_t nr, int64_t nt, bool accumulate);
 
+// ---- integer tiles (prefill at the avx512vnni level) -------------------------------------
+// A weight group of `group` elements as unsigned 8-bit codes: w = s * code + o. Types without a
+// min have o = -offset * s for an integer offset, applied by the kernel as an exact integer
+// correction; types with a min (has_min) apply o in float. group == 0: no integer form.
+struct CodeFormat {
+    int group = 0;
+    int offset = 0;
+    bool has_min = false;
+};
+CodeFormat code_format(TensorType t);
+// Unpacks n elements (whole blocks, from a block boundary) into n codes and n/group (s, o).
+using UnpackFn = void (*)(const void* w, int64_t n, uint8_t* codes, float* s, float* o);
+UnpackFn unpacker_scalar(TensorType t);
+
+// Activations for the integer tiles: per group of G, int8 codes then {float d, int32 corr =
+// offset * sum(codes), float dsum = d * sum(codes), pad}.
+constexpr int kVnniRows = 16;  // weight rows per packed block (one zmm of int32 lanes)
+inline size_t vnni_xgroup_bytes(int group) { return static_cast<size_t>(group) + 16; }
+inline size_t vnni_xrow_bytes(int group, int64_t k) { return static_cast<size_t>(k / group) * vnni_xgroup_bytes(group); }
+// Bytes of one packed block of kVnniRows rows x kc elements.
+inline size_t vnni_pack_bytes(int group, int64_t kc) {
+    return static_cast<size_t>(kc / group) * (static_cast<size_t>(kVnniRows) * group + 2 * kVnniRows * sizeof(float));
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #define KILN_KERNELS_X86 1
 // What the AVX2 level offers for a type: any field may be null / F32 when it has none.
@@ -49,6 +76,20 @@ void quantize_x_q8x32_avx2(const float* x, blk::xq32* out, int64_t k);
 void quantize_x_q8x256_avx2(const float* x, blk::xq256* out, int64_t k);
 void gemm_tile_avx2(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc,
                     float* y, int64_t ldy, int64_t nr, int64_t nt, bool accumulate);
+
+void quantize_x_vnni(const float* x, int64_t k, const CodeFormat& f, uint8_t* out);
+// Fast unpacker where one exists (else nullptr: use unpacker_scalar).
+UnpackFn unpacker_vnni(TensorType t);
+// Packs rows [0, nrows) (nrows <= kVnniRows; the rest are zero) of the k-slice [k0, k0 + kc) of
+// weight rows `w` (row stride row_bytes) into `out` (vnni_pack_bytes). tmp: kVnniRows * kc
+// bytes + 2 * kVnniRows * kc / group floats.
+void pack_rows_vnni(TensorType t, const CodeFormat& f, UnpackFn unpack, const uint8_t* w,
+                    size_t row_bytes, int64_t nrows, size_t slice_offset, int64_t kc, uint8_t* out,
+                    uint8_t* tmp);
+// y[t*ldy + r] (+)= packed block (nrows valid rows) x activations of nt tokens (token stride
+// xstride bytes; x points at the slice's first group).
+void gemm_vnni(const CodeFormat& f, const uint8_t* packed, int64_t kc, const uint8_t* x,
+               size_t xstride, int64_t nt, float* y, int64_t ldy, int64_t nrows, bool accumulate);
 #endif
 
 }  // namespace kiln::kernels::detail

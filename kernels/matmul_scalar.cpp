@@ -239,6 +239,221 @@ void dec_mxfp4(const void* w, float* out, int64_t n) {
     }
 }
 
+// ---- unpackers to (code, s, o) for the integer tiles ---------------------------------------
+
+void up_q4_0(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q4_0* b = blocks<q4_0>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        for (int j = 0; j < 16; ++j) {
+            c[j] = b[ib].qs[j] & 0xF;
+            c[j + 16] = b[ib].qs[j] >> 4;
+        }
+        s[ib] = half_to_float(b[ib].d);
+        o[ib] = -8.0f * s[ib];
+    }
+}
+
+void up_q4_1(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q4_1* b = blocks<q4_1>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        for (int j = 0; j < 16; ++j) {
+            c[j] = b[ib].qs[j] & 0xF;
+            c[j + 16] = b[ib].qs[j] >> 4;
+        }
+        s[ib] = half_to_float(b[ib].d);
+        o[ib] = half_to_float(b[ib].m);
+    }
+}
+
+template <typename B>
+void up_q5(const B& b, uint8_t* c) {
+    uint32_t qh;
+    std::memcpy(&qh, b.qh, 4);
+    for (int j = 0; j < 16; ++j) {
+        c[j] = static_cast<uint8_t>((b.qs[j] & 0xF) | (((qh >> j) & 1u) << 4));
+        c[j + 16] = static_cast<uint8_t>((b.qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+    }
+}
+
+void up_q5_0(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q5_0* b = blocks<q5_0>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        up_q5(b[ib], c);
+        s[ib] = half_to_float(b[ib].d);
+        o[ib] = -16.0f * s[ib];
+    }
+}
+
+void up_q5_1(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q5_1* b = blocks<q5_1>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        up_q5(b[ib], c);
+        s[ib] = half_to_float(b[ib].d);
+        o[ib] = half_to_float(b[ib].m);
+    }
+}
+
+void up_q8_0(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q8_0* b = blocks<q8_0>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        for (int j = 0; j < QK; ++j) c[j] = static_cast<uint8_t>(b[ib].qs[j] + 128);
+        s[ib] = half_to_float(b[ib].d);
+        o[ib] = -128.0f * s[ib];
+    }
+}
+
+void up_q8_1(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q8_1* b = blocks<q8_1>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        for (int j = 0; j < QK; ++j) c[j] = static_cast<uint8_t>(b[ib].qs[j] + 128);
+        s[ib] = half_to_float(b[ib].d);
+        o[ib] = -128.0f * s[ib];
+    }
+}
+
+void up_q8_K(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q8_K* b = blocks<q8_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK) {
+        for (int j = 0; j < QKK; ++j) c[j] = static_cast<uint8_t>(b[ib].qs[j] + 128);
+        for (int g = 0; g < 8; ++g) {
+            s[8 * ib + g] = b[ib].d;
+            o[8 * ib + g] = -128.0f * b[ib].d;
+        }
+    }
+}
+
+void up_q2_K(const void* w, int64_t n, uint8_t* c, float* s, float* o) {  // groups of 16
+    const q2_K* b = blocks<q2_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK, s += 16, o += 16) {
+        const float d = half_to_float(b[ib].d), dmin = half_to_float(b[ib].dmin);
+        for (int e = 0; e < QKK; ++e) {
+            const int h = e / 128, sh = (e % 128) / 32, i = e % 32;
+            c[e] = static_cast<uint8_t>((b[ib].qs[32 * h + i] >> (2 * sh)) & 3);
+        }
+        for (int g = 0; g < 16; ++g) {
+            s[g] = d * static_cast<float>(b[ib].scales[g] & 0xF);
+            o[g] = -(dmin * static_cast<float>(b[ib].scales[g] >> 4));
+        }
+    }
+}
+
+void up_q3_K(const void* w, int64_t n, uint8_t* c, float* s, float* o) {  // groups of 16
+    const q3_K* b = blocks<q3_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK, s += 16, o += 16) {
+        const float d = half_to_float(b[ib].d);
+        for (int e = 0; e < QKK; ++e) {
+            const int h = e / 128, sh = (e % 128) / 32, i = e % 32;
+            const int q2 = (b[ib].qs[32 * h + i] >> (2 * sh)) & 3;
+            const int hbit = (b[ib].hmask[i] >> (e / 32)) & 1;
+            c[e] = static_cast<uint8_t>(q2 + 4 * hbit);  // value = code - 4
+        }
+        for (int g = 0; g < 16; ++g) {
+            s[g] = d * static_cast<float>(q3k_scale(g, b[ib].scales));
+            o[g] = -4.0f * s[g];
+        }
+    }
+}
+
+template <typename B>
+void up_k4_scales(const B& b, float* s, float* o) {
+    const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
+    for (int g = 0; g < 8; ++g) {
+        uint8_t sc, m;
+        scale_min_k4(g, b.scales, &sc, &m);
+        s[g] = d * sc;
+        o[g] = -(dmin * m);
+    }
+}
+
+void up_q4_K(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q4_K* b = blocks<q4_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK, s += 8, o += 8) {
+        for (int ch = 0; ch < 4; ++ch)
+            for (int l = 0; l < 32; ++l) {
+                c[64 * ch + l] = b[ib].qs[32 * ch + l] & 0xF;
+                c[64 * ch + 32 + l] = b[ib].qs[32 * ch + l] >> 4;
+            }
+        up_k4_scales(b[ib], s, o);
+    }
+}
+
+void up_q5_K(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q5_K* b = blocks<q5_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK, s += 8, o += 8) {
+        for (int ch = 0; ch < 4; ++ch)
+            for (int l = 0; l < 32; ++l) {
+                const uint8_t q = b[ib].qs[32 * ch + l], h = b[ib].qh[l];
+                c[64 * ch + l] = static_cast<uint8_t>((q & 0xF) | (((h >> (2 * ch)) & 1) << 4));
+                c[64 * ch + 32 + l] = static_cast<uint8_t>((q >> 4) | (((h >> (2 * ch + 1)) & 1) << 4));
+            }
+        up_k4_scales(b[ib], s, o);
+    }
+}
+
+void up_q6_K(const void* w, int64_t n, uint8_t* c, float* s, float* o) {  // groups of 16
+    const q6_K* b = blocks<q6_K>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK, s += 16, o += 16) {
+        const float d = half_to_float(b[ib].d);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* ql = b[ib].ql + 64 * h;
+            const uint8_t* qh = b[ib].qh + 32 * h;
+            uint8_t* cc = c + 128 * h;
+            for (int l = 0; l < 32; ++l) {
+                cc[l] = static_cast<uint8_t>((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
+                cc[l + 32] = static_cast<uint8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+                cc[l + 64] = static_cast<uint8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+                cc[l + 96] = static_cast<uint8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+            }
+        }
+        for (int g = 0; g < 16; ++g) {
+            s[g] = d * static_cast<float>(b[ib].scales[g]);
+            o[g] = -32.0f * s[g];
+        }
+    }
+}
+
+void up_iq4_nl(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const iq4_nl* b = blocks<iq4_nl>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        for (int j = 0; j < 16; ++j) {
+            c[j] = static_cast<uint8_t>(kIq4nl[b[ib].qs[j] & 0xF] + 128);
+            c[j + 16] = static_cast<uint8_t>(kIq4nl[b[ib].qs[j] >> 4] + 128);
+        }
+        s[ib] = half_to_float(b[ib].d);
+        o[ib] = -128.0f * s[ib];
+    }
+}
+
+void up_iq4_xs(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const iq4_xs* b = blocks<iq4_xs>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK, s += 8, o += 8) {
+        const float d = half_to_float(b[ib].d);
+        for (int g = 0; g < 8; ++g) {
+            const int ls = ((b[ib].scales_l[g / 2] >> (4 * (g % 2))) & 0xF) |
+                           (((b[ib].scales_h >> (2 * g)) & 3) << 4);
+            s[g] = d * static_cast<float>(ls - 32);
+            o[g] = -128.0f * s[g];
+            const uint8_t* q = b[ib].qs + 16 * g;
+            for (int j = 0; j < 16; ++j) {
+                c[32 * g + j] = static_cast<uint8_t>(kIq4nl[q[j] & 0xF] + 128);
+                c[32 * g + 16 + j] = static_cast<uint8_t>(kIq4nl[q[j] >> 4] + 128);
+            }
+        }
+    }
+}
+
+void up_mxfp4(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const mxfp4* b = blocks<mxfp4>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        for (int j = 0; j < 16; ++j) {
+            c[j] = static_cast<uint8_t>(kMxfp4[b[ib].qs[j] & 0xF] + 12);
+            c[j + 16] = static_cast<uint8_t>(kMxfp4[b[ib].qs[j] >> 4] + 12);
+        }
+        s[ib] = e8m0_half(b[ib].e);
+        o[ib] = -12.0f * s[ib];
+    }
+}
+
 // Scalar GEMM tile: R rows x T tokens of dot products kept in kLanes-wide partial sums, a shape
 // compilers vectorise without -ffast-math.
 constexpr int kLanes = 8;
@@ -286,6 +501,48 @@ DecodeFn decoder_scalar(TensorType t) {
         case TensorType::IQ4_NL: return dec_iq4_nl;
         case TensorType::IQ4_XS: return dec_iq4_xs;
         case TensorType::MXFP4: return dec_mxfp4;
+        default: return nullptr;
+    }
+}
+
+CodeFormat code_format(TensorType t) {
+    switch (t) {
+        case TensorType::Q4_0: return {32, 8, false};
+        case TensorType::Q4_1: return {32, 0, true};
+        case TensorType::Q5_0: return {32, 16, false};
+        case TensorType::Q5_1: return {32, 0, true};
+        case TensorType::Q8_0:
+        case TensorType::Q8_1:
+        case TensorType::Q8_K: return {32, 128, false};
+        case TensorType::Q2_K: return {16, 0, true};
+        case TensorType::Q3_K: return {16, 4, false};
+        case TensorType::Q4_K:
+        case TensorType::Q5_K: return {32, 0, true};
+        case TensorType::Q6_K: return {16, 32, false};
+        case TensorType::IQ4_NL:
+        case TensorType::IQ4_XS: return {32, 128, false};
+        case TensorType::MXFP4: return {32, 12, false};
+        default: return {};
+    }
+}
+
+UnpackFn unpacker_scalar(TensorType t) {
+    switch (t) {
+        case TensorType::Q4_0: return up_q4_0;
+        case TensorType::Q4_1: return up_q4_1;
+        case TensorType::Q5_0: return up_q5_0;
+        case TensorType::Q5_1: return up_q5_1;
+        case TensorType::Q8_0: return up_q8_0;
+        case TensorType::Q8_1: return up_q8_1;
+        case TensorType::Q8_K: return up_q8_K;
+        case TensorType::Q2_K: return up_q2_K;
+        case TensorType::Q3_K: return up_q3_K;
+        case TensorType::Q4_K: return up_q4_K;
+        case TensorType::Q5_K: return up_q5_K;
+        case TensorType::Q6_K: return up_q6_K;
+        case TensorType::IQ4_NL: return up_iq4_nl;
+        case TensorType::IQ4_XS: return up_iq4_xs;
+        case TensorType::MXFP4: return up_mxfp4;
         default: return nullptr;
     }
 }

@@ -68,7 +68,7 @@ void ThreadPool::run_chunk(int index) {
     const int64_t end = n_ * (index + 1) / n_threads_;
     if (begin >= end) return;
     try {
-        (*fn_)(begin, end, index);
+        call_(fn_, begin, end, index);
     } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
@@ -88,30 +88,42 @@ void ThreadPool::worker_main(int index) {
     }
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
+void ThreadPool::run(int64_t n, Trampoline call, const void* fn) {
     if (n <= 0) return;
     if (tls_running_pool == this) {  // nested: run inline, keeping this thread's index
-        fn(0, n, tls_thread_index);
-        return;
-    }
-    if (n_threads_ == 1 || n == 1) {
-        fn(0, n, 0);
+        call(fn, 0, n, tls_thread_index);
         return;
     }
     std::lock_guard<std::mutex> call_lock(call_mutex_);
-    fn_ = &fn;
+    // While the caller runs chunk 0 it counts as thread 0 of this pool (restored afterwards: it
+    // may be a worker of another pool).
+    struct Mark {
+        const ThreadPool* pool = tls_running_pool;
+        int index = tls_thread_index;
+        ~Mark() {
+            tls_running_pool = pool;
+            tls_thread_index = index;
+        }
+    } mark;
+    tls_running_pool = this;
+    tls_thread_index = 0;
+    if (n_threads_ == 1 || n == 1) {
+        call(fn, 0, n, 0);
+        return;
+    }
+
+    call_ = call;
+    fn_ = fn;
     n_ = n;
     error_ = nullptr;
     pending_.store(n_threads_ - 1, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_acq_rel);
     generation_.notify_all();
 
-    tls_running_pool = this;
-    tls_thread_index = 0;
     run_chunk(0);
-    tls_running_pool = nullptr;
 
     spin_then_wait(pending_, [](int p) { return p == 0; });
+    call_ = nullptr;
     fn_ = nullptr;
     if (error_) {
         std::exception_ptr e = error_;

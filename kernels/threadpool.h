@@ -8,8 +8,10 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace kiln {
@@ -33,9 +35,29 @@ public:
     // thrown by fn is rethrown here after all chunks finish.
     // Calls from several threads at once are serialised. A call made from inside fn (nested)
     // runs the whole range inline as one chunk with the calling thread's index.
-    void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
+    void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
+        run(n, &call_std_function, &fn);
+    }
+    // The same for any callable: it is called through a pointer, never copied, so a lambda
+    // capturing any amount allocates nothing (building a std::function from a lambda bigger
+    // than its small buffer would).
+    template <class F>
+    void parallel_for(int64_t n, F&& fn) {
+        using Fn = std::remove_reference_t<F>;
+        run(n, &call_callable<Fn>, static_cast<const void*>(std::addressof(fn)));
+    }
 
 private:
+    using Trampoline = void (*)(const void* fn, int64_t begin, int64_t end, int thread);
+    static void call_std_function(const void* fn, int64_t b, int64_t e, int t) {
+        (*static_cast<const std::function<void(int64_t, int64_t, int)>*>(fn))(b, e, t);
+    }
+    template <class Fn>
+    static void call_callable(const void* fn, int64_t b, int64_t e, int t) {
+        (*static_cast<Fn*>(const_cast<void*>(fn)))(b, e, t);
+    }
+
+    void run(int64_t n, Trampoline call, const void* fn);
     void worker_main(int index);
     void run_chunk(int index);
 
@@ -44,7 +66,8 @@ private:
     std::mutex call_mutex_;
 
     // The job being run (valid while pending_ > 0).
-    const std::function<void(int64_t, int64_t, int)>* fn_ = nullptr;
+    Trampoline call_ = nullptr;
+    const void* fn_ = nullptr;
     int64_t n_ = 0;
 
     alignas(64) std::atomic<uint64_t> generation_{0};  // bumped once per job (and on shutdown)

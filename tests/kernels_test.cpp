@@ -82,41 +82,58 @@ std::vector<float> dequant_all(TensorType t, const std::vector<uint8_t>& w, int6
     return f;
 }
 
-// X as the decode path sees it: quantised to the activation format and expanded back.
-std::vector<float> as_seen_by_decode(kd::XFormat f, const std::vector<float>& x, int64_t n, int64_t k) {
+// X as matmul sees it: quantised per group of `group` elements (d = amax / 127, codes rounded
+// to nearest even, as every kernel level does it) and expanded back; group 0 = unchanged.
+std::vector<float> as_seen(int group, const std::vector<float>& x) {
     std::vector<float> out = x;
-    if (f == kd::XFormat::F32) return out;
-    for (int64_t t = 0; t < n; ++t) {
-        const float* src = x.data() + t * k;
-        float* dst = out.data() + t * k;
-        if (f == kd::XFormat::Q8x32) {
-            std::vector<kiln::kernels::blk::xq32> q(static_cast<size_t>(k / 32));
-            kd::quantize_x_q8x32_scalar(src, q.data(), k);
-            for (int64_t i = 0; i < k; ++i) dst[i] = q[i / 32].d * q[i / 32].qs[i % 32];
-        } else {
-            std::vector<kiln::kernels::blk::xq256> q(static_cast<size_t>(k / 256));
-            kd::quantize_x_q8x256_scalar(src, q.data(), k);
-            for (int64_t i = 0; i < k; ++i) dst[i] = q[i / 256].d * q[i / 256].qs[i % 256];
-        }
+    if (group == 0) return out;
+    for (size_t g0 = 0; g0 < x.size(); g0 += static_cast<size_t>(group)) {
+        float amax = 0;
+        for (int i = 0; i < group; ++i) amax = std::max(amax, std::fabs(x[g0 + i]));
+        const float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        for (int i = 0; i < group; ++i) out[g0 + i] = d * std::nearbyint(x[g0 + i] * id);
     }
     return out;
 }
 
 struct Param {
     TensorType type;
-    bool scalar;
+    kk::KernelLevel level;
 };
 
+const char* level_name(kk::KernelLevel l) {
+    switch (l) {
+        case kk::KernelLevel::Scalar: return "Scalar";
+        case kk::KernelLevel::Avx2: return "Avx2";
+        case kk::KernelLevel::Avx512Vnni: return "Avx512Vnni";
+    }
+    return "?";
+}
+
+bool cpu_has(kk::KernelLevel l) {
+    switch (l) {
+        case kk::KernelLevel::Scalar: return true;
+        case kk::KernelLevel::Avx2: return kk::cpu_features().avx2;
+        case kk::KernelLevel::Avx512Vnni: return kk::cpu_features().avx512vnni;
+    }
+    return false;
+}
+
+// Each kernel level the CPU has is tested by capping the level; the scalar one always runs.
 class KernelMatmul : public ::testing::TestWithParam<Param> {
 protected:
-    void SetUp() override { kk::set_force_scalar(GetParam().scalar); }
+    void SetUp() override {
+        if (!cpu_has(GetParam().level)) GTEST_SKIP() << "CPU lacks " << level_name(GetParam().level);
+        kk::set_max_kernel_level(GetParam().level);
+        ASSERT_EQ(kk::kernel_level(), GetParam().level);
+    }
     void TearDown() override { kk::set_force_scalar(false); }
 };
 
 void check_matmul(TensorType t, int64_t rows, int64_t k, int64_t n, int threads, uint32_t seed) {
     SCOPED_TRACE(std::string(kiln::type_name(t)) + " rows=" + std::to_string(rows) + " k=" +
                  std::to_string(k) + " n=" + std::to_string(n) + " threads=" + std::to_string(threads) +
-                 (kk::force_scalar() ? " scalar" : " dispatched"));
+                 " level=" + kk::kernel_level_name());
     const auto w = make_weights(t, rows, k, seed);
     const auto x = make_x(n, k, seed + 1);
     const auto wf = dequant_all(t, w, rows, k);
@@ -130,10 +147,10 @@ void check_matmul(TensorType t, int64_t rows, int64_t k, int64_t n, int threads,
     std::vector<float> ref(static_cast<size_t>(n * rows));
     kk::matmul_reference(t, w.data(), rows, k, x.data(), n, ref.data());
 
-    // With few tokens the fast path may quantise X to 8 bits: then it must match the reference
-    // applied to that quantised X closely, and the true reference within the quantisation error.
-    const kd::XFormat xf = kk::matmul_uses_tiles(t, n) ? kd::XFormat::F32 : kd::decode_xformat(t);
-    const auto xs = as_seen_by_decode(xf, x, n, k);
+    // The fast paths may quantise X to 8 bits per group: then the result must match the
+    // reference applied to that quantised X closely, and the true reference within the
+    // quantisation error.
+    const auto xs = as_seen(kd::activation_group(t, n), x);
     int bad = 0;
     for (int64_t tok = 0; tok < n && bad < 5; ++tok) {
         for (int64_t r = 0; r < rows && bad < 5; ++r) {
@@ -171,8 +188,8 @@ TEST_P(KernelMatmul, MatchesReference) {
 
 // Float types take any k: vector loops must handle the tails.
 TEST(KernelMatmulOddK, FloatTypes) {
-    for (bool scalar : {false, true}) {
-        kk::set_force_scalar(scalar);
+    for (auto level : {kk::KernelLevel::Scalar, kk::KernelLevel::Avx2, kk::KernelLevel::Avx512Vnni}) {
+        kk::set_max_kernel_level(level);
         for (TensorType t : {TensorType::F32, TensorType::F16, TensorType::BF16})
             for (int64_t n : {1, 5}) check_matmul(t, 9, 77, n, 2, 7);
     }
@@ -182,15 +199,51 @@ TEST(KernelMatmulOddK, FloatTypes) {
 std::vector<Param> all_params() {
     std::vector<Param> p;
     for (TensorType t : kTypes)
-        for (bool s : {false, true}) p.push_back({t, s});
+        for (auto l : {kk::KernelLevel::Scalar, kk::KernelLevel::Avx2, kk::KernelLevel::Avx512Vnni})
+            p.push_back({t, l});
     return p;
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, KernelMatmul, ::testing::ValuesIn(all_params()),
                          [](const auto& info) {
-                             return std::string(kiln::type_name(info.param.type)) +
-                                    (info.param.scalar ? "_Scalar" : "_Dispatched");
+                             return std::string(kiln::type_name(info.param.type)) + "_" + level_name(info.param.level);
                          });
+
+// The integer-tile unpackers: w = s * code + o reproduces dequantize_row, codes fit the
+// kernel's assumptions, and the fast unpackers agree with the scalar ones exactly.
+TEST(KernelUnpack, UnpackersMatchDequantizeRow) {
+    for (TensorType t : kTypes) {
+        const kd::CodeFormat f = kd::code_format(t);
+        if (f.group == 0) continue;
+        SCOPED_TRACE(kiln::type_name(t));
+        const int64_t k = 512;
+        const auto w = make_weights(t, 2, k, 11);
+        const auto ref = dequant_all(t, w, 2, k);
+        for (int r = 0; r < 2; ++r) {
+            std::vector<uint8_t> codes(k);
+            std::vector<float> s(k / f.group), o(k / f.group);
+            kd::unpacker_scalar(t)(w.data() + r * row_bytes(t, k), k, codes.data(), s.data(), o.data());
+            for (int64_t i = 0; i < k; ++i) {
+                const float got = s[i / f.group] * codes[i] + o[i / f.group];
+                const float want = ref[static_cast<size_t>(r * k + i)];
+                ASSERT_NEAR(got, want, 1e-6 * (std::abs(want) + std::abs(o[i / f.group])) + 1e-12) << "element " << i;
+                if (!f.has_min) {
+                    ASSERT_EQ(o[i / f.group], -static_cast<float>(f.offset) * s[i / f.group]);
+                }
+            }
+#ifdef KILN_KERNELS_X86
+            if (kk::cpu_features().avx512vnni && kd::unpacker_vnni(t)) {
+                std::vector<uint8_t> codes2(k);
+                std::vector<float> s2(k / f.group), o2(k / f.group);
+                kd::unpacker_vnni(t)(w.data() + r * row_bytes(t, k), k, codes2.data(), s2.data(), o2.data());
+                ASSERT_EQ(codes, codes2);
+                ASSERT_EQ(s, s2);
+                ASSERT_EQ(o, o2);
+            }
+#endif
+        }
+    }
+}
 
 // The kernels' own block decoders agree with the reference dequantize_row.
 TEST(KernelDecode, DecodersMatchDequantizeRow) {

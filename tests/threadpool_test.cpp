@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <vector>
@@ -95,6 +96,54 @@ TEST(ThreadPool, NestedCallRunsInline) {
         });
     });
     EXPECT_EQ(covered.load(), 6);
+}
+
+TEST(ThreadPool, NestedSingleElementAndOtherPool) {
+    kiln::ThreadPool outer(2), inner(2);
+    std::atomic<int64_t> covered{0};
+    outer.parallel_for(1, [&](int64_t, int64_t, int) {
+        outer.parallel_for(5, [&](int64_t b, int64_t e, int) { covered += e - b; });  // nested, inline
+    });
+    EXPECT_EQ(covered.load(), 5);
+    covered = 0;
+    outer.parallel_for(4, [&](int64_t, int64_t, int t) {
+        inner.parallel_for(10, [&](int64_t b, int64_t e, int) { covered += e - b; });  // other pool
+        outer.parallel_for(3, [&](int64_t b, int64_t e, int t2) {                    // still nested
+            EXPECT_EQ(t2, t);
+            covered += e - b;
+        });
+    });
+    EXPECT_EQ(covered.load(), 2 * 10 + 2 * 3);  // fn ran once per chunk: two chunks
+}
+
+TEST(ThreadPool, ConcurrentCallersAreSerialised) {
+    kiln::ThreadPool pool(2);
+    std::vector<std::atomic<int>> busy(2);
+    std::atomic<bool> overlap{false};
+    auto body = [&](int64_t, int64_t, int t) {
+        if (busy[static_cast<size_t>(t)]++ != 0) overlap = true;
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+        busy[static_cast<size_t>(t)]--;
+    };
+    std::thread a([&] { for (int i = 0; i < 200; ++i) pool.parallel_for(i % 3 + 1, body); });
+    std::thread b([&] { for (int i = 0; i < 200; ++i) pool.parallel_for(i % 3 + 1, body); });
+    a.join();
+    b.join();
+    EXPECT_FALSE(overlap.load()) << "two chunks ran with the same thread index at once";
+}
+
+// A move-only lambda cannot become a std::function: this compiles only because parallel_for takes
+// any callable by reference, which is also why big captures never allocate.
+TEST(ThreadPool, TakesCallablesWithoutStdFunction) {
+    kiln::ThreadPool pool(2);
+    auto owned = std::make_unique<std::atomic<int64_t>>(0);
+    char big[512] = {};
+    auto body = [p = std::move(owned), big](int64_t b, int64_t e, int) { *p += (e - b) + big[0]; };
+    pool.parallel_for(100, body);
+    std::atomic<int64_t> covered{0};
+    const std::function<void(int64_t, int64_t, int)> f = [&](int64_t b, int64_t e, int) { covered += e - b; };
+    pool.parallel_for(50, f);  // the std::function overload still works
+    EXPECT_EQ(covered.load(), 50);
 }
 
 TEST(ThreadPool, IdleThenReuse) {

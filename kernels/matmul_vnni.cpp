@@ -1,0 +1,320 @@
+// Integer weight tiles for prefill at the avx512vnni level (AVX-512 F/BW/VL + VNNI, chosen at
+// run time like the AVX2 kernels).
+//
+// A thread unpacks 16 weight rows x a k-slice once into unsigned 8-bit codes with per-group
+// float (s, o) (w = s * code + o), interleaved so that one zmm holds 4 consecutive codes of each
+// of the 16 rows. The activations are quantised to int8 per group once per call. vpdpbusd then
+// accumulates 16 rows x 4 products per instruction against a broadcast of 4 activation codes,
+// for up to 8 tokens at a time, and the group scale is applied once per group in float.
+#include "kernels/matmul_impl.h"
+
+#ifdef KILN_KERNELS_X86
+
+// GCC 12's AVX-512 intrinsics (the _mm512_undefined_* idiom they use inside) trip
+// -Wmaybe-uninitialized wherever they inline; the warning is about the header, not this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#define KILN_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+namespace kiln::kernels::detail {
+namespace {
+
+using namespace blk;
+
+KILN_VNNI inline __m256i loadu256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+KILN_VNNI inline __m128i loadu128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+KILN_VNNI inline void storeu256(void* p, __m256i v) { _mm256_storeu_si256(static_cast<__m256i*>(p), v); }
+KILN_VNNI inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// ---- fast unpackers -------------------------------------------------------------------------
+
+KILN_VNNI void up_q4_0(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q4_0* b = static_cast<const q4_0*>(w);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        const __m128i q = loadu128(b[ib].qs);
+        storeu256(c, _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)));
+        s[ib] = h2f(b[ib].d);
+        o[ib] = -8.0f * s[ib];
+    }
+}
+
+KILN_VNNI void up_q8_0(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q8_0* b = static_cast<const q8_0*>(w);
+    const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+    for (int64_t ib = 0; ib < n / QK; ++ib, c += QK) {
+        storeu256(c, _mm256_xor_si256(loadu256(b[ib].qs), bias));  // q + 128
+        s[ib] = h2f(b[ib].d);
+        o[ib] = -128.0f * s[ib];
+    }
+}
+
+KILN_VNNI void up_q4_K(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q4_K* b = static_cast<const q4_K*>(w);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK, s += 8, o += 8) {
+        for (int ch = 0; ch < 4; ++ch) {
+            const __m256i q = loadu256(b[ib].qs + 32 * ch);
+            storeu256(c + 64 * ch, _mm256_and_si256(q, m4));
+            storeu256(c + 64 * ch + 32, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+        }
+        const float d = h2f(b[ib].d), dmin = h2f(b[ib].dmin);
+        for (int g = 0; g < 8; ++g) {
+            uint8_t sc, m;
+            scale_min_k4(g, b[ib].scales, &sc, &m);
+            s[g] = d * sc;
+            o[g] = -(dmin * m);
+        }
+    }
+}
+
+KILN_VNNI void up_q6_K(const void* w, int64_t n, uint8_t* c, float* s, float* o) {
+    const q6_K* b = static_cast<const q6_K*>(w);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, c += QKK, s += 16, o += 16) {
+        for (int h = 0; h < 2; ++h) {
+            const __m256i l0 = loadu256(b[ib].ql + 64 * h), l1 = loadu256(b[ib].ql + 64 * h + 32);
+            const __m256i hb = loadu256(b[ib].qh + 32 * h);
+            uint8_t* cc = c + 128 * h;
+            storeu256(cc, _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                          _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(0x03)), 4)));
+            storeu256(cc + 32, _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(0x0C)), 2)));
+            storeu256(cc + 64, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                               _mm256_and_si256(hb, _mm256_set1_epi8(0x30))));
+            storeu256(cc + 96, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                               _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(static_cast<char>(0xC0))), 2)));
+        }
+        const float d = h2f(b[ib].d);
+        for (int g = 0; g < 16; ++g) {
+            s[g] = d * static_cast<float>(b[ib].scales[g]);
+            o[g] = -32.0f * s[g];
+        }
+    }
+}
+
+// ---- packing --------------------------------------------------------------------------------
+
+// 8 rows of 8 dwords -> 8 columns of 8 dwords.
+KILN_VNNI inline void transpose8x8(__m256i r[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int j = 0; j < 4; ++j) {
+        r[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+    }
+}
+
+// Codes of one group for 16 rows (row stride `stride` in tmp) -> 16 x G/4 interleaved dwords.
+template <int G>
+KILN_VNNI inline void interleave_group(const uint8_t* codes, size_t stride, uint8_t* out) {
+    if constexpr (G == 32) {
+        for (int half = 0; half < 2; ++half) {
+            __m256i r[8];
+            for (int i = 0; i < 8; ++i) r[i] = loadu256(codes + (8 * half + i) * stride);
+            transpose8x8(r);
+            for (int j = 0; j < 8; ++j) storeu256(out + 64 * j + 32 * half, r[j]);
+        }
+    } else {
+        for (int q = 0; q < 4; ++q) {
+            __m128 r0 = _mm_castsi128_ps(loadu128(codes + (4 * q + 0) * stride));
+            __m128 r1 = _mm_castsi128_ps(loadu128(codes + (4 * q + 1) * stride));
+            __m128 r2 = _mm_castsi128_ps(loadu128(codes + (4 * q + 2) * stride));
+            __m128 r3 = _mm_castsi128_ps(loadu128(codes + (4 * q + 3) * stride));
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+            _mm_storeu_ps(reinterpret_cast<float*>(out + 0 * 64 + 16 * q), r0);
+            _mm_storeu_ps(reinterpret_cast<float*>(out + 1 * 64 + 16 * q), r1);
+            _mm_storeu_ps(reinterpret_cast<float*>(out + 2 * 64 + 16 * q), r2);
+            _mm_storeu_ps(reinterpret_cast<float*>(out + 3 * 64 + 16 * q), r3);
+        }
+    }
+}
+
+template <int G>
+KILN_VNNI void pack(UnpackFn unpack, const uint8_t* w, size_t row_bytes, int64_t nrows, size_t slice_offset,
+                    int64_t kc, uint8_t* out, uint8_t* tmp) {
+    const int64_t ng = kc / G;
+    uint8_t* codes = tmp;                                                 // [16][kc]
+    float* s = reinterpret_cast<float*>(tmp + kVnniRows * kc);            // [16][ng]
+    float* o = s + kVnniRows * ng;                                        // [16][ng]
+    for (int64_t r = 0; r < kVnniRows; ++r) {
+        if (r < nrows) {
+            unpack(w + static_cast<size_t>(r) * row_bytes + slice_offset, kc, codes + r * kc, s + r * ng, o + r * ng);
+        } else {
+            std::memset(codes + r * kc, 0, static_cast<size_t>(kc));
+            std::fill(s + r * ng, s + (r + 1) * ng, 0.0f);
+            std::fill(o + r * ng, o + (r + 1) * ng, 0.0f);
+        }
+    }
+    const size_t gbytes = static_cast<size_t>(kVnniRows) * G + 2 * kVnniRows * sizeof(float);
+    for (int64_t g = 0; g < ng; ++g) {
+        uint8_t* dst = out + static_cast<size_t>(g) * gbytes;
+        interleave_group<G>(codes + g * G, static_cast<size_t>(kc), dst);
+        float* so = reinterpret_cast<float*>(dst + kVnniRows * G);
+        for (int r = 0; r < kVnniRows; ++r) {
+            so[r] = s[r * ng + g];
+            so[kVnniRows + r] = o[r * ng + g];
+        }
+    }
+}
+
+// ---- kernel ---------------------------------------------------------------------------------
+
+KILN_VNNI inline int32_t load_i32(const uint8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+KILN_VNNI inline float load_f32(const uint8_t* p) {
+    float v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+template <int G, int NT, bool MIN>
+KILN_VNNI void kern(const uint8_t* packed, int64_t ng, const uint8_t* x, size_t xstride, float* y, int64_t ldy,
+                    __mmask16 rows_mask, bool accumulate) {
+    constexpr size_t kGroupBytes = static_cast<size_t>(kVnniRows) * G + 2 * kVnniRows * sizeof(float);
+    constexpr size_t kXGroup = G + 16;
+    __m512 facc[NT];
+    for (int t = 0; t < NT; ++t) facc[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        const uint8_t* c = packed + static_cast<size_t>(g) * kGroupBytes;
+        const uint8_t* xg = x + static_cast<size_t>(g) * kXGroup;
+        __m512i iacc[NT];
+        for (int t = 0; t < NT; ++t) iacc[t] = _mm512_setzero_si512();
+        for (int j = 0; j < G / 4; ++j) {
+            const __m512i wv = _mm512_load_si512(c + 64 * j);
+            for (int t = 0; t < NT; ++t)
+                iacc[t] = _mm512_dpbusd_epi32(iacc[t], wv, _mm512_set1_epi32(load_i32(xg + t * xstride + 4 * j)));
+        }
+        const float* so = reinterpret_cast<const float*>(c + kVnniRows * G);
+        const __m512 s = _mm512_load_ps(so);
+        for (int t = 0; t < NT; ++t) {
+            const uint8_t* xr = xg + t * xstride + G;  // d, corr, dsum
+            __m512i acc = iacc[t];
+            if constexpr (!MIN) acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(load_i32(xr + 4)));
+            facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(s, _mm512_set1_ps(load_f32(xr))), facc[t]);
+            if constexpr (MIN) facc[t] = _mm512_fmadd_ps(_mm512_load_ps(so + kVnniRows), _mm512_set1_ps(load_f32(xr + 8)), facc[t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) {
+        float* out = y + t * ldy;
+        __m512 v = facc[t];
+        if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(rows_mask, out));
+        _mm512_mask_storeu_ps(out, rows_mask, v);
+    }
+}
+
+template <int G, bool MIN>
+KILN_VNNI void kern_tokens(const uint8_t* packed, int64_t ng, const uint8_t* x, size_t xstride, int64_t nt, float* y,
+                           int64_t ldy, __mmask16 mask, bool acc) {
+    int64_t t = 0;
+    for (; t + 8 <= nt; t += 8) kern<G, 8, MIN>(packed, ng, x + t * xstride, xstride, y + t * ldy, ldy, mask, acc);
+    const uint8_t* xt = x + t * xstride;
+    float* yt = y + t * ldy;
+    switch (nt - t) {
+        case 7: kern<G, 7, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
+        case 6: kern<G, 6, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
+        case 5: kern<G, 5, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
+        case 4: kern<G, 4, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
+        case 3: kern<G, 3, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
+        case 2: kern<G, 2, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
+        case 1: kern<G, 1, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
+        default: break;
+    }
+}
+
+// One group of G activations -> int8 codes + {d, corr, dsum}. Same rounding as the scalar
+// quantisers (d = amax / 127, codes = round-to-nearest-even(x * 127 / amax)).
+template <int G>
+KILN_VNNI void quant_group(const float* x, int offset, uint8_t* out) {
+    constexpr int V = G / 16;
+    __m512 v[V];
+    __m512 m = _mm512_setzero_ps();
+    for (int i = 0; i < V; ++i) {
+        v[i] = _mm512_loadu_ps(x + 16 * i);
+        m = _mm512_max_ps(m, _mm512_abs_ps(v[i]));
+    }
+    const float amax = _mm512_reduce_max_ps(m);
+    const float d = amax / 127.0f;
+    const __m512 id = _mm512_set1_ps(d > 0 ? 127.0f / amax : 0.0f);
+    __m512i sum = _mm512_setzero_si512();
+    for (int i = 0; i < V; ++i) {
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], id));
+        sum = _mm512_add_epi32(sum, q);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * i), _mm512_cvtsepi32_epi8(q));
+    }
+    const int32_t total = _mm512_reduce_add_epi32(sum);
+    const int32_t corr = offset * total;
+    const float dsum = d * static_cast<float>(total);
+    std::memcpy(out + G, &d, 4);
+    std::memcpy(out + G + 4, &corr, 4);
+    std::memcpy(out + G + 8, &dsum, 4);
+    std::memset(out + G + 12, 0, 4);
+}
+
+}  // namespace
+
+UnpackFn unpacker_vnni(TensorType t) {
+    switch (t) {
+        case TensorType::Q4_0: return up_q4_0;
+        case TensorType::Q8_0: return up_q8_0;
+        case TensorType::Q4_K: return up_q4_K;
+        case TensorType::Q6_K: return up_q6_K;
+        default: return nullptr;
+    }
+}
+
+KILN_VNNI void quantize_x_vnni(const float* x, int64_t k, const CodeFormat& f, uint8_t* out) {
+    const size_t gb = vnni_xgroup_bytes(f.group);
+    if (f.group == 32) {
+        for (int64_t g = 0; g < k / 32; ++g) quant_group<32>(x + 32 * g, f.offset, out + g * gb);
+    } else {
+        for (int64_t g = 0; g < k / 16; ++g) quant_group<16>(x + 16 * g, f.offset, out + g * gb);
+    }
+}
+
+void pack_rows_vnni(TensorType, const CodeFormat& f, UnpackFn unpack, const uint8_t* w, size_t row_bytes,
+                    int64_t nrows, size_t slice_offset, int64_t kc, uint8_t* out, uint8_t* tmp) {
+    if (f.group == 32)
+        pack<32>(unpack, w, row_bytes, nrows, slice_offset, kc, out, tmp);
+    else
+        pack<16>(unpack, w, row_bytes, nrows, slice_offset, kc, out, tmp);
+}
+
+void gemm_vnni(const CodeFormat& f, const uint8_t* packed, int64_t kc, const uint8_t* x, size_t xstride,
+               int64_t nt, float* y, int64_t ldy, int64_t nrows, bool accumulate) {
+    const __mmask16 mask = static_cast<__mmask16>(nrows >= 16 ? 0xFFFF : (1u << nrows) - 1u);
+    if (f.group == 32) {
+        if (f.has_min)
+            kern_tokens<32, true>(packed, kc / 32, x, xstride, nt, y, ldy, mask, accumulate);
+        else
+            kern_tokens<32, false>(packed, kc / 32, x, xstride, nt, y, ldy, mask, accumulate);
+    } else {
+        if (f.has_min)
+            kern_tokens<16, true>(packed, kc / 16, x, xstride, nt, y, ldy, mask, accumulate);
+        else
+            kern_tokens<16, false>(packed, kc / 16, x, xstride, nt, y, ldy, mask, accumulate);
+    }
+}
+
+}  // namespace kiln::kernels::detail
+
+#endif  // KILN_KERNELS_X86
