@@ -1,16 +1,20 @@
 // Vulkan backend: the shader build step, device listing and selection, and the Context
-// (memory, staging, readback). Without a Vulkan device the device tests skip LOUDLY.
+// (memory, staging, readback), `kiln devices`. Without a Vulkan device the device tests skip LOUDLY.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "backend/vulkan/context.h"
 #include "backend/vulkan/shaders.h"
 #include "kiln/error.h"
+#include "support/run.h"
 
 // ---- build: the embedded SPIR-V ------------------------------------------------------------
 
@@ -131,4 +135,49 @@ TEST(VulkanContext, MemoryUploadFillReadback) {
     const uint64_t with = ctx.heap_used(heap);
     buf.reset();
     EXPECT_GE(with - ctx.heap_used(heap), n * 4);  // given back
+}
+
+TEST(VulkanDevices, CliListsDevicesOrSaysThereAreNone) {
+    const auto text = kiln::test::run_kiln({"devices"}, "devices");
+    ASSERT_EQ(text.code, 0) << text.err;
+    const auto js = kiln::test::run_kiln({"devices", "--json"}, "devices");
+    ASSERT_EQ(js.code, 0) << js.err;
+    const auto j = nlohmann::json::parse(js.out);
+    ASSERT_TRUE(j.contains("devices"));
+    if (!j["vulkan"].get<bool>()) {
+        EXPECT_NE(text.out.find("No Vulkan"), std::string::npos) << text.out;
+        EXPECT_NE(text.out.find("kiln runs on the CPU"), std::string::npos) << text.out;
+    }
+    for (const auto& d : j["devices"]) {
+        const std::string name = d["name"];
+        EXPECT_NE(text.out.find(name), std::string::npos) << text.out;
+        for (const char* key : {"type", "driver", "memory_heaps", "subgroup", "fp16", "int8", "bf16",
+                                "integer_dot_product", "cooperative_matrix", "api_version"})
+            EXPECT_TRUE(d.contains(key)) << key;
+        EXPECT_GT(d["subgroup"]["size"].get<int>(), 0);
+        EXPECT_FALSE(d["memory_heaps"].empty());
+    }
+    for (const char* field : {"subgroup", "fp16", "int8", "bf16", "int dot product", "coop. matrix", "memory heap 0"}) {
+        if (!j["devices"].empty()) {
+            EXPECT_NE(text.out.find(field), std::string::npos) << field;
+        }
+    }
+
+    const auto bad = kiln::test::run_kiln({"devices", "--device", "99"}, "devices");
+    EXPECT_EQ(bad.code, 1);
+    EXPECT_NE(bad.err.find("--device 99"), std::string::npos) << bad.err;
+
+    // No loader: said plainly, exit 0 (the CPU backend still works).
+    ::setenv("KILN_VULKAN_LOADER", "/nonexistent/libvulkan.so.1", 1);
+    const auto none = kiln::test::run_kiln({"devices"}, "devices");
+    const auto none_js = kiln::test::run_kiln({"devices", "--json"}, "devices");
+    ::unsetenv("KILN_VULKAN_LOADER");
+    EXPECT_EQ(none.code, 0) << none.err;
+    EXPECT_NE(none.out.find("No Vulkan: no Vulkan loader"), std::string::npos) << none.out;
+    EXPECT_NE(none.out.find("kiln runs on the CPU"), std::string::npos) << none.out;
+    ASSERT_EQ(none_js.code, 0);
+    const auto nj = nlohmann::json::parse(none_js.out);
+    EXPECT_FALSE(nj["vulkan"].get<bool>());
+    EXPECT_TRUE(nj["devices"].empty());
+    EXPECT_NE(nj["error"].get<std::string>().find("libvulkan"), std::string::npos);
 }
