@@ -38,18 +38,22 @@ void main() {
     float acc[NCOL];
     for (uint c = 0; c < NCOL; ++c) acc[c] = 0.0;
     const uint base = row * p.row_bytes;
+    // Loops over the constant NCOL (masked by nc) so that acc stays in registers: an index
+    // unknown at compile time would put the array in memory on some drivers (lavapipe).
     for (uint i = 4u * tid; i < p.K; i += 4u * WG) {
         const vec4 w = load4(base, i);
-        for (uint c = 0; c < nc; ++c) {
-            const uint xo = (tok0 + c) * p.x_stride + i;
-            acc[c] += dot(w, vec4(x[xo], x[xo + 1u], x[xo + 2u], x[xo + 3u]));
+        for (uint c = 0; c < NCOL; ++c) {
+            if (c < nc) {
+                const uint xo = (tok0 + c) * p.x_stride + i;
+                acc[c] += dot(w, vec4(x[xo], x[xo + 1u], x[xo + 2u], x[xo + 3u]));
+            }
         }
     }
     for (uint c = 0; c < NCOL; ++c) red[c][tid] = acc[c];
     barrier();
     for (uint s = WG / 2u; s > 0u; s >>= 1) {
         if (tid < s)
-            for (uint c = 0; c < nc; ++c) red[c][tid] += red[c][tid + s];
+            for (uint c = 0; c < NCOL; ++c) red[c][tid] += red[c][tid + s];
         barrier();
     }
     if (tid < nc) y[(tok0 + tid) * p.y_stride + row] = red[tid][0];

@@ -12,7 +12,6 @@ namespace kiln::vk {
 
 namespace {
 
-constexpr uint32_t kNaN = 0x7fc00000u;
 constexpr uint32_t kMatvecTokens = 8;   // NCOL in matmul_vec.comp
 constexpr uint32_t kTile = 64;          // BM = BN in matmul_tiled.comp
 constexpr uint32_t kTiledWorkgroup = 256;
