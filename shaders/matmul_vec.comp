@@ -2,8 +2,8 @@
 // y = W x for a few tokens (decode): W is N rows of K elements in a stored GGUF type (read in its
 // block format, see quant.glsl), x is n_tok rows of K floats, y is n_tok rows of N floats.
 // One workgroup per weight row and per group of up to NCOL tokens: each thread walks the row in
-// steps of four elements, decodes them once and dots them with every token's x; a shared-memory
-// tree sums the threads.
+// steps of four elements, decodes them once and dots them with every token's x; the threads'
+// partial sums meet in shared memory.
 #include "common.glsl"
 
 layout(constant_id = 1) const uint TYPE = 0;
@@ -49,12 +49,14 @@ void main() {
             }
         }
     }
+    // One barrier, then thread c sums token c's partial sums: cheaper than a log2(WG)-barrier tree
+    // where barriers are expensive (lavapipe runs them as coroutine switches). A subgroup-add
+    // variant is the next step on devices with subgroup arithmetic.
     for (uint c = 0; c < NCOL; ++c) red[c][tid] = acc[c];
     barrier();
-    for (uint s = WG / 2u; s > 0u; s >>= 1) {
-        if (tid < s)
-            for (uint c = 0; c < NCOL; ++c) red[c][tid] += red[c][tid + s];
-        barrier();
+    if (tid < nc) {
+        float s = 0.0;
+        for (uint j = 0; j < WG; ++j) s += red[tid][j];
+        y[(tok0 + tid) * p.y_stride + row] = s;
     }
-    if (tid < nc) y[(tok0 + tid) * p.y_stride + row] = red[tid][0];
 }
