@@ -439,6 +439,7 @@ struct MatmulCase {
     TensorType type;
     double tol;
 };
+void PrintTo(const MatmulCase& c, std::ostream* os) { *os << kiln::type_name(c.type); }
 
 // Every weight type the shaders read. Weights are exact (dequantized the same way on both sides),
 // so the f32 tolerance applies to all of them.
