@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake make pkg-config git
-  libvulkan-dev glslang-dev libshaderc-dev glslc mesa-vulkan-drivers
+  libvulkan-dev glslang-dev libshaderc-dev glslc mesa-vulkan-drivers vulkan-validationlayers
   libopenblas-dev libfmt-dev nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev
   libgtest-dev libbenchmark-dev
   clang libclang-rt-14-dev

@@ -1,0 +1,461 @@
+#include "backend/vulkan/backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "kiln/error.h"
+
+namespace kiln::vk {
+
+namespace {
+
+constexpr uint32_t kMatvecTokens = 8;   // NCOL in matmul_vec.comp
+constexpr uint32_t kTile = 64;          // BM = BN in matmul_tiled.comp
+constexpr uint32_t kTiledWorkgroup = 256;
+constexpr int64_t kAttnMaxDk = 256;     // DMAX in attention.comp
+constexpr int64_t kAttnMaxRows = 8;     // RMAX in attention.comp
+
+uint32_t u32(int64_t v, const char* what) {
+    if (v < 0 || v > 0xffffffffll) throw Error(fmt::format("Vulkan: {} = {} does not fit 32 bits", what, v));
+    return static_cast<uint32_t>(v);
+}
+
+uint32_t ceil_div(uint64_t a, uint64_t b) { return static_cast<uint32_t>((a + b - 1) / b); }
+
+void require_type(const Tensor& t, TensorType want, const char* op, const char* role) {
+    if (!t.valid()) throw Error(fmt::format("vk {}: {} is not a tensor", op, role));
+    if (t.type() != want)
+        throw Error(fmt::format("vk {}: {} '{}' is {} but must be {}", op, role, t.name(), t.shape_string(),
+                                type_name(want)));
+}
+
+void require_same_count(const Tensor& a, const Tensor& b, const char* op) {
+    if (a.n_elements() != b.n_elements())
+        throw Error(fmt::format("vk {}: '{}' {} and '{}' {} differ in size", op, a.name(), a.shape_string(), b.name(),
+                                b.shape_string()));
+}
+
+}  // namespace
+
+std::string Tensor::shape_string() const {
+    std::string s = fmt::format("{} [{}", type_name(type_), ne_[0]);
+    int last = 3;
+    while (last > 1 && ne_[static_cast<size_t>(last)] == 1) --last;
+    for (int i = 1; i <= last; ++i) s += fmt::format(", {}", ne_[static_cast<size_t>(i)]);
+    return s + "]";
+}
+
+// ---- lifetime ------------------------------------------------------------------------------
+
+std::unique_ptr<Backend> Backend::open(const BackendOptions& o) {
+    const bool required = o.require || o.device >= 0;
+    std::shared_ptr<Instance> inst;
+    std::vector<DeviceInfo> devices;
+    try {
+        inst = Instance::get(o.validation);  // held so that list_devices and the Backend share it
+        devices = list_devices();
+    } catch (const Error&) {
+        if (required) throw;
+        return nullptr;  // no loader or driver: the CPU it is
+    }
+    const auto index = select_device(devices, o.device, o.require);
+    if (!index) return nullptr;
+    return std::make_unique<Backend>(*index, o.validation);
+}
+
+Backend::Backend(uint32_t device_index, bool validation) : ctx_(std::make_unique<Context>(device_index, validation)) {
+    const DeviceInfo& d = ctx_->info();
+    // Plain kernels: sizes every device takes (the spec guarantees 128 invocations per workgroup).
+    const uint32_t max_wg = d.max_workgroup_invocations;
+    wg_elementwise_ = std::min<uint32_t>(256, max_wg);
+    wg_rows_ = std::min<uint32_t>(256, max_wg);
+    wg_matvec_ = 64;
+    wg_attention_ = 64;
+}
+
+Backend::~Backend() = default;
+
+// ---- tensors and memory --------------------------------------------------------------------
+
+Tensor Backend::tensor(TensorType type, std::initializer_list<int64_t> ne, const std::string& name) {
+    if (!type_traits(static_cast<uint32_t>(type))) throw Error("vk tensor: unknown tensor type");
+    if (ne.size() < 1 || ne.size() > 4) throw Error("vk tensor: a tensor has 1 to 4 dimensions");
+    Tensor t;
+    t.type_ = type;
+    size_t i = 0;
+    for (int64_t v : ne) {
+        if (v <= 0) throw Error(fmt::format("vk tensor '{}': dimension {} is {} (must be positive)", name, i, v));
+        t.ne_[i++] = v;
+    }
+    const auto rb = row_bytes(type, static_cast<uint64_t>(t.ne_[0]));
+    if (!rb)
+        throw Error(fmt::format("vk tensor '{}': a row of {} elements is not a whole number of {} blocks of {}", name,
+                                t.ne_[0], type_name(type), traits(type).block_size));
+    t.row_bytes_ = *rb;
+    t.name_ = name.empty() ? t.shape_string() : name;
+    const uint64_t bytes = t.bytes();
+    const DeviceInfo& d = ctx_->info();
+    if (bytes > d.max_storage_buffer_range)
+        throw Error(fmt::format("vk tensor '{}' ({}) is {} bytes, more than {} can bind in one buffer ({} bytes)",
+                                t.name_, t.shape_string(), bytes, d.name, d.max_storage_buffer_range));
+    // 16 bytes of slack: shaders read whole 32-bit words, the last one may pass the data's end.
+    t.buffer_ = ctx_->create_buffer(bytes + 16, MemoryKind::Device, fmt::format("tensor '{}'", t.name_));
+    return t;
+}
+
+bool Backend::fits(uint64_t bytes, std::string* why) const {
+    try {
+        ctx_->check_fits(bytes, MemoryKind::Device, fmt::format("a plan of {} bytes", bytes), false);
+        return true;
+    } catch (const Error& e) {
+        if (why) *why = e.what();
+        return false;
+    }
+}
+
+uint64_t Backend::device_memory_available() const { return ctx_->heap_available(ctx_->heap_of(MemoryKind::Device)); }
+
+void Backend::upload(const Tensor& t, const void* data, uint64_t bytes) {
+    if (!t.valid()) throw Error("vk upload: not a tensor");
+    if (bytes != t.bytes())
+        throw Error(fmt::format("vk upload: tensor '{}' ({}) holds {} bytes, {} were given", t.name(), t.shape_string(),
+                                t.bytes(), bytes));
+    ctx_->upload(t.buffer_, t.offset_, data, bytes);
+}
+
+void Backend::fill(const Tensor& t, uint32_t word) {
+    if (!t.valid()) throw Error("vk fill: not a tensor");
+    ctx_->fill(t.buffer_, t.offset_, (t.bytes() + 3) & ~uint64_t{3}, word);
+}
+
+void Backend::read(const Tensor& t, void* data, uint64_t bytes) {
+    if (!t.valid()) throw Error("vk read: not a tensor");
+    if (bytes != t.bytes())
+        throw Error(fmt::format("vk read: tensor '{}' ({}) holds {} bytes, {} were asked", t.name(), t.shape_string(),
+                                t.bytes(), bytes));
+    ctx_->download(t.buffer_, t.offset_, data, bytes);
+}
+
+std::vector<float> Backend::read_f32(const Tensor& t) {
+    require_type(t, TensorType::F32, "read_f32", "the tensor");
+    std::vector<float> out(static_cast<size_t>(t.n_elements()));
+    read(t, out.data(), t.bytes());
+    return out;
+}
+
+Tensor Backend::view_rows(const Tensor& t, int64_t first, int64_t count) const {
+    if (!t.valid()) throw Error("vk view_rows: not a tensor");
+    if (first < 0 || count <= 0 || first + count > t.n_rows())
+        throw Error(fmt::format("vk view_rows: rows [{}, {}) of '{}' ({} rows)", first, first + count, t.name(),
+                                t.n_rows()));
+    Tensor v = t;
+    v.offset_ = t.offset_ + static_cast<uint64_t>(first) * t.row_bytes_;
+    if (v.offset_ % ctx_->info().min_storage_buffer_offset_alignment)
+        throw Error(fmt::format("vk view_rows: row {} of '{}' starts at byte {}, not a multiple of the device's "
+                                "storage-buffer alignment {}",
+                                first, t.name(), v.offset_, ctx_->info().min_storage_buffer_offset_alignment));
+    v.ne_ = {t.ne_[0], count, 1, 1};
+    v.name_ = fmt::format("{}[rows {}..{}]", t.name_, first, first + count);
+    return v;
+}
+
+Binding Backend::bind(const Tensor& t, bool written) const {
+    // The data plus the slack for word reads, within the buffer and the device's range limit.
+    const uint64_t room = t.buffer_->size() - t.offset_;
+    uint64_t range = std::min<uint64_t>(((t.bytes() + 3) & ~uint64_t{3}) + 16, room);
+    range = std::min<uint64_t>(range, ctx_->info().max_storage_buffer_range);
+    return Binding{t.buffer_, t.offset_, range, written};
+}
+
+void Backend::groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const {
+    const uint32_t max_x = ctx_->info().max_workgroup_count[0];
+    *gx = static_cast<uint32_t>(std::min<uint64_t>(std::max<uint64_t>(n_groups, 1), max_x));
+    *gy = ceil_div(std::max<uint64_t>(n_groups, 1), *gx);
+}
+
+void Backend::submit() { ctx_->submit(); }
+
+// ---- matmul and get_rows -------------------------------------------------------------------
+
+bool Backend::supports_matmul(TensorType t) {
+    switch (t) {
+        case TensorType::F32: case TensorType::F16: case TensorType::BF16:
+        case TensorType::Q4_0: case TensorType::Q4_1: case TensorType::Q5_0: case TensorType::Q5_1:
+        case TensorType::Q8_0: case TensorType::Q2_K: case TensorType::Q3_K: case TensorType::Q4_K:
+        case TensorType::Q5_K: case TensorType::Q6_K: case TensorType::IQ4_NL: case TensorType::IQ4_XS:
+        case TensorType::MXFP4:
+            return true;
+        default: return false;
+    }
+}
+
+namespace {
+
+struct MatmulPush {
+    uint32_t K, N, n_tok, row_bytes, x_stride, y_stride;
+};
+
+std::vector<uint32_t> type_spec(uint32_t wg, TensorType t) {
+    const auto& tr = traits(t);
+    return {wg, static_cast<uint32_t>(t), tr.block_size, tr.type_size};
+}
+
+}  // namespace
+
+void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKernel kernel) {
+    if (!w.valid()) throw Error("vk matmul: the weight is not a tensor");
+    if (!supports_matmul(w.type()))
+        throw Error(fmt::format("vk matmul: weight '{}' is {}, a type the Vulkan shaders do not read", w.name(),
+                                w.shape_string()));
+    require_type(x, TensorType::F32, "matmul", "x");
+    require_type(y, TensorType::F32, "matmul", "y");
+    const int64_t K = w.ne(0), N = w.n_rows(), n = x.n_rows();
+    if (x.ne(0) != K)
+        throw Error(fmt::format("vk matmul: x '{}' {} has rows of {} but weight '{}' {} has rows of {}", x.name(),
+                                x.shape_string(), x.ne(0), w.name(), w.shape_string(), K));
+    if (y.ne(0) != N || y.n_rows() != n)
+        throw Error(fmt::format("vk matmul: y '{}' is {} but must be [{}, {}] for weight '{}' {} and x {}", y.name(),
+                                y.shape_string(), N, n, w.name(), w.shape_string(), x.shape_string()));
+    if (K % 4) throw Error(fmt::format("vk matmul: rows of {} elements; the shaders need a multiple of 4", K));
+    const MatmulPush pc{u32(K, "K"), u32(N, "N"), u32(n, "n_tok"), u32(static_cast<int64_t>(w.row_bytes()), "row bytes"),
+                        u32(K, "K"), u32(N, "N")};
+    const Binding b[] = {bind(w, false), bind(x, false), bind(y, true)};
+    if (kernel == MatmulKernel::Auto) kernel = n <= kMatvecTokens ? MatmulKernel::Vector : MatmulKernel::Tiled;
+    if (kernel == MatmulKernel::Vector) {
+        const auto& p = ctx_->pipeline("matmul_vec", type_spec(wg_matvec_, w.type()), 3);
+        const uint32_t max_x = ctx_->info().max_workgroup_count[0];
+        const uint32_t gx = static_cast<uint32_t>(std::min<int64_t>(N, max_x));
+        ctx_->dispatch(p, b, &pc, sizeof pc, gx, ceil_div(static_cast<uint64_t>(n), kMatvecTokens),
+                       ceil_div(static_cast<uint64_t>(N), gx));
+    } else {
+        const auto& p = ctx_->pipeline("matmul_tiled", type_spec(kTiledWorkgroup, w.type()), 3);
+        ctx_->dispatch(p, b, &pc, sizeof pc, ceil_div(static_cast<uint64_t>(N), kTile),
+                       ceil_div(static_cast<uint64_t>(n), kTile));
+    }
+}
+
+void Backend::get_rows(const Tensor& table, const Tensor& ids, const Tensor& out) {
+    if (!table.valid()) throw Error("vk get_rows: the table is not a tensor");
+    if (!supports_matmul(table.type()))
+        throw Error(fmt::format("vk get_rows: table '{}' is {}, a type the Vulkan shaders do not read", table.name(),
+                                table.shape_string()));
+    require_type(ids, TensorType::I32, "get_rows", "ids");
+    require_type(out, TensorType::F32, "get_rows", "out");
+    const int64_t K = table.ne(0), n = ids.n_elements();
+    if (out.ne(0) != K || out.n_rows() != n)
+        throw Error(fmt::format("vk get_rows: out '{}' is {} but must be [{}, {}]", out.name(), out.shape_string(), K, n));
+    if (K % 4) throw Error(fmt::format("vk get_rows: rows of {} elements; the shader needs a multiple of 4", K));
+    struct {
+        uint32_t K, n_rows, n_ids, row_bytes, o_stride;
+    } pc{u32(K, "K"), u32(table.n_rows(), "table rows"), u32(n, "ids"),
+         u32(static_cast<int64_t>(table.row_bytes()), "row bytes"), u32(K, "K")};
+    const Binding b[] = {bind(table, false), bind(ids, false), bind(out, true)};
+    const auto& p = ctx_->pipeline("get_rows", type_spec(wg_matvec_, table.type()), 3);
+    uint32_t gx, gy;
+    groups_for(static_cast<uint64_t>(n), &gx, &gy);
+    ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
+}
+
+// ---- row ops -------------------------------------------------------------------------------
+
+void Backend::rms_norm(const Tensor& x, const Tensor* weight, const Tensor& out, float eps) {
+    require_type(x, TensorType::F32, "rms_norm", "x");
+    require_type(out, TensorType::F32, "rms_norm", "out");
+    require_same_count(x, out, "rms_norm");
+    const int64_t K = x.ne(0);
+    if (weight) {
+        require_type(*weight, TensorType::F32, "rms_norm", "weight");
+        if (weight->n_elements() != K)
+            throw Error(fmt::format("vk rms_norm: weight '{}' {} must have {} elements (the rows of x)",
+                                    weight->name(), weight->shape_string(), K));
+    }
+    struct {
+        uint32_t K, n_rows, x_stride, o_stride;
+        float eps;
+    } pc{u32(K, "K"), u32(x.n_rows(), "rows"), u32(K, "K"), u32(K, "K"), eps};
+    const Binding b[] = {bind(x, false), bind(weight ? *weight : x, false), bind(out, true)};
+    const auto& p = ctx_->pipeline("rms_norm", {wg_rows_, weight ? 1u : 0u}, 3);
+    uint32_t gx, gy;
+    groups_for(static_cast<uint64_t>(x.n_rows()), &gx, &gy);
+    ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
+}
+
+void Backend::softmax(const Tensor& x, const Tensor& out, float scale) {
+    require_type(x, TensorType::F32, "softmax", "x");
+    require_type(out, TensorType::F32, "softmax", "out");
+    require_same_count(x, out, "softmax");
+    const int64_t K = x.ne(0);
+    struct {
+        uint32_t K, n_rows, x_stride, o_stride;
+        float scale;
+    } pc{u32(K, "K"), u32(x.n_rows(), "rows"), u32(K, "K"), u32(K, "K"), scale};
+    const Binding b[] = {bind(x, false), bind(out, true)};
+    const auto& p = ctx_->pipeline("softmax", {wg_rows_}, 2);
+    uint32_t gx, gy;
+    groups_for(static_cast<uint64_t>(x.n_rows()), &gx, &gy);
+    ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
+}
+
+void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, const RopeParams& rp) {
+    require_type(x, TensorType::F32, "rope", "x");
+    require_type(positions, TensorType::I32, "rope", "positions");
+    require_type(out, TensorType::F32, "rope", "out");
+    require_same_count(x, out, "rope");
+    const int64_t head_dim = x.ne(0), n_head = x.ne(1), n_tok = x.ne(2) * x.ne(3);
+    const int64_t n_dims = rp.n_dims ? rp.n_dims : head_dim;
+    if (head_dim % 2 || n_dims % 2 || n_dims > head_dim)
+        throw Error(fmt::format("vk rope: head_dim {} and n_dims {} must be even, n_dims <= head_dim", head_dim, n_dims));
+    if (positions.n_elements() != n_tok)
+        throw Error(fmt::format("vk rope: {} positions for {} tokens (x is {})", positions.n_elements(), n_tok,
+                                x.shape_string()));
+    // The frequency table of this (n_dims, base, scale), made once in double precision.
+    const std::string key = fmt::format("{}:{}:{}", n_dims, rp.freq_base, rp.freq_scale);
+    auto it = rope_freqs_.find(key);
+    if (it == rope_freqs_.end()) {
+        std::vector<float> f(static_cast<size_t>(n_dims / 2));
+        for (size_t i = 0; i < f.size(); ++i)
+            f[i] = static_cast<float>(rp.freq_scale *
+                                      std::pow(static_cast<double>(rp.freq_base), -2.0 * static_cast<double>(i) / static_cast<double>(n_dims)));
+        Tensor t = tensor(TensorType::F32, {n_dims / 2}, "rope frequencies " + key);
+        upload(t, f.data(), t.bytes());
+        it = rope_freqs_.emplace(key, t).first;
+    }
+    const uint32_t pc[4] = {u32(head_dim, "head_dim"), u32(n_head, "n_head"), u32(n_tok, "n_tok"), u32(n_dims, "n_dims")};
+    const Binding b[] = {bind(x, false), bind(positions, false), bind(out, true), bind(it->second, false)};
+    const auto& p = ctx_->pipeline("rope", {wg_elementwise_, rp.neox ? 1u : 0u}, 4);
+    uint32_t gx, gy;
+    groups_for(ceil_div(static_cast<uint64_t>(head_dim / 2 * n_head * n_tok), wg_elementwise_), &gx, &gy);
+    ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+}
+
+// ---- elementwise ---------------------------------------------------------------------------
+
+void Backend::elementwise(const char* shader, std::initializer_list<const Tensor*> in, const Tensor& out,
+                          const void* push, uint32_t push_bytes) {
+    std::vector<Binding> b;
+    for (const Tensor* t : in) b.push_back(bind(*t, false));
+    b.push_back(bind(out, true));
+    const auto& p = ctx_->pipeline(shader, {wg_elementwise_}, static_cast<uint32_t>(b.size()));
+    uint32_t gx, gy;
+    groups_for(ceil_div(static_cast<uint64_t>(out.n_elements()), wg_elementwise_), &gx, &gy);
+    ctx_->dispatch(p, b, push, push_bytes, gx, gy);
+}
+
+void Backend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
+    for (auto [t, role] : {std::pair{&a, "a"}, {&b, "b"}, {&out, "out"}}) require_type(*t, TensorType::F32, "add", role);
+    require_same_count(a, out, "add");
+    if (a.n_elements() % b.n_elements())
+        throw Error(fmt::format("vk add: b '{}' {} does not repeat evenly over a '{}' {}", b.name(), b.shape_string(),
+                                a.name(), a.shape_string()));
+    const uint32_t pc[2] = {u32(a.n_elements(), "n"), u32(b.n_elements(), "nb")};
+    elementwise("add", {&a, &b}, out, pc, sizeof pc);
+}
+
+void Backend::mul(const Tensor& a, const Tensor& b, const Tensor& out) {
+    for (auto [t, role] : {std::pair{&a, "a"}, {&b, "b"}, {&out, "out"}}) require_type(*t, TensorType::F32, "mul", role);
+    require_same_count(a, out, "mul");
+    if (a.n_elements() % b.n_elements())
+        throw Error(fmt::format("vk mul: b '{}' {} does not repeat evenly over a '{}' {}", b.name(), b.shape_string(),
+                                a.name(), a.shape_string()));
+    const uint32_t pc[2] = {u32(a.n_elements(), "n"), u32(b.n_elements(), "nb")};
+    elementwise("mul", {&a, &b}, out, pc, sizeof pc);
+}
+
+void Backend::scale(const Tensor& a, float s, const Tensor& out) {
+    require_type(a, TensorType::F32, "scale", "a");
+    require_type(out, TensorType::F32, "scale", "out");
+    require_same_count(a, out, "scale");
+    struct {
+        uint32_t n;
+        float s;
+    } pc{u32(a.n_elements(), "n"), s};
+    elementwise("scale", {&a}, out, &pc, sizeof pc);
+}
+
+void Backend::silu(const Tensor& a, const Tensor& out) {
+    require_type(a, TensorType::F32, "silu", "a");
+    require_type(out, TensorType::F32, "silu", "out");
+    require_same_count(a, out, "silu");
+    const uint32_t n = u32(a.n_elements(), "n");
+    elementwise("silu", {&a}, out, &n, sizeof n);
+}
+
+void Backend::gelu(const Tensor& a, const Tensor& out) {
+    require_type(a, TensorType::F32, "gelu", "a");
+    require_type(out, TensorType::F32, "gelu", "out");
+    require_same_count(a, out, "gelu");
+    const uint32_t n = u32(a.n_elements(), "n");
+    elementwise("gelu", {&a}, out, &n, sizeof n);
+}
+
+void Backend::swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) {
+    for (auto [t, role] : {std::pair{&gate, "gate"}, {&up, "up"}, {&out, "out"}})
+        require_type(*t, TensorType::F32, "swiglu", role);
+    require_same_count(gate, up, "swiglu");
+    require_same_count(gate, out, "swiglu");
+    const uint32_t n = u32(gate.n_elements(), "n");
+    elementwise("swiglu", {&gate, &up}, out, &n, sizeof n);
+}
+
+// ---- KV cache and attention ----------------------------------------------------------------
+
+void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos) {
+    require_type(src, TensorType::F32, "kv_write", "src");
+    require_type(cache, TensorType::F16, "kv_write", "cache");
+    const int64_t width = cache.ne(0) * cache.ne(1), n_ctx = cache.ne(2) * cache.ne(3), n_tok = src.ne(2) * src.ne(3);
+    if (src.ne(0) != cache.ne(0) || src.ne(1) != cache.ne(1))
+        throw Error(fmt::format("vk kv_write: src '{}' {} and cache '{}' {} differ in head_dim or heads", src.name(),
+                                src.shape_string(), cache.name(), cache.shape_string()));
+    if (width % 2) throw Error(fmt::format("vk kv_write: cache rows of {} halves; the shader needs an even width", width));
+    if (static_cast<int64_t>(pos) + n_tok > n_ctx)
+        throw Error(fmt::format("vk kv_write: positions {}..{} pass the cache '{}' of {} positions", pos,
+                                static_cast<int64_t>(pos) + n_tok - 1, cache.name(), n_ctx));
+    const uint32_t pc[4] = {u32(width, "width"), u32(n_tok, "n_tok"), pos, u32(width, "width")};
+    Binding b[] = {bind(src, false), bind(cache, true)};
+    const auto& p = ctx_->pipeline("kv_write", {wg_elementwise_}, 2);
+    uint32_t gx, gy;
+    groups_for(ceil_div(static_cast<uint64_t>(width / 2 * n_tok), wg_elementwise_), &gx, &gy);
+    ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+}
+
+void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
+                        const AttentionParams& ap) {
+    require_type(q, TensorType::F32, "attention", "q");
+    require_type(k_cache, TensorType::F16, "attention", "k_cache");
+    require_type(v_cache, TensorType::F16, "attention", "v_cache");
+    require_type(out, TensorType::F32, "attention", "out");
+    const int64_t Dk = q.ne(0), n_head = q.ne(1), n_tok = q.ne(2) * q.ne(3);
+    const int64_t Dv = v_cache.ne(0), n_kv_head = k_cache.ne(1), n_ctx = k_cache.ne(2) * k_cache.ne(3);
+    if (k_cache.ne(0) != Dk)
+        throw Error(fmt::format("vk attention: q '{}' {} and k_cache '{}' {} differ in head_dim", q.name(),
+                                q.shape_string(), k_cache.name(), k_cache.shape_string()));
+    if (v_cache.ne(1) != n_kv_head || v_cache.ne(2) * v_cache.ne(3) != n_ctx)
+        throw Error(fmt::format("vk attention: k_cache {} and v_cache {} differ in heads or positions",
+                                k_cache.shape_string(), v_cache.shape_string()));
+    if (n_head % n_kv_head)
+        throw Error(fmt::format("vk attention: {} query heads are not a multiple of {} KV heads", n_head, n_kv_head));
+    if (out.ne(0) != Dv || out.ne(1) != n_head || out.ne(2) * out.ne(3) != n_tok)
+        throw Error(fmt::format("vk attention: out '{}' is {} but must be [{}, {}, {}]", out.name(), out.shape_string(),
+                                Dv, n_head, n_tok));
+    if (Dk % 2 || Dk > kAttnMaxDk || Dv % 2 || Dv > kAttnMaxRows * wg_attention_)
+        throw Error(fmt::format("vk attention: head dims Dk {} and Dv {} must be even, Dk <= {}, Dv <= {}", Dk, Dv,
+                                kAttnMaxDk, kAttnMaxRows * wg_attention_));
+    if (ap.n_kv > n_ctx)
+        throw Error(fmt::format("vk attention: n_kv {} passes the cache of {} positions", ap.n_kv, n_ctx));
+    const float scale = ap.scale != 0.0f ? ap.scale : 1.0f / std::sqrt(static_cast<float>(Dk));
+    struct {
+        uint32_t Dk, Dv, n_head, n_kv_head, n_tok, pos0, n_kv, window, q_stride, o_stride;
+        float scale;
+    } pc{u32(Dk, "Dk"), u32(Dv, "Dv"), u32(n_head, "n_head"), u32(n_kv_head, "n_kv_head"), u32(n_tok, "n_tok"),
+         ap.pos0, ap.n_kv, ap.window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale};
+    const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, true)};
+    const auto& p = ctx_->pipeline("attention", {wg_attention_}, 4);
+    uint32_t gx, gy;
+    groups_for(static_cast<uint64_t>(n_tok * n_head), &gx, &gy);
+    ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
+}
+
+}  // namespace kiln::vk

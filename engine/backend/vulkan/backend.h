@@ -1,0 +1,154 @@
+// kiln::vk::Backend: the op-level API the model graph drives on a Vulkan device.
+//
+//   auto vk = kiln::vk::Backend::open({.require = true});    // or {.device = 1}; nullptr = use the CPU
+//   Tensor w = vk->tensor(TensorType::Q4_K, {4096, 4096}, "blk.0.attn_q.weight");
+//   vk->upload(w, bytes, n);                                  // staged, runs in order with the ops
+//   Tensor x = vk->tensor(TensorType::F32, {4096, n_tok}), y = vk->tensor(TensorType::F32, {4096, n_tok});
+//   vk->rms_norm(x, &norm_w, x, 1e-5f);
+//   vk->matmul(w, x, y);                                      // ops are recorded, not run
+//   vk->submit();                                             // ONE vkQueueSubmit, then a fence wait
+//   std::vector<float> out = vk->read_f32(y);                 // (read() submits pending work itself)
+//
+// Shapes follow GGUF/ggml: ne[0] is the innermost (contiguous) dimension, so a weight of N rows
+// of K elements is {K, N} and n_tok activations of width K are {K, n_tok}. Activations are f32;
+// weights and embedding tables stay in their stored type (read by the shaders block by block);
+// the KV cache is f16. Every op checks shapes and types and throws kiln::Error naming them.
+//
+// Memory: tensor() checks the size against the heap budget BEFORE allocating (fits() asks the
+// same question without allocating), so a model that does not fit is refused with the numbers.
+// Ops that read and write the same tensor (x -> x) are allowed where noted (elementwise ops,
+// rms_norm, rope); barriers between dependent ops are inserted by the recorder.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/vulkan/context.h"
+#include "quant/types.h"
+
+namespace kiln::vk {
+
+class Tensor {
+public:
+    Tensor() = default;
+    TensorType type() const { return type_; }
+    const std::array<int64_t, 4>& ne() const { return ne_; }
+    int64_t ne(int i) const { return ne_[static_cast<size_t>(i)]; }
+    int64_t n_elements() const { return ne_[0] * ne_[1] * ne_[2] * ne_[3]; }
+    int64_t n_rows() const { return ne_[1] * ne_[2] * ne_[3]; }
+    uint64_t row_bytes() const { return row_bytes_; }
+    uint64_t bytes() const { return row_bytes_ * static_cast<uint64_t>(n_rows()); }
+    const std::string& name() const { return name_; }
+    bool valid() const { return buffer_ != nullptr; }
+    std::string shape_string() const;  // "q4_K [4096, 4096]"
+
+private:
+    friend class Backend;
+    TensorType type_ = TensorType::F32;
+    std::array<int64_t, 4> ne_{1, 1, 1, 1};
+    uint64_t row_bytes_ = 0;
+    std::string name_;
+    std::shared_ptr<Buffer> buffer_;
+    uint64_t offset_ = 0;
+};
+
+struct BackendOptions {
+    int device = -1;          // --device N; -1: choose (see device.h)
+    bool require = false;     // Vulkan was asked for: take the best device, lavapipe included
+    bool validation = false;  // enable the validation layer when installed (tests)
+};
+
+enum class MatmulKernel { Auto, Vector, Tiled };
+
+struct RopeParams {
+    bool neox = false;       // pairs (i, i + n_dims/2) instead of (2i, 2i+1)
+    int n_dims = 0;          // rotated dimensions (<= head_dim, even); 0: all of head_dim
+    float freq_base = 10000.0f;
+    float freq_scale = 1.0f;  // linear scaling: positions are multiplied by this
+};
+
+struct AttentionParams {
+    uint32_t pos0 = 0;    // cache position of the first query token
+    uint32_t n_kv = 0;    // cache rows holding valid keys/values (usually pos0 + n_tok)
+    float scale = 0.0f;   // 0: 1/sqrt(Dk)
+    uint32_t window = 0;  // sliding window in tokens (0: none)
+};
+
+class Backend {
+public:
+    // Picks a device by the rules of select_device(). Returns nullptr when none was chosen and
+    // none was required (the caller runs on the CPU). Throws kiln::Error when Vulkan is required
+    // (or a device named) and missing: no loader, no driver, no such device.
+    static std::unique_ptr<Backend> open(const BackendOptions& options = {});
+    Backend(uint32_t device_index, bool validation = false);
+    ~Backend();
+
+    const DeviceInfo& device() const { return ctx_->info(); }
+    Context& context() { return *ctx_; }
+
+    // ---- tensors and memory ----
+    // A device-local tensor (contents undefined until uploaded or written by an op).
+    Tensor tensor(TensorType type, std::initializer_list<int64_t> ne, const std::string& name = {});
+    // Whether `bytes` more of device-local memory (in any number of tensors) can be allocated
+    // now; `why` gets the numbers. The planner asks this before loading anything.
+    bool fits(uint64_t bytes, std::string* why = nullptr) const;
+    uint64_t device_memory_available() const;
+    void upload(const Tensor& t, const void* data, uint64_t bytes);  // bytes == t.bytes()
+    void fill(const Tensor& t, uint32_t word);                        // every 32-bit word; tests poison with NaN
+    // Submits what was recorded (with the copy back), waits, and copies the tensor out.
+    void read(const Tensor& t, void* data, uint64_t bytes);
+    std::vector<float> read_f32(const Tensor& t);
+    // A tensor viewing rows [first, first + count) of t (the last dimension collapsed: t is seen
+    // as n_rows() rows). The view's offset must meet the device's storage-buffer alignment.
+    Tensor view_rows(const Tensor& t, int64_t first, int64_t count) const;
+
+    // ---- ops (recorded; run at submit) ----
+    // y[N, n] = w[K, N] x[K, n]: w in any type of supports_matmul(), x and y f32.
+    // Auto takes the matrix-vector kernel for n <= 8 tokens and the tiled one above.
+    void matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKernel kernel = MatmulKernel::Auto);
+    static bool supports_matmul(TensorType t);
+    // out[K, n] = rows ids[n] (I32) of table[K, rows] (any type of supports_matmul()).
+    void get_rows(const Tensor& table, const Tensor& ids, const Tensor& out);
+    // out = x / sqrt(mean(x^2) + eps) * weight, per row; weight [K] f32 or nullptr. out may be x.
+    void rms_norm(const Tensor& x, const Tensor* weight, const Tensor& out, float eps);
+    // x [head_dim, n_head, n_tok] f32, positions [n_tok] I32. out may be x.
+    void rope(const Tensor& x, const Tensor& positions, const Tensor& out, const RopeParams& p);
+    // out = softmax(x * scale) per row.
+    void softmax(const Tensor& x, const Tensor& out, float scale = 1.0f);
+    // out = a + b, a * b: b has a's element count or divides it (repeated: a bias, a norm weight).
+    void add(const Tensor& a, const Tensor& b, const Tensor& out);
+    void mul(const Tensor& a, const Tensor& b, const Tensor& out);
+    void scale(const Tensor& a, float s, const Tensor& out);
+    void silu(const Tensor& a, const Tensor& out);
+    void gelu(const Tensor& a, const Tensor& out);  // tanh approximation
+    void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);  // silu(gate) * up
+    // Writes src [head_dim, n_kv_head, n_tok] f32 into cache positions pos .. pos + n_tok - 1 of
+    // cache [head_dim, n_kv_head, n_ctx] F16 (rounded to nearest even).
+    void kv_write(const Tensor& src, const Tensor& cache, uint32_t pos);
+    // q [Dk, n_head, n_tok] f32; k_cache [Dk, n_kv_head, n_ctx] F16; v_cache [Dv, n_kv_head,
+    // n_ctx] F16; out [Dv, n_head, n_tok] f32. Causal (token t at pos0 + t sees cache rows
+    // <= pos0 + t), grouped-query (n_head a multiple of n_kv_head), optional sliding window;
+    // tiled online softmax (memory O(tile), not O(context)). Dk <= 256, Dv <= 512, both even.
+    void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
+                   const AttentionParams& p);
+
+    // Runs everything recorded: one vkQueueSubmit and a fence wait.
+    void submit();
+    const ContextStats& stats() const { return ctx_->stats(); }
+
+private:
+    Binding bind(const Tensor& t, bool written) const;
+    void elementwise(const char* shader, std::initializer_list<const Tensor*> in, const Tensor& out, const void* push,
+                     uint32_t push_bytes);
+    void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
+    std::map<std::string, Tensor> rope_freqs_;  // per (n_dims, base, scale)
+    uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64;
+    std::unique_ptr<Context> ctx_;
+};
+
+}  // namespace kiln::vk

@@ -1,0 +1,96 @@
+#version 450
+// Attention for one sequence with an f16 KV cache: out = softmax(scale * q K^T + mask) V.
+//   q    f32 [n_tok][n_head][Dk] (token stride q_stride floats)
+//   K, V f16 caches, row j = cache position j: [n_kv_head][Dk] and [n_kv_head][Dv] halves
+//   out  f32 [n_tok][n_head][Dv] (token stride o_stride floats)
+// Query token t sits at position pos0 + t and sees cache rows j <= pos0 + t, j < n_kv (causal),
+// and with a sliding window W > 0 only j > pos0 + t - W. Query head h reads KV head
+// h / (n_head / n_kv_head) (grouped-query attention).
+//
+// One workgroup per (token, head). Keys are taken WG at a time: each thread scores one key, the
+// tile's max updates the running max m, the running sum l and the output accumulators are
+// rescaled by e^(m_old - m_new) and the tile's weighted values added (online softmax), so memory
+// is O(tile) whatever the context length. Thread i owns output dimensions i, i + WG, ...
+#include "common.glsl"
+
+const uint DMAX = 256;   // largest Dk the shared query row holds
+const uint RMAX = 8;     // output dimensions per thread: Dv <= RMAX * WG
+
+layout(std430, set = 0, binding = 0) readonly buffer Q { float q[]; };
+layout(std430, set = 0, binding = 1) readonly buffer KC { uint kc[]; };
+layout(std430, set = 0, binding = 2) readonly buffer VC { uint vc[]; };
+layout(std430, set = 0, binding = 3) writeonly buffer Out { float o[]; };
+
+layout(push_constant) uniform Params {
+    uint Dk, Dv, n_head, n_kv_head;
+    uint n_tok, pos0, n_kv, window;
+    uint q_stride, o_stride;
+    float scale;
+} p;
+
+shared float qs[DMAX];
+shared float sc[WG];
+shared float pr[WG];
+
+float v_at(uint idx) { return unpackHalf2x16(vc[idx >> 1])[idx & 1u]; }  // two halves per word
+
+void main() {
+    const uint wg = flat_group();
+    if (wg >= p.n_tok * p.n_head) return;
+    const uint tid = gl_LocalInvocationID.x;
+    const uint t = wg / p.n_head, h = wg % p.n_head;
+    const uint kvh = h / (p.n_head / p.n_kv_head);
+    const uint krow = p.n_kv_head * p.Dk, vrow = p.n_kv_head * p.Dv;  // halves per cache row
+
+    for (uint d = tid; d < p.Dk; d += WG) qs[d] = q[t * p.q_stride + h * p.Dk + d] * p.scale;
+    barrier();
+
+    const uint pos = p.pos0 + t;
+    const uint hi = min(pos + 1u, p.n_kv);
+    const uint lo = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
+
+    float m = -1.0 / 0.0, l = 0.0;
+    float acc[RMAX];
+    for (uint r = 0; r < RMAX; ++r) acc[r] = 0.0;
+
+    for (uint j0 = lo; j0 < hi; j0 += WG) {
+        const uint cnt = min(WG, hi - j0);
+        // 1. scores of this tile, one key per thread
+        float s = -1.0 / 0.0;
+        if (tid < cnt) {
+            const uint kb = ((j0 + tid) * krow + kvh * p.Dk) >> 1;  // Dk is even
+            s = 0.0;
+            for (uint d = 0; d < p.Dk; d += 2u) {
+                const vec2 k2 = unpackHalf2x16(kc[kb + (d >> 1)]);
+                s += qs[d] * k2.x + qs[d + 1u] * k2.y;
+            }
+        }
+        sc[tid] = s;
+        barrier();
+        // 2. running max, weights of this tile
+        float mt = m;
+        for (uint i = 0; i < cnt; ++i) mt = max(mt, sc[i]);
+        pr[tid] = tid < cnt ? exp(s - mt) : 0.0;
+        barrier();
+        // 3. rescale what we had, add this tile's weighted values
+        const float alpha = exp(m - mt);
+        m = mt;
+        l *= alpha;
+        for (uint r = 0; r < RMAX; ++r) acc[r] *= alpha;
+        for (uint i = 0; i < cnt; ++i) {
+            const float w = pr[i];
+            l += w;
+            const uint vb = (j0 + i) * vrow + kvh * p.Dv;
+            for (uint r = 0; r < RMAX; ++r) {
+                const uint d = tid + r * WG;
+                if (d < p.Dv) acc[r] += w * v_at(vb + d);
+            }
+        }
+        barrier();
+    }
+    const float inv = l > 0.0 ? 1.0 / l : 0.0;
+    for (uint r = 0; r < RMAX; ++r) {
+        const uint d = tid + r * WG;
+        if (d < p.Dv) o[t * p.o_stride + h * p.Dv + d] = acc[r] * inv;
+    }
+}

@@ -1,0 +1,24 @@
+#version 450
+// Writes n_tok rows of f32 keys or values (row = n_kv_head * head_dim floats) into an f16 cache
+// of rows of the same width, starting at cache row `pos` (round to nearest even). One invocation
+// per pair of elements: the cache is a uint buffer holding two halves per word (row width even).
+#include "common.glsl"
+
+layout(std430, set = 0, binding = 0) readonly buffer Src { float s[]; };
+layout(std430, set = 0, binding = 1) buffer Cache { uint c[]; };
+
+layout(push_constant) uniform Params {
+    uint width;     // floats per row (even)
+    uint n_tok;
+    uint pos;       // first cache row written
+    uint s_stride;  // floats between source rows
+} p;
+
+void main() {
+    const uint idx = flat_group() * WG + gl_LocalInvocationID.x;  // pair index
+    const uint pairs = p.width / 2u;
+    if (idx >= pairs * p.n_tok) return;
+    const uint t = idx / pairs, e = 2u * (idx % pairs);
+    const uint si = t * p.s_stride + e;
+    c[((p.pos + t) * p.width + e) / 2u] = packHalf2x16(vec2(s[si], s[si + 1u]));
+}
