@@ -276,6 +276,12 @@ private:
             }
             if (is_float) e = q;
         }
+        if (!is_float && src_[p] == '0') {
+            // jinja2's integers have no leading zeros: "01" is "0" followed by "1".
+            e = p + 1;
+            while (e + 1 < src_.size() && (src_[e] == '0' || (src_[e] == '_' && src_[e + 1] == '0'))) ++e;
+            if (e < src_.size() && src_[e] == '0') ++e;
+        }
         const std::string text = clean(src_.substr(p, e - p));
         if (is_float) {
             tokens_.push_back(Token{Tok::Float, p, {}, 0, std::strtod(text.c_str(), nullptr)});
@@ -347,6 +353,15 @@ private:
                         for (int k = 0; k < 2 && i < src_.size() && src_[i] >= '0' && src_[i] <= '7'; ++k, ++i)
                             v = v * 8 + static_cast<uint32_t>(src_[i] - '0');
                         utf8_append(out, v);
+                    } else if (static_cast<unsigned char>(e) >= 0x80) {
+                        // Python escapes non-ASCII text before decoding the literal, so a
+                        // backslash before it yields the escape text ("\\é" -> "\\xe9").
+                        size_t len;
+                        const uint32_t cp = utf8_decode(src_, i - 1, &len);
+                        out += cp < 0x100 ? fmt::format("\\x{:02x}", cp)
+                               : cp < 0x10000 ? fmt::format("\\u{:04x}", cp)
+                                              : fmt::format("\\U{:08x}", cp);
+                        i += len - 1;
                     } else {
                         out += '\\';  // unknown escapes stay as written
                         out += e;
