@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -333,8 +334,28 @@ TEST(JinjaApi, TemplatesRenderRepeatedlyAndIndependently) {
     Template t("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}");
     EXPECT_EQ(t.render(json{{"messages", json::array({1, 2, 3})}}), "3");
     EXPECT_EQ(t.render(json{{"messages", json::array({1})}}), "1");
+    Template copy = t;
     Template moved = std::move(t);
     EXPECT_EQ(moved.render(json{{"messages", json::array()}}), "0");
+    EXPECT_EQ(copy.render(json{{"messages", json::array({1, 2})}}), "2");
+}
+
+TEST(JinjaApi, RendersConcurrently) {
+    const Template t("{% set ns = namespace(s='') %}{% for m in messages %}{% set ns.s = ns.s ~ m %}{% endfor %}"
+                     "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(ns.s) }}");
+    std::vector<std::thread> threads;
+    std::vector<std::string> out(8);
+    for (int i = 0; i < 8; ++i)
+        threads.emplace_back([&, i] {
+            for (int k = 0; k < 200; ++k) out[static_cast<size_t>(i)] = t.render(json{{"messages", json::array({i, k})}});
+        });
+    for (auto& th : threads) th.join();
+    for (int i = 0; i < 8; ++i) {
+        std::string want = "<";  // built piecewise: GCC 12 warns falsely (-Wrestrict) on "literal" + string&&
+        want += std::to_string(i);
+        want += "199>";
+        EXPECT_EQ(out[static_cast<size_t>(i)], want);
+    }
 }
 
 TEST(JinjaApi, OptionsControlWhitespace) {

@@ -15,6 +15,7 @@ namespace gguf {
 class File;
 }
 
+// Cheap to copy (the parsed template is shared); render() is safe to call from several threads.
 class ChatTemplate {
 public:
     // Parses `source`; throws jinja::TemplateError on a syntax error.

@@ -46,22 +46,23 @@ struct Options {
     uint64_t max_steps = 10'000'000;
 };
 
+// A parsed template. Immutable once built: copies share the syntax tree, and render() may run
+// on several threads at once.
 class Template {
 public:
     // Parses `source`; throws TemplateError on a syntax error.
     explicit Template(std::string source, Options options = {});
-    ~Template();
-    Template(Template&&) noexcept;
-    Template& operator=(Template&&) noexcept;
 
-    // Renders with the keys of `context` (a JSON object) as template variables. Throws TemplateError.
+    // Renders with the keys of `context` (a JSON object) as template variables. Throws TemplateError
+    // (kiln::Error for a context that is not an object or holds an integer beyond 64 bits).
     std::string render(const nlohmann::ordered_json& context) const;
 
+    // The source as parsed: line endings normalised to "\n", one trailing newline dropped.
     const std::string& source() const;
 
 private:
     struct Impl;
-    std::unique_ptr<Impl> impl_;
+    std::shared_ptr<const Impl> impl_;
 };
 
 }  // namespace kiln::jinja

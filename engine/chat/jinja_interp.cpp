@@ -506,7 +506,8 @@ struct Template::Impl {
     Body body;
 };
 
-Template::Template(std::string source, Options options) : impl_(std::make_unique<Impl>()) {
+Template::Template(std::string source, Options options) {
+    auto impl = std::make_shared<Impl>();
     // jinja2 normalises every line ending to "\n" and drops one trailing newline.
     std::string src;
     src.reserve(source.size());
@@ -519,14 +520,11 @@ Template::Template(std::string source, Options options) : impl_(std::make_unique
         }
     }
     if (!options.keep_trailing_newline && !src.empty() && src.back() == '\n') src.pop_back();
-    impl_->source = std::move(src);
-    impl_->opts = std::move(options);
-    impl_->body = parse(impl_->source, tokenize(impl_->source, impl_->opts));
+    impl->source = std::move(src);
+    impl->opts = std::move(options);
+    impl->body = parse(impl->source, tokenize(impl->source, impl->opts));
+    impl_ = std::move(impl);
 }
-
-Template::~Template() = default;
-Template::Template(Template&&) noexcept = default;
-Template& Template::operator=(Template&&) noexcept = default;
 
 const std::string& Template::source() const { return impl_->source; }
 
