@@ -163,6 +163,7 @@ TEST(TemplateApi, FromGguf) {
 
 TEST(TemplateApi, FromSharedVocabFiles) {
     KILN_REQUIRE_SHARED("vocab");
+    KILN_REQUIRE_SHARED("templates");
     // The vocab files carry the real templates, identical to the shared .jinja files.
     const json conversations = json::parse(read_file(templates_dir() / "conversations.json"));
     const auto cases = load_expected();

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "chat/jinja.h"
+#include "support/shared.h"
 #include "support/text_diff.h"
 
 using kiln::jinja::Options;
@@ -238,7 +239,7 @@ TEST(JinjaErrors, DeepNestingIsAnErrorNotACrash) {
 TEST(JinjaErrors, MutatedTemplatesNeverCrash) {
     std::vector<std::string> seeds;
     for (const auto& c : load_cases()) seeds.push_back(c.source);
-    const auto shared = std::filesystem::path(KILN_SHARED_DIR) / "templates";
+    const auto shared = kiln::test::shared_dir() / "templates";  // optional extra seeds
     if (std::filesystem::is_directory(shared))
         for (const auto& entry : std::filesystem::directory_iterator(shared))
             if (entry.path().extension() == ".jinja") {
