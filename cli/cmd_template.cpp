@@ -1,0 +1,83 @@
+// kiln template (-m MODEL | --chat-template FILE [--bos S --eos S]) --context CTX.json: renders a chat
+// template and prints exactly the prompt text (no newline added).
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "chat/chat_template.h"
+#include "cli/args.h"
+#include "cli/command.h"
+#include "gguf/gguf.h"
+
+namespace kiln::cli {
+namespace {
+
+std::string read_all(const std::string& path) {
+    if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(fmt::format("{}: cannot open file", path));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+int run_template(const std::vector<std::string>& argv) {
+    const std::string unset = "\x01";  // tells "not given" from an empty --bos/--eos
+    std::string model, template_path, context_path, bos = unset, eos = unset;
+    Args args("template", "(-m MODEL | --chat-template FILE [--bos TEXT --eos TEXT]) --context CTX.json");
+    args.option({"-m", "--model"}, &model, "MODEL", "GGUF file: its tokenizer.chat_template and bos/eos token texts");
+    args.option({"--chat-template"}, &template_path, "FILE", "a Jinja2 chat template file");
+    args.option({"--bos"}, &bos, "TEXT", "bos_token text (default: the model's, else empty)");
+    args.option({"--eos"}, &eos, "TEXT", "eos_token text (default: the model's, else empty)");
+    args.option({"--context"}, &context_path, "FILE",
+                "JSON object of template variables: messages, tools, add_generation_prompt, enable_thinking... (- = stdin)");
+    if (!args.parse(argv)) return 0;
+    if (model.empty() == template_path.empty())
+        throw Error("kiln template: give either -m MODEL or --chat-template FILE (see kiln template --help)");
+    if (context_path.empty()) throw Error("kiln template: --context CTX.json is required (see kiln template --help)");
+
+    nlohmann::ordered_json context;
+    try {
+        context = nlohmann::ordered_json::parse(read_all(context_path));
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(fmt::format("{}: invalid JSON: {}", context_path, e.what()));
+    }
+    if (!context.is_object()) throw Error(fmt::format("{}: the context must be a JSON object", context_path));
+
+    const std::string origin = model.empty() ? template_path : model + " (tokenizer.chat_template)";
+    try {
+        std::optional<ChatTemplate> tmpl;
+        if (!model.empty()) {
+            auto f = gguf::File::open(model);
+            ChatTemplate from_file = ChatTemplate::from_gguf(*f);
+            if (bos == unset && eos == unset) {
+                tmpl.emplace(std::move(from_file));
+            } else {
+                tmpl.emplace(f->get_string("tokenizer.chat_template"), bos != unset ? bos : from_file.bos_token(),
+                             eos != unset ? eos : from_file.eos_token());
+            }
+        } else {
+            tmpl.emplace(read_all(template_path), bos != unset ? bos : "", eos != unset ? eos : "");
+        }
+        const std::string prompt = tmpl->render(context);
+        std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+        std::fflush(stdout);
+    } catch (const jinja::TemplateError& e) {
+        throw Error(fmt::format("{}: {}", origin, e.what()));
+    }
+    return 0;
+}
+
+}  // namespace
+
+KILN_COMMAND("template", "render a chat template (from a GGUF file or a .jinja file) with a JSON context", run_template);
+
+}  // namespace kiln::cli
