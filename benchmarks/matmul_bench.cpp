@@ -98,8 +98,8 @@ BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->MinTime(0.2)->UseRealTime()
 
 // All pool threads summing one large float buffer: the read bandwidth decode can hope for.
 void BM_ReadBandwidth(benchmark::State& state) {
-    const int64_t n = static_cast<int64_t>(kCopyBytes / sizeof(float));
-    static std::vector<float> buf = [n] {
+    constexpr int64_t n = static_cast<int64_t>(kCopyBytes / sizeof(float));
+    static std::vector<float> buf = [] {
         std::vector<float> b(static_cast<size_t>(n));
         std::mt19937 rng(3);
         std::uniform_real_distribution<float> ud(-1.0f, 1.0f);

@@ -150,7 +150,10 @@ void run_rows(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
         return;
     }
     // Generic: expand the row to floats, then float dots (scalar or AVX2 via kernels::dot_f32).
-    const DecodeFn decode = decoder_scalar(p.type);
+    DecodeFn decode = decoder_scalar(p.type);
+#ifdef KILN_KERNELS_X86
+    if (p.avx2 && avx2_kernels(p.type).decode) decode = avx2_kernels(p.type).decode;
+#endif
     pool.parallel_for(p.rows, [&](int64_t r0, int64_t r1, int tid) {
         float* buf = reinterpret_cast<float*>(p.thread_scratch + static_cast<size_t>(tid) * p.thread_stride);
         for (int64_t r = r0; r < r1; ++r) {

@@ -10,6 +10,11 @@
 // call on the tile paths. A portable scalar path exists for every type (kernels/cpu.h:
 // set_force_scalar, set_max_kernel_level, KILN_FORCE_SCALAR, KILN_KERNEL_LEVEL).
 //
+// Fast paths (x86, chosen at run time): avx2 integer decode dots for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0
+// Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS MXFP4 and float dots for F32 F16 BF16; AVX2 decoders
+// (float tiles) for every type; avx512vnni integer tiles (prefill) for every quantized type.
+// Q8_1 and Q8_K (rare as weights) decode through rows expanded to float.
+//
 // Accuracy: float weights and the scalar / float-tile paths compute with float X (relative
 // error ~1e-6 of sum |w x|); the integer paths add the error of 8-bit activation quantisation
 // (|dx| <= amax(group) / 254 per element), as established engines do.

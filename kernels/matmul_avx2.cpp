@@ -384,6 +384,352 @@ KILN_AVX2 void dec_q6_K(const void* w, float* out, int64_t n) {
     }
 }
 
+// 16 bytes of 4-bit indices -> 32 int8 table values (low nibbles first), via pshufb.
+KILN_AVX2 inline __m256i lut_nibbles16(const uint8_t* q, __m128i lut) {
+    const __m128i b = loadu128(q);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), m4)),
+                            _mm_shuffle_epi8(lut, _mm_and_si128(b, m4)));
+}
+
+// Writes 32 signed byte values as floats times d.
+KILN_AVX2 inline void store_s8x32(__m256i v, __m256 d, float* out) {
+    const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), d));
+    _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), d));
+    _mm256_storeu_ps(out + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), d));
+    _mm256_storeu_ps(out + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), d));
+}
+
+KILN_AVX2 void dec_iq4_nl(const void* w, float* out, int64_t n) {
+    const iq4_nl* b = static_cast<const iq4_nl*>(w);
+    const __m128i lut = loadu128(kIq4nl);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK)
+        store_s8x32(lut_nibbles16(b[ib].qs, lut), _mm256_set1_ps(h2f(b[ib].d)), out);
+}
+
+KILN_AVX2 void dec_iq4_xs(const void* w, float* out, int64_t n) {
+    const iq4_xs* b = static_cast<const iq4_xs*>(w);
+    const __m128i lut = loadu128(kIq4nl);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = h2f(b[ib].d);
+        for (int g = 0; g < 8; ++g) {
+            const int ls = ((b[ib].scales_l[g / 2] >> (4 * (g % 2))) & 0xF) | (((b[ib].scales_h >> (2 * g)) & 3) << 4);
+            store_s8x32(lut_nibbles16(b[ib].qs + 16 * g, lut), _mm256_set1_ps(d * static_cast<float>(ls - 32)), out + 32 * g);
+        }
+    }
+}
+
+KILN_AVX2 void dec_mxfp4(const void* w, float* out, int64_t n) {
+    const mxfp4* b = static_cast<const mxfp4*>(w);
+    const __m128i lut = loadu128(kMxfp4);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK)
+        store_s8x32(lut_nibbles16(b[ib].qs, lut), _mm256_set1_ps(e8m0_half(b[ib].e)), out);
+}
+
+// 32 unsigned byte codes as floats, the first 16 with (scale0, bias0), the rest (scale1, bias1).
+KILN_AVX2 inline void store_u8x32_2(__m256i q, float s0, float b0, float s1, float b1, float* out) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m256 sc0 = _mm256_set1_ps(s0), bi0 = _mm256_set1_ps(b0), sc1 = _mm256_set1_ps(s1), bi1 = _mm256_set1_ps(b1);
+    _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), sc0, bi0));
+    _mm256_storeu_ps(out + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), sc0, bi0));
+    _mm256_storeu_ps(out + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), sc1, bi1));
+    _mm256_storeu_ps(out + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), sc1, bi1));
+}
+
+// Bit j of a little-endian u32 -> 0x10 in byte j (the fifth bit of Q5_0 / Q5_1 codes).
+KILN_AVX2 inline __m256i qh_bits(const uint8_t* qh) {
+    uint32_t v;
+    std::memcpy(&v, qh, 4);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(v)),
+                                              _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                               2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+KILN_AVX2 void dec_q4_1(const void* w, float* out, int64_t n) {
+    const q4_1* b = static_cast<const q4_1*>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK)
+        store_u8x32(unpack_nibbles16(b[ib].qs), _mm256_set1_ps(h2f(b[ib].d)), _mm256_set1_ps(h2f(b[ib].m)), out);
+}
+
+KILN_AVX2 void dec_q5_0(const void* w, float* out, int64_t n) {
+    const q5_0* b = static_cast<const q5_0*>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const float d = h2f(b[ib].d);
+        const __m256i c = _mm256_or_si256(unpack_nibbles16(b[ib].qs), qh_bits(b[ib].qh));
+        store_u8x32(c, _mm256_set1_ps(d), _mm256_set1_ps(-16.0f * d), out);
+    }
+}
+
+KILN_AVX2 void dec_q5_1(const void* w, float* out, int64_t n) {
+    const q5_1* b = static_cast<const q5_1*>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
+        const __m256i c = _mm256_or_si256(unpack_nibbles16(b[ib].qs), qh_bits(b[ib].qh));
+        store_u8x32(c, _mm256_set1_ps(h2f(b[ib].d)), _mm256_set1_ps(h2f(b[ib].m)), out);
+    }
+}
+
+KILN_AVX2 void dec_q5_K(const void* w, float* out, int64_t n) {
+    const q5_K* b = static_cast<const q5_K*>(w);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = h2f(b[ib].d), dmin = h2f(b[ib].dmin);
+        const __m256i qh = loadu256(b[ib].qh);
+        for (int c = 0; c < 4; ++c) {
+            uint8_t sc0, m0, sc1, m1;
+            scale_min_k4(2 * c, b[ib].scales, &sc0, &m0);
+            scale_min_k4(2 * c + 1, b[ib].scales, &sc1, &m1);
+            const __m256i q = loadu256(b[ib].qs + 32 * c);
+            const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4);
+            const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4);
+            store_u8x32(_mm256_or_si256(_mm256_and_si256(q, m4), h0), _mm256_set1_ps(d * sc0),
+                        _mm256_set1_ps(-(dmin * m0)), out + 64 * c);
+            store_u8x32(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1), _mm256_set1_ps(d * sc1),
+                        _mm256_set1_ps(-(dmin * m1)), out + 64 * c + 32);
+        }
+    }
+}
+
+KILN_AVX2 void dec_q2_K(const void* w, float* out, int64_t n) {
+    const q2_K* b = static_cast<const q2_K*>(w);
+    const __m256i m2 = _mm256_set1_epi8(3);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = h2f(b[ib].d), dmin = h2f(b[ib].dmin);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i q = loadu256(b[ib].qs + 32 * h);
+            for (int s = 0; s < 4; ++s) {
+                const uint8_t sa = b[ib].scales[8 * h + 2 * s], sb = b[ib].scales[8 * h + 2 * s + 1];
+                store_u8x32_2(_mm256_and_si256(_mm256_srli_epi16(q, 2 * s), m2), d * static_cast<float>(sa & 0xF),
+                              -(dmin * static_cast<float>(sa >> 4)), d * static_cast<float>(sb & 0xF),
+                              -(dmin * static_cast<float>(sb >> 4)), out + 128 * h + 32 * s);
+            }
+        }
+    }
+}
+
+KILN_AVX2 void dec_q3_K(const void* w, float* out, int64_t n) {
+    const q3_K* b = static_cast<const q3_K*>(w);
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
+        const float d = h2f(b[ib].d);
+        const __m256i hm = loadu256(b[ib].hmask);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i q = loadu256(b[ib].qs + 32 * h);
+            for (int s = 0; s < 4; ++s) {
+                const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + s), one);
+                const __m256i code = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * s), m2),
+                                                     _mm256_slli_epi16(hb, 2));  // value = code - 4
+                const float da = d * static_cast<float>(q3k_scale(8 * h + 2 * s, b[ib].scales));
+                const float db = d * static_cast<float>(q3k_scale(8 * h + 2 * s + 1, b[ib].scales));
+                store_u8x32_2(code, da, -4.0f * da, db, -4.0f * db, out + 128 * h + 32 * s);
+            }
+        }
+    }
+}
+
+KILN_AVX2 void dec_q8_1(const void* w, float* out, int64_t n) {
+    const q8_1* b = static_cast<const q8_1*>(w);
+    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) store_s8x32(loadu256(b[ib].qs), _mm256_set1_ps(h2f(b[ib].d)), out);
+}
+
+KILN_AVX2 void dec_q8_K(const void* w, float* out, int64_t n) {
+    const q8_K* b = static_cast<const q8_K*>(w);
+    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK)
+        for (int j = 0; j < QKK; j += 32) store_s8x32(loadu256(b[ib].qs + j), _mm256_set1_ps(b[ib].d), out + j);
+}
+
+// ---- more integer dots for decode (helpers above) -----------------------------------------
+
+// pshufb control for Q6_K-style 16-element scale groups: group pair g of a 128-bit-lane-broadcast
+// int16 scale vector -> scale 2g in the low lane, 2g+1 in the high lane.
+KILN_AVX2 inline __m256i pair_ctrl(int g) {
+    return _mm256_set_m128i(_mm256_castsi256_si128(bcast16_ctrl(2 * g + 1)), _mm256_castsi256_si128(bcast16_ctrl(2 * g)));
+}
+
+KILN_AVX2 inline float hsum128(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_add_ss(v, _mm_movehdup_ps(v));
+    return _mm_cvtss_f32(v);
+}
+
+// Q4_1 / Q5_1: w = d * code + m -> d*dx*sum(code*q) + m*dx*sum(q).
+template <typename B, bool FIVE>
+KILN_AVX2 float vd_min32(const void* w, const void* xv, int64_t n) {
+    const B* b = static_cast<const B*>(w);
+    const xq32* x = static_cast<const xq32*>(xv);
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;
+    for (int64_t ib = 0; ib < n / QK; ++ib) {
+        __m256i c = unpack_nibbles16(b[ib].qs);
+        if constexpr (FIVE) c = _mm256_or_si256(c, qh_bits(b[ib].qh));
+        const __m256i p = dot_u8s8(c, loadu256(x[ib].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), _mm256_cvtepi32_ps(p), acc);
+        off += h2f(b[ib].m) * x[ib].d * static_cast<float>(x[ib].sum);
+    }
+    return hsum(acc) + off;
+}
+
+// Q5_0: w = d * (code - 16).
+KILN_AVX2 float vd_q5_0(const void* w, const void* xv, int64_t n) {
+    const q5_0* b = static_cast<const q5_0*>(w);
+    const xq32* x = static_cast<const xq32*>(xv);
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;
+    for (int64_t ib = 0; ib < n / QK; ++ib) {
+        const float dd = h2f(b[ib].d) * x[ib].d;
+        const __m256i c = _mm256_or_si256(unpack_nibbles16(b[ib].qs), qh_bits(b[ib].qh));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(dot_u8s8(c, loadu256(x[ib].qs))), acc);
+        off += dd * static_cast<float>(x[ib].sum);
+    }
+    return hsum(acc) - 16.0f * off;
+}
+
+// Signed 8-bit values v against activation codes: |v| * sign(x, v) feeds maddubs.
+KILN_AVX2 inline __m256i dot_s8s8(__m256i v, __m256i xq) {
+    return dot_u8s8(_mm256_sign_epi8(v, v), _mm256_sign_epi8(xq, v));
+}
+
+// IQ4_NL / MXFP4: table values (signed bytes) times one scale per 32.
+KILN_AVX2 float vd_iq4_nl(const void* w, const void* xv, int64_t n) {
+    const iq4_nl* b = static_cast<const iq4_nl*>(w);
+    const xq32* x = static_cast<const xq32*>(xv);
+    const __m128i lut = loadu128(kIq4nl);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t ib = 0; ib < n / QK; ++ib) {
+        const __m256i p = dot_s8s8(lut_nibbles16(b[ib].qs, lut), loadu256(x[ib].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum(acc);
+}
+
+KILN_AVX2 float vd_mxfp4(const void* w, const void* xv, int64_t n) {
+    const mxfp4* b = static_cast<const mxfp4*>(w);
+    const xq32* x = static_cast<const xq32*>(xv);
+    const __m128i lut = loadu128(kMxfp4);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t ib = 0; ib < n / QK; ++ib) {
+        const __m256i p = dot_s8s8(lut_nibbles16(b[ib].qs, lut), loadu256(x[ib].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(e8m0_half(b[ib].e) * x[ib].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum(acc);
+}
+
+// IQ4_XS: IQ4_NL values with a 6-bit scale per 32 (activations in 32-blocks too).
+KILN_AVX2 float vd_iq4_xs(const void* w, const void* xv, int64_t n) {
+    const iq4_xs* b = static_cast<const iq4_xs*>(w);
+    const xq32* x = static_cast<const xq32*>(xv);
+    const __m128i lut = loadu128(kIq4nl);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t ib = 0; ib < n / QKK; ++ib) {
+        const float d = h2f(b[ib].d);
+        for (int g = 0; g < 8; ++g) {
+            const xq32& xg = x[8 * ib + g];
+            const int ls = ((b[ib].scales_l[g / 2] >> (4 * (g % 2))) & 0xF) | (((b[ib].scales_h >> (2 * g)) & 3) << 4);
+            const __m256i p = dot_s8s8(lut_nibbles16(b[ib].qs + 16 * g, lut), loadu256(xg.qs));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * static_cast<float>(ls - 32) * xg.d), _mm256_cvtepi32_ps(p), acc);
+        }
+    }
+    return hsum(acc);
+}
+
+// Q5_K: Q4_K plus the fifth bit from qh.
+KILN_AVX2 float vd_q5_K(const void* w, const void* xv, int64_t n) {
+    const q5_K* b = static_cast<const q5_K*>(w);
+    const xq256* x = static_cast<const xq256*>(xv);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 macc = _mm_setzero_ps();
+    for (int64_t ib = 0; ib < n / QKK; ++ib) {
+        uint32_t u[4];
+        q4k_unpack_scales(b[ib].scales, u);
+        const __m128i scmn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+        const __m128i sc16 = _mm_cvtepu8_epi16(scmn);
+        const __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(scmn, 8));
+        const __m256i bs = loadu256(x[ib].bsums);
+        const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const float dx = x[ib].d;
+        macc = _mm_fmadd_ps(_mm_set1_ps(h2f(b[ib].dmin) * dx), _mm_cvtepi32_ps(_mm_madd_epi16(mn16, pairs)), macc);
+        const __m256i sc = _mm256_broadcastsi128_si256(sc16);
+        const __m256i qh = loadu256(b[ib].qh);
+        __m256i iacc = _mm256_setzero_si256();
+        for (int c = 0; c < 4; ++c) {
+            const __m256i bytes = loadu256(b[ib].qs + 32 * c);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(bytes, m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+            const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, loadu256(x[ib].qs + 64 * c)),
+                                                  _mm256_shuffle_epi8(sc, bcast16_ctrl(2 * c)));
+            const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, loadu256(x[ib].qs + 64 * c + 32)),
+                                                  _mm256_shuffle_epi8(sc, bcast16_ctrl(2 * c + 1)));
+            iacc = _mm256_add_epi32(iacc, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * dx), _mm256_cvtepi32_ps(iacc), acc);
+    }
+    return hsum(acc) - hsum128(macc);
+}
+
+// Q2_K: 2-bit codes, 4-bit scale and min per 16 (scales via madd like Q6_K, mins via bsums).
+KILN_AVX2 float vd_q2_K(const void* w, const void* xv, int64_t n) {
+    const q2_K* b = static_cast<const q2_K*>(w);
+    const xq256* x = static_cast<const xq256*>(xv);
+    const __m256i m2 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    for (int64_t ib = 0; ib < n / QKK; ++ib) {
+        const __m128i sb = loadu128(b[ib].scales);
+        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, m4));
+        const __m256i mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), m4));
+        const float dx = x[ib].d;
+        macc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].dmin) * dx),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mn16, loadu256(x[ib].bsums))), macc);
+        __m256i iacc = _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) {
+            const __m256i q = loadu256(b[ib].qs + 32 * h);
+            const __m256i sch = _mm256_broadcastsi128_si256(h == 0 ? _mm256_castsi256_si128(sc16) : _mm256_extracti128_si256(sc16, 1));
+            for (int s = 0; s < 4; ++s) {
+                const __m256i c = _mm256_and_si256(_mm256_srli_epi16(q, 2 * s), m2);
+                const __m256i p = _mm256_maddubs_epi16(c, loadu256(x[ib].qs + 128 * h + 32 * s));
+                iacc = _mm256_add_epi32(iacc, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sch, pair_ctrl(s))));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * dx), _mm256_cvtepi32_ps(iacc), acc);
+    }
+    return hsum(acc) - hsum(macc);
+}
+
+// Q3_K: 3-bit codes (value = code - 4), signed 6-bit scale per 16.
+KILN_AVX2 float vd_q3_K(const void* w, const void* xv, int64_t n) {
+    const q3_K* b = static_cast<const q3_K*>(w);
+    const xq256* x = static_cast<const xq256*>(xv);
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps(), oacc = _mm256_setzero_ps();
+    for (int64_t ib = 0; ib < n / QKK; ++ib) {
+        alignas(16) int8_t scb[16];
+        for (int g = 0; g < 16; ++g) scb[g] = static_cast<int8_t>(q3k_scale(g, b[ib].scales));
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(scb)));
+        const __m256i offs = _mm256_madd_epi16(sc16, loadu256(x[ib].bsums));
+        const __m256i hm = loadu256(b[ib].hmask);
+        __m256i iacc = _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) {
+            const __m256i q = loadu256(b[ib].qs + 32 * h);
+            const __m256i sch = _mm256_broadcastsi128_si256(h == 0 ? _mm256_castsi256_si128(sc16) : _mm256_extracti128_si256(sc16, 1));
+            for (int s = 0; s < 4; ++s) {
+                const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + s), one);
+                const __m256i c = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * s), m2), _mm256_slli_epi16(hb, 2));
+                const __m256i p = _mm256_maddubs_epi16(c, loadu256(x[ib].qs + 128 * h + 32 * s));
+                iacc = _mm256_add_epi32(iacc, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sch, pair_ctrl(s))));
+            }
+        }
+        const __m256 d = _mm256_set1_ps(h2f(b[ib].d) * x[ib].d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(iacc), acc);
+        oacc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(offs), oacc);
+    }
+    return hsum(acc) - 4.0f * hsum(oacc);
+}
+
 // ---- GEMM tile ------------------------------------------------------------------------------
 
 // R rows x T tokens, 8-wide partial sums per pair; T activation vectors loaded once per step and
@@ -510,6 +856,18 @@ Avx2Kernels avx2_kernels(TensorType t) {
         case TensorType::Q4_0: k = {XFormat::Q8x32, vd_q4_0, dec_q4_0}; break;
         case TensorType::Q4_K: k = {XFormat::Q8x256, vd_q4_K, dec_q4_K}; break;
         case TensorType::Q6_K: k = {XFormat::Q8x256, vd_q6_K, dec_q6_K}; break;
+        case TensorType::Q4_1: k = {XFormat::Q8x32, vd_min32<q4_1, false>, dec_q4_1}; break;
+        case TensorType::Q5_0: k = {XFormat::Q8x32, vd_q5_0, dec_q5_0}; break;
+        case TensorType::Q5_1: k = {XFormat::Q8x32, vd_min32<q5_1, true>, dec_q5_1}; break;
+        case TensorType::Q2_K: k = {XFormat::Q8x256, vd_q2_K, dec_q2_K}; break;
+        case TensorType::Q3_K: k = {XFormat::Q8x256, vd_q3_K, dec_q3_K}; break;
+        case TensorType::Q5_K: k = {XFormat::Q8x256, vd_q5_K, dec_q5_K}; break;
+        case TensorType::IQ4_NL: k = {XFormat::Q8x32, vd_iq4_nl, dec_iq4_nl}; break;
+        case TensorType::IQ4_XS: k = {XFormat::Q8x32, vd_iq4_xs, dec_iq4_xs}; break;
+        case TensorType::MXFP4: k = {XFormat::Q8x32, vd_mxfp4, dec_mxfp4}; break;
+        // Float decoders only (rare as weights): rows expand to float and use float dots.
+        case TensorType::Q8_1: k.decode = dec_q8_1; break;
+        case TensorType::Q8_K: k.decode = dec_q8_K; break;
         default: break;
     }
     return k;

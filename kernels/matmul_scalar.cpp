@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/decode_generic.h"
 #include "kernels/matmul_impl.h"
 
 namespace kiln::kernels::detail {
@@ -11,232 +12,29 @@ namespace {
 
 using namespace blk;
 
+// Out-of-line portable decoders (the generic code compiled for the baseline target).
+void dec_f32(const void* w, float* out, int64_t n) { generic::dec_f32(w, out, n); }
+void dec_f16(const void* w, float* out, int64_t n) { generic::dec_f16(w, out, n); }
+void dec_bf16(const void* w, float* out, int64_t n) { generic::dec_bf16(w, out, n); }
+void dec_q4_0(const void* w, float* out, int64_t n) { generic::dec_q4_0(w, out, n); }
+void dec_q4_1(const void* w, float* out, int64_t n) { generic::dec_q4_1(w, out, n); }
+void dec_q5_0(const void* w, float* out, int64_t n) { generic::dec_q5_0(w, out, n); }
+void dec_q5_1(const void* w, float* out, int64_t n) { generic::dec_q5_1(w, out, n); }
+void dec_q8_0(const void* w, float* out, int64_t n) { generic::dec_q8_0(w, out, n); }
+void dec_q8_1(const void* w, float* out, int64_t n) { generic::dec_q8_1(w, out, n); }
+void dec_q2_K(const void* w, float* out, int64_t n) { generic::dec_q2_K(w, out, n); }
+void dec_q3_K(const void* w, float* out, int64_t n) { generic::dec_q3_K(w, out, n); }
+void dec_q4_K(const void* w, float* out, int64_t n) { generic::dec_q4_K(w, out, n); }
+void dec_q5_K(const void* w, float* out, int64_t n) { generic::dec_q5_K(w, out, n); }
+void dec_q6_K(const void* w, float* out, int64_t n) { generic::dec_q6_K(w, out, n); }
+void dec_q8_K(const void* w, float* out, int64_t n) { generic::dec_q8_K(w, out, n); }
+void dec_iq4_nl(const void* w, float* out, int64_t n) { generic::dec_iq4_nl(w, out, n); }
+void dec_iq4_xs(const void* w, float* out, int64_t n) { generic::dec_iq4_xs(w, out, n); }
+void dec_mxfp4(const void* w, float* out, int64_t n) { generic::dec_mxfp4(w, out, n); }
+
 template <typename B>
 const B* blocks(const void* w) {
     return static_cast<const B*>(w);
-}
-
-void dec_f32(const void* w, float* out, int64_t n) {
-    std::memcpy(out, w, static_cast<size_t>(n) * sizeof(float));
-}
-
-void dec_f16(const void* w, float* out, int64_t n) {
-    const auto* h = static_cast<const uint16_t*>(w);
-    for (int64_t i = 0; i < n; ++i) out[i] = half_to_float(h[i]);
-}
-
-void dec_bf16(const void* w, float* out, int64_t n) {
-    const auto* h = static_cast<const uint16_t*>(w);
-    for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(h[i]);
-}
-
-void dec_q4_0(const void* w, float* out, int64_t n) {
-    const q4_0* b = blocks<q4_0>(w);
-    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
-        const float d = half_to_float(b[ib].d);
-        for (int j = 0; j < 16; ++j) {
-            out[j] = static_cast<float>((b[ib].qs[j] & 0xF) - 8) * d;
-            out[j + 16] = static_cast<float>((b[ib].qs[j] >> 4) - 8) * d;
-        }
-    }
-}
-
-void dec_q4_1(const void* w, float* out, int64_t n) {
-    const q4_1* b = blocks<q4_1>(w);
-    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
-        const float d = half_to_float(b[ib].d), m = half_to_float(b[ib].m);
-        for (int j = 0; j < 16; ++j) {
-            out[j] = static_cast<float>(b[ib].qs[j] & 0xF) * d + m;
-            out[j + 16] = static_cast<float>(b[ib].qs[j] >> 4) * d + m;
-        }
-    }
-}
-
-void dec_q5_0(const void* w, float* out, int64_t n) {
-    const q5_0* b = blocks<q5_0>(w);
-    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
-        const float d = half_to_float(b[ib].d);
-        uint32_t qh;
-        std::memcpy(&qh, b[ib].qh, 4);
-        for (int j = 0; j < 16; ++j) {
-            const int lo = (b[ib].qs[j] & 0xF) | static_cast<int>(((qh >> j) & 1u) << 4);
-            const int hi = (b[ib].qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
-            out[j] = static_cast<float>(lo - 16) * d;
-            out[j + 16] = static_cast<float>(hi - 16) * d;
-        }
-    }
-}
-
-void dec_q5_1(const void* w, float* out, int64_t n) {
-    const q5_1* b = blocks<q5_1>(w);
-    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
-        const float d = half_to_float(b[ib].d), m = half_to_float(b[ib].m);
-        uint32_t qh;
-        std::memcpy(&qh, b[ib].qh, 4);
-        for (int j = 0; j < 16; ++j) {
-            const int lo = (b[ib].qs[j] & 0xF) | static_cast<int>(((qh >> j) & 1u) << 4);
-            const int hi = (b[ib].qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
-            out[j] = static_cast<float>(lo) * d + m;
-            out[j + 16] = static_cast<float>(hi) * d + m;
-        }
-    }
-}
-
-void dec_q8_0(const void* w, float* out, int64_t n) {
-    const q8_0* b = blocks<q8_0>(w);
-    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
-        const float d = half_to_float(b[ib].d);
-        for (int j = 0; j < QK; ++j) out[j] = static_cast<float>(b[ib].qs[j]) * d;
-    }
-}
-
-void dec_q8_1(const void* w, float* out, int64_t n) {
-    const q8_1* b = blocks<q8_1>(w);
-    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
-        const float d = half_to_float(b[ib].d);
-        for (int j = 0; j < QK; ++j) out[j] = static_cast<float>(b[ib].qs[j]) * d;
-    }
-}
-
-void dec_q2_K(const void* w, float* out, int64_t n) {
-    const q2_K* b = blocks<q2_K>(w);
-    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
-        const float d = half_to_float(b[ib].d), dmin = half_to_float(b[ib].dmin);
-        for (int h = 0; h < 2; ++h) {
-            const uint8_t* q = b[ib].qs + 32 * h;
-            for (int s = 0; s < 4; ++s) {
-                for (int g2 = 0; g2 < 2; ++g2) {
-                    const uint8_t sc = b[ib].scales[8 * h + 2 * s + g2];
-                    const float dl = d * static_cast<float>(sc & 0xF);
-                    const float ml = dmin * static_cast<float>(sc >> 4);
-                    float* o = out + 128 * h + 32 * s + 16 * g2;
-                    for (int l = 0; l < 16; ++l)
-                        o[l] = dl * static_cast<float>((q[16 * g2 + l] >> (2 * s)) & 3) - ml;
-                }
-            }
-        }
-    }
-}
-
-void dec_q3_K(const void* w, float* out, int64_t n) {
-    const q3_K* b = blocks<q3_K>(w);
-    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
-        const float d = half_to_float(b[ib].d);
-        for (int e = 0; e < QKK; ++e) {
-            const int h = e / 128, s = (e % 128) / 32, i = e % 32;
-            const int q2 = (b[ib].qs[32 * h + i] >> (2 * s)) & 3;
-            const int hbit = (b[ib].hmask[i] >> (e / 32)) & 1;
-            const float dl = d * static_cast<float>(q3k_scale(e / 16, b[ib].scales));
-            out[e] = dl * static_cast<float>(q2 - (hbit ? 0 : 4));
-        }
-    }
-}
-
-void dec_q4_K(const void* w, float* out, int64_t n) {
-    const q4_K* b = blocks<q4_K>(w);
-    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
-        const float d = half_to_float(b[ib].d), dmin = half_to_float(b[ib].dmin);
-        for (int c = 0; c < 4; ++c) {
-            uint8_t sc0, m0, sc1, m1;
-            scale_min_k4(2 * c, b[ib].scales, &sc0, &m0);
-            scale_min_k4(2 * c + 1, b[ib].scales, &sc1, &m1);
-            const float d0 = d * sc0, mm0 = dmin * m0, d1 = d * sc1, mm1 = dmin * m1;
-            const uint8_t* q = b[ib].qs + 32 * c;
-            for (int l = 0; l < 32; ++l) {
-                out[64 * c + l] = d0 * static_cast<float>(q[l] & 0xF) - mm0;
-                out[64 * c + 32 + l] = d1 * static_cast<float>(q[l] >> 4) - mm1;
-            }
-        }
-    }
-}
-
-void dec_q5_K(const void* w, float* out, int64_t n) {
-    const q5_K* b = blocks<q5_K>(w);
-    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
-        const float d = half_to_float(b[ib].d), dmin = half_to_float(b[ib].dmin);
-        for (int c = 0; c < 4; ++c) {
-            uint8_t sc0, m0, sc1, m1;
-            scale_min_k4(2 * c, b[ib].scales, &sc0, &m0);
-            scale_min_k4(2 * c + 1, b[ib].scales, &sc1, &m1);
-            const float d0 = d * sc0, mm0 = dmin * m0, d1 = d * sc1, mm1 = dmin * m1;
-            const uint8_t* q = b[ib].qs + 32 * c;
-            for (int l = 0; l < 32; ++l) {
-                const int lo = (q[l] & 0xF) | (((b[ib].qh[l] >> (2 * c)) & 1) << 4);
-                const int hi = (q[l] >> 4) | (((b[ib].qh[l] >> (2 * c + 1)) & 1) << 4);
-                out[64 * c + l] = d0 * static_cast<float>(lo) - mm0;
-                out[64 * c + 32 + l] = d1 * static_cast<float>(hi) - mm1;
-            }
-        }
-    }
-}
-
-void dec_q6_K(const void* w, float* out, int64_t n) {
-    const q6_K* b = blocks<q6_K>(w);
-    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
-        const float d = half_to_float(b[ib].d);
-        for (int h = 0; h < 2; ++h) {
-            const uint8_t* ql = b[ib].ql + 64 * h;
-            const uint8_t* qh = b[ib].qh + 32 * h;
-            const int8_t* sc = b[ib].scales + 8 * h;
-            float* o = out + 128 * h;
-            for (int l = 0; l < 32; ++l) {
-                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                const int g = l / 16;
-                o[l] = d * static_cast<float>(sc[g]) * static_cast<float>(q1);
-                o[l + 32] = d * static_cast<float>(sc[g + 2]) * static_cast<float>(q2);
-                o[l + 64] = d * static_cast<float>(sc[g + 4]) * static_cast<float>(q3);
-                o[l + 96] = d * static_cast<float>(sc[g + 6]) * static_cast<float>(q4);
-            }
-        }
-    }
-}
-
-void dec_q8_K(const void* w, float* out, int64_t n) {
-    const q8_K* b = blocks<q8_K>(w);
-    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK)
-        for (int j = 0; j < QKK; ++j) out[j] = b[ib].d * static_cast<float>(b[ib].qs[j]);
-}
-
-void dec_iq4_nl(const void* w, float* out, int64_t n) {
-    const iq4_nl* b = blocks<iq4_nl>(w);
-    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
-        const float d = half_to_float(b[ib].d);
-        for (int j = 0; j < 16; ++j) {
-            out[j] = d * static_cast<float>(kIq4nl[b[ib].qs[j] & 0xF]);
-            out[j + 16] = d * static_cast<float>(kIq4nl[b[ib].qs[j] >> 4]);
-        }
-    }
-}
-
-void dec_iq4_xs(const void* w, float* out, int64_t n) {
-    const iq4_xs* b = blocks<iq4_xs>(w);
-    for (int64_t ib = 0; ib < n / QKK; ++ib, out += QKK) {
-        const float d = half_to_float(b[ib].d);
-        for (int g = 0; g < 8; ++g) {
-            const int ls = ((b[ib].scales_l[g / 2] >> (4 * (g % 2))) & 0xF) |
-                           (((b[ib].scales_h >> (2 * g)) & 3) << 4);
-            const float dl = d * static_cast<float>(ls - 32);
-            const uint8_t* q = b[ib].qs + 16 * g;
-            for (int j = 0; j < 16; ++j) {
-                out[32 * g + j] = dl * static_cast<float>(kIq4nl[q[j] & 0xF]);
-                out[32 * g + 16 + j] = dl * static_cast<float>(kIq4nl[q[j] >> 4]);
-            }
-        }
-    }
-}
-
-void dec_mxfp4(const void* w, float* out, int64_t n) {
-    const mxfp4* b = blocks<mxfp4>(w);
-    for (int64_t ib = 0; ib < n / QK; ++ib, out += QK) {
-        const float d = e8m0_half(b[ib].e);
-        for (int j = 0; j < 16; ++j) {
-            out[j] = d * static_cast<float>(kMxfp4[b[ib].qs[j] & 0xF]);
-            out[j + 16] = d * static_cast<float>(kMxfp4[b[ib].qs[j] >> 4]);
-        }
-    }
 }
 
 // ---- unpackers to (code, s, o) for the integer tiles ---------------------------------------
