@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, build once, fuzz the GGUF reader for 60 s (ASan + UBSan), then run every test with ctest.
+# Set up, build once, fuzz the GGUF reader (60 s) and the Jinja interpreter (30 s) under ASan +
+# UBSan, then run every test with ctest.
 # KILN_FUZZ_SECONDS overrides the fuzzing time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,13 +13,19 @@ cmake --build --preset release -j"$jobs"
 # The fuzz seed corpus is written by the GGUF tests (real file headers + synthetic files).
 ./build/release/kiln_tests --gtest_filter='Gguf.SharedFilesOpen' --gtest_brief=1 >/dev/null || true
 cmake --preset fuzz >/dev/null
-cmake --build --preset fuzz -j"$jobs" --target gguf_fuzz
-corpus=build/fuzz/corpus-gguf
-mkdir -p "$corpus"
-seeds=build/release/fuzz-corpus/gguf
-[ -d "$seeds" ] || { mkdir -p "$seeds"; echo "kiln test: no shared data, fuzzing from an empty corpus"; }
-echo "kiln test: fuzzing the GGUF reader for ${KILN_FUZZ_SECONDS:-60} s"
-./build/fuzz/gguf_fuzz -max_total_time="${KILN_FUZZ_SECONDS:-60}" -max_len=16384 -print_final_stats=1 \
-  "$corpus" "$seeds" 2>&1 | tail -n 12
+cmake --build --preset fuzz -j"$jobs" --target gguf_fuzz jinja_fuzz
+fuzz() {  # fuzz NAME SECONDS SEED_DIR
+  local corpus=build/fuzz/corpus-$1
+  mkdir -p "$corpus" "$3"
+  echo "kiln test: fuzzing $1 for $2 s"
+  ./build/fuzz/$1_fuzz -max_total_time="$2" -max_len=16384 -print_final_stats=1 "$corpus" "$3" 2>&1 | tail -n 8
+}
+# The GGUF seed corpus is written by the GGUF tests (real file headers + synthetic files); the
+# Jinja one is the shared chat templates.
+[ -d build/release/fuzz-corpus/gguf ] || echo "kiln test: no shared data, fuzzing GGUF from an empty corpus"
+fuzz gguf "${KILN_FUZZ_SECONDS:-60}" build/release/fuzz-corpus/gguf
+mkdir -p build/release/fuzz-corpus/jinja
+cp ../shared/templates/*.jinja build/release/fuzz-corpus/jinja/ 2>/dev/null || true
+fuzz jinja "${KILN_FUZZ_SECONDS:-30}" build/release/fuzz-corpus/jinja
 
 ctest --preset release -j"$jobs"
