@@ -46,5 +46,6 @@ std::vector<std::string> supported_architectures();
 // Loaders, one per file in engine/model/arch/.
 std::unique_ptr<Architecture> load_llama(const gguf::File& f);
 std::unique_ptr<Architecture> load_qwen2(const gguf::File& f);
+std::unique_ptr<Architecture> load_gemma3(const gguf::File& f);
 
 }  // namespace kiln::model

@@ -15,6 +15,7 @@ struct Entry {
 constexpr Entry kArchitectures[] = {
     {"llama", &load_llama},
     {"qwen2", &load_qwen2},
+    {"gemma3", &load_gemma3},
 };
 }  // namespace
 
