@@ -177,11 +177,12 @@ KvStats Context::kv_stats() const {
 std::string Context::kv_summary() const {
     const KvStats s = kv_stats();
     auto mib = [](size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
-    std::string out = fmt::format("KV cache {} {:.2f} MiB: {} full layers x {} tokens x {} B/token", kv_type_name(s.type),
-                                  mib(s.full_bytes + s.sliding_bytes), s.n_full_layers, s.n_ctx, s.full_bytes_per_token);
+    std::string out = fmt::format("KV cache {} {:.2f} MiB:", kv_type_name(s.type), mib(s.full_bytes + s.sliding_bytes));
+    if (s.n_full_layers > 0)
+        out += fmt::format(" {} full layers x {} tokens x {} B/token", s.n_full_layers, s.n_ctx, s.full_bytes_per_token);
     if (s.n_sliding_layers > 0)
-        out += fmt::format(", {} sliding-window layers x ring of {} tokens x {} B/token", s.n_sliding_layers,
-                           s.sliding_slots, s.sliding_bytes_per_token);
+        out += fmt::format("{} {} sliding-window layers x ring of {} tokens x {} B/token", s.n_full_layers > 0 ? "," : "",
+                           s.n_sliding_layers, s.sliding_slots, s.sliding_bytes_per_token);
     return out;
 }
 const Model& Context::model() const { return impl_->model; }
