@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace kiln {
@@ -34,6 +35,14 @@ public:
     // Calls from several threads at once are serialised. A call made from inside fn (nested)
     // runs the whole range inline as one chunk with the calling thread's index.
     void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
+    // Any other callable goes through a one-pointer closure, which always fits std::function's
+    // small buffer: no call allocates, however much fn captures.
+    template <class F>
+        requires(!std::is_same_v<std::remove_cvref_t<F>, std::function<void(int64_t, int64_t, int)>>)
+    void parallel_for(int64_t n, F&& fn) {
+        const std::function<void(int64_t, int64_t, int)> call = [&fn](int64_t b, int64_t e, int t) { fn(b, e, t); };
+        parallel_for(n, call);
+    }
 
 private:
     void worker_main(int index);
