@@ -19,6 +19,7 @@ struct KvLayerShape {
     int n_head_kv = 0;
     int head_dim_k = 0;
     int head_dim_v = 0;
+    bool v_in_k = false;  // MLA: V is the head of each K row; only K is stored
 };
 struct KvLayout {
     std::vector<KvLayerShape> layers;
