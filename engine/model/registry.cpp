@@ -15,8 +15,18 @@ struct Entry {
 constexpr Entry kArchitectures[] = {
     {"llama", &load_llama},
     {"qwen2", &load_qwen2},
+    {"deepseek2", &load_deepseek2},
 };
 }  // namespace
+
+std::vector<KvLayerSpec> Architecture::kv_layers() const {
+    const HParams& hp = hparams();
+    KvLayerSpec l;
+    l.n_head_kv = static_cast<int>(hp.n_head_kv);
+    l.head_dim_k = static_cast<int>(hp.head_dim_k);
+    l.head_dim_v = static_cast<int>(hp.head_dim_v);
+    return std::vector<KvLayerSpec>(static_cast<size_t>(hp.n_layer), l);
+}
 
 std::vector<std::string> supported_architectures() {
     std::vector<std::string> out;

@@ -79,9 +79,8 @@ Context::Context(const Model& model, const ContextOptions& options) {
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
     layout.type = c.opt.kv_type;
-    for (int64_t il = 0; il < hp.n_layer; ++il)
-        layout.layers.push_back({static_cast<int>(hp.n_head_kv), static_cast<int>(hp.head_dim_k),
-                                 static_cast<int>(hp.head_dim_v)});
+    for (const model::KvLayerSpec& l : c.m.arch->kv_layers())
+        layout.layers.push_back({l.n_head_kv, l.head_dim_k, l.head_dim_v, l.v_in_k});
     c.kv = std::make_unique<runtime::KvCache>(*c.backend, std::move(layout));
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
