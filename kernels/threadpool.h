@@ -35,13 +35,14 @@ public:
     // Calls from several threads at once are serialised. A call made from inside fn (nested)
     // runs the whole range inline as one chunk with the calling thread's index.
     void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
-    // Any other callable goes through a one-pointer closure, which always fits std::function's
-    // small buffer: no call allocates, however much fn captures.
+    // The same for any callable (a lambda capturing many references): it is passed on through a
+    // closure of one pointer, which std::function holds without allocating, so a call allocates
+    // nothing whatever fn captures.
     template <class F>
         requires(!std::is_same_v<std::remove_cvref_t<F>, std::function<void(int64_t, int64_t, int)>>)
     void parallel_for(int64_t n, F&& fn) {
-        const std::function<void(int64_t, int64_t, int)> call = [&fn](int64_t b, int64_t e, int t) { fn(b, e, t); };
-        parallel_for(n, call);
+        const std::function<void(int64_t, int64_t, int)> thunk = [&fn](int64_t b, int64_t e, int t) { fn(b, e, t); };
+        parallel_for(n, thunk);
     }
 
 private:
