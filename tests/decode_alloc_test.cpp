@@ -143,7 +143,8 @@ TEST_P(DecodeAllocationsShared, NoneWhileGeneratingTokens) {
     EXPECT_TRUE(std::isfinite(sum));
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocationsShared, ::testing::Values("gemma3-tiny.q4_k_m"),
+INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocationsShared,
+                         ::testing::Values("gemma3-tiny.q4_k_m", "gpt-oss-tiny.mxfp4_moe", "gpt-oss-tiny.q8_0"),
                          [](const auto& info) {
                              std::string s = info.param;
                              for (char& c : s)
