@@ -21,6 +21,8 @@ const char* op_name(Op op) {
         case Op::StoreKV: return "store_kv";
         case Op::Attention: return "attention";
         case Op::SwiGLU: return "swiglu";
+        case Op::GeGLU: return "geglu";
+        case Op::Softcap: return "softcap";
         case Op::Silu: return "silu";
         case Op::Scale: return "scale";
         case Op::Rows: return "rows";
@@ -188,6 +190,25 @@ TensorId Graph::rms_norm(TensorId x, TensorId w, float eps) {
     return d;
 }
 
+TensorId Graph::rms_norm_groups(TensorId x, TensorId w, float eps, int64_t group) {
+    const Tensor& X = t(x);
+    require(group > 0 && X.ne0 % group == 0, Op::RmsNorm,
+            fmt::format("groups of {} do not divide a row of {}", group, X.ne0));
+    if (w != kNone) {
+        const Tensor& W = t(w);
+        require(W.ne0 == group && W.ne1 == 1, Op::RmsNorm, fmt::format("weight {} for groups of {}", shape_str(W), group));
+        require(W.kind != TensorKind::Weight || W.wtype == TensorType::F32, Op::RmsNorm,
+                fmt::format("weight '{}' must be f32, is {}", W.name, type_name(W.wtype)));
+    }
+    const int64_t ne0 = X.ne0, ne1 = X.ne1;
+    const TensorId d = new_value(ne0, ne1);
+    Node n(Op::RmsNorm, d, x, w);
+    n.f = eps;
+    n.i0 = group;
+    nodes_.push_back(n);
+    return d;
+}
+
 TensorId Graph::rope(TensorId x, TensorId positions, const RopeParams& p) {
     const Tensor& X = t(x);
     const Tensor& P = t(positions);
@@ -229,15 +250,24 @@ void Graph::store_kv(TensorId k, TensorId v, const AttentionParams& p) {
     nodes_.push_back(n);
 }
 
-TensorId Graph::attention(TensorId q, const AttentionParams& p) {
+TensorId Graph::attention(TensorId q, const AttentionParams& p, TensorId sinks) {
     const Tensor& Q = t(q);
+    if (sinks != kNone) {
+        const Tensor& S = t(sinks);
+        require(S.ne0 == p.n_head && S.ne1 == 1, Op::Attention,
+                fmt::format("sinks {} for {} heads", shape_str(S), p.n_head));
+        require(S.kind != TensorKind::Weight || S.wtype == TensorType::F32, Op::Attention,
+                fmt::format("sinks '{}' must be f32, is {}", S.name, type_name(S.wtype)));
+    }
+    require(p.window >= 0 && p.softcap >= 0.0f, Op::Attention,
+            fmt::format("window {} and softcap {} must not be negative", p.window, p.softcap));
     require(p.n_head_kv > 0 && p.n_head % p.n_head_kv == 0, Op::Attention,
             fmt::format("{} query heads are not a multiple of {} kv heads", p.n_head, p.n_head_kv));
     require(Q.ne0 == static_cast<int64_t>(p.n_head) * p.head_dim_k, Op::Attention,
             fmt::format("Q row of {} is not {} heads of {}", Q.ne0, p.n_head, p.head_dim_k));
     const int64_t ne0 = static_cast<int64_t>(p.n_head) * p.head_dim_v, ne1 = Q.ne1;
     const TensorId d = new_value(ne0, ne1);
-    Node n(Op::Attention, d, q);
+    Node n(Op::Attention, d, q, sinks);
     n.attn = p;
     nodes_.push_back(n);
     return d;
@@ -250,6 +280,26 @@ TensorId Graph::swiglu(TensorId gate, TensorId up) {
     const int64_t ne0 = G.ne0, ne1 = G.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::SwiGLU, d, gate, up));
+    return d;
+}
+
+TensorId Graph::geglu(TensorId gate, TensorId up) {
+    const Tensor& G = t(gate);
+    const Tensor& U = t(up);
+    require(G.ne0 == U.ne0 && G.ne1 == U.ne1, Op::GeGLU, fmt::format("{} and {}", shape_str(G), shape_str(U)));
+    const int64_t ne0 = G.ne0, ne1 = G.ne1;
+    const TensorId d = new_value(ne0, ne1);
+    nodes_.emplace_back(Node(Op::GeGLU, d, gate, up));
+    return d;
+}
+
+TensorId Graph::softcap(TensorId x, float cap) {
+    require(cap > 0.0f, Op::Softcap, fmt::format("cap {} must be positive", cap));
+    const int64_t ne0 = t(x).ne0, ne1 = t(x).ne1;
+    const TensorId d = new_value(ne0, ne1);
+    Node n(Op::Softcap, d, x);
+    n.f = cap;
+    nodes_.push_back(n);
     return d;
 }
 

@@ -80,7 +80,9 @@ struct AttentionParams {
     int head_dim_k = 0;  // query/key elements per head
     int head_dim_v = 0;  // value elements per head
     float scale = 1.0f;  // applied to q·k before the softmax
-    int window = 0;      // sliding window in tokens (0: attend to the whole past)
+    int window = 0;      // sliding window in tokens (0: attend to the whole past): a query at
+                         // position p sees keys at positions (p - window, p]
+    float softcap = 0.0f;  // > 0: scores become softcap * tanh(score / softcap) before the softmax
     // MLA (absorbed multi-head latent attention): V is not stored; each head's value is the first
     // head_dim_v elements of its K row (the compressed latent). StoreKV then takes no V.
     bool v_in_k = false;
@@ -111,11 +113,17 @@ enum class Op : uint8_t {
     MatMul,     // dst[t][r] = sum_i W[r][i] * x[t][i];                       src0 = W, src1 = x
     Add,        // dst = src0 + src1; src1 has src0's shape or is one row (broadcast: a bias)
     Mul,        // dst = src0 * src1; same broadcasting as Add
-    RmsNorm,    // dst[t] = src0[t] / sqrt(mean(src0[t]^2) + eps) * src1 (src1 optional weight row)
+    RmsNorm,    // dst[t] = src0[t] / sqrt(mean(src0[t]^2) + eps) * src1 (src1 optional weight row);
+                // with i0 > 0 each group of i0 elements of a row (a head) is normalised on its own
+                // and src1 has i0 elements
     Rope,       // rotary position embedding of each head of src0 at positions src1 (i32 input)
     StoreKV,    // writes K rows (src0) and V rows (src1) into the cache of attn.layer; no dst
-    Attention,  // causal attention of the query rows src0 over the cache of attn.layer (GQA)
+    Attention,  // causal attention of the query rows src0 over the cache of attn.layer (GQA);
+                // src1 (optional, f32 [n_head]): per-head sink logits, one more term exp(sink) in
+                // each softmax denominator that takes no value
     SwiGLU,     // dst = silu(src0) * src1
+    GeGLU,      // dst = gelu_tanh(src0) * src1
+    Softcap,    // dst = f * tanh(src0 / f)
     Silu,       // dst = silu(src0)
     Scale,      // dst = src0 * f
     Rows,       // dst = rows [i0, i0 + dst.ne1) of src0
@@ -140,8 +148,8 @@ struct Node {
     Op op;
     TensorId dst = kNone;
     TensorId src[4] = {kNone, kNone, kNone, kNone};
-    float f = 0.0f;   // RmsNorm: eps; Scale: factor
-    int64_t i0 = 0;   // Rows: first row
+    float f = 0.0f;   // RmsNorm: eps; Scale: factor; Softcap: cap
+    int64_t i0 = 0;   // Rows: first row; RmsNorm: group size (0: the whole row)
     RopeParams rope;  // Rope
     AttentionParams attn;  // StoreKV, Attention
     TopKParams topk;       // TopK
@@ -167,10 +175,14 @@ public:
     TensorId add(TensorId a, TensorId b);
     TensorId mul(TensorId a, TensorId b);
     TensorId rms_norm(TensorId x, TensorId w, float eps);  // w may be kNone
+    // RMS norm of each group of `group` elements of every row (per head: QK-norm); w has `group`.
+    TensorId rms_norm_groups(TensorId x, TensorId w, float eps, int64_t group);
     TensorId rope(TensorId x, TensorId positions, const RopeParams& p);
     void store_kv(TensorId k, TensorId v, const AttentionParams& p);
-    TensorId attention(TensorId q, const AttentionParams& p);
+    TensorId attention(TensorId q, const AttentionParams& p, TensorId sinks = kNone);
     TensorId swiglu(TensorId gate, TensorId up);
+    TensorId geglu(TensorId gate, TensorId up);
+    TensorId softcap(TensorId x, float cap);
     TensorId silu(TensorId x);
     TensorId scale(TensorId x, float s);
     TensorId rows(TensorId x, int64_t first, int64_t count);

@@ -58,5 +58,6 @@ std::vector<std::string> supported_architectures();
 std::unique_ptr<Architecture> load_llama(const gguf::File& f);
 std::unique_ptr<Architecture> load_qwen2(const gguf::File& f);
 std::unique_ptr<Architecture> load_deepseek2(const gguf::File& f);
+std::unique_ptr<Architecture> load_gemma3(const gguf::File& f);
 
 }  // namespace kiln::model

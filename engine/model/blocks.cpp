@@ -68,6 +68,8 @@ TensorId self_attention(Graph& g, TensorId h, TensorId positions, const Attentio
     TensorId q = linear(g, h, w.wq, w.bq);
     TensorId k = linear(g, h, w.wk, w.bk);
     TensorId v = linear(g, h, w.wv, w.bv);
+    if (w.q_norm) q = g.rms_norm_groups(q, w.q_norm.in(g), c.norm_eps, c.attn.head_dim_k);
+    if (w.k_norm) k = g.rms_norm_groups(k, w.k_norm.in(g), c.norm_eps, c.attn.head_dim_k);
 
     graph::RopeParams rq = c.rope, rk = c.rope;
     rq.n_head = c.attn.n_head;
@@ -76,7 +78,7 @@ TensorId self_attention(Graph& g, TensorId h, TensorId positions, const Attentio
     k = g.rope(k, positions, rk);
 
     g.store_kv(k, v, c.attn);
-    const TensorId o = g.attention(q, c.attn);
+    const TensorId o = g.attention(q, c.attn, w.sinks ? w.sinks.in(g) : graph::kNone);
     return linear(g, o, w.wo, w.bo);
 }
 
@@ -84,6 +86,12 @@ TensorId ffn_swiglu(Graph& g, TensorId h, const FfnWeights& w) {
     const TensorId gate = g.matmul(w.gate.in(g), h);
     const TensorId up = g.matmul(w.up.in(g), h);
     return g.matmul(w.down.in(g), g.swiglu(gate, up));
+}
+
+TensorId ffn_geglu(Graph& g, TensorId h, const FfnWeights& w) {
+    const TensorId gate = g.matmul(w.gate.in(g), h);
+    const TensorId up = g.matmul(w.up.in(g), h);
+    return g.matmul(w.down.in(g), g.geglu(gate, up));
 }
 
 TensorId moe_ffn(Graph& g, TensorId h, const MoeWeights& w, const MoeConfig& c) {
@@ -112,14 +120,17 @@ TensorId moe_ffn(Graph& g, TensorId h, const MoeWeights& w, const MoeConfig& c) 
     return g.moe_combine(down, weights);
 }
 
-void output_head(Graph& g, TensorId x, const BatchShape& s, const Weight& norm, float eps, const Weight& output) {
+void output_head(Graph& g, TensorId x, const BatchShape& s, const Weight& norm, float eps, const Weight& output,
+                 float softcap) {
     if (s.n_outputs == 0) return;
     const int64_t n = g.tensor(x).ne1;
     if (s.n_outputs == 1 && n > 1) x = g.rows(x, n - 1, 1);
     else if (s.n_outputs != n)
         throw Error(fmt::format("internal: {} logit rows asked of a batch of {}", s.n_outputs, n));
     x = g.rms_norm(x, norm.in(g), eps);
-    g.mark_output(g.matmul(output.in(g), x), kOutputLogits);
+    TensorId logits = g.matmul(output.in(g), x);
+    if (softcap > 0.0f) logits = g.softcap(logits, softcap);
+    g.mark_output(logits, kOutputLogits);
 }
 
 }  // namespace kiln::model::blocks

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "gguf/gguf.h"
 
@@ -40,6 +41,13 @@ struct HParams {
     int64_t n_expert_group = 1;       // <arch>.expert_group_count (group-limited routing)
     int64_t n_expert_group_used = 1;  // <arch>.expert_group_used_count
 
+    // Sliding-window attention per layer, filled by the architecture (empty: none): a layer with
+    // window w > 0 attends to the last w positions and keeps only a ring of them in its KV cache.
+    std::vector<int64_t> layer_window;
+
+    int64_t window(int64_t il) const {
+        return layer_window.empty() ? 0 : layer_window.at(static_cast<size_t>(il));
+    }
     float rope_freq_scale() const { return rope_scaling != RopeScaling::None ? 1.0f / rope_scale_factor : 1.0f; }
     int64_t n_gqa() const { return n_head / n_head_kv; }
 

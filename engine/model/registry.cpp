@@ -16,6 +16,7 @@ constexpr Entry kArchitectures[] = {
     {"llama", &load_llama},
     {"qwen2", &load_qwen2},
     {"deepseek2", &load_deepseek2},
+    {"gemma3", &load_gemma3},
 };
 }  // namespace
 

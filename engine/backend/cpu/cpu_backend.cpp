@@ -21,12 +21,23 @@
 
 namespace kiln::backend {
 
+size_t KvLayerShape::row_bytes(KvType t) const {
+    const size_t el = t == KvType::F16 ? 2 : 4;
+    return static_cast<size_t>(n_head_kv) * static_cast<size_t>(head_dim_k + (v_in_k ? 0 : head_dim_v)) * el;
+}
+
+int64_t KvLayout::slots(size_t layer) const {
+    const int64_t n = layers.at(layer).n_slots;
+    return n > 0 && n < n_ctx ? n : n_ctx;
+}
+
+size_t KvLayout::layer_bytes(size_t layer) const {
+    return static_cast<size_t>(slots(layer)) * layers.at(layer).row_bytes(type);
+}
+
 size_t KvLayout::bytes() const {
-    const size_t el = type == KvType::F16 ? 2 : 4;
     size_t total = 0;
-    for (const KvLayerShape& l : layers)
-        total += static_cast<size_t>(n_ctx) * static_cast<size_t>(l.n_head_kv) *
-                 static_cast<size_t>(l.head_dim_k + (l.v_in_k ? 0 : l.head_dim_v)) * el;
+    for (size_t il = 0; il < layers.size(); ++il) total += layer_bytes(il);
     return total;
 }
 
@@ -56,10 +67,12 @@ class CpuKv final : public KvBuffers {
 public:
     CpuKv(const KvLayout& layout, int n_threads) : layout_(layout) {
         const size_t el = layout.type == KvType::F16 ? 2 : 4;
-        for (const KvLayerShape& l : layout.layers) {
-            k_.push_back(aligned_bytes(static_cast<size_t>(layout.n_ctx) * l.n_head_kv * l.head_dim_k * el));
+        for (size_t il = 0; il < layout.layers.size(); ++il) {
+            const KvLayerShape& l = layout.layers[il];
+            const size_t n = static_cast<size_t>(layout.slots(il));
+            k_.push_back(aligned_bytes(n * static_cast<size_t>(l.n_head_kv) * static_cast<size_t>(l.head_dim_k) * el));
             v_.push_back(l.v_in_k ? AlignedBuf()
-                                  : aligned_bytes(static_cast<size_t>(layout.n_ctx) * l.n_head_kv * l.head_dim_v * el));
+                                  : aligned_bytes(n * static_cast<size_t>(l.n_head_kv) * static_cast<size_t>(l.head_dim_v) * el));
         }
         // Per thread: the scores of one query head over the whole context.
         scores_stride_ = static_cast<size_t>(layout.n_ctx + 16);
@@ -250,6 +263,8 @@ void CpuExecutable::run_node(const Node& n, const RunArgs& args) {
             return attention(n, kv, args.kv_base);
         }
         case Op::SwiGLU:
+        case Op::GeGLU:
+        case Op::Softcap:
         case Op::Silu:
         case Op::Scale:
         case Op::Rows:
@@ -320,9 +335,11 @@ void CpuExecutable::rms_norm(const Node& n) {
         pw = w.kind == TensorKind::Weight ? static_cast<const float*>(w.data) : f32(n.src[1]);
     }
     float* d = f32(n.dst);
-    const int64_t ne0 = x.ne0;
+    // A group (i0 > 0) is normalised on its own: the rows are read as rows of i0 elements.
+    const int64_t ne0 = n.i0 > 0 ? n.i0 : x.ne0;
+    const int64_t rows = x.n_elements() / ne0;
     const float eps = n.f;
-    maybe_parallel(be_.pool(), x.ne1, ne0, [&](int64_t r0, int64_t r1, int) {
+    maybe_parallel(be_.pool(), rows, ne0, [&](int64_t r0, int64_t r1, int) {
         for (int64_t r = r0; r < r1; ++r) kernels::rms_norm(px + r * ne0, pw, ne0, eps, d + r * ne0);
     });
 }
@@ -379,38 +396,54 @@ void CpuExecutable::rope(const Node& n) {
     });
 }
 
+// Token t of the batch is at position base + t; its K/V row goes to slot (base + t) % slots of the
+// layer (the identity for a full layer, a ring for a sliding-window one).
 void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
     const graph::AttentionParams& p = n.attn;
     const Tensor& k = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
     const int64_t n_tok = k.ne1;
     if (base < 0 || base + n_tok > L.n_ctx)
-        throw Error(fmt::format("cpu backend: KV slots [{}, {}) outside the cache of {}", base, base + n_tok, L.n_ctx));
+        throw Error(fmt::format("cpu backend: KV positions [{}, {}) outside the cache of {}", base, base + n_tok, L.n_ctx));
     if (p.layer < 0 || static_cast<size_t>(p.layer) >= L.layers.size() || L.layers[static_cast<size_t>(p.layer)].v_in_k != p.v_in_k)
         throw Error(fmt::format("cpu backend: KV layer {} does not match the cache layout", p.layer));
+    const int64_t slots = L.slots(static_cast<size_t>(p.layer));
     const int64_t kw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_k;
     const int64_t vw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_v;
     const float* pk = f32(n.src[0]);
-    if (L.type == KvType::F16) {
-        kernels::f32_to_f16(pk, reinterpret_cast<uint16_t*>(kv.k(p.layer)) + base * kw, n_tok * kw);
-        if (!p.v_in_k)
-            kernels::f32_to_f16(f32(n.src[1]), reinterpret_cast<uint16_t*>(kv.v(p.layer)) + base * vw, n_tok * vw);
-    } else {
-        std::memcpy(reinterpret_cast<float*>(kv.k(p.layer)) + base * kw, pk, static_cast<size_t>(n_tok * kw) * 4);
-        if (!p.v_in_k)
-            std::memcpy(reinterpret_cast<float*>(kv.v(p.layer)) + base * vw, f32(n.src[1]),
-                        static_cast<size_t>(n_tok * vw) * 4);
+    const float* pv = p.v_in_k ? nullptr : f32(n.src[1]);  // MLA: V is the head of K
+    // Contiguous runs of slots (a ring wraps at most a few times per batch).
+    for (int64_t t0 = 0; t0 < n_tok;) {
+        const int64_t slot = (base + t0) % slots;
+        const int64_t run = std::min(n_tok - t0, slots - slot);
+        if (L.type == KvType::F16) {
+            kernels::f32_to_f16(pk + t0 * kw, reinterpret_cast<uint16_t*>(kv.k(p.layer)) + slot * kw, run * kw);
+            if (pv) kernels::f32_to_f16(pv + t0 * vw, reinterpret_cast<uint16_t*>(kv.v(p.layer)) + slot * vw, run * vw);
+        } else {
+            std::memcpy(reinterpret_cast<float*>(kv.k(p.layer)) + slot * kw, pk + t0 * kw, static_cast<size_t>(run * kw) * 4);
+            if (pv)
+                std::memcpy(reinterpret_cast<float*>(kv.v(p.layer)) + slot * vw, pv + t0 * vw,
+                            static_cast<size_t>(run * vw) * 4);
+        }
+        t0 += run;
     }
 }
 
-// Token t (slot base + t) attends to slots [start, base + t], start = 0 or the window's first slot.
+// Token t (position base + t) attends to positions [first, base + t], first = 0 or the window's
+// first position; position j is read from slot j % slots.
 void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
     const graph::AttentionParams& p = n.attn;
     const Tensor& q = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
     const int64_t n_tok = q.ne1;
     if (base < 0 || base + n_tok > L.n_ctx)
-        throw Error(fmt::format("cpu backend: attention over slots [0, {}) outside the cache of {}", base + n_tok, L.n_ctx));
+        throw Error(fmt::format("cpu backend: attention over positions [0, {}) outside the cache of {}", base + n_tok,
+                                L.n_ctx));
+    const int64_t slots = L.slots(static_cast<size_t>(p.layer));
+    if (slots < L.n_ctx && (p.window <= 0 || slots < p.window + n_tok - 1))
+        throw Error(fmt::format("cpu backend: layer {} keeps a ring of {} KV slots, too few for a window of {} and a "
+                                "batch of {} tokens",
+                                p.layer, slots, p.window, n_tok));
     const int dk = p.head_dim_k, dv = p.head_dim_v;
     const int group = p.n_head / p.n_head_kv;
     const int64_t kw = static_cast<int64_t>(p.n_head_kv) * dk;
@@ -418,11 +451,17 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
     const int64_t vw = p.v_in_k ? kw : static_cast<int64_t>(p.n_head_kv) * dv;
     const int vh = p.v_in_k ? dk : dv;  // stride between the V heads of a row
     const float* pq = f32(n.src[0]);
+    const float* sinks = nullptr;
+    if (n.src[1] != graph::kNone) {
+        const Tensor& st = g_.tensor(n.src[1]);
+        sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
+    }
     float* out = f32(n.dst);
     const bool f16 = L.type == KvType::F16;
     const uint8_t* kbase = kv.k(p.layer);
     const uint8_t* vbase = p.v_in_k ? kbase : kv.v(p.layer);
     const int64_t items = n_tok * p.n_head;
+    const float cap = p.softcap;
 
     parallel(be_.pool(), items, [&](int64_t b, int64_t e, int th) {
         float* scores = kv.scores(th);
@@ -432,27 +471,33 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
             const int kvh = h / group;
             const int64_t last = base + t;  // inclusive
             const int64_t first = p.window > 0 ? std::max<int64_t>(0, last - p.window + 1) : 0;
+            const int64_t len = last - first + 1;
             const float* qh = pq + t * q.ne0 + static_cast<int64_t>(h) * dk;
             float* oh = out + t * (static_cast<int64_t>(p.n_head) * dv) + static_cast<int64_t>(h) * dv;
 
-            for (int64_t j = first; j <= last; ++j) {
-                const float s =
-                    f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + j * kw + kvh * dk, dk)
-                        : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + j * kw + kvh * dk, dk);
-                scores[j - first] = s * p.scale;
+            int64_t slot = first % slots;
+            for (int64_t j = 0; j < len; ++j) {
+                float s = f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + slot * kw + kvh * dk, dk)
+                              : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + slot * kw + kvh * dk, dk);
+                s *= p.scale;
+                if (cap > 0.0f) s = cap * std::tanh(s / cap);
+                scores[j] = s;
+                if (++slot == slots) slot = 0;
             }
-            const int64_t len = last - first + 1;
-            kernels::softmax_inplace(scores, len);
+            // A sink is one more logit in the softmax whose weight goes nowhere.
+            if (sinks) scores[len] = sinks[h];
+            kernels::softmax_inplace(scores, sinks ? len + 1 : len);
 
             std::fill(oh, oh + dv, 0.0f);
+            slot = first % slots;
             for (int64_t j = 0; j < len; ++j) {
                 const float w = scores[j];
-                const int64_t slot = first + j;
                 if (f16) {
                     kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(vbase) + slot * vw + kvh * vh, oh, dv);
                 } else {
                     kernels::axpy_f32(w, reinterpret_cast<const float*>(vbase) + slot * vw + kvh * vh, oh, dv);
                 }
+                if (++slot == slots) slot = 0;
             }
         }
     });
@@ -472,6 +517,21 @@ void CpuExecutable::unary(const Node& n) {
             maybe_parallel(be_.pool(), dst.ne1, ne0 * 4, [&](int64_t r0, int64_t r1, int) {
                 kernels::silu(a + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
                 kernels::mul(d + r0 * ne0, u + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
+            });
+            return;
+        }
+        case Op::GeGLU: {
+            const float* u = f32(n.src[1]);
+            maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
+                kernels::gelu_tanh(a + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
+                kernels::mul(d + r0 * ne0, u + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
+            });
+            return;
+        }
+        case Op::Softcap: {
+            const float cap = n.f, inv = 1.0f / n.f;
+            maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
+                for (int64_t i = r0 * ne0; i < r1 * ne0; ++i) d[i] = cap * std::tanh(a[i] * inv);
             });
             return;
         }
