@@ -297,6 +297,12 @@ TEST(Deepseek2Nextn, MtpLayerIsBoundButNotRun) {
         if (name == "blk.3.attn_kv_a_mqa.weight") d.clear();
     });
     EXPECT_NE(error_of([&] { kiln::Model::load(broken); }).find("blk.3.attn_kv_a_mqa.weight"), std::string::npos);
+
+    // A file whose converter dropped the MTP block altogether still loads and runs the main layers.
+    const std::string dropped = ds2::write_model(c, w, "ds2_nextn_dropped.gguf", [](const std::string& name, std::vector<float>& d) {
+        if (name.starts_with("blk.3.")) d.clear();
+    });
+    EXPECT_EQ(rel_max_diff(logits_of(dropped, tokens), logits_of(without, tokens)), 0.0);
 }
 
 }  // namespace
