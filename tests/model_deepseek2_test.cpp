@@ -59,6 +59,10 @@ TEST(Deepseek2Cache, GlmDimsHoldsTheLatentOnly) {
     o.kv_type = kiln::KvType::F32;
     const kiln::Context f32(model, o);
     EXPECT_EQ(f32.kv_bytes(), size_t{100} * 2 * 576 * 4);
+    // kiln info tells the same: 576 f16 values per token and layer.
+    const auto r = kiln::test::run_kiln({"info", gguf.string()}, "ds2-info");
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("2 full layers x 1152 B per token"), std::string::npos) << r.out;
 }
 
 // ---- synthetic models against the naive forward ---------------------------------------------
