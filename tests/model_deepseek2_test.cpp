@@ -94,6 +94,7 @@ double rel_max_diff(const Rows& a, const Rows& b) {
 struct Case {
     const char* name;
     ds2::Config config;
+    int n_tokens = 29;
 };
 
 std::vector<Case> cases() {
@@ -125,6 +126,11 @@ std::vector<Case> cases() {
     split_plain.n_shared = 0;
     split_plain.seed = 9;
     v.push_back({"split_kb_plain_keys_no_shared", split_plain});
+    ds2::Config longer = glm;  // 150 positions: the attention's online softmax over several blocks
+    longer.n_layer = 2;
+    longer.n_head = 12;  // chunks of heads of different sizes
+    longer.seed = 13;
+    v.push_back({"long_prompt_12_heads", longer, 150});
     return v;
 }
 
@@ -137,12 +143,12 @@ TEST_P(Deepseek2Naive, MatchesDoublePrecisionForward) {
     const ds2::Config& c = tc.config;
     const ds2::Weights w = ds2::make_weights(c);
     const std::string path = ds2::write_model(c, w, std::string("ds2_") + tc.name + ".gguf");
-    const auto tokens = random_tokens(29, c.n_vocab, c.seed + 50);
+    const auto tokens = random_tokens(tc.n_tokens, c.n_vocab, c.seed + 50);
     const auto expect = ds2::naive_forward(c, w, tokens);
     const kiln::Model model = kiln::Model::load(path);
     for (const kiln::KvType kv : {kiln::KvType::F32, kiln::KvType::F16}) {
         kiln::ContextOptions o;
-        o.n_ctx = 40;
+        o.n_ctx = tc.n_tokens + 11;
         o.n_threads = 2;
         o.kv_type = kv;
         kiln::Context ctx(model, o);
