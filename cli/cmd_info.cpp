@@ -133,13 +133,9 @@ KvPerToken kv_per_token(const gguf::File& f) {
     KvPerToken k;
     try {
         const auto arch = model::load_architecture(f);
-        const model::HParams& hp = arch->hparams();
-        const std::vector<model::KvLayerSpec> layers = arch->kv_layers();
-        for (size_t l = 0; l < layers.size(); ++l) {
-            const int64_t il = static_cast<int64_t>(l);
-            const model::KvLayerSpec& kl = layers[l];  // MLA layers store K only (V is its head)
+        for (const model::KvLayerSpec& kl : arch->kv_layers()) {  // MLA layers store K only (V is its head)
             const uint64_t row = static_cast<uint64_t>(kl.n_head_kv * (kl.head_dim_k + (kl.v_in_k ? 0 : kl.head_dim_v))) * 2;
-            if (const int64_t w = hp.window(il); w > 0) {
+            if (const int64_t w = kl.window; w > 0) {
                 ++k.sliding_layers;
                 k.window = w;
                 k.sliding_bytes = row;

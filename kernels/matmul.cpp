@@ -207,7 +207,12 @@ size_t matmul_scratch_bytes(TensorType wtype, int64_t k, int64_t n_tokens, int n
     (void)wtype;
     if (k <= 0 || n_tokens <= 0) return 0;
     n_threads = std::max(n_threads, 1);
-    return kAlign + x_bytes(k, n_tokens) + static_cast<size_t>(n_threads) * per_thread_bytes(k);
+    // Enough for every call of at most n_tokens tokens (callers that split a batch into groups,
+    // like the MoE matmul, size once): the quantized copy of x exists only below the tile
+    // threshold, so a smaller call can need more than a larger one.
+    const int64_t below = std::min(n_tokens, std::max(kTileMinTokensMax, env_tile_min_tokens()) - 1);
+    const size_t xb = std::max(x_bytes(k, n_tokens), below > 0 ? x_bytes(k, below) : size_t{0});
+    return kAlign + xb + static_cast<size_t>(n_threads) * per_thread_bytes(k);
 }
 
 void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const float* x,

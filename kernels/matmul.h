@@ -23,7 +23,8 @@ namespace kiln::kernels {
 // IQ4_XS MXFP4).
 bool matmul_supports(TensorType t);
 
-// Bytes of scratch matmul needs for these sizes with a pool of n_threads threads.
+// Bytes of scratch matmul needs with a pool of n_threads threads for any call of this k and at
+// most n_tokens tokens.
 size_t matmul_scratch_bytes(TensorType wtype, int64_t k, int64_t n_tokens, int n_threads);
 
 // Y[t][r] = sum_i W[r][i] * X[t][i] for r < rows, t < n_tokens.

@@ -12,6 +12,7 @@
 #include "gguf/writer.h"
 #include "kiln/kiln.h"
 #include "support/deepseek2_model.h"
+#include "support/shared.h"
 
 // The replacement pair below is malloc/free on both sides; GCC 12 still flags the inlined library
 // deletes as mismatched.
@@ -145,5 +146,47 @@ TEST(DecodeAllocations, NoneWhileGeneratingTokensDeepseek2) {
         EXPECT_TRUE(std::isfinite(sum));
     }
 }
+
+// The other architectures' shared files: sliding-window rings that wrap while decoding, QK-norm,
+// soft-caps, sinks, experts.
+class DecodeAllocationsShared : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DecodeAllocationsShared, NoneWhileGeneratingTokens) {
+    if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
+    KILN_REQUIRE_SHARED("models");
+    const auto path = kiln::test::shared_dir() / "models" / (GetParam() + ".gguf");
+    if (!std::filesystem::exists(path)) GTEST_SKIP() << "SKIPPED: " << path << " is absent";
+    const kiln::Model model = kiln::Model::load(path.string());
+    kiln::ContextOptions o;
+    o.n_ctx = 64;
+    o.n_threads = 2;
+    o.n_batch = 4;  // sliding layers: a ring of window + 3 slots, wrapped many times below
+    kiln::Context ctx(model, o);
+    const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
+    ctx.decode(prompt);
+
+    g_allocations = 0;
+    g_counting = true;
+    int32_t tok = 3;
+    float sum = 0;
+    for (int i = 0; i < 50; ++i) {
+        ctx.decode(std::span<const int32_t>(&tok, 1));
+        const auto row = ctx.logits();
+        sum += row[0];
+        tok = static_cast<int32_t>((tok * 7 + 1) % 200);
+    }
+    g_counting = false;
+    EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 50 single-token decodes";
+    EXPECT_EQ(ctx.n_past(), 57);
+    EXPECT_TRUE(std::isfinite(sum));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocationsShared, ::testing::Values("gemma3-tiny.q4_k_m", "deepseek2-lite-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
+                         [](const auto& info) {
+                             std::string s = info.param;
+                             for (char& c : s)
+                                 if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                             return s;
+                         });
 
 }  // namespace

@@ -167,7 +167,8 @@ INSTANTIATE_TEST_SUITE_P(Models, ReferenceLogits,
                                            "llama-tiny.q5_k_m", "llama-tiny.q6_k", "llama-tiny.iq4_nl",
                                            "llama-tiny.iq4_xs", "qwen2-tiny.f32", "qwen2-tiny.q8_0",
                                            "qwen2-tiny.q4_k_m", "gemma3-tiny.f32", "gemma3-tiny.q8_0",
-                                           "gemma3-tiny.q4_k_m"),
+                                           "gemma3-tiny.q4_k_m", "gpt-oss-tiny.f32", "gpt-oss-tiny.q8_0",
+                                           "gpt-oss-tiny.mxfp4_moe"),
                          [](const auto& info) {
                              std::string s = info.param;
                              std::replace_if(s.begin(), s.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
@@ -186,6 +187,11 @@ TEST(ReferenceLogitsIncremental, Gemma3F32TokenByToken) { check_model("gemma3-ti
 TEST(ReferenceLogitsIncremental, Gemma3Q80TokenByToken) { check_model("gemma3-tiny.q8_0", Mode::TokenByToken); }
 TEST(ReferenceLogitsIncremental, Gemma3Q4KMTokenByToken) { check_model("gemma3-tiny.q4_k_m", Mode::TokenByToken); }
 TEST(ReferenceLogitsIncremental, Gemma3F32BatchesOf7) { check_model("gemma3-tiny.f32", Mode::SmallBatches); }
+// gpt-oss: sinks, a window of 8 on alternating layers, YaRN, experts (MXFP4 in mxfp4_moe).
+TEST(ReferenceLogitsIncremental, GptOssF32TokenByToken) { check_model("gpt-oss-tiny.f32", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, GptOssQ80TokenByToken) { check_model("gpt-oss-tiny.q8_0", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, GptOssMxfp4TokenByToken) { check_model("gpt-oss-tiny.mxfp4_moe", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, GptOssF32BatchesOf7) { check_model("gpt-oss-tiny.f32", Mode::SmallBatches); }
 
 // qwen3-vocab-tiny has no reference logits: it must load (151K-token vocabulary, F16 weights,
 // no rope.dimension_count), give finite logits, and agree between batch and token-by-token.

@@ -25,7 +25,7 @@ struct KvLayerShape {
     bool v_in_k = false;  // MLA: V is the head of each K row; only K is stored
     int64_t n_slots = 0;  // 0: n_ctx (a full layer); else a ring of this many slots
 
-    size_t row_bytes(KvType t) const;  // K + V bytes of one slot
+    size_t row_bytes(KvType t) const;  // K (+ V) bytes of one slot
 };
 struct KvLayout {
     std::vector<KvLayerShape> layers;

@@ -22,6 +22,7 @@ const char* op_name(Op op) {
         case Op::Attention: return "attention";
         case Op::SwiGLU: return "swiglu";
         case Op::GeGLU: return "geglu";
+        case Op::SwiGLUOai: return "swiglu_oai";
         case Op::Softcap: return "softcap";
         case Op::Silu: return "silu";
         case Op::Scale: return "scale";
@@ -290,6 +291,20 @@ TensorId Graph::geglu(TensorId gate, TensorId up) {
     const int64_t ne0 = G.ne0, ne1 = G.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::GeGLU, d, gate, up));
+    return d;
+}
+
+TensorId Graph::swiglu_oai(TensorId gate, TensorId up, float alpha, float limit) {
+    const Tensor& G = t(gate);
+    const Tensor& U = t(up);
+    require(G.ne0 == U.ne0 && G.ne1 == U.ne1, Op::SwiGLUOai, fmt::format("{} and {}", shape_str(G), shape_str(U)));
+    require(limit > 0.0f, Op::SwiGLUOai, fmt::format("limit {} must be positive", limit));
+    const int64_t ne0 = G.ne0, ne1 = G.ne1;
+    const TensorId d = new_value(ne0, ne1);
+    Node n(Op::SwiGLUOai, d, gate, up);
+    n.f = alpha;
+    n.f1 = limit;
+    nodes_.push_back(n);
     return d;
 }
 

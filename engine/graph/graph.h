@@ -123,6 +123,7 @@ enum class Op : uint8_t {
                 // each softmax denominator that takes no value
     SwiGLU,     // dst = silu(src0) * src1
     GeGLU,      // dst = gelu_tanh(src0) * src1
+    SwiGLUOai,  // gpt-oss: x = min(src0, f1), y = clamp(src1, -f1, f1); dst = x * sigmoid(f * x) * (y + 1)
     Softcap,    // dst = f * tanh(src0 / f)
     Silu,       // dst = silu(src0)
     Scale,      // dst = src0 * f
@@ -148,7 +149,8 @@ struct Node {
     Op op;
     TensorId dst = kNone;
     TensorId src[4] = {kNone, kNone, kNone, kNone};
-    float f = 0.0f;   // RmsNorm: eps; Scale: factor; Softcap: cap
+    float f = 0.0f;   // RmsNorm: eps; Scale: factor; Softcap: cap; SwiGLUOai: alpha
+    float f1 = 0.0f;  // SwiGLUOai: limit
     int64_t i0 = 0;   // Rows: first row; RmsNorm: group size (0: the whole row)
     RopeParams rope;  // Rope
     AttentionParams attn;  // StoreKV, Attention
@@ -182,6 +184,8 @@ public:
     TensorId attention(TensorId q, const AttentionParams& p, TensorId sinks = kNone);
     TensorId swiglu(TensorId gate, TensorId up);
     TensorId geglu(TensorId gate, TensorId up);
+    // gpt-oss's clamped SwiGLU: min(gate, limit) * sigmoid(alpha * min(gate, limit)) * (clamp(up, ±limit) + 1).
+    TensorId swiglu_oai(TensorId gate, TensorId up, float alpha, float limit);
     TensorId softcap(TensorId x, float cap);
     TensorId silu(TensorId x);
     TensorId scale(TensorId x, float s);

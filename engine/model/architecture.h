@@ -30,6 +30,7 @@ struct KvLayerSpec {
     int head_dim_k = 0;
     int head_dim_v = 0;
     bool v_in_k = false;  // MLA: only K rows are stored; V is the head of each
+    int64_t window = 0;   // sliding window (0: full): the layer keeps a ring of window + batch - 1 slots
 };
 
 class Architecture {
@@ -37,7 +38,7 @@ public:
     virtual ~Architecture() = default;
     virtual const HParams& hparams() const = 0;
     // The KV cache this architecture's graphs use. Default: every layer, n_head_kv heads of
-    // head_dim_k (K) and head_dim_v (V).
+    // head_dim_k (K) and head_dim_v (V), the layer's sliding window from hparams().window(il).
     virtual std::vector<KvLayerSpec> kv_layers() const;
     // Builds the forward graph of one batch. Inputs kInputTokens and kInputPositions; output
     // kOutputLogits (absent when n_outputs is 0). Token t's K/V go to cache slot kv_base + t.
@@ -57,7 +58,8 @@ std::vector<std::string> supported_architectures();
 // Loaders, one per file in engine/model/arch/.
 std::unique_ptr<Architecture> load_llama(const gguf::File& f);
 std::unique_ptr<Architecture> load_qwen2(const gguf::File& f);
-std::unique_ptr<Architecture> load_deepseek2(const gguf::File& f);
 std::unique_ptr<Architecture> load_gemma3(const gguf::File& f);
+std::unique_ptr<Architecture> load_gpt_oss(const gguf::File& f);
+std::unique_ptr<Architecture> load_deepseek2(const gguf::File& f);
 
 }  // namespace kiln::model

@@ -116,7 +116,8 @@ TensorId moe_ffn(Graph& g, TensorId h, const MoeWeights& w, const MoeConfig& c) 
     auto bias = [&](const Weight& b) { return b ? b.in(g) : graph::kNone; };
     const TensorId gate = g.moe_matmul(w.gate_exps.in(g), h, ids, bias(w.gate_exps_b));  // [k * n_ff, T]
     const TensorId up = g.moe_matmul(w.up_exps.in(g), h, ids, bias(w.up_exps_b));
-    const TensorId down = g.moe_matmul(w.down_exps.in(g), g.swiglu(gate, up), ids, bias(w.down_exps_b));  // [k * E, T]
+    const TensorId act = c.swiglu_limit > 0.0f ? g.swiglu_oai(gate, up, c.swiglu_alpha, c.swiglu_limit) : g.swiglu(gate, up);
+    const TensorId down = g.moe_matmul(w.down_exps.in(g), act, ids, bias(w.down_exps_b));  // [k * E, T]
     return g.moe_combine(down, weights);
 }
 

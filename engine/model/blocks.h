@@ -73,6 +73,10 @@ struct MoeConfig {
     bool norm_weights = false;  // divide the chosen weights by their sum
     float weights_scale = 1.0f;  // then multiply them by this
     int n_group = 1, n_group_used = 1;  // group-limited routing
+    // Expert activation: SwiGLU, or with swiglu_limit > 0 gpt-oss's clamped variant
+    // min(gate, limit) * sigmoid(alpha * min(gate, limit)) * (clamp(up, -limit, limit) + 1).
+    float swiglu_limit = 0.0f;
+    float swiglu_alpha = 1.702f;
 };
 // Routed experts of the rows h: router -> gating (softmax / sigmoid / softmax over the chosen) ->
 // top-k (+ exp_probs_b for the choice only, optionally group-limited) -> weights (normalised,

@@ -79,17 +79,15 @@ Context::Context(const Model& model, const ContextOptions& options) {
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
     layout.type = c.opt.kv_type;
-    const std::vector<model::KvLayerSpec> specs = c.m.arch->kv_layers();
-    for (size_t il = 0; il < specs.size(); ++il) {
-        backend::KvLayerShape l;
-        l.n_head_kv = specs[il].n_head_kv;
-        l.head_dim_k = specs[il].head_dim_k;
-        l.head_dim_v = specs[il].head_dim_v;
-        l.v_in_k = specs[il].v_in_k;
+    for (const model::KvLayerSpec& l : c.m.arch->kv_layers()) {
+        backend::KvLayerShape s;
+        s.n_head_kv = l.n_head_kv;
+        s.head_dim_k = l.head_dim_k;
+        s.head_dim_v = l.head_dim_v;
+        s.v_in_k = l.v_in_k;
         // A sliding-window layer keeps a ring of the window plus what one batch adds.
-        if (const int64_t w = hp.window(static_cast<int64_t>(il)); w > 0)
-            l.n_slots = std::min(c.opt.n_ctx, w + c.opt.n_batch - 1);
-        layout.layers.push_back(l);
+        if (l.window > 0) s.n_slots = std::min(c.opt.n_ctx, l.window + c.opt.n_batch - 1);
+        layout.layers.push_back(s);
     }
     c.kv = std::make_unique<runtime::KvCache>(*c.backend, std::move(layout));
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));

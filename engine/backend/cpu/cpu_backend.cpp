@@ -266,6 +266,7 @@ void CpuExecutable::run_node(const Node& n, const RunArgs& args) {
         }
         case Op::SwiGLU:
         case Op::GeGLU:
+        case Op::SwiGLUOai:
         case Op::Softcap:
         case Op::Silu:
         case Op::Scale:
@@ -413,7 +414,7 @@ void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
     const int64_t kw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_k;
     const int64_t vw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_v;
     const float* pk = f32(n.src[0]);
-    const float* pv = p.v_in_k ? nullptr : f32(n.src[1]);  // MLA: V is the head of K
+    const float* pv = p.v_in_k ? nullptr : f32(n.src[1]);
     // Contiguous runs of slots (a ring wraps at most a few times per batch).
     for (int64_t t0 = 0; t0 < n_tok;) {
         const int64_t slot = (base + t0) % slots;
@@ -527,6 +528,18 @@ void CpuExecutable::unary(const Node& n) {
             maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
                 kernels::gelu_tanh(a + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
                 kernels::mul(d + r0 * ne0, u + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
+            });
+            return;
+        }
+        case Op::SwiGLUOai: {
+            const float* u = f32(n.src[1]);
+            const float alpha = n.f, limit = n.f1;
+            maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
+                for (int64_t i = r0 * ne0; i < r1 * ne0; ++i) {
+                    const float x = std::min(a[i], limit);
+                    const float y = std::clamp(u[i], -limit, limit);
+                    d[i] = x / (1.0f + std::exp(-alpha * x)) * (y + 1.0f);
+                }
             });
             return;
         }
