@@ -133,10 +133,9 @@ KvPerToken kv_per_token(const gguf::File& f) {
     KvPerToken k;
     try {
         const auto arch = model::load_architecture(f);
-        const model::HParams& hp = arch->hparams();
-        const uint64_t row = static_cast<uint64_t>(hp.n_head_kv * (hp.head_dim_k + hp.head_dim_v)) * 2;
-        for (int64_t il = 0; il < hp.n_layer; ++il) {
-            if (const int64_t w = hp.window(il); w > 0) {
+        for (const model::KvLayerSpec& kl : arch->kv_layers()) {  // MLA layers store K only (V is its head)
+            const uint64_t row = static_cast<uint64_t>(kl.n_head_kv * (kl.head_dim_k + (kl.v_in_k ? 0 : kl.head_dim_v))) * 2;
+            if (const int64_t w = kl.window; w > 0) {
                 ++k.sliding_layers;
                 k.window = w;
                 k.sliding_bytes = row;
@@ -221,7 +220,7 @@ int run_info(const std::vector<std::string>& argv) {
             if (!s.hparams.contains(key)) continue;
             std::string v = render(s.hparams[key]);
             if (std::string(key) == "expert_gating_func")
-                v += v == "1" ? " (softmax)" : v == "2" ? " (sigmoid)" : " (unknown)";
+                v += v == "1" ? " (softmax)" : v == "2" ? " (sigmoid)" : v == "3" ? " (softmax over the chosen)" : " (unknown)";
             fmt::print("  {:<34} {}\n", label, v);
             shown.push_back(key);
         }

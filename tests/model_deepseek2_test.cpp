@@ -59,6 +59,10 @@ TEST(Deepseek2Cache, GlmDimsHoldsTheLatentOnly) {
     o.kv_type = kiln::KvType::F32;
     const kiln::Context f32(model, o);
     EXPECT_EQ(f32.kv_bytes(), size_t{100} * 2 * 576 * 4);
+    // kiln info tells the same: 576 f16 values per token and layer.
+    const auto r = kiln::test::run_kiln({"info", gguf.string()}, "ds2-info");
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("2 full layers x 1152 B per token"), std::string::npos) << r.out;
 }
 
 // ---- synthetic models against the naive forward ---------------------------------------------
@@ -90,6 +94,7 @@ double rel_max_diff(const Rows& a, const Rows& b) {
 struct Case {
     const char* name;
     ds2::Config config;
+    int n_tokens = 29;
 };
 
 std::vector<Case> cases() {
@@ -121,6 +126,11 @@ std::vector<Case> cases() {
     split_plain.n_shared = 0;
     split_plain.seed = 9;
     v.push_back({"split_kb_plain_keys_no_shared", split_plain});
+    ds2::Config longer = glm;  // 150 positions: the attention's online softmax over several blocks
+    longer.n_layer = 2;
+    longer.n_head = 12;  // chunks of heads of different sizes
+    longer.seed = 13;
+    v.push_back({"long_prompt_12_heads", longer, 150});
     return v;
 }
 
@@ -133,12 +143,12 @@ TEST_P(Deepseek2Naive, MatchesDoublePrecisionForward) {
     const ds2::Config& c = tc.config;
     const ds2::Weights w = ds2::make_weights(c);
     const std::string path = ds2::write_model(c, w, std::string("ds2_") + tc.name + ".gguf");
-    const auto tokens = random_tokens(29, c.n_vocab, c.seed + 50);
+    const auto tokens = random_tokens(tc.n_tokens, c.n_vocab, c.seed + 50);
     const auto expect = ds2::naive_forward(c, w, tokens);
     const kiln::Model model = kiln::Model::load(path);
     for (const kiln::KvType kv : {kiln::KvType::F32, kiln::KvType::F16}) {
         kiln::ContextOptions o;
-        o.n_ctx = 40;
+        o.n_ctx = tc.n_tokens + 11;
         o.n_threads = 2;
         o.kv_type = kv;
         kiln::Context ctx(model, o);
@@ -297,6 +307,12 @@ TEST(Deepseek2Nextn, MtpLayerIsBoundButNotRun) {
         if (name == "blk.3.attn_kv_a_mqa.weight") d.clear();
     });
     EXPECT_NE(error_of([&] { kiln::Model::load(broken); }).find("blk.3.attn_kv_a_mqa.weight"), std::string::npos);
+
+    // A file whose converter dropped the MTP block altogether still loads and runs the main layers.
+    const std::string dropped = ds2::write_model(c, w, "ds2_nextn_dropped.gguf", [](const std::string& name, std::vector<float>& d) {
+        if (name.starts_with("blk.3.")) d.clear();
+    });
+    EXPECT_EQ(rel_max_diff(logits_of(dropped, tokens), logits_of(without, tokens)), 0.0);
 }
 
 }  // namespace

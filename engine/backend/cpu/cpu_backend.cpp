@@ -111,6 +111,7 @@ private:
     void rope(const Node& n);
     void store_kv(const Node& n, CpuKv& kv, int64_t base);
     void attention(const Node& n, CpuKv& kv, int64_t base);
+    void attention_mla(const Node& n, CpuKv& kv, int64_t base);
     void unary(const Node& n);
     void slice_heads(const Node& n);
     void concat_heads(const Node& n);
@@ -260,6 +261,7 @@ void CpuExecutable::run_node(const Node& n, const RunArgs& args) {
             if (!args.kv) throw Error(fmt::format("cpu backend: {} needs a KV cache", graph::op_name(n.op)));
             auto& kv = static_cast<CpuKv&>(*args.kv);
             if (n.op == Op::StoreKV) return store_kv(n, kv, args.kv_base);
+            if (n.attn.v_in_k) return attention_mla(n, kv, args.kv_base);
             return attention(n, kv, args.kv_base);
         }
         case Op::SwiGLU:
@@ -576,6 +578,93 @@ void CpuExecutable::unary(const Node& n) {
         default:
             throw Error(fmt::format("cpu backend: op {} not handled", graph::op_name(n.op)));
     }
+}
+
+// MLA: every query head attends over the same cache rows [latent, k_pe] (one KV head; V = the
+// latent). A work item takes a chunk of heads of one token and reads each row once for all of
+// them, block by block, with an online softmax (a running max and sum per head), so the cache is
+// streamed once per chunk instead of once per head and no context-sized scratch is needed.
+void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base) {
+    constexpr int kMaxChunk = 8;     // heads per work item
+    constexpr int kBlock = 64;       // cache rows per softmax block
+    constexpr int kMaxDv = 1024;     // value width the per-thread accumulators hold
+    const graph::AttentionParams& p = n.attn;
+    const Tensor& q = g_.tensor(n.src[0]);
+    const KvLayout& L = kv.layout();
+    const int64_t n_tok = q.ne1;
+    if (base < 0 || base + n_tok > L.n_ctx)
+        throw Error(fmt::format("cpu backend: attention over positions [0, {}) outside the cache of {}", base + n_tok,
+                                L.n_ctx));
+    if (p.n_head_kv != 1 || p.window > 0 || p.softcap > 0 || n.src[1] != graph::kNone || p.head_dim_v > kMaxDv ||
+        L.slots(static_cast<size_t>(p.layer)) != L.n_ctx)
+        throw Error(fmt::format("cpu backend: MLA attention of layer {} takes one KV head of a full layer, no window, "
+                                "soft-cap or sinks, and V rows of at most {}",
+                                p.layer, kMaxDv));
+    const int dk = p.head_dim_k, dv = p.head_dim_v, H = p.n_head;
+    const float* pq = f32(n.src[0]);
+    float* out = f32(n.dst);
+    const bool f16 = L.type == KvType::F16;
+    const uint8_t* kbase = kv.k(p.layer);
+    // Chunk size: as many heads as keep every thread busy (at least two items each), at most kMaxChunk.
+    const int64_t threads = be_.pool().size();
+    const int chunk = static_cast<int>(std::clamp<int64_t>(H * n_tok / (2 * threads), 1, kMaxChunk));
+    const int n_chunks = (H + chunk - 1) / chunk;
+
+    parallel(be_.pool(), n_tok * n_chunks, [&](int64_t b, int64_t e, int) {
+        float sc[kMaxChunk][kBlock];
+        float mx[kMaxChunk], sum[kMaxChunk];
+        alignas(64) float acc[kMaxChunk * kMaxDv];
+        for (int64_t it = b; it < e; ++it) {
+            const int64_t t = it / n_chunks;
+            const int h0 = static_cast<int>(it % n_chunks) * chunk;
+            const int nc = std::min(chunk, H - h0);
+            const int64_t len = base + t + 1;  // causal: rows [0, base + t]
+            const float* qt = pq + t * q.ne0;
+            for (int c = 0; c < nc; ++c) {
+                mx[c] = -INFINITY;
+                sum[c] = 0.0f;
+                std::fill(acc + c * dv, acc + (c + 1) * dv, 0.0f);
+            }
+            for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
+                const int jb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
+                for (int j = 0; j < jb; ++j) {
+                    const int64_t row = (j0 + j) * dk;
+                    for (int c = 0; c < nc; ++c) {
+                        const float* qh = qt + static_cast<int64_t>(h0 + c) * dk;
+                        const float s = f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + row, dk)
+                                            : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + row, dk);
+                        sc[c][j] = s * p.scale;
+                    }
+                }
+                for (int c = 0; c < nc; ++c) {
+                    float bm = mx[c];
+                    for (int j = 0; j < jb; ++j) bm = std::max(bm, sc[c][j]);
+                    if (bm > mx[c]) {  // rescale what was summed under the old max
+                        const float f = std::exp(mx[c] - bm);
+                        sum[c] *= f;
+                        kernels::scale(acc + c * dv, f, dv);
+                        mx[c] = bm;
+                    }
+                    for (int j = 0; j < jb; ++j) {
+                        sc[c][j] = std::exp(sc[c][j] - mx[c]);
+                        sum[c] += sc[c][j];
+                    }
+                }
+                for (int j = 0; j < jb; ++j) {
+                    const int64_t row = (j0 + j) * dk;  // V = the head of the K row
+                    for (int c = 0; c < nc; ++c) {
+                        if (f16) kernels::axpy_f16(sc[c][j], reinterpret_cast<const uint16_t*>(kbase) + row, acc + c * dv, dv);
+                        else kernels::axpy_f32(sc[c][j], reinterpret_cast<const float*>(kbase) + row, acc + c * dv, dv);
+                    }
+                }
+            }
+            for (int c = 0; c < nc; ++c) {
+                float* oh = out + t * (static_cast<int64_t>(H) * dv) + static_cast<int64_t>(h0 + c) * dv;
+                const float inv = 1.0f / sum[c];
+                for (int i = 0; i < dv; ++i) oh[i] = acc[c * dv + i] * inv;
+            }
+        }
+    });
 }
 
 void CpuExecutable::slice_heads(const Node& n) {

@@ -75,6 +75,11 @@ public:
         for (int64_t il = 0; il < hp_.n_layer; ++il) {
             auto name = [&](const char* s) { return WeightBinder::layer(il, s); };
             Deepseek2Layer L;
+            if (il >= n_main_layers() && !f.find_tensor(name("attn_norm.weight"))) {
+                // Some converters drop the MTP block: nothing of it to bind (it never runs).
+                layers_.push_back(std::move(L));
+                continue;
+            }
             L.attn_norm = w_.require(name("attn_norm.weight"), {E});
             MlaWeights& a = L.attn;
             if (p_.q_lora > 0) {
