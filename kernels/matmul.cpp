@@ -45,10 +45,42 @@ size_t per_thread_bytes(int64_t k) {
     return align_up(static_cast<size_t>(std::max(kTileRows * std::min(k, kTileK), k)) * sizeof(float));
 }
 
-size_t x_bytes(int64_t k, int64_t n_tokens) {
-    if (n_tokens >= std::max(kTileMinTokensMax, env_tile_min_tokens())) return 0;
+// True when some kernel level dots this type with 8-bit activations on the few-token path: the
+// tile path then rounds the activations the same way (see matmul()).
+bool rounds_activations(TensorType t) {
+#ifdef KILN_KERNELS_X86
+    const Avx2Kernels ak = avx2_kernels(t);
+    return ak.vec_dot && ak.xfmt != XFormat::F32;
+#else
+    (void)t;
+    return false;
+#endif
+}
+
+// The activation area at the start of the scratch: 8-bit rows (few-token path) or, for the tile
+// path of a type that rounds its activations, the rounded float rows.
+size_t x_bytes(TensorType t, int64_t k, int64_t n_tokens) {
+    if (n_tokens >= std::max(kTileMinTokensMax, env_tile_min_tokens()))
+        return rounds_activations(t) ? align_up(static_cast<size_t>(k) * static_cast<size_t>(n_tokens) * sizeof(float)) : 0;
     const size_t row = std::max(xformat_row_bytes(XFormat::Q8x32, k), xformat_row_bytes(XFormat::Q8x256, k));
     return align_up(row * static_cast<size_t>(n_tokens));
+}
+
+// x rounded to 8 bits per block the way the few-token path quantises it (format f), back in floats.
+void round_activations(XFormat f, const float* x, float* out, int64_t k) {
+    if (f == XFormat::Q8x32) {
+        blk::xq32 b;
+        for (int64_t i = 0; i < k; i += 32) {
+            quantize_x_q8x32_scalar(x + i, &b, 32);
+            for (int j = 0; j < 32; ++j) out[i + j] = b.d * static_cast<float>(b.qs[j]);
+        }
+    } else {
+        blk::xq256 b;
+        for (int64_t i = 0; i < k; i += 256) {
+            quantize_x_q8x256_scalar(x + i, &b, 256);
+            for (int j = 0; j < 256; ++j) out[i + j] = b.d * static_cast<float>(b.qs[j]);
+        }
+    }
 }
 
 [[noreturn]] void fail(const std::string& msg) { throw Error("matmul: " + msg); }
@@ -204,14 +236,13 @@ bool matmul_supports(TensorType t) {
 }
 
 size_t matmul_scratch_bytes(TensorType wtype, int64_t k, int64_t n_tokens, int n_threads) {
-    (void)wtype;
     if (k <= 0 || n_tokens <= 0) return 0;
     n_threads = std::max(n_threads, 1);
     // Enough for every call of at most n_tokens tokens (callers that split a batch into groups,
-    // like the MoE matmul, size once): the quantized copy of x exists only below the tile
-    // threshold, so a smaller call can need more than a larger one.
+    // like the MoE matmul, size once): the 8-bit copy of x exists only below the tile threshold,
+    // so a smaller call can need more than a larger one.
     const int64_t below = std::min(n_tokens, std::max(kTileMinTokensMax, env_tile_min_tokens()) - 1);
-    const size_t xb = std::max(x_bytes(k, n_tokens), below > 0 ? x_bytes(k, below) : size_t{0});
+    const size_t xb = std::max(x_bytes(wtype, k, n_tokens), below > 0 ? x_bytes(wtype, k, below) : size_t{0});
     return kAlign + xb + static_cast<size_t>(n_threads) * per_thread_bytes(k);
 }
 
@@ -238,13 +269,23 @@ void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const floa
     p.type_size = tr.type_size;
     p.x = x;
     p.y = y;
-    p.thread_scratch = xbuf + x_bytes(k, n_tokens);
+    p.thread_scratch = xbuf + x_bytes(wtype, k, n_tokens);
     p.thread_stride = per_thread_bytes(k);
     p.avx2 = use_avx2();
 
-    if (matmul_uses_tiles(wtype, n_tokens))
+    if (matmul_uses_tiles(wtype, n_tokens)) {
+        // Where the few-token path dots 8-bit activations (as llama.cpp does for every batch), the
+        // tile path first rounds them the same way: a prompt then gives the same logits in one
+        // batch as token by token, and discrete choices downstream (expert routing) agree.
+        if (const XFormat xf = decode_xformat(wtype); xf != XFormat::F32) {
+            float* xr = reinterpret_cast<float*>(xbuf);
+            pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1, int) {
+                for (int64_t t = t0; t < t1; ++t) round_activations(xf, x + t * k, xr + t * k, k);
+            });
+            p.x = xr;
+        }
         run_tiles(p, pool);
-    else
+    } else
         run_rows(p, pool, xbuf);
 }
 

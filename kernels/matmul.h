@@ -5,7 +5,9 @@
 // quantized types use integer dot products against activations quantised to 8 bits per block
 // (AVX2). Prefill (many tokens): each thread expands a tile of weight rows to float once into
 // its scratch and multiplies it by every token with an FMA register tile, so no weight block is
-// decoded more than once per call. A portable scalar path exists for every type (see
+// decoded more than once per call; where the decode path quantises the activations to 8 bits,
+// the tile path rounds them the same way first, so both paths compute the same products (and
+// match llama.cpp, which always does). A portable scalar path exists for every type (see
 // kernels/cpu.h: set_force_scalar, KILN_FORCE_SCALAR).
 #pragma once
 

@@ -181,7 +181,9 @@ TEST_P(DecodeAllocationsShared, NoneWhileGeneratingTokens) {
     EXPECT_TRUE(std::isfinite(sum));
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocationsShared, ::testing::Values("gemma3-tiny.q4_k_m", "deepseek2-lite-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
+INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocationsShared,
+                         ::testing::Values("gemma3-tiny.q4_k_m", "gpt-oss-tiny.mxfp4_moe", "gpt-oss-tiny.q8_0",
+                                           "deepseek2-lite-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
                          [](const auto& info) {
                              std::string s = info.param;
                              for (char& c : s)

@@ -35,6 +35,7 @@ struct Config {
     float linear_scale = 8.0f;       // global layers' linear RoPE scaling (0: none)
     float attn_softcap = 0.0f;
     float final_softcap = 0.0f;
+    bool yarn = false;               // rope.scaling.type yarn (a load error for gemma3)
     uint32_t seed = 1;
 
     bool sliding(int il) const {
@@ -107,7 +108,10 @@ std::string write_model(const Config& c, const Weights& w, const std::string& fi
     wr.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-6f);
     wr.set_f32(a + "rope.freq_base", c.freq_base);
     if (c.freq_base_swa > 0) wr.set_f32(a + "rope.freq_base_swa", c.freq_base_swa);
-    if (c.linear_scale > 0) {
+    if (c.yarn) {
+        wr.set_string(a + "rope.scaling.type", "yarn");
+        wr.set_f32(a + "rope.scaling.factor", 8.0f);
+    } else if (c.linear_scale > 0) {
         wr.set_string(a + "rope.scaling.type", "linear");
         wr.set_f32(a + "rope.scaling.factor", c.linear_scale);
     }
@@ -451,6 +455,25 @@ TEST(Gemma3LongContext, SlidingLayersKeepAWindowSizedRing) {
                 static_cast<long long>(n_prefill + n_step), secs, static_cast<long long>(positions.front()),
                 static_cast<long long>(positions.back()), d);
     EXPECT_LT(d, 2e-4);
+}
+
+void expect_load_error(const Config& c, const std::string& file, const std::string& needle) {
+    const std::string path = write_model(c, make_weights(c), file);
+    try {
+        (void)kiln::Model::load(path);
+        ADD_FAILURE() << file << " loaded; expected an error mentioning '" << needle << "'";
+    } catch (const kiln::Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+}
+
+TEST(Gemma3Load, UnsupportedValuesAreLoadErrors) {
+    Config short_pattern;
+    short_pattern.pattern = {true, false};  // 2 flags for 3 layers
+    expect_load_error(short_pattern, "gemma3-short-pattern.gguf", "sliding_window_pattern");
+    Config yarn;
+    yarn.yarn = true;
+    expect_load_error(yarn, "gemma3-yarn.gguf", "YaRN");
 }
 
 }  // namespace
