@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -331,6 +332,9 @@ std::vector<Case> cases() {
     v.push_back({"no_window", none});
     return v;
 }
+
+// gtest prints a parameter's name, not its bytes (padding would read as uninitialised).
+[[maybe_unused]] void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class Gemma3Naive : public ::testing::TestWithParam<Case> {};
 
