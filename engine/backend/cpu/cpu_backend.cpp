@@ -127,7 +127,9 @@ private:
 
 class CpuBackend final : public Backend {
 public:
-    explicit CpuBackend(int n_threads) : pool_(n_threads) {}
+    explicit CpuBackend(int n_threads) : pool_(n_threads) {
+        for (int i = 0; i < pool_.size(); ++i) solo_.push_back(std::make_unique<ThreadPool>(1));
+    }
     const char* name() const override { return "cpu"; }
 
     std::unique_ptr<Executable> compile(graph::Graph g) override {
@@ -137,7 +139,11 @@ public:
         return std::make_unique<CpuKv>(layout, pool_.size());
     }
 
-    void reserve(size_t workspace, size_t scratch, size_t aux = 0) {
+    void reserve(size_t workspace, size_t scratch, size_t aux = 0, size_t solo_scratch = 0) {
+        if (solo_scratch > solo_stride_) {
+            solo_stride_ = (solo_scratch + 63) / 64 * 64;
+            solo_scratch_ = aligned_bytes(solo_stride_ * solo_.size());
+        }
         if (workspace > workspace_size_) {
             workspace_ = aligned_bytes(workspace);
             workspace_size_ = workspace;
@@ -156,12 +162,20 @@ public:
     // Gather/scatter room of the grouped matmuls (MoE experts, per-head projections).
     uint8_t* aux() const { return aux_.get(); }
     ThreadPool& pool() { return pool_; }
+    // Thread th's own one-thread pool and matmul scratch: a whole small matmul per thread.
+    ThreadPool& solo(int th) { return *solo_[static_cast<size_t>(th)]; }
+    void* solo_scratch(int th) const { return solo_scratch_.get() + solo_stride_ * static_cast<size_t>(th); }
 
 private:
     ThreadPool pool_;
-    AlignedBuf workspace_, scratch_, aux_;
-    size_t workspace_size_ = 0, scratch_size_ = 0, aux_size_ = 0;
+    std::vector<std::unique_ptr<ThreadPool>> solo_;
+    AlignedBuf workspace_, scratch_, aux_, solo_scratch_;
+    size_t workspace_size_ = 0, scratch_size_ = 0, aux_size_ = 0, solo_stride_ = 0;
 };
+
+// Groups of at most this many rows (decode) are spread over the threads whole, one per thread,
+// when there are enough of them: one pool dispatch per op instead of one per head or expert.
+constexpr int64_t kSoloMaxTokens = 4;
 
 // A grouped matmul (MoeMatMul, HeadMatMul) as (group, token, slot) work: slot s of token t multiplies
 // matrix group(t, s) of a 3-D weight by its own input row. Sizes of its aux area.
@@ -206,7 +220,7 @@ void maybe_parallel(ThreadPool& pool, int64_t n, int64_t work_per_item, F&& fn) 
 
 CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
     plan_ = graph::plan_buffers(g_, 64);
-    size_t scratch = 0, aux = 0;
+    size_t scratch = 0, aux = 0, solo = 0;
     for (const Node& n : g_.nodes()) {
         if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) continue;
         const Tensor& w = g_.tensor(n.src[0]);
@@ -219,10 +233,11 @@ CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::
             const GroupedShape gs = grouped_shape(g_, n);
             n_tok = gs.n_tok * gs.n_slot;  // at most every pair on one matrix
             aux = std::max(aux, gs.aux_bytes());
+            solo = std::max(solo, kernels::matmul_scratch_bytes(w.wtype, w.ne0, kSoloMaxTokens, 1));
         }
         scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, n_tok, be_.pool().size()));
     }
-    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch, aux);
+    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch, aux, solo);
 }
 
 float* CpuExecutable::f32(TensorId id) const {
@@ -810,22 +825,25 @@ void CpuExecutable::grouped_matmul(const Node& n) {
     float* xg = reinterpret_cast<float*>(be_.aux() + al((pairs + static_cast<size_t>(G) + 1) * sizeof(int32_t) * 2));
     float* yg = xg + al(pairs * static_cast<size_t>(K) * sizeof(float)) / sizeof(float);
 
-    for (int64_t e = 0; e < G; ++e) {
+    // Group e's pairs are order[count[e], count[e + 1]); its gather rows xg/yg start at count[e],
+    // so groups never share bytes and may run at the same time.
+    auto run_group = [&](int64_t e, void* scratch, ThreadPool& pool) {
         const int64_t b = count[e], m = count[e + 1] - b;
-        if (m == 0) continue;
         const uint8_t* we = wbase + mat_b * static_cast<size_t>(e);
         if (m == 1) {  // one pair (every decode step): straight from its input row into its output row
             const int64_t pr = order[b];
-            kernels::matmul(w.wtype, we, R, K, x_row(pr / S, pr % S), 1, y_row(pr / S, pr % S), be_.scratch(), be_.pool());
+            kernels::matmul(w.wtype, we, R, K, x_row(pr / S, pr % S), 1, y_row(pr / S, pr % S), scratch, pool);
         } else {
+            float* xe = xg + b * K;
+            float* ye = yg + b * R;
             for (int64_t i = 0; i < m; ++i) {
                 const int64_t pr = order[b + i];
-                std::memcpy(xg + i * K, x_row(pr / S, pr % S), static_cast<size_t>(K) * 4);
+                std::memcpy(xe + i * K, x_row(pr / S, pr % S), static_cast<size_t>(K) * 4);
             }
-            kernels::matmul(w.wtype, we, R, K, xg, m, yg, be_.scratch(), be_.pool());
+            kernels::matmul(w.wtype, we, R, K, xe, m, ye, scratch, pool);
             for (int64_t i = 0; i < m; ++i) {
                 const int64_t pr = order[b + i];
-                std::memcpy(y_row(pr / S, pr % S), yg + i * R, static_cast<size_t>(R) * 4);
+                std::memcpy(y_row(pr / S, pr % S), ye + i * R, static_cast<size_t>(R) * 4);
             }
         }
         if (bias)
@@ -833,6 +851,25 @@ void CpuExecutable::grouped_matmul(const Node& n) {
                 const int64_t pr = order[b + i];
                 kernels::add(y_row(pr / S, pr % S), bias + e * R, y_row(pr / S, pr % S), R);
             }
+    };
+
+    // The groups with work (the cursors are free again), and the largest.
+    int32_t* busy = order + pairs;
+    int64_t n_busy = 0, max_m = 0;
+    for (int64_t e = 0; e < G; ++e)
+        if (const int64_t m = count[e + 1] - count[e]; m > 0) {
+            busy[n_busy++] = static_cast<int32_t>(e);
+            max_m = std::max(max_m, m);
+        }
+    // Decode: enough small groups for every thread: each thread multiplies whole groups with its
+    // own one-thread pool and scratch (one dispatch for the op). Else each group is split by rows.
+    ThreadPool& pool = be_.pool();
+    if (pool.size() > 1 && n_busy >= pool.size() && max_m <= kSoloMaxTokens) {
+        parallel(pool, n_busy, [&](int64_t i0, int64_t i1, int th) {
+            for (int64_t i = i0; i < i1; ++i) run_group(busy[i], be_.solo_scratch(th), be_.solo(th));
+        });
+    } else {
+        for (int64_t i = 0; i < n_busy; ++i) run_group(busy[i], be_.scratch(), pool);
     }
 }
 

@@ -26,6 +26,7 @@
 
 #include "kiln/error.h"
 #include "model/blocks.h"
+#include "kernels/ops.h"
 #include "quant/quant.h"
 
 namespace kiln::model {
@@ -240,8 +241,9 @@ private:
     }
 
     // attn_kv_b [kv_lora, H * (nope + v)] -> V_b as a view (per head the v rows after the nope
-    // rows) and K_b as the per-head transpose of the nope rows, [nope, kv_lora, H], kept in f32
-    // (f16 when the file is f16) so the transpose is exact.
+    // rows) and K_b as the per-head transpose of the nope rows, [nope, kv_lora, H]. The transpose
+    // is kept exact for f32 / bf16 (as f32) and f16 files; a quantized kv_b's values go to f16,
+    // whose rounding (2^-11) is far below the quantization's own (real DeepSeek-V2-Lite: 57 MB).
     void split_kv_b(const Weight& kv_b, MlaWeights& a) {
         const int64_t H = hp_.n_head, nope = p_.nope, dv = p_.head_v, r = p_.kv_lora;
         const uint64_t rb = *row_bytes(kv_b.type(), static_cast<uint64_t>(r));
@@ -254,22 +256,29 @@ private:
         a.v_b.ne2 = H;
         a.v_b.nb2 = rb * static_cast<uint64_t>(nope + dv);
 
-        const bool f16 = kv_b.type() == TensorType::F16;
-        auto& buf = derived_.emplace_back(static_cast<size_t>(H * nope * r) * (f16 ? 2 : 4));
+        const TensorType src = kv_b.type();
+        const bool f32 = src == TensorType::F32 || src == TensorType::BF16;
+        const size_t el = f32 ? 4 : 2;
+        auto& buf = derived_.emplace_back(static_cast<size_t>(H * nope * r) * el);
         std::vector<float> row(static_cast<size_t>(r));
+        std::vector<uint16_t> row16(static_cast<size_t>(r));
         for (int64_t h = 0; h < H; ++h)
             for (int64_t i = 0; i < nope; ++i) {
-                const uint8_t* src = base + rb * static_cast<uint64_t>(h * (nope + dv) + i);
-                if (!f16) dequantize_row(kv_b.type(), src, row.data(), r);
-                for (int64_t c = 0; c < r; ++c) {
-                    const size_t at = static_cast<size_t>((h * r + c) * nope + i);  // head h, row c, column i
-                    if (f16) std::memcpy(buf.data() + at * 2, src + c * 2, 2);
-                    else std::memcpy(buf.data() + at * 4, &row[static_cast<size_t>(c)], 4);
+                const uint8_t* in = base + rb * static_cast<uint64_t>(h * (nope + dv) + i);
+                const uint8_t* vals;  // row i of head h's K rows, as el-byte values
+                if (src == TensorType::F16) {
+                    vals = in;
+                } else {
+                    dequantize_row(src, in, row.data(), r);
+                    if (!f32) kernels::f32_to_f16(row.data(), row16.data(), r);
+                    vals = f32 ? reinterpret_cast<const uint8_t*>(row.data()) : reinterpret_cast<const uint8_t*>(row16.data());
                 }
+                for (int64_t c = 0; c < r; ++c)  // to head h, row c, column i
+                    std::memcpy(buf.data() + static_cast<size_t>((h * r + c) * nope + i) * el, vals + c * el, el);
             }
         a.k_b = Weight{};
         a.k_b.label = kv_b.name() + "[k^T]";
-        a.k_b.dtype = f16 ? TensorType::F16 : TensorType::F32;
+        a.k_b.dtype = f32 ? TensorType::F32 : TensorType::F16;
         a.k_b.data = buf.data();
         a.k_b.ne0 = nope;
         a.k_b.ne1 = r;
