@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "backend/vulkan/graph_executor.h"
 #include "kiln/context.h"
 #include "kiln/error.h"
 #include "model/model_impl.h"
@@ -68,14 +69,20 @@ Context::Context(const Model& model, const ContextOptions& options) {
     impl_ = std::make_unique<Impl>(model, options);
     Impl& c = *impl_;
     const model::HParams& hp = c.m.arch->hparams();
-    if (c.opt.backend == "vulkan") throw Error("backend 'vulkan' is not available yet (use --backend cpu)");
-    if (c.opt.backend != "cpu") throw Error(fmt::format("unknown backend '{}' (available: cpu)", c.opt.backend));
+    if (c.opt.backend != "cpu" && c.opt.backend != "vulkan" && c.opt.backend != "auto")
+        throw Error(fmt::format("unknown backend '{}' (available: cpu, vulkan, auto)", c.opt.backend));
     if (c.opt.n_ctx <= 0) c.opt.n_ctx = hp.n_ctx_train > 0 ? std::min<int64_t>(hp.n_ctx_train, 4096) : 4096;
     if (c.opt.n_batch <= 0) throw Error(fmt::format("n_batch must be positive, got {}", c.opt.n_batch));
     c.opt.n_batch = std::min(c.opt.n_batch, c.opt.n_ctx);
     if (c.opt.n_threads <= 0) c.opt.n_threads = model.default_threads();
 
-    c.backend = backend::make_cpu_backend(c.opt.n_threads);
+    if (c.opt.backend != "cpu") {
+        backend::VulkanOptions vo;
+        vo.device = c.opt.device;
+        vo.require = c.opt.backend == "vulkan" || c.opt.device >= 0;
+        c.backend = backend::make_vulkan_backend(vo);  // nullptr: "auto" found no GPU
+    }
+    if (!c.backend) c.backend = backend::make_cpu_backend(c.opt.n_threads);
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
     layout.type = c.opt.kv_type;
@@ -147,6 +154,7 @@ int64_t Context::n_ctx() const { return impl_->kv->n_ctx(); }
 int64_t Context::n_vocab() const { return impl_->m.arch->hparams().n_vocab; }
 size_t Context::kv_bytes() const { return impl_->kv->bytes(); }
 const Model& Context::model() const { return impl_->model; }
+const char* Context::backend_name() const { return impl_->backend->name(); }
 
 void Context::clear() {
     impl_->kv->clear();

@@ -16,7 +16,10 @@ struct ContextOptions {
     int n_threads = 0;      // 0: the model's default (LoadOptions::n_threads, else all cores)
     int64_t n_batch = 512;  // tokens per forward pass when a prompt is decoded
     KvType kv_type = KvType::F16;
-    std::string backend = "cpu";  // "cpu" ("vulkan" is not available yet)
+    // "cpu", "vulkan" (an error when there is no Vulkan device; lavapipe counts) or "auto" (Vulkan
+    // on a discrete or integrated GPU, else the CPU).
+    std::string backend = "cpu";
+    int device = -1;  // Vulkan device index (kiln devices); -1: the best one
 };
 
 class Context {
@@ -46,6 +49,7 @@ public:
     void clear();
 
     const Model& model() const;
+    const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)
 
 private:
     struct Impl;
