@@ -77,10 +77,13 @@ void vulkan_check_graph(const graph::Graph& g, KvType kv_type) {
                     unsupported(g, n, "odd KV row width");
                 break;
             }
+            case Op::Rows:
+                if (g.tensor(n.src[0]).ne0 % 4)
+                    unsupported(g, n, fmt::format("rows of {} elements (the shader needs a multiple of 4)", g.tensor(n.src[0]).ne0));
+                break;
             case Op::SwiGLU:
             case Op::Silu:
-            case Op::Scale:
-            case Op::Rows: break;
+            case Op::Scale: break;
             default: unsupported(g, n, "");
         }
     }
@@ -236,12 +239,12 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
                 v.c = reshape(n.dst, n.attn.head_dim_v, n.attn.n_head);
                 break;
             case Op::Rows: {
-                const graph::Tensor& src = g_.tensor(n.src[0]);
-                const uint64_t off = static_cast<uint64_t>(n.i0 * src.ne0 * 4);
-                if (off % vk_.device().min_storage_buffer_offset_alignment != 0)
-                    unsupported(g_, n, fmt::format("row {} of {} starts at byte {}, off the device's alignment {}", n.i0,
-                                                   shape(src), off, vk_.device().min_storage_buffer_offset_alignment));
-                v.a = vk_.view(t(n.src[0]), off, TensorType::F32, {src.ne0, g_.tensor(n.dst).ne1});
+                // A gather of rows [i0, i0 + count) by fixed ids: no alignment asked of the row's offset.
+                const int64_t count = g_.tensor(n.dst).ne1;
+                std::vector<int32_t> ids(static_cast<size_t>(count));
+                for (int64_t r = 0; r < count; ++r) ids[static_cast<size_t>(r)] = static_cast<int32_t>(n.i0 + r);
+                v.a = vk_.tensor(TensorType::I32, {count}, fmt::format("rows {}..{}", n.i0, n.i0 + count));
+                vk_.upload(v.a, ids.data(), v.a.bytes());
                 break;
             }
             default: break;
@@ -312,7 +315,7 @@ void VkExecutable::run(const RunArgs& args) {
             case Op::SwiGLU: vk_.swiglu(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::Silu: vk_.silu(t(n.src[0]), t(n.dst)); break;
             case Op::Scale: vk_.scale(t(n.src[0]), n.f, t(n.dst)); break;
-            case Op::Rows: vk_.scale(v.a, 1.0f, t(n.dst)); break;
+            case Op::Rows: vk_.get_rows(t(n.src[0]), v.a, t(n.dst)); break;
             default: unsupported(g_, n, "");
         }
     }
