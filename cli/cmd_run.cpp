@@ -71,7 +71,10 @@ int run_run(const std::vector<std::string>& argv) {
     co.n_batch = n_batch;
     co.backend = backend;
     co.device = device;
+    Progress upload_bar("uploading", !quiet && backend != "cpu");
+    co.progress = [&](float f) { upload_bar.update(f); };
     Context ctx(model, co);
+    upload_bar.done();
     const double load_ms = ms_since(t_load);
 
     const Tokenizer& tok = model.tokenizer();
@@ -81,8 +84,9 @@ int run_run(const std::vector<std::string>& argv) {
         throw Error(fmt::format("kiln run: the prompt is {} tokens but the context holds {} (raise -c)", tokens.size(),
                                 ctx.n_ctx()));
     if (!quiet)
-        fmt::print(stderr, "kiln run: {} ({}), {} prompt tokens, context {}\n", model.info().name.empty() ? model_path : model.info().name,
-                   model.info().arch, tokens.size(), ctx.n_ctx());
+        fmt::print(stderr, "kiln run: {} ({}), {} prompt tokens, context {}, backend {}\n",
+                   model.info().name.empty() ? model_path : model.info().name, model.info().arch, tokens.size(), ctx.n_ctx(),
+                   ctx.backend_name());
 
     if (!no_display_prompt) {
         fmt::print("{}", prompt);

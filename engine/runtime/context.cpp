@@ -80,6 +80,10 @@ Context::Context(const Model& model, const ContextOptions& options) {
         backend::VulkanOptions vo;
         vo.device = c.opt.device;
         vo.require = c.opt.backend == "vulkan" || c.opt.device >= 0;
+        if (c.opt.progress)
+            vo.progress = [p = c.opt.progress](uint64_t done, uint64_t total) {
+                p(total ? static_cast<float>(static_cast<double>(done) / static_cast<double>(total)) : 1.0f);
+            };
         c.backend = backend::make_vulkan_backend(vo);  // nullptr: "auto" found no GPU
     }
     if (!c.backend) c.backend = backend::make_cpu_backend(c.opt.n_threads);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -20,6 +21,9 @@ struct ContextOptions {
     // on a discrete or integrated GPU, else the CPU).
     std::string backend = "cpu";
     int device = -1;  // Vulkan device index (kiln devices); -1: the best one
+    // Called with the fraction [0, 1] of the weights copied to the device (Vulkan) while the
+    // context is created.
+    std::function<void(float)> progress;
 };
 
 class Context {
