@@ -26,6 +26,8 @@
 #include "graph/graph.h"
 #include "kiln/error.h"
 #include "kiln/kiln.h"
+#include "backend/vulkan/context.h"
+#include "model/model_impl.h"
 #include "model/synthetic.h"
 #include "support/run.h"
 #include "support/shared.h"
@@ -262,6 +264,57 @@ TEST(VulkanModel, KilnRunTellsTheStory) {
     ASSERT_EQ(l.code, 0) << l.err;
     const auto j = nlohmann::json::parse(l.out);
     EXPECT_EQ(j.at("logits").size(), 3u);
+}
+
+// Decoding token by token on the executor of the decode shape: exactly one submit per token and no
+// device memory taken after the first token (weights, workspace, KV cache, frequency tables and
+// the staging ring all exist by then).
+TEST(VulkanModel, DecodeIsOneSubmitAndNoNewBuffers) {
+    KILN_REQUIRE_VULKAN();
+    kiln::SyntheticLlama s;
+    s.type = kiln::TensorType::Q4_K;
+    s.n_embd = 256;
+    s.n_ff = 512;
+    const std::string path = kiln::test::temp_path("vk-decode.gguf").string();
+    kiln::write_synthetic_llama(path, s);
+    const kiln::Model model = kiln::Model::load(path);
+    const auto& arch = *model.impl()->arch;
+    kiln::backend::VulkanOptions vo;
+    auto be = kiln::backend::make_vulkan_backend(vo);
+    ASSERT_TRUE(be);
+    const kiln::vk::ContextStats* st = kiln::backend::vulkan_stats(*be);
+    ASSERT_NE(st, nullptr);
+    EXPECT_EQ(kiln::backend::vulkan_stats(*kiln::backend::make_cpu_backend(1)), nullptr);
+
+    kiln::backend::KvLayout layout;
+    layout.n_ctx = 16;
+    const auto& hp = arch.hparams();
+    for (int64_t il = 0; il < hp.n_layer; ++il)
+        layout.layers.push_back({static_cast<int>(hp.n_head_kv), static_cast<int>(hp.head_dim_k), static_cast<int>(hp.head_dim_v)});
+    auto kv = be->alloc_kv(layout);
+    auto exe = be->compile(arch.build({1, 1}));
+    const auto& g = exe->graph();
+    const auto tok = g.find(kiln::model::kInputTokens), pos = g.find(kiln::model::kInputPositions);
+    const auto logits = g.find(kiln::model::kOutputLogits);
+    auto step = [&](int32_t t, int32_t p) {
+        exe->set_input(tok, &t, 4);
+        exe->set_input(pos, &p, 4);
+        kiln::backend::RunArgs a;
+        a.kv = kv.get();
+        a.kv_base = p;
+        exe->run(a);
+        return exe->output(logits)[0];
+    };
+    step(1, 0);
+    const uint64_t submits = st->submits, buffers = st->buffers, pipelines = st->pipelines;
+    for (int32_t p = 1; p < 9; ++p) EXPECT_TRUE(std::isfinite(step(p + 3, p)));
+    std::printf("[ vulkan    ] decode: %llu submits, %llu new buffers, %llu new pipelines for 8 tokens\n",
+                static_cast<unsigned long long>(st->submits - submits),
+                static_cast<unsigned long long>(st->buffers - buffers),
+                static_cast<unsigned long long>(st->pipelines - pipelines));
+    EXPECT_EQ(st->submits - submits, 8u);
+    EXPECT_EQ(st->buffers, buffers);
+    EXPECT_EQ(st->pipelines, pipelines);
 }
 
 // Graphs the shaders cannot run are refused before anything runs, naming the op and its shapes

@@ -147,7 +147,7 @@ public:
     VulkanGraphBackend(std::unique_ptr<vk::Backend> vk, std::function<void(uint64_t, uint64_t)> progress)
         : vk_(std::move(vk)), progress_(std::move(progress)) {}
     const char* name() const override { return "vulkan"; }
-    vk::Backend& vk() { return *vk_; }
+    vk::Backend& vk() const { return *vk_; }
 
     std::unique_ptr<Executable> compile(graph::Graph g) override {
         return std::make_unique<VkExecutable>(*this, std::move(g));
@@ -329,6 +329,11 @@ void VkExecutable::run(const RunArgs& args) {
 }
 
 }  // namespace
+
+const vk::ContextStats* vulkan_stats(const Backend& b) {
+    const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
+    return v ? &v->vk().stats() : nullptr;
+}
 
 std::unique_ptr<Backend> make_vulkan_backend(const VulkanOptions& o) {
     vk::BackendOptions bo;

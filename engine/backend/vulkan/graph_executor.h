@@ -15,6 +15,7 @@
 
 namespace kiln::vk {
 class Backend;
+struct ContextStats;
 }
 
 namespace kiln::backend {
@@ -30,6 +31,10 @@ struct VulkanOptions {
 // nullptr only when !options.require and no device was chosen; throws kiln::Error when Vulkan was
 // required and is missing.
 std::unique_ptr<Backend> make_vulkan_backend(const VulkanOptions& options);
+
+// The device counters (submits, dispatches, buffers created) of a backend made by
+// make_vulkan_backend; nullptr for any other backend.
+const vk::ContextStats* vulkan_stats(const Backend& b);
 
 // Throws kiln::Error naming the first node the Vulkan executor cannot run (nothing is allocated).
 void vulkan_check_graph(const graph::Graph& g, KvType kv_type);
