@@ -86,18 +86,33 @@ Context::Context(const Model& model, const ContextOptions& options) {
             };
         c.backend = backend::make_vulkan_backend(vo);  // nullptr: "auto" found no GPU
     }
-    if (!c.backend) c.backend = backend::make_cpu_backend(c.opt.n_threads);
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
     layout.type = c.opt.kv_type;
     for (int64_t il = 0; il < hp.n_layer; ++il)
         layout.layers.push_back({static_cast<int>(hp.n_head_kv), static_cast<int>(hp.head_dim_k),
                                  static_cast<int>(hp.head_dim_v)});
-    c.kv = std::make_unique<runtime::KvCache>(*c.backend, std::move(layout));
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
-    // The decode shape is compiled up front: generating a token never compiles or allocates.
-    c.get(1, 1);
+    auto start = [&] {
+        c.kv = std::make_unique<runtime::KvCache>(*c.backend, layout);
+        // The decode shape is compiled up front: generating a token never compiles or allocates.
+        c.get(1, 1);
+    };
+    if (c.backend && c.opt.backend == "auto") {
+        // "auto" on a GPU: the whole model runs on Vulkan, or (an op, type or size the shaders do
+        // not have, memory) the whole model runs on the CPU; backend_name() tells which.
+        try {
+            start();
+            return;
+        } catch (const Error&) {
+            c.compiled.clear();
+            c.kv.reset();
+            c.backend.reset();
+        }
+    }
+    if (!c.backend) c.backend = backend::make_cpu_backend(c.opt.n_threads);
+    start();
 }
 
 Context::~Context() = default;
