@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "backend/vulkan/graph_executor.h"
 #include "kiln/context.h"
 #include "kiln/error.h"
 #include "model/model_impl.h"
@@ -68,14 +69,23 @@ Context::Context(const Model& model, const ContextOptions& options) {
     impl_ = std::make_unique<Impl>(model, options);
     Impl& c = *impl_;
     const model::HParams& hp = c.m.arch->hparams();
-    if (c.opt.backend == "vulkan") throw Error("backend 'vulkan' is not available yet (use --backend cpu)");
-    if (c.opt.backend != "cpu") throw Error(fmt::format("unknown backend '{}' (available: cpu)", c.opt.backend));
+    if (c.opt.backend != "cpu" && c.opt.backend != "vulkan" && c.opt.backend != "auto")
+        throw Error(fmt::format("unknown backend '{}' (available: cpu, vulkan, auto)", c.opt.backend));
     if (c.opt.n_ctx <= 0) c.opt.n_ctx = hp.n_ctx_train > 0 ? std::min<int64_t>(hp.n_ctx_train, 4096) : 4096;
     if (c.opt.n_batch <= 0) throw Error(fmt::format("n_batch must be positive, got {}", c.opt.n_batch));
     c.opt.n_batch = std::min(c.opt.n_batch, c.opt.n_ctx);
     if (c.opt.n_threads <= 0) c.opt.n_threads = model.default_threads();
 
-    c.backend = backend::make_cpu_backend(c.opt.n_threads);
+    if (c.opt.backend != "cpu") {
+        backend::VulkanOptions vo;
+        vo.device = c.opt.device;
+        vo.require = c.opt.backend == "vulkan" || c.opt.device >= 0;
+        if (c.opt.progress)
+            vo.progress = [p = c.opt.progress](uint64_t done, uint64_t total) {
+                p(total ? static_cast<float>(static_cast<double>(done) / static_cast<double>(total)) : 1.0f);
+            };
+        c.backend = backend::make_vulkan_backend(vo);  // nullptr: "auto" found no GPU
+    }
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
     layout.type = c.opt.kv_type;
@@ -89,11 +99,27 @@ Context::Context(const Model& model, const ContextOptions& options) {
         if (l.window > 0) s.n_slots = std::min(c.opt.n_ctx, l.window + c.opt.n_batch - 1);
         layout.layers.push_back(s);
     }
-    c.kv = std::make_unique<runtime::KvCache>(*c.backend, std::move(layout));
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
-    // The decode shape is compiled up front: generating a token never compiles or allocates.
-    c.get(1, 1);
+    auto start = [&] {
+        c.kv = std::make_unique<runtime::KvCache>(*c.backend, layout);
+        // The decode shape is compiled up front: generating a token never compiles or allocates.
+        c.get(1, 1);
+    };
+    if (c.backend && c.opt.backend == "auto") {
+        // "auto" on a GPU: the whole model runs on Vulkan, or (an op, type or size the shaders do
+        // not have, memory) the whole model runs on the CPU; backend_name() tells which.
+        try {
+            start();
+            return;
+        } catch (const Error&) {
+            c.compiled.clear();
+            c.kv.reset();
+            c.backend.reset();
+        }
+    }
+    if (!c.backend) c.backend = backend::make_cpu_backend(c.opt.n_threads);
+    start();
 }
 
 Context::~Context() = default;
@@ -187,6 +213,7 @@ std::string Context::kv_summary() const {
     return out;
 }
 const Model& Context::model() const { return impl_->model; }
+const char* Context::backend_name() const { return impl_->backend->name(); }
 
 void Context::clear() {
     impl_->kv->clear();

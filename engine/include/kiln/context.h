@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -16,7 +17,13 @@ struct ContextOptions {
     int n_threads = 0;      // 0: the model's default (LoadOptions::n_threads, else all cores)
     int64_t n_batch = 512;  // tokens per forward pass when a prompt is decoded
     KvType kv_type = KvType::F16;
-    std::string backend = "cpu";  // "cpu" ("vulkan" is not available yet)
+    // "cpu", "vulkan" (an error when there is no Vulkan device; lavapipe counts) or "auto" (Vulkan
+    // on a discrete or integrated GPU, else the CPU).
+    std::string backend = "cpu";
+    int device = -1;  // Vulkan device index (kiln devices); -1: the best one
+    // Called with the fraction [0, 1] of the weights copied to the device (Vulkan) while the
+    // context is created.
+    std::function<void(float)> progress;
 };
 
 // KV cache memory by layer kind. A full layer holds n_ctx tokens; a sliding-window layer a ring
@@ -60,6 +67,7 @@ public:
     void clear();
 
     const Model& model() const;
+    const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)
 
 private:
     struct Impl;
