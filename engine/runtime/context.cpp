@@ -153,4 +153,9 @@ void Context::clear() {
     impl_->n_logit_rows = 0;
 }
 
+void Context::truncate(int64_t n_keep) {
+    impl_->kv->truncate(n_keep);
+    impl_->n_logit_rows = 0;
+}
+
 }  // namespace kiln
