@@ -20,6 +20,7 @@ namespace kiln::cli {
 namespace {
 
 using namespace kiln::serve;
+using json = nlohmann::ordered_json;  // answers keep their fields in the documented order
 using Clock = std::chrono::steady_clock;
 
 constexpr size_t kMaxBody = 32u << 20;  // 32 MiB

@@ -115,7 +115,9 @@ json parse_body(const std::string& body) {
             json again = json::parse(body);
             (void)again;
         } catch (const json::exception& e) {
-            throw bad_request(fmt::format("invalid JSON body: {}", e.what()));
+            std::string what = e.what();
+            if (what.size() > 300) what = what.substr(0, 300) + "...";
+            throw bad_request(fmt::format("invalid JSON body: {}", what));
         }
         throw bad_request("invalid JSON body");
     }
