@@ -44,6 +44,11 @@ public:
     size_t kv_bytes() const;  // memory of the KV cache
     // Forgets the sequence (the KV cache memory is kept for the next one).
     void clear();
+    // Keeps the first n_keep tokens of the sequence and drops the rest (their KV cache positions
+    // become free, so the next decode() continues at position n_keep), e.g. to reuse the common
+    // prefix of a new prompt. The logits are invalidated. Throws kiln::Error unless
+    // 0 <= n_keep <= n_past().
+    void truncate(int64_t n_keep);
 
     const Model& model() const;
 
