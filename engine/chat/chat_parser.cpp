@@ -317,14 +317,16 @@ void ChatParser::run(std::vector<ChatEvent>& out, bool at_end) {
                 }
                 emit_text(out, kind, std::string_view(buf_).substr(0, f.pos), true, used);
                 const std::string marker(f.marker);
+                // Whitespace between text and a tool call goes back into the text if the call is malformed.
+                size_t ws = f.pos;
+                if (!strip_leading_)
+                    while (ws > 0 && is_ws(buf_[ws - 1])) --ws;
+                open_marker_ = buf_.substr(ws, f.pos - ws) + marker;
                 buf_.erase(0, f.pos + marker.size());
                 strip_leading_ = true;
                 if (marker == kThinkOpen) state_ = St::Thinking;
                 else if (marker == kThinkClose) state_ = St::Content;
-                else {
-                    open_marker_ = marker;
-                    state_ = St::ToolBody;
-                }
+                else state_ = St::ToolBody;
                 continue;
             }
             case St::ToolBody: {
@@ -332,7 +334,7 @@ void ChatParser::run(std::vector<ChatEvent>& out, bool at_end) {
                 const size_t p = buf_.find(close);
                 if (p == std::string::npos) {
                     if (!at_end) return;
-                    malformed("unterminated tool call: " + open_marker_ + " without " + std::string(close),
+                    malformed("unterminated tool call: " + std::string(trim(open_marker_)) + " without " + std::string(close),
                               open_marker_ + buf_);
                     buf_.clear();
                     state_ = St::Content;
@@ -356,7 +358,7 @@ void ChatParser::run(std::vector<ChatEvent>& out, bool at_end) {
             }
             case St::HarmonyHeader: {
                 if (buf_.empty()) return;
-                if (buf_[0] != '<' || (buf_.size() > 1 && buf_[1] != '|')) {
+                if (buf_[0] != '<' || (buf_.size() > 1 && buf_[1] != '|') || (at_end && buf_.size() == 1)) {
                     // Plain text without a channel header: the final answer.
                     channel_ = "final";
                     recipient_.clear();
