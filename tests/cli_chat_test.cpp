@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <regex>
+#include <sstream>
 
 #include "support/run.h"
 #include "support/shared.h"
@@ -54,19 +55,23 @@ std::vector<std::smatch> turns(const std::string& err) {
 TEST(CliChat, PipedTurnsReuseTheCacheAndExitAtEof) {
     KILN_REQUIRE_SHARED("models");
     const std::string model = (kiln::test::shared_dir() / "models" / "qwen3-vocab-tiny.f16.gguf").string();
-    const auto r = run_with_input({"chat", "-m", model, "-c", "512", "-t", "2", "--temp", "0", "-n", "6", "--system",
-                                   "You are terse."},
+    const auto r = run_with_input({"chat", "-m", model, "-c", "512", "-t", "2", "--temp", "1", "--top-k", "0", "--top-p",
+                                   "1", "--min-p", "0", "-s", "7", "-n", "6", "--system", "You are terse."},
                                   "Hello!\nHow are you?\n\n/reset\nAgain.\n");
     ASSERT_EQ(r.code, 0) << r.err;
     const auto t = turns(r.err);
     ASSERT_EQ(t.size(), 3u) << r.err;
     EXPECT_EQ(std::stoi(t[0][3].str()), 0);
     // Turn 2 re-renders the whole conversation; the first turn's tokens are still in the cache.
-    EXPECT_GT(std::stoi(t[1][3].str()), std::stoi(t[0][2].str()) / 2) << r.err;
+    EXPECT_GE(std::stoi(t[1][3].str()), std::stoi(t[0][2].str())) << r.err;
     EXPECT_GT(std::stoi(t[1][2].str()), std::stoi(t[0][2].str()));
     EXPECT_NE(r.err.find("conversation reset"), std::string::npos);
     EXPECT_EQ(std::stoi(t[2][3].str()), 0) << "after /reset nothing is reused";
-    EXPECT_FALSE(r.out.empty());
+    // Random weights, sampled: every turn prints a non-empty reply line.
+    std::istringstream lines(r.out);
+    int n_lines = 0;
+    for (std::string l; std::getline(lines, l);) n_lines += !l.empty();
+    EXPECT_GE(n_lines, 3) << r.out;  // (a sampled reply may hold newlines)
 }
 
 TEST(CliChat, ExitCommandAndBadParser) {
