@@ -6,7 +6,10 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "chat/chat_parser.h"
+#include "chat/chat_template.h"
 #include "support/shared.h"
 
 using namespace kiln::chat;
@@ -287,4 +290,91 @@ TEST(ChatParser, DetectsTheRealTemplates) {
     EXPECT_EQ(detect_family(read("deepseek-v3.jinja")), ParserFamily::DeepSeek);
     EXPECT_EQ(detect_family(read("llama3.jinja"), "llama"), ParserFamily::Generic);
     EXPECT_EQ(detect_family(read("gemma3.jinja"), "gemma3"), ParserFamily::Generic);
+}
+
+// The real templates render an assistant turn with tool calls the way the model was trained to emit
+// them: the parser must recover those calls from the rendered turn.
+namespace {
+
+std::string read_template_file(const std::string& name) {
+    std::ifstream f(kiln::test::shared_dir() / "templates" / name);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+ParsedMessage parse_rendered_turn(const std::string& tmpl_name, const nlohmann::ordered_json& assistant) {
+    const auto tokens = nlohmann::json::parse(read_template_file(tmpl_name.substr(0, tmpl_name.size() - 6) + ".tokens.json"));
+    const kiln::ChatTemplate t(read_template_file(tmpl_name), tokens["bos_token"].get<std::string>(),
+                               tokens["eos_token"].get<std::string>());
+    nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
+    msgs.push_back({{"role", "user"}, {"content", "Weather in Paris, then list files."}});
+    const std::string prompt = t.render({{"messages", msgs}, {"add_generation_prompt", true}});
+    msgs.push_back(assistant);
+    std::string full = t.render({{"messages", msgs}, {"add_generation_prompt", false}});
+    EXPECT_TRUE(full.starts_with(prompt)) << tmpl_name << "\n" << prompt << "\n---\n" << full;
+    std::string output = full.substr(std::min(prompt.size(), full.size()));
+    for (std::string end : {"<|im_end|>", "<｜end▁of▁sentence｜>", "<|endoftext|>"}) {
+        while (!output.empty() && (output.back() == '\n' || output.back() == ' ')) output.pop_back();
+        if (output.ends_with(end)) output.resize(output.size() - end.size());
+    }
+    ParserOptions o;
+    o.family = detect_family(t.source());
+    o.starts_in_thinking = prompt_opens_thinking(prompt);
+    return parse_output(output, o);
+}
+
+const nlohmann::ordered_json kWeatherArgs = {{"city", "Paris"}, {"unit", "c"}};
+const nlohmann::ordered_json kBashArgs = {{"command", "ls -la"}};
+
+void expect_two_calls(const ParsedMessage& m) {
+    ASSERT_EQ(m.tool_calls.size(), 2u) << str(m);
+    EXPECT_EQ(m.tool_calls[0].name, "get_weather");
+    EXPECT_EQ(m.tool_calls[0].arguments, kWeatherArgs.dump());
+    EXPECT_EQ(m.tool_calls[1].name, "bash");
+    EXPECT_EQ(m.tool_calls[1].arguments, kBashArgs.dump());
+    EXPECT_TRUE(m.warnings.empty()) << str(m);
+}
+
+}  // namespace
+
+TEST(ChatParserRealTemplates, QwenToolCallsRoundTrip) {
+    KILN_REQUIRE_SHARED("templates");
+    const nlohmann::ordered_json a = {
+        {"role", "assistant"},
+        {"content", "Let me check."},
+        {"tool_calls",
+         {{{"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", kWeatherArgs}}}},
+          {{"type", "function"}, {"function", {{"name", "bash"}, {"arguments", kBashArgs}}}}}}};
+    const ParsedMessage m = parse_rendered_turn("qwen3.jinja", a);
+    EXPECT_EQ(m.content, "Let me check.");
+    expect_two_calls(m);
+}
+
+TEST(ChatParserRealTemplates, GlmToolCallsRoundTrip) {
+    KILN_REQUIRE_SHARED("templates");
+    const nlohmann::ordered_json a = {
+        {"role", "assistant"},
+        {"content", "Let me check."},
+        {"reasoning_content", "Two tools."},
+        {"tool_calls",
+         {{{"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", kWeatherArgs}}}},
+          {{"type", "function"}, {"function", {{"name", "bash"}, {"arguments", kBashArgs}}}}}}};
+    const ParsedMessage m = parse_rendered_turn("glm-4.6.jinja", a);
+    EXPECT_EQ(m.content, "Let me check.");
+    EXPECT_EQ(m.reasoning, "Two tools.");
+    expect_two_calls(m);
+}
+
+TEST(ChatParserRealTemplates, DeepSeekToolCallsRoundTrip) {
+    KILN_REQUIRE_SHARED("templates");
+    const nlohmann::ordered_json a = {
+        {"role", "assistant"},
+        {"content", nullptr},
+        {"tool_calls",
+         {{{"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", kWeatherArgs.dump()}}}},
+          {{"type", "function"}, {"function", {{"name", "bash"}, {"arguments", kBashArgs.dump()}}}}}}};
+    const ParsedMessage m = parse_rendered_turn("deepseek-v3.jinja", a);
+    EXPECT_EQ(m.content, "");
+    expect_two_calls(m);
 }
