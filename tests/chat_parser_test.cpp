@@ -378,3 +378,42 @@ TEST(ChatParserRealTemplates, DeepSeekToolCallsRoundTrip) {
     EXPECT_EQ(m.content, "");
     expect_two_calls(m);
 }
+
+// Random outputs built from markers, JSON pieces, text and whitespace: never a crash, and any split
+// of the same output gives the same events as the whole.
+TEST(ChatParser, RandomOutputsAreSplitInvariant) {
+    const std::vector<std::string> frags = {
+        "<think>", "</think>", "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>",
+        kDsBegin, kDsEnd, kDsCall, kDsCallEnd, kDsSep, "<|channel|>", "<|message|>", "<|end|>", "<|call|>", "<|start|>",
+        "analysis", "final", "commentary to=functions.f ", "{\"name\": \"f\", \"arguments\": {\"a\": 1}}", "{\"a\": 1}",
+        "\n```json\n", "\n```", "function", "f", "hello", " ", "\n", "<", "<|", "<｜", "é", "x y"};
+    uint64_t rng = 12345;
+    auto next = [&] {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        return rng;
+    };
+    for (auto fam : {ParserFamily::Generic, ParserFamily::Hermes, ParserFamily::Glm, ParserFamily::DeepSeek,
+                     ParserFamily::Harmony}) {
+        for (int iter = 0; iter < 400; ++iter) {
+            std::string raw;
+            const int n = static_cast<int>(next() % 12);
+            for (int i = 0; i < n; ++i) raw += frags[next() % frags.size()];
+            ParserOptions o;
+            o.family = fam;
+            o.starts_in_thinking = next() % 4 == 0;
+            const std::string_view v = raw;
+            const auto whole = coalesce(feed_pieces(o, {v}));
+            for (int k = 0; k < 8; ++k) {
+                const size_t i = next() % (raw.size() + 1), j = i + next() % (raw.size() - i + 1);
+                const auto ev = coalesce(feed_pieces(o, {v.substr(0, i), v.substr(i, j - i), v.substr(j)}));
+                ASSERT_EQ(merged(ev), merged(whole)) << family_name(fam) << " [" << raw << "] split " << i << "," << j;
+                ASSERT_EQ(ev, whole) << family_name(fam) << " [" << raw << "] split " << i << "," << j;
+            }
+            std::vector<std::string_view> bytes;
+            for (size_t i = 0; i < raw.size(); ++i) bytes.push_back(v.substr(i, 1));
+            ASSERT_EQ(coalesce(feed_pieces(o, bytes)), whole) << family_name(fam) << " [" << raw << "] byte by byte";
+        }
+    }
+}
