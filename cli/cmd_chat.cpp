@@ -144,7 +144,11 @@ int run_chat(const std::vector<std::string>& argv) {
                 }
                 tmpl.emplace(read_file(template_path), bos, eos);
             } else {
-                tmpl.emplace(ChatTemplate::from_gguf(*f));
+                try {
+                    tmpl.emplace(ChatTemplate::from_gguf(*f));
+                } catch (const Error& e) {
+                    throw Error(fmt::format("{} (give one with --chat-template FILE)", e.what()));
+                }
             }
         } catch (const jinja::TemplateError& e) {
             throw Error(fmt::format("kiln chat: {}: {}", template_path.empty() ? model_path : template_path, e.what()));
