@@ -84,3 +84,19 @@ TEST(CliChat, ExitCommandAndBadParser) {
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.err.find("--parser"), std::string::npos) << r.err;
 }
+
+TEST(CliChat, TemplateThatOpensThinkingShowsThinking) {
+    KILN_REQUIRE_SHARED("models");
+    const std::string model = (kiln::test::shared_dir() / "models" / "qwen3-vocab-tiny.f16.gguf").string();
+    const auto tmpl = kiln::test::temp_path("chat-think.jinja");
+    std::ofstream(tmpl) << "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                           "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
+    const auto r = run_with_input({"chat", "-m", model, "--chat-template", tmpl.string(), "--parser", "qwen3", "-c", "256",
+                                   "-t", "2", "--temp", "1", "--top-k", "0", "--top-p", "1", "--min-p", "0", "-s", "11",
+                                   "-n", "5"},
+                                  "Think first.\n");
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(turns(r.err).size(), 1u) << r.err;
+    EXPECT_TRUE(r.out.starts_with("[thinking] ")) << r.out;
+    EXPECT_NE(r.err.find("parser hermes"), std::string::npos) << r.err;
+}
