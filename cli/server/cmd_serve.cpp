@@ -218,10 +218,13 @@ private:
     }
 
     // Prepares the request up to the token ids: the errors a client should get before any stream.
-    GenParams prepare(ChatRequest& r) {
-        const std::string prompt = render_prompt(e_.chat_template(), r);
+    GenParams prepare(ChatRequest& r, std::string& prompt) {
+        prompt = render_prompt(e_.chat_template(), r);
         r.gen.prompt = e_.tokenize_prompt(prompt);
         return r.gen;
+    }
+    std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix) {
+        return make_chat_parser(e_.chat_template().source(), e_.model().info().arch, prompt, random_id(id_prefix) + "_");
     }
 
     void log_done(const char* api, const GenResult& g) {
@@ -234,11 +237,12 @@ private:
     void messages(const httplib::Request& req, httplib::Response& res) {
         ChatRequest r = from_anthropic(parse_body(req.body));
         auto adm = std::make_shared<Engine::Admission>(e_);
-        auto gen = std::make_shared<GenParams>(prepare(r));
+        std::string prompt;
+        auto gen = std::make_shared<GenParams>(prepare(r, prompt));
         const std::string id = random_id("msg_");
         const std::string model = r.model.empty() ? model_name_ : r.model;
+        std::shared_ptr<OutputParser> parser = parser_for(prompt, "toolu_");
         if (!r.stream) {
-            auto parser = make_plain_parser();
             Collector col;
             const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
                 col.add(ev);
@@ -258,8 +262,8 @@ private:
             return;
         }
         res.set_header("Cache-Control", "no-cache");
-        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, id, model](size_t, httplib::DataSink& sink) {
-            stream_messages(sink, *gen, id, model);
+        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, parser, id, model](size_t, httplib::DataSink& sink) {
+            stream_messages(sink, *gen, *parser, id, model);
             sink.done();
             return true;
         });
@@ -270,7 +274,7 @@ private:
         return sink.write(s.data(), s.size());
     }
 
-    void stream_messages(httplib::DataSink& sink, const GenParams& gen, const std::string& id, const std::string& model) {
+    void stream_messages(httplib::DataSink& sink, const GenParams& gen, OutputParser& parser, const std::string& id, const std::string& model) {
         bool alive = true;
         auto last_write = Clock::now();
         auto send = [&](const char* ev, const json& d) {
@@ -293,11 +297,10 @@ private:
             open = kind;
             send("content_block_start", json{{"type", "content_block_start"}, {"index", index}, {"content_block", block}});
         };
-        auto parser = make_plain_parser();
         GenResult g;
         try {
             g = e_.generate(
-                gen, *parser,
+                gen, parser,
                 [&](int64_t cached) {
                     send("message_start",
                          json{{"type", "message_start"},
@@ -358,12 +361,13 @@ private:
     void chat_completions(const httplib::Request& req, httplib::Response& res) {
         ChatRequest r = from_openai(parse_body(req.body));
         auto adm = std::make_shared<Engine::Admission>(e_);
-        auto gen = std::make_shared<GenParams>(prepare(r));
+        std::string prompt;
+        auto gen = std::make_shared<GenParams>(prepare(r, prompt));
         const std::string id = random_id("chatcmpl-");
         const std::string model = r.model.empty() ? model_name_ : r.model;
         const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+        std::shared_ptr<OutputParser> parser = parser_for(prompt, "call_");
         if (!r.stream) {
-            auto parser = make_plain_parser();
             std::string text, reasoning;
             json calls = json::array();
             const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
@@ -389,7 +393,7 @@ private:
         }
         const bool include_usage = r.include_usage;
         res.set_header("Cache-Control", "no-cache");
-        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, id, model, created, include_usage](size_t, httplib::DataSink& sink) {
+        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, parser, id, model, created, include_usage](size_t, httplib::DataSink& sink) {
             bool alive = true;
             auto chunk = [&](const json& delta, const json& finish) {
                 if (!alive) return false;
@@ -400,7 +404,6 @@ private:
                 return alive;
             };
             int tool_index = -1;
-            auto parser = make_plain_parser();
             GenResult g;
             try {
                 g = e_.generate(

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "cli/server/server.h"
+#include "chat/chat_parser.h"
 #include "gguf/gguf.h"
 
 namespace kiln::serve {
@@ -66,6 +67,40 @@ private:
 }  // namespace
 
 std::unique_ptr<OutputParser> make_plain_parser() { return std::make_unique<PlainParser>(); }
+
+namespace {
+class FamilyParser : public OutputParser {
+public:
+    explicit FamilyParser(const chat::ParserOptions& o) : p_(o) {}
+    void push(const std::string& delta, std::vector<Event>& out) override { convert(p_.feed(delta), out); }
+    void finish(std::vector<Event>& out) override { convert(p_.finish(), out); }
+
+private:
+    static void convert(const std::vector<chat::ChatEvent>& in, std::vector<Event>& out) {
+        using K = chat::ChatEvent::Kind;
+        for (const auto& e : in) {
+            switch (e.kind) {
+                case K::Text: out.push_back(Event{Event::Text, e.text, {}, {}}); break;
+                case K::Thinking: out.push_back(Event{Event::Thinking, e.text, {}, {}}); break;
+                case K::ToolCallStart: out.push_back(Event{Event::ToolStart, {}, e.id, e.name}); break;
+                case K::ToolCallArgs: out.push_back(Event{Event::ToolArgs, e.text, {}, {}}); break;
+                case K::ToolCallEnd: out.push_back(Event{Event::ToolEnd, {}, {}, {}}); break;
+                case K::Warning: fmt::print(stderr, "kiln serve: model output: {}\n", e.text); break;
+            }
+        }
+    }
+    chat::ChatParser p_;
+};
+}  // namespace
+
+std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
+                                               const std::string& prompt, const std::string& id_prefix) {
+    chat::ParserOptions o;
+    o.family = chat::detect_family(template_source, arch);
+    o.starts_in_thinking = chat::prompt_opens_thinking(prompt);
+    o.tool_call_id_prefix = id_prefix;
+    return std::make_unique<FamilyParser>(o);
+}
 
 struct Engine::Slot {
     int id = 0;

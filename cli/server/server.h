@@ -51,6 +51,11 @@ public:
     virtual void finish(std::vector<Event>& out) = 0;
 };
 std::unique_ptr<OutputParser> make_plain_parser();
+// The model family's parser (engine/chat/chat_parser.h): thinking and tool calls become events.
+// `prompt` is the rendered prompt (an open <think> there means the output starts in thinking);
+// tool call ids are id_prefix + their index.
+std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
+                                               const std::string& prompt, const std::string& id_prefix);
 
 struct GenParams {
     std::vector<int32_t> prompt;

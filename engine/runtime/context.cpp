@@ -148,13 +148,13 @@ int64_t Context::n_vocab() const { return impl_->m.arch->hparams().n_vocab; }
 size_t Context::kv_bytes() const { return impl_->kv->bytes(); }
 const Model& Context::model() const { return impl_->model; }
 
-void Context::clear() {
-    impl_->kv->clear();
+void Context::truncate(int64_t n_keep) {
+    impl_->kv->truncate(n_keep);
     impl_->n_logit_rows = 0;
 }
 
-void Context::truncate(int64_t n_keep) {
-    impl_->kv->truncate(n_keep);
+void Context::clear() {
+    impl_->kv->clear();
     impl_->n_logit_rows = 0;
 }
 

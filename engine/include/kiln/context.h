@@ -44,10 +44,10 @@ public:
     size_t kv_bytes() const;  // memory of the KV cache
     // Forgets the sequence (the KV cache memory is kept for the next one).
     void clear();
-    // Keeps the first n_keep tokens of the sequence and forgets the rest (n_keep clamped to
-    // [0, n_past()]); the next decode() continues at position n_keep. The logits of the last
-    // decode() are no longer valid. This is how a prompt that shares a prefix with the tokens
-    // already in the context reuses them (a prefix cache).
+    // Keeps the first n_keep tokens of the sequence and drops the rest (their KV cache positions
+    // become free, so the next decode() continues at position n_keep), e.g. to reuse the common
+    // prefix of a new prompt. The logits are invalidated. Throws kiln::Error unless
+    // 0 <= n_keep <= n_past().
     void truncate(int64_t n_keep);
 
     const Model& model() const;
