@@ -190,6 +190,7 @@ public:
                 res.set_content(json{{"input_tokens", toks.size()}}.dump(), "application/json");
             });
         });
+        svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { guarded(req, res, true, [&] { completions(req, res); }); });
         svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { guarded(req, res, true, [&] { chat_completions(req, res); }); });
     }
 
@@ -437,6 +438,83 @@ private:
                     alive = sink.write(s.data(), s.size());
                 }
                 if (alive) sink.write("data: [DONE]\n\n", 14);
+            }
+            sink.done();
+            return true;
+        });
+    }
+
+    // OpenAI legacy completions: a raw prompt, no chat template, plain text out.
+    void completions(const httplib::Request& req, httplib::Response& res) {
+        const json body = parse_body(req.body);
+        ChatRequest r;
+        {
+            // Reuse the chat request's field checks for the sampling fields, with a dummy message.
+            json b = body;
+            b["messages"] = json::array({json{{"role", "user"}, {"content", ""}}});
+            r = from_openai(nlohmann::json::parse(b.dump()));
+        }
+        auto it = body.find("prompt");
+        if (it == body.end() || !(it->is_string() || (it->is_array() && it->size() == 1 && (*it)[0].is_string())))
+            throw bad_request("prompt: expected a string (one prompt per request)");
+        const std::string prompt = it->is_string() ? it->get<std::string>() : (*it)[0].get<std::string>();
+        if (body.contains("max_tokens") == false) r.gen.max_tokens = 16;  // OpenAI's default
+        auto adm = std::make_shared<Engine::Admission>(e_);
+        auto gen = std::make_shared<GenParams>(r.gen);
+        gen->prompt = e_.tokenize_prompt(prompt);
+        const std::string id = random_id("cmpl-");
+        const std::string model = r.model.empty() ? model_name_ : r.model;
+        const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+        auto choice = [](const std::string& text, const json& finish) {
+            return json::array({json{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}}});
+        };
+        if (!r.stream) {
+            auto parser = make_plain_parser();
+            std::string text;
+            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
+                text += ev.text;
+                return true;
+            });
+            log_done("completions", g);
+            json out{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
+                     {"choices", choice(text, openai_finish(g))}, {"usage", openai_usage(g)}};
+            res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+            return;
+        }
+        const bool include_usage = r.include_usage;
+        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, id, model, created, include_usage, choice](size_t, httplib::DataSink& sink) {
+            bool alive = true;
+            auto write = [&](const json& j) {
+                if (!alive) return false;
+                const std::string s = "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+                alive = sink.write(s.data(), s.size());
+                return alive;
+            };
+            auto base = [&] { return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}}; };
+            auto parser = make_plain_parser();
+            try {
+                const GenResult g = e_.generate(
+                    *gen, *parser, [](int64_t) {}, [&] { return alive = alive && sink.write(": ping\n\n", 8); },
+                    [&](const Event& ev) {
+                        json c = base();
+                        c["choices"] = choice(ev.text, nullptr);
+                        return write(c);
+                    });
+                log_done("completions", g);
+                if (alive && g.stop_reason != "cancelled") {
+                    json c = base();
+                    c["choices"] = choice("", openai_finish(g));
+                    write(c);
+                    if (include_usage) {
+                        json u = base();
+                        u["choices"] = json::array();
+                        u["usage"] = openai_usage(g);
+                        write(u);
+                    }
+                    if (alive) sink.write("data: [DONE]\n\n", 14);
+                }
+            } catch (const std::exception& ex) {
+                write(json{{"error", {{"message", ex.what()}, {"type", "server_error"}}}});
             }
             sink.done();
             return true;
