@@ -325,6 +325,22 @@ TEST_F(ServerTest, AnthropicErrors) {
     expect_anthropic_error(post("/v1/messages", simple_request(false), "wrong-key"), 401, "authentication_error");
     expect_anthropic_error(post("/v1/messages", simple_request(false), ""), 401, "authentication_error");
 
+    // Wrong types anywhere: 400s, never a crash.
+    for (const char* bad : {R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":"abc"})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"system":5})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"tools":"x"})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"tools":[{"name":"a","input_schema":3}],"max_tokens":1})",
+                            R"({"messages":[{"role":"user","content":[{"type":"tool_result","content":7}]}]})",
+                            R"({"messages":[{"role":"robot","content":"hi"}]})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"thinking":"yes"})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"temperature":-3})",
+                            R"({"messages":[]})", R"({})", "null", ""}) {
+        auto r = c.Post("/v1/messages", bad, "application/json");
+        ASSERT_TRUE(r) << bad;
+        EXPECT_TRUE(r->status == 400 || r->status == 200) << bad << " -> " << r->status << " " << r->body;
+        if (r->status != 200) expect_anthropic_error(r, 400, "invalid_request_error");
+    }
+
     json img = simple_request(false);
     img["messages"][0]["content"] = json::array({json{{"type", "image"}, {"source", {{"type", "base64"}, {"media_type", "image/png"}, {"data", "AAAA"}}}}});
     expect_anthropic_error(post("/v1/messages", img), 400, "invalid_request_error");
@@ -437,6 +453,12 @@ TEST_F(ServerTest, OpenAIChatCompletions) {
     const json ej = json::parse(e->body);
     EXPECT_TRUE(ej["error"]["message"].is_string());
     EXPECT_EQ(ej["error"]["type"], "invalid_request_error");
+    auto cp = post("/v1/completions", json{{"prompt", "Once upon"}, {"max_tokens", 3}});
+    ASSERT_TRUE(cp);
+    ASSERT_EQ(cp->status, 200) << cp->body;
+    EXPECT_EQ(json::parse(cp->body)["object"], "text_completion");
+    EXPECT_EQ(json::parse(cp->body)["usage"]["completion_tokens"], 3);
+
     auto e2 = client().Post("/v1/chat/completions", "{", "application/json");
     ASSERT_TRUE(e2);
     EXPECT_EQ(e2->status, 400);
