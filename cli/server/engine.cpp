@@ -1,6 +1,7 @@
 // kiln serve: slots, queue, prefix reuse and the generation loop.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 
 #include <fmt/format.h>
 
@@ -124,6 +125,13 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
         slots_.push_back(std::move(s));
     }
     n_ctx_ = slots_[0]->ctx->n_ctx();
+    // For tests of the output path (parsers, SSE): every generation replays this text's tokens,
+    // then end of text. Models with random weights never produce a tool call on their own.
+    if (const char* s = std::getenv("KILN_SERVE_SCRIPTED_OUTPUT"); s && *s) {
+        script_ = model_.tokenizer().encode(s, /*add_special=*/false, /*parse_special=*/true);
+        script_.push_back(model_.tokenizer().eos());
+        fmt::print(stderr, "kiln serve: KILN_SERVE_SCRIPTED_OUTPUT is set: every answer replays it ({} tokens)\n", script_.size());
+    }
 }
 
 Engine::~Engine() = default;
@@ -268,7 +276,8 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     const auto t_gen = Clock::now();
     r.stop_reason = "max_tokens";
     while (r.n_gen < limit && !cancelled) {
-        const int32_t next = sampler.sample(ctx.logits());
+        const int32_t next = script_.empty() ? sampler.sample(ctx.logits())
+                                             : script_[std::min(static_cast<size_t>(r.n_gen), script_.size() - 1)];
         sampler.accept(next);
         ++r.n_gen;
         if (tok.is_eog(next)) {

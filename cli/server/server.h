@@ -129,6 +129,7 @@ private:
     std::condition_variable cv_;
     uint64_t clock_ = 0;
     Metrics metrics_;
+    std::vector<int32_t> script_;  // KILN_SERVE_SCRIPTED_OUTPUT: tests replay this text instead of sampling
 };
 
 // ---- request conversion (convert.cpp) -----------------------------------------------------------
