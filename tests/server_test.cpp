@@ -49,7 +49,8 @@ protected:
     static inline int port_ = 0;
     static inline std::string log_path_;
 
-    static void SetUpTestSuite() {
+    static void SetUpTestSuite() { start(nullptr); }
+    static void start(const char* script) {
         if (!std::filesystem::exists(shared_dir() / kModel)) return;
         port_ = free_port();
         log_path_ = kiln::test::temp_path("serve-" + std::to_string(::getpid()) + ".log").string();
@@ -58,6 +59,7 @@ protected:
         const std::string port = std::to_string(port_);
         pid_ = ::fork();
         if (pid_ == 0) {
+            if (script) ::setenv("KILN_SERVE_SCRIPTED_OUTPUT", script, 1);
             FILE* f = std::fopen(log_path_.c_str(), "w");
             if (f) {
                 ::dup2(fileno(f), 2);
@@ -184,6 +186,62 @@ json check_anthropic_stream(const std::vector<SseEvent>& evs) {
     EXPECT_TRUE(seen_delta);
     EXPECT_GE(next_index, 1);
     return delta;
+}
+
+// A server whose every answer is a scripted Qwen3 output with thinking and a tool call: the parser
+// events become thinking / text / tool_use blocks (Anthropic) and reasoning_content / tool_calls
+// (OpenAI).
+class ServerToolTest : public ServerTest {
+protected:
+    static void SetUpTestSuite() {
+        start("<think>\nLet me look.\n</think>\n\nI will list them.\n<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls -la\"}}\n</tool_call>");
+    }
+};
+
+TEST_F(ServerToolTest, ThinkingTextAndToolUse) {
+    json body = simple_request(true, 200);
+    body["thinking"] = {{"type", "enabled"}, {"budget_tokens", 1000}};
+    body["tools"] = json::array({json{{"name", "Bash"}, {"input_schema", {{"type", "object"}, {"properties", {{"command", {{"type", "string"}}}}}}}}});
+    auto r = post("/v1/messages", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const auto evs = parse_sse(r->body);
+    const json delta = check_anthropic_stream(evs);
+    EXPECT_EQ(delta["delta"]["stop_reason"], "tool_use");
+    std::vector<std::string> kinds;
+    std::string partial;
+    bool signature = false;
+    for (const auto& e : evs) {
+        if (e.event == "content_block_start") kinds.push_back(e.data["content_block"]["type"]);
+        if (e.event == "content_block_delta" && e.data["delta"]["type"] == "input_json_delta") partial += e.data["delta"]["partial_json"].get<std::string>();
+        if (e.event == "content_block_delta" && e.data["delta"]["type"] == "signature_delta") signature = true;
+    }
+    EXPECT_EQ(kinds, (std::vector<std::string>{"thinking", "text", "tool_use"}));
+    EXPECT_TRUE(signature);
+    EXPECT_EQ(json::parse(partial), (json{{"command", "ls -la"}}));
+
+    body["stream"] = false;
+    auto n = post("/v1/messages", body);
+    ASSERT_TRUE(n);
+    ASSERT_EQ(n->status, 200) << n->body;
+    const json j = json::parse(n->body);
+    EXPECT_EQ(j["stop_reason"], "tool_use");
+    ASSERT_EQ(j["content"].size(), 3u);
+    EXPECT_EQ(j["content"][0]["thinking"], "Let me look.");
+    EXPECT_EQ(j["content"][1]["text"], "I will list them.");
+    EXPECT_EQ(j["content"][2]["name"], "Bash");
+    EXPECT_EQ(j["content"][2]["input"]["command"], "ls -la");
+
+    json oa{{"model", "x"}, {"max_tokens", 200}, {"messages", json::array({json{{"role", "user"}, {"content", "ls"}}})},
+            {"tools", json::array({json{{"type", "function"}, {"function", {{"name", "Bash"}, {"parameters", {{"type", "object"}}}}}}})}};
+    auto o = post("/v1/chat/completions", oa);
+    ASSERT_TRUE(o);
+    ASSERT_EQ(o->status, 200) << o->body;
+    const json oj = json::parse(o->body);
+    EXPECT_EQ(oj["choices"][0]["finish_reason"], "tool_calls");
+    EXPECT_EQ(oj["choices"][0]["message"]["reasoning_content"], "Let me look.");
+    EXPECT_EQ(oj["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "Bash");
+    EXPECT_EQ(json::parse(oj["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>())["command"], "ls -la");
 }
 
 TEST_F(ServerTest, HealthRootModelsAndMetrics) {
