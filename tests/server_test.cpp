@@ -392,7 +392,8 @@ TEST_F(ServerTest, AnthropicErrors) {
                             R"({"messages":[{"role":"robot","content":"hi"}]})",
                             R"({"messages":[{"role":"user","content":"hi"}],"thinking":"yes"})",
                             R"({"messages":[{"role":"user","content":"hi"}],"temperature":-3})",
-                            R"({"messages":[]})", R"({})", "null", ""}) {
+                            R"({"messages":[]})", R"({})", "null", "", "{\"a\":\"\xff\xfe\"}",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\"}]}"}) {
         auto r = c.Post("/v1/messages", bad, "application/json");
         ASSERT_TRUE(r) << bad;
         EXPECT_TRUE(r->status == 400 || r->status == 200) << bad << " -> " << r->status << " " << r->body;

@@ -63,7 +63,7 @@ void send_error(httplib::Response& res, const ApiError& e, bool openai) {
     json body;
     if (openai) body = json{{"error", {{"message", e.what()}, {"type", openai_error_type(e)}, {"param", nullptr}, {"code", nullptr}}}};
     else body = json{{"type", "error"}, {"error", {{"type", e.type}, {"message", e.what()}}}};
-    res.set_content(body.dump(), "application/json");
+    res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 json anthropic_usage(const GenResult& g) {
