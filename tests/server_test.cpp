@@ -459,6 +459,23 @@ TEST_F(ServerTest, BearerAuthAndClientDisconnect) {
     EXPECT_EQ(after->status, 200);
 }
 
+TEST_F(ServerTest, ConcurrentRequestsShareTwoSlots) {
+    std::vector<std::thread> th;
+    std::vector<int> status(5, 0);
+    for (int i = 0; i < 5; ++i)
+        th.emplace_back([&, i] {
+            json b = simple_request(i % 2 == 0, 20);
+            b["messages"][0]["content"] = "Request number " + std::to_string(i);
+            auto r = post("/v1/messages", b);
+            status[static_cast<size_t>(i)] = r ? r->status : -1;
+        });
+    for (auto& t : th) t.join();
+    for (int s : status) EXPECT_EQ(s, 200);
+    auto met = client().Get("/metrics");
+    ASSERT_TRUE(met);
+    EXPECT_NE(met->body.find("kiln_slots 2"), std::string::npos) << met->body;
+}
+
 TEST_F(ServerTest, OpenAIChatCompletions) {
     json body{{"model", "local"},
               {"max_tokens", 5},
