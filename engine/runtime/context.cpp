@@ -215,6 +215,11 @@ std::string Context::kv_summary() const {
 const Model& Context::model() const { return impl_->model; }
 const char* Context::backend_name() const { return impl_->backend->name(); }
 
+void Context::truncate(int64_t n_keep) {
+    impl_->kv->truncate(n_keep);
+    impl_->n_logit_rows = 0;
+}
+
 void Context::clear() {
     impl_->kv->clear();
     impl_->n_logit_rows = 0;

@@ -17,4 +17,10 @@ void KvCache::advance(int64_t n) {
     n_past_ += n;
 }
 
+void KvCache::truncate(int64_t n_keep) {
+    if (n_keep < 0 || n_keep > n_past_)
+        throw Error(fmt::format("KV cache: cannot keep {} tokens of {}", n_keep, n_past_));
+    n_past_ = n_keep;
+}
+
 }  // namespace kiln::runtime

@@ -25,6 +25,9 @@ public:
     void advance(int64_t n);
     // Forgets every token (the memory is reused as is).
     void clear() { n_past_ = 0; }
+    // Keeps the first n_keep tokens and frees the slots after them (their rows are overwritten by
+    // the next tokens: token i always lives in slot i). n_keep must be in [0, n_past()].
+    void truncate(int64_t n_keep);
 
 private:
     backend::KvLayout layout_;

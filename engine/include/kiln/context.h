@@ -65,6 +65,11 @@ public:
     std::string kv_summary() const;  // one line: the KV memory by layer kind
     // Forgets the sequence (the KV cache memory is kept for the next one).
     void clear();
+    // Keeps the first n_keep tokens of the sequence and drops the rest (their KV cache positions
+    // become free, so the next decode() continues at position n_keep), e.g. to reuse the common
+    // prefix of a new prompt. The logits are invalidated. Throws kiln::Error unless
+    // 0 <= n_keep <= n_past().
+    void truncate(int64_t n_keep);
 
     const Model& model() const;
     const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)

@@ -1,0 +1,311 @@
+// kiln chat -m MODEL: an interactive conversation on stdin with the model's chat template. Each
+// turn renders the whole conversation, keeps the KV cache of the prefix the context already holds
+// and decodes only the new suffix; the reply streams through the model family's output parser
+// (thinking shown dimmed or prefixed, tool calls shown as such). /reset starts over, /exit or end
+// of input quits.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "chat/chat_parser.h"
+#include "chat/chat_template.h"
+#include "cli/args.h"
+#include "cli/command.h"
+#include "cli/progress.h"
+#include "gguf/gguf.h"
+#include "kiln/kiln.h"
+
+namespace kiln::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using ojson = nlohmann::ordered_json;
+
+std::string read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw Error(fmt::format("kiln chat: cannot read {}", path));
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+void out(std::string_view s) {
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+}
+
+// Shows parser events: thinking dimmed on a terminal (prefixed "[thinking] " otherwise), text as
+// is, tool calls as one line each.
+class Display {
+public:
+    explicit Display(bool tty) : tty_(tty) {}
+    void show(const std::vector<chat::ChatEvent>& events) {
+        using K = chat::ChatEvent::Kind;
+        for (const auto& e : events) {
+            switch (e.kind) {
+                case K::Thinking:
+                    if (!in_thinking_) {
+                        end_line();
+                        out(tty_ ? "\033[2m" : "[thinking] ");
+                        in_thinking_ = true;
+                    }
+                    write(e.text);
+                    break;
+                case K::Text:
+                    leave_thinking();
+                    write(e.text);
+                    break;
+                case K::ToolCallStart:
+                    leave_thinking();
+                    end_line();
+                    write(fmt::format("[tool call {} {}] ", e.id, e.name));
+                    break;
+                case K::ToolCallArgs: write(e.text); break;
+                case K::ToolCallEnd: end_line(); break;
+                case K::Warning: fmt::print(stderr, "\nkiln chat: warning: {}\n", e.text); break;
+            }
+        }
+    }
+    void done() {
+        leave_thinking();
+        end_line();
+    }
+
+private:
+    void write(std::string_view s) {
+        if (s.empty()) return;
+        out(s);
+        at_line_start_ = s.back() == '\n';
+    }
+    void end_line() {
+        if (!at_line_start_) write("\n");
+    }
+    void leave_thinking() {
+        if (!in_thinking_) return;
+        if (tty_) out("\033[0m");
+        end_line();
+        in_thinking_ = false;
+    }
+    bool tty_;
+    bool in_thinking_ = false, at_line_start_ = true;
+};
+
+int run_chat(const std::vector<std::string>& argv) {
+    std::string model_path, system_prompt, template_path, parser_name, backend = "cpu";
+    int64_t n_ctx = 0, n_batch = 512, n_predict = -1, seed = -1;
+    int n_threads = 0;
+    bool quiet = false, no_think = false;
+    SamplerParams sp;
+    Args args("chat", "-m MODEL [options]  (then type messages; /reset, /exit)");
+    args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to chat with");
+    args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
+    args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
+    args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
+    args.option({"-n", "--n-predict"}, &n_predict, "N", "most tokens per reply (default -1: until end of turn or context)");
+    args.option({"--backend"}, &backend, "NAME", "cpu (default) or vulkan");
+    args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
+    args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
+    args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
+    args.option({"--min-p"}, &sp.min_p, "P", "min-p sampling (default 0.05, 0 = off)");
+    args.option({"--repeat-penalty"}, &sp.repeat_penalty, "X", "repetition penalty (default 1.0 = off)");
+    args.option({"-s", "--seed"}, &seed, "N", "random seed (default: random)");
+    args.option({"--system"}, &system_prompt, "TEXT", "system message");
+    args.option({"--chat-template"}, &template_path, "FILE", "Jinja chat template to use instead of the model's");
+    args.option({"--parser"}, &parser_name, "NAME",
+                "output parser: generic, hermes (Qwen), glm, deepseek, harmony (gpt-oss); default: from the model");
+    args.flag({"--no-think"}, &no_think, "ask the template not to think (enable_thinking = false)");
+    args.flag({"-q", "--quiet"}, &quiet, "no progress bars or statistics");
+    if (!args.parse(argv)) return 0;
+    if (model_path.empty()) throw Error("kiln chat: no model given (-m MODEL.gguf)");
+    if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
+
+    // The template: --chat-template FILE, else the model's own.
+    std::optional<ChatTemplate> tmpl;
+    {
+        auto f = gguf::File::open(model_path);
+        try {
+            if (!template_path.empty()) {
+                std::string bos, eos;
+                try {
+                    const ChatTemplate t = ChatTemplate::from_gguf(*f);
+                    bos = t.bos_token();
+                    eos = t.eos_token();
+                } catch (const Error&) {
+                }
+                tmpl.emplace(read_file(template_path), bos, eos);
+            } else {
+                try {
+                    tmpl.emplace(ChatTemplate::from_gguf(*f));
+                } catch (const Error& e) {
+                    throw Error(fmt::format("{} (give one with --chat-template FILE)", e.what()));
+                }
+            }
+        } catch (const jinja::TemplateError& e) {
+            throw Error(fmt::format("kiln chat: {}: {}", template_path.empty() ? model_path : template_path, e.what()));
+        }
+    }
+
+    LoadOptions lo;
+    lo.n_threads = n_threads;
+    Progress load_bar("loading", !quiet);
+    lo.progress = [&](float fr) {
+        load_bar.update(fr);
+        return true;
+    };
+    Model model = Model::load(model_path, lo);
+    load_bar.done();
+    ContextOptions co;
+    co.n_ctx = n_ctx;
+    co.n_threads = n_threads;
+    co.n_batch = n_batch;
+    co.backend = backend;
+    Context ctx(model, co);
+    const Tokenizer& tok = model.tokenizer();
+
+    chat::ParserFamily family = chat::detect_family(tmpl->source(), model.info().arch);
+    if (!parser_name.empty()) {
+        auto f = chat::family_from_name(parser_name);
+        if (!f) throw Error(fmt::format("kiln chat: unknown --parser '{}' (generic, hermes, glm, deepseek, harmony)", parser_name));
+        family = *f;
+    }
+    const bool tty_in = ::isatty(STDIN_FILENO) != 0, tty_out = ::isatty(STDOUT_FILENO) != 0;
+    if (!quiet)
+        fmt::print(stderr, "kiln chat: {} ({}), context {}, parser {}; /reset starts over, /exit quits\n",
+                   model.info().name.empty() ? model_path : model.info().name, model.info().arch, ctx.n_ctx(),
+                   chat::family_name(family));
+
+    ojson messages = ojson::array();
+    auto reset = [&] {
+        messages = ojson::array();
+        if (!system_prompt.empty()) messages.push_back({{"role", "system"}, {"content", system_prompt}});
+    };
+    reset();
+    std::vector<int32_t> cached;  // the tokens the context holds
+    Display display(tty_out);
+    int turn = 0;
+
+    std::string line;
+    while (true) {
+        if (tty_in) out("> ");
+        if (!std::getline(std::cin, line)) break;
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line == "/exit" || line == "/quit") break;
+        if (line == "/reset") {
+            reset();
+            cached.clear();
+            ctx.clear();
+            if (!quiet) fmt::print(stderr, "kiln chat: conversation reset\n");
+            continue;
+        }
+        if (line.find_first_not_of(" \t") == std::string::npos) continue;
+
+        messages.push_back({{"role", "user"}, {"content", line}});
+        ojson vars = {{"messages", messages}, {"add_generation_prompt", true}};
+        if (no_think) vars["enable_thinking"] = false;
+        std::string prompt;
+        try {
+            prompt = tmpl->render(vars);
+        } catch (const jinja::TemplateError& e) {
+            messages.erase(messages.size() - 1);
+            fmt::print(stderr, "kiln chat: the chat template failed: {}\n", e.what());
+            continue;
+        }
+        std::vector<int32_t> tokens = tok.encode(prompt, /*add_special=*/false, /*parse_special=*/true);
+        if (tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
+            tokens.insert(tokens.begin(), tok.bos());
+        if (static_cast<int64_t>(tokens.size()) + 1 >= ctx.n_ctx()) {
+            messages.erase(messages.size() - 1);
+            fmt::print(stderr, "kiln chat: the conversation is {} tokens, the context holds {}: /reset or raise -c\n",
+                       tokens.size(), ctx.n_ctx());
+            continue;
+        }
+
+        // Keep the common prefix, decode the rest (at least one token, for the logits).
+        size_t keep = 0;
+        while (keep < cached.size() && keep < tokens.size() && cached[keep] == tokens[keep]) ++keep;
+        if (keep == tokens.size()) --keep;
+        ctx.truncate(static_cast<int64_t>(keep));
+        cached.assign(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(keep));
+        const auto t_prompt = Clock::now();
+        ctx.decode(std::span<const int32_t>(tokens.data() + keep, tokens.size() - keep));
+        cached = tokens;
+        const double prompt_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_prompt).count();
+
+        chat::ParserOptions po;
+        po.family = family;
+        po.starts_in_thinking = chat::prompt_opens_thinking(prompt);
+        chat::ChatParser parser(po);
+        chat::ParsedMessage reply;
+        SamplerParams turn_sp = sp;
+        if (seed >= 0) turn_sp.seed = static_cast<uint64_t>(seed + turn);
+        Sampler sampler(turn_sp, static_cast<int32_t>(ctx.n_vocab()));
+        for (int32_t t : tokens) sampler.accept(t);
+        Detokenizer detok(tok);
+        for (int32_t t : tokens) (void)detok.push(t);  // so the first piece keeps its leading space
+
+        auto handle = [&](const std::vector<chat::ChatEvent>& ev) {
+            reply.apply(ev);
+            display.show(ev);
+        };
+        const auto t_gen = Clock::now();
+        int64_t generated = 0;
+        std::string stop = "end of turn";
+        while (true) {
+            if (n_predict >= 0 && generated >= n_predict) {
+                stop = "length";
+                break;
+            }
+            if (ctx.n_past() >= ctx.n_ctx()) {
+                stop = "context full";
+                break;
+            }
+            const int32_t next = sampler.sample(ctx.logits());
+            sampler.accept(next);
+            ++generated;
+            if (tok.is_eog(next)) break;
+            handle(parser.feed(detok.push(next)));
+            ctx.decode(std::span<const int32_t>(&next, 1));
+            cached.push_back(next);
+        }
+        handle(parser.feed(detok.flush()));
+        handle(parser.finish());
+        display.done();
+        const double gen_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_gen).count();
+
+        ojson msg = {{"role", "assistant"}, {"content", reply.content}};
+        if (!reply.tool_calls.empty()) {
+            ojson calls = ojson::array();
+            for (const auto& c : reply.tool_calls) {
+                ojson a = ojson::parse(c.arguments, nullptr, false);
+                calls.push_back({{"id", c.id},
+                                 {"type", "function"},
+                                 {"function", {{"name", c.name}, {"arguments", a.is_discarded() ? ojson(c.arguments) : a}}}});
+            }
+            msg["tool_calls"] = calls;
+        }
+        messages.push_back(msg);
+        ++turn;
+        if (!quiet)
+            fmt::print(stderr, "kiln chat: turn {}: {} prompt tokens ({} reused, {:.1f} ms), {} generated ({:.1f} t/s, stopped: {})\n",
+                       turn, tokens.size(), keep, prompt_ms, generated,
+                       gen_ms > 0 ? 1000.0 * static_cast<double>(generated) / gen_ms : 0.0, stop);
+    }
+    if (tty_in) out("\n");
+    return 0;
+}
+
+}  // namespace
+
+KILN_COMMAND("chat", "interactive chat with the model's template: kiln chat -m MODEL [--system TEXT]", run_chat);
+
+}  // namespace kiln::cli

@@ -1,0 +1,610 @@
+// kiln serve -m MODEL: the Anthropic Messages API and the OpenAI Chat Completions API over HTTP.
+#include <csignal>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <httplib.h>
+
+#include "cli/args.h"
+#include "cli/command.h"
+#include "cli/server/server.h"
+
+namespace kiln::cli {
+namespace {
+
+using namespace kiln::serve;
+using json = nlohmann::ordered_json;  // answers keep their fields in the documented order
+using Clock = std::chrono::steady_clock;
+
+constexpr size_t kMaxBody = 32u << 20;  // 32 MiB
+
+std::string random_id(const char* prefix) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    static const char* digits = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    std::string s = prefix;
+    for (int i = 0; i < 24; ++i) s += digits[rng() % 62];
+    return s;
+}
+
+bool const_time_equal(const std::string& a, const std::string& b) {
+    // Length leaks, content does not.
+    unsigned char diff = a.size() == b.size() ? 0 : 1;
+    const size_t n = std::max(a.size(), b.size());
+    for (size_t i = 0; i < n; ++i) {
+        const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+        const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+        diff |= static_cast<unsigned char>(x ^ y);
+    }
+    return diff == 0;
+}
+
+bool is_openai_path(const std::string& path) { return path.rfind("/v1/chat/", 0) == 0 || path.rfind("/v1/completions", 0) == 0; }
+
+std::string openai_error_type(const ApiError& e) {
+    switch (e.status) {
+        case 401: return "authentication_error";
+        case 404: return "not_found_error";
+        case 413: return "request_too_large";
+        case 529: return "overloaded_error";
+        case 500: return "server_error";
+        default: return "invalid_request_error";
+    }
+}
+
+void send_error(httplib::Response& res, const ApiError& e, bool openai) {
+    res.status = e.status;
+    json body;
+    if (openai) body = json{{"error", {{"message", e.what()}, {"type", openai_error_type(e)}, {"param", nullptr}, {"code", nullptr}}}};
+    else body = json{{"type", "error"}, {"error", {{"type", e.type}, {"message", e.what()}}}};
+    res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+json anthropic_usage(const GenResult& g) {
+    return json{{"input_tokens", g.n_prompt - g.n_cached},
+                {"output_tokens", g.n_gen},
+                {"cache_read_input_tokens", g.n_cached},
+                {"cache_creation_input_tokens", 0}};
+}
+
+std::string anthropic_stop(const GenResult& g) {
+    if (g.any_tool_call) return "tool_use";
+    if (g.stop_reason == "end") return "end_turn";
+    return g.stop_reason;  // max_tokens, stop_sequence
+}
+
+std::string openai_finish(const GenResult& g) {
+    if (g.any_tool_call) return "tool_calls";
+    if (g.stop_reason == "max_tokens") return "length";
+    return "stop";
+}
+
+json openai_usage(const GenResult& g) {
+    return json{{"prompt_tokens", g.n_prompt},
+                {"completion_tokens", g.n_gen},
+                {"total_tokens", g.n_prompt + g.n_gen},
+                {"prompt_tokens_details", {{"cached_tokens", g.n_cached}}}};
+}
+
+// Collects events into Anthropic content blocks (the non-streaming answer).
+struct Collector {
+    json blocks = json::array();
+    std::string last_kind;
+    void add(const Event& e) {
+        switch (e.kind) {
+            case Event::Text:
+                if (last_kind != "text") blocks.push_back(json{{"type", "text"}, {"text", ""}});
+                blocks.back()["text"] = blocks.back()["text"].get<std::string>() + e.text;
+                last_kind = "text";
+                break;
+            case Event::Thinking:
+                if (last_kind != "thinking") blocks.push_back(json{{"type", "thinking"}, {"thinking", ""}, {"signature", "kiln"}});
+                blocks.back()["thinking"] = blocks.back()["thinking"].get<std::string>() + e.text;
+                last_kind = "thinking";
+                break;
+            case Event::ToolStart:
+                blocks.push_back(json{{"type", "tool_use"}, {"id", e.id}, {"name", e.name}, {"input", ""}});
+                last_kind = "tool_use";
+                break;
+            case Event::ToolArgs:
+                if (last_kind == "tool_use") blocks.back()["input"] = blocks.back()["input"].get<std::string>() + e.text;
+                break;
+            case Event::ToolEnd:
+                if (last_kind == "tool_use") {
+                    json in = json::parse(blocks.back()["input"].get<std::string>(), nullptr, false);
+                    blocks.back()["input"] = in.is_object() ? in : json::object();
+                }
+                last_kind = "";
+                break;
+        }
+    }
+};
+
+class Server {
+public:
+    Server(Engine& engine, std::string api_key, std::string model_name)
+        : e_(engine), api_key_(std::move(api_key)), model_name_(std::move(model_name)) {}
+
+    void install(httplib::Server& svr) {
+        svr.set_payload_max_length(kMaxBody);
+        svr.set_read_timeout(600);
+        svr.set_write_timeout(600);
+        svr.set_keep_alive_timeout(30);
+        const int threads = e_.n_parallel() + 16;
+        svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+
+        svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+            ++e_.metrics().requests;
+            if (api_key_.empty() || req.path == "/health" || (req.method == "HEAD" && req.path == "/"))
+                return httplib::Server::HandlerResponse::Unhandled;
+            std::string key = req.get_header_value("x-api-key");
+            if (key.empty()) {
+                const std::string auth = req.get_header_value("Authorization");
+                if (auth.rfind("Bearer ", 0) == 0) key = auth.substr(7);
+            }
+            if (const_time_equal(key, api_key_)) return httplib::Server::HandlerResponse::Unhandled;
+            log_rejected(key, req);
+            send_error(res, ApiError(401, "authentication_error", key.empty() ? "missing API key (x-api-key or Authorization: Bearer)" : "invalid API key"),
+                       is_openai_path(req.path));
+            return httplib::Server::HandlerResponse::Handled;
+        });
+        svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+            if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+            const bool oa = is_openai_path(req.path);
+            if (res.status == 404) send_error(res, ApiError(404, "not_found_error", fmt::format("no route for {} {}", req.method, req.path)), oa);
+            else if (res.status == 413) send_error(res, ApiError(413, "request_too_large", fmt::format("request body over the {} byte limit", kMaxBody)), oa);
+            else if (res.status == 400) send_error(res, bad_request("malformed HTTP request"), oa);
+            else send_error(res, ApiError(res.status, res.status >= 500 ? "api_error" : "invalid_request_error", fmt::format("HTTP {}", res.status)), oa);
+            return httplib::Server::HandlerResponse::Handled;
+        }));
+        svr.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+            std::string msg = "internal error";
+            try {
+                std::rethrow_exception(ep);
+            } catch (const std::exception& ex) {
+                msg = ex.what();
+            } catch (...) {
+            }
+            send_error(res, ApiError(500, "api_error", msg), is_openai_path(req.path));
+        });
+
+        svr.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content("kiln serve: ok\n", "text/plain"); });
+        svr.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content(R"({"status":"ok"})", "application/json"); });
+        svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+            json m{{"id", model_name_}, {"object", "model"}, {"type", "model"}, {"created", 0}, {"owned_by", "kiln"}, {"display_name", model_name_}};
+            res.set_content(json{{"object", "list"}, {"data", json::array({m})}, {"has_more", false}}.dump(), "application/json");
+        });
+        svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
+        svr.Post("/v1/messages", [this](const httplib::Request& req, httplib::Response& res) { guarded(req, res, false, [&] { messages(req, res); }); });
+        svr.Post("/v1/messages/count_tokens", [this](const httplib::Request& req, httplib::Response& res) {
+            guarded(req, res, false, [&] {
+                const ChatRequest r = from_anthropic(parse_body(req.body));
+                const std::string prompt = render_prompt(e_.chat_template(), r);
+                const auto toks = e_.tokenizer().encode(prompt, true, true);
+                res.set_content(json{{"input_tokens", toks.size()}}.dump(), "application/json");
+            });
+        });
+        svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { guarded(req, res, true, [&] { completions(req, res); }); });
+        svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { guarded(req, res, true, [&] { chat_completions(req, res); }); });
+    }
+
+private:
+    template <class F>
+    void guarded(const httplib::Request& req, httplib::Response& res, bool openai, F&& f) {
+        try {
+            f();
+        } catch (const ApiError& e) {
+            ++e_.metrics().errors;
+            fmt::print(stderr, "kiln serve: {} {} -> {} {}\n", req.method, req.path, e.status, e.what());
+            send_error(res, e, openai);
+        } catch (const std::exception& e) {
+            ++e_.metrics().errors;
+            fmt::print(stderr, "kiln serve: {} {} -> 500 {}\n", req.method, req.path, e.what());
+            send_error(res, ApiError(500, "api_error", e.what()), openai);
+        }
+    }
+
+    void log_rejected(const std::string& key, const httplib::Request& req) {
+        std::lock_guard lk(log_mu_);
+        const std::string shown = key.empty() ? "(none)" : key.size() <= 8 ? std::string(key.size(), '*') : key.substr(0, 4) + "..." + key.substr(key.size() - 2);
+        if (rejected_.size() < 1000 && rejected_.insert(key).second)
+            fmt::print(stderr, "kiln serve: rejected API key {} from {} on {} {} (further uses of this key are not logged)\n", shown,
+                       req.remote_addr, req.method, req.path);
+    }
+
+    // Prepares the request up to the token ids: the errors a client should get before any stream.
+    GenParams prepare(ChatRequest& r, std::string& prompt) {
+        prompt = render_prompt(e_.chat_template(), r);
+        r.gen.prompt = e_.tokenize_prompt(prompt);
+        return r.gen;
+    }
+    std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix) {
+        return make_chat_parser(e_.chat_template().source(), e_.model().info().arch, prompt, random_id(id_prefix) + "_");
+    }
+
+    void log_done(const char* api, const GenResult& g) {
+        fmt::print(stderr, "kiln serve: {}: {} prompt tokens ({} cached), {} generated, stop {}, prefill {:.1f} t/s, decode {:.1f} t/s\n", api,
+                   g.n_prompt, g.n_cached, g.n_gen, g.stop_reason,
+                   g.prefill_ms > 0 ? 1000.0 * static_cast<double>(g.n_prompt - g.n_cached) / g.prefill_ms : 0.0,
+                   g.decode_ms > 0 ? 1000.0 * static_cast<double>(g.n_gen) / g.decode_ms : 0.0);
+    }
+
+    void messages(const httplib::Request& req, httplib::Response& res) {
+        ChatRequest r = from_anthropic(parse_body(req.body));
+        auto adm = std::make_shared<Engine::Admission>(e_);
+        std::string prompt;
+        auto gen = std::make_shared<GenParams>(prepare(r, prompt));
+        const std::string id = random_id("msg_");
+        const std::string model = r.model.empty() ? model_name_ : r.model;
+        std::shared_ptr<OutputParser> parser = parser_for(prompt, "toolu_");
+        if (!r.stream) {
+            Collector col;
+            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
+                col.add(ev);
+                return true;
+            });
+            log_done("messages", g);
+            if (col.blocks.empty()) col.blocks.push_back(json{{"type", "text"}, {"text", ""}});
+            json out{{"id", id},
+                     {"type", "message"},
+                     {"role", "assistant"},
+                     {"model", model},
+                     {"content", col.blocks},
+                     {"stop_reason", anthropic_stop(g)},
+                     {"stop_sequence", g.stop_reason == "stop_sequence" ? json(g.stop_sequence) : json(nullptr)},
+                     {"usage", anthropic_usage(g)}};
+            res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+            return;
+        }
+        res.set_header("Cache-Control", "no-cache");
+        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, parser, id, model](size_t, httplib::DataSink& sink) {
+            stream_messages(sink, *gen, *parser, id, model);
+            sink.done();
+            return true;
+        });
+    }
+
+    static bool sse(httplib::DataSink& sink, const char* event, const json& data) {
+        const std::string s = fmt::format("event: {}\ndata: {}\n\n", event, data.dump(-1, ' ', false, json::error_handler_t::replace));
+        return sink.write(s.data(), s.size());
+    }
+
+    void stream_messages(httplib::DataSink& sink, const GenParams& gen, OutputParser& parser, const std::string& id, const std::string& model) {
+        bool alive = true;
+        auto last_write = Clock::now();
+        auto send = [&](const char* ev, const json& d) {
+            if (!alive) return false;
+            alive = sse(sink, ev, d);
+            last_write = Clock::now();
+            return alive;
+        };
+        int index = -1;
+        std::string open;  // kind of the open block ("" none)
+        auto close_block = [&] {
+            if (open.empty()) return;
+            if (open == "thinking") send("content_block_delta", json{{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "signature_delta"}, {"signature", "kiln"}}}});
+            send("content_block_stop", json{{"type", "content_block_stop"}, {"index", index}});
+            open.clear();
+        };
+        auto open_block = [&](const std::string& kind, const json& block) {
+            close_block();
+            ++index;
+            open = kind;
+            send("content_block_start", json{{"type", "content_block_start"}, {"index", index}, {"content_block", block}});
+        };
+        GenResult g;
+        try {
+            g = e_.generate(
+                gen, parser,
+                [&](int64_t cached) {
+                    send("message_start",
+                         json{{"type", "message_start"},
+                              {"message",
+                               {{"id", id},
+                                {"type", "message"},
+                                {"role", "assistant"},
+                                {"model", model},
+                                {"content", json::array()},
+                                {"stop_reason", nullptr},
+                                {"stop_sequence", nullptr},
+                                {"usage",
+                                 {{"input_tokens", static_cast<int64_t>(gen.prompt.size()) - cached},
+                                  {"output_tokens", 0},
+                                  {"cache_read_input_tokens", cached},
+                                  {"cache_creation_input_tokens", 0}}}}}});
+                },
+                [&] {
+                    if (alive && std::chrono::duration<double>(Clock::now() - last_write).count() >= 5.0) send("ping", json{{"type", "ping"}});
+                    return alive;
+                },
+                [&](const Event& ev) {
+                    switch (ev.kind) {
+                        case Event::Text:
+                            if (open != "text") open_block("text", json{{"type", "text"}, {"text", ""}});
+                            send("content_block_delta", json{{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "text_delta"}, {"text", ev.text}}}});
+                            break;
+                        case Event::Thinking:
+                            if (open != "thinking") open_block("thinking", json{{"type", "thinking"}, {"thinking", ""}});
+                            send("content_block_delta", json{{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "thinking_delta"}, {"thinking", ev.text}}}});
+                            break;
+                        case Event::ToolStart:
+                            open_block("tool_use", json{{"type", "tool_use"}, {"id", ev.id}, {"name", ev.name}, {"input", json::object()}});
+                            break;
+                        case Event::ToolArgs:
+                            if (open == "tool_use")
+                                send("content_block_delta", json{{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "input_json_delta"}, {"partial_json", ev.text}}}});
+                            break;
+                        case Event::ToolEnd: close_block(); break;
+                    }
+                    return alive;
+                });
+        } catch (const std::exception& ex) {
+            fmt::print(stderr, "kiln serve: messages stream failed: {}\n", ex.what());
+            send("error", json{{"type", "error"}, {"error", {{"type", "api_error"}, {"message", ex.what()}}}});
+            return;
+        }
+        log_done("messages", g);
+        if (g.stop_reason == "cancelled" || !alive) return;
+        if (index < 0) open_block("text", json{{"type", "text"}, {"text", ""}});
+        close_block();
+        send("message_delta", json{{"type", "message_delta"},
+                                   {"delta", {{"stop_reason", anthropic_stop(g)}, {"stop_sequence", g.stop_reason == "stop_sequence" ? json(g.stop_sequence) : json(nullptr)}}},
+                                   {"usage", anthropic_usage(g)}});
+        send("message_stop", json{{"type", "message_stop"}});
+    }
+
+    void chat_completions(const httplib::Request& req, httplib::Response& res) {
+        ChatRequest r = from_openai(parse_body(req.body));
+        auto adm = std::make_shared<Engine::Admission>(e_);
+        std::string prompt;
+        auto gen = std::make_shared<GenParams>(prepare(r, prompt));
+        const std::string id = random_id("chatcmpl-");
+        const std::string model = r.model.empty() ? model_name_ : r.model;
+        const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+        std::shared_ptr<OutputParser> parser = parser_for(prompt, "call_");
+        if (!r.stream) {
+            std::string text, reasoning;
+            json calls = json::array();
+            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
+                if (ev.kind == Event::Text) text += ev.text;
+                else if (ev.kind == Event::Thinking) reasoning += ev.text;
+                else if (ev.kind == Event::ToolStart) calls.push_back(json{{"id", ev.id}, {"type", "function"}, {"function", {{"name", ev.name}, {"arguments", ""}}}});
+                else if (ev.kind == Event::ToolArgs && !calls.empty())
+                    calls.back()["function"]["arguments"] = calls.back()["function"]["arguments"].get<std::string>() + ev.text;
+                return true;
+            });
+            log_done("chat.completions", g);
+            json msg{{"role", "assistant"}, {"content", text}};
+            if (!reasoning.empty()) msg["reasoning_content"] = reasoning;
+            if (!calls.empty()) msg["tool_calls"] = calls;
+            json out{{"id", id},
+                     {"object", "chat.completion"},
+                     {"created", created},
+                     {"model", model},
+                     {"choices", json::array({json{{"index", 0}, {"message", msg}, {"finish_reason", openai_finish(g)}}})},
+                     {"usage", openai_usage(g)}};
+            res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+            return;
+        }
+        const bool include_usage = r.include_usage;
+        res.set_header("Cache-Control", "no-cache");
+        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, parser, id, model, created, include_usage](size_t, httplib::DataSink& sink) {
+            bool alive = true;
+            auto chunk = [&](const json& delta, const json& finish) {
+                if (!alive) return false;
+                json c{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model},
+                       {"choices", json::array({json{{"index", 0}, {"delta", delta}, {"finish_reason", finish}}})}};
+                const std::string s = "data: " + c.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+                alive = sink.write(s.data(), s.size());
+                return alive;
+            };
+            int tool_index = -1;
+            GenResult g;
+            try {
+                g = e_.generate(
+                    *gen, *parser, [&](int64_t) { chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr); },
+                    [&] {
+                        if (alive) alive = sink.write(": ping\n\n", 8);
+                        return alive;
+                    },
+                    [&](const Event& ev) {
+                        if (ev.kind == Event::Text) chunk(json{{"content", ev.text}}, nullptr);
+                        else if (ev.kind == Event::Thinking) chunk(json{{"reasoning_content", ev.text}}, nullptr);
+                        else if (ev.kind == Event::ToolStart)
+                            chunk(json{{"tool_calls", json::array({json{{"index", ++tool_index}, {"id", ev.id}, {"type", "function"}, {"function", {{"name", ev.name}, {"arguments", ""}}}}})}}, nullptr);
+                        else if (ev.kind == Event::ToolArgs)
+                            chunk(json{{"tool_calls", json::array({json{{"index", tool_index}, {"function", {{"arguments", ev.text}}}}})}}, nullptr);
+                        return alive;
+                    });
+            } catch (const std::exception& ex) {
+                fmt::print(stderr, "kiln serve: chat.completions stream failed: {}\n", ex.what());
+                const std::string s = "data: " + json{{"error", {{"message", ex.what()}, {"type", "server_error"}}}}.dump() + "\n\n";
+                sink.write(s.data(), s.size());
+                sink.done();
+                return true;
+            }
+            log_done("chat.completions", g);
+            if (alive && g.stop_reason != "cancelled") {
+                chunk(json::object(), openai_finish(g));
+                if (include_usage && alive) {
+                    json u{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", json::array()}, {"usage", openai_usage(g)}};
+                    const std::string s = "data: " + u.dump() + "\n\n";
+                    alive = sink.write(s.data(), s.size());
+                }
+                if (alive) sink.write("data: [DONE]\n\n", 14);
+            }
+            sink.done();
+            return true;
+        });
+    }
+
+    // OpenAI legacy completions: a raw prompt, no chat template, plain text out.
+    void completions(const httplib::Request& req, httplib::Response& res) {
+        const json body = parse_body(req.body);
+        ChatRequest r;
+        {
+            // Reuse the chat request's field checks for the sampling fields, with a dummy message.
+            json b = body;
+            b["messages"] = json::array({json{{"role", "user"}, {"content", ""}}});
+            r = from_openai(nlohmann::json::parse(b.dump()));
+        }
+        auto it = body.find("prompt");
+        if (it == body.end() || !(it->is_string() || (it->is_array() && it->size() == 1 && (*it)[0].is_string())))
+            throw bad_request("prompt: expected a string (one prompt per request)");
+        const std::string prompt = it->is_string() ? it->get<std::string>() : (*it)[0].get<std::string>();
+        if (body.contains("max_tokens") == false) r.gen.max_tokens = 16;  // OpenAI's default
+        auto adm = std::make_shared<Engine::Admission>(e_);
+        auto gen = std::make_shared<GenParams>(r.gen);
+        gen->prompt = e_.tokenize_prompt(prompt);
+        const std::string id = random_id("cmpl-");
+        const std::string model = r.model.empty() ? model_name_ : r.model;
+        const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+        auto choice = [](const std::string& text, const json& finish) {
+            return json::array({json{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}}});
+        };
+        if (!r.stream) {
+            auto parser = make_plain_parser();
+            std::string text;
+            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
+                text += ev.text;
+                return true;
+            });
+            log_done("completions", g);
+            json out{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
+                     {"choices", choice(text, openai_finish(g))}, {"usage", openai_usage(g)}};
+            res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+            return;
+        }
+        const bool include_usage = r.include_usage;
+        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, id, model, created, include_usage, choice](size_t, httplib::DataSink& sink) {
+            bool alive = true;
+            auto write = [&](const json& j) {
+                if (!alive) return false;
+                const std::string s = "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+                alive = sink.write(s.data(), s.size());
+                return alive;
+            };
+            auto base = [&] { return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}}; };
+            auto parser = make_plain_parser();
+            try {
+                const GenResult g = e_.generate(
+                    *gen, *parser, [](int64_t) {}, [&] { return alive = alive && sink.write(": ping\n\n", 8); },
+                    [&](const Event& ev) {
+                        json c = base();
+                        c["choices"] = choice(ev.text, nullptr);
+                        return write(c);
+                    });
+                log_done("completions", g);
+                if (alive && g.stop_reason != "cancelled") {
+                    json c = base();
+                    c["choices"] = choice("", openai_finish(g));
+                    write(c);
+                    if (include_usage) {
+                        json u = base();
+                        u["choices"] = json::array();
+                        u["usage"] = openai_usage(g);
+                        write(u);
+                    }
+                    if (alive) sink.write("data: [DONE]\n\n", 14);
+                }
+            } catch (const std::exception& ex) {
+                write(json{{"error", {{"message", ex.what()}, {"type", "server_error"}}}});
+            }
+            sink.done();
+            return true;
+        });
+    }
+
+    std::string metrics_text() {
+        Metrics& m = e_.metrics();
+        auto rate = [](uint64_t n, uint64_t us) { return us ? 1e6 * static_cast<double>(n) / static_cast<double>(us) : 0.0; };
+        std::string s;
+        s += "# HELP kiln_requests_total HTTP requests received.\n# TYPE kiln_requests_total counter\n";
+        s += fmt::format("kiln_requests_total {}\n", m.requests.load());
+        s += "# HELP kiln_request_errors_total Requests answered with an error.\n# TYPE kiln_request_errors_total counter\n";
+        s += fmt::format("kiln_request_errors_total {}\n", m.errors.load());
+        s += "# HELP kiln_prompt_tokens_total Prompt tokens of generation requests.\n# TYPE kiln_prompt_tokens_total counter\n";
+        s += fmt::format("kiln_prompt_tokens_total {}\n", m.prompt_tokens.load());
+        s += "# HELP kiln_prompt_tokens_cached_total Prompt tokens reused from a slot's cache.\n# TYPE kiln_prompt_tokens_cached_total counter\n";
+        s += fmt::format("kiln_prompt_tokens_cached_total {}\n", m.cached_tokens.load());
+        s += "# HELP kiln_cache_hits_total Requests that reused a cached prefix.\n# TYPE kiln_cache_hits_total counter\n";
+        s += fmt::format("kiln_cache_hits_total {}\n", m.cache_hits.load());
+        s += "# HELP kiln_generated_tokens_total Tokens generated.\n# TYPE kiln_generated_tokens_total counter\n";
+        s += fmt::format("kiln_generated_tokens_total {}\n", m.gen_tokens.load());
+        s += "# HELP kiln_prefill_tokens_per_second Average prompt processing speed.\n# TYPE kiln_prefill_tokens_per_second gauge\n";
+        s += fmt::format("kiln_prefill_tokens_per_second {:.3f}\n", rate(m.prefill_n.load(), m.prefill_us.load()));
+        s += "# HELP kiln_decode_tokens_per_second Average generation speed.\n# TYPE kiln_decode_tokens_per_second gauge\n";
+        s += fmt::format("kiln_decode_tokens_per_second {:.3f}\n", rate(m.gen_tokens.load(), m.decode_us.load()));
+        s += "# HELP kiln_cancelled_total Generations cancelled by a client that went away.\n# TYPE kiln_cancelled_total counter\n";
+        s += fmt::format("kiln_cancelled_total {}\n", m.cancelled.load());
+        const int64_t active = m.active.load(), queued = m.queued.load();
+        s += "# HELP kiln_queue_depth Requests waiting for a slot.\n# TYPE kiln_queue_depth gauge\n";
+        s += fmt::format("kiln_queue_depth {}\n", std::max<int64_t>(0, queued - active));
+        s += "# HELP kiln_slots_busy Slots generating.\n# TYPE kiln_slots_busy gauge\n";
+        s += fmt::format("kiln_slots_busy {}\n", active);
+        s += fmt::format("# HELP kiln_slots Slots (parallel sequences).\n# TYPE kiln_slots gauge\nkiln_slots {}\n", e_.n_parallel());
+        return s;
+    }
+
+    Engine& e_;
+    std::string api_key_, model_name_;
+    std::mutex log_mu_;
+    std::set<std::string> rejected_;
+};
+
+httplib::Server* g_server = nullptr;
+void on_signal(int) {
+    if (g_server) g_server->stop();
+}
+
+int run_serve(const std::vector<std::string>& argv) {
+    std::string model_path, host = "127.0.0.1", api_key, alias;
+    int64_t n_ctx = 0;
+    int port = 8080, parallel = 1, threads = 0, max_queue = 16;
+    Args args("serve", "-m MODEL [options]");
+    args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve");
+    args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size per slot in tokens (default: the model's, at most 4096)");
+    args.option({"--host"}, &host, "ADDR", "address to bind (default 127.0.0.1)");
+    args.option({"--port"}, &port, "N", "port (default 8080)");
+    args.option({"-np", "--parallel"}, &parallel, "N", "slots: requests generated at the same time (default 1)");
+    args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (default 16)");
+    args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
+    args.option({"--api-key"}, &api_key, "KEY", "require this key (x-api-key or Authorization: Bearer)");
+    args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
+    if (!args.parse(argv)) return 0;
+    if (model_path.empty()) throw Error("kiln serve: no model given (-m MODEL.gguf)");
+    if (parallel < 1 || parallel > 64) throw Error("kiln serve: --parallel must be 1..64");
+    if (port < 0 || port > 65535) throw Error("kiln serve: --port must be 0..65535");
+
+    std::signal(SIGPIPE, SIG_IGN);
+    LoadOptions lo;
+    lo.n_threads = threads;
+    Model model = Model::load(model_path, lo);
+    if (alias.empty()) alias = model.info().name.empty() ? std::filesystem::path(model_path).stem().string() : model.info().name;
+    Engine engine(model, n_ctx, parallel, max_queue, threads);
+    Server server(engine, api_key, alias);
+    httplib::Server svr;
+    server.install(svr);
+    if (!svr.bind_to_port(host, port)) throw Error(fmt::format("kiln serve: cannot listen on {}:{}", host, port));
+    fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens{})\n", alias, host, port, engine.n_parallel(), engine.n_ctx(),
+               api_key.empty() ? "" : ", API key required");
+    g_server = &svr;
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    svr.listen_after_bind();
+    g_server = nullptr;
+    fmt::print(stderr, "kiln serve: stopped\n");
+    return 0;
+}
+
+}  // namespace
+
+KILN_COMMAND("serve", "HTTP server (Anthropic Messages and OpenAI Chat Completions): kiln serve -m MODEL [--port P]", run_serve);
+
+}  // namespace kiln::cli

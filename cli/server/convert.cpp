@@ -1,0 +1,388 @@
+// kiln serve: Anthropic Messages / OpenAI Chat Completions bodies to chat-template messages.
+#include <fmt/format.h>
+
+#include "cli/server/server.h"
+
+namespace kiln::serve {
+
+namespace {
+
+constexpr int kMaxDepth = 256;
+
+std::string type_name(const json& j) { return j.type_name(); }
+
+// Field access with clear 400s for wrong types.
+const json* field(const json& obj, const char* key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->is_null()) return nullptr;
+    return &*it;
+}
+std::string get_string(const json& obj, const char* key, const std::string& where) {
+    const json* v = field(obj, key);
+    if (!v) return {};
+    if (!v->is_string()) throw bad_request(fmt::format("{}.{}: expected a string, got {}", where, key, type_name(*v)));
+    return v->get<std::string>();
+}
+double get_number(const json& obj, const char* key, double def, const std::string& where) {
+    const json* v = field(obj, key);
+    if (!v) return def;
+    if (!v->is_number()) throw bad_request(fmt::format("{}.{}: expected a number, got {}", where, key, type_name(*v)));
+    return v->get<double>();
+}
+int64_t get_int(const json& obj, const char* key, int64_t def, const std::string& where) {
+    const json* v = field(obj, key);
+    if (!v) return def;
+    if (!v->is_number()) throw bad_request(fmt::format("{}.{}: expected an integer, got {}", where, key, type_name(*v)));
+    const double d = v->get<double>();
+    if (d < -1e15 || d > 1e15) throw bad_request(fmt::format("{}.{}: out of range", where, key));
+    return static_cast<int64_t>(d);
+}
+bool get_bool(const json& obj, const char* key, bool def, const std::string& where) {
+    const json* v = field(obj, key);
+    if (!v) return def;
+    if (!v->is_boolean()) throw bad_request(fmt::format("{}.{}: expected a boolean, got {}", where, key, type_name(*v)));
+    return v->get<bool>();
+}
+
+[[noreturn]] void reject_image(const std::string& what) {
+    throw bad_request(fmt::format("{} content is not supported: this server runs a text-only model", what));
+}
+
+void sampling_from(const json& body, GenParams& g, const std::string& where) {
+    g.sampler.temperature = static_cast<float>(get_number(body, "temperature", g.sampler.temperature, where));
+    g.sampler.top_p = static_cast<float>(get_number(body, "top_p", g.sampler.top_p, where));
+    g.sampler.top_k = static_cast<int>(get_int(body, "top_k", g.sampler.top_k, where));
+    if (g.sampler.temperature < 0 || g.sampler.temperature > 100) throw bad_request(where + ".temperature: out of range");
+    if (!(g.sampler.top_p >= 0 && g.sampler.top_p <= 1)) throw bad_request(where + ".top_p: must be in [0, 1]");
+}
+
+void stops_from(const json* v, GenParams& g, const char* name) {
+    if (!v) return;
+    if (v->is_string()) {
+        g.stop.push_back(v->get<std::string>());
+        return;
+    }
+    if (!v->is_array()) throw bad_request(fmt::format("{}: expected a string or an array of strings", name));
+    for (const auto& s : *v) {
+        if (!s.is_string()) throw bad_request(fmt::format("{}: expected an array of strings", name));
+        g.stop.push_back(s.get<std::string>());
+    }
+}
+
+// Text of an Anthropic tool_result content (string or blocks).
+std::string tool_result_text(const json& c) {
+    if (c.is_null()) return {};
+    if (c.is_string()) return c.get<std::string>();
+    if (!c.is_array()) throw bad_request("tool_result.content: expected a string or an array of blocks");
+    std::string out;
+    for (const auto& b : c) {
+        if (!b.is_object()) throw bad_request("tool_result.content: expected content blocks");
+        const std::string t = get_string(b, "type", "tool_result.content[]");
+        std::string piece;
+        if (t == "text") piece = get_string(b, "text", "tool_result.content[]");
+        else if (t == "image" || t == "document") reject_image(t);
+        else if (t == "tool_reference") piece = "Tool loaded: " + get_string(b, "tool_name", "tool_reference");
+        else if (t == "search_result") piece = b.dump();
+        else continue;
+        if (!out.empty()) out += "\n";
+        out += piece;
+    }
+    return out;
+}
+
+}  // namespace
+
+json parse_body(const std::string& body) {
+    // Depth check outside strings, so deep nesting is a 400 and never a deep recursion later.
+    int depth = 0;
+    bool in_str = false, esc = false;
+    for (char c : body) {
+        if (in_str) {
+            if (esc) esc = false;
+            else if (c == '\\') esc = true;
+            else if (c == '"') in_str = false;
+            continue;
+        }
+        if (c == '"') in_str = true;
+        else if (c == '{' || c == '[') {
+            if (++depth > kMaxDepth) throw bad_request(fmt::format("invalid JSON: nested deeper than {} levels", kMaxDepth));
+        } else if (c == '}' || c == ']') --depth;
+    }
+    json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) {
+        // Parse again to get the parser's message.
+        try {
+            json again = json::parse(body);
+            (void)again;
+        } catch (const json::exception& e) {
+            std::string what = e.what();
+            if (what.size() > 300) what = what.substr(0, 300) + "...";
+            throw bad_request(fmt::format("invalid JSON body: {}", what));
+        }
+        throw bad_request("invalid JSON body");
+    }
+    if (!j.is_object()) throw bad_request("the request body must be a JSON object");
+    return j;
+}
+
+ChatRequest from_anthropic(const json& body) {
+    ChatRequest r;
+    r.model = get_string(body, "model", "body");
+    r.stream = get_bool(body, "stream", false, "body");
+    r.gen.max_tokens = get_int(body, "max_tokens", -1, "body");
+    if (field(body, "max_tokens") && r.gen.max_tokens < 1) throw bad_request("max_tokens: must be at least 1");
+    r.gen.sampler.temperature = 1.0f;  // Anthropic's defaults: temperature 1, no top-k / top-p
+    r.gen.sampler.top_k = 0;
+    r.gen.sampler.top_p = 1.0f;
+    r.gen.sampler.min_p = 0.0f;
+    sampling_from(body, r.gen, "body");
+    stops_from(field(body, "stop_sequences"), r.gen, "stop_sequences");
+
+    // system: string or text blocks; a first block with the billing header is dropped.
+    std::string system;
+    if (const json* s = field(body, "system")) {
+        if (s->is_string()) system = s->get<std::string>();
+        else if (s->is_array()) {
+            bool first = true;
+            for (const auto& b : *s) {
+                if (!b.is_object()) throw bad_request("system: expected text blocks");
+                const std::string t = get_string(b, "type", "system[]");
+                if (t != "text") {
+                    if (t == "image" || t == "document") reject_image(t);
+                    continue;
+                }
+                const std::string text = get_string(b, "text", "system[]");
+                const bool billing = first && text.rfind("x-anthropic-billing-header:", 0) == 0;
+                first = false;
+                if (billing) continue;
+                if (!system.empty()) system += "\n";
+                system += text;
+            }
+        } else
+            throw bad_request("system: expected a string or an array of text blocks");
+    }
+    if (!system.empty()) r.messages.push_back(ojson{{"role", "system"}, {"content", system}});
+
+    // thinking
+    if (const json* th = field(body, "thinking")) {
+        if (!th->is_object()) throw bad_request("thinking: expected an object");
+        const std::string t = get_string(*th, "type", "thinking");
+        r.enable_thinking = t == "enabled" || t == "adaptive";
+    }
+
+    // tools and tool_choice
+    bool tools_off = false;
+    if (const json* tc = field(body, "tool_choice")) {
+        if (tc->is_object() && get_string(*tc, "type", "tool_choice") == "none") tools_off = true;
+    }
+    if (const json* tools = field(body, "tools"); tools && !tools_off) {
+        if (!tools->is_array()) throw bad_request("tools: expected an array");
+        ojson out = ojson::array();
+        for (const auto& t : *tools) {
+            if (!t.is_object()) throw bad_request("tools: expected tool objects");
+            const std::string name = get_string(t, "name", "tools[]");
+            if (name.empty()) throw bad_request("tools[]: a tool needs a name");
+            ojson fn{{"name", name}};
+            const std::string desc = get_string(t, "description", "tools[]");
+            if (!desc.empty()) fn["description"] = desc;
+            if (const json* schema = field(t, "input_schema")) fn["parameters"] = ojson::parse(schema->dump());
+            else fn["parameters"] = ojson{{"type", "object"}, {"properties", ojson::object()}};
+            out.push_back(ojson{{"type", "function"}, {"function", fn}});
+        }
+        if (!out.empty()) r.tools = out;
+    }
+
+    // messages
+    const json* msgs = field(body, "messages");
+    if (!msgs || !msgs->is_array()) throw bad_request("messages: expected an array");
+    if (msgs->empty()) throw bad_request("messages: at least one message is required");
+    for (size_t i = 0; i < msgs->size(); ++i) {
+        const json& m = (*msgs)[i];
+        const std::string where = fmt::format("messages[{}]", i);
+        if (!m.is_object()) throw bad_request(where + ": expected an object");
+        const std::string role = get_string(m, "role", where);
+        if (role != "user" && role != "assistant" && role != "system")
+            throw bad_request(fmt::format("{}.role: unknown role '{}'", where, role));
+        const json* c = field(m, "content");
+        if (!c) throw bad_request(where + ".content: missing");
+        if (c->is_string()) {
+            r.messages.push_back(ojson{{"role", role}, {"content", c->get<std::string>()}});
+            continue;
+        }
+        if (!c->is_array()) throw bad_request(where + ".content: expected a string or an array of blocks");
+        std::string text, thinking;
+        ojson tool_calls = ojson::array();
+        ojson tool_msgs = ojson::array();
+        for (const auto& b : *c) {
+            if (!b.is_object()) throw bad_request(where + ".content: expected content blocks");
+            const std::string t = get_string(b, "type", where + ".content[]");
+            if (t == "text") {
+                text += get_string(b, "text", where + ".content[]");
+            } else if (t == "image" || t == "document") {
+                reject_image(t);
+            } else if (t == "tool_use" || t == "server_tool_use") {
+                const json* in = field(b, "input");
+                tool_calls.push_back(ojson{{"id", get_string(b, "id", "tool_use")},
+                                           {"type", "function"},
+                                           {"function", ojson{{"name", get_string(b, "name", "tool_use")},
+                                                              {"arguments", in ? ojson::parse(in->dump()) : ojson::object()}}}});
+            } else if (t == "tool_result") {
+                std::string content = tool_result_text(b.contains("content") ? b["content"] : json());
+                if (get_bool(b, "is_error", false, "tool_result")) content = "Error: " + content;
+                tool_msgs.push_back(ojson{{"role", "tool"},
+                                          {"tool_call_id", get_string(b, "tool_use_id", "tool_result")},
+                                          {"content", content}});
+            } else if (t == "thinking") {
+                thinking += get_string(b, "thinking", "thinking");
+            } else if (t == "tool_reference") {
+                if (!text.empty()) text += "\n";
+                text += "Tool loaded: " + get_string(b, "tool_name", "tool_reference");
+            }
+            // redacted_thinking, container_upload, unknown blocks: nothing for the prompt
+        }
+        for (auto& tm : tool_msgs) r.messages.push_back(std::move(tm));
+        if (role == "assistant") {
+            if (text.empty() && thinking.empty() && tool_calls.empty()) continue;
+            ojson am{{"role", "assistant"}, {"content", text}};
+            if (!thinking.empty()) am["reasoning_content"] = thinking;
+            if (!tool_calls.empty()) am["tool_calls"] = tool_calls;
+            r.messages.push_back(std::move(am));
+        } else if (!text.empty() || tool_msgs.empty()) {
+            r.messages.push_back(ojson{{"role", role}, {"content", text}});
+        }
+    }
+    // Assistant prefill: a final assistant message (text only) is continued.
+    if (!r.messages.empty() && r.messages.back()["role"] == "assistant" && !r.messages.back().contains("tool_calls")) {
+        r.prefill = r.messages.back()["content"].get<std::string>();
+        r.messages.erase(r.messages.size() - 1);
+    }
+    return r;
+}
+
+ChatRequest from_openai(const json& body) {
+    ChatRequest r;
+    r.model = get_string(body, "model", "body");
+    r.stream = get_bool(body, "stream", false, "body");
+    if (const json* so = field(body, "stream_options"); so && so->is_object())
+        r.include_usage = get_bool(*so, "include_usage", false, "stream_options");
+    const int64_t n = get_int(body, "n", 1, "body");
+    if (n != 1) throw bad_request("n: only n = 1 is supported");
+    r.gen.max_tokens = get_int(body, "max_completion_tokens", get_int(body, "max_tokens", -1, "body"), "body");
+    if (r.gen.max_tokens == 0 || r.gen.max_tokens < -1) throw bad_request("max_tokens: must be at least 1");
+    sampling_from(body, r.gen, "body");
+    if (const json* seed = field(body, "seed")) {
+        if (!seed->is_number_integer()) throw bad_request("seed: expected an integer");
+        r.gen.sampler.seed = static_cast<uint64_t>(seed->get<int64_t>()) & 0x7FFFFFFFFFFFFFFFull;
+    }
+    stops_from(field(body, "stop"), r.gen, "stop");
+    if (const json* re = field(body, "reasoning_effort"); re && re->is_string())
+        r.enable_thinking = re->get<std::string>() != "none";
+    if (const json* kw = field(body, "chat_template_kwargs"); kw && kw->is_object())
+        r.enable_thinking = get_bool(*kw, "enable_thinking", r.enable_thinking, "chat_template_kwargs");
+
+    bool tools_off = false;
+    if (const json* tc = field(body, "tool_choice"); tc && tc->is_string() && tc->get<std::string>() == "none") tools_off = true;
+    if (const json* tools = field(body, "tools"); tools && !tools_off) {
+        if (!tools->is_array()) throw bad_request("tools: expected an array");
+        for (const auto& t : *tools)
+            if (!t.is_object() || !t.contains("function") || !t["function"].is_object())
+                throw bad_request("tools: expected {\"type\":\"function\",\"function\":{...}} objects");
+        if (!tools->empty()) r.tools = ojson::parse(tools->dump());
+    }
+
+    const json* msgs = field(body, "messages");
+    if (!msgs || !msgs->is_array()) throw bad_request("messages: expected an array");
+    if (msgs->empty()) throw bad_request("messages: at least one message is required");
+    for (size_t i = 0; i < msgs->size(); ++i) {
+        const json& m = (*msgs)[i];
+        const std::string where = fmt::format("messages[{}]", i);
+        if (!m.is_object()) throw bad_request(where + ": expected an object");
+        std::string role = get_string(m, "role", where);
+        if (role == "developer") role = "system";
+        if (role != "user" && role != "assistant" && role != "system" && role != "tool")
+            throw bad_request(fmt::format("{}.role: unknown role '{}'", where, role));
+        ojson om{{"role", role}};
+        const json* c = field(m, "content");
+        std::string text;
+        if (c && c->is_string()) text = c->get<std::string>();
+        else if (c && c->is_array()) {
+            for (const auto& part : *c) {
+                if (!part.is_object()) throw bad_request(where + ".content: expected content parts");
+                const std::string t = get_string(part, "type", where + ".content[]");
+                if (t == "text") text += get_string(part, "text", where + ".content[]");
+                else if (t == "image_url" || t == "input_audio" || t == "file") reject_image(t);
+            }
+        } else if (c)
+            throw bad_request(where + ".content: expected a string or an array of parts");
+        om["content"] = text;
+        if (role == "tool") om["tool_call_id"] = get_string(m, "tool_call_id", where);
+        if (role == "assistant") {
+            const std::string rc = get_string(m, "reasoning_content", where);
+            if (!rc.empty()) om["reasoning_content"] = rc;
+            if (const json* tcs = field(m, "tool_calls")) {
+                if (!tcs->is_array()) throw bad_request(where + ".tool_calls: expected an array");
+                ojson calls = ojson::array();
+                for (const auto& tc : *tcs) {
+                    if (!tc.is_object() || !tc.contains("function") || !tc["function"].is_object())
+                        throw bad_request(where + ".tool_calls: expected {\"function\":{...}} objects");
+                    const json& fn = tc["function"];
+                    ojson args = ojson::object();
+                    if (const json* a = field(fn, "arguments")) {
+                        if (a->is_string()) {
+                            args = ojson::parse(a->get<std::string>(), nullptr, false);
+                            if (args.is_discarded()) args = a->get<std::string>();
+                        } else
+                            args = ojson::parse(a->dump());
+                    }
+                    calls.push_back(ojson{{"id", get_string(tc, "id", "tool_call")},
+                                          {"type", "function"},
+                                          {"function", ojson{{"name", get_string(fn, "name", "tool_call.function")},
+                                                             {"arguments", args}}}});
+                }
+                if (!calls.empty()) om["tool_calls"] = calls;
+            }
+        }
+        r.messages.push_back(std::move(om));
+    }
+    if (!r.messages.empty() && r.messages.back()["role"] == "assistant" && !r.messages.back().contains("tool_calls")) {
+        r.prefill = r.messages.back()["content"].get<std::string>();
+        r.messages.erase(r.messages.size() - 1);
+    }
+    return r;
+}
+
+std::string render_prompt(const ChatTemplate& t, const ChatRequest& r) {
+    auto ctx_for = [&](const ojson& messages) {
+        ojson c{{"messages", messages}, {"add_generation_prompt", true}, {"enable_thinking", r.enable_thinking}};
+        if (!r.tools.is_null()) c["tools"] = r.tools;
+        return c;
+    };
+    try {
+        return t.render(ctx_for(r.messages)) + r.prefill;
+    } catch (const jinja::TemplateError& first) {
+        // Templates that refuse system messages past the first: merge them into the system prompt.
+        ojson merged = ojson::array();
+        std::string extra;
+        bool changed = false;
+        for (size_t i = 0; i < r.messages.size(); ++i) {
+            const ojson& m = r.messages[i];
+            if (i > 0 && m["role"] == "system") {
+                extra += "\n\n" + m["content"].get<std::string>();
+                changed = true;
+            } else
+                merged.push_back(m);
+        }
+        if (!changed) throw bad_request(fmt::format("the chat template refused this conversation: {}", first.what()));
+        if (!merged.empty() && merged[0]["role"] == "system")
+            merged[0]["content"] = merged[0]["content"].get<std::string>() + extra;
+        else
+            merged.insert(merged.begin(), ojson{{"role", "system"}, {"content", extra.substr(2)}});
+        try {
+            return t.render(ctx_for(merged)) + r.prefill;
+        } catch (const jinja::TemplateError& e) {
+            throw bad_request(fmt::format("the chat template refused this conversation: {}", e.what()));
+        }
+    }
+}
+
+}  // namespace kiln::serve

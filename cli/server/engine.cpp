@@ -1,0 +1,328 @@
+// kiln serve: slots, queue, prefix reuse and the generation loop.
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "cli/server/server.h"
+#include "chat/chat_parser.h"
+#include "gguf/gguf.h"
+
+namespace kiln::serve {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+class PlainParser : public OutputParser {
+public:
+    void push(const std::string& delta, std::vector<Event>& out) override {
+        if (!delta.empty()) out.push_back(Event{Event::Text, delta, {}, {}});
+    }
+    void finish(std::vector<Event>&) override {}
+};
+
+// Holds back text that may be the start of a stop sequence.
+class StopMatcher {
+public:
+    explicit StopMatcher(const std::vector<std::string>& stops) {
+        for (const auto& s : stops)
+            if (!s.empty()) stops_.push_back(s);
+    }
+    // Appends text; returns what can be released. Sets hit when a stop sequence was found.
+    std::string push(const std::string& text, bool& hit, std::string& which) {
+        pending_ += text;
+        if (stops_.empty()) return std::exchange(pending_, {});
+        size_t best = std::string::npos;
+        for (const auto& s : stops_) {
+            const size_t at = pending_.find(s);
+            if (at != std::string::npos && at < best) {
+                best = at;
+                which = s;
+            }
+        }
+        if (best != std::string::npos) {
+            hit = true;
+            std::string out = pending_.substr(0, best);
+            pending_.clear();
+            return out;
+        }
+        size_t keep = 0;  // longest suffix of pending_ that is a proper prefix of a stop sequence
+        for (const auto& s : stops_)
+            for (size_t k = std::min(s.size() - 1, pending_.size()); k > keep; --k)
+                if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
+                    keep = k;
+                    break;
+                }
+        std::string out = pending_.substr(0, pending_.size() - keep);
+        pending_.erase(0, pending_.size() - keep);
+        return out;
+    }
+    std::string flush() { return std::exchange(pending_, {}); }
+
+private:
+    std::vector<std::string> stops_;
+    std::string pending_;
+};
+}  // namespace
+
+std::unique_ptr<OutputParser> make_plain_parser() { return std::make_unique<PlainParser>(); }
+
+namespace {
+class FamilyParser : public OutputParser {
+public:
+    explicit FamilyParser(const chat::ParserOptions& o) : p_(o) {}
+    void push(const std::string& delta, std::vector<Event>& out) override { convert(p_.feed(delta), out); }
+    void finish(std::vector<Event>& out) override { convert(p_.finish(), out); }
+
+private:
+    static void convert(const std::vector<chat::ChatEvent>& in, std::vector<Event>& out) {
+        using K = chat::ChatEvent::Kind;
+        for (const auto& e : in) {
+            switch (e.kind) {
+                case K::Text: out.push_back(Event{Event::Text, e.text, {}, {}}); break;
+                case K::Thinking: out.push_back(Event{Event::Thinking, e.text, {}, {}}); break;
+                case K::ToolCallStart: out.push_back(Event{Event::ToolStart, {}, e.id, e.name}); break;
+                case K::ToolCallArgs: out.push_back(Event{Event::ToolArgs, e.text, {}, {}}); break;
+                case K::ToolCallEnd: out.push_back(Event{Event::ToolEnd, {}, {}, {}}); break;
+                case K::Warning: fmt::print(stderr, "kiln serve: model output: {}\n", e.text); break;
+            }
+        }
+    }
+    chat::ChatParser p_;
+};
+}  // namespace
+
+std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
+                                               const std::string& prompt, const std::string& id_prefix) {
+    chat::ParserOptions o;
+    o.family = chat::detect_family(template_source, arch);
+    o.starts_in_thinking = chat::prompt_opens_thinking(prompt);
+    o.tool_call_id_prefix = id_prefix;
+    return std::make_unique<FamilyParser>(o);
+}
+
+struct Engine::Slot {
+    int id = 0;
+    std::unique_ptr<Context> ctx;
+    std::vector<int32_t> tokens;  // what the context holds
+    bool busy = false;
+    uint64_t last_used = 0;
+};
+
+Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads)
+    : model_(std::move(model)), max_queue_(max_queue) {
+    auto f = gguf::File::open(model_.info().path);
+    tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
+    ContextOptions co;
+    co.n_ctx = n_ctx;
+    co.n_threads = n_threads;
+    for (int i = 0; i < std::max(1, n_parallel); ++i) {
+        auto s = std::make_unique<Slot>();
+        s->id = i;
+        s->ctx = std::make_unique<Context>(model_, co);
+        slots_.push_back(std::move(s));
+    }
+    n_ctx_ = slots_[0]->ctx->n_ctx();
+    // For tests of the output path (parsers, SSE): every generation replays this text's tokens,
+    // then end of text. Models with random weights never produce a tool call on their own.
+    if (const char* s = std::getenv("KILN_SERVE_SCRIPTED_OUTPUT"); s && *s) {
+        script_ = model_.tokenizer().encode(s, /*add_special=*/false, /*parse_special=*/true);
+        script_.push_back(model_.tokenizer().eos());
+        fmt::print(stderr, "kiln serve: KILN_SERVE_SCRIPTED_OUTPUT is set: every answer replays it ({} tokens)\n", script_.size());
+    }
+}
+
+Engine::~Engine() = default;
+
+int Engine::n_parallel() const { return static_cast<int>(slots_.size()); }
+
+std::vector<int32_t> Engine::tokenize_prompt(const std::string& text) const {
+    std::vector<int32_t> t = tokenizer().encode(text, /*add_special=*/true, /*parse_special=*/true);
+    if (t.empty()) throw bad_request("the prompt is empty");
+    if (static_cast<int64_t>(t.size()) >= n_ctx_)
+        throw bad_request(fmt::format("prompt is too long: {} tokens > {} maximum", t.size(), n_ctx_ - 1));
+    return t;
+}
+
+Engine::Admission::Admission(Engine& e) : e_(e) {
+    const int64_t n = ++e_.metrics_.queued;
+    if (n > static_cast<int64_t>(e_.slots_.size()) + e_.max_queue_) {
+        --e_.metrics_.queued;
+        throw ApiError(529, "overloaded_error", "the server is overloaded: every slot is busy and the queue is full");
+    }
+}
+Engine::Admission::~Admission() { --e_.metrics_.queued; }
+
+Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::function<bool()>& keepalive) {
+    std::unique_lock lk(mu_);
+    for (;;) {
+        Slot* best = nullptr;
+        size_t best_lcp = 0;
+        for (auto& s : slots_) {
+            if (s->busy) continue;
+            size_t l = 0;
+            const size_t n = std::min(s->tokens.size(), prompt.size());
+            while (l < n && s->tokens[l] == prompt[l]) ++l;
+            if (!best || l > best_lcp || (l == best_lcp && s->last_used < best->last_used)) {
+                best = s.get();
+                best_lcp = l;
+            }
+        }
+        if (best) {
+            best->busy = true;
+            best->last_used = ++clock_;
+            ++metrics_.active;
+            return best;
+        }
+        cv_.wait_for(lk, std::chrono::seconds(1));
+        lk.unlock();
+        const bool alive = keepalive();
+        lk.lock();
+        if (!alive) return nullptr;
+    }
+}
+
+void Engine::release(Slot* s) {
+    {
+        std::lock_guard lk(mu_);
+        s->busy = false;
+        --metrics_.active;
+    }
+    cv_.notify_one();
+}
+
+GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::function<void(int64_t)>& on_start,
+                           const std::function<bool()>& keepalive, const EmitFn& emit) {
+    GenResult r;
+    r.n_prompt = static_cast<int64_t>(p.prompt.size());
+    Slot* slot = acquire(p.prompt, keepalive);
+    if (!slot) {
+        r.stop_reason = "cancelled";
+        ++metrics_.cancelled;
+        return r;
+    }
+    struct Release {
+        Engine* e;
+        Slot* s;
+        ~Release() { e->release(s); }
+    } release_guard{this, slot};
+    Context& ctx = *slot->ctx;
+
+    // Prefix reuse: keep the common prefix, always re-decode at least the last prompt token (its
+    // logits start the generation).
+    size_t keep = 0;
+    {
+        const size_t n = std::min(slot->tokens.size(), p.prompt.size());
+        while (keep < n && slot->tokens[keep] == p.prompt[keep]) ++keep;
+        if (keep == p.prompt.size()) --keep;
+        keep = std::min<size_t>(keep, static_cast<size_t>(ctx.n_past()));
+    }
+    ctx.truncate(static_cast<int64_t>(keep));
+    slot->tokens.resize(keep);
+    r.n_cached = static_cast<int64_t>(keep);
+    metrics_.prompt_tokens += p.prompt.size();
+    metrics_.cached_tokens += keep;
+    if (keep > 0) ++metrics_.cache_hits;
+    on_start(r.n_cached);
+
+    const auto t_prefill = Clock::now();
+    auto last_tick = Clock::now();
+    constexpr size_t kBatch = 256;
+    for (size_t i = keep; i < p.prompt.size(); i += kBatch) {
+        const size_t n = std::min(kBatch, p.prompt.size() - i);
+        try {
+            ctx.decode(std::span<const int32_t>(p.prompt.data() + i, n));
+        } catch (...) {
+            ctx.clear();
+            slot->tokens.clear();
+            throw;
+        }
+        slot->tokens.insert(slot->tokens.end(), p.prompt.begin() + static_cast<std::ptrdiff_t>(i),
+                            p.prompt.begin() + static_cast<std::ptrdiff_t>(i + n));
+        if (std::chrono::duration<double>(Clock::now() - last_tick).count() >= 1.0) {
+            last_tick = Clock::now();
+            if (!keepalive()) {
+                r.stop_reason = "cancelled";
+                ++metrics_.cancelled;
+                return r;
+            }
+        }
+    }
+    r.prefill_ms = ms_since(t_prefill);
+    metrics_.prefill_us += static_cast<uint64_t>(r.prefill_ms * 1000);
+    metrics_.prefill_n += p.prompt.size() - keep;
+
+    const Tokenizer& tok = tokenizer();
+    Sampler sampler(p.sampler, static_cast<int32_t>(ctx.n_vocab()));
+    for (int32_t t : p.prompt) sampler.accept(t);
+    Detokenizer detok(tok);
+    for (int32_t t : p.prompt) (void)detok.push(t);
+    StopMatcher stops(p.stop);
+    std::vector<Event> events;
+    bool cancelled = false;
+    auto deliver = [&](const std::string& text) {
+        events.clear();
+        parser.push(text, events);
+        for (const Event& e : events) {
+            if (e.kind == Event::ToolEnd) r.any_tool_call = true;
+            if (!emit(e)) cancelled = true;
+        }
+    };
+
+    const int64_t room = n_ctx_ - ctx.n_past();
+    const int64_t limit = p.max_tokens < 0 ? room : std::min(p.max_tokens, room);
+    const auto t_gen = Clock::now();
+    r.stop_reason = "max_tokens";
+    while (r.n_gen < limit && !cancelled) {
+        const int32_t next = script_.empty() ? sampler.sample(ctx.logits())
+                                             : script_[std::min(static_cast<size_t>(r.n_gen), script_.size() - 1)];
+        sampler.accept(next);
+        ++r.n_gen;
+        if (tok.is_eog(next)) {
+            r.stop_reason = "end";
+            break;
+        }
+        bool hit = false;
+        const std::string out = stops.push(detok.push(next), hit, r.stop_sequence);
+        if (!out.empty()) deliver(out);
+        if (hit) {
+            r.stop_reason = "stop_sequence";
+            // The sampled token is in the context so the slot's tokens stay in step.
+            if (ctx.n_past() < n_ctx_) {
+                ctx.decode(std::span<const int32_t>(&next, 1));
+                slot->tokens.push_back(next);
+            }
+            break;
+        }
+        if (r.n_gen >= limit || ctx.n_past() >= n_ctx_) break;
+        ctx.decode(std::span<const int32_t>(&next, 1));
+        slot->tokens.push_back(next);
+    }
+    if (r.stop_reason != "stop_sequence" && !cancelled) {
+        bool hit = false;
+        std::string rest = stops.push(detok.flush(), hit, r.stop_sequence);
+        if (hit) r.stop_reason = "stop_sequence";
+        else rest += stops.flush();
+        if (!rest.empty()) deliver(rest);
+    }
+    if (!cancelled) {
+        events.clear();
+        parser.finish(events);
+        for (const Event& e : events) {
+            if (e.kind == Event::ToolEnd) r.any_tool_call = true;
+            if (!emit(e)) cancelled = true;
+        }
+    }
+    if (cancelled) {
+        r.stop_reason = "cancelled";
+        ++metrics_.cancelled;
+    }
+    r.decode_ms = ms_since(t_gen);
+    metrics_.gen_tokens += static_cast<uint64_t>(r.n_gen);
+    metrics_.decode_us += static_cast<uint64_t>(r.decode_ms * 1000);
+    return r;
+}
+
+}  // namespace kiln::serve

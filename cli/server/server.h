@@ -1,0 +1,157 @@
+// kiln serve: an HTTP server for the Anthropic Messages API and the OpenAI Chat Completions API,
+// on the public C++ API only. Layout:
+//   engine.cpp  - slots (one Context each), the request queue, prefix reuse, the generation loop
+//   convert.cpp - request bodies (Anthropic / OpenAI) to the chat template's messages and back
+//   cmd_serve.cpp - routes, SSE, authentication, errors, metrics
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "chat/chat_template.h"
+#include "kiln/kiln.h"
+
+namespace kiln::serve {
+
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+// An error for the client: HTTP status plus the Anthropic error type (the OpenAI writer maps it).
+struct ApiError : std::runtime_error {
+    int status;
+    std::string type;  // invalid_request_error, authentication_error, not_found_error, ...
+    ApiError(int s, std::string t, const std::string& msg) : std::runtime_error(msg), status(s), type(std::move(t)) {}
+};
+inline ApiError bad_request(const std::string& msg) { return ApiError(400, "invalid_request_error", msg); }
+
+// What generation produces, after the output parser: text, thinking, tool calls. Until a
+// tool-call/reasoning parser is plugged in (engine/chat/ on the parsers branch), the plain-text
+// parser emits only Text.
+struct Event {
+    enum Kind { Text, Thinking, ToolStart, ToolArgs, ToolEnd } kind = Text;
+    std::string text;      // Text / Thinking / ToolArgs: the delta
+    std::string id, name;  // ToolStart
+};
+using EmitFn = std::function<bool(const Event&)>;  // false: the client is gone, stop
+
+// Turns generated text deltas into events. The plain one passes text through.
+class OutputParser {
+public:
+    virtual ~OutputParser() = default;
+    virtual void push(const std::string& delta, std::vector<Event>& out) = 0;
+    virtual void finish(std::vector<Event>& out) = 0;
+};
+std::unique_ptr<OutputParser> make_plain_parser();
+// The model family's parser (engine/chat/chat_parser.h): thinking and tool calls become events.
+// `prompt` is the rendered prompt (an open <think> there means the output starts in thinking);
+// tool call ids are id_prefix + their index.
+std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
+                                               const std::string& prompt, const std::string& id_prefix);
+
+struct GenParams {
+    std::vector<int32_t> prompt;
+    int64_t max_tokens = -1;  // -1: until the context is full; clamped to what the context has left
+    SamplerParams sampler;
+    std::vector<std::string> stop;  // stop sequences (not included in the output)
+};
+
+struct GenResult {
+    // "end" (end of generation token), "max_tokens" (limit or context full), "stop_sequence",
+    // "cancelled" (client gone)
+    std::string stop_reason = "end";
+    std::string stop_sequence;
+    int64_t n_prompt = 0, n_cached = 0, n_gen = 0;
+    double prefill_ms = 0, decode_ms = 0;
+    bool any_tool_call = false;
+};
+
+struct Metrics {
+    std::atomic<uint64_t> requests{0}, errors{0}, prompt_tokens{0}, cached_tokens{0}, gen_tokens{0};
+    std::atomic<uint64_t> prefill_us{0}, decode_us{0}, prefill_n{0}, cache_hits{0}, cancelled{0};
+    std::atomic<int64_t> queued{0}, active{0};
+};
+
+// The slots and the queue. generate() is safe to call from many threads: it waits for a free slot.
+class Engine {
+public:
+    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads);
+    ~Engine();
+
+    const Model& model() const { return model_; }
+    const Tokenizer& tokenizer() const { return model_.tokenizer(); }
+    const ChatTemplate& chat_template() const { return *tmpl_; }
+    int64_t n_ctx() const { return n_ctx_; }
+    int n_parallel() const;
+    Metrics& metrics() { return metrics_; }
+
+    // Tokenizes a rendered prompt; throws ApiError 400 "prompt is too long: N tokens > M maximum".
+    std::vector<int32_t> tokenize_prompt(const std::string& text) const;
+
+    // A place in the queue: throws ApiError 529 when the queue is full. Hold it for the request.
+    class Admission {
+    public:
+        explicit Admission(Engine& e);
+        ~Admission();
+        Admission(const Admission&) = delete;
+        Admission& operator=(const Admission&) = delete;
+
+    private:
+        Engine& e_;
+    };
+
+    // Waits for a slot, reuses the longest cached prefix, decodes the rest of the prompt and
+    // generates. on_start(n_cached) runs once the slot is taken (before the prompt is decoded);
+    // keepalive() runs about every second while waiting and between prompt batches (false:
+    // cancel); emit gets each event (false: cancel).
+    GenResult generate(const GenParams& p, OutputParser& parser, const std::function<void(int64_t)>& on_start,
+                       const std::function<bool()>& keepalive, const EmitFn& emit);
+
+private:
+    struct Slot;
+    Slot* acquire(const std::vector<int32_t>& prompt, const std::function<bool()>& keepalive);
+    void release(Slot* s);
+
+    Model model_;
+    std::unique_ptr<ChatTemplate> tmpl_;
+    int64_t n_ctx_;
+    int max_queue_;
+    std::vector<std::unique_ptr<Slot>> slots_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    uint64_t clock_ = 0;
+    Metrics metrics_;
+    std::vector<int32_t> script_;  // KILN_SERVE_SCRIPTED_OUTPUT: tests replay this text instead of sampling
+};
+
+// ---- request conversion (convert.cpp) -----------------------------------------------------------
+
+struct ChatRequest {
+    ojson messages = ojson::array();
+    ojson tools;  // null or an array of OpenAI-style function tools
+    bool enable_thinking = false;
+    std::string prefill;  // text of a final assistant message to continue
+    GenParams gen;
+    bool stream = false;
+    bool include_usage = false;  // OpenAI stream_options.include_usage
+    std::string model;
+};
+
+// Parses a body, rejecting deep nesting before the parser sees it.
+json parse_body(const std::string& body);
+
+ChatRequest from_anthropic(const json& body);
+ChatRequest from_openai(const json& body);
+
+// Renders the prompt text (with the generation prompt, and the prefill appended).
+std::string render_prompt(const ChatTemplate& t, const ChatRequest& r);
+
+}  // namespace kiln::serve

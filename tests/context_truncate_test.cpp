@@ -1,0 +1,45 @@
+// Context::truncate: dropping the tail of the sequence and decoding other tokens gives the same
+// logits as decoding the kept prefix plus those tokens into a fresh context.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kiln/kiln.h"
+#include "model/synthetic.h"
+#include "support/shared.h"
+
+TEST(ContextTruncate, ReusesThePrefix) {
+    kiln::SyntheticLlama s;
+    s.n_ctx = 64;
+    const std::string path = kiln::test::temp_path("truncate.gguf").string();
+    kiln::write_synthetic_llama(path, s);
+    const kiln::Model model = kiln::Model::load(path);
+    kiln::ContextOptions o;
+    o.n_ctx = 64;
+    o.n_threads = 1;
+    const std::vector<int32_t> prefix = {1, 5, 9, 13}, a = {20, 21, 22}, b = {30, 31};
+
+    kiln::Context ctx(model, o);
+    ctx.decode(prefix);
+    ctx.decode(a);
+    EXPECT_EQ(ctx.n_past(), 7);
+    ctx.truncate(4);
+    EXPECT_EQ(ctx.n_past(), 4);
+    EXPECT_EQ(ctx.n_logits(), 0);
+    ctx.decode(b);
+    const auto got = std::vector<float>(ctx.logits().begin(), ctx.logits().end());
+
+    kiln::Context fresh(model, o);
+    std::vector<int32_t> all = prefix;
+    all.insert(all.end(), b.begin(), b.end());
+    fresh.decode(all);
+    const auto want = fresh.logits();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-3f * (1.0f + std::abs(want[i]))) << i;
+
+    EXPECT_THROW(ctx.truncate(7), kiln::Error);
+    EXPECT_THROW(ctx.truncate(-1), kiln::Error);
+    ctx.truncate(0);
+    EXPECT_EQ(ctx.n_past(), 0);
+}

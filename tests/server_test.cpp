@@ -1,0 +1,544 @@
+// kiln serve end to end: starts the built binary on a free loopback port with the tiny Qwen3-vocab
+// model and talks to it with httplib (Anthropic Messages, OpenAI Chat Completions, errors, metrics).
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "support/run.h"
+#include "support/shared.h"
+
+namespace {
+
+using json = nlohmann::json;
+using kiln::test::kiln_binary;
+using kiln::test::shared_dir;
+
+constexpr const char* kModel = "models/qwen3-vocab-tiny.f16.gguf";
+constexpr const char* kKey = "test-key-123";
+
+int free_port() {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    const int port = ntohs(a.sin_port);
+    ::close(fd);
+    return port;
+}
+
+// One server for the whole suite; killed when the suite ends.
+class ServerTest : public ::testing::Test {
+protected:
+    static inline pid_t pid_ = -1;
+    static inline int port_ = 0;
+    static inline std::string log_path_;
+
+    static void SetUpTestSuite() { start(nullptr); }
+    static void start(const char* script) {
+        if (!std::filesystem::exists(shared_dir() / kModel)) return;
+        port_ = free_port();
+        log_path_ = kiln::test::temp_path("serve-" + std::to_string(::getpid()) + ".log").string();
+        const std::string model = (shared_dir() / kModel).string();
+        const std::string bin = kiln_binary();
+        const std::string port = std::to_string(port_);
+        pid_ = ::fork();
+        if (pid_ == 0) {
+            if (script) ::setenv("KILN_SERVE_SCRIPTED_OUTPUT", script, 1);
+            FILE* f = std::fopen(log_path_.c_str(), "w");
+            if (f) {
+                ::dup2(fileno(f), 2);
+                ::dup2(fileno(f), 1);
+            }
+            ::execl(bin.c_str(), bin.c_str(), "serve", "-m", model.c_str(), "-c", "1024", "--port", port.c_str(), "--parallel", "2",
+                    "--api-key", kKey, "-t", "2", static_cast<char*>(nullptr));
+            ::_exit(127);
+        }
+        httplib::Client c("127.0.0.1", port_);
+        for (int i = 0; i < 300; ++i) {  // up to 30 s
+            if (auto r = c.Get("/health"); r && r->status == 200) return;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        std::ifstream log(log_path_);
+        std::fprintf(stderr, "kiln serve did not come up; its log:\n%s\n", std::string(std::istreambuf_iterator<char>(log), {}).c_str());
+    }
+    static void TearDownTestSuite() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGTERM);
+            int status = 0;
+            for (int i = 0; i < 50 && ::waitpid(pid_, &status, WNOHANG) == 0; ++i)
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            if (::waitpid(pid_, &status, WNOHANG) == 0) {
+                ::kill(pid_, SIGKILL);
+                ::waitpid(pid_, &status, 0);
+            }
+            pid_ = -1;
+        }
+    }
+    void SetUp() override {
+        KILN_REQUIRE_SHARED("models");
+        if (!std::filesystem::exists(shared_dir() / kModel)) GTEST_SKIP() << kModel << " is absent";
+        ASSERT_GT(pid_, 0);
+    }
+
+    httplib::Client client(const std::string& key = kKey) {
+        httplib::Client c("127.0.0.1", port_);
+        c.set_read_timeout(120);
+        if (!key.empty()) c.set_default_headers({{"x-api-key", key}, {"anthropic-version", "2023-06-01"}});
+        return c;
+    }
+    httplib::Result post(const std::string& path, const json& body, const std::string& key = kKey) {
+        return client(key).Post(path, body.dump(), "application/json");
+    }
+};
+
+json simple_request(bool stream, int max_tokens = 8) {
+    return json{{"model", "local"},
+                {"max_tokens", max_tokens},
+                {"stream", stream},
+                {"temperature", 0},
+                {"messages", json::array({json{{"role", "user"}, {"content", "Say hello"}}})}};
+}
+
+void expect_anthropic_error(const httplib::Result& r, int status, const std::string& type) {
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, status) << r->body;
+    const json j = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r->body;
+    EXPECT_EQ(j.value("type", ""), "error") << r->body;
+    EXPECT_EQ(j["error"].value("type", ""), type) << r->body;
+    EXPECT_FALSE(j["error"].value("message", "").empty());
+}
+
+struct SseEvent {
+    std::string event;
+    json data;
+};
+
+// Strict SSE parse: every event has an `event:` line and one `data:` line of JSON.
+std::vector<SseEvent> parse_sse(const std::string& body) {
+    std::vector<SseEvent> out;
+    size_t pos = 0;
+    while (pos < body.size()) {
+        size_t end = body.find("\n\n", pos);
+        EXPECT_NE(end, std::string::npos) << "unterminated SSE event";
+        if (end == std::string::npos) break;
+        const std::string ev = body.substr(pos, end - pos);
+        pos = end + 2;
+        const size_t nl = ev.find('\n');
+        EXPECT_NE(nl, std::string::npos) << ev;
+        if (nl == std::string::npos) continue;
+        EXPECT_EQ(ev.rfind("event: ", 0), 0u) << ev;
+        EXPECT_EQ(ev.compare(nl + 1, 6, "data: "), 0) << ev;
+        SseEvent e{ev.substr(7, nl - 7), json::parse(ev.substr(nl + 7), nullptr, false)};
+        EXPECT_FALSE(e.data.is_discarded()) << ev;
+        EXPECT_EQ(e.data.value("type", ""), e.event) << ev;
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+// Checks the Anthropic event grammar; returns message_delta's data.
+json check_anthropic_stream(const std::vector<SseEvent>& evs) {
+    EXPECT_GE(evs.size(), 4u);
+    if (evs.size() < 4) return {};
+    EXPECT_EQ(evs.front().event, "message_start");
+    EXPECT_EQ(evs.back().event, "message_stop");
+    json delta;
+    int open = -1, next_index = 0;
+    bool seen_delta = false;
+    for (size_t i = 1; i + 1 < evs.size(); ++i) {
+        const auto& e = evs[i];
+        if (e.event == "ping") continue;
+        EXPECT_FALSE(seen_delta) << "event after message_delta: " << e.event;
+        if (e.event == "content_block_start") {
+            EXPECT_EQ(open, -1);
+            EXPECT_EQ(e.data["index"].get<int>(), next_index);
+            open = next_index++;
+        } else if (e.event == "content_block_delta") {
+            EXPECT_EQ(e.data["index"].get<int>(), open);
+        } else if (e.event == "content_block_stop") {
+            EXPECT_EQ(e.data["index"].get<int>(), open);
+            open = -1;
+        } else if (e.event == "message_delta") {
+            EXPECT_EQ(open, -1);
+            seen_delta = true;
+            delta = e.data;
+        } else {
+            ADD_FAILURE() << "unexpected event " << e.event;
+        }
+    }
+    EXPECT_TRUE(seen_delta);
+    EXPECT_GE(next_index, 1);
+    return delta;
+}
+
+// A server whose every answer is a scripted Qwen3 output with thinking and a tool call: the parser
+// events become thinking / text / tool_use blocks (Anthropic) and reasoning_content / tool_calls
+// (OpenAI).
+class ServerToolTest : public ServerTest {
+protected:
+    static void SetUpTestSuite() {
+        start("<think>\nLet me look.\n</think>\n\nI will list them.\n<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls -la\"}}\n</tool_call>");
+    }
+};
+
+TEST_F(ServerToolTest, ThinkingTextAndToolUse) {
+    json body = simple_request(true, 200);
+    body["thinking"] = {{"type", "enabled"}, {"budget_tokens", 1000}};
+    body["tools"] = json::array({json{{"name", "Bash"}, {"input_schema", {{"type", "object"}, {"properties", {{"command", {{"type", "string"}}}}}}}}});
+    auto r = post("/v1/messages", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const auto evs = parse_sse(r->body);
+    const json delta = check_anthropic_stream(evs);
+    EXPECT_EQ(delta["delta"]["stop_reason"], "tool_use");
+    std::vector<std::string> kinds;
+    std::string partial;
+    bool signature = false;
+    for (const auto& e : evs) {
+        if (e.event == "content_block_start") kinds.push_back(e.data["content_block"]["type"]);
+        if (e.event == "content_block_delta" && e.data["delta"]["type"] == "input_json_delta") partial += e.data["delta"]["partial_json"].get<std::string>();
+        if (e.event == "content_block_delta" && e.data["delta"]["type"] == "signature_delta") signature = true;
+    }
+    EXPECT_EQ(kinds, (std::vector<std::string>{"thinking", "text", "tool_use"}));
+    EXPECT_TRUE(signature);
+    EXPECT_EQ(json::parse(partial), (json{{"command", "ls -la"}}));
+
+    body["stream"] = false;
+    auto n = post("/v1/messages", body);
+    ASSERT_TRUE(n);
+    ASSERT_EQ(n->status, 200) << n->body;
+    const json j = json::parse(n->body);
+    EXPECT_EQ(j["stop_reason"], "tool_use");
+    ASSERT_EQ(j["content"].size(), 3u);
+    EXPECT_EQ(j["content"][0]["thinking"], "Let me look.");
+    EXPECT_EQ(j["content"][1]["text"], "I will list them.");
+    EXPECT_EQ(j["content"][2]["name"], "Bash");
+    EXPECT_EQ(j["content"][2]["input"]["command"], "ls -la");
+
+    json oa{{"model", "x"}, {"max_tokens", 200}, {"messages", json::array({json{{"role", "user"}, {"content", "ls"}}})},
+            {"tools", json::array({json{{"type", "function"}, {"function", {{"name", "Bash"}, {"parameters", {{"type", "object"}}}}}}})}};
+    auto o = post("/v1/chat/completions", oa);
+    ASSERT_TRUE(o);
+    ASSERT_EQ(o->status, 200) << o->body;
+    const json oj = json::parse(o->body);
+    EXPECT_EQ(oj["choices"][0]["finish_reason"], "tool_calls");
+    EXPECT_EQ(oj["choices"][0]["message"]["reasoning_content"], "Let me look.");
+    EXPECT_EQ(oj["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "Bash");
+    EXPECT_EQ(json::parse(oj["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>())["command"], "ls -la");
+}
+
+TEST_F(ServerTest, HealthRootModelsAndMetrics) {
+    auto c = client("");
+    auto h = c.Get("/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 200);
+    auto head = c.Head("/");
+    ASSERT_TRUE(head);
+    EXPECT_EQ(head->status, 200);
+    auto m = client().Get("/v1/models");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->status, 200);
+    EXPECT_EQ(json::parse(m->body)["data"].size(), 1u);
+    auto met = client().Get("/metrics");
+    ASSERT_TRUE(met);
+    EXPECT_EQ(met->status, 200);
+    EXPECT_NE(met->body.find("kiln_requests_total"), std::string::npos);
+    EXPECT_NE(met->body.find("kiln_queue_depth"), std::string::npos);
+    EXPECT_NE(met->body.find("kiln_decode_tokens_per_second"), std::string::npos);
+}
+
+TEST_F(ServerTest, MessagesNonStreaming) {
+    auto r = post("/v1/messages", simple_request(false));
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["type"], "message");
+    EXPECT_EQ(j["role"], "assistant");
+    ASSERT_TRUE(j["content"].is_array());
+    ASSERT_GE(j["content"].size(), 1u);
+    EXPECT_EQ(j["content"][0]["type"], "text");
+    const std::string stop = j["stop_reason"];
+    EXPECT_TRUE(stop == "end_turn" || stop == "max_tokens") << stop;
+    EXPECT_GT(j["usage"]["input_tokens"].get<int>() + j["usage"]["cache_read_input_tokens"].get<int>(), 5);
+    EXPECT_LE(j["usage"]["output_tokens"].get<int>(), 8);
+    EXPECT_TRUE(j["usage"].contains("cache_creation_input_tokens"));
+}
+
+TEST_F(ServerTest, MessagesStreaming) {
+    auto r = client().Post("/v1/messages?beta=true", simple_request(true, 6).dump(), "application/json");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const auto evs = parse_sse(r->body);
+    const json delta = check_anthropic_stream(evs);
+    ASSERT_TRUE(delta.is_object());
+    EXPECT_TRUE(delta["delta"]["stop_reason"] == "end_turn" || delta["delta"]["stop_reason"] == "max_tokens");
+    EXPECT_LE(delta["usage"]["output_tokens"].get<int>(), 6);
+    EXPECT_EQ(evs[0].data["message"]["role"], "assistant");
+}
+
+TEST_F(ServerTest, ClaudeCodeShapedRequestAndPrefixCache) {
+    json tools = json::array();
+    for (const char* name : {"Bash", "Read", "Edit"})
+        tools.push_back(json{{"name", name},
+                             {"description", std::string("The ") + name + " tool."},
+                             {"input_schema", {{"$schema", "https://json-schema.org/draft/2020-12/schema"},
+                                               {"type", "object"},
+                                               {"properties", {{"command", {{"type", "string"}}}}},
+                                               {"required", {"command"}},
+                                               {"additionalProperties", false}}}});
+    tools.back()["defer_loading"] = true;
+    auto make = [&](const std::string& billing) {
+        return json{
+            {"model", "local-model"},
+            {"max_tokens", 32000},
+            {"stream", true},
+            {"temperature", 0},
+            {"thinking", {{"type", "adaptive"}}},
+            {"context_management", {{"edits", json::array({json{{"type", "clear_thinking_20251015"}, {"keep", "all"}}})}}},
+            {"output_config", {{"effort", "high"}}},
+            {"metadata", {{"user_id", "someone"}}},
+            {"system", json::array({json{{"type", "text"}, {"text", "x-anthropic-billing-header: cc_version=2.1.197." + billing + "; cc_entrypoint=sdk-cli;"}},
+                                    json{{"type", "text"}, {"text", "You are Claude Code."}, {"cache_control", {{"type", "ephemeral"}}}},
+                                    json{{"type", "text"}, {"text", "Be brief."}, {"cache_control", {{"type", "ephemeral"}}}}})},
+            {"tools", tools},
+            {"messages",
+             json::array({json{{"role", "user"}, {"content", json::array({json{{"type", "text"}, {"text", "List the files in this directory"}}})}},
+                          json{{"role", "system"}, {"content", "A reminder in the middle."}},
+                          json{{"role", "assistant"},
+                               {"content", json::array({json{{"type", "thinking"}, {"thinking", "hmm"}, {"signature", "x"}},
+                                                        json{{"type", "tool_use"}, {"id", "toolu_01"}, {"name", "Bash"}, {"input", {{"command", "ls"}}}}})}},
+                          json{{"role", "user"},
+                               {"content", json::array({json{{"type", "tool_result"}, {"tool_use_id", "toolu_01"}, {"content", "a.txt"}, {"is_error", true},
+                                                             {"cache_control", {{"type", "ephemeral"}}}}})}}})}};
+    };
+    json first = make("abc");
+    first["max_tokens"] = 4;
+    // The real client sends 32000: accepted and clamped (checked non-streaming below with a stop).
+    json big = make("abc");
+    big["stream"] = false;
+    big["stop_sequences"] = json::array({"x"});
+    {
+        json b = big;
+        b["max_tokens"] = 32000;
+        b["messages"].push_back(json{{"role", "assistant"}, {"content", "Sure"}});  // prefill, continued
+        // Keep it short: the context is 1024, the server clamps max_tokens.
+        auto r = post("/v1/messages?beta=true", b);
+        ASSERT_TRUE(r);
+        ASSERT_EQ(r->status, 200) << r->body;
+    }
+    auto r1 = client().Post("/v1/messages?beta=true", first.dump(), "application/json");
+    ASSERT_TRUE(r1);
+    ASSERT_EQ(r1->status, 200) << r1->body;
+    check_anthropic_stream(parse_sse(r1->body));
+
+    // Same prefix (billing header changed) plus one more turn: the prefix comes from the cache.
+    json second = make("xyz");
+    second["max_tokens"] = 4;
+    second["stream"] = false;
+    second["messages"].push_back(json{{"role", "assistant"}, {"content", "Done."}});
+    second["messages"].push_back(json{{"role", "user"}, {"content", "Thanks, now again"}});
+    auto r2 = post("/v1/messages", second);
+    ASSERT_TRUE(r2);
+    ASSERT_EQ(r2->status, 200) << r2->body;
+    const json j2 = json::parse(r2->body);
+    EXPECT_GT(j2["usage"]["cache_read_input_tokens"].get<int>(), 20) << r2->body;
+
+    // count_tokens agrees with input + cache_read.
+    json ct = second;
+    ct.erase("stream");
+    auto rc = post("/v1/messages/count_tokens", ct);
+    ASSERT_TRUE(rc);
+    ASSERT_EQ(rc->status, 200) << rc->body;
+    EXPECT_EQ(json::parse(rc->body)["input_tokens"].get<int>(),
+              j2["usage"]["input_tokens"].get<int>() + j2["usage"]["cache_read_input_tokens"].get<int>());
+}
+
+TEST_F(ServerTest, AnthropicErrors) {
+    auto c = client();
+    expect_anthropic_error(c.Post("/v1/messages", "{not json", "application/json"), 400, "invalid_request_error");
+    expect_anthropic_error(c.Post("/v1/messages", "[1,2]", "application/json"), 400, "invalid_request_error");
+    expect_anthropic_error(c.Post("/v1/messages", R"({"messages":"nope","max_tokens":5})", "application/json"), 400, "invalid_request_error");
+    expect_anthropic_error(c.Post("/v1/messages", R"({"messages":[{"role":"user","content":5}],"max_tokens":5})", "application/json"), 400,
+                           "invalid_request_error");
+    expect_anthropic_error(c.Post("/v1/messages", std::string(100000, '[') + std::string(100000, ']'), "application/json"), 400,
+                           "invalid_request_error");
+    expect_anthropic_error(c.Get("/v1/nothing-here"), 404, "not_found_error");
+    expect_anthropic_error(post("/v1/messages", simple_request(false), "wrong-key"), 401, "authentication_error");
+    expect_anthropic_error(post("/v1/messages", simple_request(false), ""), 401, "authentication_error");
+
+    // Wrong types anywhere: 400s, never a crash.
+    for (const char* bad : {R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":"abc"})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"system":5})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"tools":"x"})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"tools":[{"name":"a","input_schema":3}],"max_tokens":1})",
+                            R"({"messages":[{"role":"user","content":[{"type":"tool_result","content":7}]}]})",
+                            R"({"messages":[{"role":"robot","content":"hi"}]})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"thinking":"yes"})",
+                            R"({"messages":[{"role":"user","content":"hi"}],"temperature":-3})",
+                            R"({"messages":[]})", R"({})", "null", "", "{\"a\":\"\xff\xfe\"}",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\"}]}"}) {
+        auto r = c.Post("/v1/messages", bad, "application/json");
+        ASSERT_TRUE(r) << bad;
+        EXPECT_TRUE(r->status == 400 || r->status == 200) << bad << " -> " << r->status << " " << r->body;
+        if (r->status != 200) expect_anthropic_error(r, 400, "invalid_request_error");
+    }
+
+    json img = simple_request(false);
+    img["messages"][0]["content"] = json::array({json{{"type", "image"}, {"source", {{"type", "base64"}, {"media_type", "image/png"}, {"data", "AAAA"}}}}});
+    expect_anthropic_error(post("/v1/messages", img), 400, "invalid_request_error");
+
+    // A prompt over the context (1024 tokens): the exact wording Claude Code compacts on.
+    json longp = simple_request(false);
+    std::string text;
+    for (int i = 0; i < 1500; ++i) text += "word" + std::to_string(i) + " ";
+    longp["messages"][0]["content"] = text;
+    auto r = post("/v1/messages", longp);
+    expect_anthropic_error(r, 400, "invalid_request_error");
+    ASSERT_TRUE(r);
+    const std::string msg = json::parse(r->body)["error"]["message"];
+    EXPECT_EQ(msg.rfind("prompt is too long: ", 0), 0u) << msg;
+    EXPECT_NE(msg.find(" tokens > 1023 maximum"), std::string::npos) << msg;
+
+    // Bodies over 32 MB: 413.
+    auto big = c.Post("/v1/messages", std::string(33u << 20, ' '), "application/json");
+    if (big) expect_anthropic_error(big, 413, "request_too_large");
+
+    // 10 MB of JSON garbage, then the server still answers.
+    auto junk = c.Post("/v1/messages", "{\"a\":\"" + std::string(10u << 20, 'x'), "application/json");
+    ASSERT_TRUE(junk);
+    EXPECT_EQ(junk->status, 400);
+    auto ok = post("/v1/messages", simple_request(false, 2));
+    ASSERT_TRUE(ok);
+    EXPECT_EQ(ok->status, 200);
+}
+
+TEST_F(ServerTest, BearerAuthAndClientDisconnect) {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_default_headers({{"Authorization", std::string("Bearer ") + kKey}});
+    auto r = c.Post("/v1/messages", simple_request(false, 2).dump(), "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+
+    // A client that drops a stream after the first bytes: the server keeps serving.
+    {
+        const std::string body = simple_request(true, 200).dump();
+        const std::string req = "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + std::string(kKey) +
+                                "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons(static_cast<uint16_t>(port_));
+        ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+        char buf[256];
+        timeval tv{10, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        EXPECT_GT(::recv(fd, buf, sizeof buf, 0), 0);
+        ::close(fd);  // mid-stream
+    }
+    auto after = post("/v1/messages", simple_request(false, 2));
+    ASSERT_TRUE(after);
+    EXPECT_EQ(after->status, 200);
+}
+
+TEST_F(ServerTest, ConcurrentRequestsShareTwoSlots) {
+    std::vector<std::thread> th;
+    std::vector<int> status(5, 0);
+    for (int i = 0; i < 5; ++i)
+        th.emplace_back([&, i] {
+            json b = simple_request(i % 2 == 0, 20);
+            b["messages"][0]["content"] = "Request number " + std::to_string(i);
+            auto r = post("/v1/messages", b);
+            status[static_cast<size_t>(i)] = r ? r->status : -1;
+        });
+    for (auto& t : th) t.join();
+    for (int s : status) EXPECT_EQ(s, 200);
+    auto met = client().Get("/metrics");
+    ASSERT_TRUE(met);
+    EXPECT_NE(met->body.find("kiln_slots 2"), std::string::npos) << met->body;
+}
+
+TEST_F(ServerTest, OpenAIChatCompletions) {
+    json body{{"model", "local"},
+              {"max_tokens", 5},
+              {"temperature", 0},
+              {"seed", 42},
+              {"messages", json::array({json{{"role", "system"}, {"content", "Be brief."}}, json{{"role", "user"}, {"content", "Hi"}}})}};
+    auto r = post("/v1/chat/completions", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["object"], "chat.completion");
+    EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+    EXPECT_TRUE(j["choices"][0]["finish_reason"] == "stop" || j["choices"][0]["finish_reason"] == "length");
+    EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 3);
+
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    auto s = post("/v1/chat/completions", body);
+    ASSERT_TRUE(s);
+    ASSERT_EQ(s->status, 200) << s->body;
+    std::vector<json> chunks;
+    bool done = false;
+    size_t pos = 0;
+    while (pos < s->body.size()) {
+        const size_t end = s->body.find("\n\n", pos);
+        ASSERT_NE(end, std::string::npos);
+        const std::string ev = s->body.substr(pos, end - pos);
+        pos = end + 2;
+        if (ev[0] == ':') continue;
+        ASSERT_EQ(ev.rfind("data: ", 0), 0u) << ev;
+        EXPECT_FALSE(done) << "data after [DONE]";
+        if (ev == "data: [DONE]") {
+            done = true;
+            continue;
+        }
+        chunks.push_back(json::parse(ev.substr(6)));
+    }
+    EXPECT_TRUE(done);
+    ASSERT_GE(chunks.size(), 3u);
+    EXPECT_EQ(chunks.front()["choices"][0]["delta"]["role"], "assistant");
+    EXPECT_TRUE(chunks.back()["choices"].empty());
+    EXPECT_GT(chunks.back()["usage"]["prompt_tokens"].get<int>(), 3);
+    EXPECT_FALSE(chunks[chunks.size() - 2]["choices"][0]["finish_reason"].is_null());
+
+    // OpenAI error shapes.
+    json bad = body;
+    bad["n"] = 2;
+    auto e = post("/v1/chat/completions", bad);
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->status, 400);
+    const json ej = json::parse(e->body);
+    EXPECT_TRUE(ej["error"]["message"].is_string());
+    EXPECT_EQ(ej["error"]["type"], "invalid_request_error");
+    auto cp = post("/v1/completions", json{{"prompt", "Once upon"}, {"max_tokens", 3}});
+    ASSERT_TRUE(cp);
+    ASSERT_EQ(cp->status, 200) << cp->body;
+    EXPECT_EQ(json::parse(cp->body)["object"], "text_completion");
+    EXPECT_EQ(json::parse(cp->body)["usage"]["completion_tokens"], 3);
+
+    auto e2 = client().Post("/v1/chat/completions", "{", "application/json");
+    ASSERT_TRUE(e2);
+    EXPECT_EQ(e2->status, 400);
+    EXPECT_TRUE(json::parse(e2->body)["error"]["message"].is_string());
+}
+
+}  // namespace
