@@ -81,6 +81,7 @@ int run_run(const std::vector<std::string>& argv) {
     if (!quiet)
         fmt::print(stderr, "kiln run: {} ({}), {} prompt tokens, context {}\n", model.info().name.empty() ? model_path : model.info().name,
                    model.info().arch, tokens.size(), ctx.n_ctx());
+    if (!quiet) fmt::print(stderr, "kiln run: {}\n", ctx.kv_summary());
 
     if (!no_display_prompt) {
         fmt::print("{}", prompt);

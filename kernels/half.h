@@ -6,25 +6,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quant/quant.h"
+
 namespace kiln::kernels {
 
-inline float half_to_float(uint16_t h) {
-    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-    const uint32_t exp = (h >> 10) & 0x1fu;
-    const uint32_t mant = h & 0x3ffu;
-    uint32_t bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (mant << 13);
-    } else {
-        const float f = static_cast<float>(mant) * 0x1p-24f;  // zero or subnormal, exact
-        return sign ? -f : f;
-    }
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-}
+// Decoding is quant.h's (exact, inline); encoding is kept here inline for the KV-cache hot path.
+inline float half_to_float(uint16_t h) { return fp16_to_fp32(h); }
 
 inline uint16_t float_to_half(float f) {
     uint32_t x;
@@ -52,11 +39,6 @@ inline uint16_t float_to_half(float f) {
     return static_cast<uint16_t>(sign | r);
 }
 
-inline float bf16_to_float(uint16_t h) {
-    const uint32_t bits = static_cast<uint32_t>(h) << 16;
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-}
+inline float bf16_to_float(uint16_t h) { return bf16_to_fp32(h); }
 
 }  // namespace kiln::kernels

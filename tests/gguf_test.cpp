@@ -369,3 +369,14 @@ TEST(Gguf, SharedFilesOpen) {
         seed("head-" + entry.path().filename().string(), head);
     }
 }
+
+// GGUF v2 has v3's little-endian layout (64-bit counts and lengths); only the version differs.
+TEST(Gguf, ReadsVersion2) {
+    std::vector<uint8_t> bytes = sample_writer().to_bytes();
+    poke<uint32_t>(bytes, 4, 2);
+    auto f = File::from_memory(bytes.data(), bytes.size(), "v2.gguf");
+    EXPECT_EQ(f->version(), 2u);
+    EXPECT_EQ(f->get_string("general.name"), "round trip");
+    EXPECT_EQ(f->tensors().size(), 3u);
+    EXPECT_EQ(f->tensor("token_embd.weight").type, TensorType::Q8_0);
+}

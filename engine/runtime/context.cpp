@@ -79,9 +79,16 @@ Context::Context(const Model& model, const ContextOptions& options) {
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
     layout.type = c.opt.kv_type;
-    for (int64_t il = 0; il < hp.n_layer; ++il)
-        layout.layers.push_back({static_cast<int>(hp.n_head_kv), static_cast<int>(hp.head_dim_k),
-                                 static_cast<int>(hp.head_dim_v)});
+    for (const model::KvLayerSpec& l : c.m.arch->kv_layers()) {
+        backend::KvLayerShape s;
+        s.n_head_kv = l.n_head_kv;
+        s.head_dim_k = l.head_dim_k;
+        s.head_dim_v = l.head_dim_v;
+        s.v_in_k = l.v_in_k;
+        // A sliding-window layer keeps a ring of the window plus what one batch adds.
+        if (l.window > 0) s.n_slots = std::min(c.opt.n_ctx, l.window + c.opt.n_batch - 1);
+        layout.layers.push_back(s);
+    }
     c.kv = std::make_unique<runtime::KvCache>(*c.backend, std::move(layout));
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
@@ -146,6 +153,39 @@ int64_t Context::n_past() const { return impl_->kv->n_past(); }
 int64_t Context::n_ctx() const { return impl_->kv->n_ctx(); }
 int64_t Context::n_vocab() const { return impl_->m.arch->hparams().n_vocab; }
 size_t Context::kv_bytes() const { return impl_->kv->bytes(); }
+
+KvStats Context::kv_stats() const {
+    const backend::KvLayout& L = impl_->kv->layout();
+    KvStats st;
+    st.type = L.type;
+    st.n_ctx = L.n_ctx;
+    for (size_t il = 0; il < L.layers.size(); ++il) {
+        const size_t row = L.layers[il].row_bytes(L.type);
+        if (L.is_ring(il)) {
+            ++st.n_sliding_layers;
+            st.sliding_slots = L.slots(il);
+            st.sliding_bytes += L.layer_bytes(il);
+            st.sliding_bytes_per_token = row;
+        } else {
+            ++st.n_full_layers;
+            st.full_bytes += L.layer_bytes(il);
+            st.full_bytes_per_token = row;
+        }
+    }
+    return st;
+}
+
+std::string Context::kv_summary() const {
+    const KvStats s = kv_stats();
+    auto mib = [](size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
+    std::string out = fmt::format("KV cache {} {:.2f} MiB:", kv_type_name(s.type), mib(s.full_bytes + s.sliding_bytes));
+    if (s.n_full_layers > 0)
+        out += fmt::format(" {} full layers x {} tokens x {} B/token", s.n_full_layers, s.n_ctx, s.full_bytes_per_token);
+    if (s.n_sliding_layers > 0)
+        out += fmt::format("{} {} sliding-window layers x ring of {} tokens x {} B/token", s.n_full_layers > 0 ? "," : "",
+                           s.n_sliding_layers, s.sliding_slots, s.sliding_bytes_per_token);
+    return out;
+}
 const Model& Context::model() const { return impl_->model; }
 
 void Context::truncate(int64_t n_keep) {

@@ -19,6 +19,18 @@ struct ContextOptions {
     std::string backend = "cpu";  // "cpu" ("vulkan" is not available yet)
 };
 
+// KV cache memory by layer kind. A full layer holds n_ctx tokens; a sliding-window layer a ring
+// of its window plus one batch (sliding_slots tokens), whatever n_ctx is.
+struct KvStats {
+    KvType type = KvType::F16;
+    int64_t n_ctx = 0;
+    int n_full_layers = 0, n_sliding_layers = 0;
+    int64_t sliding_slots = 0;             // tokens a sliding layer keeps
+    size_t full_bytes = 0, sliding_bytes = 0;  // over all layers of the kind
+    size_t full_bytes_per_token = 0;       // K + V of one token in one layer of the kind
+    size_t sliding_bytes_per_token = 0;
+};
+
 class Context {
 public:
     explicit Context(const Model& model, const ContextOptions& options = {});
@@ -42,6 +54,8 @@ public:
     int64_t n_ctx() const;
     int64_t n_vocab() const;
     size_t kv_bytes() const;  // memory of the KV cache
+    KvStats kv_stats() const;
+    std::string kv_summary() const;  // one line: the KV memory by layer kind
     // Forgets the sequence (the KV cache memory is kept for the next one).
     void clear();
     // Keeps the first n_keep tokens of the sequence and drops the rest (their KV cache positions
