@@ -239,7 +239,7 @@ int run_chat(const std::vector<std::string>& argv) {
         size_t keep = 0;
         while (keep < cached.size() && keep < tokens.size() && cached[keep] == tokens[keep]) ++keep;
         if (keep == tokens.size()) --keep;
-        ctx.truncate(static_cast<int64_t>(keep));
+        keep = static_cast<size_t>(ctx.truncate(static_cast<int64_t>(keep)));  // 0 when a sliding window lost it
         cached.assign(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(keep));
         const auto t_prompt = Clock::now();
         ctx.decode(std::span<const int32_t>(tokens.data() + keep, tokens.size() - keep));
