@@ -215,9 +215,26 @@ std::string Context::kv_summary() const {
 const Model& Context::model() const { return impl_->model; }
 const char* Context::backend_name() const { return impl_->backend->name(); }
 
-void Context::truncate(int64_t n_keep) {
-    impl_->kv->truncate(n_keep);
-    impl_->n_logit_rows = 0;
+int64_t Context::truncate(int64_t n_keep) {
+    Impl& c = *impl_;
+    if (n_keep < 0 || n_keep > c.kv->n_past())
+        throw Error(fmt::format("truncate: cannot keep {} tokens of {}", n_keep, c.kv->n_past()));
+    // A sliding-window layer keeps a ring of its last n_slots positions: the kept tokens' window
+    // [n_keep - w, n_keep) must not have been overwritten since, else nothing can be kept.
+    const backend::KvLayout& L = c.kv->layout();
+    const auto specs = c.m.arch->kv_layers();
+    const int64_t n_past = c.kv->n_past();
+    for (size_t il = 0; il < L.layers.size() && il < specs.size(); ++il) {
+        if (!L.is_ring(il)) continue;
+        const int64_t w = specs[il].window;
+        if (std::max<int64_t>(0, n_keep - w) < n_past - L.slots(il)) {
+            n_keep = 0;
+            break;
+        }
+    }
+    c.kv->truncate(n_keep);
+    c.n_logit_rows = 0;
+    return n_keep;
 }
 
 void Context::clear() {

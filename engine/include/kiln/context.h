@@ -67,9 +67,11 @@ public:
     void clear();
     // Keeps the first n_keep tokens of the sequence and drops the rest (their KV cache positions
     // become free, so the next decode() continues at position n_keep), e.g. to reuse the common
-    // prefix of a new prompt. The logits are invalidated. Throws kiln::Error unless
+    // prefix of a new prompt. Returns how many tokens were kept: n_keep, or 0 (the context is
+    // cleared) when a sliding-window layer's ring has already overwritten what those tokens need;
+    // the caller decodes from there. The logits are invalidated. Throws kiln::Error unless
     // 0 <= n_keep <= n_past().
-    void truncate(int64_t n_keep);
+    int64_t truncate(int64_t n_keep);
 
     const Model& model() const;
     const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)
