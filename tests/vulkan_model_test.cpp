@@ -173,7 +173,6 @@ INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogits,
 
 TEST(VulkanReferenceLogitsIncremental, LlamaF32TokenByToken) { check_model("llama-tiny.f32", true); }
 TEST(VulkanReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_model("qwen2-tiny.f32", true); }
-TEST(VulkanReferenceLogitsIncremental, LlamaQ4KMTokenByToken) { check_model("llama-tiny.q4_k_m", true); }
 
 // Vulkan against the CPU on a synthetic llama (no ../shared needed): one batch, uneven chunks, and
 // token by token, all logits.
