@@ -223,6 +223,11 @@ int run_chat(const std::vector<std::string>& argv) {
         std::vector<int32_t> tokens = tok.encode(prompt, /*add_special=*/false, /*parse_special=*/true);
         if (tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
             tokens.insert(tokens.begin(), tok.bos());
+        if (tokens.empty()) {
+            messages.erase(messages.size() - 1);
+            fmt::print(stderr, "kiln chat: the chat template rendered an empty prompt\n");
+            continue;
+        }
         if (static_cast<int64_t>(tokens.size()) + 1 >= ctx.n_ctx()) {
             messages.erase(messages.size() - 1);
             fmt::print(stderr, "kiln chat: the conversation is {} tokens, the context holds {}: /reset or raise -c\n",
@@ -234,7 +239,7 @@ int run_chat(const std::vector<std::string>& argv) {
         size_t keep = 0;
         while (keep < cached.size() && keep < tokens.size() && cached[keep] == tokens[keep]) ++keep;
         if (keep == tokens.size()) --keep;
-        ctx.truncate(static_cast<int64_t>(keep));
+        keep = static_cast<size_t>(ctx.truncate(static_cast<int64_t>(keep)));  // 0 when a sliding window lost it
         cached.assign(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(keep));
         const auto t_prompt = Clock::now();
         ctx.decode(std::span<const int32_t>(tokens.data() + keep, tokens.size() - keep));

@@ -9,6 +9,7 @@
 #include "cli/args.h"
 #include "cli/command.h"
 #include "gguf/gguf.h"
+#include "model/architecture.h"
 
 namespace kiln::cli {
 namespace {
@@ -119,6 +120,37 @@ std::string render(const nlohmann::json& v) {
     return v.dump();
 }
 
+// KV cache per token by layer kind (f16 cache), when kiln supports the architecture: a full layer
+// keeps every token of the context, a sliding-window layer a ring of its window plus one batch.
+struct KvPerToken {
+    bool known = false;
+    std::string error;  // why not known
+    int64_t full_layers = 0, sliding_layers = 0, window = 0;
+    uint64_t full_bytes = 0, sliding_bytes = 0;  // per token per layer
+};
+
+KvPerToken kv_per_token(const gguf::File& f) {
+    KvPerToken k;
+    try {
+        const auto arch = model::load_architecture(f);
+        for (const model::KvLayerSpec& kl : arch->kv_layers()) {  // MLA layers store K only (V is its head)
+            const uint64_t row = static_cast<uint64_t>(kl.n_head_kv * (kl.head_dim_k + (kl.v_in_k ? 0 : kl.head_dim_v))) * 2;
+            if (const int64_t w = kl.window; w > 0) {
+                ++k.sliding_layers;
+                k.window = w;
+                k.sliding_bytes = row;
+            } else {
+                ++k.full_layers;
+                k.full_bytes = row;
+            }
+        }
+        k.known = true;
+    } catch (const Error& e) {
+        k.error = e.what();
+    }
+    return k;
+}
+
 int run_info(const std::vector<std::string>& argv) {
     std::vector<std::string> files;
     bool tensors = false, json = false;
@@ -154,6 +186,13 @@ int run_info(const std::vector<std::string>& argv) {
                           {"bos_token_id", f->get_int_or("tokenizer.ggml.bos_token_id", -1)},
                           {"eos_token_id", f->get_int_or("tokenizer.ggml.eos_token_id", -1)}};
         j["chat_template"] = has_template;
+        if (const KvPerToken kv = kv_per_token(*f); kv.known)
+            j["kv_cache"] = {{"type", "f16"},
+                             {"full_layers", kv.full_layers},
+                             {"full_bytes_per_token_per_layer", kv.full_bytes},
+                             {"sliding_layers", kv.sliding_layers},
+                             {"sliding_window", kv.window},
+                             {"sliding_bytes_per_token_per_layer", kv.sliding_bytes}};
         j["tensor_count"] = f->tensors().size();
         j["parameter_count"] = s.params;
         j["tensor_bytes"] = s.tensor_bytes;
@@ -181,7 +220,7 @@ int run_info(const std::vector<std::string>& argv) {
             if (!s.hparams.contains(key)) continue;
             std::string v = render(s.hparams[key]);
             if (std::string(key) == "expert_gating_func")
-                v += v == "1" ? " (softmax)" : v == "2" ? " (sigmoid)" : " (unknown)";
+                v += v == "1" ? " (softmax)" : v == "2" ? " (sigmoid)" : v == "3" ? " (softmax over the chosen)" : " (unknown)";
             fmt::print("  {:<34} {}\n", label, v);
             shown.push_back(key);
         }
@@ -192,6 +231,15 @@ int run_info(const std::vector<std::string>& argv) {
     fmt::print("tokenizer       {} (pre: {}), {} tokens, bos {}, eos {}\n",
                f->get_string_or("tokenizer.ggml.model", "(none)"), f->get_string_or("tokenizer.ggml.pre", "default"),
                n_vocab, f->get_int_or("tokenizer.ggml.bos_token_id", -1), f->get_int_or("tokenizer.ggml.eos_token_id", -1));
+    if (const KvPerToken kv = kv_per_token(*f); kv.known) {
+        std::string line = fmt::format("f16, {} full layers x {} B per token", kv.full_layers, kv.full_bytes);
+        if (kv.sliding_layers > 0)
+            line += fmt::format("; {} sliding-window layers x {} B per token, ring of {} + batch tokens", kv.sliding_layers,
+                                kv.sliding_bytes, kv.window);
+        fmt::print("kv cache        {}\n", line);
+    } else {
+        fmt::print("kv cache        unknown ({})\n", kv.error);
+    }
     fmt::print("chat template   {}\n", has_template ? fmt::format("present ({} chars)", tmpl->as_string().size()) : "none");
     const double bpw = s.params ? 8.0 * static_cast<double>(s.tensor_bytes) / static_cast<double>(s.params) : 0.0;
     fmt::print("tensors         {} tensors, {} parameters, {} ({:.2f} bits per weight)\n", f->tensors().size(),

@@ -25,7 +25,7 @@ void print_rate(const char* what, double ms, int64_t n, const char* unit) {
 int run_run(const std::vector<std::string>& argv) {
     std::string model_path, prompt, backend = "cpu";
     int64_t n_predict = 128, n_ctx = 0, n_batch = 512;
-    int n_threads = 0;
+    int n_threads = 0, device = -1;
     bool no_display_prompt = false, quiet = false, ignore_eos = false;
     SamplerParams sp;
     int64_t seed = -1;
@@ -36,7 +36,8 @@ int run_run(const std::vector<std::string>& argv) {
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
     args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
     args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
-    args.option({"--backend"}, &backend, "NAME", "cpu (default) or vulkan");
+    args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else CPU)");
+    args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices; default: the best)");
     args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
     args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
     args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
@@ -69,7 +70,11 @@ int run_run(const std::vector<std::string>& argv) {
     co.n_threads = n_threads;
     co.n_batch = n_batch;
     co.backend = backend;
+    co.device = device;
+    Progress upload_bar("uploading", !quiet && backend != "cpu");
+    co.progress = [&](float f) { upload_bar.update(f); };
     Context ctx(model, co);
+    upload_bar.done();
     const double load_ms = ms_since(t_load);
 
     const Tokenizer& tok = model.tokenizer();
@@ -79,8 +84,10 @@ int run_run(const std::vector<std::string>& argv) {
         throw Error(fmt::format("kiln run: the prompt is {} tokens but the context holds {} (raise -c)", tokens.size(),
                                 ctx.n_ctx()));
     if (!quiet)
-        fmt::print(stderr, "kiln run: {} ({}), {} prompt tokens, context {}\n", model.info().name.empty() ? model_path : model.info().name,
-                   model.info().arch, tokens.size(), ctx.n_ctx());
+        fmt::print(stderr, "kiln run: {} ({}), {} prompt tokens, context {}, backend {}\n",
+                   model.info().name.empty() ? model_path : model.info().name, model.info().arch, tokens.size(), ctx.n_ctx(),
+                   ctx.backend_name());
+    if (!quiet) fmt::print(stderr, "kiln run: {}\n", ctx.kv_summary());
 
     if (!no_display_prompt) {
         fmt::print("{}", prompt);

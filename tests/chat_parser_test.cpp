@@ -130,6 +130,14 @@ std::vector<Case> cases() {
          {{"bash", ls}}},
         {"deepseek_v31_call", D, kDsBegin + kDsCall + "bash" + kDsSep + R"({"command": "ls -la"})" + kDsCallEnd + kDsEnd,
          "", "", {{"bash", ls}}},
+        {"deepseek_no_calls_end", D, "Checking. " + kDsBegin + ds_call("bash", R"({"command": "ls -la"})"), "Checking.", "",
+         {{"bash", ls}}},
+        {"deepseek_cut_off", D, kDsBegin + kDsCall + "function" + kDsSep + "bash\n```json\n{",
+         kDsBegin + kDsCall + "function" + kDsSep + "bash\n```json\n{", "", {}, true},
+        {"hermes_no_close", H, "<tool_call>\n{\"name\": \"bash\", \"arguments\": {\"command\": \"ls -la\"}}\n", "", "",
+         {{"bash", ls}}},
+        {"glm_cut_off", G, "<tool_call>bash\n<arg_key>command</arg_key>", "<tool_call>bash\n<arg_key>command</arg_key>", "",
+         {}, true},
         {"deepseek_malformed", D, kDsBegin + ds_call("bash", R"({"command": )") + kDsEnd,
          kDsBegin + ds_call("bash", R"({"command": )") + kDsEnd, "", {}, true},
         // gpt-oss harmony
@@ -364,6 +372,20 @@ TEST(ChatParserRealTemplates, GlmToolCallsRoundTrip) {
     EXPECT_EQ(m.content, "Let me check.");
     EXPECT_EQ(m.reasoning, "Two tools.");
     expect_two_calls(m);
+}
+
+TEST(ChatParserRealTemplates, DeepSeekOneToolCallRoundTrip) {
+    KILN_REQUIRE_SHARED("templates");
+    // This template writes no <｜tool▁calls▁end｜> after a single call.
+    const nlohmann::ordered_json a = {
+        {"role", "assistant"},
+        {"content", nullptr},
+        {"tool_calls", {{{"type", "function"}, {"function", {{"name", "bash"}, {"arguments", kBashArgs.dump()}}}}}}};
+    const ParsedMessage m = parse_rendered_turn("deepseek-v3.jinja", a);
+    ASSERT_EQ(m.tool_calls.size(), 1u) << str(m);
+    EXPECT_EQ(m.tool_calls[0].name, "bash");
+    EXPECT_EQ(m.tool_calls[0].arguments, kBashArgs.dump());
+    EXPECT_TRUE(m.warnings.empty()) << str(m);
 }
 
 TEST(ChatParserRealTemplates, DeepSeekToolCallsRoundTrip) {

@@ -86,3 +86,26 @@ TEST(CliInfo, BadFilesExitOneWithTheLoaderMessage) {
     EXPECT_EQ(badflag.code, 1);
     EXPECT_NE(badflag.err.find("--bogus"), std::string::npos);
 }
+
+// KV memory per token by layer kind, from the architecture's KV layers.
+TEST(CliInfo, KvCacheByLayerKind) {
+    KILN_REQUIRE_SHARED("models");
+    const auto models = kiln::test::shared_dir() / "models";
+    struct Want {
+        const char* file;
+        int full, sliding, window;
+    };
+    for (const Want& w : {Want{"gemma3-tiny.q8_0.gguf", 1, 7, 16}, Want{"gpt-oss-tiny.mxfp4_moe.gguf", 2, 2, 8}}) {
+        SCOPED_TRACE(w.file);
+        if (!fs::exists(models / w.file)) continue;
+        const auto js = run_kiln({"info", "--json", (models / w.file).string()}, "info");
+        ASSERT_EQ(js.code, 0) << js.err;
+        const auto kv = nlohmann::json::parse(js.out).at("kv_cache");
+        EXPECT_EQ(kv["full_layers"], w.full);
+        EXPECT_EQ(kv["sliding_layers"], w.sliding);
+        EXPECT_EQ(kv["sliding_window"], w.window);
+        EXPECT_EQ(kv["sliding_bytes_per_token_per_layer"], kv["full_bytes_per_token_per_layer"]);
+        const auto text = run_kiln({"info", (models / w.file).string()}, "info");
+        EXPECT_NE(text.out.find("sliding-window layers"), std::string::npos) << text.out;
+    }
+}

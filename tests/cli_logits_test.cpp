@@ -48,9 +48,9 @@ TEST(CliLogits, PrintsEveryPositionAsTheApiComputesIt) {
 
 TEST(CliLogits, ErrorsNameTheProblem) {
     const std::string path = synthetic_model();
-    auto r = kiln::test::run_kiln({"logits", "-m", path, "--tokens", "1,2", "--backend", "vulkan"});
+    auto r = kiln::test::run_kiln({"logits", "-m", path, "--tokens", "1,2", "--backend", "metal"});
     EXPECT_EQ(r.code, 1);
-    EXPECT_NE(r.err.find("not available yet"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("unknown backend 'metal'"), std::string::npos) << r.err;
 
     r = kiln::test::run_kiln({"logits", "-m", path, "--tokens", "1,x"});
     EXPECT_EQ(r.code, 1);

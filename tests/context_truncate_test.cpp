@@ -43,3 +43,34 @@ TEST(ContextTruncate, ReusesThePrefix) {
     ctx.truncate(0);
     EXPECT_EQ(ctx.n_past(), 0);
 }
+
+// Gemma 3's sliding-window layers keep a ring of window + n_batch - 1 slots: a prefix whose
+// window is still in the ring is kept exactly, one whose window was overwritten is not kept at all.
+TEST(ContextTruncate, SlidingWindowRing) {
+    KILN_REQUIRE_SHARED("models");
+    const kiln::Model model = kiln::Model::load((kiln::test::shared_dir() / "models" / "gemma3-tiny.f32.gguf").string());
+    kiln::ContextOptions o;
+    o.n_ctx = 64;
+    o.n_threads = 1;
+    o.n_batch = 4;  // window 16: rings of 19 slots
+    std::vector<int32_t> seq;
+    for (int32_t i = 0; i < 30; ++i) seq.push_back(10 + (i * 7) % 50);
+    const std::vector<int32_t> other = {77, 78};
+
+    kiln::Context ctx(model, o);
+    ctx.decode(seq);
+    ASSERT_EQ(ctx.truncate(28), 28);  // positions 12..27 still in the ring (it holds 11..29)
+    ctx.decode(other);
+    const auto got = std::vector<float>(ctx.logits().begin(), ctx.logits().end());
+    kiln::Context fresh(model, o);
+    std::vector<int32_t> want_seq(seq.begin(), seq.begin() + 28);
+    want_seq.insert(want_seq.end(), other.begin(), other.end());
+    fresh.decode(want_seq);
+    const auto want = fresh.logits();
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-3f * (1.0f + std::abs(want[i]))) << i;
+
+    kiln::Context lost(model, o);
+    lost.decode(seq);
+    EXPECT_EQ(lost.truncate(20), 0);  // position 4's row was overwritten by 23
+    EXPECT_EQ(lost.n_past(), 0);
+}

@@ -11,6 +11,8 @@
 
 #include "gguf/writer.h"
 #include "kiln/kiln.h"
+#include "support/deepseek2_model.h"
+#include "support/shared.h"
 
 // The replacement pair below is malloc/free on both sides; GCC 12 still flags the inlined library
 // deletes as mismatched.
@@ -107,5 +109,86 @@ TEST(DecodeAllocations, NoneWhileGeneratingTokens) {
     EXPECT_EQ(ctx.n_past(), 37);
     EXPECT_TRUE(std::isfinite(sum));
 }
+
+// deepseek2: MLA (latent cache, per-head projections), MoE (routing, grouped expert matmuls) and
+// YaRN in every decode step, on preallocated buffers only.
+TEST(DecodeAllocations, NoneWhileGeneratingTokensDeepseek2) {
+    if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
+    for (const bool glm : {false, true}) {
+        kiln::test::ds2::Config c;
+        c.joined_kv_b = !glm;
+        c.q_lora = glm ? 16 : 0;
+        c.gating = glm ? 2 : 1;
+        c.probs_b = glm;
+        c.norm_w = glm;
+        c.yarn = glm ? 0.0f : 8.0f;
+        const std::string path = kiln::test::ds2::write_model(c, kiln::test::ds2::make_weights(c),
+                                                              glm ? "alloc_glm.gguf" : "alloc_ds2.gguf");
+        const kiln::Model model = kiln::Model::load(path);
+        kiln::ContextOptions o;
+        o.n_ctx = 48;
+        o.n_threads = 2;
+        kiln::Context ctx(model, o);
+        const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
+        ctx.decode(prompt);
+
+        g_allocations = 0;
+        g_counting = true;
+        int32_t tok = 3;
+        float sum = 0;
+        for (int i = 0; i < 30; ++i) {
+            ctx.decode(std::span<const int32_t>(&tok, 1));
+            sum += ctx.logits()[0];
+            tok = static_cast<int32_t>((tok * 7 + 1) % 40);
+        }
+        g_counting = false;
+        EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 30 single-token decodes, " << (glm ? "GLM" : "V2");
+        EXPECT_TRUE(std::isfinite(sum));
+    }
+}
+
+// The other architectures' shared files: sliding-window rings that wrap while decoding, QK-norm,
+// soft-caps, sinks, experts.
+class DecodeAllocationsShared : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DecodeAllocationsShared, NoneWhileGeneratingTokens) {
+    if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
+    KILN_REQUIRE_SHARED("models");
+    const auto path = kiln::test::shared_dir() / "models" / (GetParam() + ".gguf");
+    if (!std::filesystem::exists(path)) GTEST_SKIP() << "SKIPPED: " << path << " is absent";
+    const kiln::Model model = kiln::Model::load(path.string());
+    kiln::ContextOptions o;
+    o.n_ctx = 64;
+    o.n_threads = 2;
+    o.n_batch = 4;  // sliding layers: a ring of window + 3 slots, wrapped many times below
+    kiln::Context ctx(model, o);
+    const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
+    ctx.decode(prompt);
+
+    g_allocations = 0;
+    g_counting = true;
+    int32_t tok = 3;
+    float sum = 0;
+    for (int i = 0; i < 50; ++i) {
+        ctx.decode(std::span<const int32_t>(&tok, 1));
+        const auto row = ctx.logits();
+        sum += row[0];
+        tok = static_cast<int32_t>((tok * 7 + 1) % 200);
+    }
+    g_counting = false;
+    EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 50 single-token decodes";
+    EXPECT_EQ(ctx.n_past(), 57);
+    EXPECT_TRUE(std::isfinite(sum));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocationsShared,
+                         ::testing::Values("gemma3-tiny.q4_k_m", "gpt-oss-tiny.mxfp4_moe", "gpt-oss-tiny.q8_0",
+                                           "deepseek2-lite-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
+                         [](const auto& info) {
+                             std::string s = info.param;
+                             for (char& c : s)
+                                 if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                             return s;
+                         });
 
 }  // namespace

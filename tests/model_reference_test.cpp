@@ -126,7 +126,16 @@ void check_model(const std::string& name, Mode mode) {
     opts.n_ctx = static_cast<int64_t>(ref.tokens.size());
     opts.n_threads = 2;
     if (mode == Mode::SmallBatches) opts.n_batch = 7;
+    if (mode == Mode::TokenByToken) opts.n_batch = 1;  // sliding layers then keep a ring of exactly their window
     kiln::Context ctx(model, opts);
+    const kiln::KvStats kv = ctx.kv_stats();
+    if (kv.n_sliding_layers > 0) {
+        // Smaller batches than the prompt: the sliding layers are rings the prompt wraps around.
+        if (mode != Mode::Batch) {
+            EXPECT_LT(kv.sliding_slots, opts.n_ctx) << ctx.kv_summary();
+        }
+        EXPECT_EQ(kv.sliding_bytes, static_cast<size_t>(kv.n_sliding_layers * kv.sliding_slots) * kv.sliding_bytes_per_token);
+    }
     const auto ours = mode == Mode::TokenByToken ? run_token_by_token(ctx, ref.tokens) : run_batch(ctx, ref.tokens);
     ASSERT_EQ(ours.size(), ref.logits.size());
 
@@ -157,7 +166,9 @@ INSTANTIATE_TEST_SUITE_P(Models, ReferenceLogits,
                                            "llama-tiny.q2_k", "llama-tiny.q3_k_m", "llama-tiny.q4_k_m",
                                            "llama-tiny.q5_k_m", "llama-tiny.q6_k", "llama-tiny.iq4_nl",
                                            "llama-tiny.iq4_xs", "qwen2-tiny.f32", "qwen2-tiny.q8_0",
-                                           "qwen2-tiny.q4_k_m"),
+                                           "qwen2-tiny.q4_k_m", "gemma3-tiny.f32", "gemma3-tiny.q8_0",
+                                           "gemma3-tiny.q4_k_m", "gpt-oss-tiny.f32", "gpt-oss-tiny.q8_0",
+                                           "gpt-oss-tiny.mxfp4_moe"),
                          [](const auto& info) {
                              std::string s = info.param;
                              std::replace_if(s.begin(), s.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
@@ -170,6 +181,17 @@ TEST(ReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_model("qwen2-tiny
 TEST(ReferenceLogitsIncremental, LlamaQ4KMTokenByToken) { check_model("llama-tiny.q4_k_m", Mode::TokenByToken); }
 TEST(ReferenceLogitsIncremental, LlamaF32BatchesOf7) { check_model("llama-tiny.f32", Mode::SmallBatches); }
 TEST(ReferenceLogitsIncremental, Qwen2F32BatchesOf7) { check_model("qwen2-tiny.f32", Mode::SmallBatches); }
+// gemma3: the 64-token prompt crosses the sliding window of 16 on 5 of 6 layers; token by token
+// the sliding layers keep a ring of 16 slots, in batches of 7 a ring of 22.
+TEST(ReferenceLogitsIncremental, Gemma3F32TokenByToken) { check_model("gemma3-tiny.f32", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, Gemma3Q80TokenByToken) { check_model("gemma3-tiny.q8_0", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, Gemma3Q4KMTokenByToken) { check_model("gemma3-tiny.q4_k_m", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, Gemma3F32BatchesOf7) { check_model("gemma3-tiny.f32", Mode::SmallBatches); }
+// gpt-oss: sinks, a window of 8 on alternating layers, YaRN, experts (MXFP4 in mxfp4_moe).
+TEST(ReferenceLogitsIncremental, GptOssF32TokenByToken) { check_model("gpt-oss-tiny.f32", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, GptOssQ80TokenByToken) { check_model("gpt-oss-tiny.q8_0", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, GptOssMxfp4TokenByToken) { check_model("gpt-oss-tiny.mxfp4_moe", Mode::TokenByToken); }
+TEST(ReferenceLogitsIncremental, GptOssF32BatchesOf7) { check_model("gpt-oss-tiny.f32", Mode::SmallBatches); }
 
 // qwen3-vocab-tiny has no reference logits: it must load (151K-token vocabulary, F16 weights,
 // no rope.dimension_count), give finite logits, and agree between batch and token-by-token.

@@ -14,17 +14,27 @@
 
 namespace kiln::backend {
 
-// Shape of the KV cache: one entry per layer, n_ctx slots each.
+// Shape of the KV cache: one entry per layer. A full layer has n_ctx slots and keeps the token at
+// position p in slot p. A sliding-window layer is a ring of n_slots < n_ctx slots: position p
+// lives in slot p % n_slots, so it holds the last n_slots tokens. Attention over a window w in a
+// batch of n tokens needs n_slots >= w + n - 1 (the first token's window and the batch itself).
 struct KvLayerShape {
     int n_head_kv = 0;
     int head_dim_k = 0;
     int head_dim_v = 0;
+    bool v_in_k = false;  // MLA: V is the head of each K row; only K is stored
+    int64_t n_slots = 0;  // 0: n_ctx (a full layer); else a ring of this many slots
+
+    size_t row_bytes(KvType t) const;  // K (+ V) bytes of one slot
 };
 struct KvLayout {
     std::vector<KvLayerShape> layers;
     int64_t n_ctx = 0;
     KvType type = KvType::F16;
 
+    int64_t slots(size_t layer) const;  // slots of that layer (n_ctx for a full one)
+    bool is_ring(size_t layer) const { return slots(layer) < n_ctx; }
+    size_t layer_bytes(size_t layer) const;
     size_t bytes() const;  // total memory of K and V over all layers
 };
 

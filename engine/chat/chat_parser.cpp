@@ -334,6 +334,18 @@ void ChatParser::run(std::vector<ChatEvent>& out, bool at_end) {
                 const size_t p = buf_.find(close);
                 if (p == std::string::npos) {
                     if (!at_end) return;
+                    // The output ended without the closing marker (DeepSeek's own template omits
+                    // <｜tool▁calls▁end｜> after a single call): a self-delimited body (complete JSON,
+                    // complete DeepSeek calls) is accepted.
+                    std::optional<std::vector<RawCall>> calls;
+                    if (fam == ParserFamily::Hermes) calls = parse_hermes(buf_);
+                    else if (fam == ParserFamily::DeepSeek) calls = parse_deepseek(buf_);
+                    if (calls) {
+                        for (const auto& c : *calls) emit_call(out, c.name, c.args);
+                        buf_.clear();
+                        state_ = St::Content;
+                        return;
+                    }
                     malformed("unterminated tool call: " + std::string(trim(open_marker_)) + " without " + std::string(close),
                               open_marker_ + buf_);
                     buf_.clear();

@@ -6,6 +6,18 @@
 //
 // Malformed tool output (a call that does not parse, or one cut off by the end of the output)
 // becomes plain text, preceded by a Warning event; parsing never throws.
+//
+//   chat::ParserOptions po;
+//   po.family = chat::detect_family(tmpl.source(), model.info().arch);  // or family_from_name(flag)
+//   po.starts_in_thinking = chat::prompt_opens_thinking(prompt);
+//   chat::ChatParser parser(po);
+//   for each generated token: for (auto& ev : parser.feed(detok.push(tok))) send(ev);
+//   at the end:               for (auto& ev : parser.feed(detok.flush())) ...; parser.finish() too.
+//
+// Text and thinking stream as they are generated (whitespace at the start and end of each block is
+// trimmed). A tool call is emitted when it is complete and valid: ToolCallStart, one ToolCallArgs
+// holding the whole arguments object as compact JSON, ToolCallEnd. ParsedMessage collects events
+// into the final message (content, reasoning, tool calls), e.g. for the conversation history.
 #pragma once
 
 #include <optional>

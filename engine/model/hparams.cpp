@@ -79,6 +79,32 @@ HParams HParams::read(const gguf::File& f) {
         throw bad(fmt::format("{}rope.scaling.type '{}' is not supported (none, linear, yarn)", p, scaling));
     }
 
+    hp.rope_n_ctx_orig = f.get_int_or(p + "rope.scaling.original_context_length", hp.n_ctx_train);
+    hp.rope_yarn_log_mul = static_cast<float>(f.get_float_or(p + "rope.scaling.yarn_log_multiplier", 0.0));
+    hp.rope_attn_factor = static_cast<float>(f.get_float_or(p + "rope.scaling.attn_factor", 1.0));
+    hp.yarn_ext_factor = static_cast<float>(
+        f.get_float_or(p + "rope.scaling.yarn_ext_factor", hp.rope_scaling == RopeScaling::Yarn ? 1.0 : 0.0));
+    hp.yarn_beta_fast = static_cast<float>(f.get_float_or(p + "rope.scaling.yarn_beta_fast", 32.0));
+    hp.yarn_beta_slow = static_cast<float>(f.get_float_or(p + "rope.scaling.yarn_beta_slow", 1.0));
+    if (hp.rope_scaling == RopeScaling::Yarn && hp.yarn_ext_factor != 0.0f &&
+        (hp.rope_n_ctx_orig <= 0 || hp.yarn_beta_fast <= 0 || hp.yarn_beta_slow <= 0))
+        throw bad(fmt::format("YaRN needs {}rope.scaling.original_context_length (or context_length) and positive "
+                              "beta_fast / beta_slow (got {}, {}, {})",
+                              p, hp.rope_n_ctx_orig, hp.yarn_beta_fast, hp.yarn_beta_slow));
+
+    hp.n_expert = f.get_int_or(p + "expert_count", 0);
+    hp.n_expert_used = f.get_int_or(p + "expert_used_count", 0);
+    hp.n_expert_group = f.get_int_or(p + "expert_group_count", 1);
+    hp.n_expert_group_used = f.get_int_or(p + "expert_group_used_count", hp.n_expert_group);
+    if (hp.n_expert_group <= 0) hp.n_expert_group = 1;
+    if (hp.n_expert_group_used <= 0) hp.n_expert_group_used = hp.n_expert_group;
+    if (hp.n_expert < 0 || hp.n_expert_used < 0 || hp.n_expert_used > hp.n_expert ||
+        (hp.n_expert > 0 && hp.n_expert_used == 0))
+        throw bad(fmt::format("{}expert_used_count {} does not fit expert_count {}", p, hp.n_expert_used, hp.n_expert));
+    if (hp.n_expert > 0 && (hp.n_expert % hp.n_expert_group != 0 || hp.n_expert_group_used > hp.n_expert_group))
+        throw bad(fmt::format("{} experts do not form {}expert_group_count {} groups with {} used", hp.n_expert, p,
+                              hp.n_expert_group, hp.n_expert_group_used));
+
     // Vocabulary: the token list when there is one, else the embedding table.
     if (const gguf::Value* toks = f.find("tokenizer.ggml.tokens"); toks && toks->is_array()) {
         hp.n_vocab = static_cast<int64_t>(toks->as_array().size());

@@ -15,8 +15,22 @@ struct Entry {
 constexpr Entry kArchitectures[] = {
     {"llama", &load_llama},
     {"qwen2", &load_qwen2},
+    {"gemma3", &load_gemma3},
+    {"gpt-oss", &load_gpt_oss},
+    {"deepseek2", &load_deepseek2},
 };
 }  // namespace
+
+std::vector<KvLayerSpec> Architecture::kv_layers() const {
+    const HParams& hp = hparams();
+    KvLayerSpec l;
+    l.n_head_kv = static_cast<int>(hp.n_head_kv);
+    l.head_dim_k = static_cast<int>(hp.head_dim_k);
+    l.head_dim_v = static_cast<int>(hp.head_dim_v);
+    std::vector<KvLayerSpec> out(static_cast<size_t>(hp.n_layer), l);
+    for (int64_t il = 0; il < hp.n_layer; ++il) out[static_cast<size_t>(il)].window = hp.window(il);
+    return out;
+}
 
 std::vector<std::string> supported_architectures() {
     std::vector<std::string> out;

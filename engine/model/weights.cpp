@@ -7,8 +7,9 @@
 namespace kiln::model {
 
 graph::TensorId Weight::in(graph::Graph& g) const {
-    if (!info) throw Error("internal: an absent optional weight was used in a graph");
-    return g.weight(info->name, info->type, info->data, ne0, ne1);
+    if (!data) throw Error("internal: an absent optional weight was used in a graph");
+    if (ne2 > 1) return g.weight3(label, dtype, data, ne0, ne1, ne2, nb2);
+    return g.weight(label, dtype, data, ne0, ne1);
 }
 
 std::string WeightBinder::layer(int64_t il, const char* suffix) { return fmt::format("blk.{}.{}", il, suffix); }
@@ -38,8 +39,12 @@ Weight WeightBinder::bind(const gguf::TensorInfo& t, const std::vector<int64_t>&
                                 type_name(t.type)));
     Weight w;
     w.info = &t;
+    w.label = t.name;
+    w.dtype = t.type;
+    w.data = t.data;
     w.ne0 = want[0];
     w.ne1 = want.size() > 1 ? want[1] : 1;
+    w.ne2 = want.size() > 2 ? want[2] : 1;
     ++n_bound_;
     bytes_bound_ += t.n_bytes;
     return w;

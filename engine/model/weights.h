@@ -12,14 +12,20 @@
 
 namespace kiln::model {
 
-// A weight in the model file: 1-D (ne1 == 1) or 2-D, any stored type.
+// A weight: 1-D (ne1 == 1), 2-D, or 3-D (ne2 matrices of ne1 rows: experts, heads), any stored
+// type. Usually a tensor of the model file; an architecture may also derive one at load (its own
+// bytes, e.g. a transposed copy) or view part of another (a matrix stride nb2 other than packed).
 struct Weight {
-    const gguf::TensorInfo* info = nullptr;  // null: absent (optional weight)
-    int64_t ne0 = 0, ne1 = 0;
+    const gguf::TensorInfo* info = nullptr;  // the file's tensor; null for derived weights
+    std::string label;                      // name in graphs and messages
+    TensorType dtype = TensorType::F32;
+    const void* data = nullptr;  // null: absent (optional weight)
+    int64_t ne0 = 0, ne1 = 0, ne2 = 1;
+    uint64_t nb2 = 0;  // bytes between the ne2 matrices (0: packed)
 
-    explicit operator bool() const { return info != nullptr; }
-    const std::string& name() const { return info->name; }
-    TensorType type() const { return info->type; }
+    explicit operator bool() const { return data != nullptr; }
+    const std::string& name() const { return label; }
+    TensorType type() const { return dtype; }
     // Adds it to a graph as a leaf.
     graph::TensorId in(graph::Graph& g) const;
 };
@@ -28,7 +34,7 @@ class WeightBinder {
 public:
     explicit WeightBinder(const gguf::File& f) : f_(f) {}
 
-    // `shape` in ggml order: {row length} or {row length, rows}. Throws kiln::Error when missing
+    // `shape` in ggml order: {row length}, {row length, rows} or {row length, rows, matrices}. Throws kiln::Error when missing
     // or mis-shaped. Row-wise tensors (norms, biases) must be f32.
     Weight require(const std::string& name, std::vector<int64_t> shape);
     // As require(), but an absent tensor gives an empty Weight.

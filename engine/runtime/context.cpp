@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "backend/vulkan/graph_executor.h"
 #include "kiln/context.h"
 #include "kiln/error.h"
 #include "model/model_impl.h"
@@ -68,25 +69,57 @@ Context::Context(const Model& model, const ContextOptions& options) {
     impl_ = std::make_unique<Impl>(model, options);
     Impl& c = *impl_;
     const model::HParams& hp = c.m.arch->hparams();
-    if (c.opt.backend == "vulkan") throw Error("backend 'vulkan' is not available yet (use --backend cpu)");
-    if (c.opt.backend != "cpu") throw Error(fmt::format("unknown backend '{}' (available: cpu)", c.opt.backend));
+    if (c.opt.backend != "cpu" && c.opt.backend != "vulkan" && c.opt.backend != "auto")
+        throw Error(fmt::format("unknown backend '{}' (available: cpu, vulkan, auto)", c.opt.backend));
     if (c.opt.n_ctx <= 0) c.opt.n_ctx = hp.n_ctx_train > 0 ? std::min<int64_t>(hp.n_ctx_train, 4096) : 4096;
     if (c.opt.n_batch <= 0) throw Error(fmt::format("n_batch must be positive, got {}", c.opt.n_batch));
     c.opt.n_batch = std::min(c.opt.n_batch, c.opt.n_ctx);
     if (c.opt.n_threads <= 0) c.opt.n_threads = model.default_threads();
 
-    c.backend = backend::make_cpu_backend(c.opt.n_threads);
+    if (c.opt.backend != "cpu") {
+        backend::VulkanOptions vo;
+        vo.device = c.opt.device;
+        vo.require = c.opt.backend == "vulkan" || c.opt.device >= 0;
+        if (c.opt.progress)
+            vo.progress = [p = c.opt.progress](uint64_t done, uint64_t total) {
+                p(total ? static_cast<float>(static_cast<double>(done) / static_cast<double>(total)) : 1.0f);
+            };
+        c.backend = backend::make_vulkan_backend(vo);  // nullptr: "auto" found no GPU
+    }
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
     layout.type = c.opt.kv_type;
-    for (int64_t il = 0; il < hp.n_layer; ++il)
-        layout.layers.push_back({static_cast<int>(hp.n_head_kv), static_cast<int>(hp.head_dim_k),
-                                 static_cast<int>(hp.head_dim_v)});
-    c.kv = std::make_unique<runtime::KvCache>(*c.backend, std::move(layout));
+    for (const model::KvLayerSpec& l : c.m.arch->kv_layers()) {
+        backend::KvLayerShape s;
+        s.n_head_kv = l.n_head_kv;
+        s.head_dim_k = l.head_dim_k;
+        s.head_dim_v = l.head_dim_v;
+        s.v_in_k = l.v_in_k;
+        // A sliding-window layer keeps a ring of the window plus what one batch adds.
+        if (l.window > 0) s.n_slots = std::min(c.opt.n_ctx, l.window + c.opt.n_batch - 1);
+        layout.layers.push_back(s);
+    }
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
-    // The decode shape is compiled up front: generating a token never compiles or allocates.
-    c.get(1, 1);
+    auto start = [&] {
+        c.kv = std::make_unique<runtime::KvCache>(*c.backend, layout);
+        // The decode shape is compiled up front: generating a token never compiles or allocates.
+        c.get(1, 1);
+    };
+    if (c.backend && c.opt.backend == "auto") {
+        // "auto" on a GPU: the whole model runs on Vulkan, or (an op, type or size the shaders do
+        // not have, memory) the whole model runs on the CPU; backend_name() tells which.
+        try {
+            start();
+            return;
+        } catch (const Error&) {
+            c.compiled.clear();
+            c.kv.reset();
+            c.backend.reset();
+        }
+    }
+    if (!c.backend) c.backend = backend::make_cpu_backend(c.opt.n_threads);
+    start();
 }
 
 Context::~Context() = default;
@@ -146,11 +179,62 @@ int64_t Context::n_past() const { return impl_->kv->n_past(); }
 int64_t Context::n_ctx() const { return impl_->kv->n_ctx(); }
 int64_t Context::n_vocab() const { return impl_->m.arch->hparams().n_vocab; }
 size_t Context::kv_bytes() const { return impl_->kv->bytes(); }
-const Model& Context::model() const { return impl_->model; }
 
-void Context::truncate(int64_t n_keep) {
-    impl_->kv->truncate(n_keep);
-    impl_->n_logit_rows = 0;
+KvStats Context::kv_stats() const {
+    const backend::KvLayout& L = impl_->kv->layout();
+    KvStats st;
+    st.type = L.type;
+    st.n_ctx = L.n_ctx;
+    for (size_t il = 0; il < L.layers.size(); ++il) {
+        const size_t row = L.layers[il].row_bytes(L.type);
+        if (L.is_ring(il)) {
+            ++st.n_sliding_layers;
+            st.sliding_slots = L.slots(il);
+            st.sliding_bytes += L.layer_bytes(il);
+            st.sliding_bytes_per_token = row;
+        } else {
+            ++st.n_full_layers;
+            st.full_bytes += L.layer_bytes(il);
+            st.full_bytes_per_token = row;
+        }
+    }
+    return st;
+}
+
+std::string Context::kv_summary() const {
+    const KvStats s = kv_stats();
+    auto mib = [](size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
+    std::string out = fmt::format("KV cache {} {:.2f} MiB:", kv_type_name(s.type), mib(s.full_bytes + s.sliding_bytes));
+    if (s.n_full_layers > 0)
+        out += fmt::format(" {} full layers x {} tokens x {} B/token", s.n_full_layers, s.n_ctx, s.full_bytes_per_token);
+    if (s.n_sliding_layers > 0)
+        out += fmt::format("{} {} sliding-window layers x ring of {} tokens x {} B/token", s.n_full_layers > 0 ? "," : "",
+                           s.n_sliding_layers, s.sliding_slots, s.sliding_bytes_per_token);
+    return out;
+}
+const Model& Context::model() const { return impl_->model; }
+const char* Context::backend_name() const { return impl_->backend->name(); }
+
+int64_t Context::truncate(int64_t n_keep) {
+    Impl& c = *impl_;
+    if (n_keep < 0 || n_keep > c.kv->n_past())
+        throw Error(fmt::format("truncate: cannot keep {} tokens of {}", n_keep, c.kv->n_past()));
+    // A sliding-window layer keeps a ring of its last n_slots positions: the kept tokens' window
+    // [n_keep - w, n_keep) must not have been overwritten since, else nothing can be kept.
+    const backend::KvLayout& L = c.kv->layout();
+    const auto specs = c.m.arch->kv_layers();
+    const int64_t n_past = c.kv->n_past();
+    for (size_t il = 0; il < L.layers.size() && il < specs.size(); ++il) {
+        if (!L.is_ring(il)) continue;
+        const int64_t w = specs[il].window;
+        if (std::max<int64_t>(0, n_keep - w) < n_past - L.slots(il)) {
+            n_keep = 0;
+            break;
+        }
+    }
+    c.kv->truncate(n_keep);
+    c.n_logit_rows = 0;
+    return n_keep;
 }
 
 void Context::clear() {

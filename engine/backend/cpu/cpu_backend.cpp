@@ -21,12 +21,23 @@
 
 namespace kiln::backend {
 
+size_t KvLayerShape::row_bytes(KvType t) const {
+    const size_t el = t == KvType::F16 ? 2 : 4;
+    return static_cast<size_t>(n_head_kv) * static_cast<size_t>(head_dim_k + (v_in_k ? 0 : head_dim_v)) * el;
+}
+
+int64_t KvLayout::slots(size_t layer) const {
+    const int64_t n = layers.at(layer).n_slots;
+    return n > 0 && n < n_ctx ? n : n_ctx;
+}
+
+size_t KvLayout::layer_bytes(size_t layer) const {
+    return static_cast<size_t>(slots(layer)) * layers.at(layer).row_bytes(type);
+}
+
 size_t KvLayout::bytes() const {
-    const size_t el = type == KvType::F16 ? 2 : 4;
     size_t total = 0;
-    for (const KvLayerShape& l : layers)
-        total += static_cast<size_t>(n_ctx) * static_cast<size_t>(l.n_head_kv) *
-                 static_cast<size_t>(l.head_dim_k + l.head_dim_v) * el;
+    for (size_t il = 0; il < layers.size(); ++il) total += layer_bytes(il);
     return total;
 }
 
@@ -50,14 +61,18 @@ AlignedBuf aligned_bytes(size_t n) {
     return AlignedBuf(static_cast<uint8_t*>(p));
 }
 
-// K and V of every layer, one row per slot: row = n_head_kv heads of head_dim elements.
+// K and V of every layer, one row per slot: row = n_head_kv heads of head_dim elements. An MLA
+// layer (v_in_k) stores K only: V is read from the head of each K row.
 class CpuKv final : public KvBuffers {
 public:
     CpuKv(const KvLayout& layout, int n_threads) : layout_(layout) {
         const size_t el = layout.type == KvType::F16 ? 2 : 4;
-        for (const KvLayerShape& l : layout.layers) {
-            k_.push_back(aligned_bytes(static_cast<size_t>(layout.n_ctx) * l.n_head_kv * l.head_dim_k * el));
-            v_.push_back(aligned_bytes(static_cast<size_t>(layout.n_ctx) * l.n_head_kv * l.head_dim_v * el));
+        for (size_t il = 0; il < layout.layers.size(); ++il) {
+            const KvLayerShape& l = layout.layers[il];
+            const size_t n = static_cast<size_t>(layout.slots(il));
+            k_.push_back(aligned_bytes(n * static_cast<size_t>(l.n_head_kv) * static_cast<size_t>(l.head_dim_k) * el));
+            v_.push_back(l.v_in_k ? AlignedBuf()
+                                  : aligned_bytes(n * static_cast<size_t>(l.n_head_kv) * static_cast<size_t>(l.head_dim_v) * el));
         }
         // Per thread: the scores of one query head over the whole context.
         scores_stride_ = static_cast<size_t>(layout.n_ctx + 16);
@@ -96,7 +111,14 @@ private:
     void rope(const Node& n);
     void store_kv(const Node& n, CpuKv& kv, int64_t base);
     void attention(const Node& n, CpuKv& kv, int64_t base);
+    void attention_mla(const Node& n, CpuKv& kv, int64_t base);
     void unary(const Node& n);
+    void slice_heads(const Node& n);
+    void concat_heads(const Node& n);
+    void top_k(const Node& n);
+    void gather(const Node& n);
+    void grouped_matmul(const Node& n);
+    void moe_combine(const Node& n);
 
     CpuBackend& be_;
     graph::Graph g_;
@@ -105,7 +127,9 @@ private:
 
 class CpuBackend final : public Backend {
 public:
-    explicit CpuBackend(int n_threads) : pool_(n_threads) {}
+    explicit CpuBackend(int n_threads) : pool_(n_threads) {
+        for (int i = 0; i < pool_.size(); ++i) solo_.push_back(std::make_unique<ThreadPool>(1));
+    }
     const char* name() const override { return "cpu"; }
 
     std::unique_ptr<Executable> compile(graph::Graph g) override {
@@ -115,7 +139,11 @@ public:
         return std::make_unique<CpuKv>(layout, pool_.size());
     }
 
-    void reserve(size_t workspace, size_t scratch) {
+    void reserve(size_t workspace, size_t scratch, size_t aux = 0, size_t solo_scratch = 0) {
+        if (solo_scratch > solo_stride_) {
+            solo_stride_ = (solo_scratch + 63) / 64 * 64;
+            solo_scratch_ = aligned_bytes(solo_stride_ * solo_.size());
+        }
         if (workspace > workspace_size_) {
             workspace_ = aligned_bytes(workspace);
             workspace_size_ = workspace;
@@ -124,16 +152,54 @@ public:
             scratch_ = aligned_bytes(scratch);
             scratch_size_ = scratch;
         }
+        if (aux > aux_size_) {
+            aux_ = aligned_bytes(aux);
+            aux_size_ = aux;
+        }
     }
     uint8_t* workspace() const { return workspace_.get(); }
     void* scratch() const { return scratch_.get(); }
+    // Gather/scatter room of the grouped matmuls (MoE experts, per-head projections).
+    uint8_t* aux() const { return aux_.get(); }
     ThreadPool& pool() { return pool_; }
+    // Thread th's own one-thread pool and matmul scratch: a whole small matmul per thread.
+    ThreadPool& solo(int th) { return *solo_[static_cast<size_t>(th)]; }
+    void* solo_scratch(int th) const { return solo_scratch_.get() + solo_stride_ * static_cast<size_t>(th); }
 
 private:
     ThreadPool pool_;
-    AlignedBuf workspace_, scratch_;
-    size_t workspace_size_ = 0, scratch_size_ = 0;
+    std::vector<std::unique_ptr<ThreadPool>> solo_;
+    AlignedBuf workspace_, scratch_, aux_, solo_scratch_;
+    size_t workspace_size_ = 0, scratch_size_ = 0, aux_size_ = 0, solo_stride_ = 0;
 };
+
+// Groups of at most this many rows (decode) are spread over the threads whole, one per thread,
+// when there are enough of them: one pool dispatch per op instead of one per head or expert.
+constexpr int64_t kSoloMaxTokens = 4;
+
+// A grouped matmul (MoeMatMul, HeadMatMul) as (group, token, slot) work: slot s of token t multiplies
+// matrix group(t, s) of a 3-D weight by its own input row. Sizes of its aux area.
+struct GroupedShape {
+    int64_t n_tok = 0, n_slot = 0, k = 0, rows = 0, n_group = 0;
+    size_t aux_bytes() const {
+        const size_t pairs = static_cast<size_t>(n_tok * n_slot);
+        auto al = [](size_t b) { return (b + 63) / 64 * 64; };
+        return al((pairs + static_cast<size_t>(n_group) + 1) * sizeof(int32_t) * 2) +
+               al(pairs * static_cast<size_t>(k) * sizeof(float)) + al(pairs * static_cast<size_t>(rows) * sizeof(float));
+    }
+};
+
+GroupedShape grouped_shape(const graph::Graph& g, const Node& n) {
+    const Tensor& w = g.tensor(n.src[0]);
+    const Tensor& x = g.tensor(n.src[1]);
+    GroupedShape s;
+    s.n_tok = x.ne1;
+    s.k = w.ne0;
+    s.rows = w.ne1;
+    s.n_group = w.ne2;
+    s.n_slot = n.op == Op::HeadMatMul ? w.ne2 : g.tensor(n.src[2]).ne0;
+    return s;
+}
 
 // pool.parallel_for through a one-pointer closure: the std::function it takes then fits its
 // small-object buffer, so no call allocates, however much the body captures.
@@ -154,17 +220,24 @@ void maybe_parallel(ThreadPool& pool, int64_t n, int64_t work_per_item, F&& fn) 
 
 CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
     plan_ = graph::plan_buffers(g_, 64);
-    size_t scratch = 0;
+    size_t scratch = 0, aux = 0, solo = 0;
     for (const Node& n : g_.nodes()) {
-        if (n.op != Op::MatMul) continue;
+        if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) continue;
         const Tensor& w = g_.tensor(n.src[0]);
         const Tensor& x = g_.tensor(n.src[1]);
         if (!kernels::matmul_supports(w.wtype))
             throw Error(fmt::format("cpu backend: weight '{}' has type {}, which the CPU matmul does not support",
                                     w.name, type_name(w.wtype)));
-        scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, x.ne1, be_.pool().size()));
+        int64_t n_tok = x.ne1;
+        if (n.op != Op::MatMul) {
+            const GroupedShape gs = grouped_shape(g_, n);
+            n_tok = gs.n_tok * gs.n_slot;  // at most every pair on one matrix
+            aux = std::max(aux, gs.aux_bytes());
+            solo = std::max(solo, kernels::matmul_scratch_bytes(w.wtype, w.ne0, kSoloMaxTokens, 1));
+        }
+        scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, n_tok, be_.pool().size()));
     }
-    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch);
+    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch, aux, solo);
 }
 
 float* CpuExecutable::f32(TensorId id) const {
@@ -203,12 +276,26 @@ void CpuExecutable::run_node(const Node& n, const RunArgs& args) {
             if (!args.kv) throw Error(fmt::format("cpu backend: {} needs a KV cache", graph::op_name(n.op)));
             auto& kv = static_cast<CpuKv&>(*args.kv);
             if (n.op == Op::StoreKV) return store_kv(n, kv, args.kv_base);
+            if (n.attn.v_in_k) return attention_mla(n, kv, args.kv_base);
             return attention(n, kv, args.kv_base);
         }
         case Op::SwiGLU:
+        case Op::GeGLU:
+        case Op::SwiGLUOai:
+        case Op::Softcap:
         case Op::Silu:
         case Op::Scale:
-        case Op::Rows: return unary(n);
+        case Op::Rows:
+        case Op::Sigmoid:
+        case Op::Softmax:
+        case Op::NormalizeSum: return unary(n);
+        case Op::SliceHeads: return slice_heads(n);
+        case Op::ConcatHeads: return concat_heads(n);
+        case Op::TopK: return top_k(n);
+        case Op::Gather: return gather(n);
+        case Op::HeadMatMul:
+        case Op::MoeMatMul: return grouped_matmul(n);
+        case Op::MoeCombine: return moe_combine(n);
     }
 }
 
@@ -266,9 +353,11 @@ void CpuExecutable::rms_norm(const Node& n) {
         pw = w.kind == TensorKind::Weight ? static_cast<const float*>(w.data) : f32(n.src[1]);
     }
     float* d = f32(n.dst);
-    const int64_t ne0 = x.ne0;
+    // A group (i0 > 0) is normalised on its own: the rows are read as rows of i0 elements.
+    const int64_t ne0 = n.i0 > 0 ? n.i0 : x.ne0;
+    const int64_t rows = x.n_elements() / ne0;
     const float eps = n.f;
-    maybe_parallel(be_.pool(), x.ne1, ne0, [&](int64_t r0, int64_t r1, int) {
+    maybe_parallel(be_.pool(), rows, ne0, [&](int64_t r0, int64_t r1, int) {
         for (int64_t r = r0; r < r1; ++r) kernels::rms_norm(px + r * ne0, pw, ne0, eps, d + r * ne0);
     });
 }
@@ -281,15 +370,25 @@ void CpuExecutable::rope(const Node& n) {
     float* d = f32(n.dst);
     const int64_t ne0 = x.ne0;
     const int half = p.n_dims / 2;
-    // theta_i = pos * freq_scale * base^(-2i / n_dims), i < n_dims / 2
+    if (half > 512) throw Error(fmt::format("cpu backend: rope over {} dims (at most 1024)", p.n_dims));
+    float corr[2] = {0.0f, 0.0f};
+    if (p.ext_factor != 0.0f) graph::rope_yarn_corr_dims(p, corr);
+    // theta_i = pos * base^(-2i / n_dims), i < n_dims / 2, scaled by freq_scale (linear); with YaRN
+    // the scaled and unscaled angles mix by the ramp of pair i between the correction dims.
     maybe_parallel(be_.pool(), x.ne1, ne0 * 8, [&](int64_t r0, int64_t r1, int) {
         float cs[512], sn[512];  // n_dims / 2 <= 512 (head sizes up to 1024)
         for (int64_t r = r0; r < r1; ++r) {
-            const double position = static_cast<double>(pos[r]) * p.freq_scale;
+            const double position = static_cast<double>(pos[r]);
             for (int i = 0; i < half; ++i) {
-                const double theta = position * std::pow(static_cast<double>(p.freq_base), -2.0 * i / p.n_dims);
-                cs[i] = static_cast<float>(std::cos(theta));
-                sn[i] = static_cast<float>(std::sin(theta));
+                const double extrap = position * std::pow(static_cast<double>(p.freq_base), -2.0 * i / p.n_dims);
+                double theta = extrap * p.freq_scale;
+                if (p.ext_factor != 0.0f) {
+                    const double y = (i - corr[0]) / std::max(0.001, static_cast<double>(corr[1] - corr[0]));
+                    const double mix = (1.0 - std::clamp(y, 0.0, 1.0)) * p.ext_factor;
+                    theta = theta * (1.0 - mix) + extrap * mix;
+                }
+                cs[i] = static_cast<float>(std::cos(theta) * p.attn_factor);
+                sn[i] = static_cast<float>(std::sin(theta) * p.attn_factor);
             }
             const float* xr = px + r * ne0;
             float* dr = d + r * ne0;
@@ -315,46 +414,72 @@ void CpuExecutable::rope(const Node& n) {
     });
 }
 
+// Token t of the batch is at position base + t; its K/V row goes to slot (base + t) % slots of the
+// layer (the identity for a full layer, a ring for a sliding-window one).
 void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
     const graph::AttentionParams& p = n.attn;
     const Tensor& k = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
     const int64_t n_tok = k.ne1;
     if (base < 0 || base + n_tok > L.n_ctx)
-        throw Error(fmt::format("cpu backend: KV slots [{}, {}) outside the cache of {}", base, base + n_tok, L.n_ctx));
+        throw Error(fmt::format("cpu backend: KV positions [{}, {}) outside the cache of {}", base, base + n_tok, L.n_ctx));
+    if (p.layer < 0 || static_cast<size_t>(p.layer) >= L.layers.size() || L.layers[static_cast<size_t>(p.layer)].v_in_k != p.v_in_k)
+        throw Error(fmt::format("cpu backend: KV layer {} does not match the cache layout", p.layer));
+    const int64_t slots = L.slots(static_cast<size_t>(p.layer));
     const int64_t kw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_k;
     const int64_t vw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_v;
     const float* pk = f32(n.src[0]);
-    const float* pv = f32(n.src[1]);
-    if (L.type == KvType::F16) {
-        auto* ck = reinterpret_cast<uint16_t*>(kv.k(p.layer)) + base * kw;
-        auto* cv = reinterpret_cast<uint16_t*>(kv.v(p.layer)) + base * vw;
-        kernels::f32_to_f16(pk, ck, n_tok * kw);
-        kernels::f32_to_f16(pv, cv, n_tok * vw);
-    } else {
-        std::memcpy(reinterpret_cast<float*>(kv.k(p.layer)) + base * kw, pk, static_cast<size_t>(n_tok * kw) * 4);
-        std::memcpy(reinterpret_cast<float*>(kv.v(p.layer)) + base * vw, pv, static_cast<size_t>(n_tok * vw) * 4);
+    const float* pv = p.v_in_k ? nullptr : f32(n.src[1]);
+    // Contiguous runs of slots (a ring wraps at most a few times per batch).
+    for (int64_t t0 = 0; t0 < n_tok;) {
+        const int64_t slot = (base + t0) % slots;
+        const int64_t run = std::min(n_tok - t0, slots - slot);
+        if (L.type == KvType::F16) {
+            kernels::f32_to_f16(pk + t0 * kw, reinterpret_cast<uint16_t*>(kv.k(p.layer)) + slot * kw, run * kw);
+            if (pv) kernels::f32_to_f16(pv + t0 * vw, reinterpret_cast<uint16_t*>(kv.v(p.layer)) + slot * vw, run * vw);
+        } else {
+            std::memcpy(reinterpret_cast<float*>(kv.k(p.layer)) + slot * kw, pk + t0 * kw, static_cast<size_t>(run * kw) * 4);
+            if (pv)
+                std::memcpy(reinterpret_cast<float*>(kv.v(p.layer)) + slot * vw, pv + t0 * vw,
+                            static_cast<size_t>(run * vw) * 4);
+        }
+        t0 += run;
     }
 }
 
-// Token t (slot base + t) attends to slots [start, base + t], start = 0 or the window's first slot.
+// Token t (position base + t) attends to positions [first, base + t], first = 0 or the window's
+// first position; position j is read from slot j % slots.
 void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
     const graph::AttentionParams& p = n.attn;
     const Tensor& q = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
     const int64_t n_tok = q.ne1;
     if (base < 0 || base + n_tok > L.n_ctx)
-        throw Error(fmt::format("cpu backend: attention over slots [0, {}) outside the cache of {}", base + n_tok, L.n_ctx));
+        throw Error(fmt::format("cpu backend: attention over positions [0, {}) outside the cache of {}", base + n_tok,
+                                L.n_ctx));
+    const int64_t slots = L.slots(static_cast<size_t>(p.layer));
+    if (slots < L.n_ctx && (p.window <= 0 || slots < p.window + n_tok - 1))
+        throw Error(fmt::format("cpu backend: layer {} keeps a ring of {} KV slots, too few for a window of {} and a "
+                                "batch of {} tokens",
+                                p.layer, slots, p.window, n_tok));
     const int dk = p.head_dim_k, dv = p.head_dim_v;
     const int group = p.n_head / p.n_head_kv;
     const int64_t kw = static_cast<int64_t>(p.n_head_kv) * dk;
-    const int64_t vw = static_cast<int64_t>(p.n_head_kv) * dv;
+    // V rows: their own buffer, or (MLA) the head of each K row.
+    const int64_t vw = p.v_in_k ? kw : static_cast<int64_t>(p.n_head_kv) * dv;
+    const int vh = p.v_in_k ? dk : dv;  // stride between the V heads of a row
     const float* pq = f32(n.src[0]);
+    const float* sinks = nullptr;
+    if (n.src[1] != graph::kNone) {
+        const Tensor& st = g_.tensor(n.src[1]);
+        sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
+    }
     float* out = f32(n.dst);
     const bool f16 = L.type == KvType::F16;
     const uint8_t* kbase = kv.k(p.layer);
-    const uint8_t* vbase = kv.v(p.layer);
+    const uint8_t* vbase = p.v_in_k ? kbase : kv.v(p.layer);
     const int64_t items = n_tok * p.n_head;
+    const float cap = p.softcap;
 
     parallel(be_.pool(), items, [&](int64_t b, int64_t e, int th) {
         float* scores = kv.scores(th);
@@ -364,27 +489,33 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
             const int kvh = h / group;
             const int64_t last = base + t;  // inclusive
             const int64_t first = p.window > 0 ? std::max<int64_t>(0, last - p.window + 1) : 0;
+            const int64_t len = last - first + 1;
             const float* qh = pq + t * q.ne0 + static_cast<int64_t>(h) * dk;
             float* oh = out + t * (static_cast<int64_t>(p.n_head) * dv) + static_cast<int64_t>(h) * dv;
 
-            for (int64_t j = first; j <= last; ++j) {
-                const float s =
-                    f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + j * kw + kvh * dk, dk)
-                        : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + j * kw + kvh * dk, dk);
-                scores[j - first] = s * p.scale;
+            int64_t slot = first % slots;
+            for (int64_t j = 0; j < len; ++j) {
+                float s = f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + slot * kw + kvh * dk, dk)
+                              : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + slot * kw + kvh * dk, dk);
+                s *= p.scale;
+                if (cap > 0.0f) s = cap * std::tanh(s / cap);
+                scores[j] = s;
+                if (++slot == slots) slot = 0;
             }
-            const int64_t len = last - first + 1;
-            kernels::softmax_inplace(scores, len);
+            // A sink is one more logit in the softmax whose weight goes nowhere.
+            if (sinks) scores[len] = sinks[h];
+            kernels::softmax_inplace(scores, sinks ? len + 1 : len);
 
             std::fill(oh, oh + dv, 0.0f);
+            slot = first % slots;
             for (int64_t j = 0; j < len; ++j) {
                 const float w = scores[j];
-                const int64_t slot = first + j;
                 if (f16) {
-                    kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(vbase) + slot * vw + kvh * dv, oh, dv);
+                    kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(vbase) + slot * vw + kvh * vh, oh, dv);
                 } else {
-                    kernels::axpy_f32(w, reinterpret_cast<const float*>(vbase) + slot * vw + kvh * dv, oh, dv);
+                    kernels::axpy_f32(w, reinterpret_cast<const float*>(vbase) + slot * vw + kvh * vh, oh, dv);
                 }
+                if (++slot == slots) slot = 0;
             }
         }
     });
@@ -407,6 +538,33 @@ void CpuExecutable::unary(const Node& n) {
             });
             return;
         }
+        case Op::GeGLU: {
+            const float* u = f32(n.src[1]);
+            maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
+                kernels::gelu_tanh(a + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
+                kernels::mul(d + r0 * ne0, u + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0);
+            });
+            return;
+        }
+        case Op::SwiGLUOai: {
+            const float* u = f32(n.src[1]);
+            const float alpha = n.f, limit = n.f1;
+            maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
+                for (int64_t i = r0 * ne0; i < r1 * ne0; ++i) {
+                    const float x = std::min(a[i], limit);
+                    const float y = std::clamp(u[i], -limit, limit);
+                    d[i] = x / (1.0f + std::exp(-alpha * x)) * (y + 1.0f);
+                }
+            });
+            return;
+        }
+        case Op::Softcap: {
+            const float cap = n.f, inv = 1.0f / n.f;
+            maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
+                for (int64_t i = r0 * ne0; i < r1 * ne0; ++i) d[i] = cap * std::tanh(a[i] * inv);
+            });
+            return;
+        }
         case Op::Silu:
             kernels::silu(a, d, dst.n_elements());
             return;
@@ -414,8 +572,319 @@ void CpuExecutable::unary(const Node& n) {
             if (d != a) std::memcpy(d, a, static_cast<size_t>(dst.n_elements()) * 4);
             kernels::scale(d, n.f, dst.n_elements());
             return;
+        case Op::Sigmoid:
+            for (int64_t i = 0; i < dst.n_elements(); ++i) d[i] = 1.0f / (1.0f + std::exp(-a[i]));
+            return;
+        case Op::Softmax:
+            for (int64_t r = 0; r < dst.ne1; ++r) {
+                std::memcpy(d + r * ne0, a + r * ne0, static_cast<size_t>(ne0) * 4);
+                kernels::softmax_inplace(d + r * ne0, ne0);
+            }
+            return;
+        case Op::NormalizeSum:
+            for (int64_t r = 0; r < dst.ne1; ++r) {
+                double sum = 0;
+                for (int64_t i = 0; i < ne0; ++i) sum += a[r * ne0 + i];
+                // The smallest normal half: an all-zero row stays finite.
+                const float inv = static_cast<float>(1.0 / std::max(sum, 6.103515625e-5));
+                for (int64_t i = 0; i < ne0; ++i) d[r * ne0 + i] = a[r * ne0 + i] * inv;
+            }
+            return;
         default:
             throw Error(fmt::format("cpu backend: op {} not handled", graph::op_name(n.op)));
+    }
+}
+
+// MLA: every query head attends over the same cache rows [latent, k_pe] (one KV head; V = the
+// latent). A work item takes a chunk of heads of one token and reads each row once for all of
+// them, block by block, with an online softmax (a running max and sum per head), so the cache is
+// streamed once per chunk instead of once per head and no context-sized scratch is needed.
+void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base) {
+    constexpr int kMaxChunk = 8;     // heads per work item
+    constexpr int kBlock = 64;       // cache rows per softmax block
+    constexpr int kMaxDv = 1024;     // value width the per-thread accumulators hold
+    const graph::AttentionParams& p = n.attn;
+    const Tensor& q = g_.tensor(n.src[0]);
+    const KvLayout& L = kv.layout();
+    const int64_t n_tok = q.ne1;
+    if (base < 0 || base + n_tok > L.n_ctx)
+        throw Error(fmt::format("cpu backend: attention over positions [0, {}) outside the cache of {}", base + n_tok,
+                                L.n_ctx));
+    if (p.n_head_kv != 1 || p.window > 0 || p.softcap > 0 || n.src[1] != graph::kNone || p.head_dim_v > kMaxDv ||
+        L.slots(static_cast<size_t>(p.layer)) != L.n_ctx)
+        throw Error(fmt::format("cpu backend: MLA attention of layer {} takes one KV head of a full layer, no window, "
+                                "soft-cap or sinks, and V rows of at most {}",
+                                p.layer, kMaxDv));
+    const int dk = p.head_dim_k, dv = p.head_dim_v, H = p.n_head;
+    const float* pq = f32(n.src[0]);
+    float* out = f32(n.dst);
+    const bool f16 = L.type == KvType::F16;
+    const uint8_t* kbase = kv.k(p.layer);
+    // Chunk size: as many heads as keep every thread busy (at least two items each), at most kMaxChunk.
+    const int64_t threads = be_.pool().size();
+    const int chunk = static_cast<int>(std::clamp<int64_t>(H * n_tok / (2 * threads), 1, kMaxChunk));
+    const int n_chunks = (H + chunk - 1) / chunk;
+
+    parallel(be_.pool(), n_tok * n_chunks, [&](int64_t b, int64_t e, int) {
+        float sc[kMaxChunk][kBlock];
+        float mx[kMaxChunk], sum[kMaxChunk];
+        alignas(64) float acc[kMaxChunk * kMaxDv];
+        for (int64_t it = b; it < e; ++it) {
+            const int64_t t = it / n_chunks;
+            const int h0 = static_cast<int>(it % n_chunks) * chunk;
+            const int nc = std::min(chunk, H - h0);
+            const int64_t len = base + t + 1;  // causal: rows [0, base + t]
+            const float* qt = pq + t * q.ne0;
+            for (int c = 0; c < nc; ++c) {
+                mx[c] = -INFINITY;
+                sum[c] = 0.0f;
+                std::fill(acc + c * dv, acc + (c + 1) * dv, 0.0f);
+            }
+            for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
+                const int jb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
+                for (int j = 0; j < jb; ++j) {
+                    const int64_t row = (j0 + j) * dk;
+                    for (int c = 0; c < nc; ++c) {
+                        const float* qh = qt + static_cast<int64_t>(h0 + c) * dk;
+                        const float s = f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + row, dk)
+                                            : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + row, dk);
+                        sc[c][j] = s * p.scale;
+                    }
+                }
+                for (int c = 0; c < nc; ++c) {
+                    float bm = mx[c];
+                    for (int j = 0; j < jb; ++j) bm = std::max(bm, sc[c][j]);
+                    if (bm > mx[c]) {  // rescale what was summed under the old max
+                        const float f = std::exp(mx[c] - bm);
+                        sum[c] *= f;
+                        kernels::scale(acc + c * dv, f, dv);
+                        mx[c] = bm;
+                    }
+                    for (int j = 0; j < jb; ++j) {
+                        sc[c][j] = std::exp(sc[c][j] - mx[c]);
+                        sum[c] += sc[c][j];
+                    }
+                }
+                for (int j = 0; j < jb; ++j) {
+                    const int64_t row = (j0 + j) * dk;  // V = the head of the K row
+                    for (int c = 0; c < nc; ++c) {
+                        if (f16) kernels::axpy_f16(sc[c][j], reinterpret_cast<const uint16_t*>(kbase) + row, acc + c * dv, dv);
+                        else kernels::axpy_f32(sc[c][j], reinterpret_cast<const float*>(kbase) + row, acc + c * dv, dv);
+                    }
+                }
+            }
+            for (int c = 0; c < nc; ++c) {
+                float* oh = out + t * (static_cast<int64_t>(H) * dv) + static_cast<int64_t>(h0 + c) * dv;
+                const float inv = 1.0f / sum[c];
+                for (int i = 0; i < dv; ++i) oh[i] = acc[c * dv + i] * inv;
+            }
+        }
+    });
+}
+
+void CpuExecutable::slice_heads(const Node& n) {
+    const graph::SliceParams& sp = n.slice;
+    const Tensor& x = g_.tensor(n.src[0]);
+    const float* a = f32(n.src[0]);
+    float* d = f32(n.dst);
+    const size_t bytes = static_cast<size_t>(sp.count) * 4;
+    for (int64_t t = 0; t < x.ne1; ++t)
+        for (int h = 0; h < sp.n_head; ++h)
+            std::memcpy(d + (t * sp.n_head + h) * sp.count, a + t * x.ne0 + static_cast<int64_t>(h) * sp.head_dim + sp.first,
+                        bytes);
+}
+
+void CpuExecutable::concat_heads(const Node& n) {
+    const Tensor& A = g_.tensor(n.src[0]);
+    const Tensor& B = g_.tensor(n.src[1]);
+    const int nh = n.slice.n_head;
+    const int64_t da = A.ne0 / nh, db = B.ne0 / nh;
+    const float* a = f32(n.src[0]);
+    const float* b = f32(n.src[1]);
+    float* d = f32(n.dst);
+    for (int64_t t = 0; t < A.ne1; ++t)
+        for (int h = 0; h < nh; ++h) {
+            float* o = d + t * (A.ne0 + B.ne0) + h * (da + db);
+            std::memcpy(o, a + t * A.ne0 + h * da, static_cast<size_t>(da) * 4);
+            std::memcpy(o + da, b + t * B.ne0 + h * db, static_cast<size_t>(db) * 4);
+        }
+}
+
+// Group-limited top-k: a group's score is the sum of its two best; only the best n_group_used
+// groups compete. Ties go to the lower index.
+void CpuExecutable::top_k(const Node& n) {
+    const Tensor& S = g_.tensor(n.src[0]);
+    const graph::TopKParams& p = n.topk;
+    const float* sc = f32(n.src[0]);
+    const float* bias = nullptr;
+    if (n.src[1] != graph::kNone) {
+        const Tensor& B = g_.tensor(n.src[1]);
+        bias = B.kind == TensorKind::Weight ? static_cast<const float*>(B.data) : f32(n.src[1]);
+    }
+    int32_t* out = reinterpret_cast<int32_t*>(f32(n.dst));
+    const int64_t ne = S.ne0;
+    const bool grouped = p.n_group > 1 && p.n_group_used < p.n_group;
+    const int64_t per_group = ne / p.n_group;
+    constexpr int kMaxGroups = 64;
+    if (grouped && p.n_group > kMaxGroups)
+        throw Error(fmt::format("cpu backend: top_k over {} expert groups (at most {})", p.n_group, kMaxGroups));
+    for (int64_t t = 0; t < S.ne1; ++t) {
+        const float* row = sc + t * ne;
+        auto score = [&](int64_t i) { return bias ? row[i] + bias[i] : row[i]; };
+        bool allowed[kMaxGroups];
+        if (grouped) {
+            float gscore[kMaxGroups];
+            for (int gi = 0; gi < p.n_group; ++gi) {
+                float b1 = -INFINITY, b2 = -INFINITY;
+                for (int64_t i = gi * per_group; i < (gi + 1) * per_group; ++i) {
+                    const float v = score(i);
+                    if (v > b1) b2 = b1, b1 = v;
+                    else if (v > b2) b2 = v;
+                }
+                gscore[gi] = b1 + b2;
+                allowed[gi] = false;
+            }
+            for (int u = 0; u < p.n_group_used; ++u) {
+                int best = -1;
+                for (int gi = 0; gi < p.n_group; ++gi)
+                    if (!allowed[gi] && (best < 0 || gscore[gi] > gscore[best])) best = gi;
+                allowed[best] = true;
+            }
+        }
+        int32_t* o = out + t * p.k;
+        for (int j = 0; j < p.k; ++j) {
+            int64_t best = -1;
+            float bv = 0.0f;
+            for (int64_t i = 0; i < ne; ++i) {
+                if (grouped && !allowed[i / per_group]) continue;
+                bool taken = false;
+                for (int q = 0; q < j; ++q) taken |= o[q] == i;
+                if (taken) continue;
+                const float v = score(i);
+                if (best < 0 || v > bv) best = i, bv = v;
+            }
+            o[j] = static_cast<int32_t>(best);
+        }
+    }
+}
+
+void CpuExecutable::gather(const Node& n) {
+    const Tensor& X = g_.tensor(n.src[0]);
+    const Tensor& I = g_.tensor(n.src[1]);
+    const float* x = f32(n.src[0]);
+    const int32_t* ids = i32(n.src[1]);
+    float* d = f32(n.dst);
+    for (int64_t t = 0; t < I.ne1; ++t)
+        for (int64_t j = 0; j < I.ne0; ++j) {
+            const int32_t id = ids[t * I.ne0 + j];
+            if (id < 0 || id >= X.ne0) throw Error(fmt::format("cpu backend: gather index {} outside a row of {}", id, X.ne0));
+            d[t * I.ne0 + j] = x[t * X.ne0 + id];
+        }
+}
+
+// Slot s of token t: y[t][s] = W[group] · x(t, s) (+ bias[group]), group = ids[t][s] (MoE) or s
+// (per-head). The pairs are sorted by group; each group's inputs are gathered into one block and
+// multiplied with one matmul call, so a matrix no pair uses is never read.
+void CpuExecutable::grouped_matmul(const Node& n) {
+    const Tensor& w = g_.tensor(n.src[0]);
+    const Tensor& x = g_.tensor(n.src[1]);
+    const GroupedShape gs = grouped_shape(g_, n);
+    const bool moe = n.op == Op::MoeMatMul;
+    const int32_t* ids = moe ? i32(n.src[2]) : nullptr;
+    const float* bias = nullptr;
+    if (moe && n.src[3] != graph::kNone) bias = static_cast<const float*>(g_.tensor(n.src[3]).data);
+    const bool x_per_slot = !moe || x.ne0 != w.ne0;
+    const float* px = f32(n.src[1]);
+    float* py = f32(n.dst);
+    const int64_t K = gs.k, R = gs.rows, S = gs.n_slot, T = gs.n_tok, G = gs.n_group;
+    const size_t row_b = static_cast<size_t>(*row_bytes(w.wtype, static_cast<uint64_t>(K)));
+    const size_t mat_b = w.nb2 ? static_cast<size_t>(w.nb2) : row_b * static_cast<size_t>(R);
+    const auto* wbase = static_cast<const uint8_t*>(w.data);
+    auto x_row = [&](int64_t t, int64_t s) { return px + t * x.ne0 + (x_per_slot ? s * K : 0); };
+    auto y_row = [&](int64_t t, int64_t s) { return py + t * (S * R) + s * R; };
+
+    // Counting sort of the pairs (t * S + s) by group.
+    const size_t pairs = static_cast<size_t>(T * S);
+    auto* count = reinterpret_cast<int32_t*>(be_.aux());
+    int32_t* order = count + G + 1;
+    std::fill(count, count + G + 1, 0);
+    auto group_of = [&](int64_t pair) -> int64_t {
+        if (!moe) return pair % S;
+        const int32_t e = ids[pair];
+        if (e < 0 || e >= G) throw Error(fmt::format("cpu backend: expert id {} of '{}' outside [0, {})", e, w.name, G));
+        return e;
+    };
+    for (size_t pr = 0; pr < pairs; ++pr) ++count[group_of(static_cast<int64_t>(pr)) + 1];
+    for (int64_t e = 0; e < G; ++e) count[e + 1] += count[e];
+    {
+        int32_t* fill = order + pairs;  // per-group cursors
+        std::copy(count, count + G, fill);
+        for (size_t pr = 0; pr < pairs; ++pr) order[fill[group_of(static_cast<int64_t>(pr))]++] = static_cast<int32_t>(pr);
+    }
+    auto al = [](size_t b) { return (b + 63) / 64 * 64; };
+    float* xg = reinterpret_cast<float*>(be_.aux() + al((pairs + static_cast<size_t>(G) + 1) * sizeof(int32_t) * 2));
+    float* yg = xg + al(pairs * static_cast<size_t>(K) * sizeof(float)) / sizeof(float);
+
+    // Group e's pairs are order[count[e], count[e + 1]); its gather rows xg/yg start at count[e],
+    // so groups never share bytes and may run at the same time.
+    auto run_group = [&](int64_t e, void* scratch, ThreadPool& pool) {
+        const int64_t b = count[e], m = count[e + 1] - b;
+        const uint8_t* we = wbase + mat_b * static_cast<size_t>(e);
+        if (m == 1) {  // one pair (every decode step): straight from its input row into its output row
+            const int64_t pr = order[b];
+            kernels::matmul(w.wtype, we, R, K, x_row(pr / S, pr % S), 1, y_row(pr / S, pr % S), scratch, pool);
+        } else {
+            float* xe = xg + b * K;
+            float* ye = yg + b * R;
+            for (int64_t i = 0; i < m; ++i) {
+                const int64_t pr = order[b + i];
+                std::memcpy(xe + i * K, x_row(pr / S, pr % S), static_cast<size_t>(K) * 4);
+            }
+            kernels::matmul(w.wtype, we, R, K, xe, m, ye, scratch, pool);
+            for (int64_t i = 0; i < m; ++i) {
+                const int64_t pr = order[b + i];
+                std::memcpy(y_row(pr / S, pr % S), ye + i * R, static_cast<size_t>(R) * 4);
+            }
+        }
+        if (bias)
+            for (int64_t i = 0; i < m; ++i) {
+                const int64_t pr = order[b + i];
+                kernels::add(y_row(pr / S, pr % S), bias + e * R, y_row(pr / S, pr % S), R);
+            }
+    };
+
+    // The groups with work (the cursors are free again), and the largest.
+    int32_t* busy = order + pairs;
+    int64_t n_busy = 0, max_m = 0;
+    for (int64_t e = 0; e < G; ++e)
+        if (const int64_t m = count[e + 1] - count[e]; m > 0) {
+            busy[n_busy++] = static_cast<int32_t>(e);
+            max_m = std::max(max_m, m);
+        }
+    // Decode: enough small groups for every thread: each thread multiplies whole groups with its
+    // own one-thread pool and scratch (one dispatch for the op). Else each group is split by rows.
+    ThreadPool& pool = be_.pool();
+    if (pool.size() > 1 && n_busy >= pool.size() && max_m <= kSoloMaxTokens) {
+        parallel(pool, n_busy, [&](int64_t i0, int64_t i1, int th) {
+            for (int64_t i = i0; i < i1; ++i) run_group(busy[i], be_.solo_scratch(th), be_.solo(th));
+        });
+    } else {
+        for (int64_t i = 0; i < n_busy; ++i) run_group(busy[i], be_.scratch(), pool);
+    }
+}
+
+void CpuExecutable::moe_combine(const Node& n) {
+    const Tensor& Y = g_.tensor(n.src[0]);
+    const Tensor& W = g_.tensor(n.src[1]);
+    const Tensor& D = g_.tensor(n.dst);
+    const float* y = f32(n.src[0]);
+    const float* w = f32(n.src[1]);
+    float* d = f32(n.dst);
+    const int64_t E = D.ne0, S = W.ne0;
+    for (int64_t t = 0; t < D.ne1; ++t) {
+        float* o = d + t * E;
+        std::fill(o, o + E, 0.0f);
+        for (int64_t s = 0; s < S; ++s) kernels::axpy_f32(w[t * S + s], y + t * Y.ne0 + s * E, o, E);
     }
 }
 

@@ -162,6 +162,32 @@ Tensor Backend::view_rows(const Tensor& t, int64_t first, int64_t count) const {
     return v;
 }
 
+Tensor Backend::view(const Tensor& t, uint64_t offset, TensorType type, std::initializer_list<int64_t> ne,
+                     const std::string& name) const {
+    if (!t.valid()) throw Error("vk view: not a tensor");
+    if (ne.size() < 1 || ne.size() > 4) throw Error("vk view: a tensor has 1 to 4 dimensions");
+    Tensor v;
+    v.type_ = type;
+    size_t i = 0;
+    for (int64_t d : ne) {
+        if (d <= 0) throw Error(fmt::format("vk view '{}': dimension {} is {} (must be positive)", name, i, d));
+        v.ne_[i++] = d;
+    }
+    const auto rb = row_bytes(type, static_cast<uint64_t>(v.ne_[0]));
+    if (!rb) throw Error(fmt::format("vk view '{}': rows of {} elements do not fit {} blocks", name, v.ne_[0], type_name(type)));
+    v.row_bytes_ = *rb;
+    v.buffer_ = t.buffer_;
+    v.offset_ = t.offset_ + offset;
+    v.name_ = name.empty() ? v.shape_string() : name;
+    if (v.offset_ % ctx_->info().min_storage_buffer_offset_alignment)
+        throw Error(fmt::format("vk view '{}': byte {} is not a multiple of the storage-buffer alignment {}", v.name_,
+                                v.offset_, ctx_->info().min_storage_buffer_offset_alignment));
+    if (v.offset_ + v.bytes() > t.buffer_->size())
+        throw Error(fmt::format("vk view '{}' ({} bytes at {}) passes the end of '{}'", v.name_, v.bytes(), v.offset_,
+                                t.name_));
+    return v;
+}
+
 Binding Backend::bind(const Tensor& t, bool written) const {
     // The data plus the slack for word reads, within the buffer and the device's range limit.
     const uint64_t room = t.buffer_->size() - t.offset_;

@@ -106,6 +106,11 @@ public:
     // A tensor viewing rows [first, first + count) of t (the last dimension collapsed: t is seen
     // as n_rows() rows). The view's offset must meet the device's storage-buffer alignment.
     Tensor view_rows(const Tensor& t, int64_t first, int64_t count) const;
+    // A tensor of `type` and shape `ne` viewing t's memory from byte `offset` on (a reshape when
+    // offset is 0 and the sizes match; a slice of a workspace otherwise). Must lie within t's
+    // buffer and meet the storage-buffer alignment.
+    Tensor view(const Tensor& t, uint64_t offset, TensorType type, std::initializer_list<int64_t> ne,
+                const std::string& name = {}) const;
 
     // ---- ops (recorded; run at submit) ----
     // y[N, n] = w[K, N] x[K, n]: w in any type of supports_matmul(), x and y f32.

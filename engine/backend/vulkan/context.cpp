@@ -226,6 +226,7 @@ std::shared_ptr<Buffer> Context::create_buffer(uint64_t bytes, MemoryKind kind, 
     Api& a = api();
     bytes = std::max<uint64_t>((bytes + 15) & ~uint64_t{15}, 16);
     check_fits(bytes, kind, what);
+    ++stats_.buffers;
 
     std::shared_ptr<Buffer> b(new Buffer());
     b->core_ = core_;

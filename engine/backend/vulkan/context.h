@@ -71,6 +71,7 @@ struct Pipeline {
 struct ContextStats {
     uint64_t submits = 0, dispatches = 0, barriers = 0, copies = 0;
     uint64_t pipelines = 0;  // pipelines created
+    uint64_t buffers = 0;    // device, staging and readback buffers created
 };
 
 class Context {

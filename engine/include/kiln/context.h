@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -16,7 +17,25 @@ struct ContextOptions {
     int n_threads = 0;      // 0: the model's default (LoadOptions::n_threads, else all cores)
     int64_t n_batch = 512;  // tokens per forward pass when a prompt is decoded
     KvType kv_type = KvType::F16;
-    std::string backend = "cpu";  // "cpu" ("vulkan" is not available yet)
+    // "cpu", "vulkan" (an error when there is no Vulkan device; lavapipe counts) or "auto" (Vulkan
+    // on a discrete or integrated GPU, else the CPU).
+    std::string backend = "cpu";
+    int device = -1;  // Vulkan device index (kiln devices); -1: the best one
+    // Called with the fraction [0, 1] of the weights copied to the device (Vulkan) while the
+    // context is created.
+    std::function<void(float)> progress;
+};
+
+// KV cache memory by layer kind. A full layer holds n_ctx tokens; a sliding-window layer a ring
+// of its window plus one batch (sliding_slots tokens), whatever n_ctx is.
+struct KvStats {
+    KvType type = KvType::F16;
+    int64_t n_ctx = 0;
+    int n_full_layers = 0, n_sliding_layers = 0;
+    int64_t sliding_slots = 0;             // tokens a sliding layer keeps
+    size_t full_bytes = 0, sliding_bytes = 0;  // over all layers of the kind
+    size_t full_bytes_per_token = 0;       // K + V of one token in one layer of the kind
+    size_t sliding_bytes_per_token = 0;
 };
 
 class Context {
@@ -42,15 +61,20 @@ public:
     int64_t n_ctx() const;
     int64_t n_vocab() const;
     size_t kv_bytes() const;  // memory of the KV cache
+    KvStats kv_stats() const;
+    std::string kv_summary() const;  // one line: the KV memory by layer kind
     // Forgets the sequence (the KV cache memory is kept for the next one).
     void clear();
     // Keeps the first n_keep tokens of the sequence and drops the rest (their KV cache positions
     // become free, so the next decode() continues at position n_keep), e.g. to reuse the common
-    // prefix of a new prompt. The logits are invalidated. Throws kiln::Error unless
+    // prefix of a new prompt. Returns how many tokens were kept: n_keep, or 0 (the context is
+    // cleared) when a sliding-window layer's ring has already overwritten what those tokens need;
+    // the caller decodes from there. The logits are invalidated. Throws kiln::Error unless
     // 0 <= n_keep <= n_past().
-    void truncate(int64_t n_keep);
+    int64_t truncate(int64_t n_keep);
 
     const Model& model() const;
+    const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)
 
 private:
     struct Impl;

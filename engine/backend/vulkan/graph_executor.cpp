@@ -1,0 +1,357 @@
+#include "backend/vulkan/graph_executor.h"
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "backend/vulkan/backend.h"
+#include "kiln/error.h"
+
+namespace kiln::backend {
+
+namespace {
+
+using graph::Node;
+using graph::Op;
+using graph::TensorId;
+using graph::TensorKind;
+
+constexpr int kMaxHeadDimK = 256;  // attention.comp: Dk <= 256
+constexpr int kMaxHeadDimV = 512;  // attention.comp: Dv <= 8 rows x 64 invocations
+
+std::string shape(const graph::Tensor& t) {
+    if (t.kind == TensorKind::Weight) return fmt::format("'{}' {} [{}, {}]", t.name, type_name(t.wtype), t.ne0, t.ne1);
+    return fmt::format("[{}, {}]", t.ne0, t.ne1);
+}
+
+[[noreturn]] void unsupported(const graph::Graph& g, const Node& n, const std::string& why) {
+    std::string operands;
+    for (TensorId s : n.src)
+        if (s != graph::kNone) operands += (operands.empty() ? "" : ", ") + shape(g.tensor(s));
+    throw Error(fmt::format("vulkan: op '{}' ({}) is not supported yet{}; use --backend cpu", graph::op_name(n.op),
+                            operands, why.empty() ? "" : ": " + why));
+}
+
+void check_weight_type(const graph::Graph& g, const Node& n, TensorId id, bool any_matmul_type) {
+    if (id == graph::kNone) return;
+    const graph::Tensor& t = g.tensor(id);
+    if (t.kind != TensorKind::Weight) return;
+    if (any_matmul_type ? !vk::Backend::supports_matmul(t.wtype) : t.wtype != TensorType::F32)
+        unsupported(g, n, fmt::format("no shader reads weight '{}' of type {}", t.name, type_name(t.wtype)));
+}
+
+}  // namespace
+
+void vulkan_check_graph(const graph::Graph& g, KvType kv_type) {
+    for (const Node& n : g.nodes()) {
+        switch (n.op) {
+            case Op::GetRows:
+            case Op::MatMul: {
+                check_weight_type(g, n, n.src[0], true);
+                const graph::Tensor& w = g.tensor(n.src[0]);
+                if (w.ne0 % 4) unsupported(g, n, fmt::format("rows of {} elements (the shaders need a multiple of 4)", w.ne0));
+                break;
+            }
+            case Op::Add:
+            case Op::Mul:
+                check_weight_type(g, n, n.src[0], false);
+                check_weight_type(g, n, n.src[1], false);
+                break;
+            case Op::RmsNorm: check_weight_type(g, n, n.src[1], false); break;
+            case Op::Rope:
+                if (n.rope.head_dim % 2) unsupported(g, n, fmt::format("odd head size {}", n.rope.head_dim));
+                break;
+            case Op::StoreKV:
+            case Op::Attention: {
+                const auto& a = n.attn;
+                if (kv_type != KvType::F16)
+                    unsupported(g, n, fmt::format("KV cache type {} (the Vulkan cache is f16)", kv_type_name(kv_type)));
+                if (a.head_dim_k % 2 || a.head_dim_v % 2 || a.head_dim_k > kMaxHeadDimK || a.head_dim_v > kMaxHeadDimV)
+                    unsupported(g, n, fmt::format("head sizes K {} / V {} (the shader takes even sizes, K <= {}, V <= {})",
+                                                  a.head_dim_k, a.head_dim_v, kMaxHeadDimK, kMaxHeadDimV));
+                if ((static_cast<int64_t>(a.n_head_kv) * a.head_dim_k) % 2 || (static_cast<int64_t>(a.n_head_kv) * a.head_dim_v) % 2)
+                    unsupported(g, n, "odd KV row width");
+                break;
+            }
+            case Op::Rows:
+                if (g.tensor(n.src[0]).ne0 % 4)
+                    unsupported(g, n, fmt::format("rows of {} elements (the shader needs a multiple of 4)", g.tensor(n.src[0]).ne0));
+                break;
+            case Op::SwiGLU:
+            case Op::Silu:
+            case Op::Scale: break;
+            default: unsupported(g, n, "");
+        }
+    }
+}
+
+namespace {
+
+class VkKv final : public KvBuffers {
+public:
+    VkKv(vk::Backend& vk, const KvLayout& layout) : layout_(layout) {
+        if (layout.type != KvType::F16)
+            throw Error(fmt::format("vulkan: a KV cache of type {} is not supported yet (the Vulkan cache is f16); use "
+                                    "--backend cpu",
+                                    kv_type_name(layout.type)));
+        std::string why;
+        if (!vk.fits(layout.bytes(), &why))
+            throw Error(fmt::format("vulkan: the KV cache of {} positions ({} bytes) does not fit: {}", layout.n_ctx,
+                                    layout.bytes(), why));
+        for (size_t il = 0; il < layout.layers.size(); ++il) {
+            const KvLayerShape& l = layout.layers[il];
+            k_.push_back(vk.tensor(TensorType::F16, {l.head_dim_k, l.n_head_kv, layout.n_ctx}, fmt::format("cache_k.{}", il)));
+            v_.push_back(vk.tensor(TensorType::F16, {l.head_dim_v, l.n_head_kv, layout.n_ctx}, fmt::format("cache_v.{}", il)));
+        }
+    }
+    const KvLayout& layout() const override { return layout_; }
+    const vk::Tensor& k(int layer) const { return k_.at(static_cast<size_t>(layer)); }
+    const vk::Tensor& v(int layer) const { return v_.at(static_cast<size_t>(layer)); }
+
+private:
+    KvLayout layout_;
+    std::vector<vk::Tensor> k_, v_;
+};
+
+class VulkanGraphBackend;
+
+class VkExecutable final : public Executable {
+public:
+    VkExecutable(VulkanGraphBackend& be, graph::Graph g);
+    const graph::Graph& graph() const override { return g_; }
+    void set_input(TensorId id, const void* data, size_t bytes) override;
+    void run(const RunArgs& args) override;
+    const float* output(TensorId id) const override;
+
+private:
+    struct NodeViews {  // reshaped views the ops need (made once at compile)
+        vk::Tensor a, b, c;
+    };
+    const vk::Tensor& t(TensorId id) const { return tensors_[static_cast<size_t>(id)]; }
+
+    VulkanGraphBackend& be_;
+    vk::Backend& vk_;
+    graph::Graph g_;
+    vk::Tensor workspace_;
+    std::vector<vk::Tensor> tensors_;  // per graph tensor: weight, or a view of the workspace
+    std::vector<NodeViews> views_;     // per node
+    std::map<TensorId, std::vector<float>> outputs_;
+};
+
+class VulkanGraphBackend final : public Backend {
+public:
+    VulkanGraphBackend(std::unique_ptr<vk::Backend> vk, std::function<void(uint64_t, uint64_t)> progress)
+        : vk_(std::move(vk)), progress_(std::move(progress)) {}
+    const char* name() const override { return "vulkan"; }
+    vk::Backend& vk() const { return *vk_; }
+
+    std::unique_ptr<Executable> compile(graph::Graph g) override {
+        return std::make_unique<VkExecutable>(*this, std::move(g));
+    }
+    std::unique_ptr<KvBuffers> alloc_kv(const KvLayout& layout) override {
+        // The shaders address the cache as one slot per position: refuse the ring (sliding-window)
+        // and MLA latent layouts rather than compute them wrongly.
+        for (size_t il = 0; il < layout.layers.size(); ++il) {
+            if (layout.is_ring(il))
+                throw Error(fmt::format("vulkan: sliding-window KV ring (layer {}, {} slots) is not supported yet; use --backend cpu",
+                                        il, layout.slots(il)));
+            if (layout.layers[il].v_in_k)
+                throw Error(fmt::format("vulkan: MLA latent KV cache (layer {}) is not supported yet; use --backend cpu", il));
+        }
+        return std::make_unique<VkKv>(*vk_, layout);
+    }
+
+    // The device copy of every weight of g (uploaded on first sight, shared by all executables).
+    void upload_weights(const graph::Graph& g) {
+        uint64_t total = 0, done = 0;
+        std::vector<TensorId> todo;
+        for (size_t i = 0; i < g.tensors().size(); ++i) {
+            const graph::Tensor& w = g.tensors()[i];
+            if (w.kind != TensorKind::Weight || weights_.count(key(w))) continue;
+            if (std::find_if(todo.begin(), todo.end(), [&](TensorId j) { return key(g.tensor(j)) == key(w); }) != todo.end())
+                continue;
+            todo.push_back(static_cast<TensorId>(i));
+            total += bytes_of(w);
+        }
+        if (todo.empty()) return;
+        std::string why;
+        if (!vk_->fits(total, &why))
+            throw Error(fmt::format("vulkan: the weights ({} bytes) do not fit in device memory: {}", total, why));
+        for (TensorId id : todo) {
+            const graph::Tensor& w = g.tensor(id);
+            vk::Tensor d = vk_->tensor(w.wtype, {w.ne0, w.ne1}, w.name);
+            vk_->upload(d, w.data, bytes_of(w));
+            weights_.emplace(key(w), d);
+            done += bytes_of(w);
+            if (progress_) progress_(done, total);
+        }
+        vk_->submit();
+    }
+    const vk::Tensor& weight(const graph::Tensor& w) const { return weights_.at(key(w)); }
+
+private:
+    using Key = std::tuple<const void*, int, int64_t, int64_t>;
+    static Key key(const graph::Tensor& w) { return {w.data, static_cast<int>(w.wtype), w.ne0, w.ne1}; }
+    static uint64_t bytes_of(const graph::Tensor& w) {
+        return *row_bytes(w.wtype, static_cast<uint64_t>(w.ne0)) * static_cast<uint64_t>(w.ne1);
+    }
+    std::unique_ptr<vk::Backend> vk_;
+    std::function<void(uint64_t, uint64_t)> progress_;
+    std::map<Key, vk::Tensor> weights_;
+};
+
+VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk_(be.vk()), g_(std::move(g)) {
+    vulkan_check_graph(g_, KvType::F16);
+    be_.upload_weights(g_);
+    const int64_t align =
+        std::max<int64_t>(64, static_cast<int64_t>(vk_.device().min_storage_buffer_offset_alignment));
+    const graph::Plan plan = graph::plan_buffers(g_, align);
+    const int64_t words = std::max<int64_t>(16, (plan.workspace_bytes + 3) / 4 + 16);
+    workspace_ = vk_.tensor(TensorType::F32, {words}, fmt::format("workspace ({} bytes)", plan.workspace_bytes));
+    const auto& ts = g_.tensors();
+    tensors_.resize(ts.size());
+    for (size_t i = 0; i < ts.size(); ++i) {
+        const graph::Tensor& x = ts[i];
+        if (x.kind == TensorKind::Weight) {
+            tensors_[i] = be_.weight(x);
+        } else if (plan.offset[i] >= 0) {
+            const TensorType type = x.dtype == graph::DType::I32 ? TensorType::I32 : TensorType::F32;
+            tensors_[i] = vk_.view(workspace_, static_cast<uint64_t>(plan.offset[i]), type, {x.ne0, x.ne1},
+                                   x.name.empty() ? fmt::format("%{}", i) : x.name);
+        }
+        if (x.kind == TensorKind::Output)
+            outputs_[static_cast<TensorId>(i)].resize(static_cast<size_t>(x.n_elements()));
+    }
+    views_.resize(g_.nodes().size());
+    for (size_t ni = 0; ni < g_.nodes().size(); ++ni) {
+        const Node& n = g_.nodes()[ni];
+        NodeViews& v = views_[ni];
+        auto reshape = [&](TensorId id, int64_t d0, int64_t d1) {
+            const vk::Tensor& base = t(id);
+            return vk_.view(base, 0, TensorType::F32, {d0, d1, g_.tensor(id).ne1}, base.name());
+        };
+        switch (n.op) {
+            case Op::Rope:
+                v.a = reshape(n.src[0], n.rope.head_dim, n.rope.n_head);
+                v.c = reshape(n.dst, n.rope.head_dim, n.rope.n_head);
+                break;
+            case Op::StoreKV:
+                v.a = reshape(n.src[0], n.attn.head_dim_k, n.attn.n_head_kv);
+                v.b = reshape(n.src[1], n.attn.head_dim_v, n.attn.n_head_kv);
+                break;
+            case Op::Attention:
+                v.a = reshape(n.src[0], n.attn.head_dim_k, n.attn.n_head);
+                v.c = reshape(n.dst, n.attn.head_dim_v, n.attn.n_head);
+                break;
+            case Op::Rows: {
+                // A gather of rows [i0, i0 + count) by fixed ids: no alignment asked of the row's offset.
+                const int64_t count = g_.tensor(n.dst).ne1;
+                std::vector<int32_t> ids(static_cast<size_t>(count));
+                for (int64_t r = 0; r < count; ++r) ids[static_cast<size_t>(r)] = static_cast<int32_t>(n.i0 + r);
+                v.a = vk_.tensor(TensorType::I32, {count}, fmt::format("rows {}..{}", n.i0, n.i0 + count));
+                vk_.upload(v.a, ids.data(), v.a.bytes());
+                break;
+            }
+            default: break;
+        }
+    }
+}
+
+void VkExecutable::set_input(TensorId id, const void* data, size_t bytes) {
+    const graph::Tensor& x = g_.tensor(id);
+    if (x.kind != TensorKind::Input) throw Error(fmt::format("vulkan backend: tensor {} is not an input", id));
+    const size_t want = static_cast<size_t>(x.n_elements()) * 4;
+    if (bytes != want) throw Error(fmt::format("vulkan backend: input '{}' takes {} bytes, got {}", x.name, want, bytes));
+    vk_.upload(t(id), data, bytes);  // recorded: runs in order before the ops of run()
+}
+
+const float* VkExecutable::output(TensorId id) const {
+    auto it = outputs_.find(id);
+    if (it == outputs_.end()) throw Error(fmt::format("vulkan backend: tensor {} is not an output", id));
+    return it->second.data();
+}
+
+void VkExecutable::run(const RunArgs& args) {
+    VkKv* kv = static_cast<VkKv*>(args.kv);
+    const int64_t base = args.kv_base;
+    const auto& nodes = g_.nodes();
+    for (size_t ni = 0; ni < nodes.size(); ++ni) {
+        const Node& n = nodes[ni];
+        const NodeViews& v = views_[ni];
+        switch (n.op) {
+            case Op::GetRows: vk_.get_rows(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::MatMul: vk_.matmul(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::Add: vk_.add(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::Mul: vk_.mul(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::RmsNorm: {
+                const vk::Tensor* w = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
+                vk_.rms_norm(t(n.src[0]), w, t(n.dst), n.f);
+                break;
+            }
+            case Op::Rope: {
+                vk::RopeParams rp;
+                rp.neox = n.rope.mode == graph::RopeMode::Neox;
+                rp.n_dims = n.rope.n_dims;
+                rp.freq_base = n.rope.freq_base;
+                rp.freq_scale = n.rope.freq_scale;
+                vk_.rope(v.a, t(n.src[1]), v.c, rp);
+                break;
+            }
+            case Op::StoreKV:
+            case Op::Attention: {
+                if (!kv) throw Error(fmt::format("vulkan backend: {} needs a KV cache", graph::op_name(n.op)));
+                const int64_t n_tok = g_.tensor(n.src[0]).ne1;
+                if (base < 0 || base + n_tok > kv->layout().n_ctx)
+                    throw Error(fmt::format("vulkan backend: KV slots [{}, {}) outside the cache of {}", base,
+                                            base + n_tok, kv->layout().n_ctx));
+                if (n.op == Op::StoreKV) {
+                    vk_.kv_write(v.a, kv->k(n.attn.layer), static_cast<uint32_t>(base));
+                    vk_.kv_write(v.b, kv->v(n.attn.layer), static_cast<uint32_t>(base));
+                } else {
+                    vk::AttentionParams ap;
+                    ap.pos0 = static_cast<uint32_t>(base);
+                    ap.n_kv = static_cast<uint32_t>(base + n_tok);
+                    ap.scale = n.attn.scale;
+                    ap.window = static_cast<uint32_t>(std::max(0, n.attn.window));
+                    vk_.attention(v.a, kv->k(n.attn.layer), kv->v(n.attn.layer), v.c, ap);
+                }
+                break;
+            }
+            case Op::SwiGLU: vk_.swiglu(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::Silu: vk_.silu(t(n.src[0]), t(n.dst)); break;
+            case Op::Scale: vk_.scale(t(n.src[0]), n.f, t(n.dst)); break;
+            case Op::Rows: vk_.get_rows(t(n.src[0]), v.a, t(n.dst)); break;
+            default: unsupported(g_, n, "");
+        }
+    }
+    // The first read submits everything recorded (inputs, the whole pass, the copy back) at once.
+    bool first = true;
+    for (auto& [id, host] : outputs_) {
+        vk_.read(t(id), host.data(), host.size() * 4);
+        first = false;
+    }
+    if (first) vk_.submit();
+}
+
+}  // namespace
+
+const vk::ContextStats* vulkan_stats(const Backend& b) {
+    const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
+    return v ? &v->vk().stats() : nullptr;
+}
+
+std::unique_ptr<Backend> make_vulkan_backend(const VulkanOptions& o) {
+    vk::BackendOptions bo;
+    bo.device = o.device;
+    bo.require = o.require;
+    bo.validation = o.validation;
+    std::unique_ptr<vk::Backend> vk = vk::Backend::open(bo);
+    if (!vk) return nullptr;
+    return std::make_unique<VulkanGraphBackend>(std::move(vk), o.progress);
+}
+
+}  // namespace kiln::backend

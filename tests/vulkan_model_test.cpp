@@ -1,0 +1,373 @@
+// Whole models on the Vulkan backend: the shared reference models' logits against llama.cpp's with
+// the bounds of the CPU test (tests/model_reference_test.cpp, /work/shared/models/README.md):
+//   f32 / f16 / bf16: max|ours - ref| <= 3e-3 * max|ref|, argmax equal where top2_margin > 1e-2 * max|ref|
+//   quantized:        RMS(ours - ref) <= 2 * rms_quantization_error, argmax equal where
+//                     top2_margin > 0.1 * max|ref|
+// plus Vulkan against the CPU on a synthetic model, `kiln run --backend vulkan` on the story model,
+// and the refusal of graphs the shaders cannot run. Skipped (loudly) without a Vulkan device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "backend/vulkan/graph_executor.h"
+#include "graph/graph.h"
+#include "kiln/error.h"
+#include "kiln/kiln.h"
+#include "backend/vulkan/context.h"
+#include "model/model_impl.h"
+#include "model/synthetic.h"
+#include "support/run.h"
+#include "support/shared.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Why there is no Vulkan device ("" when there is one), asked once.
+const std::string& no_vulkan() {
+    static const std::string why = [] {
+        try {
+            kiln::backend::VulkanOptions o;
+            o.require = true;
+            return kiln::backend::make_vulkan_backend(o) ? std::string() : std::string("no device chosen");
+        } catch (const kiln::Error& e) {
+            return std::string(e.what());
+        }
+    }();
+    return why;
+}
+
+#define KILN_REQUIRE_VULKAN()                                                                      \
+    do {                                                                                           \
+        if (!no_vulkan().empty()) {                                                                \
+            std::printf("[  SKIPPED ] no Vulkan device: %s\n", no_vulkan().c_str());               \
+            GTEST_SKIP() << "SKIPPED: no Vulkan device: " << no_vulkan();                          \
+        }                                                                                          \
+    } while (0)
+
+struct Reference {
+    std::vector<int32_t> tokens;
+    std::vector<std::vector<float>> logits;
+    std::vector<int> argmax;
+    std::vector<double> top2_margin;
+    double max_abs_logit = 0;
+    double rms_quantization_error = 0;
+};
+
+Reference load_reference(const fs::path& p) {
+    std::ifstream in(p);
+    const nlohmann::json j = nlohmann::json::parse(in);
+    Reference r;
+    r.tokens = j.at("tokens").get<std::vector<int32_t>>();
+    r.logits = j.at("logits").get<std::vector<std::vector<float>>>();
+    r.argmax = j.at("argmax").get<std::vector<int>>();
+    r.top2_margin = j.at("top2_margin").get<std::vector<double>>();
+    r.max_abs_logit = j.at("max_abs_logit").get<double>();
+    r.rms_quantization_error = j.at("rms_quantization_error").get<double>();
+    return r;
+}
+
+bool is_float_file(const std::string& name) {
+    return name.ends_with(".f32") || name.ends_with(".f16") || name.ends_with(".bf16");
+}
+
+std::vector<std::vector<float>> run_batch(kiln::Context& ctx, const std::vector<int32_t>& tokens) {
+    ctx.clear();
+    ctx.decode(tokens, /*all_logits=*/true);
+    std::vector<std::vector<float>> out;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        const auto row = ctx.logits(static_cast<int64_t>(i));
+        out.emplace_back(row.begin(), row.end());
+    }
+    return out;
+}
+
+std::vector<std::vector<float>> run_token_by_token(kiln::Context& ctx, const std::vector<int32_t>& tokens) {
+    ctx.clear();
+    std::vector<std::vector<float>> out;
+    for (const int32_t t : tokens) {
+        ctx.decode(std::span<const int32_t>(&t, 1));
+        const auto row = ctx.logits();
+        out.emplace_back(row.begin(), row.end());
+    }
+    return out;
+}
+
+void check_model(const std::string& name, bool token_by_token) {
+    const fs::path dir = kiln::test::shared_dir() / "models";
+    const fs::path gguf = dir / (name + ".gguf");
+    const fs::path json = dir / "reference" / (name + ".json");
+    KILN_REQUIRE_SHARED("models");
+    KILN_REQUIRE_VULKAN();
+    if (!fs::exists(gguf) || !fs::exists(json)) GTEST_SKIP() << "SKIPPED: " << gguf << " or its reference is absent";
+
+    const Reference ref = load_reference(json);
+    const kiln::Model model = kiln::Model::load(gguf.string());
+    kiln::ContextOptions opts;
+    opts.n_ctx = static_cast<int64_t>(ref.tokens.size());
+    opts.backend = "vulkan";
+    kiln::Context ctx(model, opts);
+    ASSERT_STREQ(ctx.backend_name(), "vulkan");
+    const auto ours = token_by_token ? run_token_by_token(ctx, ref.tokens) : run_batch(ctx, ref.tokens);
+    ASSERT_EQ(ours.size(), ref.logits.size());
+
+    const bool float_file = is_float_file(name);
+    const double margin = (float_file ? 1e-2 : 0.1) * ref.max_abs_logit;
+    double max_abs = 0, ss = 0;
+    size_t n = 0;
+    int checked = 0, wrong = 0;
+    std::string first_wrong;
+    for (size_t p = 0; p < ref.logits.size(); ++p) {
+        for (size_t i = 0; i < ref.logits[p].size(); ++i) {
+            const double d = static_cast<double>(ours[p][i]) - ref.logits[p][i];
+            ASSERT_TRUE(std::isfinite(d)) << "position " << p << " logit " << i;
+            max_abs = std::max(max_abs, std::abs(d));
+            ss += d * d;
+            ++n;
+        }
+        if (ref.top2_margin[p] > margin) {
+            ++checked;
+            const int am = static_cast<int>(std::max_element(ours[p].begin(), ours[p].end()) - ours[p].begin());
+            if (am != ref.argmax[p] && !wrong++)
+                first_wrong = fmt::format("position {}: ours {} ref {}", p, am, ref.argmax[p]);
+        }
+    }
+    const double rms = std::sqrt(ss / static_cast<double>(std::max<size_t>(n, 1)));
+    const double bound = float_file ? 3e-3 * ref.max_abs_logit : 2.0 * ref.rms_quantization_error;
+    const double measured = float_file ? max_abs : rms;
+    std::printf("[ vulkan    ] %-22s %-14s %s = %.6g (bound %.6g, %.1f%% of it); max|d| %.4g rms %.4g; argmax %d/%d\n",
+                name.c_str(), token_by_token ? "token by token" : "one batch", float_file ? "max|d|" : "rms(d)",
+                measured, bound, 100.0 * measured / bound, max_abs, rms, checked - wrong, checked);
+    EXPECT_LE(measured, bound) << name;
+    EXPECT_EQ(wrong, 0) << name << ": argmax differs at " << wrong << " clear positions; first " << first_wrong;
+}
+
+class VulkanReferenceLogits : public ::testing::TestWithParam<std::string> {};
+TEST_P(VulkanReferenceLogits, OneBatch) { check_model(GetParam(), false); }
+
+INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogits,
+                         ::testing::Values("llama-tiny.f32", "llama-tiny.f16", "llama-tiny.bf16", "llama-tiny.q8_0",
+                                           "llama-tiny.q4_0", "llama-tiny.q4_1", "llama-tiny.q5_0", "llama-tiny.q5_1",
+                                           "llama-tiny.q2_k", "llama-tiny.q3_k_m", "llama-tiny.q4_k_m",
+                                           "llama-tiny.q5_k_m", "llama-tiny.q6_k", "llama-tiny.iq4_nl",
+                                           "llama-tiny.iq4_xs", "qwen2-tiny.f32", "qwen2-tiny.q8_0",
+                                           "qwen2-tiny.q4_k_m"),
+                         [](const auto& info) {
+                             std::string s = info.param;
+                             std::replace_if(s.begin(), s.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
+                             return s;
+                         });
+
+TEST(VulkanReferenceLogitsIncremental, LlamaF32TokenByToken) { check_model("llama-tiny.f32", true); }
+TEST(VulkanReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_model("qwen2-tiny.f32", true); }
+TEST(VulkanReferenceLogitsIncremental, LlamaQ4KMTokenByToken) { check_model("llama-tiny.q4_k_m", true); }
+
+// Vulkan against the CPU on a synthetic llama (no ../shared needed): one batch, uneven chunks, and
+// token by token, all logits.
+TEST(VulkanModel, MatchesCpuOnSyntheticModel) {
+    KILN_REQUIRE_VULKAN();
+    // F32 weights: only accumulation order and the f16 KV cache differ. Q8_0: the CPU kernels also
+    // quantize activations to 8 bits (as llama.cpp does), so the bound is that effect's size.
+    for (const auto& [type, tied, rel] : {std::tuple{kiln::TensorType::F32, false, 1e-3},
+                                          std::tuple{kiln::TensorType::Q8_0, true, 2e-2}}) {
+        SCOPED_TRACE(std::string(kiln::type_name(type)) + (tied ? " tied output" : " separate output"));
+        kiln::SyntheticLlama s;
+        s.type = type;
+        s.tied_output = tied;
+        const std::string path = kiln::test::temp_path(tied ? "vk-synth-tied.gguf" : "vk-synth.gguf").string();
+        kiln::write_synthetic_llama(path, s);
+        const kiln::Model model = kiln::Model::load(path);
+        std::vector<int32_t> tokens;
+        for (int i = 0; i < 19; ++i) tokens.push_back(1 + (i * 37) % static_cast<int>(model.info().n_vocab - 1));
+
+        kiln::ContextOptions co;
+        co.n_ctx = 32;
+        co.n_threads = 2;
+        kiln::Context cpu(model, co);
+        const auto want = run_batch(cpu, tokens);
+        co.backend = "vulkan";
+        co.n_batch = 8;  // chunks of 8, 8, 3
+        kiln::Context vk(model, co);
+        const auto got_batch = run_batch(vk, tokens);
+        const auto got_step = run_token_by_token(vk, tokens);
+        // Only the last row asked for (the graph's rows op): the same logits as row n-1.
+        vk.clear();
+        vk.decode(tokens);
+        ASSERT_EQ(vk.n_logits(), 1);
+        const auto last = vk.logits();
+        double d_last = 0;
+        for (size_t i = 0; i < last.size(); ++i)
+            d_last = std::max(d_last, static_cast<double>(std::abs(last[i] - got_batch.back()[i])));
+        EXPECT_LE(d_last, 1e-4 * std::abs(static_cast<double>(got_batch.back()[0])) + 1e-4);
+        double max_ref = 0, d_batch = 0, d_step = 0;
+        for (size_t p = 0; p < tokens.size(); ++p)
+            for (size_t i = 0; i < want[p].size(); ++i) {
+                max_ref = std::max(max_ref, static_cast<double>(std::abs(want[p][i])));
+                d_batch = std::max(d_batch, static_cast<double>(std::abs(got_batch[p][i] - want[p][i])));
+                d_step = std::max(d_step, static_cast<double>(std::abs(got_step[p][i] - want[p][i])));
+            }
+        std::printf("[ vulkan    ] synthetic %s %s: vs CPU max|d| batch %.3g, token by token %.3g (max|logit| %.3g, "
+                    "bound %.3g)\n",
+                    kiln::type_name(type), tied ? "tied" : "untied", d_batch, d_step, max_ref, rel * max_ref);
+        EXPECT_GT(max_ref, 0.0);
+        EXPECT_LE(d_batch, rel * max_ref);
+        EXPECT_LE(d_step, rel * max_ref);
+    }
+}
+
+TEST(VulkanModel, KilnRunTellsTheStory) {
+    KILN_REQUIRE_VULKAN();
+    kiln::SyntheticLlama s;
+    s.story = true;
+    s.type = kiln::TensorType::Q8_0;
+    const std::string path = kiln::test::temp_path("vk-story.gguf").string();
+    kiln::write_synthetic_llama(path, s);
+    auto r = kiln::test::run_kiln(
+        {"run", "-m", path, "-p", "the kiln", "-n", "12", "--temp", "0", "-q", "--backend", "vulkan"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    ASSERT_EQ(r.out.rfind("the kiln was", 0), 0u) << r.out;
+    // The story's chain (tests/cli_run_test.cpp): every word is followed by one of its successors.
+    const std::map<std::string, std::set<std::string>> next = {
+        {"once", {"upon"}},     {"upon", {"a"}},       {"a", {"time", "kiln", "pot"}},
+        {"time", {"there"}},    {"there", {"was"}},    {"was", {"a", "hot", "cool"}},
+        {"kiln", {"was"}},      {"pot", {"was"}},      {"hot", {"and", "."}},
+        {"cool", {"and", "."}}, {"and", {"the"}},      {"the", {"clay", "fire", "glaze", "kiln", "pot"}},
+        {"clay", {"was"}},      {"fire", {"was"}},     {"glaze", {"was"}},
+        {".", {"the", "once"}},
+    };
+    std::string spaced;
+    for (char c : r.out) spaced += c == '.' ? std::string(" . ") : std::string(1, c);
+    std::istringstream in(spaced);
+    std::vector<std::string> w;
+    for (std::string x; in >> x;) w.push_back(x);
+    ASSERT_GE(w.size(), 10u) << r.out;
+    for (size_t i = 0; i + 1 < w.size(); ++i) {
+        const auto it = next.find(w[i]);
+        ASSERT_NE(it, next.end()) << "'" << w[i] << "' is not a story word in: " << r.out;
+        EXPECT_TRUE(it->second.count(w[i + 1])) << "'" << w[i] << "' -> '" << w[i + 1] << "' in: " << r.out;
+    }
+    // kiln logits --backend vulkan prints the same JSON shape as the CPU.
+    auto l = kiln::test::run_kiln({"logits", "-m", path, "--tokens", "1,2,3", "--backend", "vulkan"});
+    ASSERT_EQ(l.code, 0) << l.err;
+    const auto j = nlohmann::json::parse(l.out);
+    EXPECT_EQ(j.at("logits").size(), 3u);
+}
+
+// Decoding token by token on the executor of the decode shape: exactly one submit per token and no
+// device memory taken after the first token (weights, workspace, KV cache, frequency tables and
+// the staging ring all exist by then).
+TEST(VulkanModel, DecodeIsOneSubmitAndNoNewBuffers) {
+    KILN_REQUIRE_VULKAN();
+    kiln::SyntheticLlama s;
+    s.type = kiln::TensorType::Q4_K;
+    s.n_embd = 256;
+    s.n_ff = 512;
+    const std::string path = kiln::test::temp_path("vk-decode.gguf").string();
+    kiln::write_synthetic_llama(path, s);
+    const kiln::Model model = kiln::Model::load(path);
+    const auto& arch = *model.impl()->arch;
+    kiln::backend::VulkanOptions vo;
+    auto be = kiln::backend::make_vulkan_backend(vo);
+    ASSERT_TRUE(be);
+    const kiln::vk::ContextStats* st = kiln::backend::vulkan_stats(*be);
+    ASSERT_NE(st, nullptr);
+    EXPECT_EQ(kiln::backend::vulkan_stats(*kiln::backend::make_cpu_backend(1)), nullptr);
+
+    kiln::backend::KvLayout layout;
+    layout.n_ctx = 16;
+    const auto& hp = arch.hparams();
+    for (int64_t il = 0; il < hp.n_layer; ++il)
+        layout.layers.push_back({static_cast<int>(hp.n_head_kv), static_cast<int>(hp.head_dim_k), static_cast<int>(hp.head_dim_v)});
+    auto kv = be->alloc_kv(layout);
+    auto exe = be->compile(arch.build({1, 1}));
+    const auto& g = exe->graph();
+    const auto tok = g.find(kiln::model::kInputTokens), pos = g.find(kiln::model::kInputPositions);
+    const auto logits = g.find(kiln::model::kOutputLogits);
+    auto step = [&](int32_t t, int32_t p) {
+        exe->set_input(tok, &t, 4);
+        exe->set_input(pos, &p, 4);
+        kiln::backend::RunArgs a;
+        a.kv = kv.get();
+        a.kv_base = p;
+        exe->run(a);
+        return exe->output(logits)[0];
+    };
+    step(1, 0);
+    const uint64_t submits = st->submits, buffers = st->buffers, pipelines = st->pipelines;
+    for (int32_t p = 1; p < 9; ++p) EXPECT_TRUE(std::isfinite(step(p + 3, p)));
+    std::printf("[ vulkan    ] decode: %llu submits, %llu new buffers, %llu new pipelines for 8 tokens\n",
+                static_cast<unsigned long long>(st->submits - submits),
+                static_cast<unsigned long long>(st->buffers - buffers),
+                static_cast<unsigned long long>(st->pipelines - pipelines));
+    EXPECT_EQ(st->submits - submits, 8u);
+    EXPECT_EQ(st->buffers, buffers);
+    EXPECT_EQ(st->pipelines, pipelines);
+}
+
+// Graphs the shaders cannot run are refused before anything runs, naming the op and its shapes
+// (no device needed: this is the check compile() makes first).
+TEST(VulkanModel, UnsupportedOpsAreNamed) {
+    auto error_of = [](const kiln::graph::Graph& g) {
+        try {
+            kiln::backend::vulkan_check_graph(g, kiln::KvType::F16);
+        } catch (const kiln::Error& e) {
+            return std::string(e.what());
+        }
+        return std::string();
+    };
+    {
+        kiln::graph::Graph g;
+        const auto q = g.input("q", kiln::graph::DType::F32, 4 * 1024, 1);
+        kiln::graph::AttentionParams p;
+        p.n_head = 4;
+        p.n_head_kv = 4;
+        p.head_dim_k = p.head_dim_v = 1024;
+        g.attention(q, p);
+        const std::string msg = error_of(g);
+        EXPECT_NE(msg.find("vulkan: op 'attention' ([4096, 1])"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("1024"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("--backend cpu"), std::string::npos) << msg;
+    }
+    {
+        static const std::vector<uint8_t> bytes(64 * 1024);
+        kiln::graph::Graph g;
+        const auto w = g.weight("blk.0.ffn_up.weight", kiln::TensorType::Q8_K, bytes.data(), 256, 2);
+        g.matmul(w, g.input("x", kiln::graph::DType::F32, 256, 1));
+        const std::string msg = error_of(g);
+        EXPECT_NE(msg.find("op 'matmul'"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("blk.0.ffn_up.weight"), std::string::npos) << msg;
+    }
+    {
+        kiln::graph::Graph g;
+        const auto k = g.input("k", kiln::graph::DType::F32, 64, 1);
+        kiln::graph::AttentionParams p;
+        p.n_head = p.n_head_kv = 1;
+        p.head_dim_k = p.head_dim_v = 64;
+        g.store_kv(k, k, p);
+        const std::string msg = [&] {
+            try {
+                kiln::backend::vulkan_check_graph(g, kiln::KvType::F32);
+            } catch (const kiln::Error& e) {
+                return std::string(e.what());
+            }
+            return std::string();
+        }();
+        EXPECT_NE(msg.find("op 'store_kv'"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("f32"), std::string::npos) << msg;
+    }
+}
+
+}  // namespace
