@@ -158,6 +158,9 @@ public:
             if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
             const bool oa = is_openai_path(req.path);
             if (res.status == 404) send_error(res, ApiError(404, "not_found_error", fmt::format("no route for {} {}", req.method, req.path)), oa);
+            else if (res.status == 413 && req.get_header_value("Content-Type").find("x-www-form-urlencoded") != std::string::npos)
+                // cpp-httplib caps form bodies at 8 KiB (curl -d sends this type): say what to do.
+                send_error(res, ApiError(413, "request_too_large", "form-encoded bodies are limited to 8 KiB: send the JSON with Content-Type: application/json"), oa);
             else if (res.status == 413) send_error(res, ApiError(413, "request_too_large", fmt::format("request body over the {} byte limit", kMaxBody)), oa);
             else if (res.status == 400) send_error(res, bad_request("malformed HTTP request"), oa);
             else send_error(res, ApiError(res.status, res.status >= 500 ? "api_error" : "invalid_request_error", fmt::format("HTTP {}", res.status)), oa);

@@ -219,7 +219,8 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         if (keep == p.prompt.size()) --keep;
         keep = std::min<size_t>(keep, static_cast<size_t>(ctx.n_past()));
     }
-    ctx.truncate(static_cast<int64_t>(keep));
+    // A sliding-window ring may have overwritten what the prefix needs: truncate() then keeps 0.
+    keep = static_cast<size_t>(ctx.truncate(static_cast<int64_t>(keep)));
     slot->tokens.resize(keep);
     r.n_cached = static_cast<int64_t>(keep);
     metrics_.prompt_tokens += p.prompt.size();
