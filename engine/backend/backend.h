@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "graph/graph.h"
@@ -48,6 +49,11 @@ public:
 struct RunArgs {
     KvBuffers* kv = nullptr;  // required when the graph has StoreKV/Attention nodes
     int64_t kv_base = 0;      // cache slot of the batch's first token; token t goes to slot kv_base + t
+    // Several sequences in one batch (decode steps of many contexts, see kiln::decode_batch): when
+    // not empty, token t belongs to the cache seq_kv[t] at position seq_pos[t], and kv / kv_base are
+    // not used. Backends that cannot do this throw.
+    std::span<KvBuffers* const> seq_kv;
+    std::span<const int64_t> seq_pos;
 };
 
 // A compiled graph: its buffers are planned and allocated; run() can be called any number of times.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -35,11 +36,28 @@ struct Context::Impl {
     std::map<std::pair<int64_t, int64_t>, Compiled> compiled;  // (n_tokens, n_outputs)
     uint64_t use_clock = 0;
 
+    // Shapes of decode_batch() with this context first: one token per sequence, every row's
+    // logits (key: the number of sequences; at most one entry per size the server reaches).
+    std::map<int64_t, Compiled> batch_compiled;
+    std::vector<backend::KvBuffers*> batch_kv;  // scratch of decode_batch, grown on demand only
+    std::vector<int64_t> batch_pos;
+    std::vector<int32_t> batch_pos32;
+
     std::vector<int32_t> positions;  // n_batch, reused
     std::vector<float> logits;       // n_logit_rows * n_vocab, grown on demand only
     int64_t n_logit_rows = 0;
 
     Impl(const Model& mdl, const ContextOptions& o) : model(mdl), m(*mdl.impl()), opt(o) {}
+
+    Compiled compile(int64_t n_tokens, int64_t n_outputs) {
+        Compiled c;
+        c.exe = backend->compile(m.arch->build({n_tokens, n_outputs}));
+        const graph::Graph& g = c.exe->graph();
+        c.tokens = g.find(model::kInputTokens);
+        c.positions = g.find(model::kInputPositions);
+        c.logits = g.find(model::kOutputLogits);
+        return c;
+    }
 
     Compiled& get(int64_t n_tokens, int64_t n_outputs) {
         const auto key = std::make_pair(n_tokens, n_outputs);
@@ -52,13 +70,7 @@ struct Context::Impl {
                         victim = c;
                 if (victim != compiled.end()) compiled.erase(victim);
             }
-            Compiled c;
-            c.exe = backend->compile(m.arch->build({n_tokens, n_outputs}));
-            const graph::Graph& g = c.exe->graph();
-            c.tokens = g.find(model::kInputTokens);
-            c.positions = g.find(model::kInputPositions);
-            c.logits = g.find(model::kOutputLogits);
-            it = compiled.emplace(key, std::move(c)).first;
+            it = compiled.emplace(key, compile(n_tokens, n_outputs)).first;
         }
         it->second.last_used = ++use_clock;
         return it->second;
@@ -162,6 +174,58 @@ void Context::decode(std::span<const int32_t> tokens, bool all_logits) {
             std::copy(out, out + n_out * n_vocab, c.logits.begin() + c.n_logit_rows * n_vocab);
             c.n_logit_rows += n_out;
         }
+    }
+}
+
+void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens) {
+    const size_t n = contexts.size();
+    if (n == 0) throw Error("decode_batch: no contexts given");
+    if (tokens.size() != n)
+        throw Error(fmt::format("decode_batch: {} tokens for {} contexts (one token each)", tokens.size(), n));
+    Context::Impl& c0 = *contexts[0]->impl_;
+    const int64_t n_vocab = c0.m.arch->hparams().n_vocab;
+    bool batched = true;
+    for (size_t i = 0; i < n; ++i) {
+        const Context::Impl& c = *contexts[i]->impl_;
+        if (&c.m != &c0.m) throw Error(fmt::format("decode_batch: context {} runs another model than context 0", i));
+        for (size_t j = 0; j < i; ++j)
+            if (contexts[j] == contexts[i]) throw Error(fmt::format("decode_batch: contexts {} and {} are the same", j, i));
+        if (c.kv->n_free() < 1)
+            throw Error(fmt::format("decode_batch: context {} is full ({} of {} positions used)", i, c.kv->n_past(),
+                                    c.kv->n_ctx()));
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            throw Error(fmt::format("decode_batch: token {} (id {}) is outside the vocabulary of {}", i, tokens[i], n_vocab));
+        if (std::string_view(c.backend->name()) != "cpu" || c.opt.n_threads != c0.opt.n_threads) batched = false;
+    }
+    if (n == 1 || !batched) {
+        for (size_t i = 0; i < n; ++i) contexts[i]->decode(tokens.subspan(i, 1));
+        return;
+    }
+    const int64_t N = static_cast<int64_t>(n);
+    auto it = c0.batch_compiled.find(N);
+    if (it == c0.batch_compiled.end()) it = c0.batch_compiled.emplace(N, c0.compile(N, N)).first;
+    Context::Impl::Compiled& comp = it->second;
+    c0.batch_kv.resize(n);
+    c0.batch_pos.resize(n);
+    c0.batch_pos32.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+        Context::Impl& c = *contexts[i]->impl_;
+        c0.batch_kv[i] = &c.kv->buffers();
+        c0.batch_pos[i] = c.kv->n_past();
+        c0.batch_pos32[i] = static_cast<int32_t>(c.kv->n_past());
+    }
+    comp.exe->set_input(comp.tokens, tokens.data(), n * 4);
+    comp.exe->set_input(comp.positions, c0.batch_pos32.data(), n * 4);
+    backend::RunArgs args;
+    args.seq_kv = c0.batch_kv;
+    args.seq_pos = c0.batch_pos;
+    comp.exe->run(args);
+    const float* out = comp.exe->output(comp.logits);
+    for (size_t i = 0; i < n; ++i) {
+        Context::Impl& c = *contexts[i]->impl_;
+        c.kv->advance(1);
+        std::copy(out + static_cast<int64_t>(i) * n_vocab, out + static_cast<int64_t>(i + 1) * n_vocab, c.logits.begin());
+        c.n_logit_rows = 1;
     }
 }
 

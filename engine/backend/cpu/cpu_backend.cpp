@@ -65,7 +65,7 @@ AlignedBuf aligned_bytes(size_t n) {
 // layer (v_in_k) stores K only: V is read from the head of each K row.
 class CpuKv final : public KvBuffers {
 public:
-    CpuKv(const KvLayout& layout, int n_threads) : layout_(layout) {
+    CpuKv(const KvLayout& layout, int n_threads) : layout_(layout), n_threads_(n_threads) {
         const size_t el = layout.type == KvType::F16 ? 2 : 4;
         for (size_t il = 0; il < layout.layers.size(); ++il) {
             const KvLayerShape& l = layout.layers[il];
@@ -82,9 +82,11 @@ public:
     uint8_t* k(int layer) { return k_[static_cast<size_t>(layer)].get(); }
     uint8_t* v(int layer) { return v_[static_cast<size_t>(layer)].get(); }
     float* scores(int thread) { return reinterpret_cast<float*>(scores_.get()) + scores_stride_ * static_cast<size_t>(thread); }
+    int n_threads() const { return n_threads_; }
 
 private:
     KvLayout layout_;
+    int n_threads_ = 0;
     std::vector<AlignedBuf> k_, v_;
     AlignedBuf scores_;
     size_t scores_stride_ = 0;
@@ -109,9 +111,11 @@ private:
     void binary(const Node& n);
     void rms_norm(const Node& n);
     void rope(const Node& n);
-    void store_kv(const Node& n, CpuKv& kv, int64_t base);
-    void attention(const Node& n, CpuKv& kv, int64_t base);
-    void attention_mla(const Node& n, CpuKv& kv, int64_t base);
+    // Tokens [t0, t1) of the batch, token t0 at position base.
+    void store_kv(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
+    void attention(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
+    void attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
+    void kv_op(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void unary(const Node& n);
     void slice_heads(const Node& n);
     void concat_heads(const Node& n);
@@ -273,11 +277,23 @@ void CpuExecutable::run_node(const Node& n, const RunArgs& args) {
         case Op::Rope: return rope(n);
         case Op::StoreKV:
         case Op::Attention: {
+            const int64_t n_tok = g_.tensor(n.src[0]).ne1;
+            if (!args.seq_kv.empty()) {
+                // One token per sequence: each goes to its own cache at its own position.
+                if (static_cast<int64_t>(args.seq_kv.size()) != n_tok || args.seq_pos.size() != args.seq_kv.size())
+                    throw Error(fmt::format("cpu backend: {} sequences given for a batch of {} tokens", args.seq_kv.size(),
+                                            n_tok));
+                for (int64_t t = 0; t < n_tok; ++t) {
+                    auto& kv = static_cast<CpuKv&>(*args.seq_kv[static_cast<size_t>(t)]);
+                    if (kv.n_threads() < be_.pool().size())
+                        throw Error(fmt::format("cpu backend: a batched cache has scratch for {} threads, the pool runs {}",
+                                                kv.n_threads(), be_.pool().size()));
+                    kv_op(n, kv, args.seq_pos[static_cast<size_t>(t)], t, t + 1);
+                }
+                return;
+            }
             if (!args.kv) throw Error(fmt::format("cpu backend: {} needs a KV cache", graph::op_name(n.op)));
-            auto& kv = static_cast<CpuKv&>(*args.kv);
-            if (n.op == Op::StoreKV) return store_kv(n, kv, args.kv_base);
-            if (n.attn.v_in_k) return attention_mla(n, kv, args.kv_base);
-            return attention(n, kv, args.kv_base);
+            return kv_op(n, static_cast<CpuKv&>(*args.kv), args.kv_base, 0, n_tok);
         }
         case Op::SwiGLU:
         case Op::GeGLU:
@@ -414,13 +430,18 @@ void CpuExecutable::rope(const Node& n) {
     });
 }
 
-// Token t of the batch is at position base + t; its K/V row goes to slot (base + t) % slots of the
+void CpuExecutable::kv_op(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1) {
+    if (n.op == Op::StoreKV) return store_kv(n, kv, base, t0, t1);
+    if (n.attn.v_in_k) return attention_mla(n, kv, base, t0, t1);
+    return attention(n, kv, base, t0, t1);
+}
+
+// Token t0 + t of the batch is at position base + t; its K/V row goes to slot (base + t) % slots of the
 // layer (the identity for a full layer, a ring for a sliding-window one).
-void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
+void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
     const graph::AttentionParams& p = n.attn;
-    const Tensor& k = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
-    const int64_t n_tok = k.ne1;
+    const int64_t n_tok = T1 - T0;
     if (base < 0 || base + n_tok > L.n_ctx)
         throw Error(fmt::format("cpu backend: KV positions [{}, {}) outside the cache of {}", base, base + n_tok, L.n_ctx));
     if (p.layer < 0 || static_cast<size_t>(p.layer) >= L.layers.size() || L.layers[static_cast<size_t>(p.layer)].v_in_k != p.v_in_k)
@@ -428,8 +449,8 @@ void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
     const int64_t slots = L.slots(static_cast<size_t>(p.layer));
     const int64_t kw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_k;
     const int64_t vw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_v;
-    const float* pk = f32(n.src[0]);
-    const float* pv = p.v_in_k ? nullptr : f32(n.src[1]);
+    const float* pk = f32(n.src[0]) + T0 * kw;
+    const float* pv = p.v_in_k ? nullptr : f32(n.src[1]) + T0 * vw;
     // Contiguous runs of slots (a ring wraps at most a few times per batch).
     for (int64_t t0 = 0; t0 < n_tok;) {
         const int64_t slot = (base + t0) % slots;
@@ -449,11 +470,11 @@ void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base) {
 
 // Token t (position base + t) attends to positions [first, base + t], first = 0 or the window's
 // first position; position j is read from slot j % slots.
-void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
+void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
     const graph::AttentionParams& p = n.attn;
     const Tensor& q = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
-    const int64_t n_tok = q.ne1;
+    const int64_t n_tok = T1 - T0;
     if (base < 0 || base + n_tok > L.n_ctx)
         throw Error(fmt::format("cpu backend: attention over positions [0, {}) outside the cache of {}", base + n_tok,
                                 L.n_ctx));
@@ -468,13 +489,13 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base) {
     // V rows: their own buffer, or (MLA) the head of each K row.
     const int64_t vw = p.v_in_k ? kw : static_cast<int64_t>(p.n_head_kv) * dv;
     const int vh = p.v_in_k ? dk : dv;  // stride between the V heads of a row
-    const float* pq = f32(n.src[0]);
+    const float* pq = f32(n.src[0]) + T0 * q.ne0;
     const float* sinks = nullptr;
     if (n.src[1] != graph::kNone) {
         const Tensor& st = g_.tensor(n.src[1]);
         sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
     }
-    float* out = f32(n.dst);
+    float* out = f32(n.dst) + T0 * (static_cast<int64_t>(p.n_head) * dv);
     const bool f16 = L.type == KvType::F16;
     const uint8_t* kbase = kv.k(p.layer);
     const uint8_t* vbase = p.v_in_k ? kbase : kv.v(p.layer);
@@ -599,14 +620,14 @@ void CpuExecutable::unary(const Node& n) {
 // latent). A work item takes a chunk of heads of one token and reads each row once for all of
 // them, block by block, with an online softmax (a running max and sum per head), so the cache is
 // streamed once per chunk instead of once per head and no context-sized scratch is needed.
-void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base) {
+void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
     constexpr int kMaxChunk = 8;     // heads per work item
     constexpr int kBlock = 64;       // cache rows per softmax block
     constexpr int kMaxDv = 1024;     // value width the per-thread accumulators hold
     const graph::AttentionParams& p = n.attn;
     const Tensor& q = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
-    const int64_t n_tok = q.ne1;
+    const int64_t n_tok = T1 - T0;
     if (base < 0 || base + n_tok > L.n_ctx)
         throw Error(fmt::format("cpu backend: attention over positions [0, {}) outside the cache of {}", base + n_tok,
                                 L.n_ctx));
@@ -616,8 +637,8 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base) {
                                 "soft-cap or sinks, and V rows of at most {}",
                                 p.layer, kMaxDv));
     const int dk = p.head_dim_k, dv = p.head_dim_v, H = p.n_head;
-    const float* pq = f32(n.src[0]);
-    float* out = f32(n.dst);
+    const float* pq = f32(n.src[0]) + T0 * q.ne0;
+    float* out = f32(n.dst) + T0 * (static_cast<int64_t>(H) * dv);
     const bool f16 = L.type == KvType::F16;
     const uint8_t* kbase = kv.k(p.layer);
     // Chunk size: as many heads as keep every thread busy (at least two items each), at most kMaxChunk.

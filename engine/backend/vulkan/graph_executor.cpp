@@ -276,6 +276,7 @@ const float* VkExecutable::output(TensorId id) const {
 }
 
 void VkExecutable::run(const RunArgs& args) {
+    if (!args.seq_kv.empty()) throw Error("vulkan: a batch of several sequences is not supported yet");
     VkKv* kv = static_cast<VkKv*>(args.kv);
     const int64_t base = args.kv_base;
     const auto& nodes = g_.nodes();

@@ -77,8 +77,19 @@ public:
     const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)
 
 private:
+    friend void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+// One decode step for several sequences at once (continuous batching): tokens[i] is appended to
+// contexts[i], and all of them run through one forward pass, so each weight is read once for the
+// whole batch instead of once per sequence. Afterwards contexts[i].logits() is that token's row,
+// as if contexts[i].decode(tokens[i]) had run. The contexts must be distinct, of the same Model,
+// with the same thread count, and each needs room for one more token. On the CPU backend they are
+// batched (the batch shape is compiled once per size on the first context and reused); on other
+// backends each context decodes its token in turn. Throws kiln::Error naming the problem; on an
+// error no context has advanced.
+void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
 
 }  // namespace kiln
