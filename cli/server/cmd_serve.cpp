@@ -544,6 +544,14 @@ private:
         s += fmt::format("kiln_prefill_tokens_per_second {:.3f}\n", rate(m.prefill_n.load(), m.prefill_us.load()));
         s += "# HELP kiln_decode_tokens_per_second Average generation speed.\n# TYPE kiln_decode_tokens_per_second gauge\n";
         s += fmt::format("kiln_decode_tokens_per_second {:.3f}\n", rate(m.gen_tokens.load(), m.decode_us.load()));
+        s += "# HELP kiln_decode_batches_total Decode steps run (one forward pass for every generating request).\n"
+             "# TYPE kiln_decode_batches_total counter\n";
+        s += fmt::format("kiln_decode_batches_total {}\n", m.batch_steps.load());
+        s += "# HELP kiln_decode_batch_tokens_total Tokens those steps carried (/ steps = mean batch size).\n"
+             "# TYPE kiln_decode_batch_tokens_total counter\n";
+        s += fmt::format("kiln_decode_batch_tokens_total {}\n", m.batch_tokens.load());
+        s += "# HELP kiln_decode_batch_max Largest decode batch so far.\n# TYPE kiln_decode_batch_max gauge\n";
+        s += fmt::format("kiln_decode_batch_max {}\n", m.batch_max.load());
         s += "# HELP kiln_cancelled_total Generations cancelled by a client that went away.\n# TYPE kiln_cancelled_total counter\n";
         s += fmt::format("kiln_cancelled_total {}\n", m.cancelled.load());
         const int64_t active = m.active.load(), queued = m.queued.load();

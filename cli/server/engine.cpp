@@ -125,6 +125,10 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
         slots_.push_back(std::move(s));
     }
     n_ctx_ = slots_[0]->ctx->n_ctx();
+    step_queue_.reserve(slots_.size());
+    step_batch_.reserve(slots_.size());
+    step_ctxs_.reserve(slots_.size());
+    step_toks_.reserve(slots_.size());
     // For tests of the output path (parsers, SSE): every generation replays this text's tokens,
     // then end of text. Models with random weights never produce a tool call on their own.
     if (const char* s = std::getenv("KILN_SERVE_SCRIPTED_OUTPUT"); s && *s) {
@@ -154,6 +158,66 @@ Engine::Admission::Admission(Engine& e) : e_(e) {
     }
 }
 Engine::Admission::~Admission() { --e_.metrics_.queued; }
+
+struct Engine::StepRequest {
+    Context* ctx;
+    int32_t token;
+    bool done = false;
+    std::exception_ptr error;
+};
+
+void Engine::step(Context& ctx, int32_t token) {
+    if (slots_.size() == 1) {
+        ctx.decode(std::span<const int32_t>(&token, 1));
+        return;
+    }
+    StepRequest me{&ctx, token, false, nullptr};
+    std::unique_lock lk(step_mu_);
+    step_queue_.push_back(&me);
+    step_cv_.notify_all();
+    while (!me.done) {
+        if (step_running_) {
+            step_cv_.wait(lk);
+            continue;
+        }
+        // Lead this step: give the other generating requests a moment to hand in their tokens
+        // (they sample right after the last step, so they come within microseconds).
+        step_running_ = true;
+        step_cv_.wait_for(lk, std::chrono::milliseconds(5),
+                          [&] { return static_cast<int>(step_queue_.size()) >= generating_; });
+        step_batch_.clear();
+        std::swap(step_batch_, step_queue_);
+        lk.unlock();
+        step_ctxs_.clear();
+        step_toks_.clear();
+        for (StepRequest* r : step_batch_) {
+            step_ctxs_.push_back(r->ctx);
+            step_toks_.push_back(r->token);
+        }
+        try {
+            decode_batch(step_ctxs_, step_toks_);
+        } catch (...) {
+            // One request's problem stays its own: decode each alone.
+            for (StepRequest* r : step_batch_) {
+                try {
+                    r->ctx->decode(std::span<const int32_t>(&r->token, 1));
+                } catch (...) {
+                    r->error = std::current_exception();
+                }
+            }
+        }
+        const uint64_t n = step_batch_.size();
+        ++metrics_.batch_steps;
+        metrics_.batch_tokens += n;
+        for (uint64_t m = metrics_.batch_max.load(); n > m && !metrics_.batch_max.compare_exchange_weak(m, n);) {
+        }
+        lk.lock();
+        for (StepRequest* r : step_batch_) r->done = true;
+        step_running_ = false;
+        step_cv_.notify_all();
+    }
+    if (me.error) std::rethrow_exception(me.error);
+}
 
 Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::function<bool()>& keepalive) {
     std::unique_lock lk(mu_);
@@ -275,6 +339,21 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     const int64_t room = n_ctx_ - ctx.n_past();
     const int64_t limit = p.max_tokens < 0 ? room : std::min(p.max_tokens, room);
     const auto t_gen = Clock::now();
+    // Counted while in the decode loop: a batch leader waits for this many tokens at most.
+    struct Generating {
+        Engine* e;
+        explicit Generating(Engine* en) : e(en) {
+            std::lock_guard lk(e->step_mu_);
+            ++e->generating_;
+        }
+        ~Generating() {
+            {
+                std::lock_guard lk(e->step_mu_);
+                --e->generating_;
+            }
+            e->step_cv_.notify_all();
+        }
+    } generating{this};
     r.stop_reason = "max_tokens";
     while (r.n_gen < limit && !cancelled) {
         const int32_t next = script_.empty() ? sampler.sample(ctx.logits())
@@ -292,13 +371,13 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
             r.stop_reason = "stop_sequence";
             // The sampled token is in the context so the slot's tokens stay in step.
             if (ctx.n_past() < n_ctx_) {
-                ctx.decode(std::span<const int32_t>(&next, 1));
+                step(ctx, next);
                 slot->tokens.push_back(next);
             }
             break;
         }
         if (r.n_gen >= limit || ctx.n_past() >= n_ctx_) break;
-        ctx.decode(std::span<const int32_t>(&next, 1));
+        step(ctx, next);
         slot->tokens.push_back(next);
     }
     if (r.stop_reason != "stop_sequence" && !cancelled) {

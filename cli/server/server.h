@@ -78,6 +78,8 @@ struct Metrics {
     std::atomic<uint64_t> requests{0}, errors{0}, prompt_tokens{0}, cached_tokens{0}, gen_tokens{0};
     std::atomic<uint64_t> prefill_us{0}, decode_us{0}, prefill_n{0}, cache_hits{0}, cancelled{0};
     std::atomic<int64_t> queued{0}, active{0};
+    // Continuous batching: decode steps run, tokens they carried, the largest batch seen.
+    std::atomic<uint64_t> batch_steps{0}, batch_tokens{0}, batch_max{0};
 };
 
 // The slots and the queue. generate() is safe to call from many threads: it waits for a free slot.
@@ -117,6 +119,11 @@ public:
 
 private:
     struct Slot;
+    struct StepRequest;
+    // Continuous batching: a generating request hands its next token to step(); whichever waiting
+    // request finds no batch running gathers every token handed in (waiting a moment for the
+    // other generating requests) and runs them as one kiln::decode_batch.
+    void step(Context& ctx, int32_t token);
     Slot* acquire(const std::vector<int32_t>& prompt, const std::function<bool()>& keepalive);
     void release(Slot* s);
 
@@ -129,6 +136,13 @@ private:
     std::condition_variable cv_;
     uint64_t clock_ = 0;
     Metrics metrics_;
+    std::mutex step_mu_;
+    std::condition_variable step_cv_;
+    std::vector<StepRequest*> step_queue_, step_batch_;  // reserved for n_parallel: no allocation per step
+    std::vector<Context*> step_ctxs_;
+    std::vector<int32_t> step_toks_;
+    bool step_running_ = false;
+    int generating_ = 0;  // requests in their decode loop (under step_mu_)
     std::vector<int32_t> script_;  // KILN_SERVE_SCRIPTED_OUTPUT: tests replay this text instead of sampling
 };
 
