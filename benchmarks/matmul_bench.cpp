@@ -22,12 +22,14 @@
 #include <vector>
 
 #include "kernels/matmul.h"
+#include "roofline.h"
 #include "kernels/ops.h"
 #include "quant/quant.h"
 
 namespace {
 
 using kiln::TensorType;
+using namespace kiln::bench;
 
 int bench_threads() {
     const char* v = std::getenv("KILN_BENCH_THREADS");
@@ -39,48 +41,7 @@ kiln::ThreadPool& pool() {
     return p;
 }
 
-// ---- memory roofline ------------------------------------------------------------------------
-
-constexpr size_t kCopyBytes = size_t{256} << 20;
-
-// Random contents: pages of identical bytes could be deduplicated by the host.
-std::vector<char> random_bytes(size_t n, uint64_t seed) {
-    std::vector<char> v(n);
-    uint64_t s = seed;
-    for (size_t i = 0; i + 8 <= n; i += 8) {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        std::memcpy(v.data() + i, &s, 8);
-    }
-    return v;
-}
-
-std::vector<char>& copy_src() {
-    static std::vector<char> v = random_bytes(kCopyBytes, 1);
-    return v;
-}
-std::vector<char>& copy_dst() {
-    static std::vector<char> v = random_bytes(kCopyBytes, 2);
-    return v;
-}
-
-double g_memcpy_gbs = 0;  // bytes copied per second, best seen
-
-double measure_memcpy_gbs() {
-    if (g_memcpy_gbs > 0) return g_memcpy_gbs;
-    auto& s = copy_src();
-    auto& d = copy_dst();
-    double best = 0;
-    for (int i = 0; i < 3; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        std::memcpy(d.data(), s.data(), kCopyBytes);
-        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        best = std::max(best, static_cast<double>(kCopyBytes) / sec / 1e9);
-    }
-    g_memcpy_gbs = best;
-    return best;
-}
+// ---- memory roofline (benchmarks/roofline.h) ---------------------------------------------
 
 void BM_Memcpy(benchmark::State& state) {
     auto& s = copy_src();
