@@ -527,6 +527,70 @@ TEST_F(ServerTest, ConcurrentGenerationsAreBatchedAndUnchanged) {
     EXPECT_EQ(metric("kiln_decode_batch_max"), 2);
 }
 
+// 32 streaming clients at once on 2 slots, half of them hanging up after their first bytes: every
+// client gets a stream or a 529, and afterwards no slot or queue place is left taken.
+TEST_F(ServerTest, ThirtyTwoStreamingClientsSomeDropping) {
+    const std::string body = simple_request(true, 24).dump();
+    const std::string req = "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nx-api-key: " +
+                            std::string(kKey) + "\r\nContent-Type: application/json\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    std::vector<std::string> got(32);
+    std::vector<std::thread> th;
+    for (int i = 0; i < 32; ++i)
+        th.emplace_back([&, i] {
+            const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+            sockaddr_in a{};
+            a.sin_family = AF_INET;
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            a.sin_port = htons(static_cast<uint16_t>(port_));
+            timeval tv{60, 0};
+            ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+                ::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+                ::close(fd);
+                return;
+            }
+            char buf[4096];
+            for (;;) {
+                const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+                if (n <= 0) break;
+                got[static_cast<size_t>(i)].append(buf, static_cast<size_t>(n));
+                if (i % 2 == 0) break;  // hang up mid-stream
+            }
+            ::close(fd);
+        });
+    for (auto& t : th) t.join();
+    int complete = 0, overloaded = 0;
+    for (int i = 1; i < 32; i += 2) {
+        const std::string& r = got[static_cast<size_t>(i)];
+        if (r.rfind("HTTP/1.1 200", 0) == 0) {
+            EXPECT_NE(r.find("event: message_stop"), std::string::npos) << r.substr(0, 400);
+            ++complete;
+        } else {
+            EXPECT_EQ(r.rfind("HTTP/1.1 529", 0), 0u) << r.substr(0, 400);
+            EXPECT_NE(r.find("overloaded_error"), std::string::npos) << r.substr(0, 400);
+            ++overloaded;
+        }
+    }
+    EXPECT_GE(complete, 1);
+    EXPECT_EQ(complete + overloaded, 16);
+    // Dropped streams are noticed at their next write: give them a moment, then nothing is held.
+    std::string met;
+    for (int tries = 0; tries < 100; ++tries) {
+        auto m = client().Get("/metrics");
+        ASSERT_TRUE(m);
+        met = m->body;
+        if (met.find("\nkiln_slots_busy 0\n") != std::string::npos && met.find("\nkiln_queue_depth 0\n") != std::string::npos)
+            break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_NE(met.find("\nkiln_slots_busy 0\n"), std::string::npos) << met;
+    EXPECT_NE(met.find("\nkiln_queue_depth 0\n"), std::string::npos) << met;
+    auto after = post("/v1/messages", simple_request(false, 2));
+    ASSERT_TRUE(after);
+    EXPECT_EQ(after->status, 200) << after->body;
+}
+
 TEST_F(ServerTest, OpenAIChatCompletions) {
     json body{{"model", "local"},
               {"max_tokens", 5},
