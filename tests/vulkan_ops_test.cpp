@@ -532,3 +532,30 @@ TEST_F(VulkanOps, RingKvWriteWrapsAndRefusesMoreThanItHolds) {
     EXPECT_THROW(vk().kv_write(f32(six, {hd, 1, 6}, "k6"), cache, 0, true), kiln::Error);
     EXPECT_THROW(vk().kv_write(f32(src, {hd, 1, 4}, "k"), cache, 13, false), kiln::Error);
 }
+
+TEST_F(VulkanOps, QuantizeXRoundsEachGroupToEightBitCodes) {
+    // The activation rounding of the integer dot products: d = amax / 127, codes rounded to
+    // nearest even; a zero group stays zero.
+    for (int group : {32, 256}) {
+        const int64_t K = 512, n = 3;
+        auto x = random_floats(static_cast<size_t>(K * n), 80, -5, 5);
+        std::fill(x.begin(), x.begin() + group, 0.0f);
+        x[static_cast<size_t>(group) + 7] = 0.0f;
+        std::vector<float> want(x.size());
+        for (size_t b = 0; b < x.size(); b += static_cast<size_t>(group)) {
+            float amax = 0;
+            for (int i = 0; i < group; ++i) amax = std::max(amax, std::fabs(x[b + static_cast<size_t>(i)]));
+            const float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            for (int i = 0; i < group; ++i)
+                want[b + static_cast<size_t>(i)] = std::nearbyint(x[b + static_cast<size_t>(i)] * id) * d;
+        }
+        Tensor o = poisoned(TensorType::F32, {K, n}, "o");
+        vk().quantize_x(f32(x, {K, n}, "x"), o, group);
+        const double err = rel_error(vk().read_f32(o), want);
+        report("quantize_x group " + std::to_string(group), err);
+        EXPECT_LT(err, 1e-6);
+    }
+    EXPECT_EQ(kiln::vk::Backend::activation_group(TensorType::F16), 0);
+    EXPECT_EQ(kiln::vk::Backend::activation_group(TensorType::Q8_0), 32);
+    EXPECT_EQ(kiln::vk::Backend::activation_group(TensorType::Q4_K), 256);
+}

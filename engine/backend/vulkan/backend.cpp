@@ -592,6 +592,31 @@ void Backend::top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids,
     ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
 }
 
+int Backend::activation_group(TensorType t) {
+    switch (t) {
+        case TensorType::F32: case TensorType::F16: case TensorType::BF16: return 0;
+        case TensorType::Q2_K: case TensorType::Q3_K: case TensorType::Q4_K: case TensorType::Q5_K:
+        case TensorType::Q6_K:
+            return 256;
+        default: return 32;
+    }
+}
+
+void Backend::quantize_x(const Tensor& x, const Tensor& out, int group) {
+    require_type(x, TensorType::F32, "quantize_x", "x");
+    require_type(out, TensorType::F32, "quantize_x", "out");
+    require_same_count(x, out, "quantize_x");
+    if (group <= 0 || x.ne(0) % group)
+        throw Error(fmt::format("vk quantize_x: rows of {} are not whole groups of {}", x.ne(0), group));
+    const uint64_t n_groups = static_cast<uint64_t>(x.n_elements() / group);
+    const uint32_t pc[2] = {u32(static_cast<int64_t>(n_groups), "groups"), u32(group, "group")};
+    const Binding b[] = {bind(x, false), bind(out, true)};
+    const auto& p = ctx_->pipeline("quantize_x", {wg_elementwise_}, 2);
+    uint32_t gx, gy;
+    groups_for(ceil_div(n_groups, wg_elementwise_), &gx, &gy);
+    ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+}
+
 void Backend::gather(const Tensor& x, const Tensor& ids, const Tensor& out) {
     require_type(x, TensorType::F32, "gather", "x");
     require_type(ids, TensorType::I32, "gather", "ids");

@@ -162,6 +162,14 @@ public:
     // ids [k, n] (I32) = the k largest of each row of scores [n_expert, n] (+ bias [n_expert] f32
     // when given), best first, ties to the lower index; group-limited when asked.
     void top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids, const TopKParams& p);
+    // out = x with each group of `group` elements of every row (rows of x.ne(0), a multiple of
+    // group) rounded to 8-bit codes and back: d = amax / 127, round to nearest even. The
+    // activation rounding of the integer dot products of the CPU kernels and llama.cpp; the
+    // graph executor applies it to the input of every matmul with a quantized weight (group
+    // activation_group(type)). out may be x.
+    void quantize_x(const Tensor& x, const Tensor& out, int group);
+    // 32, 256 (K-quants) or 0 (float weights: x is used as is).
+    static int activation_group(TensorType weight_type);
     // out [k, n] = x[t][ids[t][j]]; x [K, n] f32, ids [k, n] I32.
     void gather(const Tensor& x, const Tensor& ids, const Tensor& out);
     // Grouped matmul over a stack of G matrices w [K, R, G] (any type of supports_matmul()):

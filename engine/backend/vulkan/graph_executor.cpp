@@ -162,13 +162,22 @@ public:
 private:
     struct NodeViews {  // reshaped views the ops need (made once at compile)
         vk::Tensor a, b, c;
+        vk::Tensor xq;       // matmuls with a quantized weight: x rounded to 8-bit groups
+        int xq_group = 0;
     };
     const vk::Tensor& t(TensorId id) const { return tensors_[static_cast<size_t>(id)]; }
+    // A matmul's input: src1 as is, or rounded into the scratch first (recorded here).
+    const vk::Tensor& x_of(const Node& n, const NodeViews& v) {
+        if (!v.xq_group) return t(n.src[1]);
+        vk_.quantize_x(t(n.src[1]), v.xq, v.xq_group);
+        return v.xq;
+    }
 
     VulkanGraphBackend& be_;
     vk::Backend& vk_;
     graph::Graph g_;
     vk::Tensor workspace_;
+    vk::Tensor xq_scratch_;  // the rounded inputs of quantized matmuls (one at a time)
     std::vector<vk::Tensor> tensors_;  // per graph tensor: weight, or a view of the workspace
     std::vector<NodeViews> views_;     // per node
     std::map<TensorId, std::vector<float>> outputs_;
@@ -262,6 +271,17 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
         if (x.kind == TensorKind::Output)
             outputs_[static_cast<TensorId>(i)].resize(static_cast<size_t>(x.n_elements()));
     }
+    // Matmuls against quantized weights read x rounded as the reference's integer dot products
+    // round it (vk::Backend::quantize_x): one scratch of the largest such x.
+    auto xq_group = [&](const Node& n) {
+        if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) return 0;
+        const int group = vk::Backend::activation_group(g_.tensor(n.src[0]).wtype);
+        return group > 0 && g_.tensor(n.src[1]).ne0 % group == 0 ? group : 0;
+    };
+    int64_t xq_elements = 0;
+    for (const Node& n : g_.nodes())
+        if (xq_group(n)) xq_elements = std::max(xq_elements, g_.tensor(n.src[1]).n_elements());
+    if (xq_elements > 0) xq_scratch_ = vk_.tensor(TensorType::F32, {xq_elements}, "rounded matmul input");
     views_.resize(g_.nodes().size());
     for (size_t ni = 0; ni < g_.nodes().size(); ++ni) {
         const Node& n = g_.nodes()[ni];
@@ -270,6 +290,10 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
             const vk::Tensor& base = t(id);
             return vk_.view(base, 0, TensorType::F32, {d0, d1, g_.tensor(id).ne1}, base.name());
         };
+        if ((v.xq_group = xq_group(n)) > 0) {
+            const graph::Tensor& x = g_.tensor(n.src[1]);
+            v.xq = vk_.view(xq_scratch_, 0, TensorType::F32, {x.ne0, x.ne1}, "rounded matmul input");
+        }
         switch (n.op) {
             case Op::Rope:
                 v.a = reshape(n.src[0], n.rope.head_dim, n.rope.n_head);
@@ -326,7 +350,7 @@ void VkExecutable::run(const RunArgs& args) {
         const NodeViews& v = views_[ni];
         switch (n.op) {
             case Op::GetRows: vk_.get_rows(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
-            case Op::MatMul: vk_.matmul(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::MatMul: vk_.matmul(t(n.src[0]), x_of(n, v), t(n.dst)); break;
             case Op::Add: vk_.add(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::Mul: vk_.mul(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::RmsNorm: {
@@ -402,10 +426,10 @@ void VkExecutable::run(const RunArgs& args) {
             }
             case Op::Gather: vk_.gather(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::MoeMatMul:
-                vk_.moe_matmul(t(n.src[0]), t(n.src[1]), &t(n.src[2]), n.src[3] != graph::kNone ? &t(n.src[3]) : nullptr,
+                vk_.moe_matmul(t(n.src[0]), x_of(n, v), &t(n.src[2]), n.src[3] != graph::kNone ? &t(n.src[3]) : nullptr,
                                t(n.dst));
                 break;
-            case Op::HeadMatMul: vk_.moe_matmul(t(n.src[0]), t(n.src[1]), nullptr, nullptr, t(n.dst)); break;
+            case Op::HeadMatMul: vk_.moe_matmul(t(n.src[0]), x_of(n, v), nullptr, nullptr, t(n.dst)); break;
             case Op::MoeCombine: vk_.moe_combine(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::SliceHeads:
                 vk_.slice_heads(t(n.src[0]), t(n.dst), n.slice.n_head, n.slice.head_dim, n.slice.first, n.slice.count);
