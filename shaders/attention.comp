@@ -1,11 +1,17 @@
 #version 450
 // Attention for one sequence with an f16 KV cache: out = softmax(scale * q K^T + mask) V.
 //   q    f32 [n_tok][n_head][Dk] (token stride q_stride floats)
-//   K, V f16 caches, row j = cache position j: [n_kv_head][Dk] and [n_kv_head][Dv] halves
+//   K, V f16 caches of n_slots rows: position j lives in row j % n_slots (the identity for a full
+//        cache, a ring for a sliding-window layer that keeps only its last n_slots positions).
+//        A K row is [n_kv_head][Dk] halves; a V row is v_row halves with KV head g's values at
+//        g * v_head (v_row = n_kv_head * Dv, v_head = Dv; MLA reads V from the K cache itself:
+//        v_row = n_kv_head * Dk, v_head = Dk, the first Dv halves of each K head)
 //   out  f32 [n_tok][n_head][Dv] (token stride o_stride floats)
-// Query token t sits at position pos0 + t and sees cache rows j <= pos0 + t, j < n_kv (causal),
+// Query token t sits at position pos0 + t and sees positions j <= pos0 + t, j < n_kv (causal),
 // and with a sliding window W > 0 only j > pos0 + t - W. Query head h reads KV head
-// h / (n_head / n_kv_head) (grouped-query attention).
+// h / (n_head / n_kv_head) (grouped-query attention). Scores are scale * q.k, then
+// softcap * tanh(score / softcap) when softcap > 0. With sinks, head h's softmax has one more
+// term e^sinks[h] in its denominator that takes no value.
 //
 // One workgroup per (token, head). Keys are taken WG at a time: each thread scores one key, the
 // tile's max updates the running max m, the running sum l and the output accumulators are
@@ -13,19 +19,23 @@
 // is O(tile) whatever the context length. Thread i owns output dimensions i, i + WG, ...
 #include "common.glsl"
 
-const uint DMAX = 256;   // largest Dk the shared query row holds
+const uint DMAX = 576;   // largest Dk the shared query row holds (MLA: 512 latent + 64 rope)
 const uint RMAX = 8;     // output dimensions per thread: Dv <= RMAX * WG
 
 layout(std430, set = 0, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, set = 0, binding = 1) readonly buffer KC { uint kc[]; };
 layout(std430, set = 0, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer Out { float o[]; };
+layout(std430, set = 0, binding = 4) readonly buffer Sinks { float sinks[]; };
+
+layout(constant_id = 1) const bool HAS_SINKS = false;
 
 layout(push_constant) uniform Params {
     uint Dk, Dv, n_head, n_kv_head;
     uint n_tok, pos0, n_kv, window;
     uint q_stride, o_stride;
-    float scale;
+    float scale, softcap;
+    uint n_slots, v_row, v_head;
 } p;
 
 shared float qs[DMAX];
@@ -40,7 +50,7 @@ void main() {
     const uint tid = gl_LocalInvocationID.x;
     const uint t = wg / p.n_head, h = wg % p.n_head;
     const uint kvh = h / (p.n_head / p.n_kv_head);
-    const uint krow = p.n_kv_head * p.Dk, vrow = p.n_kv_head * p.Dv;  // halves per cache row
+    const uint krow = p.n_kv_head * p.Dk;  // halves per K cache row
 
     for (uint d = tid; d < p.Dk; d += WG) qs[d] = q[t * p.q_stride + h * p.Dk + d] * p.scale;
     barrier();
@@ -49,7 +59,8 @@ void main() {
     const uint hi = min(pos + 1u, p.n_kv);
     const uint lo = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
 
-    float m = -1.0 / 0.0, l = 0.0;
+    // A sink starts the running softmax as a term of weight e^(sink - m) with no value.
+    float m = HAS_SINKS ? sinks[h] : -1.0 / 0.0, l = HAS_SINKS ? 1.0 : 0.0;
     float acc[RMAX];
     for (uint r = 0; r < RMAX; ++r) acc[r] = 0.0;
 
@@ -58,12 +69,13 @@ void main() {
         // 1. scores of this tile, one key per thread
         float s = -1.0 / 0.0;
         if (tid < cnt) {
-            const uint kb = ((j0 + tid) * krow + kvh * p.Dk) >> 1;  // Dk is even
+            const uint kb = (((j0 + tid) % p.n_slots) * krow + kvh * p.Dk) >> 1;  // Dk is even
             s = 0.0;
             for (uint d = 0; d < p.Dk; d += 2u) {
                 const vec2 k2 = unpackHalf2x16(kc[kb + (d >> 1)]);
                 s += qs[d] * k2.x + qs[d + 1u] * k2.y;
             }
+            if (p.softcap > 0.0) s = p.softcap * (1.0 - 2.0 / (exp(2.0 * s / p.softcap) + 1.0));
         }
         sc[tid] = s;
         barrier();
@@ -80,7 +92,7 @@ void main() {
         for (uint i = 0; i < cnt; ++i) {
             const float w = pr[i];
             l += w;
-            const uint vb = (j0 + i) * vrow + kvh * p.Dv;
+            const uint vb = ((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head;
             for (uint r = 0; r < RMAX; ++r) {
                 const uint d = tid + r * WG;
                 if (d < p.Dv) acc[r] += w * v_at(vb + d);

@@ -1,6 +1,7 @@
 #version 450
 // Writes n_tok rows of f32 keys or values (row = n_kv_head * head_dim floats) into an f16 cache
-// of rows of the same width, starting at cache row `pos` (round to nearest even). One invocation
+// of n_slots rows of the same width: the token at position pos + t goes to row (pos + t) % n_slots
+// (the identity for a full cache, a ring for a sliding-window one); round to nearest even. One invocation
 // per pair of elements: the cache is a uint buffer holding two halves per word (row width even).
 #include "common.glsl"
 
@@ -12,6 +13,7 @@ layout(push_constant) uniform Params {
     uint n_tok;
     uint pos;       // first cache row written
     uint s_stride;  // floats between source rows
+    uint n_slots;   // cache rows
 } p;
 
 void main() {
@@ -20,5 +22,5 @@ void main() {
     if (idx >= pairs * p.n_tok) return;
     const uint t = idx / pairs, e = 2u * (idx % pairs);
     const uint si = t * p.s_stride + e;
-    c[((p.pos + t) * p.width + e) / 2u] = packHalf2x16(vec2(s[si], s[si + 1u]));
+    c[(((p.pos + t) % p.n_slots) * p.width + e) / 2u] = packHalf2x16(vec2(s[si], s[si + 1u]));
 }

@@ -4,6 +4,8 @@
 // gpt-oss); only the first n_dims dimensions rotate, the rest are copied. Pair i of the token at
 // position pos turns by pos * freqs[i]; the host fills freqs[i] = freq_scale * freq_base^(-2i/n_dims)
 // in double precision (freq_scale < 1: linear scaling), so no pow() of uneven accuracy runs here.
+// YaRN mixes the scaled and unscaled angle of each pair by a ramp that depends on the pair only,
+// so it is part of the same table; its magnitude factor mscale multiplies cos and sin.
 // One invocation per pair; out may be the same buffer as x.
 #include "common.glsl"
 
@@ -16,6 +18,7 @@ layout(std430, set = 0, binding = 3) readonly buffer Freqs { float freqs[]; };
 
 layout(push_constant) uniform Params {
     uint head_dim, n_head, n_tok, n_dims;
+    float mscale;
 } p;
 
 void main() {
@@ -35,7 +38,7 @@ void main() {
         return;
     }
     const float theta = float(pos[tok]) * freqs[pair];
-    const float c = cos(theta), s = sin(theta);
+    const float c = cos(theta) * p.mscale, s = sin(theta) * p.mscale;
     const float x0 = x[base + a], x1 = x[base + b];
     o[base + a] = x0 * c - x1 * s;
     o[base + b] = x0 * s + x1 * c;

@@ -3,8 +3,11 @@
 //   f32 / f16 / bf16: max|ours - ref| <= 3e-3 * max|ref|, argmax equal where top2_margin > 1e-2 * max|ref|
 //   quantized:        RMS(ours - ref) <= 2 * rms_quantization_error, argmax equal where
 //                     top2_margin > 0.1 * max|ref|
-// plus Vulkan against the CPU on a synthetic model, `kiln run --backend vulkan` on the story model,
-// and the refusal of graphs the shaders cannot run. Skipped (loudly) without a Vulkan device.
+// Every architecture of ../shared/models runs: llama, qwen2, gemma3 (the sliding-window layers also
+// as rings, fed in batches of 8 and token by token), gpt-oss, deepseek2 (DeepSeek-V2-Lite and
+// GLM-4.7-Flash layouts, MLA at real head sizes K 576 / V 512 in glm4.7-flash-dims). Plus Vulkan
+// against the CPU on a synthetic model, `kiln run --backend vulkan` on the story model, and the
+// refusal of graphs the shaders cannot run. Skipped (loudly) without a Vulkan device.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -106,7 +109,12 @@ std::vector<std::vector<float>> run_token_by_token(kiln::Context& ctx, const std
     return out;
 }
 
-void check_model(const std::string& name, bool token_by_token) {
+// How the prompt goes in: one batch, batches of 8 tokens, or one token at a time (n_batch 1). The
+// last two make the sliding-window layers of gemma3 / gpt-oss rings of window + n_batch - 1 slots.
+enum class Feed { OneBatch, Batches8, TokenByToken };
+
+void check_model(const std::string& name, Feed feed) {
+    const bool token_by_token = feed == Feed::TokenByToken;
     const fs::path dir = kiln::test::shared_dir() / "models";
     const fs::path gguf = dir / (name + ".gguf");
     const fs::path json = dir / "reference" / (name + ".json");
@@ -119,8 +127,10 @@ void check_model(const std::string& name, bool token_by_token) {
     kiln::ContextOptions opts;
     opts.n_ctx = static_cast<int64_t>(ref.tokens.size());
     opts.backend = "vulkan";
+    if (feed != Feed::OneBatch) opts.n_batch = token_by_token ? 1 : 8;
     kiln::Context ctx(model, opts);
     ASSERT_STREQ(ctx.backend_name(), "vulkan");
+    const kiln::KvStats kvs = ctx.kv_stats();
     const auto ours = token_by_token ? run_token_by_token(ctx, ref.tokens) : run_batch(ctx, ref.tokens);
     ASSERT_EQ(ours.size(), ref.logits.size());
 
@@ -148,15 +158,18 @@ void check_model(const std::string& name, bool token_by_token) {
     const double rms = std::sqrt(ss / static_cast<double>(std::max<size_t>(n, 1)));
     const double bound = float_file ? 3e-3 * ref.max_abs_logit : 2.0 * ref.rms_quantization_error;
     const double measured = float_file ? max_abs : rms;
-    std::printf("[ vulkan    ] %-22s %-14s %s = %.6g (bound %.6g, %.1f%% of it); max|d| %.4g rms %.4g; argmax %d/%d\n",
-                name.c_str(), token_by_token ? "token by token" : "one batch", float_file ? "max|d|" : "rms(d)",
-                measured, bound, 100.0 * measured / bound, max_abs, rms, checked - wrong, checked);
+    const char* how = token_by_token ? "token by token" : feed == Feed::Batches8 ? "batches of 8" : "one batch";
+    const std::string ring =
+        kvs.n_sliding_layers ? fmt::format("; {} ring layers of {} slots", kvs.n_sliding_layers, kvs.sliding_slots) : "";
+    std::printf("[ vulkan    ] %-24s %-14s %s = %.6g (bound %.6g, %.1f%% of it); max|d| %.4g rms %.4g; argmax %d/%d%s\n",
+                name.c_str(), how, float_file ? "max|d|" : "rms(d)", measured, bound, 100.0 * measured / bound, max_abs,
+                rms, checked - wrong, checked, ring.c_str());
     EXPECT_LE(measured, bound) << name;
     EXPECT_EQ(wrong, 0) << name << ": argmax differs at " << wrong << " clear positions; first " << first_wrong;
 }
 
 class VulkanReferenceLogits : public ::testing::TestWithParam<std::string> {};
-TEST_P(VulkanReferenceLogits, OneBatch) { check_model(GetParam(), false); }
+TEST_P(VulkanReferenceLogits, OneBatch) { check_model(GetParam(), Feed::OneBatch); }
 
 INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogits,
                          ::testing::Values("llama-tiny.f32", "llama-tiny.f16", "llama-tiny.bf16", "llama-tiny.q8_0",
@@ -164,22 +177,34 @@ INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogits,
                                            "llama-tiny.q2_k", "llama-tiny.q3_k_m", "llama-tiny.q4_k_m",
                                            "llama-tiny.q5_k_m", "llama-tiny.q6_k", "llama-tiny.iq4_nl",
                                            "llama-tiny.iq4_xs", "qwen2-tiny.f32", "qwen2-tiny.q8_0",
-                                           "qwen2-tiny.q4_k_m"),
+                                           "qwen2-tiny.q4_k_m", "gemma3-tiny.f32", "gemma3-tiny.q8_0",
+                                           "gemma3-tiny.q4_k_m", "gpt-oss-tiny.f32", "gpt-oss-tiny.q8_0",
+                                           "gpt-oss-tiny.mxfp4_moe", "deepseek2-lite-tiny.f32",
+                                           "deepseek2-lite-tiny.q8_0", "glm4.7-flash-tiny.f32",
+                                           "glm4.7-flash-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
                          [](const auto& info) {
                              std::string s = info.param;
                              std::replace_if(s.begin(), s.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
                              return s;
                          });
 
-TEST(VulkanReferenceLogitsIncremental, LlamaF32TokenByToken) { check_model("llama-tiny.f32", true); }
-TEST(VulkanReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_model("qwen2-tiny.f32", true); }
+TEST(VulkanReferenceLogitsIncremental, LlamaF32TokenByToken) { check_model("llama-tiny.f32", Feed::TokenByToken); }
+TEST(VulkanReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_model("qwen2-tiny.f32", Feed::TokenByToken); }
+// The sliding-window layers as rings (window + n_batch - 1 slots), fed in batches and token by token.
+TEST(VulkanReferenceLogitsIncremental, Gemma3F32RingInBatchesOf8) { check_model("gemma3-tiny.f32", Feed::Batches8); }
+TEST(VulkanReferenceLogitsIncremental, Gemma3F32RingTokenByToken) { check_model("gemma3-tiny.f32", Feed::TokenByToken); }
+TEST(VulkanReferenceLogitsIncremental, GptOssF32RingInBatchesOf8) { check_model("gpt-oss-tiny.f32", Feed::Batches8); }
+TEST(VulkanReferenceLogitsIncremental, GptOssF32RingTokenByToken) { check_model("gpt-oss-tiny.f32", Feed::TokenByToken); }
+// MLA decode step by step (4 layers; deepseek2-lite-tiny's 26 take 12 s token by token on lavapipe).
+TEST(VulkanReferenceLogitsIncremental, Glm47FlashF32TokenByToken) { check_model("glm4.7-flash-tiny.f32", Feed::TokenByToken); }
 
 // Vulkan against the CPU on a synthetic llama (no ../shared needed): one batch, uneven chunks, and
 // token by token, all logits.
 TEST(VulkanModel, MatchesCpuOnSyntheticModel) {
     KILN_REQUIRE_VULKAN();
-    // F32 weights: only accumulation order and the f16 KV cache differ. Q8_0: the CPU kernels also
-    // quantize activations to 8 bits (as llama.cpp does), so the bound is that effect's size.
+    // F32 weights: only accumulation order and the f16 KV cache differ. Q8_0: both round the
+    // activations to 8-bit codes per 32 as llama.cpp does (the CPU's decode path and Vulkan's
+    // quantize_x); the CPU's prefill may keep them float, so the bound allows that effect's size.
     for (const auto& [type, tied, rel] : {std::tuple{kiln::TensorType::F32, false, 1e-3},
                                           std::tuple{kiln::TensorType::Q8_0, true, 2e-2}}) {
         SCOPED_TRACE(std::string(kiln::type_name(type)) + (tied ? " tied output" : " separate output"));
@@ -366,6 +391,32 @@ TEST(VulkanModel, UnsupportedOpsAreNamed) {
         }();
         EXPECT_NE(msg.find("op 'store_kv'"), std::string::npos) << msg;
         EXPECT_NE(msg.find("f32"), std::string::npos) << msg;
+    }
+    {
+        // Group-limited routing over more groups than top_k.comp holds.
+        kiln::graph::Graph g;
+        kiln::graph::TopKParams p;
+        p.k = 8;
+        p.n_group = 128;
+        p.n_group_used = 4;
+        g.top_k(g.input("scores", kiln::graph::DType::F32, 1024, 1), kiln::graph::kNone, p);
+        const std::string msg = error_of(g);
+        EXPECT_NE(msg.find("vulkan: op 'top_k' ([1024, 1])"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("128 expert groups"), std::string::npos) << msg;
+    }
+    {
+        // K rows past the attention shader's 576.
+        kiln::graph::Graph g;
+        kiln::graph::AttentionParams p;
+        p.n_head = 16;
+        p.n_head_kv = 1;
+        p.head_dim_k = 640;
+        p.head_dim_v = 512;
+        p.v_in_k = true;
+        g.attention(g.input("q", kiln::graph::DType::F32, 16 * 640, 1), p);
+        const std::string msg = error_of(g);
+        EXPECT_NE(msg.find("op 'attention'"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("K 640 / V 512"), std::string::npos) << msg;
     }
 }
 

@@ -15,8 +15,9 @@ namespace {
 constexpr uint32_t kMatvecTokens = 8;   // NCOL in matmul_vec.comp
 constexpr uint32_t kTile = 64;          // BM = BN in matmul_tiled.comp
 constexpr uint32_t kTiledWorkgroup = 256;
-constexpr int64_t kAttnMaxDk = 256;     // DMAX in attention.comp
+constexpr int64_t kAttnMaxDk = Backend::kAttentionMaxDk;  // DMAX in attention.comp
 constexpr int64_t kAttnMaxRows = 8;     // RMAX in attention.comp
+constexpr int kTopKMaxGroups = 64;      // MAX_GROUPS in top_k.comp
 
 uint32_t u32(int64_t v, const char* what) {
     if (v < 0 || v > 0xffffffffll) throw Error(fmt::format("Vulkan: {} = {} does not fit 32 bits", what, v));
@@ -337,24 +338,36 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
     if (positions.n_elements() != n_tok)
         throw Error(fmt::format("vk rope: {} positions for {} tokens (x is {})", positions.n_elements(), n_tok,
                                 x.shape_string()));
-    // The frequency table of this (n_dims, base, scale), made once in double precision.
-    const std::string key = fmt::format("{}:{}:{}", n_dims, rp.freq_base, rp.freq_scale);
+    // The frequency table of this (n_dims, base, scale, YaRN ramp), made once in double precision.
+    // YaRN's angle pos * theta_i * (freq_scale * (1 - mix_i) + mix_i) is linear in pos too.
+    const std::string key = fmt::format("{}:{}:{}:{}:{}:{}", n_dims, rp.freq_base, rp.freq_scale, rp.ext_factor,
+                                        rp.corr_lo, rp.corr_hi);
     auto it = rope_freqs_.find(key);
     if (it == rope_freqs_.end()) {
         std::vector<float> f(static_cast<size_t>(n_dims / 2));
-        for (size_t i = 0; i < f.size(); ++i)
-            f[i] = static_cast<float>(rp.freq_scale *
-                                      std::pow(static_cast<double>(rp.freq_base), -2.0 * static_cast<double>(i) / static_cast<double>(n_dims)));
+        for (size_t i = 0; i < f.size(); ++i) {
+            const double theta = std::pow(static_cast<double>(rp.freq_base), -2.0 * static_cast<double>(i) / static_cast<double>(n_dims));
+            double factor = rp.freq_scale;
+            if (rp.ext_factor != 0.0f) {
+                const double y = (static_cast<double>(i) - rp.corr_lo) / std::max(0.001, static_cast<double>(rp.corr_hi - rp.corr_lo));
+                const double mix = (1.0 - std::clamp(y, 0.0, 1.0)) * rp.ext_factor;
+                factor = factor * (1.0 - mix) + mix;
+            }
+            f[i] = static_cast<float>(theta * factor);
+        }
         Tensor t = tensor(TensorType::F32, {n_dims / 2}, "rope frequencies " + key);
         upload(t, f.data(), t.bytes());
         it = rope_freqs_.emplace(key, t).first;
     }
-    const uint32_t pc[4] = {u32(head_dim, "head_dim"), u32(n_head, "n_head"), u32(n_tok, "n_tok"), u32(n_dims, "n_dims")};
+    struct {
+        uint32_t head_dim, n_head, n_tok, n_dims;
+        float mscale;
+    } pc{u32(head_dim, "head_dim"), u32(n_head, "n_head"), u32(n_tok, "n_tok"), u32(n_dims, "n_dims"), rp.mscale};
     const Binding b[] = {bind(x, false), bind(positions, false), bind(out, true), bind(it->second, false)};
     const auto& p = ctx_->pipeline("rope", {wg_elementwise_, rp.neox ? 1u : 0u}, 4);
     uint32_t gx, gy;
     groups_for(ceil_div(static_cast<uint64_t>(head_dim / 2 * n_head * n_tok), wg_elementwise_), &gx, &gy);
-    ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+    ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
 }
 
 // ---- elementwise ---------------------------------------------------------------------------
@@ -428,7 +441,7 @@ void Backend::swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) {
 
 // ---- KV cache and attention ----------------------------------------------------------------
 
-void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos) {
+void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring) {
     require_type(src, TensorType::F32, "kv_write", "src");
     require_type(cache, TensorType::F16, "kv_write", "cache");
     const int64_t width = cache.ne(0) * cache.ne(1), n_ctx = cache.ne(2) * cache.ne(3), n_tok = src.ne(2) * src.ne(3);
@@ -436,10 +449,10 @@ void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos) {
         throw Error(fmt::format("vk kv_write: src '{}' {} and cache '{}' {} differ in head_dim or heads", src.name(),
                                 src.shape_string(), cache.name(), cache.shape_string()));
     if (width % 2) throw Error(fmt::format("vk kv_write: cache rows of {} halves; the shader needs an even width", width));
-    if (static_cast<int64_t>(pos) + n_tok > n_ctx)
-        throw Error(fmt::format("vk kv_write: positions {}..{} pass the cache '{}' of {} positions", pos,
-                                static_cast<int64_t>(pos) + n_tok - 1, cache.name(), n_ctx));
-    const uint32_t pc[4] = {u32(width, "width"), u32(n_tok, "n_tok"), pos, u32(width, "width")};
+    if (ring ? n_tok > n_ctx : static_cast<int64_t>(pos) + n_tok > n_ctx)
+        throw Error(fmt::format("vk kv_write: positions {}..{} pass the {}cache '{}' of {} positions", pos,
+                                static_cast<int64_t>(pos) + n_tok - 1, ring ? "ring " : "", cache.name(), n_ctx));
+    const uint32_t pc[5] = {u32(width, "width"), u32(n_tok, "n_tok"), pos, u32(width, "width"), u32(n_ctx, "slots")};
     Binding b[] = {bind(src, false), bind(cache, true)};
     const auto& p = ctx_->pipeline("kv_write", {wg_elementwise_}, 2);
     uint32_t gx, gy;
@@ -448,16 +461,18 @@ void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos) {
 }
 
 void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
-                        const AttentionParams& ap) {
+                        const AttentionParams& ap, const Tensor* sinks) {
     require_type(q, TensorType::F32, "attention", "q");
     require_type(k_cache, TensorType::F16, "attention", "k_cache");
     require_type(v_cache, TensorType::F16, "attention", "v_cache");
     require_type(out, TensorType::F32, "attention", "out");
     const int64_t Dk = q.ne(0), n_head = q.ne(1), n_tok = q.ne(2) * q.ne(3);
-    const int64_t Dv = v_cache.ne(0), n_kv_head = k_cache.ne(1), n_ctx = k_cache.ne(2) * k_cache.ne(3);
+    const int64_t Dv = ap.v_in_k ? ap.dv : v_cache.ne(0), n_kv_head = k_cache.ne(1), n_ctx = k_cache.ne(2) * k_cache.ne(3);
     if (k_cache.ne(0) != Dk)
         throw Error(fmt::format("vk attention: q '{}' {} and k_cache '{}' {} differ in head_dim", q.name(),
                                 q.shape_string(), k_cache.name(), k_cache.shape_string()));
+    if (ap.v_in_k && (v_cache.buffer_ != k_cache.buffer_ || v_cache.offset_ != k_cache.offset_ || Dv <= 0 || Dv > Dk))
+        throw Error(fmt::format("vk attention: MLA reads V ({} of each K head of {}) from the K cache itself", Dv, Dk));
     if (v_cache.ne(1) != n_kv_head || v_cache.ne(2) * v_cache.ne(3) != n_ctx)
         throw Error(fmt::format("vk attention: k_cache {} and v_cache {} differ in heads or positions",
                                 k_cache.shape_string(), v_cache.shape_string()));
@@ -469,19 +484,222 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
     if (Dk % 2 || Dk > kAttnMaxDk || Dv % 2 || Dv > kAttnMaxRows * wg_attention_)
         throw Error(fmt::format("vk attention: head dims Dk {} and Dv {} must be even, Dk <= {}, Dv <= {}", Dk, Dv,
                                 kAttnMaxDk, kAttnMaxRows * wg_attention_));
-    if (ap.n_kv > n_ctx)
+    if (ap.ring) {
+        if (ap.window == 0 || static_cast<int64_t>(ap.window) + n_tok - 1 > n_ctx)
+            throw Error(fmt::format("vk attention: a ring of {} rows cannot hold a window of {} and a batch of {}",
+                                    n_ctx, ap.window, n_tok));
+    } else if (ap.n_kv > n_ctx) {
         throw Error(fmt::format("vk attention: n_kv {} passes the cache of {} positions", ap.n_kv, n_ctx));
+    }
+    if (sinks) {
+        require_type(*sinks, TensorType::F32, "attention", "sinks");
+        if (sinks->n_elements() != n_head)
+            throw Error(fmt::format("vk attention: sinks '{}' {} for {} heads", sinks->name(), sinks->shape_string(), n_head));
+    }
     const float scale = ap.scale != 0.0f ? ap.scale : 1.0f / std::sqrt(static_cast<float>(Dk));
     struct {
         uint32_t Dk, Dv, n_head, n_kv_head, n_tok, pos0, n_kv, window, q_stride, o_stride;
-        float scale;
+        float scale, softcap;
+        uint32_t n_slots, v_row, v_head;
     } pc{u32(Dk, "Dk"), u32(Dv, "Dv"), u32(n_head, "n_head"), u32(n_kv_head, "n_kv_head"), u32(n_tok, "n_tok"),
-         ap.pos0, ap.n_kv, ap.window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale};
-    const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, true)};
-    const auto& p = ctx_->pipeline("attention", {wg_attention_}, 4);
+         ap.pos0, ap.n_kv, ap.window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale,
+         ap.softcap, u32(n_ctx, "slots"), u32(n_kv_head * (ap.v_in_k ? Dk : Dv), "v row"), u32(ap.v_in_k ? Dk : Dv, "v head")};
+    const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, true),
+                         bind(sinks ? *sinks : q, false)};
+    const auto& p = ctx_->pipeline("attention", {wg_attention_, sinks ? 1u : 0u}, 5);
     uint32_t gx, gy;
     groups_for(static_cast<uint64_t>(n_tok * n_head), &gx, &gy);
     ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
+}
+
+// ---- gated activations and MoE routing -----------------------------------------------------
+
+void Backend::geglu(const Tensor& gate, const Tensor& up, const Tensor& out) {
+    for (auto [t, role] : {std::pair{&gate, "gate"}, {&up, "up"}, {&out, "out"}})
+        require_type(*t, TensorType::F32, "geglu", role);
+    require_same_count(gate, up, "geglu");
+    require_same_count(gate, out, "geglu");
+    const uint32_t n = u32(gate.n_elements(), "n");
+    elementwise("geglu", {&gate, &up}, out, &n, sizeof n);
+}
+
+void Backend::swiglu_oai(const Tensor& gate, const Tensor& up, const Tensor& out, float alpha, float limit) {
+    for (auto [t, role] : {std::pair{&gate, "gate"}, {&up, "up"}, {&out, "out"}})
+        require_type(*t, TensorType::F32, "swiglu_oai", role);
+    require_same_count(gate, up, "swiglu_oai");
+    require_same_count(gate, out, "swiglu_oai");
+    struct {
+        uint32_t n;
+        float alpha, limit;
+    } pc{u32(gate.n_elements(), "n"), alpha, limit};
+    elementwise("swiglu_oai", {&gate, &up}, out, &pc, sizeof pc);
+}
+
+void Backend::softcap(const Tensor& a, float cap, const Tensor& out) {
+    require_type(a, TensorType::F32, "softcap", "a");
+    require_type(out, TensorType::F32, "softcap", "out");
+    require_same_count(a, out, "softcap");
+    if (!(cap > 0.0f)) throw Error(fmt::format("vk softcap: the cap {} must be positive", cap));
+    struct {
+        uint32_t n;
+        float cap;
+    } pc{u32(a.n_elements(), "n"), cap};
+    elementwise("softcap", {&a}, out, &pc, sizeof pc);
+}
+
+void Backend::sigmoid(const Tensor& a, const Tensor& out) {
+    require_type(a, TensorType::F32, "sigmoid", "a");
+    require_type(out, TensorType::F32, "sigmoid", "out");
+    require_same_count(a, out, "sigmoid");
+    const uint32_t n = u32(a.n_elements(), "n");
+    elementwise("sigmoid", {&a}, out, &n, sizeof n);
+}
+
+void Backend::normalize_sum(const Tensor& x, const Tensor& out) {
+    require_type(x, TensorType::F32, "normalize_sum", "x");
+    require_type(out, TensorType::F32, "normalize_sum", "out");
+    require_same_count(x, out, "normalize_sum");
+    const uint32_t pc[2] = {u32(x.ne(0), "K"), u32(x.n_rows(), "rows")};
+    const Binding b[] = {bind(x, false), bind(out, true)};
+    const auto& p = ctx_->pipeline("normalize_sum", {wg_elementwise_}, 2);
+    uint32_t gx, gy;
+    groups_for(ceil_div(static_cast<uint64_t>(x.n_rows()), wg_elementwise_), &gx, &gy);
+    ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+}
+
+void Backend::top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids, const TopKParams& tp) {
+    require_type(scores, TensorType::F32, "top_k", "scores");
+    require_type(ids, TensorType::I32, "top_k", "ids");
+    const int64_t n = scores.ne(0), n_tok = scores.n_rows();
+    if (tp.k <= 0 || tp.k > n || ids.ne(0) != tp.k || ids.n_rows() != n_tok)
+        throw Error(fmt::format("vk top_k: ids '{}' {} must be [{}, {}] (k of rows of {})", ids.name(), ids.shape_string(),
+                                tp.k, n_tok, n));
+    const bool grouped = tp.n_group > 1 && tp.n_group_used < tp.n_group;
+    if (grouped && (tp.n_group > kTopKMaxGroups || n % tp.n_group || tp.n_group_used < 1))
+        throw Error(fmt::format("vk top_k: {} of {} groups over {} experts (at most {} equal groups)", tp.n_group_used,
+                                tp.n_group, n, kTopKMaxGroups));
+    if (bias) {
+        require_type(*bias, TensorType::F32, "top_k", "bias");
+        if (bias->n_elements() != n)
+            throw Error(fmt::format("vk top_k: bias '{}' {} for rows of {}", bias->name(), bias->shape_string(), n));
+    }
+    const uint32_t pc[5] = {u32(n, "n"), u32(n_tok, "n_tok"), u32(tp.k, "k"), u32(std::max(1, tp.n_group), "groups"),
+                            u32(std::max(1, tp.n_group_used), "groups used")};
+    const Binding b[] = {bind(scores, false), bind(bias ? *bias : scores, false), bind(ids, true)};
+    const auto& p = ctx_->pipeline("top_k", {wg_elementwise_, bias ? 1u : 0u}, 3);
+    uint32_t gx, gy;
+    groups_for(ceil_div(static_cast<uint64_t>(n_tok), wg_elementwise_), &gx, &gy);
+    ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+}
+
+int Backend::activation_group(TensorType t) {
+    switch (t) {
+        case TensorType::F32: case TensorType::F16: case TensorType::BF16: return 0;
+        case TensorType::Q2_K: case TensorType::Q3_K: case TensorType::Q4_K: case TensorType::Q5_K:
+        case TensorType::Q6_K:
+            return 256;
+        default: return 32;
+    }
+}
+
+void Backend::quantize_x(const Tensor& x, const Tensor& out, int group) {
+    require_type(x, TensorType::F32, "quantize_x", "x");
+    require_type(out, TensorType::F32, "quantize_x", "out");
+    require_same_count(x, out, "quantize_x");
+    if (group <= 0 || x.ne(0) % group)
+        throw Error(fmt::format("vk quantize_x: rows of {} are not whole groups of {}", x.ne(0), group));
+    const uint64_t n_groups = static_cast<uint64_t>(x.n_elements() / group);
+    const uint32_t pc[2] = {u32(static_cast<int64_t>(n_groups), "groups"), u32(group, "group")};
+    const Binding b[] = {bind(x, false), bind(out, true)};
+    const auto& p = ctx_->pipeline("quantize_x", {wg_elementwise_}, 2);
+    uint32_t gx, gy;
+    groups_for(ceil_div(n_groups, wg_elementwise_), &gx, &gy);
+    ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+}
+
+void Backend::gather(const Tensor& x, const Tensor& ids, const Tensor& out) {
+    require_type(x, TensorType::F32, "gather", "x");
+    require_type(ids, TensorType::I32, "gather", "ids");
+    require_type(out, TensorType::F32, "gather", "out");
+    const int64_t n_tok = x.n_rows();
+    if (ids.n_rows() != n_tok || out.ne(0) != ids.ne(0) || out.n_rows() != n_tok)
+        throw Error(fmt::format("vk gather: x {}, ids {} and out {} do not match", x.shape_string(), ids.shape_string(),
+                                out.shape_string()));
+    const uint32_t pc[3] = {u32(x.ne(0), "K"), u32(ids.ne(0), "k"), u32(n_tok, "n_tok")};
+    elementwise("gather", {&x, &ids}, out, pc, sizeof pc);
+}
+
+void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, const Tensor* bias, const Tensor& y) {
+    if (!w.valid()) throw Error("vk moe_matmul: the weight is not a tensor");
+    if (!supports_matmul(w.type()))
+        throw Error(fmt::format("vk moe_matmul: weight '{}' is {}, a type the Vulkan shaders do not read", w.name(),
+                                w.shape_string()));
+    require_type(x, TensorType::F32, "moe_matmul", "x");
+    require_type(y, TensorType::F32, "moe_matmul", "y");
+    const int64_t K = w.ne(0), R = w.ne(1), G = w.ne(2) * w.ne(3), n_tok = x.n_rows();
+    if (ids) require_type(*ids, TensorType::I32, "moe_matmul", "ids");
+    const int64_t S = ids ? ids->ne(0) : G;
+    if (ids && ids->n_rows() != n_tok)
+        throw Error(fmt::format("vk moe_matmul: ids {} for {} tokens", ids->shape_string(), n_tok));
+    if (x.ne(0) != K && x.ne(0) != S * K)
+        throw Error(fmt::format("vk moe_matmul: x '{}' {} has rows of neither {} nor {} x {} (weight '{}' {})", x.name(),
+                                x.shape_string(), K, S, K, w.name(), w.shape_string()));
+    if (y.ne(0) != S * R || y.n_rows() != n_tok)
+        throw Error(fmt::format("vk moe_matmul: y '{}' is {} but must be [{}, {}]", y.name(), y.shape_string(), S * R, n_tok));
+    if (K % 4) throw Error(fmt::format("vk moe_matmul: rows of {} elements; the shader needs a multiple of 4", K));
+    if (bias) {
+        require_type(*bias, TensorType::F32, "moe_matmul", "bias");
+        if (bias->n_elements() != R * G)
+            throw Error(fmt::format("vk moe_matmul: bias '{}' {} must be [{}, {}]", bias->name(), bias->shape_string(), R, G));
+    }
+    const uint32_t pc[8] = {u32(K, "K"), u32(R, "R"), u32(S, "S"), u32(n_tok, "n_tok"), u32(G, "G"),
+                            u32(static_cast<int64_t>(w.row_bytes()), "row bytes"), u32(x.ne(0), "x stride"),
+                            x.ne(0) == K ? 0u : u32(K, "K")};  // x shared by the slots, or one input per slot
+    const Binding b[] = {bind(w, false), bind(x, false), bind(ids ? *ids : x, false), bind(bias ? *bias : x, false),
+                         bind(y, true)};
+    std::vector<uint32_t> spec = type_spec(wg_matvec_, w.type());
+    spec.push_back(ids ? 1u : 0u);
+    spec.push_back(bias ? 1u : 0u);
+    const auto& p = ctx_->pipeline("moe_matmul", spec, 5);
+    uint32_t gx, gy;
+    groups_for(static_cast<uint64_t>(R * S * n_tok), &gx, &gy);
+    ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+}
+
+void Backend::moe_combine(const Tensor& y, const Tensor& w, const Tensor& out) {
+    for (auto [t, role] : {std::pair{&y, "y"}, {&w, "w"}, {&out, "out"}}) require_type(*t, TensorType::F32, "moe_combine", role);
+    const int64_t E = out.ne(0), n_tok = out.n_rows(), S = w.ne(0);
+    if (w.n_rows() != n_tok || y.n_elements() != S * E * n_tok)
+        throw Error(fmt::format("vk moe_combine: y {}, w {} and out {} do not match", y.shape_string(), w.shape_string(),
+                                out.shape_string()));
+    const uint32_t pc[3] = {u32(E, "E"), u32(S, "S"), u32(n_tok, "n_tok")};
+    elementwise("moe_combine", {&y, &w}, out, pc, sizeof pc);
+}
+
+void Backend::slice_heads(const Tensor& x, const Tensor& out, int n_head, int head_dim, int first, int count) {
+    require_type(x, TensorType::F32, "slice_heads", "x");
+    require_type(out, TensorType::F32, "slice_heads", "out");
+    const int64_t n_tok = x.n_rows();
+    if (n_head <= 0 || first < 0 || count <= 0 || first + count > head_dim ||
+        x.ne(0) != static_cast<int64_t>(n_head) * head_dim || out.ne(0) != static_cast<int64_t>(n_head) * count ||
+        out.n_rows() != n_tok)
+        throw Error(fmt::format("vk slice_heads: x {} ({} heads of {}) -> [{}, {}) per head into out {}",
+                                x.shape_string(), n_head, head_dim, first, first + count, out.shape_string()));
+    const uint32_t pc[6] = {u32(n_head, "n_head"), u32(head_dim, "head_dim"), u32(first, "first"), u32(count, "count"),
+                            u32(n_tok, "n_tok"), u32(x.ne(0), "x stride")};
+    elementwise("slice_heads", {&x}, out, pc, sizeof pc);
+}
+
+void Backend::concat_heads(const Tensor& a, const Tensor& b, const Tensor& out, int n_head) {
+    for (auto [t, role] : {std::pair{&a, "a"}, {&b, "b"}, {&out, "out"}}) require_type(*t, TensorType::F32, "concat_heads", role);
+    const int64_t n_tok = a.n_rows();
+    if (n_head <= 0 || a.ne(0) % n_head || b.ne(0) % n_head || b.n_rows() != n_tok || out.ne(0) != a.ne(0) + b.ne(0) ||
+        out.n_rows() != n_tok)
+        throw Error(fmt::format("vk concat_heads: a {}, b {} and out {} do not match ({} heads)", a.shape_string(),
+                                b.shape_string(), out.shape_string(), n_head));
+    const uint32_t pc[4] = {u32(n_head, "n_head"), u32(a.ne(0) / n_head, "da"), u32(b.ne(0) / n_head, "db"),
+                            u32(n_tok, "n_tok")};
+    elementwise("concat_heads", {&a, &b}, out, pc, sizeof pc);
 }
 
 }  // namespace kiln::vk

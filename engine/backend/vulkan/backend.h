@@ -70,6 +70,12 @@ struct RopeParams {
     int n_dims = 0;          // rotated dimensions (<= head_dim, even); 0: all of head_dim
     float freq_base = 10000.0f;
     float freq_scale = 1.0f;  // linear scaling: positions are multiplied by this
+    // YaRN: with ext_factor > 0, pair i's angle mixes the scaled and the unscaled angle by
+    // ext_factor * (1 - clamp((i - corr_lo) / max(0.001, corr_hi - corr_lo), 0, 1)) (see
+    // graph::RopeParams); cos and sin are multiplied by mscale (YaRN's attn_factor).
+    float ext_factor = 0.0f;
+    float corr_lo = 0.0f, corr_hi = 0.0f;
+    float mscale = 1.0f;
 };
 
 struct AttentionParams {
@@ -77,6 +83,20 @@ struct AttentionParams {
     uint32_t n_kv = 0;    // cache rows holding valid keys/values (usually pos0 + n_tok)
     float scale = 0.0f;   // 0: 1/sqrt(Dk)
     uint32_t window = 0;  // sliding window in tokens (0: none)
+    float softcap = 0.0f; // > 0: scores become softcap * tanh(score / softcap)
+    // The caches are rings (a sliding-window layer): position j lives in row j % rows, and
+    // n_kv may pass the rows (window + n_tok - 1 <= rows is required).
+    bool ring = false;
+    // MLA: v_cache is the K cache itself and each head's value is the first dv halves of its K
+    // head (dv <= Dk).
+    bool v_in_k = false;
+    uint32_t dv = 0;
+};
+
+struct TopKParams {
+    int k = 0;             // chosen per row
+    int n_group = 1;       // group-limited: n_group equal groups scored by the sum of their two best,
+    int n_group_used = 1;  // only the best n_group_used compete
 };
 
 class Backend {
@@ -132,15 +152,51 @@ public:
     void silu(const Tensor& a, const Tensor& out);
     void gelu(const Tensor& a, const Tensor& out);  // tanh approximation
     void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);  // silu(gate) * up
+    void geglu(const Tensor& gate, const Tensor& up, const Tensor& out);   // gelu_tanh(gate) * up
+    // gpt-oss: x = min(gate, limit), y = clamp(up, +-limit); out = x * sigmoid(alpha x) * (y + 1).
+    void swiglu_oai(const Tensor& gate, const Tensor& up, const Tensor& out, float alpha, float limit);
+    void softcap(const Tensor& a, float cap, const Tensor& out);  // cap * tanh(a / cap)
+    void sigmoid(const Tensor& a, const Tensor& out);
+    // out = x / max(sum(x), 2^-14) per row.
+    void normalize_sum(const Tensor& x, const Tensor& out);
+    // ids [k, n] (I32) = the k largest of each row of scores [n_expert, n] (+ bias [n_expert] f32
+    // when given), best first, ties to the lower index; group-limited when asked.
+    void top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids, const TopKParams& p);
+    // out = x with each group of `group` elements of every row (rows of x.ne(0), a multiple of
+    // group) rounded to 8-bit codes and back: d = amax / 127, round to nearest even. The
+    // activation rounding of the integer dot products of the CPU kernels and llama.cpp; the
+    // graph executor applies it to the input of every matmul with a quantized weight (group
+    // activation_group(type)). out may be x.
+    void quantize_x(const Tensor& x, const Tensor& out, int group);
+    // 32, 256 (K-quants) or 0 (float weights: x is used as is).
+    static int activation_group(TensorType weight_type);
+    // out [k, n] = x[t][ids[t][j]]; x [K, n] f32, ids [k, n] I32.
+    void gather(const Tensor& x, const Tensor& ids, const Tensor& out);
+    // Grouped matmul over a stack of G matrices w [K, R, G] (any type of supports_matmul()):
+    // y [S * R, n] row t, slot s = w[g] x(t, s) (+ bias [R, G] row g), g = ids[t][s] (ids [S, n]
+    // I32: MoE) or s (ids nullptr: per-head, S = G). x is [K, n] (shared by the slots) or
+    // [S * K, n] (one input per slot). Only the chosen matrices are read.
+    void moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, const Tensor* bias, const Tensor& y);
+    // out [E, n] = sum_s w[t][s] y[t][s]; y [S * E, n], w [S, n].
+    void moe_combine(const Tensor& y, const Tensor& w, const Tensor& out);
+    // out [n_head * count, n]: per head of x's rows (n_head heads of head_dim), [first, first + count).
+    void slice_heads(const Tensor& x, const Tensor& out, int n_head, int head_dim, int first, int count);
+    // out [n_head * (da + db), n]: per head, a's head (da) then b's head (db).
+    void concat_heads(const Tensor& a, const Tensor& b, const Tensor& out, int n_head);
     // Writes src [head_dim, n_kv_head, n_tok] f32 into cache positions pos .. pos + n_tok - 1 of
-    // cache [head_dim, n_kv_head, n_ctx] F16 (rounded to nearest even).
-    void kv_write(const Tensor& src, const Tensor& cache, uint32_t pos);
+    // cache [head_dim, n_kv_head, n_ctx] F16 (rounded to nearest even). ring: the cache is a ring
+    // of its rows (position j in row j % rows; n_tok <= rows), positions may pass them.
+    void kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring = false);
     // q [Dk, n_head, n_tok] f32; k_cache [Dk, n_kv_head, n_ctx] F16; v_cache [Dv, n_kv_head,
     // n_ctx] F16; out [Dv, n_head, n_tok] f32. Causal (token t at pos0 + t sees cache rows
     // <= pos0 + t), grouped-query (n_head a multiple of n_kv_head), optional sliding window;
-    // tiled online softmax (memory O(tile), not O(context)). Dk <= 256, Dv <= 512, both even.
+    // tiled online softmax (memory O(tile), not O(context)). Dk <= 576, Dv <= 512, both even.
+    // Optional: soft-capping, a ring cache, MLA (v_cache = k_cache, p.v_in_k, p.dv), sinks [n_head]
+    // f32 (one more softmax term per head that takes no value).
     void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
-                   const AttentionParams& p);
+                   const AttentionParams& p, const Tensor* sinks = nullptr);
+    static constexpr int64_t kAttentionMaxDk = 576;
+    static constexpr int64_t kAttentionMaxDv = 512;
 
     // Runs everything recorded: one vkQueueSubmit and a fence wait.
     void submit();

@@ -1,6 +1,7 @@
 #include "backend/vulkan/graph_executor.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <string>
 #include <tuple>
@@ -20,8 +21,9 @@ using graph::Op;
 using graph::TensorId;
 using graph::TensorKind;
 
-constexpr int kMaxHeadDimK = 256;  // attention.comp: Dk <= 256
-constexpr int kMaxHeadDimV = 512;  // attention.comp: Dv <= 8 rows x 64 invocations
+constexpr int kMaxHeadDimK = static_cast<int>(vk::Backend::kAttentionMaxDk);  // attention.comp: DMAX
+constexpr int kMaxHeadDimV = static_cast<int>(vk::Backend::kAttentionMaxDv);  // attention.comp: 8 rows x 64 invocations
+constexpr int kMaxExpertGroups = 64;                                           // top_k.comp: MAX_GROUPS
 
 std::string shape(const graph::Tensor& t) {
     if (t.kind == TensorKind::Weight) return fmt::format("'{}' {} [{}, {}]", t.name, type_name(t.wtype), t.ne0, t.ne1);
@@ -50,10 +52,13 @@ void vulkan_check_graph(const graph::Graph& g, KvType kv_type) {
     for (const Node& n : g.nodes()) {
         switch (n.op) {
             case Op::GetRows:
-            case Op::MatMul: {
+            case Op::MatMul:
+            case Op::MoeMatMul:
+            case Op::HeadMatMul: {
                 check_weight_type(g, n, n.src[0], true);
                 const graph::Tensor& w = g.tensor(n.src[0]);
                 if (w.ne0 % 4) unsupported(g, n, fmt::format("rows of {} elements (the shaders need a multiple of 4)", w.ne0));
+                if (n.op == Op::MoeMatMul) check_weight_type(g, n, n.src[3], false);
                 break;
             }
             case Op::Add:
@@ -75,15 +80,37 @@ void vulkan_check_graph(const graph::Graph& g, KvType kv_type) {
                                                   a.head_dim_k, a.head_dim_v, kMaxHeadDimK, kMaxHeadDimV));
                 if ((static_cast<int64_t>(a.n_head_kv) * a.head_dim_k) % 2 || (static_cast<int64_t>(a.n_head_kv) * a.head_dim_v) % 2)
                     unsupported(g, n, "odd KV row width");
+                if (n.op == Op::Attention) check_weight_type(g, n, n.src[1], false);  // sinks
                 break;
             }
             case Op::Rows:
                 if (g.tensor(n.src[0]).ne0 % 4)
                     unsupported(g, n, fmt::format("rows of {} elements (the shader needs a multiple of 4)", g.tensor(n.src[0]).ne0));
                 break;
+            case Op::TopK: {
+                const graph::TopKParams& p = n.topk;
+                const int64_t ne = g.tensor(n.src[0]).ne0;
+                if (p.n_group > 1 && p.n_group_used < p.n_group && (p.n_group > kMaxExpertGroups || ne % p.n_group))
+                    unsupported(g, n, fmt::format("{} expert groups over {} experts (the shader takes at most {} equal groups)",
+                                                  p.n_group, ne, kMaxExpertGroups));
+                check_weight_type(g, n, n.src[1], false);
+                break;
+            }
             case Op::SwiGLU:
+            case Op::GeGLU:
+            case Op::SwiGLUOai:
+            case Op::Softcap:
             case Op::Silu:
-            case Op::Scale: break;
+            case Op::Scale:
+            case Op::Sigmoid:
+            case Op::Softmax:
+            case Op::NormalizeSum:
+            case Op::Gather:
+            case Op::MoeCombine:
+            case Op::SliceHeads:
+            case Op::ConcatHeads:
+                for (TensorId s : n.src) check_weight_type(g, n, s, false);
+                break;
             default: unsupported(g, n, "");
         }
     }
@@ -91,6 +118,8 @@ void vulkan_check_graph(const graph::Graph& g, KvType kv_type) {
 
 namespace {
 
+// One K (and V) tensor per layer of that layer's slots: n_ctx for a full layer, the ring's size
+// for a sliding-window one (position p in row p % slots); an MLA layer (v_in_k) stores K only.
 class VkKv final : public KvBuffers {
 public:
     VkKv(vk::Backend& vk, const KvLayout& layout) : layout_(layout) {
@@ -104,13 +133,16 @@ public:
                                     layout.bytes(), why));
         for (size_t il = 0; il < layout.layers.size(); ++il) {
             const KvLayerShape& l = layout.layers[il];
-            k_.push_back(vk.tensor(TensorType::F16, {l.head_dim_k, l.n_head_kv, layout.n_ctx}, fmt::format("cache_k.{}", il)));
-            v_.push_back(vk.tensor(TensorType::F16, {l.head_dim_v, l.n_head_kv, layout.n_ctx}, fmt::format("cache_v.{}", il)));
+            const int64_t slots = layout.slots(il);
+            k_.push_back(vk.tensor(TensorType::F16, {l.head_dim_k, l.n_head_kv, slots}, fmt::format("cache_k.{}", il)));
+            v_.push_back(l.v_in_k ? k_.back()
+                                  : vk.tensor(TensorType::F16, {l.head_dim_v, l.n_head_kv, slots}, fmt::format("cache_v.{}", il)));
         }
     }
     const KvLayout& layout() const override { return layout_; }
     const vk::Tensor& k(int layer) const { return k_.at(static_cast<size_t>(layer)); }
     const vk::Tensor& v(int layer) const { return v_.at(static_cast<size_t>(layer)); }
+    bool ring(int layer) const { return layout_.is_ring(static_cast<size_t>(layer)); }
 
 private:
     KvLayout layout_;
@@ -130,13 +162,22 @@ public:
 private:
     struct NodeViews {  // reshaped views the ops need (made once at compile)
         vk::Tensor a, b, c;
+        vk::Tensor xq;       // matmuls with a quantized weight: x rounded to 8-bit groups
+        int xq_group = 0;
     };
     const vk::Tensor& t(TensorId id) const { return tensors_[static_cast<size_t>(id)]; }
+    // A matmul's input: src1 as is, or rounded into the scratch first (recorded here).
+    const vk::Tensor& x_of(const Node& n, const NodeViews& v) {
+        if (!v.xq_group) return t(n.src[1]);
+        vk_.quantize_x(t(n.src[1]), v.xq, v.xq_group);
+        return v.xq;
+    }
 
     VulkanGraphBackend& be_;
     vk::Backend& vk_;
     graph::Graph g_;
     vk::Tensor workspace_;
+    vk::Tensor xq_scratch_;  // the rounded inputs of quantized matmuls (one at a time)
     std::vector<vk::Tensor> tensors_;  // per graph tensor: weight, or a view of the workspace
     std::vector<NodeViews> views_;     // per node
     std::map<TensorId, std::vector<float>> outputs_;
@@ -153,15 +194,6 @@ public:
         return std::make_unique<VkExecutable>(*this, std::move(g));
     }
     std::unique_ptr<KvBuffers> alloc_kv(const KvLayout& layout) override {
-        // The shaders address the cache as one slot per position: refuse the ring (sliding-window)
-        // and MLA latent layouts rather than compute them wrongly.
-        for (size_t il = 0; il < layout.layers.size(); ++il) {
-            if (layout.is_ring(il))
-                throw Error(fmt::format("vulkan: sliding-window KV ring (layer {}, {} slots) is not supported yet; use --backend cpu",
-                                        il, layout.slots(il)));
-            if (layout.layers[il].v_in_k)
-                throw Error(fmt::format("vulkan: MLA latent KV cache (layer {}) is not supported yet; use --backend cpu", il));
-        }
         return std::make_unique<VkKv>(*vk_, layout);
     }
 
@@ -183,8 +215,20 @@ public:
             throw Error(fmt::format("vulkan: the weights ({} bytes) do not fit in device memory: {}", total, why));
         for (TensorId id : todo) {
             const graph::Tensor& w = g.tensor(id);
-            vk::Tensor d = vk_->tensor(w.wtype, {w.ne0, w.ne1}, w.name);
-            vk_->upload(d, w.data, bytes_of(w));
+            // A stack of matrices (MoE experts, per-head projections) is packed on the device
+            // whatever its stride in the file.
+            vk::Tensor d = w.ne2 > 1 ? vk_->tensor(w.wtype, {w.ne0, w.ne1, w.ne2}, w.name)
+                                     : vk_->tensor(w.wtype, {w.ne0, w.ne1}, w.name);
+            const uint64_t mat = matrix_bytes(w);
+            if (w.ne2 > 1 && w.nb2 != 0 && w.nb2 != mat) {
+                std::vector<uint8_t> packed(bytes_of(w));
+                for (int64_t i = 0; i < w.ne2; ++i)
+                    std::memcpy(packed.data() + mat * static_cast<uint64_t>(i),
+                                static_cast<const uint8_t*>(w.data) + w.nb2 * static_cast<uint64_t>(i), mat);
+                vk_->upload(d, packed.data(), packed.size());
+            } else {
+                vk_->upload(d, w.data, bytes_of(w));
+            }
             weights_.emplace(key(w), d);
             done += bytes_of(w);
             if (progress_) progress_(done, total);
@@ -194,11 +238,12 @@ public:
     const vk::Tensor& weight(const graph::Tensor& w) const { return weights_.at(key(w)); }
 
 private:
-    using Key = std::tuple<const void*, int, int64_t, int64_t>;
-    static Key key(const graph::Tensor& w) { return {w.data, static_cast<int>(w.wtype), w.ne0, w.ne1}; }
-    static uint64_t bytes_of(const graph::Tensor& w) {
+    using Key = std::tuple<const void*, int, int64_t, int64_t, int64_t, uint64_t>;
+    static Key key(const graph::Tensor& w) { return {w.data, static_cast<int>(w.wtype), w.ne0, w.ne1, w.ne2, w.nb2}; }
+    static uint64_t matrix_bytes(const graph::Tensor& w) {
         return *row_bytes(w.wtype, static_cast<uint64_t>(w.ne0)) * static_cast<uint64_t>(w.ne1);
     }
+    static uint64_t bytes_of(const graph::Tensor& w) { return matrix_bytes(w) * static_cast<uint64_t>(std::max<int64_t>(1, w.ne2)); }
     std::unique_ptr<vk::Backend> vk_;
     std::function<void(uint64_t, uint64_t)> progress_;
     std::map<Key, vk::Tensor> weights_;
@@ -226,6 +271,17 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
         if (x.kind == TensorKind::Output)
             outputs_[static_cast<TensorId>(i)].resize(static_cast<size_t>(x.n_elements()));
     }
+    // Matmuls against quantized weights read x rounded as the reference's integer dot products
+    // round it (vk::Backend::quantize_x): one scratch of the largest such x.
+    auto xq_group = [&](const Node& n) {
+        if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) return 0;
+        const int group = vk::Backend::activation_group(g_.tensor(n.src[0]).wtype);
+        return group > 0 && g_.tensor(n.src[1]).ne0 % group == 0 ? group : 0;
+    };
+    int64_t xq_elements = 0;
+    for (const Node& n : g_.nodes())
+        if (xq_group(n)) xq_elements = std::max(xq_elements, g_.tensor(n.src[1]).n_elements());
+    if (xq_elements > 0) xq_scratch_ = vk_.tensor(TensorType::F32, {xq_elements}, "rounded matmul input");
     views_.resize(g_.nodes().size());
     for (size_t ni = 0; ni < g_.nodes().size(); ++ni) {
         const Node& n = g_.nodes()[ni];
@@ -234,14 +290,24 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
             const vk::Tensor& base = t(id);
             return vk_.view(base, 0, TensorType::F32, {d0, d1, g_.tensor(id).ne1}, base.name());
         };
+        if ((v.xq_group = xq_group(n)) > 0) {
+            const graph::Tensor& x = g_.tensor(n.src[1]);
+            v.xq = vk_.view(xq_scratch_, 0, TensorType::F32, {x.ne0, x.ne1}, "rounded matmul input");
+        }
         switch (n.op) {
             case Op::Rope:
                 v.a = reshape(n.src[0], n.rope.head_dim, n.rope.n_head);
                 v.c = reshape(n.dst, n.rope.head_dim, n.rope.n_head);
                 break;
+            case Op::RmsNorm:
+                if (n.i0 > 0) {  // per group (QK-norm): rows of i0 elements
+                    v.a = vk_.view(t(n.src[0]), 0, TensorType::F32, {n.i0, g_.tensor(n.src[0]).n_elements() / n.i0});
+                    v.c = vk_.view(t(n.dst), 0, TensorType::F32, {n.i0, g_.tensor(n.dst).n_elements() / n.i0});
+                }
+                break;
             case Op::StoreKV:
                 v.a = reshape(n.src[0], n.attn.head_dim_k, n.attn.n_head_kv);
-                v.b = reshape(n.src[1], n.attn.head_dim_v, n.attn.n_head_kv);
+                if (!n.attn.v_in_k) v.b = reshape(n.src[1], n.attn.head_dim_v, n.attn.n_head_kv);
                 break;
             case Op::Attention:
                 v.a = reshape(n.src[0], n.attn.head_dim_k, n.attn.n_head);
@@ -285,12 +351,13 @@ void VkExecutable::run(const RunArgs& args) {
         const NodeViews& v = views_[ni];
         switch (n.op) {
             case Op::GetRows: vk_.get_rows(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
-            case Op::MatMul: vk_.matmul(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::MatMul: vk_.matmul(t(n.src[0]), x_of(n, v), t(n.dst)); break;
             case Op::Add: vk_.add(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::Mul: vk_.mul(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::RmsNorm: {
                 const vk::Tensor* w = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
-                vk_.rms_norm(t(n.src[0]), w, t(n.dst), n.f);
+                if (n.i0 > 0) vk_.rms_norm(v.a, w, v.c, n.f);
+                else vk_.rms_norm(t(n.src[0]), w, t(n.dst), n.f);
                 break;
             }
             case Op::Rope: {
@@ -299,6 +366,14 @@ void VkExecutable::run(const RunArgs& args) {
                 rp.n_dims = n.rope.n_dims;
                 rp.freq_base = n.rope.freq_base;
                 rp.freq_scale = n.rope.freq_scale;
+                rp.mscale = n.rope.attn_factor;
+                if (n.rope.ext_factor != 0.0f) {
+                    float corr[2];
+                    graph::rope_yarn_corr_dims(n.rope, corr);
+                    rp.ext_factor = n.rope.ext_factor;
+                    rp.corr_lo = corr[0];
+                    rp.corr_hi = corr[1];
+                }
                 vk_.rope(v.a, t(n.src[1]), v.c, rp);
                 break;
             }
@@ -309,23 +384,58 @@ void VkExecutable::run(const RunArgs& args) {
                 if (base < 0 || base + n_tok > kv->layout().n_ctx)
                     throw Error(fmt::format("vulkan backend: KV slots [{}, {}) outside the cache of {}", base,
                                             base + n_tok, kv->layout().n_ctx));
+                const int layer = n.attn.layer;
+                if (layer < 0 || static_cast<size_t>(layer) >= kv->layout().layers.size() ||
+                    kv->layout().layers[static_cast<size_t>(layer)].v_in_k != n.attn.v_in_k)
+                    throw Error(fmt::format("vulkan backend: KV layer {} does not match the cache layout", layer));
+                const bool ring = kv->ring(layer);
                 if (n.op == Op::StoreKV) {
-                    vk_.kv_write(v.a, kv->k(n.attn.layer), static_cast<uint32_t>(base));
-                    vk_.kv_write(v.b, kv->v(n.attn.layer), static_cast<uint32_t>(base));
+                    vk_.kv_write(v.a, kv->k(layer), static_cast<uint32_t>(base), ring);
+                    if (!n.attn.v_in_k) vk_.kv_write(v.b, kv->v(layer), static_cast<uint32_t>(base), ring);
                 } else {
                     vk::AttentionParams ap;
                     ap.pos0 = static_cast<uint32_t>(base);
                     ap.n_kv = static_cast<uint32_t>(base + n_tok);
                     ap.scale = n.attn.scale;
                     ap.window = static_cast<uint32_t>(std::max(0, n.attn.window));
-                    vk_.attention(v.a, kv->k(n.attn.layer), kv->v(n.attn.layer), v.c, ap);
+                    ap.softcap = n.attn.softcap;
+                    ap.ring = ring;
+                    ap.v_in_k = n.attn.v_in_k;
+                    ap.dv = static_cast<uint32_t>(n.attn.head_dim_v);
+                    const vk::Tensor* sinks = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
+                    vk_.attention(v.a, kv->k(layer), kv->v(layer), v.c, ap, sinks);
                 }
                 break;
             }
             case Op::SwiGLU: vk_.swiglu(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::GeGLU: vk_.geglu(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::SwiGLUOai: vk_.swiglu_oai(t(n.src[0]), t(n.src[1]), t(n.dst), n.f, n.f1); break;
+            case Op::Softcap: vk_.softcap(t(n.src[0]), n.f, t(n.dst)); break;
             case Op::Silu: vk_.silu(t(n.src[0]), t(n.dst)); break;
             case Op::Scale: vk_.scale(t(n.src[0]), n.f, t(n.dst)); break;
             case Op::Rows: vk_.get_rows(t(n.src[0]), v.a, t(n.dst)); break;
+            case Op::Sigmoid: vk_.sigmoid(t(n.src[0]), t(n.dst)); break;
+            case Op::Softmax: vk_.softmax(t(n.src[0]), t(n.dst)); break;
+            case Op::NormalizeSum: vk_.normalize_sum(t(n.src[0]), t(n.dst)); break;
+            case Op::TopK: {
+                vk::TopKParams tp;
+                tp.k = n.topk.k;
+                tp.n_group = n.topk.n_group;
+                tp.n_group_used = n.topk.n_group_used;
+                vk_.top_k(t(n.src[0]), n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr, t(n.dst), tp);
+                break;
+            }
+            case Op::Gather: vk_.gather(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::MoeMatMul:
+                vk_.moe_matmul(t(n.src[0]), x_of(n, v), &t(n.src[2]), n.src[3] != graph::kNone ? &t(n.src[3]) : nullptr,
+                               t(n.dst));
+                break;
+            case Op::HeadMatMul: vk_.moe_matmul(t(n.src[0]), x_of(n, v), nullptr, nullptr, t(n.dst)); break;
+            case Op::MoeCombine: vk_.moe_combine(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
+            case Op::SliceHeads:
+                vk_.slice_heads(t(n.src[0]), t(n.dst), n.slice.n_head, n.slice.head_dim, n.slice.first, n.slice.count);
+                break;
+            case Op::ConcatHeads: vk_.concat_heads(t(n.src[0]), t(n.src[1]), t(n.dst), n.slice.n_head); break;
             default: unsupported(g_, n, "");
         }
     }

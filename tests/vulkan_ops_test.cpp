@@ -1,0 +1,561 @@
+// The shaders added for gemma3, gpt-oss and deepseek2 on Vulkan, each against the CPU backend's op:
+// the same one-op graph (graph/graph.h) runs on the CPU backend and gives the reference; the
+// shader runs through kiln::vk::Backend on random non-zero inputs into an output poisoned with
+// NaN first, so an element a shader forgets to write fails. Covered: geglu, swiglu_oai, softcap,
+// sigmoid, normalize_sum, top_k (plain, biased, group-limited), gather, moe_matmul (MoE with
+// shared and per-slot inputs and biases, per-head), moe_combine, slice_heads, concat_heads, YaRN
+// rope, the sliding-window KV ring (kv_write + attention), soft-capped attention, attention
+// sinks, and MLA attention with 20 query heads on one KV head, K rows of 576 and V of 512.
+// Skipped (loudly) without a Vulkan device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/vulkan/backend.h"
+#include "graph/graph.h"
+#include "kiln/error.h"
+#include "quant/quant.h"
+
+namespace {
+
+using kiln::TensorType;
+using kiln::graph::DType;
+using kiln::graph::Graph;
+using kiln::graph::TensorId;
+using kiln::vk::Tensor;
+
+constexpr uint32_t kPoison = 0x7fc00000u;  // quiet NaN
+
+class VulkanOps : public ::testing::Test {
+public:
+    static void SetUpTestSuite() {
+        try {
+            vk_ = kiln::vk::Backend::open({.device = -1, .require = true, .validation = true});
+        } catch (const kiln::Error& e) {
+            why_ = e.what();
+        }
+    }
+    static void TearDownTestSuite() { vk_.reset(); }
+
+protected:
+    void SetUp() override {
+        if (!vk_) {
+            std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", why_.c_str());
+            GTEST_SKIP() << "no Vulkan device: " << why_;
+        }
+        messages_ = vk_->context().validation_messages();
+    }
+    void TearDown() override {
+        if (vk_) {
+            EXPECT_EQ(vk_->context().validation_messages(), messages_) << "Vulkan validation messages";
+        }
+    }
+    kiln::vk::Backend& vk() { return *vk_; }
+
+    Tensor f32(const std::vector<float>& v, std::initializer_list<int64_t> ne, const char* name) {
+        Tensor t = vk().tensor(TensorType::F32, ne, name);
+        vk().upload(t, v.data(), t.bytes());
+        return t;
+    }
+    Tensor i32(const std::vector<int32_t>& v, std::initializer_list<int64_t> ne, const char* name) {
+        Tensor t = vk().tensor(TensorType::I32, ne, name);
+        vk().upload(t, v.data(), t.bytes());
+        return t;
+    }
+    Tensor poisoned(TensorType type, std::initializer_list<int64_t> ne, const char* name) {
+        Tensor t = vk().tensor(type, ne, name);
+        vk().fill(t, kPoison);
+        return t;
+    }
+
+    static std::unique_ptr<kiln::vk::Backend> vk_;
+    static std::string why_;
+    uint64_t messages_ = 0;
+};
+std::unique_ptr<kiln::vk::Backend> VulkanOps::vk_;
+std::string VulkanOps::why_;
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) {
+        do x = d(rng);
+        while (std::fabs(x) < 1e-3f);
+    }
+    return v;
+}
+
+std::vector<uint8_t> quantized(TensorType t, const std::vector<float>& f, int64_t k) {
+    const uint64_t rb = *kiln::row_bytes(t, static_cast<uint64_t>(k));
+    const int64_t rows = static_cast<int64_t>(f.size()) / k;
+    std::vector<uint8_t> out(rb * static_cast<uint64_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) kiln::quantize_row(t, f.data() + r * k, out.data() + rb * static_cast<uint64_t>(r), k);
+    return out;
+}
+
+// max |got - want| / max |want|; NaN anywhere: infinity.
+double rel_error(const std::vector<float>& got, const std::vector<float>& want) {
+    EXPECT_EQ(got.size(), want.size());
+    double err = 0, scale = 0;
+    for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+        if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return INFINITY;
+        err = std::max(err, std::fabs(static_cast<double>(got[i]) - want[i]));
+        scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
+    }
+    return scale > 0 ? err / scale : err;
+}
+
+void report(const std::string& what, double err) {
+    std::printf("    [max rel error vs CPU] %-44s %.3g\n", what.c_str(), err);
+    ::testing::Test::RecordProperty(what, std::to_string(err));
+}
+
+// The CPU backend running a graph: inputs set by id, one output read back.
+struct CpuRun {
+    Graph g;
+    std::vector<std::pair<TensorId, std::vector<uint8_t>>> inputs;
+
+    TensorId input_f32(const std::vector<float>& v, int64_t ne0, int64_t ne1) {
+        const TensorId id = g.input("in" + std::to_string(inputs.size()), DType::F32, ne0, ne1);
+        inputs.emplace_back(id, std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
+                                                     reinterpret_cast<const uint8_t*>(v.data() + v.size())));
+        return id;
+    }
+    TensorId input_i32(const std::vector<int32_t>& v, int64_t ne0, int64_t ne1) {
+        const TensorId id = g.input("in" + std::to_string(inputs.size()), DType::I32, ne0, ne1);
+        inputs.emplace_back(id, std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
+                                                     reinterpret_cast<const uint8_t*>(v.data() + v.size())));
+        return id;
+    }
+    // Runs on `be` (a fresh one-thread CPU backend unless given) and returns the output's words.
+    std::vector<float> run(TensorId out, kiln::backend::Backend* be = nullptr, kiln::backend::KvBuffers* kv = nullptr,
+                           int64_t base = 0) {
+        std::unique_ptr<kiln::backend::Backend> own;
+        if (!be) be = (own = kiln::backend::make_cpu_backend(1)).get();
+        g.mark_output(out, "out");
+        const int64_t n = g.tensor(out).n_elements();
+        auto exe = be->compile(g);
+        for (const auto& [id, bytes] : inputs) exe->set_input(id, bytes.data(), bytes.size());
+        kiln::backend::RunArgs a;
+        a.kv = kv;
+        a.kv_base = base;
+        exe->run(a);
+        const float* p = exe->output(exe->graph().find("out"));
+        return std::vector<float>(p, p + n);
+    }
+};
+
+std::vector<int32_t> as_i32(const std::vector<float>& words) {
+    std::vector<int32_t> v(words.size());
+    std::memcpy(v.data(), words.data(), words.size() * 4);
+    return v;
+}
+
+}  // namespace
+
+// ---- gated activations, soft-capping, routing ------------------------------------------------
+
+TEST_F(VulkanOps, GegluSwigluOaiSoftcapSigmoidMatchTheCpu) {
+    for (int64_t n : {1, 7, 64}) {
+        const int64_t K = 301;
+        const auto a = random_floats(static_cast<size_t>(K * n), 1, -9, 9), b = random_floats(static_cast<size_t>(K * n), 2, -9, 9);
+        Tensor ta = f32(a, {K, n}, "a"), tb = f32(b, {K, n}, "b");
+        struct Case {
+            const char* name;
+            std::function<TensorId(CpuRun&, TensorId, TensorId)> cpu;
+            std::function<void(const Tensor&)> gpu;
+        };
+        const std::vector<Case> cases = {
+            {"geglu", [](CpuRun& c, TensorId x, TensorId y) { return c.g.geglu(x, y); },
+             [&](const Tensor& o) { vk().geglu(ta, tb, o); }},
+            {"swiglu_oai", [](CpuRun& c, TensorId x, TensorId y) { return c.g.swiglu_oai(x, y, 1.702f, 7.0f); },
+             [&](const Tensor& o) { vk().swiglu_oai(ta, tb, o, 1.702f, 7.0f); }},
+            {"softcap", [](CpuRun& c, TensorId x, TensorId) { return c.g.softcap(x, 3.5f); },
+             [&](const Tensor& o) { vk().softcap(ta, 3.5f, o); }},
+            {"sigmoid", [](CpuRun& c, TensorId x, TensorId) { return c.g.sigmoid(x); },
+             [&](const Tensor& o) { vk().sigmoid(ta, o); }},
+        };
+        for (const Case& c : cases) {
+            CpuRun cpu;
+            const TensorId x = cpu.input_f32(a, K, n), y = cpu.input_f32(b, K, n);
+            const auto want = cpu.run(c.cpu(cpu, x, y));
+            Tensor o = poisoned(TensorType::F32, {K, n}, "o");
+            c.gpu(o);
+            const double err = rel_error(vk().read_f32(o), want);
+            report(std::string(c.name) + " n=" + std::to_string(n), err);
+            EXPECT_LT(err, 1e-5) << c.name;
+        }
+    }
+}
+
+TEST_F(VulkanOps, NormalizeSumMatchesTheCpu) {
+    const int64_t k = 6, n = 37;
+    auto a = random_floats(static_cast<size_t>(k * n), 3, 0.01f, 1.0f);
+    std::fill(a.begin(), a.begin() + k, 0.0f);  // an all-zero row stays finite (zero)
+    CpuRun cpu;
+    const auto want = cpu.run(cpu.g.normalize_sum(cpu.input_f32(a, k, n)));
+    Tensor o = poisoned(TensorType::F32, {k, n}, "o");
+    vk().normalize_sum(f32(a, {k, n}, "a"), o);
+    const double err = rel_error(vk().read_f32(o), want);
+    report("normalize_sum", err);
+    EXPECT_LT(err, 1e-6);
+}
+
+TEST_F(VulkanOps, TopKAndGatherMatchTheCpu) {
+    struct Case {
+        int64_t n_expert;
+        int k, n_group, n_group_used;
+        bool bias;
+        const char* name;
+    };
+    for (const Case c : {Case{4, 2, 1, 1, false, "4 experts top-2"}, Case{64, 6, 1, 1, true, "64 top-6 biased"},
+                         Case{256, 8, 8, 4, true, "256 top-8, 4 of 8 groups"}, Case{32, 4, 4, 2, false, "32 top-4, 2 of 4 groups"}}) {
+        for (int64_t n : {1, 9, 64}) {
+            const auto s = random_floats(static_cast<size_t>(c.n_expert * n), 10 + static_cast<uint32_t>(n), -3, 3);
+            const auto b = random_floats(static_cast<size_t>(c.n_expert), 11, -0.5f, 0.5f);
+            kiln::graph::TopKParams tp;
+            tp.k = c.k;
+            tp.n_group = c.n_group;
+            tp.n_group_used = c.n_group_used;
+            CpuRun cpu;
+            const TensorId sc = cpu.input_f32(s, c.n_expert, n);
+            const TensorId bi = c.bias ? cpu.g.weight("bias", TensorType::F32, b.data(), c.n_expert, 1) : kiln::graph::kNone;
+            const auto want = as_i32(cpu.run(cpu.g.top_k(sc, bi, tp)));
+            CpuRun cpu_gather;
+            const auto want_g = cpu_gather.run(
+                cpu_gather.g.gather(cpu_gather.input_f32(s, c.n_expert, n), cpu_gather.input_i32(want, c.k, n)));
+
+            Tensor ts = f32(s, {c.n_expert, n}, "scores"), tb = f32(b, {c.n_expert}, "bias");
+            Tensor ids = poisoned(TensorType::I32, {c.k, n}, "ids");
+            kiln::vk::TopKParams vp;
+            vp.k = c.k;
+            vp.n_group = c.n_group;
+            vp.n_group_used = c.n_group_used;
+            vk().top_k(ts, c.bias ? &tb : nullptr, ids, vp);
+            Tensor g = poisoned(TensorType::F32, {c.k, n}, "gathered");
+            vk().gather(ts, ids, g);
+            std::vector<int32_t> got(want.size());
+            vk().read(ids, got.data(), ids.bytes());
+            EXPECT_EQ(got, want) << c.name << " n=" << n;
+            const double err = rel_error(vk().read_f32(g), want_g);
+            report(std::string("top_k + gather ") + c.name + " n=" + std::to_string(n), err);
+            EXPECT_EQ(err, 0.0) << c.name;
+        }
+    }
+}
+
+// ---- MoE and per-head matmuls ----------------------------------------------------------------
+
+TEST_F(VulkanOps, MoeMatmulReadsTheChosenExpertsLikeTheCpu) {
+    const int64_t K = 256, R = 48, G = 8, S = 3;
+    for (TensorType type : {TensorType::F32, TensorType::F16, TensorType::Q8_0, TensorType::Q4_K, TensorType::MXFP4}) {
+        const auto wf = random_floats(static_cast<size_t>(K * R * G), 20);
+        std::vector<uint8_t> wbytes;
+        if (type == TensorType::F32) {
+            wbytes.assign(reinterpret_cast<const uint8_t*>(wf.data()), reinterpret_cast<const uint8_t*>(wf.data() + wf.size()));
+        } else {
+            wbytes = quantized(type, wf, K);
+        }
+        const auto bias = random_floats(static_cast<size_t>(R * G), 21);
+        Tensor tw = vk().tensor(type, {K, R, G}, "experts");
+        vk().upload(tw, wbytes.data(), wbytes.size());
+        Tensor tbias = f32(bias, {R, G}, "bias");
+        for (int64_t n : {1, 5, 33}) {
+            for (const bool per_slot : {false, true}) {
+                for (const bool with_bias : {false, true}) {
+                    const int64_t xk = per_slot ? S * K : K;
+                    const auto x = random_floats(static_cast<size_t>(xk * n), 22 + static_cast<uint32_t>(n), -2, 2);
+                    std::vector<int32_t> ids(static_cast<size_t>(S * n));
+                    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 5 + i / 3) % G);
+                    CpuRun cpu;
+                    const TensorId w = cpu.g.weight3("experts", type, wbytes.data(), K, R, G);
+                    const TensorId b = with_bias ? cpu.g.weight("bias", TensorType::F32, bias.data(), R, G) : kiln::graph::kNone;
+                    const auto want = cpu.run(cpu.g.moe_matmul(w, cpu.input_f32(x, xk, n), cpu.input_i32(ids, S, n), b));
+
+                    Tensor y = poisoned(TensorType::F32, {S * R, n}, "y");
+                    Tensor tids = i32(ids, {S, n}, "ids");
+                    vk().moe_matmul(tw, f32(x, {xk, n}, "x"), &tids, with_bias ? &tbias : nullptr, y);
+                    const double err = rel_error(vk().read_f32(y), want);
+                    const std::string what = std::string("moe_matmul ") + kiln::type_name(type) + " n=" + std::to_string(n) +
+                                             (per_slot ? " x per slot" : " x shared") + (with_bias ? " +bias" : "");
+                    if (n == 5) report(what, err);
+                    // Quantized: the CPU may quantize x to 8 bits in its dot products.
+                    EXPECT_LT(err, type == TensorType::F32 || type == TensorType::F16 ? 1e-5 : 2e-2) << what;
+                }
+            }
+        }
+    }
+}
+
+TEST_F(VulkanOps, HeadMatmulIsOneMatrixPerHead) {
+    // MLA's absorbed projections: a [192, 512, H] F16 stack and a Q8_0 view with a row stride.
+    const int64_t K = 192, R = 512, H = 4;
+    const auto wf = random_floats(static_cast<size_t>(K * R * H), 30);
+    std::vector<uint16_t> wh(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) wh[i] = kiln::fp32_to_fp16(wf[i]);
+    Tensor tw = vk().tensor(TensorType::F16, {K, R, H}, "k_b");
+    vk().upload(tw, wh.data(), wh.size() * 2);
+    for (int64_t n : {1, 6}) {
+        const auto x = random_floats(static_cast<size_t>(K * H * n), 31, -2, 2);
+        CpuRun cpu;
+        const auto want = cpu.run(cpu.g.head_matmul(cpu.g.weight3("k_b", TensorType::F16, wh.data(), K, R, H), cpu.input_f32(x, K * H, n)));
+        Tensor y = poisoned(TensorType::F32, {R * H, n}, "y");
+        vk().moe_matmul(tw, f32(x, {K * H, n}, "x"), nullptr, nullptr, y);
+        const double err = rel_error(vk().read_f32(y), want);
+        report("head_matmul f16 [192, 512, 4] n=" + std::to_string(n), err);
+        EXPECT_LT(err, 1e-5);
+    }
+}
+
+TEST_F(VulkanOps, MoeCombineSliceAndConcatHeadsMatchTheCpu) {
+    const int64_t E = 96, S = 4, n = 11;
+    const auto y = random_floats(static_cast<size_t>(S * E * n), 40), w = random_floats(static_cast<size_t>(S * n), 41, 0.01f, 1);
+    {
+        CpuRun cpu;
+        const auto want = cpu.run(cpu.g.moe_combine(cpu.input_f32(y, S * E, n), cpu.input_f32(w, S, n)));
+        Tensor o = poisoned(TensorType::F32, {E, n}, "o");
+        vk().moe_combine(f32(y, {S * E, n}, "y"), f32(w, {S, n}, "w"), o);
+        const double err = rel_error(vk().read_f32(o), want);
+        report("moe_combine", err);
+        EXPECT_LT(err, 1e-6);
+    }
+    const int H = 5, hd = 24;
+    const auto x = random_floats(static_cast<size_t>(H * hd * n), 42);
+    for (auto [first, count] : {std::pair{0, 16}, std::pair{16, 8}, std::pair{3, 21}}) {
+        CpuRun cpu;
+        const auto want = cpu.run(cpu.g.slice_heads(cpu.input_f32(x, H * hd, n), H, hd, first, count));
+        Tensor o = poisoned(TensorType::F32, {static_cast<int64_t>(H) * count, n}, "o");
+        vk().slice_heads(f32(x, {H * hd, n}, "x"), o, H, hd, first, count);
+        const double err = rel_error(vk().read_f32(o), want);
+        report("slice_heads [" + std::to_string(first) + ", +" + std::to_string(count) + ")", err);
+        EXPECT_EQ(err, 0.0);
+    }
+    const auto b = random_floats(static_cast<size_t>(H * 8 * n), 43);
+    CpuRun cpu;
+    const auto want = cpu.run(cpu.g.concat_heads(cpu.input_f32(x, H * hd, n), cpu.input_f32(b, H * 8, n), H));
+    Tensor o = poisoned(TensorType::F32, {H * (hd + 8), n}, "o");
+    vk().concat_heads(f32(x, {H * hd, n}, "a"), f32(b, {H * 8, n}, "b"), o, H);
+    const double err = rel_error(vk().read_f32(o), want);
+    report("concat_heads", err);
+    EXPECT_EQ(err, 0.0);
+}
+
+// ---- YaRN rope -----------------------------------------------------------------------------
+
+TEST_F(VulkanOps, RopeYarnMatchesTheCpu) {
+    struct Case {
+        kiln::graph::RopeMode mode;
+        int head_dim, n_dims;
+        float base, scale, attn_factor;
+        int n_ctx_orig;
+        const char* name;
+    };
+    for (const Case c : {Case{kiln::graph::RopeMode::Neox, 64, 64, 150000.0f, 1.0f / 32, 1.3466f, 4096, "neox yarn x32 (gpt-oss)"},
+                         Case{kiln::graph::RopeMode::Normal, 64, 64, 10000.0f, 1.0f / 40, 1.0f, 4096, "normal yarn x40 (deepseek2)"}}) {
+        const int n_head = 3;
+        for (int64_t n : {1, 17}) {
+            const auto x = random_floats(static_cast<size_t>(c.head_dim * n_head * n), 50, -2, 2);
+            std::vector<int32_t> pos(static_cast<size_t>(n));
+            for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<int32_t>(i * 97 + 3);  // up to ~1.5K
+            kiln::graph::RopeParams rp;
+            rp.mode = c.mode;
+            rp.n_head = n_head;
+            rp.head_dim = c.head_dim;
+            rp.n_dims = c.n_dims;
+            rp.freq_base = c.base;
+            rp.freq_scale = c.scale;
+            rp.ext_factor = 1.0f;
+            rp.attn_factor = c.attn_factor;
+            rp.n_ctx_orig = c.n_ctx_orig;
+            CpuRun cpu;
+            const auto want = cpu.run(cpu.g.rope(cpu.input_f32(x, c.head_dim * n_head, n), cpu.input_i32(pos, n, 1), rp));
+
+            kiln::vk::RopeParams vp;
+            vp.neox = c.mode == kiln::graph::RopeMode::Neox;
+            vp.n_dims = c.n_dims;
+            vp.freq_base = c.base;
+            vp.freq_scale = c.scale;
+            vp.ext_factor = 1.0f;
+            float corr[2];
+            kiln::graph::rope_yarn_corr_dims(rp, corr);
+            vp.corr_lo = corr[0];
+            vp.corr_hi = corr[1];
+            vp.mscale = c.attn_factor;
+            Tensor o = poisoned(TensorType::F32, {c.head_dim, n_head, n}, "o");
+            vk().rope(f32(x, {c.head_dim, n_head, n}, "x"), i32(pos, {n}, "pos"), o, vp);
+            const double err = rel_error(vk().read_f32(o), want);
+            report(std::string("rope ") + c.name + " n=" + std::to_string(n), err);
+            EXPECT_LT(err, 1e-4) << c.name;
+        }
+    }
+}
+
+// ---- KV ring, soft-capping, sinks, MLA ----------------------------------------------------------
+
+namespace {
+
+struct AttnCase {
+    int n_head, n_head_kv, dk, dv;
+    int window = 0;
+    int64_t slots = 0;  // 0: a full cache of n_ctx
+    float softcap = 0.0f;
+    bool sinks = false;
+    bool mla = false;
+    const char* name = "";
+};
+
+}  // namespace
+
+// Two batches (a prefix, then n tokens) stored and attended on the CPU backend and on Vulkan:
+// kv_write (the ring where the layer is one) + attention, against store_kv + attention.
+class VulkanAttentionOps : public VulkanOps {
+protected:
+    double run_case(const AttnCase& c, int64_t prefix, int64_t n) {
+        const int64_t n_ctx = prefix + n + 3;
+        kiln::graph::AttentionParams ap;
+        ap.n_head = c.n_head;
+        ap.n_head_kv = c.n_head_kv;
+        ap.head_dim_k = c.dk;
+        ap.head_dim_v = c.dv;
+        ap.scale = 1.0f / std::sqrt(static_cast<float>(c.dk));
+        ap.window = c.window;
+        ap.softcap = c.softcap;
+        ap.v_in_k = c.mla;
+        kiln::backend::KvLayout layout;
+        layout.n_ctx = n_ctx;
+        kiln::backend::KvLayerShape ls;
+        ls.n_head_kv = c.n_head_kv;
+        ls.head_dim_k = c.dk;
+        ls.head_dim_v = c.dv;
+        ls.v_in_k = c.mla;
+        ls.n_slots = c.slots;
+        layout.layers.push_back(ls);
+        const int64_t slots = layout.slots(0);
+        const bool ring = layout.is_ring(0);
+
+        auto cpu_be = kiln::backend::make_cpu_backend(1);
+        auto cpu_kv = cpu_be->alloc_kv(layout);
+        Tensor kc = poisoned(TensorType::F16, {c.dk, c.n_head_kv, slots}, "k_cache");
+        Tensor vc = c.mla ? kc : poisoned(TensorType::F16, {c.dv, c.n_head_kv, slots}, "v_cache");
+        const auto sinks = random_floats(static_cast<size_t>(c.n_head), 60, -2, 2);
+        Tensor tsinks = f32(sinks, {c.n_head}, "sinks");
+        std::vector<float> want;
+        Tensor out;
+        int64_t base = 0;
+        // The prefix in batches of at most 8 (what a ring sized for batches of 8 takes), then n.
+        std::vector<int64_t> batches;
+        for (int64_t done = 0; done < prefix; done += 8) batches.push_back(std::min<int64_t>(8, prefix - done));
+        batches.push_back(n);
+        for (const int64_t m : batches) {
+            const auto k = random_floats(static_cast<size_t>(c.n_head_kv * c.dk * m), 61 + static_cast<uint32_t>(base), -2, 2);
+            const auto v = random_floats(static_cast<size_t>(c.n_head_kv * c.dv * m), 62 + static_cast<uint32_t>(base), -2, 2);
+            const auto q = random_floats(static_cast<size_t>(c.n_head * c.dk * m), 63 + static_cast<uint32_t>(base), -1, 1);
+            CpuRun cpu;
+            const TensorId tk = cpu.input_f32(k, c.n_head_kv * c.dk, m);
+            const TensorId tv = c.mla ? kiln::graph::kNone : cpu.input_f32(v, c.n_head_kv * c.dv, m);
+            cpu.g.store_kv(tk, tv, ap);
+            const TensorId ts = c.sinks ? cpu.g.weight("sinks", TensorType::F32, sinks.data(), c.n_head, 1) : kiln::graph::kNone;
+            want = cpu.run(cpu.g.attention(cpu.input_f32(q, c.n_head * c.dk, m), ap, ts), cpu_be.get(), cpu_kv.get(), base);
+
+            vk().kv_write(f32(k, {c.dk, c.n_head_kv, m}, "k"), kc, static_cast<uint32_t>(base), ring);
+            if (!c.mla) vk().kv_write(f32(v, {c.dv, c.n_head_kv, m}, "v"), vc, static_cast<uint32_t>(base), ring);
+            kiln::vk::AttentionParams p;
+            p.pos0 = static_cast<uint32_t>(base);
+            p.n_kv = static_cast<uint32_t>(base + m);
+            p.scale = ap.scale;
+            p.window = static_cast<uint32_t>(c.window);
+            p.softcap = c.softcap;
+            p.ring = ring;
+            p.v_in_k = c.mla;
+            p.dv = static_cast<uint32_t>(c.dv);
+            out = poisoned(TensorType::F32, {c.dv, c.n_head, m}, "out");
+            vk().attention(f32(q, {c.dk, c.n_head, m}, "q"), kc, vc, out, p, c.sinks ? &tsinks : nullptr);
+            base += m;
+        }
+        return rel_error(vk().read_f32(out), want);
+    }
+};
+
+TEST_F(VulkanAttentionOps, SlidingWindowRingSoftcapAndSinksMatchTheCpu) {
+    // gemma3: window 16 in a ring of 16 + 8 - 1 slots (batches of up to 8), soft-capped scores;
+    // gpt-oss: window 8 with sinks; a full cache with sinks; GQA throughout.
+    const std::vector<AttnCase> cases = {
+        {4, 1, 64, 64, 16, 23, 0.0f, false, false, "gemma3 ring 23, window 16"},
+        {4, 1, 64, 64, 16, 23, 50.0f, false, false, "ring + softcap 50"},
+        {8, 2, 64, 64, 0, 0, 2.0f, false, false, "full, softcap 2 (saturating)"},
+        {4, 2, 32, 32, 8, 15, 0.0f, true, false, "gpt-oss ring 15, window 8, sinks"},
+        {4, 2, 32, 32, 0, 0, 0.0f, true, false, "full + sinks"},
+    };
+    for (const AttnCase& c : cases)
+        for (auto [prefix, n] : {std::pair<int64_t, int64_t>{40, 1}, {45, 7}, {3, 8}}) {
+            if (c.slots && c.window + n - 1 > c.slots) continue;
+            const double err = run_case(c, prefix, n);
+            report(std::string(c.name) + " at " + std::to_string(prefix) + " n=" + std::to_string(n), err);
+            EXPECT_LT(err, 1e-4) << c.name << " prefix " << prefix << " n " << n;
+        }
+}
+
+TEST_F(VulkanAttentionOps, MlaTwentyQueryHeadsOnOneKvHeadK576V512) {
+    // GLM-4.7-Flash's absorbed attention: 20 query heads share one cache row of 576 halves (512
+    // latent + 64 rope) whose first 512 are the value.
+    const AttnCase c{20, 1, 576, 512, 0, 0, 0.0f, false, true, "mla 20:1 K576 V512"};
+    for (auto [prefix, n] : {std::pair<int64_t, int64_t>{70, 1}, {66, 5}}) {
+        const double err = run_case(c, prefix, n);
+        report(std::string(c.name) + " at " + std::to_string(prefix) + " n=" + std::to_string(n), err);
+        EXPECT_LT(err, 1e-4) << "prefix " << prefix << " n " << n;
+    }
+}
+
+TEST_F(VulkanOps, RingKvWriteWrapsAndRefusesMoreThanItHolds) {
+    const int64_t hd = 8, slots = 5;
+    const auto src = random_floats(static_cast<size_t>(hd * 4), 70);
+    Tensor cache = poisoned(TensorType::F16, {hd, 1, slots}, "ring");
+    vk().kv_write(f32(src, {hd, 1, 4}, "k"), cache, 13, /*ring=*/true);  // positions 13..16 -> rows 3, 4, 0, 1
+    std::vector<uint16_t> got(static_cast<size_t>(hd * slots));
+    vk().read(cache, got.data(), cache.bytes());
+    for (int64_t t = 0; t < 4; ++t)
+        for (int64_t e = 0; e < hd; ++e)
+            EXPECT_EQ(got[static_cast<size_t>(((13 + t) % slots) * hd + e)], kiln::fp32_to_fp16(src[static_cast<size_t>(t * hd + e)]));
+    for (int64_t e = 0; e < hd; ++e) EXPECT_EQ(got[static_cast<size_t>(2 * hd + e)], e % 2 ? (kPoison >> 16) : (kPoison & 0xffff));
+    const auto six = random_floats(static_cast<size_t>(hd * 6), 71);
+    EXPECT_THROW(vk().kv_write(f32(six, {hd, 1, 6}, "k6"), cache, 0, true), kiln::Error);
+    EXPECT_THROW(vk().kv_write(f32(src, {hd, 1, 4}, "k"), cache, 13, false), kiln::Error);
+}
+
+TEST_F(VulkanOps, QuantizeXRoundsEachGroupToEightBitCodes) {
+    // The activation rounding of the integer dot products: d = amax / 127, codes rounded to
+    // nearest even; a zero group stays zero.
+    for (int group : {32, 256}) {
+        const int64_t K = 512, n = 3;
+        auto x = random_floats(static_cast<size_t>(K * n), 80, -5, 5);
+        std::fill(x.begin(), x.begin() + group, 0.0f);
+        x[static_cast<size_t>(group) + 7] = 0.0f;
+        std::vector<float> want(x.size());
+        for (size_t b = 0; b < x.size(); b += static_cast<size_t>(group)) {
+            float amax = 0;
+            for (int i = 0; i < group; ++i) amax = std::max(amax, std::fabs(x[b + static_cast<size_t>(i)]));
+            const float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            for (int i = 0; i < group; ++i)
+                want[b + static_cast<size_t>(i)] = std::nearbyint(x[b + static_cast<size_t>(i)] * id) * d;
+        }
+        Tensor o = poisoned(TensorType::F32, {K, n}, "o");
+        vk().quantize_x(f32(x, {K, n}, "x"), o, group);
+        const double err = rel_error(vk().read_f32(o), want);
+        report("quantize_x group " + std::to_string(group), err);
+        EXPECT_LT(err, 1e-6);
+    }
+    EXPECT_EQ(kiln::vk::Backend::activation_group(TensorType::F16), 0);
+    EXPECT_EQ(kiln::vk::Backend::activation_group(TensorType::Q8_0), 32);
+    EXPECT_EQ(kiln::vk::Backend::activation_group(TensorType::Q4_K), 256);
+}
