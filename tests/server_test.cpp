@@ -541,4 +541,145 @@ TEST_F(ServerTest, OpenAIChatCompletions) {
     EXPECT_TRUE(json::parse(e2->body)["error"]["message"].is_string());
 }
 
+
+// ---- rejected keys and `kiln claude` -------------------------------------------------------------
+
+std::string read_file(const std::string& path) {
+    std::ifstream f(path);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+size_t count_lines_with(const std::string& text, const std::vector<std::string>& needles) {
+    size_t n = 0, pos = 0;
+    while (pos < text.size()) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        const std::string line = text.substr(pos, end - pos);
+        bool all = true;
+        for (const auto& s : needles) all = all && line.find(s) != std::string::npos;
+        n += all;
+        pos = end + 1;
+    }
+    return n;
+}
+
+TEST_F(ServerTest, RejectedKeyLoggedOncePerKeyWithFingerprint) {
+    const std::string key = "rejected-key-0123456789-abcdefg";  // 31 characters
+    for (int i = 0; i < 3; ++i) expect_anthropic_error(post("/v1/messages", simple_request(false), key), 401, "authentication_error");
+    httplib::Client c("127.0.0.1", port_);
+    c.set_default_headers({{"Authorization", "Bearer another-rejected-key"}});  // 20 characters
+    for (int i = 0; i < 2; ++i) {
+        auto r = c.Post("/v1/chat/completions", "{}", "application/json");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->status, 401);
+    }
+    const std::string log = read_file(log_path_);
+    EXPECT_EQ(log.find(key), std::string::npos) << "the key itself must never be logged";
+    EXPECT_EQ(log.find("another-rejected-key"), std::string::npos);
+    EXPECT_EQ(count_lines_with(log, {"401 for POST /v1/messages", "x-api-key", "31 characters", "does not match", "fingerprint"}), 1u) << log;
+    EXPECT_EQ(count_lines_with(log, {"401 for POST /v1/chat/completions", "Authorization: Bearer", "20 characters", "does not match"}), 1u) << log;
+}
+
+// A stand-in `claude` on PATH: prints its environment and arguments, asks the server through the
+// environment it was given, exits 7.
+std::filesystem::path fake_claude_dir() {
+    const auto dir = kiln::test::temp_path("fake-claude-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    std::ofstream f(dir / "claude");
+    f << "#!/bin/sh\n"
+         "env | grep -E '^(ANTHROPIC|CLAUDE)_' | sort\n"
+         "echo \"ARGS: $*\"\n"
+         "curl -s -H \"Authorization: Bearer $ANTHROPIC_AUTH_TOKEN\" -H 'content-type: application/json' \"$ANTHROPIC_BASE_URL/v1/messages\" "
+         "-d \"{\\\"model\\\":\\\"$ANTHROPIC_MODEL\\\",\\\"max_tokens\\\":3,\\\"messages\\\":[{\\\"role\\\":\\\"user\\\",\\\"content\\\":\\\"hi\\\"}]}\"\n"
+         "echo\n"
+         "exit 7\n";
+    f.close();
+    std::filesystem::permissions(dir / "claude", std::filesystem::perms::owner_all);
+    return dir;
+}
+
+// Runs `kiln claude ARGS` with PATH=path_prefix:$PATH (or PATH=path_prefix when replace).
+kiln::test::RunResult run_kiln_claude(const std::string& path, bool replace, const std::vector<std::string>& args) {
+    using kiln::test::shell_quote;
+    const std::string err = kiln::test::temp_path("claude-" + std::to_string(::getpid()) + ".err").string();
+    std::string cmd = "PATH=" + shell_quote(path) + (replace ? "" : ":\"$PATH\"") + " ANTHROPIC_API_KEY=users-real-key " + shell_quote(kiln_binary()) + " claude";
+    for (const auto& a : args) {
+        cmd += ' ';
+        cmd += shell_quote(a);
+    }
+    cmd += " 2>" + shell_quote(err) + " </dev/null";
+    kiln::test::RunResult r;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    const int status = ::pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.err = read_file(err);
+    return r;
+}
+
+bool have_curl() { return std::system("command -v curl >/dev/null 2>&1") == 0; }
+
+TEST_F(ServerTest, KilnClaudeReusesRunningServer) {
+    if (!have_curl()) GTEST_SKIP() << "*** SKIPPED: curl is not installed (the fake claude uses it) ***";
+    const auto dir = fake_claude_dir();
+    auto r = run_kiln_claude(dir.string(), false, {"--port", std::to_string(port_), "--api-key", kKey, "--", "-p", "hello there"});
+    EXPECT_EQ(r.code, 7) << r.err;
+    EXPECT_NE(r.err.find("reusing the server"), std::string::npos) << r.err;
+    EXPECT_NE(r.out.find("ANTHROPIC_BASE_URL=http://127.0.0.1:" + std::to_string(port_) + "\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(std::string("ANTHROPIC_AUTH_TOKEN=") + kKey + "\n"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("ANTHROPIC_API_KEY"), std::string::npos) << "the user's key must not reach the local server";
+    EXPECT_NE(r.out.find("CLAUDE_CODE_AUTO_COMPACT_WINDOW=1024\n"), std::string::npos) << r.out;  // the running server's context
+    EXPECT_NE(r.out.find("ARGS: -p hello there"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\"type\":\"message\""), std::string::npos) << r.out;
+    // The server it did not start is still there.
+    auto h = client().Get("/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 200);
+
+    // Without the running server's key: a clear error, claude is not started.
+    auto nokey = run_kiln_claude(dir.string(), false, {"--port", std::to_string(port_)});
+    EXPECT_EQ(nokey.code, 1);
+    EXPECT_NE(nokey.err.find("--api-key"), std::string::npos) << nokey.err;
+    EXPECT_EQ(nokey.out.find("ARGS:"), std::string::npos) << nokey.out;
+}
+
+TEST(ServerClaudeCommand, StartsServerRunsClaudeStopsServer) {
+    KILN_REQUIRE_SHARED("models");
+    if (!std::filesystem::exists(shared_dir() / kModel)) GTEST_SKIP() << kModel << " is absent";
+    if (!have_curl()) GTEST_SKIP() << "*** SKIPPED: curl is not installed (the fake claude uses it) ***";
+    const auto dir = fake_claude_dir();
+    const int port = free_port();
+    const std::string log = kiln::test::temp_path("kiln-claude-" + std::to_string(::getpid()) + ".log").string();
+    auto r = run_kiln_claude(dir.string(), false,
+                             {"-m", (shared_dir() / kModel).string(), "-c", "512", "--port", std::to_string(port), "-t", "1", "--log", log, "--",
+                              "-p", "x y"});
+    EXPECT_EQ(r.code, 7) << r.err;  // claude's exit code
+    EXPECT_NE(r.err.find("starting kiln serve"), std::string::npos) << r.err;
+    for (const std::string& line : {"ANTHROPIC_BASE_URL=http://127.0.0.1:" + std::to_string(port), std::string("ANTHROPIC_MODEL=qwen3"),
+                                   std::string("ANTHROPIC_SMALL_FAST_MODEL=qwen3"), std::string("CLAUDE_CODE_ATTRIBUTION_HEADER=0"),
+                                   std::string("CLAUDE_CODE_TOTAL_TOKENS_REMINDER=off"), std::string("CLAUDE_CODE_AUTO_COMPACT_WINDOW=512"),
+                                   std::string("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1"), std::string("ANTHROPIC_AUTH_TOKEN=kiln-")})
+        EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out;
+    EXPECT_EQ(r.out.find("ANTHROPIC_API_KEY"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("ARGS: -p x y"), std::string::npos) << r.out;
+    // The server answered the request made with the token it was given.
+    EXPECT_NE(r.out.find("\"type\":\"message\""), std::string::npos) << r.out;
+    const std::string slog = read_file(log);
+    EXPECT_NE(slog.find("API key required"), std::string::npos) << slog;
+    EXPECT_NE(slog.find("kiln serve: stopped"), std::string::npos) << slog;
+    // And it is gone.
+    httplib::Client c("127.0.0.1", port);
+    c.set_connection_timeout(1);
+    EXPECT_FALSE(c.Get("/health"));
+}
+
+TEST(ServerClaudeCommand, WithoutClaudeSaysHowToInstall) {
+    auto r = run_kiln_claude("/nonexistent-dir", true, {"-m", "whatever.gguf"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.err.find("npm install -g @anthropic-ai/claude-code"), std::string::npos) << r.err;
+}
+
 }  // namespace

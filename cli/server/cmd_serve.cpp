@@ -45,6 +45,13 @@ bool const_time_equal(const std::string& a, const std::string& b) {
     return diff == 0;
 }
 
+// A short fingerprint of a key for logs (FNV-1a, 32 bits): tells keys apart, never reveals one.
+std::string key_fingerprint(const std::string& key) {
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
+    return fmt::format("{:08x}", static_cast<uint32_t>(h ^ (h >> 32)));
+}
+
 bool is_openai_path(const std::string& path) { return path.rfind("/v1/chat/", 0) == 0 || path.rfind("/v1/completions", 0) == 0; }
 
 std::string openai_error_type(const ApiError& e) {
@@ -144,12 +151,14 @@ public:
             if (api_key_.empty() || req.path == "/health" || (req.method == "HEAD" && req.path == "/"))
                 return httplib::Server::HandlerResponse::Unhandled;
             std::string key = req.get_header_value("x-api-key");
+            const char* from = "x-api-key";
             if (key.empty()) {
                 const std::string auth = req.get_header_value("Authorization");
                 if (auth.rfind("Bearer ", 0) == 0) key = auth.substr(7);
+                from = "Authorization: Bearer";
             }
             if (const_time_equal(key, api_key_)) return httplib::Server::HandlerResponse::Unhandled;
-            log_rejected(key, req);
+            log_rejected(key, from, req);
             send_error(res, ApiError(401, "authentication_error", key.empty() ? "missing API key (x-api-key or Authorization: Bearer)" : "invalid API key"),
                        is_openai_path(req.path));
             return httplib::Server::HandlerResponse::Handled;
@@ -178,7 +187,9 @@ public:
         });
 
         svr.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content("kiln serve: ok\n", "text/plain"); });
-        svr.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content(R"({"status":"ok"})", "application/json"); });
+        svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+            res.set_content(json{{"status", "ok"}, {"model", model_name_}, {"n_ctx", e_.n_ctx()}}.dump(), "application/json");
+        });
         svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
             json m{{"id", model_name_}, {"object", "model"}, {"type", "model"}, {"created", 0}, {"owned_by", "kiln"}, {"display_name", model_name_}};
             res.set_content(json{{"object", "list"}, {"data", json::array({m})}, {"has_more", false}}.dump(), "application/json");
@@ -213,12 +224,21 @@ private:
         }
     }
 
-    void log_rejected(const std::string& key, const httplib::Request& req) {
+    // Claude Code retries a 401 for minutes: say once per distinct key, clearly, why it is refused.
+    // The key itself is never logged, only a fingerprint to tell keys apart and compare.
+    void log_rejected(const std::string& key, const char* from, const httplib::Request& req) {
         std::lock_guard lk(log_mu_);
-        const std::string shown = key.empty() ? "(none)" : key.size() <= 8 ? std::string(key.size(), '*') : key.substr(0, 4) + "..." + key.substr(key.size() - 2);
-        if (rejected_.size() < 1000 && rejected_.insert(key).second)
-            fmt::print(stderr, "kiln serve: rejected API key {} from {} on {} {} (further uses of this key are not logged)\n", shown,
-                       req.remote_addr, req.method, req.path);
+        if (rejected_.size() >= 1000 || !rejected_.insert(key).second) return;
+        if (key.empty())
+            fmt::print(stderr,
+                       "kiln serve: 401 for {} {} from {}: no API key was sent (the server requires x-api-key or Authorization: "
+                       "Bearer; key fingerprint {}). Requests without a key are not logged again.\n",
+                       req.method, req.path, req.remote_addr, key_fingerprint(api_key_));
+        else
+            fmt::print(stderr,
+                       "kiln serve: 401 for {} {} from {}: the API key sent in {} (fingerprint {}, {} characters) does not match "
+                       "--api-key (fingerprint {}). Further requests with this key are not logged.\n",
+                       req.method, req.path, req.remote_addr, from, key_fingerprint(key), key.size(), key_fingerprint(api_key_));
     }
 
     // Prepares the request up to the token ids: the errors a client should get before any stream.
@@ -596,7 +616,7 @@ int run_serve(const std::vector<std::string>& argv) {
     server.install(svr);
     if (!svr.bind_to_port(host, port)) throw Error(fmt::format("kiln serve: cannot listen on {}:{}", host, port));
     fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens{})\n", alias, host, port, engine.n_parallel(), engine.n_ctx(),
-               api_key.empty() ? "" : ", API key required");
+               api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
     g_server = &svr;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
