@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support/run.h"
+#include "support/serve.h"
 #include "support/shared.h"
 
 namespace {
@@ -24,23 +25,12 @@ namespace {
 using json = nlohmann::json;
 using kiln::test::kiln_binary;
 using kiln::test::shared_dir;
+using kiln::test::free_port;
+using kiln::test::parse_sse;
+using kiln::test::check_anthropic_stream;
 
 constexpr const char* kModel = "models/qwen3-vocab-tiny.f16.gguf";
 constexpr const char* kKey = "test-key-123";
-
-int free_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    const int port = ntohs(a.sin_port);
-    ::close(fd);
-    return port;
-}
 
 // One server for the whole suite; killed when the suite ends.
 class ServerTest : public ::testing::Test {
@@ -125,68 +115,6 @@ void expect_anthropic_error(const httplib::Result& r, int status, const std::str
     EXPECT_FALSE(j["error"].value("message", "").empty());
 }
 
-struct SseEvent {
-    std::string event;
-    json data;
-};
-
-// Strict SSE parse: every event has an `event:` line and one `data:` line of JSON.
-std::vector<SseEvent> parse_sse(const std::string& body) {
-    std::vector<SseEvent> out;
-    size_t pos = 0;
-    while (pos < body.size()) {
-        size_t end = body.find("\n\n", pos);
-        EXPECT_NE(end, std::string::npos) << "unterminated SSE event";
-        if (end == std::string::npos) break;
-        const std::string ev = body.substr(pos, end - pos);
-        pos = end + 2;
-        const size_t nl = ev.find('\n');
-        EXPECT_NE(nl, std::string::npos) << ev;
-        if (nl == std::string::npos) continue;
-        EXPECT_EQ(ev.rfind("event: ", 0), 0u) << ev;
-        EXPECT_EQ(ev.compare(nl + 1, 6, "data: "), 0) << ev;
-        SseEvent e{ev.substr(7, nl - 7), json::parse(ev.substr(nl + 7), nullptr, false)};
-        EXPECT_FALSE(e.data.is_discarded()) << ev;
-        EXPECT_EQ(e.data.value("type", ""), e.event) << ev;
-        out.push_back(std::move(e));
-    }
-    return out;
-}
-
-// Checks the Anthropic event grammar; returns message_delta's data.
-json check_anthropic_stream(const std::vector<SseEvent>& evs) {
-    EXPECT_GE(evs.size(), 4u);
-    if (evs.size() < 4) return {};
-    EXPECT_EQ(evs.front().event, "message_start");
-    EXPECT_EQ(evs.back().event, "message_stop");
-    json delta;
-    int open = -1, next_index = 0;
-    bool seen_delta = false;
-    for (size_t i = 1; i + 1 < evs.size(); ++i) {
-        const auto& e = evs[i];
-        if (e.event == "ping") continue;
-        EXPECT_FALSE(seen_delta) << "event after message_delta: " << e.event;
-        if (e.event == "content_block_start") {
-            EXPECT_EQ(open, -1);
-            EXPECT_EQ(e.data["index"].get<int>(), next_index);
-            open = next_index++;
-        } else if (e.event == "content_block_delta") {
-            EXPECT_EQ(e.data["index"].get<int>(), open);
-        } else if (e.event == "content_block_stop") {
-            EXPECT_EQ(e.data["index"].get<int>(), open);
-            open = -1;
-        } else if (e.event == "message_delta") {
-            EXPECT_EQ(open, -1);
-            seen_delta = true;
-            delta = e.data;
-        } else {
-            ADD_FAILURE() << "unexpected event " << e.event;
-        }
-    }
-    EXPECT_TRUE(seen_delta);
-    EXPECT_GE(next_index, 1);
-    return delta;
-}
 
 // A server whose every answer is a scripted Qwen3 output with thinking and a tool call: the parser
 // events become thinking / text / tool_use blocks (Anthropic) and reasoning_content / tool_calls
