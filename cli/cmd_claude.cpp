@@ -108,12 +108,14 @@ int run_claude(const std::vector<std::string>& argv_all) {
     std::string model_path, host = "127.0.0.1", api_key, alias, log_path;
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0;
+    int64_t cache_mib = 0;
     Args args("claude", "-m MODEL [-c CTX] [--port P] [options] [-- claude arguments]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve (not needed when a server already runs on the port)");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", fmt::format("context size in tokens (default: {} or the model's, if smaller)", kDefaultClaudeCtx));
     args.option({"--host"}, &host, "ADDR", "address of the server (default 127.0.0.1)");
     args.option({"--port"}, &port, "N", "port (default 8080); a server already answering there is reused");
     args.option({"-np", "--parallel"}, &parallel, "N", "server slots (default 1)");
+    args.option({"--cache-mem"}, &cache_mib, "MIB", "KV memory for more cached prefixes (kiln serve --cache-mem; default 0)");
     args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
     args.option({"--api-key"}, &api_key, "KEY", "API key of the server (default: a random one for a server started here)");
     args.option({"--alias"}, &alias, "NAME", "model name given to Claude Code (default: the file's)");
@@ -149,6 +151,7 @@ int run_claude(const std::vector<std::string>& argv_all) {
         if (log_path.empty()) log_path = (fs::temp_directory_path() / fmt::format("kiln-claude-{}.log", port)).string();
         std::vector<std::string> sargs = {"kiln", "serve", "-m", model_path, "-c", std::to_string(n_ctx), "--host", host,
                                           "--port", std::to_string(port), "--parallel", std::to_string(parallel), "--api-key", api_key};
+        if (cache_mib > 0) sargs.insert(sargs.end(), {"--cache-mem", std::to_string(cache_mib)});
         if (threads > 0) sargs.insert(sargs.end(), {"-t", std::to_string(threads)});
         if (!alias.empty()) sargs.insert(sargs.end(), {"--alias", alias});
         const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

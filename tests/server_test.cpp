@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -608,6 +609,62 @@ TEST(ServerClaudeCommand, WithoutClaudeSaysHowToInstall) {
     auto r = run_kiln_claude("/nonexistent-dir", true, {"-m", "whatever.gguf"});
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.err.find("npm install -g @anthropic-ai/claude-code"), std::string::npos) << r.err;
+}
+
+
+// Several cached prefixes under --cache-mem: one generating slot, more contexts keeping prefixes,
+// the least recently used overwritten when the budget is full.
+class ServerPrefixCacheTest : public ::testing::Test {
+protected:
+    static inline std::unique_ptr<kiln::test::ServeProcess> server_;
+    static void SetUpTestSuite() {
+        if (!std::filesystem::exists(shared_dir() / kModel)) return;
+        server_ = std::make_unique<kiln::test::ServeProcess>();
+        // The tiny model's KV at 1024 tokens is ~0.1 MiB: 1 MiB holds 8 contexts.
+        server_->start((shared_dir() / kModel).string(), {"-c", "1024", "--parallel", "1", "--cache-mem", "1", "-t", "2"}, nullptr, "serve-cache");
+    }
+    static void TearDownTestSuite() { server_.reset(); }
+    void SetUp() override {
+        KILN_REQUIRE_SHARED("models");
+        if (!std::filesystem::exists(shared_dir() / kModel)) GTEST_SKIP() << kModel << " is absent";
+        ASSERT_TRUE(server_ && server_->pid > 0);
+    }
+    // A request with its own long system prompt; returns its usage.
+    json ask(int persona) {
+        std::string sys = std::to_string(persona * 7919) + " is your number.";
+        for (int i = 0; i < 60; ++i) sys += " persona " + std::to_string(persona) + " rule " + std::to_string(i) + ".";
+        json b = simple_request(false, 2);
+        b["system"] = sys;
+        httplib::Client c("127.0.0.1", server_->port);
+        c.set_read_timeout(120);
+        auto r = c.Post("/v1/messages", b.dump(), "application/json");
+        if (!r || r->status != 200) {
+            ADD_FAILURE() << (r ? r->body : std::string("no answer"));
+            return json{{"input_tokens", 0}, {"cache_read_input_tokens", 0}};
+        }
+        return json::parse(r->body)["usage"];
+    }
+};
+
+TEST_F(ServerPrefixCacheTest, SeveralPrefixesKeptLeastRecentlyUsedEvicted) {
+    const json a = ask(1);
+    const int64_t len = a["input_tokens"].get<int64_t>() + a["cache_read_input_tokens"].get<int64_t>();
+    ASSERT_GT(len, 300);
+    ask(2);
+    ask(3);
+    // A, then B, are still cached although other prompts came between.
+    EXPECT_GE(ask(1)["cache_read_input_tokens"].get<int64_t>(), len - 1);
+    EXPECT_GE(ask(2)["cache_read_input_tokens"].get<int64_t>(), len - 10);
+    // Eight more prompts fill the 8 contexts: persona 1, now the least recently used, is gone.
+    for (int p = 10; p < 18; ++p) EXPECT_LT(ask(p)["cache_read_input_tokens"].get<int64_t>(), 20);
+    EXPECT_LT(ask(1)["cache_read_input_tokens"].get<int64_t>(), 20);
+    // The most recent ones stay.
+    EXPECT_GE(ask(17)["cache_read_input_tokens"].get<int64_t>(), len - 10);
+    httplib::Client c("127.0.0.1", server_->port);
+    auto m = c.Get("/metrics");
+    ASSERT_TRUE(m);
+    EXPECT_NE(m->body.find("kiln_cache_contexts 8\n"), std::string::npos) << m->body;
+    EXPECT_NE(m->body.find("kiln_cache_contexts_max 8\n"), std::string::npos) << m->body;
 }
 
 }  // namespace

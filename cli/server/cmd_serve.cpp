@@ -572,6 +572,10 @@ private:
         s += "# HELP kiln_slots_busy Slots generating.\n# TYPE kiln_slots_busy gauge\n";
         s += fmt::format("kiln_slots_busy {}\n", active);
         s += fmt::format("# HELP kiln_slots Slots (parallel sequences).\n# TYPE kiln_slots gauge\nkiln_slots {}\n", e_.n_parallel());
+        s += fmt::format("# HELP kiln_cache_contexts Contexts holding a cached prefix (slots included).\n# TYPE kiln_cache_contexts gauge\nkiln_cache_contexts {}\n",
+                         e_.n_contexts());
+        s += fmt::format("# HELP kiln_cache_contexts_max Contexts the --cache-mem budget allows.\n# TYPE kiln_cache_contexts_max gauge\nkiln_cache_contexts_max {}\n",
+                         e_.max_contexts());
         return s;
     }
 
@@ -590,6 +594,7 @@ int run_serve(const std::vector<std::string>& argv) {
     std::string model_path, host = "127.0.0.1", api_key, alias;
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0, max_queue = 16;
+    int64_t cache_mib = 0;
     Args args("serve", "-m MODEL [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size per slot in tokens (default: the model's, at most 4096)");
@@ -598,6 +603,9 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"-np", "--parallel"}, &parallel, "N", "slots: requests generated at the same time (default 1)");
     args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (default 16)");
     args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
+    args.option({"--cache-mem"}, &cache_mib, "MIB",
+                "KV memory for cached prompt prefixes: more contexts than --parallel, each keeping one prefix, least recently used "
+                "overwritten first (default 0: the slots only)");
     args.option({"--api-key"}, &api_key, "KEY", "require this key (x-api-key or Authorization: Bearer)");
     args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
     if (!args.parse(argv)) return 0;
@@ -610,13 +618,17 @@ int run_serve(const std::vector<std::string>& argv) {
     lo.n_threads = threads;
     Model model = Model::load(model_path, lo);
     if (alias.empty()) alias = model.info().name.empty() ? std::filesystem::path(model_path).stem().string() : model.info().name;
-    Engine engine(model, n_ctx, parallel, max_queue, threads);
+    if (cache_mib < 0) throw Error("kiln serve: --cache-mem must be >= 0");
+    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20);
     Server server(engine, api_key, alias);
     httplib::Server svr;
     server.install(svr);
     if (!svr.bind_to_port(host, port)) throw Error(fmt::format("kiln serve: cannot listen on {}:{}", host, port));
     fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens{})\n", alias, host, port, engine.n_parallel(), engine.n_ctx(),
                api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
+    if (engine.max_contexts() > engine.n_parallel())
+        fmt::print(stderr, "kiln serve: prefix cache: up to {} contexts of {:.1f} MiB KV each (--cache-mem {} MiB)\n", engine.max_contexts(),
+                   static_cast<double>(engine.kv_bytes_per_context()) / (1 << 20), cache_mib);
     g_server = &svr;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

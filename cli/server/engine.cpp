@@ -111,19 +111,22 @@ struct Engine::Slot {
     uint64_t last_used = 0;
 };
 
-Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads)
-    : model_(std::move(model)), max_queue_(max_queue) {
+Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes)
+    : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
     auto f = gguf::File::open(model_.info().path);
     tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
-    ContextOptions co;
-    co.n_ctx = n_ctx;
-    co.n_threads = n_threads;
-    for (int i = 0; i < std::max(1, n_parallel); ++i) {
+    ctx_options_.n_ctx = n_ctx;
+    ctx_options_.n_threads = n_threads;
+    for (int i = 0; i < n_parallel_; ++i) {
         auto s = std::make_unique<Slot>();
         s->id = i;
-        s->ctx = std::make_unique<Context>(model_, co);
+        s->ctx = std::make_unique<Context>(model_, ctx_options_);
         slots_.push_back(std::move(s));
     }
+    kv_bytes_ = slots_[0]->ctx->kv_bytes();
+    max_contexts_ = n_parallel_;
+    if (kv_bytes_ > 0 && cache_bytes / kv_bytes_ > static_cast<size_t>(n_parallel_))
+        max_contexts_ = static_cast<int>(std::min<size_t>(cache_bytes / kv_bytes_, 64));
     n_ctx_ = slots_[0]->ctx->n_ctx();
     // For tests of the output path (parsers, SSE): every generation replays this text's tokens,
     // then end of text. Models with random weights never produce a tool call on their own.
@@ -136,7 +139,10 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
 
 Engine::~Engine() = default;
 
-int Engine::n_parallel() const { return static_cast<int>(slots_.size()); }
+int Engine::n_contexts() {
+    std::lock_guard lk(mu_);
+    return static_cast<int>(slots_.size());
+}
 
 std::vector<int32_t> Engine::tokenize_prompt(const std::string& text) const {
     std::vector<int32_t> t = tokenizer().encode(text, /*add_special=*/true, /*parse_special=*/true);
@@ -148,7 +154,7 @@ std::vector<int32_t> Engine::tokenize_prompt(const std::string& text) const {
 
 Engine::Admission::Admission(Engine& e) : e_(e) {
     const int64_t n = ++e_.metrics_.queued;
-    if (n > static_cast<int64_t>(e_.slots_.size()) + e_.max_queue_) {
+    if (n > static_cast<int64_t>(e_.n_parallel_) + e_.max_queue_) {
         --e_.metrics_.queued;
         throw ApiError(529, "overloaded_error", "the server is overloaded: every slot is busy and the queue is full");
     }
@@ -158,10 +164,15 @@ Engine::Admission::~Admission() { --e_.metrics_.queued; }
 Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::function<bool()>& keepalive) {
     std::unique_lock lk(mu_);
     for (;;) {
-        Slot* best = nullptr;
+        Slot* best = nullptr;  // the free context with the longest common prefix (ties: least recently used)
+        Slot* lru = nullptr;   // the least recently used free context
         size_t best_lcp = 0;
+        int busy = 0;
         for (auto& s : slots_) {
-            if (s->busy) continue;
+            if (s->busy) {
+                ++busy;
+                continue;
+            }
             size_t l = 0;
             const size_t n = std::min(s->tokens.size(), prompt.size());
             while (l < n && s->tokens[l] == prompt[l]) ++l;
@@ -169,8 +180,31 @@ Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::fun
                 best = s.get();
                 best_lcp = l;
             }
+            if (!lru || s->last_used < lru->last_used) lru = s.get();
         }
-        if (best) {
+        // Taking `best` keeps most of what it holds (or it is empty): take it. Otherwise keep the
+        // cached prefixes: a new context while the budget allows, else overwrite the least
+        // recently used one (unless best still saves a real amount of prefill).
+        constexpr size_t kWorthKeeping = 256;
+        if (busy < n_parallel_ && best && 2 * best_lcp < best->tokens.size()) {
+            if (static_cast<int>(slots_.size()) < max_contexts_) {
+                try {
+                    auto s = std::make_unique<Slot>();
+                    s->id = static_cast<int>(slots_.size());
+                    s->ctx = std::make_unique<Context>(model_, ctx_options_);
+                    best = s.get();
+                    slots_.push_back(std::move(s));
+                    fmt::print(stderr, "kiln serve: prefix cache: context {} of at most {} created ({:.1f} MiB of KV)\n", slots_.size(),
+                               max_contexts_.load(), static_cast<double>(kv_bytes_) / (1 << 20));
+                } catch (const std::exception& ex) {
+                    fmt::print(stderr, "kiln serve: prefix cache: cannot create another context ({}); keeping {}\n", ex.what(), slots_.size());
+                    max_contexts_ = static_cast<int>(slots_.size());
+                }
+            } else if (best_lcp < kWorthKeeping) {
+                best = lru;
+            }
+        }
+        if (best && busy < n_parallel_) {
             best->busy = true;
             best->last_used = ++clock_;
             ++metrics_.active;

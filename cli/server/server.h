@@ -83,14 +83,22 @@ struct Metrics {
 // The slots and the queue. generate() is safe to call from many threads: it waits for a free slot.
 class Engine {
 public:
-    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads);
+    // cache_bytes: KV memory for cached prefixes. Beyond the n_parallel contexts that generate,
+    // more contexts (each holding one prefix, created when needed) are kept while their KV fits in
+    // cache_bytes; a request takes the context with the longest common prefix, and a context
+    // whose cache a request would mostly discard is left alone while there is room for another.
+    // When none is left, the least recently used context is overwritten.
+    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0);
     ~Engine();
 
     const Model& model() const { return model_; }
     const Tokenizer& tokenizer() const { return model_.tokenizer(); }
     const ChatTemplate& chat_template() const { return *tmpl_; }
     int64_t n_ctx() const { return n_ctx_; }
-    int n_parallel() const;
+    int n_parallel() const { return n_parallel_; }
+    int n_contexts();              // contexts created so far (each holds one cached prefix)
+    int max_contexts() const { return max_contexts_; }
+    size_t kv_bytes_per_context() const { return kv_bytes_; }
     Metrics& metrics() { return metrics_; }
 
     // Tokenizes a rendered prompt; throws ApiError 400 "prompt is too long: N tokens > M maximum".
@@ -124,7 +132,11 @@ private:
     std::unique_ptr<ChatTemplate> tmpl_;
     int64_t n_ctx_;
     int max_queue_;
-    std::vector<std::unique_ptr<Slot>> slots_;
+    int n_parallel_ = 1;
+    std::atomic<int> max_contexts_{1};
+    size_t kv_bytes_ = 0;
+    ContextOptions ctx_options_;
+    std::vector<std::unique_ptr<Slot>> slots_;  // grows up to max_contexts_ (under mu_)
     std::mutex mu_;
     std::condition_variable cv_;
     uint64_t clock_ = 0;
