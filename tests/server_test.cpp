@@ -471,6 +471,98 @@ TEST_F(ServerTest, OpenAIChatCompletions) {
 }
 
 
+// output_config.format (Anthropic) and response_format (OpenAI): the answer parses as JSON that
+// matches the schema, even from a model with random weights.
+json title_schema() {
+    return json{{"type", "object"},
+                {"properties", {{"title", {{"type", "string"}}}}},
+                {"required", {"title"}},
+                {"additionalProperties", false}};
+}
+
+void expect_title_json(const std::string& text) {
+    const json j = json::parse(text, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << text;
+    ASSERT_EQ(j.size(), 1u) << text;
+    ASSERT_TRUE(j["title"].is_string()) << text;
+    EXPECT_FALSE(j["title"].get<std::string>().empty()) << text;
+}
+
+TEST_F(ServerTest, StructuredJsonOutput) {
+    json b = simple_request(false, 300);
+    b["output_config"] = {{"effort", "low"}, {"format", {{"type", "json_schema"}, {"schema", title_schema()}}}};
+    for (int i = 0; i < 2; ++i) {
+        b["temperature"] = i == 0 ? 0.0 : 1.0;
+        auto r = post("/v1/messages", b);
+        ASSERT_TRUE(r);
+        ASSERT_EQ(r->status, 200) << r->body;
+        const json j = json::parse(r->body);
+        EXPECT_EQ(j["stop_reason"], "end_turn") << r->body;
+        ASSERT_EQ(j["content"].size(), 1u) << r->body;
+        expect_title_json(j["content"][0]["text"]);
+    }
+    // Streaming: the text deltas join into the JSON.
+    b["stream"] = true;
+    auto s = post("/v1/messages", b);
+    ASSERT_TRUE(s);
+    ASSERT_EQ(s->status, 200) << s->body;
+    const auto evs = parse_sse(s->body);
+    check_anthropic_stream(evs);
+    std::string text;
+    for (const auto& e : evs)
+        if (e.event == "content_block_delta") text += e.data["delta"].value("text", "");
+    expect_title_json(text);
+
+    // More types: integer, boolean, enum, array, nested object.
+    json schema{{"type", "object"},
+                {"properties",
+                 {{"n", {{"type", "integer"}}},
+                  {"ok", {{"type", "boolean"}}},
+                  {"kind", {{"enum", {"alpha", "beta"}}}},
+                  {"tags", {{"type", "array"}, {"items", {{"type", "string"}}}}},
+                  {"inner", {{"type", "object"}, {"properties", {{"x", {{"type", "number"}}}}}}}}}};
+    json b2 = simple_request(false, 400);
+    b2["output_format"] = {{"type", "json_schema"}, {"schema", schema}};  // the older field name
+    auto r2 = post("/v1/messages", b2);
+    ASSERT_TRUE(r2);
+    ASSERT_EQ(r2->status, 200) << r2->body;
+    const json j2 = json::parse(json::parse(r2->body)["content"][0]["text"].get<std::string>(), nullptr, false);
+    ASSERT_TRUE(j2.is_object()) << r2->body;
+    EXPECT_TRUE(j2["n"].is_number_integer()) << j2;
+    EXPECT_TRUE(j2["ok"].is_boolean()) << j2;
+    EXPECT_TRUE(j2["kind"] == "alpha" || j2["kind"] == "beta") << j2;
+    EXPECT_TRUE(j2["tags"].is_array() && j2["tags"].size() == 1 && j2["tags"][0].is_string()) << j2;
+    EXPECT_TRUE(j2["inner"]["x"].is_number()) << j2;
+
+    // OpenAI response_format.
+    json oa{{"model", "x"}, {"max_tokens", 300}, {"messages", json::array({json{{"role", "user"}, {"content", "title?"}}})},
+            {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "t"}, {"strict", true}, {"schema", title_schema()}}}}}};
+    auto o = post("/v1/chat/completions", oa);
+    ASSERT_TRUE(o);
+    ASSERT_EQ(o->status, 200) << o->body;
+    expect_title_json(json::parse(o->body)["choices"][0]["message"]["content"]);
+
+    // A format that is not a schema: 400.
+    json bad = simple_request(false);
+    bad["output_config"] = {{"format", {{"type", "json_schema"}, {"schema", "nope"}}}};
+    expect_anthropic_error(post("/v1/messages", bad), 400, "invalid_request_error");
+}
+
+// The scripted model output (thinking + tool call) is not what a JSON answer follows.
+TEST_F(ServerToolTest, JsonOutputIgnoresScriptAndToolParser) {
+    json b = simple_request(false, 300);
+    b["tools"] = json::array({json{{"name", "Bash"}, {"input_schema", {{"type", "object"}}}}});
+    b["output_config"] = {{"format", {{"type", "json_schema"}, {"schema", title_schema()}}}};
+    auto r = post("/v1/messages", b);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["stop_reason"], "end_turn");
+    ASSERT_EQ(j["content"].size(), 1u) << r->body;
+    EXPECT_EQ(j["content"][0]["type"], "text");
+    expect_title_json(j["content"][0]["text"]);
+}
+
 // ---- rejected keys and `kiln claude` -------------------------------------------------------------
 
 std::string read_file(const std::string& path) {

@@ -247,7 +247,8 @@ private:
         r.gen.prompt = e_.tokenize_prompt(prompt);
         return r.gen;
     }
-    std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix) {
+    std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix, const GenParams& gen) {
+        if (!gen.json_plan.empty()) return make_plain_parser();  // JSON output: text only
         return make_chat_parser(e_.chat_template().source(), e_.model().info().arch, prompt, random_id(id_prefix) + "_");
     }
 
@@ -265,7 +266,7 @@ private:
         auto gen = std::make_shared<GenParams>(prepare(r, prompt));
         const std::string id = random_id("msg_");
         const std::string model = r.model.empty() ? model_name_ : r.model;
-        std::shared_ptr<OutputParser> parser = parser_for(prompt, "toolu_");
+        std::shared_ptr<OutputParser> parser = parser_for(prompt, "toolu_", *gen);
         if (!r.stream) {
             Collector col;
             const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
@@ -390,7 +391,7 @@ private:
         const std::string id = random_id("chatcmpl-");
         const std::string model = r.model.empty() ? model_name_ : r.model;
         const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-        std::shared_ptr<OutputParser> parser = parser_for(prompt, "call_");
+        std::shared_ptr<OutputParser> parser = parser_for(prompt, "call_", *gen);
         if (!r.stream) {
             std::string text, reasoning;
             json calls = json::array();

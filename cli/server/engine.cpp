@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <limits>
+#include <mutex>
 
 #include <fmt/format.h>
 
@@ -310,37 +312,44 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     const int64_t limit = p.max_tokens < 0 ? room : std::min(p.max_tokens, room);
     const auto t_gen = Clock::now();
     r.stop_reason = "max_tokens";
-    while (r.n_gen < limit && !cancelled) {
-        const int32_t next = script_.empty() ? sampler.sample(ctx.logits())
-                                             : script_[std::min(static_cast<size_t>(r.n_gen), script_.size() - 1)];
-        sampler.accept(next);
-        ++r.n_gen;
-        if (tok.is_eog(next)) {
-            r.stop_reason = "end";
-            break;
-        }
-        bool hit = false;
-        const std::string out = stops.push(detok.push(next), hit, r.stop_sequence);
-        if (!out.empty()) deliver(out);
-        if (hit) {
-            r.stop_reason = "stop_sequence";
-            // The sampled token is in the context so the slot's tokens stay in step.
-            if (ctx.n_past() < n_ctx_) {
-                ctx.decode(std::span<const int32_t>(&next, 1));
-                slot->tokens.push_back(next);
+    if (!p.json_plan.empty()) {
+        generate_json(p, *slot, sampler, limit, r, [&](const std::string& text) {
+            deliver(text);
+            return !cancelled;
+        });
+    } else {
+        while (r.n_gen < limit && !cancelled) {
+            const int32_t next = script_.empty() ? sampler.sample(ctx.logits())
+                                                 : script_[std::min(static_cast<size_t>(r.n_gen), script_.size() - 1)];
+            sampler.accept(next);
+            ++r.n_gen;
+            if (tok.is_eog(next)) {
+                r.stop_reason = "end";
+                break;
             }
-            break;
+            bool hit = false;
+            const std::string out = stops.push(detok.push(next), hit, r.stop_sequence);
+            if (!out.empty()) deliver(out);
+            if (hit) {
+                r.stop_reason = "stop_sequence";
+                // The sampled token is in the context so the slot's tokens stay in step.
+                if (ctx.n_past() < n_ctx_) {
+                    ctx.decode(std::span<const int32_t>(&next, 1));
+                    slot->tokens.push_back(next);
+                }
+                break;
+            }
+            if (r.n_gen >= limit || ctx.n_past() >= n_ctx_) break;
+            ctx.decode(std::span<const int32_t>(&next, 1));
+            slot->tokens.push_back(next);
         }
-        if (r.n_gen >= limit || ctx.n_past() >= n_ctx_) break;
-        ctx.decode(std::span<const int32_t>(&next, 1));
-        slot->tokens.push_back(next);
-    }
-    if (r.stop_reason != "stop_sequence" && !cancelled) {
-        bool hit = false;
-        std::string rest = stops.push(detok.flush(), hit, r.stop_sequence);
-        if (hit) r.stop_reason = "stop_sequence";
-        else rest += stops.flush();
-        if (!rest.empty()) deliver(rest);
+        if (r.stop_reason != "stop_sequence" && !cancelled) {
+            bool hit = false;
+            std::string rest = stops.push(detok.flush(), hit, r.stop_sequence);
+            if (hit) r.stop_reason = "stop_sequence";
+            else rest += stops.flush();
+            if (!rest.empty()) deliver(rest);
+        }
     }
     if (!cancelled) {
         events.clear();
@@ -358,6 +367,117 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     metrics_.gen_tokens += static_cast<uint64_t>(r.n_gen);
     metrics_.decode_us += static_cast<uint64_t>(r.decode_ms * 1000);
     return r;
+}
+
+const JsonVocab& Engine::json_vocab() {
+    std::call_once(json_vocab_once_, [this] { json_vocab_ = std::make_unique<JsonVocab>(JsonVocab::build(tokenizer())); });
+    return *json_vocab_;
+}
+
+// Generates p.json_plan: forced text is decoded as is, values are sampled with the tokens that
+// would break the JSON masked. Leaves r.stop_reason "max_tokens" when the limit cuts it short.
+void Engine::generate_json(const GenParams& p, Slot& slot, Sampler& sampler, int64_t limit, GenResult& r,
+                           const std::function<bool(const std::string&)>& deliver) {
+    constexpr int kMaxStringTokens = 48;
+    constexpr int kMaxDigits = 4;
+    Context& ctx = *slot.ctx;
+    const Tokenizer& tok = tokenizer();
+    const JsonVocab& v = json_vocab();
+    const auto n_tok = static_cast<int32_t>(v.string_safe.size());
+    std::vector<float> masked;
+    // Appends tokens to the sequence; false when the limit cut them short (what fit is delivered).
+    auto push = [&](const std::vector<int32_t>& toks, const std::string& text) {
+        const size_t n = std::min<size_t>(toks.size(), static_cast<size_t>(std::max<int64_t>(0, limit - r.n_gen)));
+        if (n > 0) {
+            for (size_t i = 0; i < n; ++i) sampler.accept(toks[i]);
+            ctx.decode(std::span<const int32_t>(toks.data(), n));
+            slot.tokens.insert(slot.tokens.end(), toks.begin(), toks.begin() + static_cast<std::ptrdiff_t>(n));
+            r.n_gen += static_cast<int64_t>(n);
+        }
+        if (n == toks.size()) return deliver(text);
+        if (n > 0) deliver(tok.decode(std::span<const int32_t>(toks.data(), n)));
+        return false;
+    };
+    auto sample = [&](const auto& allowed) {
+        const auto lg = ctx.logits();
+        masked.assign(lg.begin(), lg.end());
+        for (size_t i = 0; i < masked.size(); ++i)
+            if (!allowed(static_cast<int32_t>(i))) masked[i] = -std::numeric_limits<float>::infinity();
+        return sampler.sample(masked);
+    };
+    for (const JsonPiece& piece : p.json_plan) {
+        switch (piece.kind) {
+            case JsonPiece::Forced:
+                if (!push(tok.encode(piece.text, false, false), piece.text)) return;
+                break;
+            case JsonPiece::String:
+                for (int n = 0;; ++n) {
+                    if (v.quote < 0) {  // no '"' token: close the string at once
+                        if (!push(tok.encode("\"", false, false), "\"")) return;
+                        break;
+                    }
+                    const int32_t t = n >= kMaxStringTokens ? v.quote : sample([&](int32_t id) {
+                        return (id < n_tok && v.string_safe[static_cast<size_t>(id)]) || (n > 0 && id == v.quote);
+                    });
+                    if (!push({t}, t == v.quote ? std::string("\"") : tok.token_to_piece(t, false))) return;
+                    if (t == v.quote) break;
+                }
+                break;
+            case JsonPiece::Number: {
+                // A first digit 1-9, then more digits (up to kMaxDigits) while the model's own
+                // most likely next token is a digit.
+                auto is_digit = [&](int32_t id, int from) {
+                    for (int d = from; d <= 9; ++d)
+                        if (id == v.digit[static_cast<size_t>(d)]) return true;
+                    return false;
+                };
+                bool any = false;
+                for (int d = 1; d <= 9; ++d) any = any || v.digit[static_cast<size_t>(d)] >= 0;
+                if (!any) {
+                    if (!push(tok.encode("0", false, false), "0")) return;
+                    break;
+                }
+                for (int n = 0; n < kMaxDigits; ++n) {
+                    if (n > 0) {
+                        const auto lg = ctx.logits();
+                        const auto top = static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin());
+                        if (!is_digit(top, 0)) break;
+                    }
+                    const int32_t t = sample([&](int32_t id) { return is_digit(id, n == 0 ? 1 : 0); });
+                    if (!push({t}, tok.token_to_piece(t, false))) return;
+                }
+                break;
+            }
+            case JsonPiece::Choice: {
+                std::vector<std::vector<int32_t>> seqs;
+                for (const auto& c : piece.choices) seqs.push_back(tok.encode(c, false, false));
+                std::vector<size_t> alive(seqs.size());
+                for (size_t i = 0; i < alive.size(); ++i) alive[i] = i;
+                for (size_t pos = 0;; ++pos) {
+                    // One choice left, or one that ends here: force the rest of it.
+                    size_t done = seqs.size();
+                    for (size_t a : alive)
+                        if (seqs[a].size() == pos) done = a;
+                    if (alive.size() == 1) done = alive[0];
+                    if (done < seqs.size()) {
+                        const std::vector<int32_t> rest(seqs[done].begin() + static_cast<std::ptrdiff_t>(pos), seqs[done].end());
+                        if (!push(rest, {})) return;
+                        if (!deliver(piece.choices[done])) return;
+                        break;
+                    }
+                    const int32_t t = sample([&](int32_t id) {
+                        for (size_t a : alive)
+                            if (seqs[a][pos] == id) return true;
+                        return false;
+                    });
+                    std::erase_if(alive, [&](size_t a) { return seqs[a][pos] != t; });
+                    if (!push({t}, {})) return;
+                }
+                break;
+            }
+        }
+    }
+    r.stop_reason = "end";
 }
 
 }  // namespace kiln::serve

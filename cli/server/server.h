@@ -5,6 +5,7 @@
 //   cmd_serve.cpp - routes, SSE, authentication, errors, metrics
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -57,11 +58,31 @@ std::unique_ptr<OutputParser> make_plain_parser();
 std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
                                                const std::string& prompt, const std::string& id_prefix);
 
+// Output forced to parse as JSON matching a schema (json_output.cpp): the schema becomes pieces,
+// text it fixes (Forced) and values sampled under a mask (String: the characters of a JSON
+// string, then its closing quote; Number: digits; Choice: one of the texts, e.g. an enum).
+struct JsonPiece {
+    enum Kind { Forced, String, Number, Choice } kind = Forced;
+    std::string text;                  // Forced
+    std::vector<std::string> choices;  // Choice
+};
+// Throws ApiError 400 when the schema is not an object.
+std::vector<JsonPiece> plan_json(const json& schema);
+
+// Which tokens may be sampled inside JSON values (built once per tokenizer).
+struct JsonVocab {
+    std::vector<uint8_t> string_safe;  // whole UTF-8, nothing to escape: may appear in a string
+    std::array<int32_t, 10> digit{};   // the token of each digit (-1 if none)
+    int32_t quote = -1;                // the token of '"'
+    static JsonVocab build(const Tokenizer& tok);
+};
+
 struct GenParams {
     std::vector<int32_t> prompt;
     int64_t max_tokens = -1;  // -1: until the context is full; clamped to what the context has left
     SamplerParams sampler;
     std::vector<std::string> stop;  // stop sequences (not included in the output)
+    std::vector<JsonPiece> json_plan;  // not empty: the output is JSON following this plan
 };
 
 struct GenResult {
@@ -141,6 +162,11 @@ private:
     std::condition_variable cv_;
     uint64_t clock_ = 0;
     Metrics metrics_;
+    void generate_json(const GenParams& p, Slot& slot, Sampler& sampler, int64_t limit, GenResult& r,
+                       const std::function<bool(const std::string&)>& deliver);
+    const JsonVocab& json_vocab();
+    std::once_flag json_vocab_once_;
+    std::unique_ptr<JsonVocab> json_vocab_;
     std::vector<int32_t> script_;  // KILN_SERVE_SCRIPTED_OUTPUT: tests replay this text instead of sampling
 };
 
@@ -155,6 +181,7 @@ struct ChatRequest {
     bool stream = false;
     bool include_usage = false;  // OpenAI stream_options.include_usage
     std::string model;
+    bool json_output = false;  // output_config.format / response_format asked for JSON (gen.json_plan)
 };
 
 // Parses a body, rejecting deep nesting before the parser sees it.
