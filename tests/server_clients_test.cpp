@@ -135,14 +135,19 @@ TEST_F(ServerSdkTest, AnthropicAndOpenAISdkConversations) {
 }
 
 // The real Claude Code CLI in print mode, through `kiln claude` (which reuses the running server,
-// here the recorder in front of it), twice: the second run reads Claude Code's ~19K-token system
+// here the recorder in front of it), twice. Each run: the model calls Bash, Claude Code runs it
+// and sends the result, the model answers. The second run reads Claude Code's ~19K-token system
 // prompt and tools from the prefix cache.
 class ServerClaudeCodeTest : public ServerSdkTest {
 protected:
     static void SetUpTestSuite() {
         if (!fs::exists(shared_dir() / kModel)) return;
         server_ = std::make_unique<ServeProcess>();
-        server_->start((shared_dir() / kModel).string(), {"-c", "32768", "--api-key", kKey, "-t", "2"}, "Hello from kiln.", "serve-claude-code");
+        // Every run: a Bash tool call, then (after Claude Code ran it and sent the result) an answer.
+        server_->start((shared_dir() / kModel).string(), {"-c", "32768", "--api-key", kKey, "-t", "2"},
+                       "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"echo kiln-tool-ran\", \"description\": \"Print a "
+                       "marker\"}}\n</tool_call>\x1eThe tool ran.",
+                       "serve-claude-code");
     }
 };
 
@@ -159,7 +164,7 @@ json result_line(const std::string& out) {
     return {};
 }
 
-TEST_F(ServerClaudeCodeTest, PrintModeTwiceSecondReadsThePrefixCache) {
+TEST_F(ServerClaudeCodeTest, PrintModeTwiceWithAToolSecondReadsThePrefixCache) {
     std::string why;
     const std::string dir = kiln::test::npm_install("claude-code", {{"@anthropic-ai/claude-code", "2.1.197"}}, why);
     if (dir.empty()) KILN_SKIP_LOUDLY("the Claude Code test needs node and npm: " + why);
@@ -170,7 +175,7 @@ TEST_F(ServerClaudeCodeTest, PrintModeTwiceSecondReadsThePrefixCache) {
                             shell_quote(dir + "/node_modules/.bin") +
                             ":\"$PATH\" DISABLE_TELEMETRY=1 DISABLE_AUTOUPDATER=1 DISABLE_ERROR_REPORTING=1 timeout 600 " +
                             shell_quote(kiln::test::kiln_binary()) + " claude --port " + std::to_string(rec.port()) + " --api-key " + kKey +
-                            " -- -p 'Say hello' --output-format json --max-turns 1";
+                            " -- -p 'Run echo kiln-tool-ran' --output-format json --max-turns 3 --allowedTools Bash";
     const auto r1 = kiln::test::run_shell(cmd);
     size_t messages = 0;
     for (const auto& c : rec.captured()) messages += c.method == "POST" && c.target.rfind("/v1/messages", 0) == 0;
@@ -180,26 +185,41 @@ TEST_F(ServerClaudeCodeTest, PrintModeTwiceSecondReadsThePrefixCache) {
     const json j1 = result_line(r1.out);
     ASSERT_TRUE(j1.is_object()) << r1.out;
     EXPECT_FALSE(j1.value("is_error", true)) << r1.out;
-    EXPECT_EQ(j1.value("result", ""), "Hello from kiln.") << r1.out;
+    EXPECT_EQ(j1.value("result", ""), "The tool ran.") << r1.out;
+    EXPECT_EQ(j1.value("num_turns", 0), 2) << r1.out;
     // Claude Code's system prompt and tools: the prefix cache's main customer.
-    const int64_t prompt1 = j1["usage"].value("input_tokens", int64_t{0}) + j1["usage"].value("cache_read_input_tokens", int64_t{0});
-    EXPECT_GT(prompt1, 10000) << j1["usage"];
+    const int64_t in1 = j1["usage"].value("input_tokens", int64_t{0});
+    EXPECT_GT(in1, 10000) << j1["usage"];
+    // Its second request (with the tool result) already reused the first one's prefix.
+    EXPECT_GT(j1["usage"].value("cache_read_input_tokens", int64_t{0}), in1 * 9 / 10) << j1["usage"];
+    // Claude Code ran the tool and sent its output back.
+    bool tool_result = false;
+    for (const auto& c : rec.captured()) {
+        const json body = json::parse(c.body, nullptr, false);
+        if (!body.is_object() || !body.contains("messages")) continue;
+        for (const auto& m : body["messages"])
+            if (m.value("role", "") == "user" && m["content"].is_array())
+                for (const auto& blk : m["content"])
+                    if (blk.value("type", "") == "tool_result" && blk["content"].dump().find("kiln-tool-ran") != std::string::npos) tool_result = true;
+    }
+    EXPECT_TRUE(tool_result) << "no request carried the tool's output";
 
     const auto r2 = kiln::test::run_shell(cmd);
     ASSERT_EQ(r2.code, 0) << r2.out;
     const json j2 = result_line(r2.out);
     ASSERT_TRUE(j2.is_object()) << r2.out;
     EXPECT_FALSE(j2.value("is_error", true)) << r2.out;
-    const int64_t cached = j2["usage"].value("cache_read_input_tokens", int64_t{0});
-    EXPECT_GT(cached, 0) << j2["usage"];
-    EXPECT_GT(cached, prompt1 * 9 / 10) << j2["usage"];
+    EXPECT_EQ(j2.value("result", ""), "The tool ran.") << r2.out;
+    const int64_t in2 = j2["usage"].value("input_tokens", int64_t{0}), cached2 = j2["usage"].value("cache_read_input_tokens", int64_t{0});
+    EXPECT_GT(cached2, 0) << j2["usage"];
+    EXPECT_LT(in2 * 10, in1) << j2["usage"];  // this time the first request was cached too
     const double ttft1 = j1.value("ttft_ms", 0.0), ttft2 = j2.value("ttft_ms", 0.0);
-    std::fprintf(stderr, "Claude Code: %lld prompt tokens; ttft_ms first %.0f, second %.0f (%lld cached)\n", static_cast<long long>(prompt1),
-                 ttft1, ttft2, static_cast<long long>(cached));
+    std::fprintf(stderr, "Claude Code: run 1: %lld uncached input tokens, ttft_ms %.0f; run 2: %lld uncached, %lld cached, ttft_ms %.0f\n",
+                 static_cast<long long>(in1), ttft1, static_cast<long long>(in2), static_cast<long long>(cached2), ttft2);
     EXPECT_LT(ttft2 * 3, ttft1);
 
     const auto caps = rec.captured();
-    EXPECT_GE(replay_and_check(caps, server_->port), 2u);
+    EXPECT_GE(replay_and_check(caps, server_->port), 4u);
 }
 
 }  // namespace

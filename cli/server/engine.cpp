@@ -132,10 +132,20 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
     n_ctx_ = slots_[0]->ctx->n_ctx();
     // For tests of the output path (parsers, SSE): every generation replays this text's tokens,
     // then end of text. Models with random weights never produce a tool call on their own.
+    // Several outputs separated by the ASCII record separator (\x1e) are used in turn, one per
+    // generation (then from the first again): a tool call, then the answer after its result.
     if (const char* s = std::getenv("KILN_SERVE_SCRIPTED_OUTPUT"); s && *s) {
-        script_ = model_.tokenizer().encode(s, /*add_special=*/false, /*parse_special=*/true);
-        script_.push_back(model_.tokenizer().eos());
-        fmt::print(stderr, "kiln serve: KILN_SERVE_SCRIPTED_OUTPUT is set: every answer replays it ({} tokens)\n", script_.size());
+        const std::string all = s;
+        for (size_t pos = 0;;) {
+            const size_t end = all.find('\x1e', pos);
+            std::vector<int32_t> t = model_.tokenizer().encode(all.substr(pos, end == std::string::npos ? std::string::npos : end - pos),
+                                                               /*add_special=*/false, /*parse_special=*/true);
+            t.push_back(model_.tokenizer().eos());
+            scripts_.push_back(std::move(t));
+            if (end == std::string::npos) break;
+            pos = end + 1;
+        }
+        fmt::print(stderr, "kiln serve: KILN_SERVE_SCRIPTED_OUTPUT is set: answers replay it ({} output(s))\n", scripts_.size());
     }
 }
 
@@ -312,6 +322,8 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     const int64_t limit = p.max_tokens < 0 ? room : std::min(p.max_tokens, room);
     const auto t_gen = Clock::now();
     r.stop_reason = "max_tokens";
+    static const std::vector<int32_t> kNoScript;
+    const std::vector<int32_t>& script = scripts_.empty() ? kNoScript : scripts_[script_turn_++ % scripts_.size()];
     if (!p.json_plan.empty()) {
         generate_json(p, *slot, sampler, limit, r, [&](const std::string& text) {
             deliver(text);
@@ -319,8 +331,8 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         });
     } else {
         while (r.n_gen < limit && !cancelled) {
-            const int32_t next = script_.empty() ? sampler.sample(ctx.logits())
-                                                 : script_[std::min(static_cast<size_t>(r.n_gen), script_.size() - 1)];
+            const int32_t next = script.empty() ? sampler.sample(ctx.logits())
+                                                : script[std::min(static_cast<size_t>(r.n_gen), script.size() - 1)];
             sampler.accept(next);
             ++r.n_gen;
             if (tok.is_eog(next)) {

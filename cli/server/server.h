@@ -167,7 +167,9 @@ private:
     const JsonVocab& json_vocab();
     std::once_flag json_vocab_once_;
     std::unique_ptr<JsonVocab> json_vocab_;
-    std::vector<int32_t> script_;  // KILN_SERVE_SCRIPTED_OUTPUT: tests replay this text instead of sampling
+    // KILN_SERVE_SCRIPTED_OUTPUT: tests replay these outputs (in turn) instead of sampling.
+    std::vector<std::vector<int32_t>> scripts_;
+    std::atomic<size_t> script_turn_{0};
 };
 
 // ---- request conversion (convert.cpp) -----------------------------------------------------------
