@@ -4,6 +4,7 @@
 // returns claude's exit code and stops the server it started.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -160,6 +161,7 @@ int run_claude(const std::vector<std::string>& argv_all) {
         if (server < 0) throw Error(fmt::format("kiln claude: fork failed: {}", std::strerror(errno)));
         if (server == 0) {
             ::setpgid(0, 0);  // a Ctrl-C in claude's terminal must not stop the server under it
+            ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // nor outlive a kiln claude that was killed
             ::dup2(log_fd, 1);
             ::dup2(log_fd, 2);
             const int devnull = ::open("/dev/null", O_RDONLY);

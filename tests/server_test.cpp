@@ -563,6 +563,63 @@ TEST_F(ServerToolTest, JsonOutputIgnoresScriptAndToolParser) {
     expect_title_json(j["content"][0]["text"]);
 }
 
+// 32 streaming clients at once on 2 slots and a queue of 16: each is answered (200, or 529 when
+// the queue is full); half drop their connection after the first bytes. Afterwards no slot is
+// busy, nothing is queued, and the server still answers.
+TEST_F(ServerTest, ThirtyTwoConcurrentStreamsSomeDropping) {
+    std::vector<std::thread> th;
+    std::vector<int> status(32, 0);
+    for (int i = 0; i < 32; ++i)
+        th.emplace_back([&, i] {
+            json b = simple_request(true, 24);
+            b["messages"][0]["content"] = "Stream number " + std::to_string(i);
+            const std::string body = b.dump();
+            if (i % 2 == 0) {
+                auto r = post("/v1/messages", b);
+                status[static_cast<size_t>(i)] = r ? r->status : -1;
+                if (r && r->status == 200) check_anthropic_stream(parse_sse(r->body));
+                return;
+            }
+            const std::string req = "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + std::string(kKey) +
+                                    "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+            const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+            sockaddr_in a{};
+            a.sin_family = AF_INET;
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            a.sin_port = htons(static_cast<uint16_t>(port_));
+            if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                ::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size())) {
+                char buf[64];
+                timeval tv{60, 0};
+                ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+                const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+                status[static_cast<size_t>(i)] = n > 12 && std::string(buf, 12) == "HTTP/1.1 200" ? 200 : n > 12 && std::string(buf, 12) == "HTTP/1.1 529" ? 529 : -2;
+            }
+            ::close(fd);  // gone mid-stream (or before its turn)
+        });
+    for (auto& t : th) t.join();
+    int ok = 0;
+    for (int i = 0; i < 32; ++i) {
+        EXPECT_TRUE(status[static_cast<size_t>(i)] == 200 || status[static_cast<size_t>(i)] == 529) << i << ": " << status[static_cast<size_t>(i)];
+        ok += status[static_cast<size_t>(i)] == 200;
+    }
+    EXPECT_GE(ok, 18);  // 2 slots + 16 queued at least
+    // The dropped streams free their slots: nothing busy, nothing queued, soon.
+    std::string metrics;
+    for (int i = 0; i < 100; ++i) {
+        auto m = client().Get("/metrics");
+        ASSERT_TRUE(m);
+        metrics = m->body;
+        if (metrics.find("kiln_slots_busy 0\n") != std::string::npos && metrics.find("kiln_queue_depth 0\n") != std::string::npos) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_NE(metrics.find("kiln_slots_busy 0\n"), std::string::npos) << metrics;
+    EXPECT_NE(metrics.find("kiln_queue_depth 0\n"), std::string::npos) << metrics;
+    auto after = post("/v1/messages", simple_request(false, 2));
+    ASSERT_TRUE(after);
+    EXPECT_EQ(after->status, 200);
+}
+
 // ---- rejected keys and `kiln claude` -------------------------------------------------------------
 
 std::string read_file(const std::string& path) {
