@@ -596,6 +596,7 @@ int run_serve(const std::vector<std::string>& argv) {
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0, max_queue = 16;
     int64_t cache_mib = 0;
+    int cache_prefixes = 0;
     Args args("serve", "-m MODEL [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size per slot in tokens (default: the model's, at most 4096)");
@@ -607,6 +608,9 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"--cache-mem"}, &cache_mib, "MIB",
                 "KV memory for cached prompt prefixes: more contexts than --parallel, each keeping one prefix, least recently used "
                 "overwritten first (default 0: the slots only)");
+    args.option({"--cache-prefixes"}, &cache_prefixes, "N",
+                "keep up to N cached prefixes (contexts, slots included) whatever their KV memory; the larger of this and "
+                "--cache-mem wins (default: --parallel)");
     args.option({"--api-key"}, &api_key, "KEY", "require this key (x-api-key or Authorization: Bearer)");
     args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
     if (!args.parse(argv)) return 0;
@@ -620,7 +624,8 @@ int run_serve(const std::vector<std::string>& argv) {
     Model model = Model::load(model_path, lo);
     if (alias.empty()) alias = model.info().name.empty() ? std::filesystem::path(model_path).stem().string() : model.info().name;
     if (cache_mib < 0) throw Error("kiln serve: --cache-mem must be >= 0");
-    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20);
+    if (cache_prefixes < 0 || cache_prefixes > 64) throw Error("kiln serve: --cache-prefixes must be 0..64");
+    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes);
     Server server(engine, api_key, alias);
     httplib::Server svr;
     server.install(svr);
@@ -628,8 +633,8 @@ int run_serve(const std::vector<std::string>& argv) {
     fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens{})\n", alias, host, port, engine.n_parallel(), engine.n_ctx(),
                api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
     if (engine.max_contexts() > engine.n_parallel())
-        fmt::print(stderr, "kiln serve: prefix cache: up to {} contexts of {:.1f} MiB KV each (--cache-mem {} MiB)\n", engine.max_contexts(),
-                   static_cast<double>(engine.kv_bytes_per_context()) / (1 << 20), cache_mib);
+        fmt::print(stderr, "kiln serve: prefix cache: up to {} contexts of {:.1f} MiB KV each (--cache-mem {} MiB, --cache-prefixes {})\n",
+                   engine.max_contexts(), static_cast<double>(engine.kv_bytes_per_context()) / (1 << 20), cache_mib, cache_prefixes);
     g_server = &svr;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

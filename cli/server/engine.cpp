@@ -113,7 +113,7 @@ struct Engine::Slot {
     uint64_t last_used = 0;
 };
 
-Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes)
+Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes, int cache_prefixes)
     : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
     auto f = gguf::File::open(model_.info().path);
     tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
@@ -129,6 +129,7 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
     max_contexts_ = n_parallel_;
     if (kv_bytes_ > 0 && cache_bytes / kv_bytes_ > static_cast<size_t>(n_parallel_))
         max_contexts_ = static_cast<int>(std::min<size_t>(cache_bytes / kv_bytes_, 64));
+    max_contexts_ = std::max(max_contexts_.load(), std::min(cache_prefixes, 64));
     n_ctx_ = slots_[0]->ctx->n_ctx();
     // For tests of the output path (parsers, SSE): every generation replays this text's tokens,
     // then end of text. Models with random weights never produce a tool call on their own.

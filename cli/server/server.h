@@ -109,7 +109,8 @@ public:
     // cache_bytes; a request takes the context with the longest common prefix, and a context
     // whose cache a request would mostly discard is left alone while there is room for another.
     // When none is left, the least recently used context is overwritten.
-    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0);
+    // cache_prefixes: keep up to this many contexts whatever their memory (the larger limit wins).
+    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0, int cache_prefixes = 0);
     ~Engine();
 
     const Model& model() const { return model_; }
