@@ -323,14 +323,14 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     const int64_t limit = p.max_tokens < 0 ? room : std::min(p.max_tokens, room);
     const auto t_gen = Clock::now();
     r.stop_reason = "max_tokens";
-    static const std::vector<int32_t> kNoScript;
-    const std::vector<int32_t>& script = scripts_.empty() ? kNoScript : scripts_[script_turn_++ % scripts_.size()];
     if (!p.json_plan.empty()) {
         generate_json(p, *slot, sampler, limit, r, [&](const std::string& text) {
             deliver(text);
             return !cancelled;
         });
     } else {
+        static const std::vector<int32_t> kNoScript;
+        const std::vector<int32_t>& script = scripts_.empty() ? kNoScript : scripts_[script_turn_++ % scripts_.size()];
         while (r.n_gen < limit && !cancelled) {
             const int32_t next = script.empty() ? sampler.sample(ctx.logits())
                                                 : script[std::min(static_cast<size_t>(r.n_gen), script.size() - 1)];
