@@ -576,7 +576,7 @@ TEST_F(ServerTest, ThirtyTwoConcurrentStreamsSomeDropping) {
             const std::string body = b.dump();
             if (i % 2 == 0) {
                 auto r = post("/v1/messages", b);
-                status[static_cast<size_t>(i)] = r ? r->status : -1;
+                status[static_cast<size_t>(i)] = r ? r->status : -100 - static_cast<int>(r.error());  // -100 - httplib::Error
                 if (r && r->status == 200) check_anthropic_stream(parse_sse(r->body));
                 return;
             }

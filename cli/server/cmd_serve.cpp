@@ -1,4 +1,6 @@
 // kiln serve -m MODEL: the Anthropic Messages API and the OpenAI Chat Completions API over HTTP.
+#include <sys/socket.h>
+
 #include <csignal>
 #include <chrono>
 #include <cstdio>
@@ -629,7 +631,21 @@ int run_serve(const std::vector<std::string>& argv) {
     Server server(engine, api_key, alias);
     httplib::Server svr;
     server.install(svr);
-    if (!svr.bind_to_port(host, port)) throw Error(fmt::format("kiln serve: cannot listen on {}:{}", host, port));
+    // cpp-httplib's defaults: SO_REUSEPORT (a second server on the same port would silently share
+    // it) and a listen backlog of 5 (a burst of clients gets connections reset). Instead:
+    // SO_REUSEADDR only, and a deep backlog once bound.
+    int listen_fd = -1;
+    svr.set_socket_options([&listen_fd](socket_t sock) {
+        int yes = 1;
+        ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+        listen_fd = sock;
+    });
+    if (!svr.bind_to_port(host, port))
+        throw Error(fmt::format("kiln serve: cannot listen on {}:{} (in use by another server?)", host, port));
+    if (int acc = 0; listen_fd >= 0) {
+        socklen_t len = sizeof acc;
+        if (::getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc) ::listen(listen_fd, SOMAXCONN);
+    }
     fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens{})\n", alias, host, port, engine.n_parallel(), engine.n_ctx(),
                api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
     if (engine.max_contexts() > engine.n_parallel())
