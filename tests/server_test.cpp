@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support/run.h"
+#include "support/serve.h"
 #include "support/shared.h"
 
 namespace {
@@ -24,23 +26,12 @@ namespace {
 using json = nlohmann::json;
 using kiln::test::kiln_binary;
 using kiln::test::shared_dir;
+using kiln::test::free_port;
+using kiln::test::parse_sse;
+using kiln::test::check_anthropic_stream;
 
 constexpr const char* kModel = "models/qwen3-vocab-tiny.f16.gguf";
 constexpr const char* kKey = "test-key-123";
-
-int free_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    const int port = ntohs(a.sin_port);
-    ::close(fd);
-    return port;
-}
 
 // One server for the whole suite; killed when the suite ends.
 class ServerTest : public ::testing::Test {
@@ -125,68 +116,6 @@ void expect_anthropic_error(const httplib::Result& r, int status, const std::str
     EXPECT_FALSE(j["error"].value("message", "").empty());
 }
 
-struct SseEvent {
-    std::string event;
-    json data;
-};
-
-// Strict SSE parse: every event has an `event:` line and one `data:` line of JSON.
-std::vector<SseEvent> parse_sse(const std::string& body) {
-    std::vector<SseEvent> out;
-    size_t pos = 0;
-    while (pos < body.size()) {
-        size_t end = body.find("\n\n", pos);
-        EXPECT_NE(end, std::string::npos) << "unterminated SSE event";
-        if (end == std::string::npos) break;
-        const std::string ev = body.substr(pos, end - pos);
-        pos = end + 2;
-        const size_t nl = ev.find('\n');
-        EXPECT_NE(nl, std::string::npos) << ev;
-        if (nl == std::string::npos) continue;
-        EXPECT_EQ(ev.rfind("event: ", 0), 0u) << ev;
-        EXPECT_EQ(ev.compare(nl + 1, 6, "data: "), 0) << ev;
-        SseEvent e{ev.substr(7, nl - 7), json::parse(ev.substr(nl + 7), nullptr, false)};
-        EXPECT_FALSE(e.data.is_discarded()) << ev;
-        EXPECT_EQ(e.data.value("type", ""), e.event) << ev;
-        out.push_back(std::move(e));
-    }
-    return out;
-}
-
-// Checks the Anthropic event grammar; returns message_delta's data.
-json check_anthropic_stream(const std::vector<SseEvent>& evs) {
-    EXPECT_GE(evs.size(), 4u);
-    if (evs.size() < 4) return {};
-    EXPECT_EQ(evs.front().event, "message_start");
-    EXPECT_EQ(evs.back().event, "message_stop");
-    json delta;
-    int open = -1, next_index = 0;
-    bool seen_delta = false;
-    for (size_t i = 1; i + 1 < evs.size(); ++i) {
-        const auto& e = evs[i];
-        if (e.event == "ping") continue;
-        EXPECT_FALSE(seen_delta) << "event after message_delta: " << e.event;
-        if (e.event == "content_block_start") {
-            EXPECT_EQ(open, -1);
-            EXPECT_EQ(e.data["index"].get<int>(), next_index);
-            open = next_index++;
-        } else if (e.event == "content_block_delta") {
-            EXPECT_EQ(e.data["index"].get<int>(), open);
-        } else if (e.event == "content_block_stop") {
-            EXPECT_EQ(e.data["index"].get<int>(), open);
-            open = -1;
-        } else if (e.event == "message_delta") {
-            EXPECT_EQ(open, -1);
-            seen_delta = true;
-            delta = e.data;
-        } else {
-            ADD_FAILURE() << "unexpected event " << e.event;
-        }
-    }
-    EXPECT_TRUE(seen_delta);
-    EXPECT_GE(next_index, 1);
-    return delta;
-}
 
 // A server whose every answer is a scripted Qwen3 output with thinking and a tool call: the parser
 // events become thinking / text / tool_use blocks (Anthropic) and reasoning_content / tool_calls
@@ -527,70 +456,6 @@ TEST_F(ServerTest, ConcurrentGenerationsAreBatchedAndUnchanged) {
     EXPECT_EQ(metric("kiln_decode_batch_max"), 2);
 }
 
-// 32 streaming clients at once on 2 slots, half of them hanging up after their first bytes: every
-// client gets a stream or a 529, and afterwards no slot or queue place is left taken.
-TEST_F(ServerTest, ThirtyTwoStreamingClientsSomeDropping) {
-    const std::string body = simple_request(true, 24).dump();
-    const std::string req = "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nx-api-key: " +
-                            std::string(kKey) + "\r\nContent-Type: application/json\r\nContent-Length: " +
-                            std::to_string(body.size()) + "\r\n\r\n" + body;
-    std::vector<std::string> got(32);
-    std::vector<std::thread> th;
-    for (int i = 0; i < 32; ++i)
-        th.emplace_back([&, i] {
-            const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-            sockaddr_in a{};
-            a.sin_family = AF_INET;
-            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            a.sin_port = htons(static_cast<uint16_t>(port_));
-            timeval tv{60, 0};
-            ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-                ::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
-                ::close(fd);
-                return;
-            }
-            char buf[4096];
-            for (;;) {
-                const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-                if (n <= 0) break;
-                got[static_cast<size_t>(i)].append(buf, static_cast<size_t>(n));
-                if (i % 2 == 0) break;  // hang up mid-stream
-            }
-            ::close(fd);
-        });
-    for (auto& t : th) t.join();
-    int complete = 0, overloaded = 0;
-    for (int i = 1; i < 32; i += 2) {
-        const std::string& r = got[static_cast<size_t>(i)];
-        if (r.rfind("HTTP/1.1 200", 0) == 0) {
-            EXPECT_NE(r.find("event: message_stop"), std::string::npos) << r.substr(0, 400);
-            ++complete;
-        } else {
-            EXPECT_EQ(r.rfind("HTTP/1.1 529", 0), 0u) << r.substr(0, 400);
-            EXPECT_NE(r.find("overloaded_error"), std::string::npos) << r.substr(0, 400);
-            ++overloaded;
-        }
-    }
-    EXPECT_GE(complete, 1);
-    EXPECT_EQ(complete + overloaded, 16);
-    // Dropped streams are noticed at their next write: give them a moment, then nothing is held.
-    std::string met;
-    for (int tries = 0; tries < 100; ++tries) {
-        auto m = client().Get("/metrics");
-        ASSERT_TRUE(m);
-        met = m->body;
-        if (met.find("\nkiln_slots_busy 0\n") != std::string::npos && met.find("\nkiln_queue_depth 0\n") != std::string::npos)
-            break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    EXPECT_NE(met.find("\nkiln_slots_busy 0\n"), std::string::npos) << met;
-    EXPECT_NE(met.find("\nkiln_queue_depth 0\n"), std::string::npos) << met;
-    auto after = post("/v1/messages", simple_request(false, 2));
-    ASSERT_TRUE(after);
-    EXPECT_EQ(after->status, 200) << after->body;
-}
-
 TEST_F(ServerTest, OpenAIChatCompletions) {
     json body{{"model", "local"},
               {"max_tokens", 5},
@@ -654,6 +519,353 @@ TEST_F(ServerTest, OpenAIChatCompletions) {
     ASSERT_TRUE(e2);
     EXPECT_EQ(e2->status, 400);
     EXPECT_TRUE(json::parse(e2->body)["error"]["message"].is_string());
+}
+
+
+// output_config.format (Anthropic) and response_format (OpenAI): the answer parses as JSON that
+// matches the schema, even from a model with random weights.
+json title_schema() {
+    return json{{"type", "object"},
+                {"properties", {{"title", {{"type", "string"}}}}},
+                {"required", {"title"}},
+                {"additionalProperties", false}};
+}
+
+void expect_title_json(const std::string& text) {
+    const json j = json::parse(text, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << text;
+    ASSERT_EQ(j.size(), 1u) << text;
+    ASSERT_TRUE(j["title"].is_string()) << text;
+    EXPECT_FALSE(j["title"].get<std::string>().empty()) << text;
+}
+
+TEST_F(ServerTest, StructuredJsonOutput) {
+    json b = simple_request(false, 300);
+    b["output_config"] = {{"effort", "low"}, {"format", {{"type", "json_schema"}, {"schema", title_schema()}}}};
+    for (int i = 0; i < 2; ++i) {
+        b["temperature"] = i == 0 ? 0.0 : 1.0;
+        auto r = post("/v1/messages", b);
+        ASSERT_TRUE(r);
+        ASSERT_EQ(r->status, 200) << r->body;
+        const json j = json::parse(r->body);
+        EXPECT_EQ(j["stop_reason"], "end_turn") << r->body;
+        ASSERT_EQ(j["content"].size(), 1u) << r->body;
+        expect_title_json(j["content"][0]["text"]);
+    }
+    // Streaming: the text deltas join into the JSON.
+    b["stream"] = true;
+    auto s = post("/v1/messages", b);
+    ASSERT_TRUE(s);
+    ASSERT_EQ(s->status, 200) << s->body;
+    const auto evs = parse_sse(s->body);
+    check_anthropic_stream(evs);
+    std::string text;
+    for (const auto& e : evs)
+        if (e.event == "content_block_delta") text += e.data["delta"].value("text", "");
+    expect_title_json(text);
+
+    // More types: integer, boolean, enum, array, nested object.
+    json schema{{"type", "object"},
+                {"properties",
+                 {{"n", {{"type", "integer"}}},
+                  {"ok", {{"type", "boolean"}}},
+                  {"kind", {{"enum", {"alpha", "beta"}}}},
+                  {"tags", {{"type", "array"}, {"items", {{"type", "string"}}}}},
+                  {"inner", {{"type", "object"}, {"properties", {{"x", {{"type", "number"}}}}}}}}}};
+    json b2 = simple_request(false, 400);
+    b2["output_format"] = {{"type", "json_schema"}, {"schema", schema}};  // the older field name
+    auto r2 = post("/v1/messages", b2);
+    ASSERT_TRUE(r2);
+    ASSERT_EQ(r2->status, 200) << r2->body;
+    const json j2 = json::parse(json::parse(r2->body)["content"][0]["text"].get<std::string>(), nullptr, false);
+    ASSERT_TRUE(j2.is_object()) << r2->body;
+    EXPECT_TRUE(j2["n"].is_number_integer()) << j2;
+    EXPECT_TRUE(j2["ok"].is_boolean()) << j2;
+    EXPECT_TRUE(j2["kind"] == "alpha" || j2["kind"] == "beta") << j2;
+    EXPECT_TRUE(j2["tags"].is_array() && j2["tags"].size() == 1 && j2["tags"][0].is_string()) << j2;
+    EXPECT_TRUE(j2["inner"]["x"].is_number()) << j2;
+
+    // OpenAI response_format.
+    json oa{{"model", "x"}, {"max_tokens", 300}, {"messages", json::array({json{{"role", "user"}, {"content", "title?"}}})},
+            {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "t"}, {"strict", true}, {"schema", title_schema()}}}}}};
+    auto o = post("/v1/chat/completions", oa);
+    ASSERT_TRUE(o);
+    ASSERT_EQ(o->status, 200) << o->body;
+    expect_title_json(json::parse(o->body)["choices"][0]["message"]["content"]);
+
+    // A format that is not a schema: 400.
+    json bad = simple_request(false);
+    bad["output_config"] = {{"format", {{"type", "json_schema"}, {"schema", "nope"}}}};
+    expect_anthropic_error(post("/v1/messages", bad), 400, "invalid_request_error");
+}
+
+// The scripted model output (thinking + tool call) is not what a JSON answer follows.
+TEST_F(ServerToolTest, JsonOutputIgnoresScriptAndToolParser) {
+    json b = simple_request(false, 300);
+    b["tools"] = json::array({json{{"name", "Bash"}, {"input_schema", {{"type", "object"}}}}});
+    b["output_config"] = {{"format", {{"type", "json_schema"}, {"schema", title_schema()}}}};
+    auto r = post("/v1/messages", b);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["stop_reason"], "end_turn");
+    ASSERT_EQ(j["content"].size(), 1u) << r->body;
+    EXPECT_EQ(j["content"][0]["type"], "text");
+    expect_title_json(j["content"][0]["text"]);
+}
+
+// 32 streaming clients at once on 2 slots and a queue of 16: each is answered (200, or 529 when
+// the queue is full); half drop their connection after the first bytes. Afterwards no slot is
+// busy, nothing is queued, and the server still answers.
+TEST_F(ServerTest, ThirtyTwoConcurrentStreamsSomeDropping) {
+    std::vector<std::thread> th;
+    std::vector<int> status(32, 0);
+    for (int i = 0; i < 32; ++i)
+        th.emplace_back([&, i] {
+            json b = simple_request(true, 24);
+            b["messages"][0]["content"] = "Stream number " + std::to_string(i);
+            const std::string body = b.dump();
+            if (i % 2 == 0) {
+                auto r = post("/v1/messages", b);
+                status[static_cast<size_t>(i)] = r ? r->status : -100 - static_cast<int>(r.error());  // -100 - httplib::Error
+                if (r && r->status == 200) check_anthropic_stream(parse_sse(r->body));
+                return;
+            }
+            const std::string req = "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + std::string(kKey) +
+                                    "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+            const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+            sockaddr_in a{};
+            a.sin_family = AF_INET;
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            a.sin_port = htons(static_cast<uint16_t>(port_));
+            if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                ::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size())) {
+                char buf[64];
+                timeval tv{60, 0};
+                ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+                const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+                status[static_cast<size_t>(i)] = n > 12 && std::string(buf, 12) == "HTTP/1.1 200" ? 200 : n > 12 && std::string(buf, 12) == "HTTP/1.1 529" ? 529 : -2;
+            }
+            ::close(fd);  // gone mid-stream (or before its turn)
+        });
+    for (auto& t : th) t.join();
+    int ok = 0;
+    for (int i = 0; i < 32; ++i) {
+        EXPECT_TRUE(status[static_cast<size_t>(i)] == 200 || status[static_cast<size_t>(i)] == 529) << i << ": " << status[static_cast<size_t>(i)];
+        ok += status[static_cast<size_t>(i)] == 200;
+    }
+    EXPECT_GE(ok, 18);  // 2 slots + 16 queued at least
+    // The dropped streams free their slots: nothing busy, nothing queued, soon.
+    std::string metrics;
+    for (int i = 0; i < 100; ++i) {
+        auto m = client().Get("/metrics");
+        ASSERT_TRUE(m);
+        metrics = m->body;
+        if (metrics.find("kiln_slots_busy 0\n") != std::string::npos && metrics.find("kiln_queue_depth 0\n") != std::string::npos) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_NE(metrics.find("kiln_slots_busy 0\n"), std::string::npos) << metrics;
+    EXPECT_NE(metrics.find("kiln_queue_depth 0\n"), std::string::npos) << metrics;
+    auto after = post("/v1/messages", simple_request(false, 2));
+    ASSERT_TRUE(after);
+    EXPECT_EQ(after->status, 200);
+}
+
+// ---- rejected keys and `kiln claude` -------------------------------------------------------------
+
+std::string read_file(const std::string& path) {
+    std::ifstream f(path);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+size_t count_lines_with(const std::string& text, const std::vector<std::string>& needles) {
+    size_t n = 0, pos = 0;
+    while (pos < text.size()) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        const std::string line = text.substr(pos, end - pos);
+        bool all = true;
+        for (const auto& s : needles) all = all && line.find(s) != std::string::npos;
+        n += all;
+        pos = end + 1;
+    }
+    return n;
+}
+
+TEST_F(ServerTest, RejectedKeyLoggedOncePerKeyWithFingerprint) {
+    const std::string key = "rejected-key-0123456789-abcdefg";  // 31 characters
+    for (int i = 0; i < 3; ++i) expect_anthropic_error(post("/v1/messages", simple_request(false), key), 401, "authentication_error");
+    httplib::Client c("127.0.0.1", port_);
+    c.set_default_headers({{"Authorization", "Bearer another-rejected-key"}});  // 20 characters
+    for (int i = 0; i < 2; ++i) {
+        auto r = c.Post("/v1/chat/completions", "{}", "application/json");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->status, 401);
+    }
+    const std::string log = read_file(log_path_);
+    EXPECT_EQ(log.find(key), std::string::npos) << "the key itself must never be logged";
+    EXPECT_EQ(log.find("another-rejected-key"), std::string::npos);
+    EXPECT_EQ(count_lines_with(log, {"401 for POST /v1/messages", "x-api-key", "31 characters", "does not match", "fingerprint"}), 1u) << log;
+    EXPECT_EQ(count_lines_with(log, {"401 for POST /v1/chat/completions", "Authorization: Bearer", "20 characters", "does not match"}), 1u) << log;
+}
+
+// A stand-in `claude` on PATH: prints its environment and arguments, asks the server through the
+// environment it was given, exits 7.
+std::filesystem::path fake_claude_dir() {
+    const auto dir = kiln::test::temp_path("fake-claude-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    std::ofstream f(dir / "claude");
+    f << "#!/bin/sh\n"
+         "env | grep -E '^(ANTHROPIC|CLAUDE)_' | sort\n"
+         "echo \"ARGS: $*\"\n"
+         "curl -s -H \"Authorization: Bearer $ANTHROPIC_AUTH_TOKEN\" -H 'content-type: application/json' \"$ANTHROPIC_BASE_URL/v1/messages\" "
+         "-d \"{\\\"model\\\":\\\"$ANTHROPIC_MODEL\\\",\\\"max_tokens\\\":3,\\\"messages\\\":[{\\\"role\\\":\\\"user\\\",\\\"content\\\":\\\"hi\\\"}]}\"\n"
+         "echo\n"
+         "exit 7\n";
+    f.close();
+    std::filesystem::permissions(dir / "claude", std::filesystem::perms::owner_all);
+    return dir;
+}
+
+// Runs `kiln claude ARGS` with PATH=path_prefix:$PATH (or PATH=path_prefix when replace).
+kiln::test::RunResult run_kiln_claude(const std::string& path, bool replace, const std::vector<std::string>& args) {
+    using kiln::test::shell_quote;
+    const std::string err = kiln::test::temp_path("claude-" + std::to_string(::getpid()) + ".err").string();
+    std::string cmd = "PATH=" + shell_quote(path) + (replace ? "" : ":\"$PATH\"") + " ANTHROPIC_API_KEY=users-real-key " + shell_quote(kiln_binary()) + " claude";
+    for (const auto& a : args) {
+        cmd += ' ';
+        cmd += shell_quote(a);
+    }
+    cmd += " 2>" + shell_quote(err) + " </dev/null";
+    kiln::test::RunResult r;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    const int status = ::pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.err = read_file(err);
+    return r;
+}
+
+bool have_curl() { return std::system("command -v curl >/dev/null 2>&1") == 0; }
+
+TEST_F(ServerTest, KilnClaudeReusesRunningServer) {
+    if (!have_curl()) GTEST_SKIP() << "*** SKIPPED: curl is not installed (the fake claude uses it) ***";
+    const auto dir = fake_claude_dir();
+    auto r = run_kiln_claude(dir.string(), false, {"--port", std::to_string(port_), "--api-key", kKey, "--", "-p", "hello there"});
+    EXPECT_EQ(r.code, 7) << r.err;
+    EXPECT_NE(r.err.find("reusing the server"), std::string::npos) << r.err;
+    EXPECT_NE(r.out.find("ANTHROPIC_BASE_URL=http://127.0.0.1:" + std::to_string(port_) + "\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(std::string("ANTHROPIC_AUTH_TOKEN=") + kKey + "\n"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("ANTHROPIC_API_KEY"), std::string::npos) << "the user's key must not reach the local server";
+    EXPECT_NE(r.out.find("CLAUDE_CODE_AUTO_COMPACT_WINDOW=1024\n"), std::string::npos) << r.out;  // the running server's context
+    EXPECT_NE(r.out.find("ARGS: -p hello there"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\"type\":\"message\""), std::string::npos) << r.out;
+    // The server it did not start is still there.
+    auto h = client().Get("/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 200);
+
+    // Without the running server's key: a clear error, claude is not started.
+    auto nokey = run_kiln_claude(dir.string(), false, {"--port", std::to_string(port_)});
+    EXPECT_EQ(nokey.code, 1);
+    EXPECT_NE(nokey.err.find("--api-key"), std::string::npos) << nokey.err;
+    EXPECT_EQ(nokey.out.find("ARGS:"), std::string::npos) << nokey.out;
+}
+
+TEST(ServerClaudeCommand, StartsServerRunsClaudeStopsServer) {
+    KILN_REQUIRE_SHARED("models");
+    if (!std::filesystem::exists(shared_dir() / kModel)) GTEST_SKIP() << kModel << " is absent";
+    if (!have_curl()) GTEST_SKIP() << "*** SKIPPED: curl is not installed (the fake claude uses it) ***";
+    const auto dir = fake_claude_dir();
+    const int port = free_port();
+    const std::string log = kiln::test::temp_path("kiln-claude-" + std::to_string(::getpid()) + ".log").string();
+    auto r = run_kiln_claude(dir.string(), false,
+                             {"-m", (shared_dir() / kModel).string(), "-c", "512", "--port", std::to_string(port), "-t", "1", "--log", log, "--",
+                              "-p", "x y"});
+    EXPECT_EQ(r.code, 7) << r.err;  // claude's exit code
+    EXPECT_NE(r.err.find("starting kiln serve"), std::string::npos) << r.err;
+    for (const std::string& line : {"ANTHROPIC_BASE_URL=http://127.0.0.1:" + std::to_string(port), std::string("ANTHROPIC_MODEL=qwen3"),
+                                   std::string("ANTHROPIC_SMALL_FAST_MODEL=qwen3"), std::string("CLAUDE_CODE_ATTRIBUTION_HEADER=0"),
+                                   std::string("CLAUDE_CODE_TOTAL_TOKENS_REMINDER=off"), std::string("CLAUDE_CODE_AUTO_COMPACT_WINDOW=512"),
+                                   std::string("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1"), std::string("ANTHROPIC_AUTH_TOKEN=kiln-")})
+        EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out;
+    EXPECT_EQ(r.out.find("ANTHROPIC_API_KEY"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("ARGS: -p x y"), std::string::npos) << r.out;
+    // The server answered the request made with the token it was given.
+    EXPECT_NE(r.out.find("\"type\":\"message\""), std::string::npos) << r.out;
+    const std::string slog = read_file(log);
+    EXPECT_NE(slog.find("API key required"), std::string::npos) << slog;
+    EXPECT_NE(slog.find("prefix cache: up to 3 contexts"), std::string::npos) << slog;  // kiln claude's default
+    EXPECT_NE(slog.find("kiln serve: stopped"), std::string::npos) << slog;
+    // And it is gone.
+    httplib::Client c("127.0.0.1", port);
+    c.set_connection_timeout(1);
+    EXPECT_FALSE(c.Get("/health"));
+}
+
+TEST(ServerClaudeCommand, WithoutClaudeSaysHowToInstall) {
+    auto r = run_kiln_claude("/nonexistent-dir", true, {"-m", "whatever.gguf"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.err.find("npm install -g @anthropic-ai/claude-code"), std::string::npos) << r.err;
+}
+
+
+// Several cached prefixes under --cache-mem: one generating slot, more contexts keeping prefixes,
+// the least recently used overwritten when the budget is full.
+class ServerPrefixCacheTest : public ::testing::Test {
+protected:
+    static inline std::unique_ptr<kiln::test::ServeProcess> server_;
+    static void SetUpTestSuite() {
+        if (!std::filesystem::exists(shared_dir() / kModel)) return;
+        server_ = std::make_unique<kiln::test::ServeProcess>();
+        // The tiny model's KV at 1024 tokens is ~0.1 MiB: 1 MiB holds 8 contexts.
+        server_->start((shared_dir() / kModel).string(), {"-c", "1024", "--parallel", "1", "--cache-mem", "1", "-t", "2"}, nullptr, "serve-cache");
+    }
+    static void TearDownTestSuite() { server_.reset(); }
+    void SetUp() override {
+        KILN_REQUIRE_SHARED("models");
+        if (!std::filesystem::exists(shared_dir() / kModel)) GTEST_SKIP() << kModel << " is absent";
+        ASSERT_TRUE(server_ && server_->pid > 0);
+    }
+    // A request with its own long system prompt; returns its usage.
+    json ask(int persona) {
+        std::string sys = std::to_string(persona * 7919) + " is your number.";
+        for (int i = 0; i < 60; ++i) sys += " persona " + std::to_string(persona) + " rule " + std::to_string(i) + ".";
+        json b = simple_request(false, 2);
+        b["system"] = sys;
+        httplib::Client c("127.0.0.1", server_->port);
+        c.set_read_timeout(120);
+        auto r = c.Post("/v1/messages", b.dump(), "application/json");
+        if (!r || r->status != 200) {
+            ADD_FAILURE() << (r ? r->body : std::string("no answer"));
+            return json{{"input_tokens", 0}, {"cache_read_input_tokens", 0}};
+        }
+        return json::parse(r->body)["usage"];
+    }
+};
+
+TEST_F(ServerPrefixCacheTest, SeveralPrefixesKeptLeastRecentlyUsedEvicted) {
+    const json a = ask(1);
+    const int64_t len = a["input_tokens"].get<int64_t>() + a["cache_read_input_tokens"].get<int64_t>();
+    ASSERT_GT(len, 300);
+    ask(2);
+    ask(3);
+    // A, then B, are still cached although other prompts came between.
+    EXPECT_GE(ask(1)["cache_read_input_tokens"].get<int64_t>(), len - 1);
+    EXPECT_GE(ask(2)["cache_read_input_tokens"].get<int64_t>(), len - 10);
+    // Eight more prompts fill the 8 contexts: persona 1, now the least recently used, is gone.
+    for (int p = 10; p < 18; ++p) EXPECT_LT(ask(p)["cache_read_input_tokens"].get<int64_t>(), 20);
+    EXPECT_LT(ask(1)["cache_read_input_tokens"].get<int64_t>(), 20);
+    // The most recent ones stay.
+    EXPECT_GE(ask(17)["cache_read_input_tokens"].get<int64_t>(), len - 10);
+    httplib::Client c("127.0.0.1", server_->port);
+    auto m = c.Get("/metrics");
+    ASSERT_TRUE(m);
+    EXPECT_NE(m->body.find("kiln_cache_contexts 8\n"), std::string::npos) << m->body;
+    EXPECT_NE(m->body.find("kiln_cache_contexts_max 8\n"), std::string::npos) << m->body;
 }
 
 }  // namespace

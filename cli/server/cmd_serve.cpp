@@ -1,4 +1,6 @@
 // kiln serve -m MODEL: the Anthropic Messages API and the OpenAI Chat Completions API over HTTP.
+#include <sys/socket.h>
+
 #include <csignal>
 #include <chrono>
 #include <cstdio>
@@ -43,6 +45,13 @@ bool const_time_equal(const std::string& a, const std::string& b) {
         diff |= static_cast<unsigned char>(x ^ y);
     }
     return diff == 0;
+}
+
+// A short fingerprint of a key for logs (FNV-1a, 32 bits): tells keys apart, never reveals one.
+std::string key_fingerprint(const std::string& key) {
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
+    return fmt::format("{:08x}", static_cast<uint32_t>(h ^ (h >> 32)));
 }
 
 bool is_openai_path(const std::string& path) { return path.rfind("/v1/chat/", 0) == 0 || path.rfind("/v1/completions", 0) == 0; }
@@ -144,12 +153,14 @@ public:
             if (api_key_.empty() || req.path == "/health" || (req.method == "HEAD" && req.path == "/"))
                 return httplib::Server::HandlerResponse::Unhandled;
             std::string key = req.get_header_value("x-api-key");
+            const char* from = "x-api-key";
             if (key.empty()) {
                 const std::string auth = req.get_header_value("Authorization");
                 if (auth.rfind("Bearer ", 0) == 0) key = auth.substr(7);
+                from = "Authorization: Bearer";
             }
             if (const_time_equal(key, api_key_)) return httplib::Server::HandlerResponse::Unhandled;
-            log_rejected(key, req);
+            log_rejected(key, from, req);
             send_error(res, ApiError(401, "authentication_error", key.empty() ? "missing API key (x-api-key or Authorization: Bearer)" : "invalid API key"),
                        is_openai_path(req.path));
             return httplib::Server::HandlerResponse::Handled;
@@ -178,7 +189,9 @@ public:
         });
 
         svr.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content("kiln serve: ok\n", "text/plain"); });
-        svr.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content(R"({"status":"ok"})", "application/json"); });
+        svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+            res.set_content(json{{"status", "ok"}, {"model", model_name_}, {"n_ctx", e_.n_ctx()}}.dump(), "application/json");
+        });
         svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
             json m{{"id", model_name_}, {"object", "model"}, {"type", "model"}, {"created", 0}, {"owned_by", "kiln"}, {"display_name", model_name_}};
             res.set_content(json{{"object", "list"}, {"data", json::array({m})}, {"has_more", false}}.dump(), "application/json");
@@ -213,12 +226,21 @@ private:
         }
     }
 
-    void log_rejected(const std::string& key, const httplib::Request& req) {
+    // Claude Code retries a 401 for minutes: say once per distinct key, clearly, why it is refused.
+    // The key itself is never logged, only a fingerprint to tell keys apart and compare.
+    void log_rejected(const std::string& key, const char* from, const httplib::Request& req) {
         std::lock_guard lk(log_mu_);
-        const std::string shown = key.empty() ? "(none)" : key.size() <= 8 ? std::string(key.size(), '*') : key.substr(0, 4) + "..." + key.substr(key.size() - 2);
-        if (rejected_.size() < 1000 && rejected_.insert(key).second)
-            fmt::print(stderr, "kiln serve: rejected API key {} from {} on {} {} (further uses of this key are not logged)\n", shown,
-                       req.remote_addr, req.method, req.path);
+        if (rejected_.size() >= 1000 || !rejected_.insert(key).second) return;
+        if (key.empty())
+            fmt::print(stderr,
+                       "kiln serve: 401 for {} {} from {}: no API key was sent (the server requires x-api-key or Authorization: "
+                       "Bearer; key fingerprint {}). Requests without a key are not logged again.\n",
+                       req.method, req.path, req.remote_addr, key_fingerprint(api_key_));
+        else
+            fmt::print(stderr,
+                       "kiln serve: 401 for {} {} from {}: the API key sent in {} (fingerprint {}, {} characters) does not match "
+                       "--api-key (fingerprint {}). Further requests with this key are not logged.\n",
+                       req.method, req.path, req.remote_addr, from, key_fingerprint(key), key.size(), key_fingerprint(api_key_));
     }
 
     // Prepares the request up to the token ids: the errors a client should get before any stream.
@@ -227,7 +249,8 @@ private:
         r.gen.prompt = e_.tokenize_prompt(prompt);
         return r.gen;
     }
-    std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix) {
+    std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix, const GenParams& gen) {
+        if (!gen.json_plan.empty()) return make_plain_parser();  // JSON output: text only
         return make_chat_parser(e_.chat_template().source(), e_.model().info().arch, prompt, random_id(id_prefix) + "_");
     }
 
@@ -245,7 +268,7 @@ private:
         auto gen = std::make_shared<GenParams>(prepare(r, prompt));
         const std::string id = random_id("msg_");
         const std::string model = r.model.empty() ? model_name_ : r.model;
-        std::shared_ptr<OutputParser> parser = parser_for(prompt, "toolu_");
+        std::shared_ptr<OutputParser> parser = parser_for(prompt, "toolu_", *gen);
         if (!r.stream) {
             Collector col;
             const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
@@ -370,7 +393,7 @@ private:
         const std::string id = random_id("chatcmpl-");
         const std::string model = r.model.empty() ? model_name_ : r.model;
         const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-        std::shared_ptr<OutputParser> parser = parser_for(prompt, "call_");
+        std::shared_ptr<OutputParser> parser = parser_for(prompt, "call_", *gen);
         if (!r.stream) {
             std::string text, reasoning;
             json calls = json::array();
@@ -560,6 +583,10 @@ private:
         s += "# HELP kiln_slots_busy Slots generating.\n# TYPE kiln_slots_busy gauge\n";
         s += fmt::format("kiln_slots_busy {}\n", active);
         s += fmt::format("# HELP kiln_slots Slots (parallel sequences).\n# TYPE kiln_slots gauge\nkiln_slots {}\n", e_.n_parallel());
+        s += fmt::format("# HELP kiln_cache_contexts Contexts holding a cached prefix (slots included).\n# TYPE kiln_cache_contexts gauge\nkiln_cache_contexts {}\n",
+                         e_.n_contexts());
+        s += fmt::format("# HELP kiln_cache_contexts_max Contexts the --cache-mem budget allows.\n# TYPE kiln_cache_contexts_max gauge\nkiln_cache_contexts_max {}\n",
+                         e_.max_contexts());
         return s;
     }
 
@@ -578,6 +605,8 @@ int run_serve(const std::vector<std::string>& argv) {
     std::string model_path, host = "127.0.0.1", api_key, alias;
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0, max_queue = 16;
+    int64_t cache_mib = 0;
+    int cache_prefixes = 0;
     Args args("serve", "-m MODEL [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size per slot in tokens (default: the model's, at most 4096)");
@@ -586,6 +615,12 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"-np", "--parallel"}, &parallel, "N", "slots: requests generated at the same time (default 1)");
     args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (default 16)");
     args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
+    args.option({"--cache-mem"}, &cache_mib, "MIB",
+                "KV memory for cached prompt prefixes: more contexts than --parallel, each keeping one prefix, least recently used "
+                "overwritten first (default 0: the slots only)");
+    args.option({"--cache-prefixes"}, &cache_prefixes, "N",
+                "keep up to N cached prefixes (contexts, slots included) whatever their KV memory; the larger of this and "
+                "--cache-mem wins (default: --parallel)");
     args.option({"--api-key"}, &api_key, "KEY", "require this key (x-api-key or Authorization: Bearer)");
     args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
     if (!args.parse(argv)) return 0;
@@ -598,13 +633,32 @@ int run_serve(const std::vector<std::string>& argv) {
     lo.n_threads = threads;
     Model model = Model::load(model_path, lo);
     if (alias.empty()) alias = model.info().name.empty() ? std::filesystem::path(model_path).stem().string() : model.info().name;
-    Engine engine(model, n_ctx, parallel, max_queue, threads);
+    if (cache_mib < 0) throw Error("kiln serve: --cache-mem must be >= 0");
+    if (cache_prefixes < 0 || cache_prefixes > 64) throw Error("kiln serve: --cache-prefixes must be 0..64");
+    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes);
     Server server(engine, api_key, alias);
     httplib::Server svr;
     server.install(svr);
-    if (!svr.bind_to_port(host, port)) throw Error(fmt::format("kiln serve: cannot listen on {}:{}", host, port));
+    // cpp-httplib's defaults: SO_REUSEPORT (a second server on the same port would silently share
+    // it) and a listen backlog of 5 (a burst of clients gets connections reset). Instead:
+    // SO_REUSEADDR only, and a deep backlog once bound.
+    int listen_fd = -1;
+    svr.set_socket_options([&listen_fd](socket_t sock) {
+        int yes = 1;
+        ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+        listen_fd = sock;
+    });
+    if (!svr.bind_to_port(host, port))
+        throw Error(fmt::format("kiln serve: cannot listen on {}:{} (in use by another server?)", host, port));
+    if (int acc = 0; listen_fd >= 0) {
+        socklen_t len = sizeof acc;
+        if (::getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc) ::listen(listen_fd, SOMAXCONN);
+    }
     fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens{})\n", alias, host, port, engine.n_parallel(), engine.n_ctx(),
-               api_key.empty() ? "" : ", API key required");
+               api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
+    if (engine.max_contexts() > engine.n_parallel())
+        fmt::print(stderr, "kiln serve: prefix cache: up to {} contexts of {:.1f} MiB KV each (--cache-mem {} MiB, --cache-prefixes {})\n",
+                   engine.max_contexts(), static_cast<double>(engine.kv_bytes_per_context()) / (1 << 20), cache_mib, cache_prefixes);
     g_server = &svr;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

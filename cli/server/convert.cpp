@@ -90,6 +90,20 @@ std::string tool_result_text(const json& c) {
     return out;
 }
 
+// The answer must be JSON matching `schema`: generation follows its plan (no thinking, no tool
+// calls) and the model is told the schema at the end of the system prompt.
+void json_output(ChatRequest& r, const json& schema) {
+    r.gen.json_plan = plan_json(schema);
+    r.json_output = true;
+    r.enable_thinking = false;
+    r.prefill.clear();
+    const std::string note = "Answer with only a JSON value that matches this JSON schema:\n" + schema.dump();
+    if (!r.messages.empty() && r.messages[0]["role"] == "system")
+        r.messages[0]["content"] = r.messages[0]["content"].get<std::string>() + "\n\n" + note;
+    else
+        r.messages.insert(r.messages.begin(), ojson{{"role", "system"}, {"content", note}});
+}
+
 }  // namespace
 
 json parse_body(const std::string& body) {
@@ -256,6 +270,18 @@ ChatRequest from_anthropic(const json& body) {
         r.prefill = r.messages.back()["content"].get<std::string>();
         r.messages.erase(r.messages.size() - 1);
     }
+    // Structured output: output_config.format (and the older output_format).
+    const json* format = nullptr;
+    if (const json* oc = field(body, "output_config"); oc && oc->is_object()) format = field(*oc, "format");
+    if (!format) format = field(body, "output_format");
+    if (format && !format->is_null()) {
+        if (!format->is_object()) throw bad_request("output_config.format: expected an object");
+        const std::string t = get_string(*format, "type", "output_config.format");
+        if (t != "json_schema") throw bad_request(fmt::format("output_config.format.type: only json_schema is supported, got '{}'", t));
+        const json* schema = field(*format, "schema");
+        if (!schema || !schema->is_object()) throw bad_request("output_config.format.schema: expected a JSON schema object");
+        json_output(r, *schema);
+    }
     return r;
 }
 
@@ -347,6 +373,20 @@ ChatRequest from_openai(const json& body) {
     if (!r.messages.empty() && r.messages.back()["role"] == "assistant" && !r.messages.back().contains("tool_calls")) {
         r.prefill = r.messages.back()["content"].get<std::string>();
         r.messages.erase(r.messages.size() - 1);
+    }
+    if (const json* rf = field(body, "response_format"); rf && !rf->is_null()) {
+        if (!rf->is_object()) throw bad_request("response_format: expected an object");
+        const std::string t = get_string(*rf, "type", "response_format");
+        if (t == "json_schema") {
+            const json* js = field(*rf, "json_schema");
+            const json* schema = js && js->is_object() ? field(*js, "schema") : nullptr;
+            if (!schema || !schema->is_object()) throw bad_request("response_format.json_schema.schema: expected a JSON schema object");
+            json_output(r, *schema);
+        } else if (t == "json_object") {
+            json_output(r, json{{"type", "object"}});
+        } else if (t != "text") {
+            throw bad_request(fmt::format("response_format.type: expected text, json_schema or json_object, got '{}'", t));
+        }
     }
     return r;
 }

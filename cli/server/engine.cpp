@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <limits>
+#include <mutex>
 
 #include <fmt/format.h>
 
@@ -111,36 +113,53 @@ struct Engine::Slot {
     uint64_t last_used = 0;
 };
 
-Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads)
-    : model_(std::move(model)), max_queue_(max_queue) {
+Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes, int cache_prefixes)
+    : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
     auto f = gguf::File::open(model_.info().path);
     tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
-    ContextOptions co;
-    co.n_ctx = n_ctx;
-    co.n_threads = n_threads;
-    for (int i = 0; i < std::max(1, n_parallel); ++i) {
+    ctx_options_.n_ctx = n_ctx;
+    ctx_options_.n_threads = n_threads;
+    for (int i = 0; i < n_parallel_; ++i) {
         auto s = std::make_unique<Slot>();
         s->id = i;
-        s->ctx = std::make_unique<Context>(model_, co);
+        s->ctx = std::make_unique<Context>(model_, ctx_options_);
         slots_.push_back(std::move(s));
     }
+    kv_bytes_ = slots_[0]->ctx->kv_bytes();
+    max_contexts_ = n_parallel_;
+    if (kv_bytes_ > 0 && cache_bytes / kv_bytes_ > static_cast<size_t>(n_parallel_))
+        max_contexts_ = static_cast<int>(std::min<size_t>(cache_bytes / kv_bytes_, 64));
+    max_contexts_ = std::max(max_contexts_.load(), std::min(cache_prefixes, 64));
     n_ctx_ = slots_[0]->ctx->n_ctx();
-    step_queue_.reserve(slots_.size());
-    step_batch_.reserve(slots_.size());
-    step_ctxs_.reserve(slots_.size());
-    step_toks_.reserve(slots_.size());
+    step_queue_.reserve(static_cast<size_t>(n_parallel_));
+    step_batch_.reserve(static_cast<size_t>(n_parallel_));
+    step_ctxs_.reserve(static_cast<size_t>(n_parallel_));
+    step_toks_.reserve(static_cast<size_t>(n_parallel_));
     // For tests of the output path (parsers, SSE): every generation replays this text's tokens,
     // then end of text. Models with random weights never produce a tool call on their own.
+    // Several outputs separated by the ASCII record separator (\x1e) are used in turn, one per
+    // generation (then from the first again): a tool call, then the answer after its result.
     if (const char* s = std::getenv("KILN_SERVE_SCRIPTED_OUTPUT"); s && *s) {
-        script_ = model_.tokenizer().encode(s, /*add_special=*/false, /*parse_special=*/true);
-        script_.push_back(model_.tokenizer().eos());
-        fmt::print(stderr, "kiln serve: KILN_SERVE_SCRIPTED_OUTPUT is set: every answer replays it ({} tokens)\n", script_.size());
+        const std::string all = s;
+        for (size_t pos = 0;;) {
+            const size_t end = all.find('\x1e', pos);
+            std::vector<int32_t> t = model_.tokenizer().encode(all.substr(pos, end == std::string::npos ? std::string::npos : end - pos),
+                                                               /*add_special=*/false, /*parse_special=*/true);
+            t.push_back(model_.tokenizer().eos());
+            scripts_.push_back(std::move(t));
+            if (end == std::string::npos) break;
+            pos = end + 1;
+        }
+        fmt::print(stderr, "kiln serve: KILN_SERVE_SCRIPTED_OUTPUT is set: answers replay it ({} output(s))\n", scripts_.size());
     }
 }
 
 Engine::~Engine() = default;
 
-int Engine::n_parallel() const { return static_cast<int>(slots_.size()); }
+int Engine::n_contexts() {
+    std::lock_guard lk(mu_);
+    return static_cast<int>(slots_.size());
+}
 
 std::vector<int32_t> Engine::tokenize_prompt(const std::string& text) const {
     std::vector<int32_t> t = tokenizer().encode(text, /*add_special=*/true, /*parse_special=*/true);
@@ -152,7 +171,7 @@ std::vector<int32_t> Engine::tokenize_prompt(const std::string& text) const {
 
 Engine::Admission::Admission(Engine& e) : e_(e) {
     const int64_t n = ++e_.metrics_.queued;
-    if (n > static_cast<int64_t>(e_.slots_.size()) + e_.max_queue_) {
+    if (n > static_cast<int64_t>(e_.n_parallel_) + e_.max_queue_) {
         --e_.metrics_.queued;
         throw ApiError(529, "overloaded_error", "the server is overloaded: every slot is busy and the queue is full");
     }
@@ -167,7 +186,7 @@ struct Engine::StepRequest {
 };
 
 void Engine::step(Context& ctx, int32_t token) {
-    if (slots_.size() == 1) {
+    if (n_parallel_ == 1) {
         ctx.decode(std::span<const int32_t>(&token, 1));
         return;
     }
@@ -222,10 +241,15 @@ void Engine::step(Context& ctx, int32_t token) {
 Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::function<bool()>& keepalive) {
     std::unique_lock lk(mu_);
     for (;;) {
-        Slot* best = nullptr;
+        Slot* best = nullptr;  // the free context with the longest common prefix (ties: least recently used)
+        Slot* lru = nullptr;   // the least recently used free context
         size_t best_lcp = 0;
+        int busy = 0;
         for (auto& s : slots_) {
-            if (s->busy) continue;
+            if (s->busy) {
+                ++busy;
+                continue;
+            }
             size_t l = 0;
             const size_t n = std::min(s->tokens.size(), prompt.size());
             while (l < n && s->tokens[l] == prompt[l]) ++l;
@@ -233,8 +257,31 @@ Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::fun
                 best = s.get();
                 best_lcp = l;
             }
+            if (!lru || s->last_used < lru->last_used) lru = s.get();
         }
-        if (best) {
+        // Taking `best` keeps most of what it holds (or it is empty): take it. Otherwise keep the
+        // cached prefixes: a new context while the budget allows, else overwrite the least
+        // recently used one (unless best still saves a real amount of prefill).
+        constexpr size_t kWorthKeeping = 256;
+        if (busy < n_parallel_ && best && 2 * best_lcp < best->tokens.size()) {
+            if (static_cast<int>(slots_.size()) < max_contexts_) {
+                try {
+                    auto s = std::make_unique<Slot>();
+                    s->id = static_cast<int>(slots_.size());
+                    s->ctx = std::make_unique<Context>(model_, ctx_options_);
+                    best = s.get();
+                    slots_.push_back(std::move(s));
+                    fmt::print(stderr, "kiln serve: prefix cache: context {} of at most {} created ({:.1f} MiB of KV)\n", slots_.size(),
+                               max_contexts_.load(), static_cast<double>(kv_bytes_) / (1 << 20));
+                } catch (const std::exception& ex) {
+                    fmt::print(stderr, "kiln serve: prefix cache: cannot create another context ({}); keeping {}\n", ex.what(), slots_.size());
+                    max_contexts_ = static_cast<int>(slots_.size());
+                }
+            } else if (best_lcp < kWorthKeeping) {
+                best = lru;
+            }
+        }
+        if (best && busy < n_parallel_) {
             best->busy = true;
             best->last_used = ++clock_;
             ++metrics_.active;
@@ -339,53 +386,62 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     const int64_t room = n_ctx_ - ctx.n_past();
     const int64_t limit = p.max_tokens < 0 ? room : std::min(p.max_tokens, room);
     const auto t_gen = Clock::now();
-    // Counted while in the decode loop: a batch leader waits for this many tokens at most.
-    struct Generating {
-        Engine* e;
-        explicit Generating(Engine* en) : e(en) {
-            std::lock_guard lk(e->step_mu_);
-            ++e->generating_;
-        }
-        ~Generating() {
-            {
-                std::lock_guard lk(e->step_mu_);
-                --e->generating_;
-            }
-            e->step_cv_.notify_all();
-        }
-    } generating{this};
     r.stop_reason = "max_tokens";
-    while (r.n_gen < limit && !cancelled) {
-        const int32_t next = script_.empty() ? sampler.sample(ctx.logits())
-                                             : script_[std::min(static_cast<size_t>(r.n_gen), script_.size() - 1)];
-        sampler.accept(next);
-        ++r.n_gen;
-        if (tok.is_eog(next)) {
-            r.stop_reason = "end";
-            break;
-        }
-        bool hit = false;
-        const std::string out = stops.push(detok.push(next), hit, r.stop_sequence);
-        if (!out.empty()) deliver(out);
-        if (hit) {
-            r.stop_reason = "stop_sequence";
-            // The sampled token is in the context so the slot's tokens stay in step.
-            if (ctx.n_past() < n_ctx_) {
-                step(ctx, next);
-                slot->tokens.push_back(next);
+    if (!p.json_plan.empty()) {
+        generate_json(p, *slot, sampler, limit, r, [&](const std::string& text) {
+            deliver(text);
+            return !cancelled;
+        });
+    } else {
+        // Counted while in the decode loop: a batch leader waits for this many tokens at most.
+        struct Generating {
+            Engine* e;
+            explicit Generating(Engine* en) : e(en) {
+                std::lock_guard lk(e->step_mu_);
+                ++e->generating_;
             }
-            break;
+            ~Generating() {
+                {
+                    std::lock_guard lk(e->step_mu_);
+                    --e->generating_;
+                }
+                e->step_cv_.notify_all();
+            }
+        } generating{this};
+        static const std::vector<int32_t> kNoScript;
+        const std::vector<int32_t>& script = scripts_.empty() ? kNoScript : scripts_[script_turn_++ % scripts_.size()];
+        while (r.n_gen < limit && !cancelled) {
+            const int32_t next = script.empty() ? sampler.sample(ctx.logits())
+                                                : script[std::min(static_cast<size_t>(r.n_gen), script.size() - 1)];
+            sampler.accept(next);
+            ++r.n_gen;
+            if (tok.is_eog(next)) {
+                r.stop_reason = "end";
+                break;
+            }
+            bool hit = false;
+            const std::string out = stops.push(detok.push(next), hit, r.stop_sequence);
+            if (!out.empty()) deliver(out);
+            if (hit) {
+                r.stop_reason = "stop_sequence";
+                // The sampled token is in the context so the slot's tokens stay in step.
+                if (ctx.n_past() < n_ctx_) {
+                    step(ctx, next);
+                    slot->tokens.push_back(next);
+                }
+                break;
+            }
+            if (r.n_gen >= limit || ctx.n_past() >= n_ctx_) break;
+            step(ctx, next);
+            slot->tokens.push_back(next);
         }
-        if (r.n_gen >= limit || ctx.n_past() >= n_ctx_) break;
-        step(ctx, next);
-        slot->tokens.push_back(next);
-    }
-    if (r.stop_reason != "stop_sequence" && !cancelled) {
-        bool hit = false;
-        std::string rest = stops.push(detok.flush(), hit, r.stop_sequence);
-        if (hit) r.stop_reason = "stop_sequence";
-        else rest += stops.flush();
-        if (!rest.empty()) deliver(rest);
+        if (r.stop_reason != "stop_sequence" && !cancelled) {
+            bool hit = false;
+            std::string rest = stops.push(detok.flush(), hit, r.stop_sequence);
+            if (hit) r.stop_reason = "stop_sequence";
+            else rest += stops.flush();
+            if (!rest.empty()) deliver(rest);
+        }
     }
     if (!cancelled) {
         events.clear();
@@ -403,6 +459,117 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     metrics_.gen_tokens += static_cast<uint64_t>(r.n_gen);
     metrics_.decode_us += static_cast<uint64_t>(r.decode_ms * 1000);
     return r;
+}
+
+const JsonVocab& Engine::json_vocab() {
+    std::call_once(json_vocab_once_, [this] { json_vocab_ = std::make_unique<JsonVocab>(JsonVocab::build(tokenizer())); });
+    return *json_vocab_;
+}
+
+// Generates p.json_plan: forced text is decoded as is, values are sampled with the tokens that
+// would break the JSON masked. Leaves r.stop_reason "max_tokens" when the limit cuts it short.
+void Engine::generate_json(const GenParams& p, Slot& slot, Sampler& sampler, int64_t limit, GenResult& r,
+                           const std::function<bool(const std::string&)>& deliver) {
+    constexpr int kMaxStringTokens = 48;
+    constexpr int kMaxDigits = 4;
+    Context& ctx = *slot.ctx;
+    const Tokenizer& tok = tokenizer();
+    const JsonVocab& v = json_vocab();
+    const auto n_tok = static_cast<int32_t>(v.string_safe.size());
+    std::vector<float> masked;
+    // Appends tokens to the sequence; false when the limit cut them short (what fit is delivered).
+    auto push = [&](const std::vector<int32_t>& toks, const std::string& text) {
+        const size_t n = std::min<size_t>(toks.size(), static_cast<size_t>(std::max<int64_t>(0, limit - r.n_gen)));
+        if (n > 0) {
+            for (size_t i = 0; i < n; ++i) sampler.accept(toks[i]);
+            ctx.decode(std::span<const int32_t>(toks.data(), n));
+            slot.tokens.insert(slot.tokens.end(), toks.begin(), toks.begin() + static_cast<std::ptrdiff_t>(n));
+            r.n_gen += static_cast<int64_t>(n);
+        }
+        if (n == toks.size()) return deliver(text);
+        if (n > 0) deliver(tok.decode(std::span<const int32_t>(toks.data(), n)));
+        return false;
+    };
+    auto sample = [&](const auto& allowed) {
+        const auto lg = ctx.logits();
+        masked.assign(lg.begin(), lg.end());
+        for (size_t i = 0; i < masked.size(); ++i)
+            if (!allowed(static_cast<int32_t>(i))) masked[i] = -std::numeric_limits<float>::infinity();
+        return sampler.sample(masked);
+    };
+    for (const JsonPiece& piece : p.json_plan) {
+        switch (piece.kind) {
+            case JsonPiece::Forced:
+                if (!push(tok.encode(piece.text, false, false), piece.text)) return;
+                break;
+            case JsonPiece::String:
+                for (int n = 0;; ++n) {
+                    if (v.quote < 0) {  // no '"' token: close the string at once
+                        if (!push(tok.encode("\"", false, false), "\"")) return;
+                        break;
+                    }
+                    const int32_t t = n >= kMaxStringTokens ? v.quote : sample([&](int32_t id) {
+                        return (id < n_tok && v.string_safe[static_cast<size_t>(id)]) || (n > 0 && id == v.quote);
+                    });
+                    if (!push({t}, t == v.quote ? std::string("\"") : tok.token_to_piece(t, false))) return;
+                    if (t == v.quote) break;
+                }
+                break;
+            case JsonPiece::Number: {
+                // A first digit 1-9, then more digits (up to kMaxDigits) while the model's own
+                // most likely next token is a digit.
+                auto is_digit = [&](int32_t id, int from) {
+                    for (int d = from; d <= 9; ++d)
+                        if (id == v.digit[static_cast<size_t>(d)]) return true;
+                    return false;
+                };
+                bool any = false;
+                for (int d = 1; d <= 9; ++d) any = any || v.digit[static_cast<size_t>(d)] >= 0;
+                if (!any) {
+                    if (!push(tok.encode("0", false, false), "0")) return;
+                    break;
+                }
+                for (int n = 0; n < kMaxDigits; ++n) {
+                    if (n > 0) {
+                        const auto lg = ctx.logits();
+                        const auto top = static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin());
+                        if (!is_digit(top, 0)) break;
+                    }
+                    const int32_t t = sample([&](int32_t id) { return is_digit(id, n == 0 ? 1 : 0); });
+                    if (!push({t}, tok.token_to_piece(t, false))) return;
+                }
+                break;
+            }
+            case JsonPiece::Choice: {
+                std::vector<std::vector<int32_t>> seqs;
+                for (const auto& c : piece.choices) seqs.push_back(tok.encode(c, false, false));
+                std::vector<size_t> alive(seqs.size());
+                for (size_t i = 0; i < alive.size(); ++i) alive[i] = i;
+                for (size_t pos = 0;; ++pos) {
+                    // One choice left, or one that ends here: force the rest of it.
+                    size_t done = seqs.size();
+                    for (size_t a : alive)
+                        if (seqs[a].size() == pos) done = a;
+                    if (alive.size() == 1) done = alive[0];
+                    if (done < seqs.size()) {
+                        const std::vector<int32_t> rest(seqs[done].begin() + static_cast<std::ptrdiff_t>(pos), seqs[done].end());
+                        if (!push(rest, {})) return;
+                        if (!deliver(piece.choices[done])) return;
+                        break;
+                    }
+                    const int32_t t = sample([&](int32_t id) {
+                        for (size_t a : alive)
+                            if (seqs[a][pos] == id) return true;
+                        return false;
+                    });
+                    std::erase_if(alive, [&](size_t a) { return seqs[a][pos] != t; });
+                    if (!push({t}, {})) return;
+                }
+                break;
+            }
+        }
+    }
+    r.stop_reason = "end";
 }
 
 }  // namespace kiln::serve

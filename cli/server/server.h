@@ -5,6 +5,7 @@
 //   cmd_serve.cpp - routes, SSE, authentication, errors, metrics
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -57,11 +58,31 @@ std::unique_ptr<OutputParser> make_plain_parser();
 std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
                                                const std::string& prompt, const std::string& id_prefix);
 
+// Output forced to parse as JSON matching a schema (json_output.cpp): the schema becomes pieces,
+// text it fixes (Forced) and values sampled under a mask (String: the characters of a JSON
+// string, then its closing quote; Number: digits; Choice: one of the texts, e.g. an enum).
+struct JsonPiece {
+    enum Kind { Forced, String, Number, Choice } kind = Forced;
+    std::string text;                  // Forced
+    std::vector<std::string> choices;  // Choice
+};
+// Throws ApiError 400 when the schema is not an object.
+std::vector<JsonPiece> plan_json(const json& schema);
+
+// Which tokens may be sampled inside JSON values (built once per tokenizer).
+struct JsonVocab {
+    std::vector<uint8_t> string_safe;  // whole UTF-8, nothing to escape: may appear in a string
+    std::array<int32_t, 10> digit{};   // the token of each digit (-1 if none)
+    int32_t quote = -1;                // the token of '"'
+    static JsonVocab build(const Tokenizer& tok);
+};
+
 struct GenParams {
     std::vector<int32_t> prompt;
     int64_t max_tokens = -1;  // -1: until the context is full; clamped to what the context has left
     SamplerParams sampler;
     std::vector<std::string> stop;  // stop sequences (not included in the output)
+    std::vector<JsonPiece> json_plan;  // not empty: the output is JSON following this plan
 };
 
 struct GenResult {
@@ -85,14 +106,23 @@ struct Metrics {
 // The slots and the queue. generate() is safe to call from many threads: it waits for a free slot.
 class Engine {
 public:
-    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads);
+    // cache_bytes: KV memory for cached prefixes. Beyond the n_parallel contexts that generate,
+    // more contexts (each holding one prefix, created when needed) are kept while their KV fits in
+    // cache_bytes; a request takes the context with the longest common prefix, and a context
+    // whose cache a request would mostly discard is left alone while there is room for another.
+    // When none is left, the least recently used context is overwritten.
+    // cache_prefixes: keep up to this many contexts whatever their memory (the larger limit wins).
+    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0, int cache_prefixes = 0);
     ~Engine();
 
     const Model& model() const { return model_; }
     const Tokenizer& tokenizer() const { return model_.tokenizer(); }
     const ChatTemplate& chat_template() const { return *tmpl_; }
     int64_t n_ctx() const { return n_ctx_; }
-    int n_parallel() const;
+    int n_parallel() const { return n_parallel_; }
+    int n_contexts();              // contexts created so far (each holds one cached prefix)
+    int max_contexts() const { return max_contexts_; }
+    size_t kv_bytes_per_context() const { return kv_bytes_; }
     Metrics& metrics() { return metrics_; }
 
     // Tokenizes a rendered prompt; throws ApiError 400 "prompt is too long: N tokens > M maximum".
@@ -131,7 +161,11 @@ private:
     std::unique_ptr<ChatTemplate> tmpl_;
     int64_t n_ctx_;
     int max_queue_;
-    std::vector<std::unique_ptr<Slot>> slots_;
+    int n_parallel_ = 1;
+    std::atomic<int> max_contexts_{1};
+    size_t kv_bytes_ = 0;
+    ContextOptions ctx_options_;
+    std::vector<std::unique_ptr<Slot>> slots_;  // grows up to max_contexts_ (under mu_)
     std::mutex mu_;
     std::condition_variable cv_;
     uint64_t clock_ = 0;
@@ -143,7 +177,14 @@ private:
     std::vector<int32_t> step_toks_;
     bool step_running_ = false;
     int generating_ = 0;  // requests in their decode loop (under step_mu_)
-    std::vector<int32_t> script_;  // KILN_SERVE_SCRIPTED_OUTPUT: tests replay this text instead of sampling
+    void generate_json(const GenParams& p, Slot& slot, Sampler& sampler, int64_t limit, GenResult& r,
+                       const std::function<bool(const std::string&)>& deliver);
+    const JsonVocab& json_vocab();
+    std::once_flag json_vocab_once_;
+    std::unique_ptr<JsonVocab> json_vocab_;
+    // KILN_SERVE_SCRIPTED_OUTPUT: tests replay these outputs (in turn) instead of sampling.
+    std::vector<std::vector<int32_t>> scripts_;
+    std::atomic<size_t> script_turn_{0};
 };
 
 // ---- request conversion (convert.cpp) -----------------------------------------------------------
@@ -157,6 +198,7 @@ struct ChatRequest {
     bool stream = false;
     bool include_usage = false;  // OpenAI stream_options.include_usage
     std::string model;
+    bool json_output = false;  // output_config.format / response_format asked for JSON (gen.json_plan)
 };
 
 // Parses a body, rejecting deep nesting before the parser sees it.

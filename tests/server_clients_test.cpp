@@ -1,0 +1,225 @@
+// kiln serve with real clients: the official Anthropic and OpenAI SDKs (node) and the Claude Code
+// CLI, installed from npm under <build>/client-tests (kept across runs; the tests skip LOUDLY when
+// node, npm or the registry is unavailable). Each client talks through a recording proxy; every
+// request it sent is then replayed straight to the server and the answer checked (streams by a
+// strict SSE parser). Nothing captured is written to the source tree.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "support/serve.h"
+#include "support/shared.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using kiln::test::Recorder;
+using kiln::test::ServeProcess;
+using kiln::test::shared_dir;
+using kiln::test::shell_quote;
+
+constexpr const char* kModel = "models/qwen3-vocab-tiny.f16.gguf";
+constexpr const char* kKey = "client-test-key";
+
+// Sends each captured generation request straight to the server again: same status, and a valid
+// answer (streams through the strict SSE parsers). Returns how many were replayed.
+size_t replay_and_check(const std::vector<Recorder::Captured>& caps, int port) {
+    size_t n = 0;
+    for (const auto& c : caps) {
+        if (c.method != "POST") continue;
+        const bool anthropic = c.target.rfind("/v1/messages", 0) == 0 && c.target.find("count_tokens") == std::string::npos;
+        const bool openai = c.target.rfind("/v1/chat/completions", 0) == 0;
+        if (!anthropic && !openai) continue;
+        ++n;
+        SCOPED_TRACE("replay of " + c.target + " " + c.body.substr(0, 200));
+        httplib::Client cl("127.0.0.1", port);
+        cl.set_read_timeout(900);
+        httplib::Request req;
+        req.method = "POST";
+        req.path = c.target;
+        req.headers = c.headers;
+        req.body = c.body;
+        auto r = cl.send(req);
+        if (!r) {
+            ADD_FAILURE() << "no answer";
+            continue;
+        }
+        EXPECT_EQ(r->status, c.status) << r->body.substr(0, 500);
+        const json body = json::parse(c.body, nullptr, false);
+        if (r->status != 200) {
+            const json e = json::parse(r->body, nullptr, false);
+            if (anthropic) EXPECT_EQ(e.value("type", ""), "error") << r->body;
+            else EXPECT_TRUE(e.contains("error") && e["error"]["message"].is_string()) << r->body;
+            continue;
+        }
+        if (body.is_object() && body.value("stream", false)) {
+            EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+            if (anthropic) {
+                const auto evs = kiln::test::parse_sse(r->body);
+                const json d = kiln::test::check_anthropic_stream(evs);
+                if (!d.is_object()) continue;  // check_anthropic_stream said why
+                const std::string stop = d["delta"].value("stop_reason", "");
+                EXPECT_TRUE(stop == "end_turn" || stop == "max_tokens" || stop == "tool_use" || stop == "stop_sequence") << stop;
+                EXPECT_TRUE(d["usage"]["output_tokens"].is_number()) << d;
+            } else {
+                const auto chunks = kiln::test::parse_openai_sse(r->body);
+                bool finished = false;
+                for (const auto& ch : chunks)
+                    for (const auto& choice : ch.value("choices", json::array())) finished = finished || choice["finish_reason"].is_string();
+                EXPECT_TRUE(finished) << r->body.substr(0, 500);
+            }
+        } else {
+            const json j = json::parse(r->body, nullptr, false);
+            if (!j.is_object()) {
+                ADD_FAILURE() << "not JSON: " << r->body.substr(0, 500);
+                continue;
+            }
+            if (anthropic) {
+                EXPECT_EQ(j.value("type", ""), "message");
+                EXPECT_TRUE(j["content"].is_array() && !j["content"].empty());
+                EXPECT_TRUE(j["stop_reason"].is_string());
+                EXPECT_TRUE(j["usage"]["input_tokens"].is_number());
+            } else {
+                EXPECT_EQ(j.value("object", ""), "chat.completion");
+                EXPECT_TRUE(j["choices"][0]["message"].is_object());
+            }
+        }
+    }
+    return n;
+}
+
+class ServerSdkTest : public ::testing::Test {
+protected:
+    static inline std::unique_ptr<ServeProcess> server_;
+    static void SetUpTestSuite() {
+        if (!fs::exists(shared_dir() / kModel)) return;
+        server_ = std::make_unique<ServeProcess>();
+        server_->start((shared_dir() / kModel).string(), {"-c", "4096", "--api-key", kKey, "-t", "2"},
+                       "<think>\nLet me look.\n</think>\n\nI will list them.\n<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls -la\"}}\n</tool_call>",
+                       "serve-sdk");
+    }
+    static void TearDownTestSuite() { server_.reset(); }
+    void SetUp() override {
+        KILN_REQUIRE_SHARED("models");
+        if (!fs::exists(shared_dir() / kModel)) GTEST_SKIP() << kModel << " is absent";
+        ASSERT_TRUE(server_ && server_->pid > 0);
+    }
+};
+
+TEST_F(ServerSdkTest, AnthropicAndOpenAISdkConversations) {
+    std::string why;
+    const std::string dir = kiln::test::npm_install("sdks", {{"@anthropic-ai/sdk", "1.12.0"}, {"openai", "6.49.0"}}, why);
+    if (dir.empty()) KILN_SKIP_LOUDLY("the Anthropic and OpenAI SDK tests need node and npm: " + why);
+    // ES modules resolve packages from the script's folder: run it beside node_modules.
+    fs::copy_file(fs::path(__FILE__).parent_path() / "clients" / "sdk_conversations.mjs", fs::path(dir) / "sdk_conversations.mjs",
+                  fs::copy_options::overwrite_existing);
+    Recorder rec(server_->port);
+    const auto r = kiln::test::run_shell("cd " + shell_quote(dir) + " && KILN_URL=http://127.0.0.1:" + std::to_string(rec.port()) +
+                                         " KILN_KEY=" + kKey + " timeout 600 node sdk_conversations.mjs");
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("ALL OK"), std::string::npos) << r.out;
+    std::fprintf(stderr, "%s", r.out.c_str());
+
+    const auto caps = rec.captured();
+    EXPECT_GE(caps.size(), 14u);  // 8 Anthropic requests (one count_tokens), 6 OpenAI
+    const size_t n = replay_and_check(caps, server_->port);
+    EXPECT_GE(n, 13u);
+}
+
+// The real Claude Code CLI in print mode, through `kiln claude` (which reuses the running server,
+// here the recorder in front of it), twice. Each run: the model calls Bash, Claude Code runs it
+// and sends the result, the model answers. The second run reads Claude Code's ~19K-token system
+// prompt and tools from the prefix cache.
+class ServerClaudeCodeTest : public ServerSdkTest {
+protected:
+    static void SetUpTestSuite() {
+        if (!fs::exists(shared_dir() / kModel)) return;
+        server_ = std::make_unique<ServeProcess>();
+        // Every run: a Bash tool call, then (after Claude Code ran it and sent the result) an answer.
+        server_->start((shared_dir() / kModel).string(), {"-c", "32768", "--api-key", kKey, "-t", "2"},
+                       "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"echo kiln-tool-ran\", \"description\": \"Print a "
+                       "marker\"}}\n</tool_call>\x1eThe tool ran.",
+                       "serve-claude-code");
+    }
+};
+
+// The one JSON object `claude -p --output-format json` prints.
+json result_line(const std::string& out) {
+    static const std::string kStart = "{\"type\":\"result\"";
+    size_t pos = 0;
+    while (pos < out.size()) {
+        size_t end = out.find('\n', pos);
+        if (end == std::string::npos) end = out.size();
+        if (out.compare(pos, kStart.size(), kStart) == 0) return json::parse(out.substr(pos, end - pos), nullptr, false);
+        pos = end + 1;
+    }
+    return {};
+}
+
+TEST_F(ServerClaudeCodeTest, PrintModeTwiceWithAToolSecondReadsThePrefixCache) {
+    std::string why;
+    const std::string dir = kiln::test::npm_install("claude-code", {{"@anthropic-ai/claude-code", "2.1.197"}}, why);
+    if (dir.empty()) KILN_SKIP_LOUDLY("the Claude Code test needs node and npm: " + why);
+    Recorder rec(server_->port);
+    const fs::path home = kiln::test::temp_path("claude-home-" + std::to_string(::getpid()));
+    fs::create_directories(home);
+    const std::string cmd = "cd " + shell_quote(home.string()) + " && HOME=" + shell_quote(home.string()) + " PATH=" +
+                            shell_quote(dir + "/node_modules/.bin") +
+                            ":\"$PATH\" DISABLE_TELEMETRY=1 DISABLE_AUTOUPDATER=1 DISABLE_ERROR_REPORTING=1 timeout 600 " +
+                            shell_quote(kiln::test::kiln_binary()) + " claude --port " + std::to_string(rec.port()) + " --api-key " + kKey +
+                            " -- -p 'Run echo kiln-tool-ran' --output-format json --max-turns 3 --allowedTools Bash";
+    const auto r1 = kiln::test::run_shell(cmd);
+    size_t messages = 0;
+    for (const auto& c : rec.captured()) messages += c.method == "POST" && c.target.rfind("/v1/messages", 0) == 0;
+    if (r1.code != 0 && messages == 0)
+        KILN_SKIP_LOUDLY("Claude Code did not reach the server (cannot run offline here?): exit " + std::to_string(r1.code) + ": " + r1.out);
+    ASSERT_EQ(r1.code, 0) << r1.out;
+    const json j1 = result_line(r1.out);
+    ASSERT_TRUE(j1.is_object()) << r1.out;
+    EXPECT_FALSE(j1.value("is_error", true)) << r1.out;
+    EXPECT_EQ(j1.value("result", ""), "The tool ran.") << r1.out;
+    EXPECT_EQ(j1.value("num_turns", 0), 2) << r1.out;
+    // Claude Code's system prompt and tools: the prefix cache's main customer.
+    const int64_t in1 = j1["usage"].value("input_tokens", int64_t{0});
+    EXPECT_GT(in1, 10000) << j1["usage"];
+    // Its second request (with the tool result) already reused the first one's prefix.
+    EXPECT_GT(j1["usage"].value("cache_read_input_tokens", int64_t{0}), in1 * 9 / 10) << j1["usage"];
+    // Claude Code ran the tool and sent its output back.
+    bool tool_result = false;
+    for (const auto& c : rec.captured()) {
+        const json body = json::parse(c.body, nullptr, false);
+        if (!body.is_object() || !body.contains("messages")) continue;
+        for (const auto& m : body["messages"])
+            if (m.value("role", "") == "user" && m["content"].is_array())
+                for (const auto& blk : m["content"])
+                    if (blk.value("type", "") == "tool_result" && blk["content"].dump().find("kiln-tool-ran") != std::string::npos) tool_result = true;
+    }
+    EXPECT_TRUE(tool_result) << "no request carried the tool's output";
+
+    const auto r2 = kiln::test::run_shell(cmd);
+    ASSERT_EQ(r2.code, 0) << r2.out;
+    const json j2 = result_line(r2.out);
+    ASSERT_TRUE(j2.is_object()) << r2.out;
+    EXPECT_FALSE(j2.value("is_error", true)) << r2.out;
+    EXPECT_EQ(j2.value("result", ""), "The tool ran.") << r2.out;
+    const int64_t in2 = j2["usage"].value("input_tokens", int64_t{0}), cached2 = j2["usage"].value("cache_read_input_tokens", int64_t{0});
+    EXPECT_GT(cached2, 0) << j2["usage"];
+    EXPECT_LT(in2 * 10, in1) << j2["usage"];  // this time the first request was cached too
+    const double ttft1 = j1.value("ttft_ms", 0.0), ttft2 = j2.value("ttft_ms", 0.0);
+    std::fprintf(stderr, "Claude Code: run 1: %lld uncached input tokens, ttft_ms %.0f; run 2: %lld uncached, %lld cached, ttft_ms %.0f\n",
+                 static_cast<long long>(in1), ttft1, static_cast<long long>(in2), static_cast<long long>(cached2), ttft2);
+    EXPECT_LT(ttft2 * 3, ttft1);
+
+    const auto caps = rec.captured();
+    EXPECT_GE(replay_and_check(caps, server_->port), 4u);
+}
+
+}  // namespace
