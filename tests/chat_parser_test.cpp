@@ -439,3 +439,49 @@ TEST(ChatParser, RandomOutputsAreSplitInvariant) {
         }
     }
 }
+
+// tool_choice: the family's opener (with or without the tool's name) followed by what a model
+// writes next parses as that tool call; thinking_closer ends reasoning and starts the answer.
+TEST(ChatParser, ToolCallOpenersCompleteToCalls) {
+    struct Case {
+        ParserFamily f;
+        std::string rest_named, rest_any;
+    };
+    const std::vector<Case> cases = {
+        {ParserFamily::Hermes, "{\"city\": \"Paris\"}}\n</tool_call>",
+         "get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"},
+        {ParserFamily::Glm, "<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
+         "get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>"},
+        {ParserFamily::DeepSeek, "{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+         "get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>"},
+        {ParserFamily::Harmony, "{\"city\": \"Paris\"}<|call|>",
+         "get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|>"},
+    };
+    for (const Case& c : cases) {
+        ParserOptions o;
+        o.family = c.f;
+        for (bool named : {true, false}) {
+            const std::string out = tool_call_opener(c.f, named ? "get_weather" : "") + (named ? c.rest_named : c.rest_any);
+            const ParsedMessage m = parse_output(out, o);
+            ASSERT_EQ(m.tool_calls.size(), 1u) << family_name(c.f) << " named=" << named << ": " << out;
+            EXPECT_EQ(m.tool_calls[0].name, "get_weather") << family_name(c.f);
+            EXPECT_EQ(m.tool_calls[0].arguments, R"({"city":"Paris"})") << family_name(c.f);
+            EXPECT_TRUE(m.content.empty()) << family_name(c.f) << ": " << m.content;
+            EXPECT_TRUE(m.warnings.empty()) << family_name(c.f);
+        }
+    }
+    EXPECT_EQ(tool_call_opener(ParserFamily::Generic, "x"), "");
+}
+
+TEST(ChatParser, ThinkingCloserEndsReasoning) {
+    for (ParserFamily f : {ParserFamily::Generic, ParserFamily::Hermes, ParserFamily::Glm, ParserFamily::DeepSeek,
+                           ParserFamily::Harmony}) {
+        ParserOptions o;
+        o.family = f;
+        o.starts_in_thinking = f != ParserFamily::Harmony;
+        const std::string start = f == ParserFamily::Harmony ? "<|channel|>analysis<|message|>" : "";
+        const ParsedMessage m = parse_output(start + "let me think" + thinking_closer(f) + "The answer.", o);
+        EXPECT_EQ(m.reasoning, "let me think") << family_name(f);
+        EXPECT_EQ(m.content, "The answer.") << family_name(f);
+    }
+}

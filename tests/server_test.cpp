@@ -173,6 +173,142 @@ TEST_F(ServerToolTest, ThinkingTextAndToolUse) {
     EXPECT_EQ(json::parse(oj["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>())["command"], "ls -la");
 }
 
+// tool_choice forcing a tool: the prompt ends inside Qwen3's opened <tool_call>, so the scripted
+// "model" output is only what follows the opener; the parser still sees a whole call.
+json weather_tools() {
+    return json::array({json{{"name", "get_weather"},
+                             {"input_schema", {{"type", "object"}, {"properties", {{"city", {{"type", "string"}}}}}}}},
+                        json{{"name", "get_time"}, {"input_schema", {{"type", "object"}}}}});
+}
+json openai_weather_tools() {
+    json out = json::array();
+    for (const auto& t : weather_tools())
+        out.push_back({{"type", "function"}, {"function", {{"name", t["name"]}, {"parameters", t["input_schema"]}}}});
+    return out;
+}
+
+class ServerNamedToolTest : public ServerTest {
+protected:
+    static void SetUpTestSuite() { start("{\"city\": \"Paris\"}}\n</tool_call>"); }
+};
+
+TEST_F(ServerNamedToolTest, ToolChoiceToolForcesThatCall) {
+    json body = simple_request(false, 100);
+    body["tools"] = weather_tools();
+    body["tool_choice"] = {{"type", "tool"}, {"name", "get_weather"}};
+    body["thinking"] = {{"type", "enabled"}, {"budget_tokens", 2000}};  // dropped: a forced call comes first
+    auto r = post("/v1/messages", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["stop_reason"], "tool_use") << r->body;
+    ASSERT_EQ(j["content"].size(), 1u) << r->body;
+    EXPECT_EQ(j["content"][0]["type"], "tool_use");
+    EXPECT_EQ(j["content"][0]["name"], "get_weather");
+    EXPECT_EQ(j["content"][0]["input"], (json{{"city", "Paris"}}));
+
+    json oa{{"model", "x"}, {"max_tokens", 100}, {"messages", json::array({json{{"role", "user"}, {"content", "weather?"}}})},
+            {"tools", openai_weather_tools()}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}};
+    auto o = post("/v1/chat/completions", oa);
+    ASSERT_TRUE(o);
+    ASSERT_EQ(o->status, 200) << o->body;
+    const json oj = json::parse(o->body);
+    EXPECT_EQ(oj["choices"][0]["finish_reason"], "tool_calls") << o->body;
+    EXPECT_EQ(oj["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+    EXPECT_EQ(json::parse(oj["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>()),
+              (json{{"city", "Paris"}}));
+}
+
+TEST_F(ServerNamedToolTest, ToolChoiceErrors) {
+    json body = simple_request(false, 10);
+    body["tool_choice"] = {{"type", "any"}};
+    expect_anthropic_error(post("/v1/messages", body), 400, "invalid_request_error");  // no tools
+    body["tools"] = weather_tools();
+    body["tool_choice"] = {{"type", "tool"}, {"name", "get_stock_price"}};
+    auto r = post("/v1/messages", body);
+    expect_anthropic_error(r, 400, "invalid_request_error");
+    EXPECT_NE(r->body.find("get_stock_price"), std::string::npos) << r->body;
+    body["tool_choice"] = {{"type", "sometimes"}};
+    expect_anthropic_error(post("/v1/messages", body), 400, "invalid_request_error");
+    body["tool_choice"] = "any";
+    expect_anthropic_error(post("/v1/messages", body), 400, "invalid_request_error");
+    json oa{{"model", "x"}, {"messages", json::array({json{{"role", "user"}, {"content", "hi"}}})}, {"tools", openai_weather_tools()},
+            {"tool_choice", "always"}};
+    auto o = post("/v1/chat/completions", oa);
+    ASSERT_TRUE(o);
+    EXPECT_EQ(o->status, 400) << o->body;
+}
+
+class ServerAnyToolTest : public ServerTest {
+protected:
+    static void SetUpTestSuite() { start("get_time\", \"arguments\": {\"zone\": \"UTC\"}}\n</tool_call>"); }
+};
+
+TEST_F(ServerAnyToolTest, ToolChoiceAnyAndRequiredForceSomeCall) {
+    json body = simple_request(true, 100);
+    body["tools"] = weather_tools();
+    body["tool_choice"] = {{"type", "any"}};
+    auto r = post("/v1/messages", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const auto evs = parse_sse(r->body);
+    const json delta = check_anthropic_stream(evs);
+    EXPECT_EQ(delta["delta"]["stop_reason"], "tool_use");
+    std::string name, partial;
+    for (const auto& e : evs) {
+        if (e.event == "content_block_start" && e.data["content_block"]["type"] == "tool_use") name = e.data["content_block"]["name"];
+        if (e.event == "content_block_delta" && e.data["delta"]["type"] == "input_json_delta") partial += e.data["delta"]["partial_json"].get<std::string>();
+    }
+    EXPECT_EQ(name, "get_time");
+    EXPECT_EQ(json::parse(partial), (json{{"zone", "UTC"}}));
+
+    json oa{{"model", "x"}, {"max_tokens", 100}, {"messages", json::array({json{{"role", "user"}, {"content", "time?"}}})},
+            {"tools", openai_weather_tools()}, {"tool_choice", "required"}};
+    auto o = post("/v1/chat/completions", oa);
+    ASSERT_TRUE(o);
+    ASSERT_EQ(o->status, 200) << o->body;
+    EXPECT_EQ(json::parse(o->body)["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_time") << o->body;
+}
+
+// thinking.budget_tokens: reasoning that runs on is cut off by generating </think>; the rest of the
+// output is the answer.
+class ServerThinkingBudgetTest : public ServerTest {
+protected:
+    static void SetUpTestSuite() {
+        start("<think>\none two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+              "seventeen eighteen nineteen twenty twentyone twentytwo twentythree twentyfour twentyfive");
+    }
+};
+
+TEST_F(ServerThinkingBudgetTest, BudgetEndsTheReasoning) {
+    json body = simple_request(false, 200);
+    body["thinking"] = {{"type", "enabled"}, {"budget_tokens", 6}};
+    auto r = post("/v1/messages", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    ASSERT_EQ(j["content"].size(), 2u) << r->body;
+    EXPECT_EQ(j["content"][0]["type"], "thinking");
+    EXPECT_EQ(j["content"][1]["type"], "text");
+    const std::string thought = j["content"][0]["thinking"], answer = j["content"][1]["text"];
+    EXPECT_EQ(thought.rfind("one two", 0), 0u) << thought;
+    EXPECT_EQ(thought.find("twenty"), std::string::npos) << thought;  // cut off early
+    EXPECT_NE(answer.find("twentyfive"), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("</think>"), std::string::npos) << answer;
+
+    // Without a budget the whole output is reasoning.
+    body["thinking"] = {{"type", "enabled"}, {"budget_tokens", 1000}};
+    auto all = post("/v1/messages", body);
+    ASSERT_TRUE(all);
+    const json ja = json::parse(all->body);
+    ASSERT_GE(ja["content"].size(), 1u) << all->body;
+    EXPECT_EQ(ja["content"][0]["type"], "thinking");
+    EXPECT_NE(ja["content"][0]["thinking"].get<std::string>().find("twentyfive"), std::string::npos) << all->body;
+    expect_anthropic_error(post("/v1/messages", json{{"model", "x"}, {"max_tokens", 5}, {"thinking", {{"type", "enabled"}, {"budget_tokens", 0}}},
+                                                      {"messages", json::array({json{{"role", "user"}, {"content", "hi"}}})}}),
+                           400, "invalid_request_error");
+}
+
 TEST_F(ServerTest, HealthRootModelsAndMetrics) {
     auto c = client("");
     auto h = c.Get("/health");

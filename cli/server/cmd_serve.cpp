@@ -16,6 +16,7 @@
 
 #include "cli/args.h"
 #include "cli/command.h"
+#include "chat/chat_parser.h"
 #include "cli/server/server.h"
 
 namespace kiln::cli {
@@ -246,12 +247,21 @@ private:
     // Prepares the request up to the token ids: the errors a client should get before any stream.
     GenParams prepare(ChatRequest& r, std::string& prompt) {
         prompt = render_prompt(e_.chat_template(), r);
+        const chat::ParserFamily family = chat::detect_family(e_.chat_template().source(), e_.model().info().arch);
+        // tool_choice any / a named tool: the prompt ends inside the family's opened tool call (a
+        // family without a tool-call format cannot be forced: the tools are offered, no more).
+        if (!r.force_tool.empty() && r.prefill.empty() && r.gen.json_plan.empty()) {
+            r.gen.output_prefix = chat::tool_call_opener(family, r.force_tool == "*" ? "" : r.force_tool);
+            prompt += r.gen.output_prefix;
+        }
+        if (r.gen.thinking_budget >= 0) r.gen.thinking_closer = chat::thinking_closer(family);
         r.gen.prompt = e_.tokenize_prompt(prompt);
         return r.gen;
     }
     std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix, const GenParams& gen) {
         if (!gen.json_plan.empty()) return make_plain_parser();  // JSON output: text only
-        return make_chat_parser(e_.chat_template().source(), e_.model().info().arch, prompt, random_id(id_prefix) + "_");
+        return make_chat_parser(e_.chat_template().source(), e_.model().info().arch, prompt, random_id(id_prefix) + "_",
+                                gen.output_prefix);
     }
 
     void log_done(const char* api, const GenResult& g) {

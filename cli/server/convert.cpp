@@ -139,6 +139,20 @@ json parse_body(const std::string& body) {
     return j;
 }
 
+// A forced tool call (tool_choice any / a named tool) needs tools, the named one among them, and
+// goes straight to the call: no thinking first (as Anthropic's API has it).
+static void check_forced_tool(ChatRequest& r) {
+    if (r.force_tool.empty()) return;
+    if (r.tools.is_null()) throw bad_request("tool_choice: it asks for a tool call but the request has no tools");
+    if (r.force_tool != "*") {
+        bool found = false;
+        for (const auto& t : r.tools) found = found || t["function"].value("name", "") == r.force_tool;
+        if (!found) throw bad_request(fmt::format("tool_choice: no tool named '{}' in tools", r.force_tool));
+    }
+    r.enable_thinking = false;
+    r.gen.thinking_budget = -1;
+}
+
 ChatRequest from_anthropic(const json& body) {
     ChatRequest r;
     r.model = get_string(body, "model", "body");
@@ -182,12 +196,25 @@ ChatRequest from_anthropic(const json& body) {
         if (!th->is_object()) throw bad_request("thinking: expected an object");
         const std::string t = get_string(*th, "type", "thinking");
         r.enable_thinking = t == "enabled" || t == "adaptive";
+        if (t == "enabled") {
+            const int64_t budget = get_int(*th, "budget_tokens", -1, "thinking");
+            if (budget == 0 || budget < -1) throw bad_request("thinking.budget_tokens: must be at least 1");
+            r.gen.thinking_budget = budget;
+        }
     }
 
-    // tools and tool_choice
+    // tools and tool_choice: auto, none, any (some tool must be called), tool (that one)
     bool tools_off = false;
     if (const json* tc = field(body, "tool_choice")) {
-        if (tc->is_object() && get_string(*tc, "type", "tool_choice") == "none") tools_off = true;
+        if (!tc->is_object()) throw bad_request("tool_choice: expected an object such as {\"type\": \"auto\"}");
+        const std::string type = get_string(*tc, "type", "tool_choice");
+        if (type == "none") tools_off = true;
+        else if (type == "any") r.force_tool = "*";
+        else if (type == "tool") {
+            r.force_tool = get_string(*tc, "name", "tool_choice");
+            if (r.force_tool.empty()) throw bad_request("tool_choice: type \"tool\" needs the tool's name");
+        } else if (type != "auto")
+            throw bad_request(fmt::format("tool_choice.type: '{}' is not one of auto, any, tool, none", type));
     }
     if (const json* tools = field(body, "tools"); tools && !tools_off) {
         if (!tools->is_array()) throw bad_request("tools: expected an array");
@@ -205,6 +232,7 @@ ChatRequest from_anthropic(const json& body) {
         }
         if (!out.empty()) r.tools = out;
     }
+    check_forced_tool(r);
 
     // messages
     const json* msgs = field(body, "messages");
@@ -306,8 +334,23 @@ ChatRequest from_openai(const json& body) {
     if (const json* kw = field(body, "chat_template_kwargs"); kw && kw->is_object())
         r.enable_thinking = get_bool(*kw, "enable_thinking", r.enable_thinking, "chat_template_kwargs");
 
+    // tool_choice: "none", "auto", "required", or {"type": "function", "function": {"name": ...}}
     bool tools_off = false;
-    if (const json* tc = field(body, "tool_choice"); tc && tc->is_string() && tc->get<std::string>() == "none") tools_off = true;
+    if (const json* tc = field(body, "tool_choice")) {
+        if (tc->is_string()) {
+            const std::string v = tc->get<std::string>();
+            if (v == "none") tools_off = true;
+            else if (v == "required") r.force_tool = "*";
+            else if (v != "auto") throw bad_request(fmt::format("tool_choice: '{}' is not one of none, auto, required", v));
+        } else if (tc->is_object()) {
+            const json* fn = field(*tc, "function");
+            if (!fn || !fn->is_object()) throw bad_request("tool_choice: expected {\"type\": \"function\", \"function\": {\"name\": ...}}");
+            r.force_tool = get_string(*fn, "name", "tool_choice.function");
+            if (r.force_tool.empty()) throw bad_request("tool_choice.function: the tool's name is missing");
+        } else {
+            throw bad_request("tool_choice: expected a string or an object");
+        }
+    }
     if (const json* tools = field(body, "tools"); tools && !tools_off) {
         if (!tools->is_array()) throw bad_request("tools: expected an array");
         for (const auto& t : *tools)
@@ -315,6 +358,8 @@ ChatRequest from_openai(const json& body) {
                 throw bad_request("tools: expected {\"type\":\"function\",\"function\":{...}} objects");
         if (!tools->empty()) r.tools = ojson::parse(tools->dump());
     }
+    if (tools_off) r.force_tool.clear();
+    check_forced_tool(r);
 
     const json* msgs = field(body, "messages");
     if (!msgs || !msgs->is_array()) throw bad_request("messages: expected an array");

@@ -97,12 +97,17 @@ private:
 }  // namespace
 
 std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
-                                               const std::string& prompt, const std::string& id_prefix) {
+                                               const std::string& prompt, const std::string& id_prefix,
+                                               const std::string& output_prefix) {
     chat::ParserOptions o;
     o.family = chat::detect_family(template_source, arch);
-    o.starts_in_thinking = chat::prompt_opens_thinking(prompt);
+    o.starts_in_thinking = chat::prompt_opens_thinking(prompt.substr(0, prompt.size() - std::min(prompt.size(), output_prefix.size())));
     o.tool_call_id_prefix = id_prefix;
-    return std::make_unique<FamilyParser>(o);
+    auto p = std::make_unique<FamilyParser>(o);
+    // An opened tool call: nothing is complete yet, so no event comes out of it.
+    std::vector<Event> none;
+    if (!output_prefix.empty()) p->push(output_prefix, none);
+    return p;
 }
 
 struct Engine::Slot {
@@ -374,11 +379,14 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     StopMatcher stops(p.stop);
     std::vector<Event> events;
     bool cancelled = false;
+    bool in_thinking = false;  // the last event was reasoning (for the thinking budget)
     auto deliver = [&](const std::string& text) {
         events.clear();
         parser.push(text, events);
         for (const Event& e : events) {
             if (e.kind == Event::ToolEnd) r.any_tool_call = true;
+            if (e.kind == Event::Thinking) in_thinking = true;
+            else if (e.kind == Event::Text || e.kind == Event::ToolStart) in_thinking = false;
             if (!emit(e)) cancelled = true;
         }
     };
@@ -408,6 +416,8 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
                 e->step_cv_.notify_all();
             }
         } generating{this};
+        int64_t thinking_tokens = 0;
+        bool budget_spent = false;
         static const std::vector<int32_t> kNoScript;
         const std::vector<int32_t>& script = scripts_.empty() ? kNoScript : scripts_[script_turn_++ % scripts_.size()];
         while (r.n_gen < limit && !cancelled) {
@@ -434,6 +444,32 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
             if (r.n_gen >= limit || ctx.n_past() >= n_ctx_) break;
             step(ctx, next);
             slot->tokens.push_back(next);
+            if (in_thinking) ++thinking_tokens;
+            if (p.thinking_budget >= 0 && !budget_spent && in_thinking && thinking_tokens >= p.thinking_budget) {
+                // The reasoning budget is spent: the family's end of thinking goes into the context and
+                // the output, and the answer follows.
+                budget_spent = true;
+                const std::vector<int32_t> closer = tok.encode(p.thinking_closer, /*add_special=*/false, /*parse_special=*/true);
+                const auto n = static_cast<int64_t>(closer.size());
+                if (n > 0 && r.n_gen + n < limit && ctx.n_past() + n < n_ctx_) {
+                    ctx.decode(closer);
+                    slot->tokens.insert(slot->tokens.end(), closer.begin(), closer.end());
+                    std::string text;
+                    for (int32_t t : closer) {
+                        sampler.accept(t);
+                        text += detok.push(t);
+                    }
+                    r.n_gen += n;
+                    bool stop_hit = false;
+                    const std::string shown = stops.push(text, stop_hit, r.stop_sequence);
+                    if (!shown.empty()) deliver(shown);
+                    in_thinking = false;
+                    if (stop_hit) {
+                        r.stop_reason = "stop_sequence";
+                        break;
+                    }
+                }
+            }
         }
         if (r.stop_reason != "stop_sequence" && !cancelled) {
             bool hit = false;

@@ -55,8 +55,10 @@ std::unique_ptr<OutputParser> make_plain_parser();
 // The model family's parser (engine/chat/chat_parser.h): thinking and tool calls become events.
 // `prompt` is the rendered prompt (an open <think> there means the output starts in thinking);
 // tool call ids are id_prefix + their index.
+// output_prefix: text the output is taken to begin with (fed to the parser first).
 std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
-                                               const std::string& prompt, const std::string& id_prefix);
+                                               const std::string& prompt, const std::string& id_prefix,
+                                               const std::string& output_prefix = {});
 
 // Output forced to parse as JSON matching a schema (json_output.cpp): the schema becomes pieces,
 // text it fixes (Forced) and values sampled under a mask (String: the characters of a JSON
@@ -83,6 +85,10 @@ struct GenParams {
     SamplerParams sampler;
     std::vector<std::string> stop;  // stop sequences (not included in the output)
     std::vector<JsonPiece> json_plan;  // not empty: the output is JSON following this plan
+    int64_t thinking_budget = -1;      // >= 0: reasoning is cut off after this many tokens ...
+    std::string thinking_closer;       // ... by generating this text (the family's end of thinking)
+    std::string output_prefix;         // already at the end of the prompt (a forced tool call's opener):
+                                       // the output parser reads it first, as if generated
 };
 
 struct GenResult {
@@ -199,6 +205,7 @@ struct ChatRequest {
     bool include_usage = false;  // OpenAI stream_options.include_usage
     std::string model;
     bool json_output = false;  // output_config.format / response_format asked for JSON (gen.json_plan)
+    std::string force_tool;    // tool_choice: "" auto, "*" any tool, else that tool's name
 };
 
 // Parses a body, rejecting deep nesting before the parser sees it.

@@ -216,6 +216,28 @@ ParserFamily detect_family(std::string_view tmpl, std::string_view arch) {
     return ParserFamily::Generic;
 }
 
+std::string tool_call_opener(ParserFamily family, std::string_view name) {
+    const std::string n(name);
+    switch (family) {
+        case ParserFamily::Generic: return {};
+        case ParserFamily::Hermes:
+            return std::string(kToolCallOpen) + "\n{\"name\": \"" + (n.empty() ? "" : n + "\", \"arguments\": ");
+        case ParserFamily::Glm: return std::string(kToolCallOpen) + (n.empty() ? "" : n + "\n");
+        case ParserFamily::DeepSeek:
+            return std::string(kDsCallsBegin) + std::string(kDsCallBegin) + "function" + std::string(kDsSep) +
+                   (n.empty() ? "" : n + "\n```json\n");
+        case ParserFamily::Harmony:
+            return std::string(kHChannel) + "commentary to=functions." + (n.empty() ? "" : n + " <|constrain|>json" + std::string(kHMessage));
+    }
+    return {};
+}
+
+std::string thinking_closer(ParserFamily family) {
+    if (family == ParserFamily::Harmony)
+        return std::string(kHEnd) + std::string(kHStart) + "assistant" + std::string(kHChannel) + "final" + std::string(kHMessage);
+    return std::string(kThinkClose) + "\n\n";
+}
+
 bool prompt_opens_thinking(std::string_view prompt) {
     const size_t open = prompt.rfind(kThinkOpen);
     if (open == std::string_view::npos) return false;

@@ -44,6 +44,14 @@ ParserFamily detect_family(std::string_view template_source, std::string_view ar
 // True when a rendered prompt leaves a <think> block open (the template opened it for the model),
 // so the output starts inside thinking: pass it as ParserOptions::starts_in_thinking.
 bool prompt_opens_thinking(std::string_view rendered_prompt);
+// The text that starts a tool call in the family's format, up to and including the tool's name and
+// whatever precedes its arguments when `tool_name` is given (empty name: only the opening marker,
+// the model picks the tool). Appended to a prompt it forces a tool call (tool_choice any / a named
+// tool); fed to the parser first, the generated rest completes the call. Empty for Generic, which
+// has no tool-call format.
+std::string tool_call_opener(ParserFamily family, std::string_view tool_name);
+// The text that ends a reasoning block and starts the answer, to cut thinking off at a budget.
+std::string thinking_closer(ParserFamily family);
 
 struct ParserOptions {
     ParserFamily family = ParserFamily::Generic;
