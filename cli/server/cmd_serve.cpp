@@ -320,6 +320,7 @@ private:
             last_write = Clock::now();
             return alive;
         };
+        bool started = false;  // message_start sent
         int index = -1;
         std::string open;  // kind of the open block ("" none)
         auto close_block = [&] {
@@ -339,6 +340,7 @@ private:
             g = e_.generate(
                 gen, parser,
                 [&](int64_t cached) {
+                    started = true;
                     send("message_start",
                          json{{"type", "message_start"},
                               {"message",
@@ -356,7 +358,16 @@ private:
                                   {"cache_creation_input_tokens", 0}}}}}});
                 },
                 [&] {
-                    if (alive && std::chrono::duration<double>(Clock::now() - last_write).count() >= 5.0) send("ping", json{{"type", "ping"}});
+                    if (alive && std::chrono::duration<double>(Clock::now() - last_write).count() >= 5.0) {
+                        // Waiting for a slot, before message_start: an SSE comment (every parser skips
+                        // it), since the event stream must open with message_start.
+                        if (!started) {
+                            alive = sink.write(": ping\n\n", 8);
+                            last_write = Clock::now();
+                        } else {
+                            send("ping", json{{"type", "ping"}});
+                        }
+                    }
                     return alive;
                 },
                 [&](const Event& ev) {

@@ -52,7 +52,8 @@ struct SseEvent {
     json data;
 };
 
-// Strict SSE parse: every event has an `event:` line and one `data:` line of JSON.
+// Strict SSE parse: every event has an `event:` line and one `data:` line of JSON (comment lines,
+// the keep-alive sent while a request waits for a slot, are skipped as the SSE spec says).
 inline std::vector<SseEvent> parse_sse(const std::string& body) {
     std::vector<SseEvent> out;
     size_t pos = 0;
@@ -62,6 +63,7 @@ inline std::vector<SseEvent> parse_sse(const std::string& body) {
         if (end == std::string::npos) break;
         const std::string ev = body.substr(pos, end - pos);
         pos = end + 2;
+        if (ev.rfind(":", 0) == 0 && ev.find('\n') == std::string::npos) continue;  // an SSE comment (keep-alive)
         const size_t nl = ev.find('\n');
         EXPECT_NE(nl, std::string::npos) << ev;
         if (nl == std::string::npos) continue;
