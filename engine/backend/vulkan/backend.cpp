@@ -18,6 +18,12 @@ constexpr uint32_t kTiledWorkgroup = 256;
 constexpr int64_t kAttnMaxDk = Backend::kAttentionMaxDk;  // DMAX in attention.comp
 constexpr int64_t kAttnMaxRows = 8;     // RMAX in attention.comp
 constexpr int kTopKMaxGroups = 64;      // MAX_GROUPS in top_k.comp
+// Split-K attention (Auto): for at most kSplitMaxTokens query tokens when (token, head) pairs are
+// fewer than kSplitTargetGroups workgroups and the keys make at least two chunks of
+// kSplitMinChunk; then as many chunks as bring the workgroups to about kSplitTargetGroups.
+constexpr int64_t kSplitMaxTokens = 8;
+constexpr int64_t kSplitTargetGroups = 512;
+constexpr int64_t kSplitMinChunk = 256;
 
 uint32_t u32(int64_t v, const char* what) {
     if (v < 0 || v > 0xffffffffll) throw Error(fmt::format("Vulkan: {} = {} does not fit 32 bits", what, v));
@@ -496,20 +502,54 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
         if (sinks->n_elements() != n_head)
             throw Error(fmt::format("vk attention: sinks '{}' {} for {} heads", sinks->name(), sinks->shape_string(), n_head));
     }
+    // The positions any token of the batch may see: [k0, k_end).
+    const uint32_t k0 = (ap.window > 0 && ap.pos0 + 1 > ap.window) ? ap.pos0 + 1 - ap.window : 0;
+    const uint64_t k_end = std::min<uint64_t>(uint64_t{ap.pos0} + static_cast<uint64_t>(n_tok), ap.n_kv);
+    const uint64_t span = k_end > k0 ? k_end - k0 : 0;
+    uint64_t n_chunks = 1;
+    if (ap.kernel == AttentionKernel::Split) {
+        n_chunks = ap.split_chunks ? ap.split_chunks
+                                   : std::max<uint64_t>(2, ceil_div(span, static_cast<uint64_t>(kSplitMinChunk)));
+    } else if (ap.kernel == AttentionKernel::Auto && n_tok <= kSplitMaxTokens && n_tok * n_head < kSplitTargetGroups &&
+               span >= 2 * static_cast<uint64_t>(kSplitMinChunk)) {
+        n_chunks = std::min<uint64_t>(ceil_div(static_cast<uint64_t>(kSplitTargetGroups), static_cast<uint64_t>(n_tok * n_head)),
+                                      ceil_div(span, static_cast<uint64_t>(kSplitMinChunk)));
+    }
+    n_chunks = std::max<uint64_t>(1, std::min<uint64_t>(n_chunks, std::max<uint64_t>(span, 1)));
+    const bool split = ap.kernel == AttentionKernel::Split || n_chunks > 1;
+    const uint64_t chunk = std::max<uint64_t>(1, ceil_div(span, n_chunks));
+    const uint64_t rows = static_cast<uint64_t>(n_tok * n_head) * n_chunks;
+
     const float scale = ap.scale != 0.0f ? ap.scale : 1.0f / std::sqrt(static_cast<float>(Dk));
     struct {
         uint32_t Dk, Dv, n_head, n_kv_head, n_tok, pos0, n_kv, window, q_stride, o_stride;
         float scale, softcap;
         uint32_t n_slots, v_row, v_head;
+        uint32_t n_chunks, chunk, k0, acc_off;
     } pc{u32(Dk, "Dk"), u32(Dv, "Dv"), u32(n_head, "n_head"), u32(n_kv_head, "n_kv_head"), u32(n_tok, "n_tok"),
          ap.pos0, ap.n_kv, ap.window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale,
-         ap.softcap, u32(n_ctx, "slots"), u32(n_kv_head * (ap.v_in_k ? Dk : Dv), "v row"), u32(ap.v_in_k ? Dk : Dv, "v head")};
-    const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, true),
-                         bind(sinks ? *sinks : q, false)};
-    const auto& p = ctx_->pipeline("attention", {wg_attention_, sinks ? 1u : 0u}, 5);
+         ap.softcap, u32(n_ctx, "slots"), u32(n_kv_head * (ap.v_in_k ? Dk : Dv), "v row"), u32(ap.v_in_k ? Dk : Dv, "v head"),
+         static_cast<uint32_t>(n_chunks), static_cast<uint32_t>(chunk), k0, u32(static_cast<int64_t>(2 * rows), "acc offset")};
+    Binding part = bind(out, true);  // unused by the single pass
+    if (split) {
+        const uint64_t bytes = (2 * rows + rows * static_cast<uint64_t>(Dv)) * sizeof(float);
+        if (!attn_part_ || attn_part_->size() < bytes)
+            attn_part_ = ctx_->create_buffer(std::max<uint64_t>(bytes, 1ull << 20), MemoryKind::Device,
+                                             "the split-K attention partials");
+        part = Binding{attn_part_, 0, bytes, true};
+    }
+    const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, !split),
+                         bind(sinks ? *sinks : q, false), part};
+    const auto& p = ctx_->pipeline("attention", {wg_attention_, sinks ? 1u : 0u, split ? 1u : 0u}, 6);
     uint32_t gx, gy;
-    groups_for(static_cast<uint64_t>(n_tok * n_head), &gx, &gy);
+    groups_for(rows, &gx, &gy);
     ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
+    if (!split) return;
+    const uint32_t cc[6] = {pc.Dv, pc.n_head, pc.n_tok, pc.n_chunks, pc.acc_off, pc.o_stride};
+    const Binding cb[] = {Binding{attn_part_, 0, part.size, false}, bind(out, true)};
+    const auto& pcomb = ctx_->pipeline("attention_combine", {wg_attention_}, 2);
+    groups_for(static_cast<uint64_t>(n_tok * n_head), &gx, &gy);
+    ctx_->dispatch(pcomb, cb, cc, sizeof cc, gx, gy);
 }
 
 // ---- gated activations and MoE routing -----------------------------------------------------

@@ -78,6 +78,11 @@ struct RopeParams {
     float mscale = 1.0f;
 };
 
+// Single: one workgroup per (token, head) over all its keys. Split: split-K (flash-decoding), the
+// keys cut into chunks run by separate workgroups, then a combine pass. Auto: Split for a few
+// tokens (decode) on a long context, where (token, head) pairs alone are too few workgroups.
+enum class AttentionKernel { Auto, Single, Split };
+
 struct AttentionParams {
     uint32_t pos0 = 0;    // cache position of the first query token
     uint32_t n_kv = 0;    // cache rows holding valid keys/values (usually pos0 + n_tok)
@@ -91,6 +96,8 @@ struct AttentionParams {
     // head (dv <= Dk).
     bool v_in_k = false;
     uint32_t dv = 0;
+    AttentionKernel kernel = AttentionKernel::Auto;
+    uint32_t split_chunks = 0;  // Split: the number of chunks (0: chosen from the shape)
 };
 
 struct TopKParams {
@@ -208,6 +215,7 @@ private:
                      uint32_t push_bytes);
     void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
     std::map<std::string, Tensor> rope_freqs_;  // per (n_dims, base, scale)
+    std::shared_ptr<Buffer> attn_part_;         // split-K partials, grown when a shape needs more
     uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64;
     std::unique_ptr<Context> ctx_;
 };
