@@ -20,7 +20,7 @@
 //
 // Split-K (SPLIT, flash-decoding): a decode token on a long context gives only n_head workgroups,
 // too few to fill a GPU. With SPLIT the positions [k0, k0 + n_chunks * chunk) are cut into
-// n_chunks chunks and there is one workgroup per (token, head, chunk): each runs the loop above
+// n_chunks chunks and there is one workgroup per (chunk, token, head): each runs the loop above
 // over its chunk only (intersected with the token's causal/window range; a chunk may be empty)
 // and writes its running max m, sum l and the unnormalised accumulators to `part` instead of the
 // output; attention_combine.comp merges the chunks. A sink enters chunk 0 only.
@@ -61,7 +61,10 @@ void main() {
     const uint n_chunks = SPLIT ? p.n_chunks : 1u;
     if (wg_all >= p.n_tok * p.n_head * n_chunks) return;
     const uint tid = gl_LocalInvocationID.x;
-    const uint wg = wg_all / n_chunks, chunk = wg_all % n_chunks;
+    // Chunk-major: the heads (of all tokens) of one chunk are neighbours, so heads sharing a KV
+    // head read the same keys at about the same time (cache hits); r: the partials' row.
+    const uint wg = wg_all % (p.n_tok * p.n_head), chunk = wg_all / (p.n_tok * p.n_head);
+    const uint prow = wg * n_chunks + chunk;
     const uint t = wg / p.n_head, h = wg % p.n_head;
     const uint kvh = h / (p.n_head / p.n_kv_head);
     const uint krow = p.n_kv_head * p.Dk;  // halves per K cache row
@@ -121,12 +124,12 @@ void main() {
     }
     if (SPLIT) {
         if (tid == 0u) {
-            part[2u * wg_all] = m;
-            part[2u * wg_all + 1u] = l;
+            part[2u * prow] = m;
+            part[2u * prow + 1u] = l;
         }
-        for (uint r = 0; r < RMAX; ++r) {
-            const uint d = tid + r * WG;
-            if (d < p.Dv) part[p.acc_off + wg_all * p.Dv + d] = acc[r];
+        for (uint i = 0; i < RMAX; ++i) {
+            const uint d = tid + i * WG;
+            if (d < p.Dv) part[p.acc_off + prow * p.Dv + d] = acc[i];
         }
         return;
     }

@@ -556,6 +556,32 @@ TEST_F(VulkanAttentionOps, SplitKDecodeOnALongContextMatchesTheCpu) {
             }
 }
 
+TEST_F(VulkanOps, AttentionKernelChoiceSplitKOnGpusForDecodeOnLongContexts) {
+    // Dispatches recorded per attention: 2 (split + combine) or 1 (single pass).
+    using kiln::vk::AttentionKernel;
+    Tensor kc = poisoned(TensorType::F16, {64, 2, 4096}, "k_cache");
+    vk().fill(kc, 0x3c003c00u);
+    auto dispatches = [&](int64_t n_tok, uint32_t n_kv, AttentionKernel kernel) {
+        Tensor q = f32(random_floats(static_cast<size_t>(64 * 8 * n_tok), 5), {64, 8, n_tok}, "q");
+        Tensor out = poisoned(TensorType::F32, {64, 8, n_tok}, "out");
+        kiln::vk::AttentionParams p;
+        p.pos0 = n_kv - static_cast<uint32_t>(n_tok);
+        p.n_kv = n_kv;
+        p.kernel = kernel;
+        const uint64_t d0 = vk().stats().dispatches;
+        vk().attention(q, kc, kc, out, p);
+        const uint64_t d = vk().stats().dispatches - d0;
+        for (float v : vk().read_f32(out)) EXPECT_TRUE(std::isfinite(v));
+        return d;
+    };
+    const bool gpu = vk().device().type != kiln::vk::DeviceType::Cpu;
+    EXPECT_EQ(dispatches(1, 4000, AttentionKernel::Auto), gpu ? 2u : 1u);
+    EXPECT_EQ(dispatches(1, 4000, AttentionKernel::Single), 1u);
+    EXPECT_EQ(dispatches(1, 4000, AttentionKernel::Split), 2u);
+    EXPECT_EQ(dispatches(1, 300, AttentionKernel::Auto), 1u);   // short context: one pass
+    EXPECT_EQ(dispatches(64, 600, AttentionKernel::Auto), 1u);  // a prompt: enough workgroups
+}
+
 TEST_F(VulkanAttentionOps, SplitKWithShortRangesAndEmptyChunks) {
     // More chunks than some tokens' ranges cover (a prompt of 8 after 40, a window of 8): chunks
     // empty for a token must drop out of the combine; sinks still count once.

@@ -80,7 +80,8 @@ struct RopeParams {
 
 // Single: one workgroup per (token, head) over all its keys. Split: split-K (flash-decoding), the
 // keys cut into chunks run by separate workgroups, then a combine pass. Auto: Split for a few
-// tokens (decode) on a long context, where (token, head) pairs alone are too few workgroups.
+// tokens (decode) on a long context, where (token, head) pairs alone are too few workgroups to
+// fill a GPU (not on a CPU device such as lavapipe, where it measured slower).
 enum class AttentionKernel { Auto, Single, Split };
 
 struct AttentionParams {
@@ -216,6 +217,7 @@ private:
     void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
     std::map<std::string, Tensor> rope_freqs_;  // per (n_dims, base, scale)
     std::shared_ptr<Buffer> attn_part_;         // split-K partials, grown when a shape needs more
+    bool split_auto_ = true;                    // Auto may choose split-K (not on CPU devices)
     uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64;
     std::unique_ptr<Context> ctx_;
 };
