@@ -102,10 +102,20 @@ std::vector<uint8_t> weights(TensorType t, int64_t K, int64_t N) {
     return out;
 }
 
-void BM_VulkanMatmul(benchmark::State& state, TensorType type, int64_t N, int64_t K, int64_t n_tok, int reps) {
+void BM_VulkanMatmul(benchmark::State& state, TensorType type, int64_t N, int64_t K, int64_t n_tok, int reps,
+                     const kiln::vk::MatvecOptions* variant) {
     Backend* vk = backend();
     if (!vk) return state.SkipWithError("no Vulkan device");
+    if (variant && variant->subgroup && !vk->device().subgroup_arithmetic)
+        return state.SkipWithError("no subgroup arithmetic on this device");
+    const kiln::vk::MatvecOptions saved = vk->matvec_options();
+    struct Restore {
+        Backend* vk;
+        kiln::vk::MatvecOptions o;
+        ~Restore() { vk->set_matvec_options(o); }
+    } restore{vk, saved};
     try {
+        if (variant) vk->set_matvec_options(*variant);
         const auto wb = weights(type, K, N);
         Tensor w = vk->tensor(type, {K, N}, "w");
         vk->upload(w, wb.data(), wb.size());
@@ -129,7 +139,12 @@ void BM_VulkanMatmul(benchmark::State& state, TensorType type, int64_t N, int64_
         state.counters["GFLOP/s"] = flops / 1e9;
         state.counters["roofline"] = bytes / copy_bandwidth();
         state.counters["ms/matmul"] = 1e3 * total / runs;
-        state.SetLabel(std::string(kiln::type_name(type)) + (n_tok == 1 ? " decode" : " prefill " + std::to_string(n_tok)));
+        std::string label = std::string(kiln::type_name(type)) + (n_tok == 1 ? " decode" : " prefill " + std::to_string(n_tok));
+        if (n_tok <= 8) {
+            const auto& o = vk->matvec_options();
+            label += std::string(o.subgroup ? " subgroup" : " plain") + " rows " + std::to_string(o.rows);
+        }
+        state.SetLabel(label);
     } catch (const kiln::Error& e) {
         state.SkipWithError(e.what());
     }
@@ -145,15 +160,24 @@ const bool registered = [] {
     for (const Shape& s : kShapes) {
         for (TensorType t : {TensorType::F16, TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K, TensorType::Q6_K}) {
             const std::string name = std::string("BM_VulkanMatmul/") + s.name + "/" + kiln::type_name(t) + "/decode";
-            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, s.N, s.K, 1, 4)
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, s.N, s.K, 1, 4, nullptr)
                 ->Iterations(2)->UseManualTime()->Unit(benchmark::kMillisecond);
         }
         for (TensorType t : {TensorType::F16, TensorType::Q4_K}) {
             const std::string name = std::string("BM_VulkanMatmul/") + s.name + "/" + kiln::type_name(t) + "/prefill512";
-            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, s.N, s.K, 512, 1)
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, s.N, s.K, 512, 1, nullptr)
                 ->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
         }
     }
+    // The matrix-vector variants (decode): plain / subgroupAdd reduction, 1, 2 or 4 rows per workgroup.
+    static const kiln::vk::MatvecOptions variants[] = {{false, 1}, {false, 4}, {true, 1}, {true, 2}, {true, 4}};
+    for (const auto& v : variants)
+        for (TensorType t : {TensorType::F16, TensorType::Q4_K}) {
+            const std::string name = std::string("BM_VulkanMatvecVariant/4096x4096/") + kiln::type_name(t) + "/" +
+                                     (v.subgroup ? "subgroup" : "plain") + "_rows" + std::to_string(v.rows);
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, 4096, 4096, 1, 4, &v)
+                ->Iterations(2)->UseManualTime()->Unit(benchmark::kMillisecond);
+        }
     return true;
 }();
 

@@ -12,7 +12,7 @@ namespace kiln::vk {
 
 namespace {
 
-constexpr uint32_t kMatvecTokens = 8;   // NCOL in matmul_vec.comp
+constexpr uint32_t kMatvecTokens = 8;   // NCOL in matmul_vec.glsl
 constexpr uint32_t kTile = 64;          // BM = BN in matmul_tiled.comp
 constexpr uint32_t kTiledWorkgroup = 256;
 constexpr int64_t kAttnMaxDk = Backend::kAttentionMaxDk;  // DMAX in attention.comp
@@ -86,6 +86,15 @@ Backend::Backend(uint32_t device_index, bool validation) : ctx_(std::make_unique
     // (MLA 20:1 at 32K: 1.4 s single pass, 2.4 s in 2 chunks, 4.3 s in 26), so Auto keeps the
     // single pass on it; AttentionKernel::Split still forces it (tests).
     split_auto_ = d.type != DeviceType::Cpu;
+    matvec_.subgroup = d.subgroup_arithmetic;
+}
+
+void Backend::set_matvec_options(const MatvecOptions& o) {
+    if (o.subgroup && !ctx_->info().subgroup_arithmetic)
+        throw Error(fmt::format("vk matmul: {} has no subgroup arithmetic in compute shaders", ctx_->info().name));
+    if (o.rows == 0 || wg_matvec_ % o.rows)
+        throw Error(fmt::format("vk matmul: {} rows per workgroup do not divide the workgroup of {}", o.rows, wg_matvec_));
+    matvec_ = o;
 }
 
 Backend::~Backend() = default;
@@ -263,11 +272,14 @@ void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKe
     const Binding b[] = {bind(w, false), bind(x, false), bind(y, true)};
     if (kernel == MatmulKernel::Auto) kernel = n <= kMatvecTokens ? MatmulKernel::Vector : MatmulKernel::Tiled;
     if (kernel == MatmulKernel::Vector) {
-        const auto& p = ctx_->pipeline("matmul_vec", type_spec(wg_matvec_, w.type()), 3);
+        auto spec = type_spec(wg_matvec_, w.type());
+        spec.push_back(matvec_.rows);
+        const auto& p = ctx_->pipeline(matvec_.subgroup ? "matmul_vec_subgroup" : "matmul_vec", spec, 3);
         const uint32_t max_x = ctx_->info().max_workgroup_count[0];
-        const uint32_t gx = static_cast<uint32_t>(std::min<int64_t>(N, max_x));
+        const uint64_t row_groups = ceil_div(static_cast<uint64_t>(N), matvec_.rows);
+        const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(row_groups, max_x));
         ctx_->dispatch(p, b, &pc, sizeof pc, gx, ceil_div(static_cast<uint64_t>(n), kMatvecTokens),
-                       ceil_div(static_cast<uint64_t>(N), gx));
+                       ceil_div(row_groups, gx));
     } else {
         const auto& p = ctx_->pipeline("matmul_tiled", type_spec(kTiledWorkgroup, w.type()), 3);
         ctx_->dispatch(p, b, &pc, sizeof pc, ceil_div(static_cast<uint64_t>(N), kTile),

@@ -65,6 +65,14 @@ struct BackendOptions {
 
 enum class MatmulKernel { Auto, Vector, Tiled };
 
+// The decode matrix-vector kernel's variant: the subgroupAdd reduction (devices with subgroup
+// arithmetic in compute) or the plain shared-memory one, and weight rows per workgroup (a
+// specialization constant; divides the workgroup size of 64).
+struct MatvecOptions {
+    bool subgroup = false;
+    uint32_t rows = 1;
+};
+
 struct RopeParams {
     bool neox = false;       // pairs (i, i + n_dims/2) instead of (2i, 2i+1)
     int n_dims = 0;          // rotated dimensions (<= head_dim, even); 0: all of head_dim
@@ -145,6 +153,10 @@ public:
     // Auto takes the matrix-vector kernel for n <= 8 tokens and the tiled one above.
     void matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKernel kernel = MatmulKernel::Auto);
     static bool supports_matmul(TensorType t);
+    // The matrix-vector variant in use: by default the subgroup one where the device has
+    // subgroup arithmetic, one row per workgroup. Setting an unsupported variant throws.
+    const MatvecOptions& matvec_options() const { return matvec_; }
+    void set_matvec_options(const MatvecOptions& o);
     // out[K, n] = rows ids[n] (I32) of table[K, rows] (any type of supports_matmul()).
     void get_rows(const Tensor& table, const Tensor& ids, const Tensor& out);
     // out = x / sqrt(mean(x^2) + eps) * weight, per row; weight [K] f32 or nullptr. out may be x.
@@ -217,6 +229,7 @@ private:
     void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
     std::map<std::string, Tensor> rope_freqs_;  // per (n_dims, base, scale)
     std::shared_ptr<Buffer> attn_part_;         // split-K partials, grown when a shape needs more
+    MatvecOptions matvec_;
     bool split_auto_ = true;                    // Auto may choose split-K (not on CPU devices)
     uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64;
     std::unique_ptr<Context> ctx_;
