@@ -1,6 +1,9 @@
 #include "backend/vulkan/backend.h"
 
 #include <algorithm>
+#include <array>
+#include <iterator>
+#include <span>
 #include <cmath>
 #include <cstring>
 
@@ -245,9 +248,13 @@ struct MatmulPush {
     uint32_t K, N, n_tok, row_bytes, x_stride, y_stride;
 };
 
-std::vector<uint32_t> type_spec(uint32_t wg, TensorType t) {
+// Specialization constants 0..3 of the shaders that read a weight type, then `extra` more.
+template <size_t N = 0>
+std::array<uint32_t, 4 + N> type_spec(uint32_t wg, TensorType t, std::array<uint32_t, N> extra = {}) {
     const auto& tr = traits(t);
-    return {wg, static_cast<uint32_t>(t), tr.block_size, tr.type_size};
+    std::array<uint32_t, 4 + N> s{wg, static_cast<uint32_t>(t), tr.block_size, tr.type_size};
+    for (size_t i = 0; i < N; ++i) s[4 + i] = extra[i];
+    return s;
 }
 
 }  // namespace
@@ -272,8 +279,7 @@ void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKe
     const Binding b[] = {bind(w, false), bind(x, false), bind(y, true)};
     if (kernel == MatmulKernel::Auto) kernel = n <= kMatvecTokens ? MatmulKernel::Vector : MatmulKernel::Tiled;
     if (kernel == MatmulKernel::Vector) {
-        auto spec = type_spec(wg_matvec_, w.type());
-        spec.push_back(matvec_.rows);
+        const auto spec = type_spec<1>(wg_matvec_, w.type(), {matvec_.rows});
         const auto& p = ctx_->pipeline(matvec_.subgroup ? "matmul_vec_subgroup" : "matmul_vec", spec, 3);
         const uint32_t max_x = ctx_->info().max_workgroup_count[0];
         const uint64_t row_groups = ceil_div(static_cast<uint64_t>(N), matvec_.rows);
@@ -363,8 +369,8 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
                                 x.shape_string()));
     // The frequency table of this (n_dims, base, scale, YaRN ramp), made once in double precision.
     // YaRN's angle pos * theta_i * (freq_scale * (1 - mix_i) + mix_i) is linear in pos too.
-    const std::string key = fmt::format("{}:{}:{}:{}:{}:{}", n_dims, rp.freq_base, rp.freq_scale, rp.ext_factor,
-                                        rp.corr_lo, rp.corr_hi);
+    const std::array<float, 6> key{static_cast<float>(n_dims), rp.freq_base, rp.freq_scale, rp.ext_factor,
+                                   rp.corr_lo, rp.corr_hi};
     auto it = rope_freqs_.find(key);
     if (it == rope_freqs_.end()) {
         std::vector<float> f(static_cast<size_t>(n_dims / 2));
@@ -378,7 +384,9 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
             }
             f[i] = static_cast<float>(theta * factor);
         }
-        Tensor t = tensor(TensorType::F32, {n_dims / 2}, "rope frequencies " + key);
+        Tensor t = tensor(TensorType::F32, {n_dims / 2},
+                          fmt::format("rope frequencies {}:{}:{}:{}:{}:{}", n_dims, rp.freq_base, rp.freq_scale,
+                                      rp.ext_factor, rp.corr_lo, rp.corr_hi));
         upload(t, f.data(), t.bytes());
         it = rope_freqs_.emplace(key, t).first;
     }
@@ -397,13 +405,15 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
 
 void Backend::elementwise(const char* shader, std::initializer_list<const Tensor*> in, const Tensor& out,
                           const void* push, uint32_t push_bytes) {
-    std::vector<Binding> b;
-    for (const Tensor* t : in) b.push_back(bind(*t, false));
-    b.push_back(bind(out, true));
-    const auto& p = ctx_->pipeline(shader, {wg_elementwise_}, static_cast<uint32_t>(b.size()));
+    Binding b[4];  // no allocation per op
+    if (in.size() + 1 > std::size(b)) throw Error(fmt::format("vk {}: too many inputs", shader));
+    size_t n = 0;
+    for (const Tensor* t : in) b[n++] = bind(*t, false);
+    b[n++] = bind(out, true);
+    const auto& p = ctx_->pipeline(shader, {wg_elementwise_}, static_cast<uint32_t>(n));
     uint32_t gx, gy;
     groups_for(ceil_div(static_cast<uint64_t>(out.n_elements()), wg_elementwise_), &gx, &gy);
-    ctx_->dispatch(p, b, push, push_bytes, gx, gy);
+    ctx_->dispatch(p, std::span<const Binding>(b, n), push, push_bytes, gx, gy);
 }
 
 void Backend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
@@ -716,9 +726,7 @@ void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, co
                             x.ne(0) == K ? 0u : u32(K, "K")};  // x shared by the slots, or one input per slot
     const Binding b[] = {bind(w, false), bind(x, false), bind(ids ? *ids : x, false), bind(bias ? *bias : x, false),
                          bind(y, true)};
-    std::vector<uint32_t> spec = type_spec(wg_matvec_, w.type());
-    spec.push_back(ids ? 1u : 0u);
-    spec.push_back(bias ? 1u : 0u);
+    const auto spec = type_spec<2>(wg_matvec_, w.type(), {ids ? 1u : 0u, bias ? 1u : 0u});
     const auto& p = ctx_->pipeline("moe_matmul", spec, 5);
     uint32_t gx, gy;
     groups_for(static_cast<uint64_t>(R * S * n_tok), &gx, &gy);

@@ -227,7 +227,7 @@ private:
     void elementwise(const char* shader, std::initializer_list<const Tensor*> in, const Tensor& out, const void* push,
                      uint32_t push_bytes);
     void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
-    std::map<std::string, Tensor> rope_freqs_;  // per (n_dims, base, scale)
+    std::map<std::array<float, 6>, Tensor> rope_freqs_;  // per (n_dims, base, scale, YaRN ramp)
     std::shared_ptr<Buffer> attn_part_;         // split-K partials, grown when a shape needs more
     MatvecOptions matvec_;
     bool split_auto_ = true;                    // Auto may choose split-K (not on CPU devices)

@@ -180,7 +180,8 @@ Context::~Context() {
     keep_alive_.clear();
     ring_.reset();
     readback_.reset();
-    for (auto& [key, p] : pipelines_) a.vkDestroyPipeline(dev, p.pipeline, nullptr);
+    for (auto& [name, variants] : pipelines_)
+        for (auto& [spec, p] : variants) a.vkDestroyPipeline(dev, p->pipeline, nullptr);
     for (auto& [n, l] : layouts_) {
         a.vkDestroyPipelineLayout(dev, l.second, nullptr);
         a.vkDestroyDescriptorSetLayout(dev, l.first, nullptr);
@@ -276,7 +277,7 @@ std::shared_ptr<Buffer> Context::create_buffer(uint64_t bytes, MemoryKind kind, 
 
 // ---- pipelines -----------------------------------------------------------------------------
 
-VkShaderModule Context::shader_module(const std::string& name) {
+VkShaderModule Context::shader_module(std::string_view name) {
     if (auto it = modules_.find(name); it != modules_.end()) return it->second;
     const EmbeddedShader* s = find_shader(name);
     if (!s) throw Error(fmt::format("Vulkan: no shader named '{}' is embedded in this build", name));
@@ -284,8 +285,9 @@ VkShaderModule Context::shader_module(const std::string& name) {
     ci.codeSize = s->n_words * sizeof(uint32_t);
     ci.pCode = s->words;
     VkShaderModule m = VK_NULL_HANDLE;
-    check(api().vkCreateShaderModule(core_->device, &ci, nullptr, &m), ("vkCreateShaderModule(" + name + ")").c_str());
-    modules_[name] = m;
+    check(api().vkCreateShaderModule(core_->device, &ci, nullptr, &m),
+          ("vkCreateShaderModule(" + std::string(name) + ")").c_str());
+    modules_.emplace(std::string(name), m);
     return m;
 }
 
@@ -318,16 +320,16 @@ VkDescriptorSetLayout Context::set_layout(uint32_t n_bindings) {
     return sl;
 }
 
-const Pipeline& Context::pipeline(const std::string& name, const std::vector<uint32_t>& spec, uint32_t n_bindings) {
-    std::string key = name;
-    for (uint32_t v : spec) {  // appended piecewise: GCC 12 warns falsely (-Wrestrict) on ":" + string
-        key += ':';
-        key += std::to_string(v);
-    }
-    if (auto it = pipelines_.find(key); it != pipelines_.end()) return it->second;
+const Pipeline& Context::pipeline(std::string_view name, std::span<const uint32_t> spec, uint32_t n_bindings) {
+    auto named = pipelines_.find(name);
+    if (named != pipelines_.end())
+        for (const auto& [s, p] : named->second)
+            if (std::equal(s.begin(), s.end(), spec.begin(), spec.end())) return *p;
     if (spec.empty() || spec[0] == 0 || spec[0] > core_->info.max_workgroup_invocations)
         throw Error(fmt::format("Vulkan: pipeline {}: workgroup size {} is outside 1..{}", name,
                                 spec.empty() ? 0 : spec[0], core_->info.max_workgroup_invocations));
+    if (n_bindings > kMaxBindings)
+        throw Error(fmt::format("Vulkan: pipeline {} has {} buffers, more than {}", name, n_bindings, kMaxBindings));
 
     const VkShaderModule module = shader_module(name);
     const VkDescriptorSetLayout sl = set_layout(n_bindings);
@@ -346,15 +348,17 @@ const Pipeline& Context::pipeline(const std::string& name, const std::vector<uin
     ci.stage.pName = "main";
     ci.stage.pSpecializationInfo = &si;
     ci.layout = layouts_[n_bindings].second;
-    Pipeline p;
-    check(api().vkCreateComputePipelines(core_->device, cache_, 1, &ci, nullptr, &p.pipeline),
-          ("vkCreateComputePipelines(" + name + ")").c_str());
-    p.layout = ci.layout;
-    p.set_layout = sl;
-    p.n_bindings = n_bindings;
-    p.workgroup_size = spec[0];
+    auto p = std::make_unique<Pipeline>();
+    check(api().vkCreateComputePipelines(core_->device, cache_, 1, &ci, nullptr, &p->pipeline),
+          ("vkCreateComputePipelines(" + std::string(name) + ")").c_str());
+    p->layout = ci.layout;
+    p->set_layout = sl;
+    p->n_bindings = n_bindings;
+    p->workgroup_size = spec[0];
     ++stats_.pipelines;
-    return pipelines_.emplace(key, p).first->second;
+    if (named == pipelines_.end()) named = pipelines_.emplace(std::string(name), decltype(named->second){}).first;
+    named->second.emplace_back(std::vector<uint32_t>(spec.begin(), spec.end()), std::move(p));
+    return *named->second.back().second;
 }
 
 // ---- recording -----------------------------------------------------------------------------
@@ -431,8 +435,8 @@ void Context::dispatch(const Pipeline& p, std::span<const Binding> bindings, con
     begin_if_needed();
 
     const VkDescriptorSet set = allocate_set(p.set_layout);
-    std::vector<VkDescriptorBufferInfo> infos(bindings.size());
-    std::vector<VkWriteDescriptorSet> writes(bindings.size());
+    VkDescriptorBufferInfo infos[kMaxBindings];  // n_bindings <= kMaxBindings (checked at creation)
+    VkWriteDescriptorSet writes[kMaxBindings];
     for (size_t i = 0; i < bindings.size(); ++i) {
         const Binding& b = bindings[i];
         infos[i] = {b.buffer->handle(), b.offset, b.size};
@@ -443,7 +447,7 @@ void Context::dispatch(const Pipeline& p, std::span<const Binding> bindings, con
         writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
         writes[i].pBufferInfo = &infos[i];
     }
-    a.vkUpdateDescriptorSets(core_->device, static_cast<uint32_t>(writes.size()), writes.data(), 0, nullptr);
+    a.vkUpdateDescriptorSets(core_->device, static_cast<uint32_t>(bindings.size()), writes, 0, nullptr);
 
     for (const Binding& b : bindings) track(b.buffer->handle(), b.offset, b.size, b.written);
     for (const Binding& b : bindings) {

@@ -10,8 +10,11 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <initializer_list>
 #include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "backend/vulkan/device.h"
@@ -101,8 +104,12 @@ public:
 
     // ---- pipelines ----
     // The pipeline of shader `name` specialized with `spec` (constant_id i = spec[i]; spec[0] is
-    // the workgroup size), with `n_bindings` storage buffers in set 0. Built once, then cached.
-    const Pipeline& pipeline(const std::string& name, const std::vector<uint32_t>& spec, uint32_t n_bindings);
+    // the workgroup size), with `n_bindings` storage buffers in set 0. Built once, then cached;
+    // finding a cached pipeline allocates nothing.
+    const Pipeline& pipeline(std::string_view name, std::span<const uint32_t> spec, uint32_t n_bindings);
+    const Pipeline& pipeline(std::string_view name, std::initializer_list<uint32_t> spec, uint32_t n_bindings) {
+        return pipeline(name, std::span<const uint32_t>(spec.begin(), spec.size()), n_bindings);
+    }
 
     // ---- recording (nothing runs until submit) ----
     void dispatch(const Pipeline& p, std::span<const Binding> bindings, const void* push, uint32_t push_bytes,
@@ -129,12 +136,13 @@ private:
         uint64_t begin, end;
     };
     void begin_if_needed();
+    static constexpr size_t kMaxBindings = 8;
     // Places a barrier when this access conflicts with one since the last barrier.
     void track(VkBuffer buffer, uint64_t offset, uint64_t size, bool write);
     void barrier();
     VkDescriptorSet allocate_set(VkDescriptorSetLayout layout);
     VkDescriptorSetLayout set_layout(uint32_t n_bindings);
-    VkShaderModule shader_module(const std::string& name);
+    VkShaderModule shader_module(std::string_view name);
 
     std::shared_ptr<DeviceCore> core_;
     VkQueue queue_ = VK_NULL_HANDLE;
@@ -142,9 +150,10 @@ private:
     VkCommandBuffer cmd_ = VK_NULL_HANDLE;
     VkFence fence_ = VK_NULL_HANDLE;
     VkPipelineCache cache_ = VK_NULL_HANDLE;
-    std::map<std::string, VkShaderModule> modules_;
+    std::map<std::string, VkShaderModule, std::less<>> modules_;
     std::map<uint32_t, std::pair<VkDescriptorSetLayout, VkPipelineLayout>> layouts_;
-    std::map<std::string, Pipeline> pipelines_;
+    // Per shader name, its specializations (few): found by name without building a key string.
+    std::map<std::string, std::vector<std::pair<std::vector<uint32_t>, std::unique_ptr<Pipeline>>>, std::less<>> pipelines_;
     std::vector<VkDescriptorPool> pools_;
     size_t pool_index_ = 0;
 
