@@ -429,6 +429,19 @@ TEST_F(VulkanTest, AGraphIsOneSubmitWithBarriersOnlyWhereNeeded) {
     const double err = rel_error(got, want);
     report("graph scale+silu+add+mul", err);
     EXPECT_LT(err, 1e-5);
+
+    // The same pass again (a next token): every dispatch finds its descriptor set written already.
+    const auto again = vk().stats();
+    vk().scale(ta, 2.0f, s1);
+    vk().silu(tb, s2);
+    vk().add(s1, s2, out);
+    vk().mul(out, ta, out);
+    EXPECT_EQ(vk().stats().descriptor_sets, again.descriptor_sets);
+    EXPECT_LT(rel_error(vk().read_f32(out), want), 1e-5);
+    // A new tensor is a new buffer: its set is written, not one of a dropped buffer's.
+    Tensor out2 = vk().tensor(TensorType::F32, {n}, "out2");
+    vk().add(s1, s2, out2);
+    EXPECT_EQ(vk().stats().descriptor_sets, again.descriptor_sets + 1);
 }
 
 // ---- matmul --------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #include "backend/vulkan/context.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 
@@ -229,7 +230,9 @@ std::shared_ptr<Buffer> Context::create_buffer(uint64_t bytes, MemoryKind kind, 
     check_fits(bytes, kind, what);
     ++stats_.buffers;
 
+    static std::atomic<uint64_t> next_id{1};
     std::shared_ptr<Buffer> b(new Buffer());
+    b->id_ = next_id.fetch_add(1, std::memory_order_relaxed);
     b->core_ = core_;
     b->kind_ = kind;
     auto bci = make<VkBufferCreateInfo>(VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO);
@@ -363,6 +366,29 @@ const Pipeline& Context::pipeline(std::string_view name, std::span<const uint32_
 
 // ---- recording -----------------------------------------------------------------------------
 
+bool Context::SetKey::operator==(const SetKey& o) const {
+    if (layout != o.layout || n != o.n) return false;
+    for (uint32_t i = 0; i < n; ++i)
+        if (id[i] != o.id[i] || offset[i] != o.offset[i] || size[i] != o.size[i]) return false;
+    return true;
+}
+
+size_t Context::SetKeyHash::operator()(const SetKey& k) const {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a over the words
+    auto mix = [&h](uint64_t v) {
+        h ^= v;
+        h *= 1099511628211ull;
+    };
+    mix(reinterpret_cast<uint64_t>(k.layout));
+    mix(k.n);
+    for (uint32_t i = 0; i < k.n; ++i) {
+        mix(k.id[i]);
+        mix(k.offset[i]);
+        mix(k.size[i]);
+    }
+    return static_cast<size_t>(h);
+}
+
 void Context::begin_if_needed() {
     if (recording_) return;
     auto bi = make<VkCommandBufferBeginInfo>(VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO);
@@ -417,7 +443,7 @@ VkDescriptorSet Context::allocate_set(VkDescriptorSetLayout layout) {
         const VkResult r = a.vkAllocateDescriptorSets(core_->device, &ai, &set);
         if (r == VK_SUCCESS) return set;
         if (r != VK_ERROR_OUT_OF_POOL_MEMORY && r != VK_ERROR_FRAGMENTED_POOL) check(r, "vkAllocateDescriptorSets");
-        ++pool_index_;  // this pool is full until the next submit: use (or make) the next one
+        ++pool_index_;  // this pool is full until the cache is dropped: use (or make) the next one
     }
 }
 
@@ -434,20 +460,35 @@ void Context::dispatch(const Pipeline& p, std::span<const Binding> bindings, con
     Api& a = api();
     begin_if_needed();
 
-    const VkDescriptorSet set = allocate_set(p.set_layout);
-    VkDescriptorBufferInfo infos[kMaxBindings];  // n_bindings <= kMaxBindings (checked at creation)
-    VkWriteDescriptorSet writes[kMaxBindings];
+    SetKey key;
+    key.layout = p.set_layout;
+    key.n = static_cast<uint32_t>(bindings.size());
     for (size_t i = 0; i < bindings.size(); ++i) {
-        const Binding& b = bindings[i];
-        infos[i] = {b.buffer->handle(), b.offset, b.size};
-        writes[i] = make<VkWriteDescriptorSet>(VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET);
-        writes[i].dstSet = set;
-        writes[i].dstBinding = static_cast<uint32_t>(i);
-        writes[i].descriptorCount = 1;
-        writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-        writes[i].pBufferInfo = &infos[i];
+        key.id[i] = bindings[i].buffer->id();
+        key.offset[i] = bindings[i].offset;
+        key.size[i] = bindings[i].size;
     }
-    a.vkUpdateDescriptorSets(core_->device, static_cast<uint32_t>(bindings.size()), writes, 0, nullptr);
+    VkDescriptorSet set = VK_NULL_HANDLE;
+    if (auto it = sets_.find(key); it != sets_.end()) {
+        set = it->second;
+    } else {
+        set = allocate_set(p.set_layout);
+        VkDescriptorBufferInfo infos[kMaxBindings];  // n_bindings <= kMaxBindings (checked at creation)
+        VkWriteDescriptorSet writes[kMaxBindings];
+        for (size_t i = 0; i < bindings.size(); ++i) {
+            const Binding& b = bindings[i];
+            infos[i] = {b.buffer->handle(), b.offset, b.size};
+            writes[i] = make<VkWriteDescriptorSet>(VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET);
+            writes[i].dstSet = set;
+            writes[i].dstBinding = static_cast<uint32_t>(i);
+            writes[i].descriptorCount = 1;
+            writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+            writes[i].pBufferInfo = &infos[i];
+        }
+        a.vkUpdateDescriptorSets(core_->device, static_cast<uint32_t>(bindings.size()), writes, 0, nullptr);
+        sets_.emplace(key, set);
+        ++stats_.descriptor_sets;
+    }
 
     for (const Binding& b : bindings) track(b.buffer->handle(), b.offset, b.size, b.written);
     for (const Binding& b : bindings) {
@@ -539,8 +580,11 @@ void Context::submit() {
     // Whatever happened, the recording's resources are free again.
     a.vkResetFences(core_->device, 1, &fence_);
     a.vkResetCommandPool(core_->device, cmd_pool_, 0);
-    for (VkDescriptorPool p : pools_) a.vkResetDescriptorPool(core_->device, p, 0);
-    pool_index_ = 0;
+    if (sets_.size() > kMaxCachedSets) {  // nothing is in flight now: drop the cached sets
+        for (VkDescriptorPool p : pools_) a.vkResetDescriptorPool(core_->device, p, 0);
+        pool_index_ = 0;
+        sets_.clear();
+    }
     keep_alive_.clear();
     ring_head_ = 0;
     reads_.clear();

@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -41,6 +42,7 @@ public:
     uint64_t size() const { return size_; }
     uint8_t* mapped() const { return static_cast<uint8_t*>(mapped_); }  // nullptr unless host-visible
     MemoryKind kind() const { return kind_; }
+    uint64_t id() const { return id_; }  // unique in the process, never reused (handles may be)
 
 private:
     friend class Context;
@@ -53,6 +55,7 @@ private:
     void* mapped_ = nullptr;
     MemoryKind kind_ = MemoryKind::Device;
     uint32_t heap_ = 0;
+    uint64_t id_ = 0;
 };
 
 // A buffer range bound to one storage-buffer binding of a dispatch.
@@ -75,6 +78,7 @@ struct ContextStats {
     uint64_t submits = 0, dispatches = 0, barriers = 0, copies = 0;
     uint64_t pipelines = 0;  // pipelines created
     uint64_t buffers = 0;    // device, staging and readback buffers created
+    uint64_t descriptor_sets = 0;  // descriptor sets allocated and written (cached sets are reused)
 };
 
 class Context {
@@ -131,12 +135,12 @@ public:
     const ContextStats& stats() const { return stats_; }
 
 private:
+    static constexpr size_t kMaxBindings = 8;
     struct Range {
         VkBuffer buffer;
         uint64_t begin, end;
     };
     void begin_if_needed();
-    static constexpr size_t kMaxBindings = 8;
     // Places a barrier when this access conflicts with one since the last barrier.
     void track(VkBuffer buffer, uint64_t offset, uint64_t size, bool write);
     void barrier();
@@ -156,6 +160,21 @@ private:
     std::map<std::string, std::vector<std::pair<std::vector<uint32_t>, std::unique_ptr<Pipeline>>>, std::less<>> pipelines_;
     std::vector<VkDescriptorPool> pools_;
     size_t pool_index_ = 0;
+    // Descriptor sets by (layout, bound buffer ids, offsets, ranges): a forward pass binds the
+    // same ranges every token, so after the first pass every dispatch finds its set written
+    // already. Sets are never rewritten (one may be in use by the pending submit); the cache is
+    // dropped and the pools reset between submits when it passes kMaxCachedSets.
+    struct SetKey {
+        VkDescriptorSetLayout layout = VK_NULL_HANDLE;
+        uint32_t n = 0;
+        uint64_t id[kMaxBindings] = {}, offset[kMaxBindings] = {}, size[kMaxBindings] = {};
+        bool operator==(const SetKey& o) const;
+    };
+    struct SetKeyHash {
+        size_t operator()(const SetKey& k) const;
+    };
+    static constexpr size_t kMaxCachedSets = 16384;
+    std::unordered_map<SetKey, VkDescriptorSet, SetKeyHash> sets_;
 
     bool recording_ = false;
     std::vector<Range> reads_, writes_;                 // since the last barrier
