@@ -16,7 +16,7 @@
 // One workgroup per (token, head). Keys are taken WG at a time: each thread scores one key, the
 // tile's max updates the running max m, the running sum l and the output accumulators are
 // rescaled by e^(m_old - m_new) and the tile's weighted values added (online softmax), so memory
-// is O(tile) whatever the context length. Thread i owns output dimensions i, i + WG, ...
+// is O(tile) whatever the context length. Thread i owns output dimension pairs i, i + WG, ...
 //
 // Split-K (SPLIT, flash-decoding): a decode token on a long context gives only n_head workgroups,
 // too few to fill a GPU. With SPLIT the positions [k0, k0 + n_chunks * chunk) are cut into
@@ -27,7 +27,7 @@
 #include "common.glsl"
 
 const uint DMAX = 576;   // largest Dk the shared query row holds (MLA: 512 latent + 64 rope)
-const uint RMAX = 8;     // output dimensions per thread: Dv <= RMAX * WG
+const uint RPAIRS = 4;   // output dimension pairs per thread: Dv <= 2 * RPAIRS * WG
 
 layout(std430, set = 0, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, set = 0, binding = 1) readonly buffer KC { uint kc[]; };
@@ -54,7 +54,6 @@ shared float qs[DMAX];
 shared float sc[WG];
 shared float pr[WG];
 
-float v_at(uint idx) { return unpackHalf2x16(vc[idx >> 1])[idx & 1u]; }  // two halves per word
 
 void main() {
     const uint wg_all = flat_group();
@@ -83,8 +82,10 @@ void main() {
     // A sink starts the running softmax as a term of weight e^(sink - m) with no value.
     const bool sink = HAS_SINKS && chunk == 0u;
     float m = sink ? sinks[h] : -1.0 / 0.0, l = sink ? 1.0 : 0.0;
-    float acc[RMAX];
-    for (uint r = 0; r < RMAX; ++r) acc[r] = 0.0;
+    // Thread tid owns the output dimension pairs (2q, 2q + 1), q = tid + r * WG: one 32-bit word
+    // (two halves) of each V row per pair.
+    vec2 acc[RPAIRS];
+    for (uint r = 0; r < RPAIRS; ++r) acc[r] = vec2(0.0);
 
     for (uint j0 = lo; j0 < hi; j0 += WG) {
         const uint cnt = min(WG, hi - j0);
@@ -110,14 +111,14 @@ void main() {
         const float alpha = exp(m - mt);
         m = mt;
         l *= alpha;
-        for (uint r = 0; r < RMAX; ++r) acc[r] *= alpha;
+        for (uint r = 0; r < RPAIRS; ++r) acc[r] *= alpha;
         for (uint i = 0; i < cnt; ++i) {
             const float w = pr[i];
             l += w;
-            const uint vb = ((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head;
-            for (uint r = 0; r < RMAX; ++r) {
-                const uint d = tid + r * WG;
-                if (d < p.Dv) acc[r] += w * v_at(vb + d);
+            const uint vw = (((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head) >> 1;  // even: a word
+            for (uint r = 0; r < RPAIRS; ++r) {
+                const uint q = tid + r * WG;
+                if (2u * q < p.Dv) acc[r] += w * unpackHalf2x16(vc[vw + q]);
             }
         }
         barrier();
@@ -127,15 +128,21 @@ void main() {
             part[2u * prow] = m;
             part[2u * prow + 1u] = l;
         }
-        for (uint i = 0; i < RMAX; ++i) {
-            const uint d = tid + i * WG;
-            if (d < p.Dv) part[p.acc_off + prow * p.Dv + d] = acc[i];
+        for (uint r = 0; r < RPAIRS; ++r) {
+            const uint q = tid + r * WG;
+            if (2u * q < p.Dv) {
+                part[p.acc_off + prow * p.Dv + 2u * q] = acc[r].x;
+                part[p.acc_off + prow * p.Dv + 2u * q + 1u] = acc[r].y;
+            }
         }
         return;
     }
     const float inv = l > 0.0 ? 1.0 / l : 0.0;
-    for (uint r = 0; r < RMAX; ++r) {
-        const uint d = tid + r * WG;
-        if (d < p.Dv) o[t * p.o_stride + h * p.Dv + d] = acc[r] * inv;
+    for (uint r = 0; r < RPAIRS; ++r) {
+        const uint q = tid + r * WG;
+        if (2u * q < p.Dv) {
+            o[t * p.o_stride + h * p.Dv + 2u * q] = acc[r].x * inv;
+            o[t * p.o_stride + h * p.Dv + 2u * q + 1u] = acc[r].y * inv;
+        }
     }
 }
