@@ -563,8 +563,11 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
     if (split) {
         const uint64_t bytes = (2 * rows + rows * static_cast<uint64_t>(Dv)) * sizeof(float);
         if (!attn_part_ || attn_part_->size() < bytes)
-            attn_part_ = ctx_->create_buffer(std::max<uint64_t>(bytes, 1ull << 20), MemoryKind::Device,
-                                             "the split-K attention partials");
+            // At least what any split Auto chooses needs (fewer than 2 * kSplitTargetGroups rows of
+            // at most kAttentionMaxDv + 2 floats), so that decoding never grows it mid-generation.
+            attn_part_ = ctx_->create_buffer(
+                std::max<uint64_t>(bytes, 2 * kSplitTargetGroups * (kAttentionMaxDv + 2) * sizeof(float)),
+                MemoryKind::Device, "the split-K attention partials");
         part = Binding{attn_part_, 0, bytes, true};
     }
     const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, !split),
