@@ -283,15 +283,23 @@ TEST_F(VulkanOps, MoeMatmulReadsTheChosenExpertsLikeTheCpu) {
                     const TensorId b = with_bias ? cpu.g.weight("bias", TensorType::F32, bias.data(), R, G) : kiln::graph::kNone;
                     const auto want = cpu.run(cpu.g.moe_matmul(w, cpu.input_f32(x, xk, n), cpu.input_i32(ids, S, n), b));
 
-                    Tensor y = poisoned(TensorType::F32, {S * R, n}, "y");
-                    Tensor tids = i32(ids, {S, n}, "ids");
-                    vk().moe_matmul(tw, f32(x, {xk, n}, "x"), &tids, with_bias ? &tbias : nullptr, y);
-                    const double err = rel_error(vk().read_f32(y), want);
-                    const std::string what = std::string("moe_matmul ") + kiln::type_name(type) + " n=" + std::to_string(n) +
-                                             (per_slot ? " x per slot" : " x shared") + (with_bias ? " +bias" : "");
-                    if (n == 5) report(what, err);
-                    // Quantized: the CPU may quantize x to 8 bits in its dot products.
-                    EXPECT_LT(err, type == TensorType::F32 || type == TensorType::F16 ? 1e-5 : 2e-2) << what;
+                    // Both reductions: plain, and subgroupAdd where the device has it.
+                    const kiln::vk::MatvecOptions saved = vk().matvec_options();
+                    for (const bool subgroup : {false, true}) {
+                        if (subgroup && !vk().device().subgroup_arithmetic) continue;
+                        vk().set_matvec_options({subgroup, 1});
+                        Tensor y = poisoned(TensorType::F32, {S * R, n}, "y");
+                        Tensor tids = i32(ids, {S, n}, "ids");
+                        vk().moe_matmul(tw, f32(x, {xk, n}, "x"), &tids, with_bias ? &tbias : nullptr, y);
+                        const double err = rel_error(vk().read_f32(y), want);
+                        const std::string what = std::string("moe_matmul ") + kiln::type_name(type) + " n=" +
+                                                 std::to_string(n) + (per_slot ? " x per slot" : " x shared") +
+                                                 (with_bias ? " +bias" : "") + (subgroup ? " subgroup" : " plain");
+                        if (n == 5) report(what, err);
+                        // Quantized: the CPU may quantize x to 8 bits in its dot products.
+                        EXPECT_LT(err, type == TensorType::F32 || type == TensorType::F16 ? 1e-5 : 2e-2) << what;
+                    }
+                    vk().set_matvec_options(saved);
                 }
             }
         }

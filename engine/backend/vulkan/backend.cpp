@@ -730,7 +730,7 @@ void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, co
     const Binding b[] = {bind(w, false), bind(x, false), bind(ids ? *ids : x, false), bind(bias ? *bias : x, false),
                          bind(y, true)};
     const auto spec = type_spec<2>(wg_matvec_, w.type(), {ids ? 1u : 0u, bias ? 1u : 0u});
-    const auto& p = ctx_->pipeline("moe_matmul", spec, 5);
+    const auto& p = ctx_->pipeline(matvec_.subgroup ? "moe_matmul_subgroup" : "moe_matmul", spec, 5);
     uint32_t gx, gy;
     groups_for(static_cast<uint64_t>(R * S * n_tok), &gx, &gy);
     ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);

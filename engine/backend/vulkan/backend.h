@@ -66,8 +66,8 @@ struct BackendOptions {
 enum class MatmulKernel { Auto, Vector, Tiled };
 
 // The decode matrix-vector kernel's variant: the subgroupAdd reduction (devices with subgroup
-// arithmetic in compute) or the plain shared-memory one, and weight rows per workgroup (a
-// specialization constant; divides the workgroup size of 64).
+// arithmetic in compute) or the plain shared-memory one (moe_matmul follows the same choice),
+// and weight rows per workgroup (a specialization constant; divides the workgroup size of 64).
 struct MatvecOptions {
     bool subgroup = false;
     uint32_t rows = 1;
