@@ -1,4 +1,4 @@
-// Vulkan matmul shaders at model shapes, against the device's own copy bandwidth.
+// Vulkan matmul and attention shaders at model shapes, against the device's own copy bandwidth.
 //
 //   kiln_bench --benchmark_filter=Vulkan
 //
@@ -8,8 +8,13 @@
 // amortised as in a real graph) and is timed by the wall clock around submit + fence wait.
 // Counters: GB/s of weight bytes read, GFLOP/s (2*N*K per token), and roofline = GB/s divided by
 // the bandwidth of a plain device buffer copy measured in the same run (read + write bytes).
+// Attention: decode (one query token) over an f16 KV cache of 4K, 32K and 128K positions, GQA
+// (32 query heads on 8 KV heads of 128) and MLA (20 query heads on one KV head, K 576 / V 512,
+// V read from the K rows), split-K (the chunking Auto picks on a GPU at these shapes) and the
+// single pass (what Auto keeps on a CPU device); GB/s counts the KV cache bytes the token reads once (K and V rows; MLA: the 576-wide rows).
 // On lavapipe (a CPU driver) the numbers are small and iteration counts are kept low; the same
-// binary reports real figures on a GPU.
+// binary reports real figures on a GPU. The 128K cases are skipped on a CPU device and where
+// the device has too little memory.
 #include <benchmark/benchmark.h>
 
 #include <chrono>
@@ -17,6 +22,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/vulkan/backend.h"
@@ -96,10 +102,20 @@ std::vector<uint8_t> weights(TensorType t, int64_t K, int64_t N) {
     return out;
 }
 
-void BM_VulkanMatmul(benchmark::State& state, TensorType type, int64_t N, int64_t K, int64_t n_tok, int reps) {
+void BM_VulkanMatmul(benchmark::State& state, TensorType type, int64_t N, int64_t K, int64_t n_tok, int reps,
+                     const kiln::vk::MatvecOptions* variant) {
     Backend* vk = backend();
     if (!vk) return state.SkipWithError("no Vulkan device");
+    if (variant && variant->subgroup && !vk->device().subgroup_arithmetic)
+        return state.SkipWithError("no subgroup arithmetic on this device");
+    const kiln::vk::MatvecOptions saved = vk->matvec_options();
+    struct Restore {
+        Backend* vk;
+        kiln::vk::MatvecOptions o;
+        ~Restore() { vk->set_matvec_options(o); }
+    } restore{vk, saved};
     try {
+        if (variant) vk->set_matvec_options(*variant);
         const auto wb = weights(type, K, N);
         Tensor w = vk->tensor(type, {K, N}, "w");
         vk->upload(w, wb.data(), wb.size());
@@ -123,7 +139,12 @@ void BM_VulkanMatmul(benchmark::State& state, TensorType type, int64_t N, int64_
         state.counters["GFLOP/s"] = flops / 1e9;
         state.counters["roofline"] = bytes / copy_bandwidth();
         state.counters["ms/matmul"] = 1e3 * total / runs;
-        state.SetLabel(std::string(kiln::type_name(type)) + (n_tok == 1 ? " decode" : " prefill " + std::to_string(n_tok)));
+        std::string label = std::string(kiln::type_name(type)) + (n_tok == 1 ? " decode" : " prefill " + std::to_string(n_tok));
+        if (n_tok <= 8) {
+            const auto& o = vk->matvec_options();
+            label += std::string(o.subgroup ? " subgroup" : " plain") + " rows " + std::to_string(o.rows);
+        }
+        state.SetLabel(label);
     } catch (const kiln::Error& e) {
         state.SkipWithError(e.what());
     }
@@ -139,15 +160,99 @@ const bool registered = [] {
     for (const Shape& s : kShapes) {
         for (TensorType t : {TensorType::F16, TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K, TensorType::Q6_K}) {
             const std::string name = std::string("BM_VulkanMatmul/") + s.name + "/" + kiln::type_name(t) + "/decode";
-            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, s.N, s.K, 1, 4)
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, s.N, s.K, 1, 4, nullptr)
                 ->Iterations(2)->UseManualTime()->Unit(benchmark::kMillisecond);
         }
         for (TensorType t : {TensorType::F16, TensorType::Q4_K}) {
             const std::string name = std::string("BM_VulkanMatmul/") + s.name + "/" + kiln::type_name(t) + "/prefill512";
-            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, s.N, s.K, 512, 1)
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, s.N, s.K, 512, 1, nullptr)
                 ->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
         }
     }
+    // The matrix-vector variants (decode): plain / subgroupAdd reduction, 1, 2 or 4 rows per workgroup.
+    static const kiln::vk::MatvecOptions variants[] = {{false, 1}, {false, 4}, {true, 1}, {true, 2}, {true, 4}};
+    for (const auto& v : variants)
+        for (TensorType t : {TensorType::F16, TensorType::Q4_K}) {
+            const std::string name = std::string("BM_VulkanMatvecVariant/4096x4096/") + kiln::type_name(t) + "/" +
+                                     (v.subgroup ? "subgroup" : "plain") + "_rows" + std::to_string(v.rows);
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, 4096, 4096, 1, 4, &v)
+                ->Iterations(2)->UseManualTime()->Unit(benchmark::kMillisecond);
+        }
+    return true;
+}();
+
+// One decode token attending over n_kv cache positions: `reps` attentions in one submit.
+void BM_VulkanAttention(benchmark::State& state, int64_t n_head, int64_t n_kv_head, int64_t dk, int64_t dv, bool mla,
+                        int64_t n_kv, kiln::vk::AttentionKernel kernel, int reps) {
+    Backend* vk = backend();
+    if (!vk) return state.SkipWithError("no Vulkan device");
+    const uint64_t k_bytes = static_cast<uint64_t>(dk * n_kv_head * n_kv) * 2;
+    const uint64_t v_bytes = mla ? 0 : static_cast<uint64_t>(dv * n_kv_head * n_kv) * 2;
+    if (n_kv > 65536 && vk->device().type == kiln::vk::DeviceType::Cpu)
+        return state.SkipWithError("128K context skipped on a CPU device (lavapipe): too slow to be useful; runs on GPUs");
+    if (!vk->fits(k_bytes + v_bytes + (64ull << 20)))
+        return state.SkipWithError("the device has too little memory for this KV cache");
+    try {
+        Tensor kc = vk->tensor(TensorType::F16, {dk, n_kv_head, n_kv}, "k_cache");
+        Tensor vc = mla ? kc : vk->tensor(TensorType::F16, {dv, n_kv_head, n_kv}, "v_cache");
+        vk->fill(kc, 0x2e662c00u);  // halves 0.0625 and 0.1: finite, not all equal
+        if (!mla) vk->fill(vc, 0x2e662c00u);
+        std::vector<float> qs(static_cast<size_t>(dk * n_head));
+        for (size_t i = 0; i < qs.size(); ++i) qs[i] = static_cast<float>(static_cast<int>(i % 7) - 3) * 0.25f;
+        Tensor q = vk->tensor(TensorType::F32, {dk, n_head, 1}, "q");
+        vk->upload(q, qs.data(), q.bytes());
+        Tensor out = vk->tensor(TensorType::F32, {dv, n_head, 1}, "out");
+        kiln::vk::AttentionParams p;
+        p.pos0 = static_cast<uint32_t>(n_kv - 1);
+        p.n_kv = static_cast<uint32_t>(n_kv);
+        p.v_in_k = mla;
+        p.dv = static_cast<uint32_t>(dv);
+        p.kernel = kernel;
+        vk->attention(q, kc, vc, out, p);  // warm-up: pipelines and first touch
+        vk->submit();
+        const uint64_t d0 = vk->stats().dispatches;
+        vk->attention(q, kc, vc, out, p);
+        const uint64_t per_op = vk->stats().dispatches - d0;  // 2: split-K, 1: single pass
+        vk->submit();
+        double total = 0;
+        for (auto _ : state) {
+            for (int r = 0; r < reps; ++r) vk->attention(q, kc, vc, out, p);
+            const double t = seconds_of([&] { vk->submit(); });
+            state.SetIterationTime(t);
+            total += t;
+        }
+        const double runs = static_cast<double>(state.iterations()) * reps;
+        const double bytes = static_cast<double>(k_bytes + v_bytes) * runs / total;
+        state.counters["GB/s"] = bytes / 1e9;
+        state.counters["roofline"] = bytes / copy_bandwidth();
+        state.counters["ms/token"] = 1e3 * total / runs;
+        state.counters["dispatches"] = static_cast<double>(per_op);
+        state.SetLabel(per_op > 1 ? "split-K" : "single pass");
+    } catch (const kiln::Error& e) {
+        state.SkipWithError(e.what());
+    }
+}
+
+struct AttnShape {
+    const char* name;
+    int64_t n_head, n_kv_head, dk, dv;
+    bool mla;
+    std::vector<int64_t> contexts;
+};
+
+const bool attention_registered = [] {
+    const AttnShape shapes[] = {{"gqa32x8_d128", 32, 8, 128, 128, false, {4096, 32768, 131072}},
+                                {"mla20x1_k576_v512", 20, 1, 576, 512, true, {4096, 32768}}};
+    using kiln::vk::AttentionKernel;
+    for (const AttnShape& s : shapes)
+        for (const int64_t n_kv : s.contexts)
+            for (auto [kernel, kname] : {std::pair{AttentionKernel::Split, "split"}, {AttentionKernel::Single, "single"}}) {
+                const std::string name = std::string("BM_VulkanAttention/") + s.name + "/decode/" +
+                                         std::to_string(n_kv / 1024) + "K/" + kname;
+                benchmark::RegisterBenchmark(name.c_str(), BM_VulkanAttention, s.n_head, s.n_kv_head, s.dk, s.dv, s.mla,
+                                             n_kv, kernel, 2)
+                    ->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+            }
     return true;
 }();
 

@@ -16,19 +16,30 @@
 // One workgroup per (token, head). Keys are taken WG at a time: each thread scores one key, the
 // tile's max updates the running max m, the running sum l and the output accumulators are
 // rescaled by e^(m_old - m_new) and the tile's weighted values added (online softmax), so memory
-// is O(tile) whatever the context length. Thread i owns output dimensions i, i + WG, ...
+// is O(tile) whatever the context length. Thread i owns output dimension pairs i, i + WG, ...
+//
+// Split-K (SPLIT, flash-decoding): a decode token on a long context gives only n_head workgroups,
+// too few to fill a GPU. With SPLIT the positions [k0, k0 + n_chunks * chunk) are cut into
+// n_chunks chunks and there is one workgroup per (chunk, token, head): each runs the loop above
+// over its chunk only (intersected with the token's causal/window range; a chunk may be empty)
+// and writes its running max m, sum l and the unnormalised accumulators to `part` instead of the
+// output; attention_combine.comp merges the chunks. A sink enters chunk 0 only.
 #include "common.glsl"
 
 const uint DMAX = 576;   // largest Dk the shared query row holds (MLA: 512 latent + 64 rope)
-const uint RMAX = 8;     // output dimensions per thread: Dv <= RMAX * WG
+const uint RPAIRS = 4;   // output dimension pairs per thread: Dv <= 2 * RPAIRS * WG
 
 layout(std430, set = 0, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, set = 0, binding = 1) readonly buffer KC { uint kc[]; };
 layout(std430, set = 0, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer Out { float o[]; };
 layout(std430, set = 0, binding = 4) readonly buffer Sinks { float sinks[]; };
+// SPLIT: per (token, head, chunk) row r = (t * n_head + h) * n_chunks + c: part[2r] = m,
+// part[2r + 1] = l, part[acc_off + r * Dv + d] = unnormalised output dimension d.
+layout(std430, set = 0, binding = 5) writeonly buffer Part { float part[]; };
 
 layout(constant_id = 1) const bool HAS_SINKS = false;
+layout(constant_id = 2) const bool SPLIT = false;
 
 layout(push_constant) uniform Params {
     uint Dk, Dv, n_head, n_kv_head;
@@ -36,18 +47,23 @@ layout(push_constant) uniform Params {
     uint q_stride, o_stride;
     float scale, softcap;
     uint n_slots, v_row, v_head;
+    uint n_chunks, chunk, k0, acc_off;  // SPLIT only
 } p;
 
 shared float qs[DMAX];
 shared float sc[WG];
 shared float pr[WG];
 
-float v_at(uint idx) { return unpackHalf2x16(vc[idx >> 1])[idx & 1u]; }  // two halves per word
 
 void main() {
-    const uint wg = flat_group();
-    if (wg >= p.n_tok * p.n_head) return;
+    const uint wg_all = flat_group();
+    const uint n_chunks = SPLIT ? p.n_chunks : 1u;
+    if (wg_all >= p.n_tok * p.n_head * n_chunks) return;
     const uint tid = gl_LocalInvocationID.x;
+    // Chunk-major: the heads (of all tokens) of one chunk are neighbours, so heads sharing a KV
+    // head read the same keys at about the same time (cache hits); r: the partials' row.
+    const uint wg = wg_all % (p.n_tok * p.n_head), chunk = wg_all / (p.n_tok * p.n_head);
+    const uint prow = wg * n_chunks + chunk;
     const uint t = wg / p.n_head, h = wg % p.n_head;
     const uint kvh = h / (p.n_head / p.n_kv_head);
     const uint krow = p.n_kv_head * p.Dk;  // halves per K cache row
@@ -56,13 +72,20 @@ void main() {
     barrier();
 
     const uint pos = p.pos0 + t;
-    const uint hi = min(pos + 1u, p.n_kv);
-    const uint lo = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
+    uint hi = min(pos + 1u, p.n_kv);
+    uint lo = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
+    if (SPLIT) {
+        lo = max(lo, p.k0 + chunk * p.chunk);
+        hi = min(hi, p.k0 + (chunk + 1u) * p.chunk);
+    }
 
     // A sink starts the running softmax as a term of weight e^(sink - m) with no value.
-    float m = HAS_SINKS ? sinks[h] : -1.0 / 0.0, l = HAS_SINKS ? 1.0 : 0.0;
-    float acc[RMAX];
-    for (uint r = 0; r < RMAX; ++r) acc[r] = 0.0;
+    const bool sink = HAS_SINKS && chunk == 0u;
+    float m = sink ? sinks[h] : -1.0 / 0.0, l = sink ? 1.0 : 0.0;
+    // Thread tid owns the output dimension pairs (2q, 2q + 1), q = tid + r * WG: one 32-bit word
+    // (two halves) of each V row per pair.
+    vec2 acc[RPAIRS];
+    for (uint r = 0; r < RPAIRS; ++r) acc[r] = vec2(0.0);
 
     for (uint j0 = lo; j0 < hi; j0 += WG) {
         const uint cnt = min(WG, hi - j0);
@@ -88,21 +111,38 @@ void main() {
         const float alpha = exp(m - mt);
         m = mt;
         l *= alpha;
-        for (uint r = 0; r < RMAX; ++r) acc[r] *= alpha;
+        for (uint r = 0; r < RPAIRS; ++r) acc[r] *= alpha;
         for (uint i = 0; i < cnt; ++i) {
             const float w = pr[i];
             l += w;
-            const uint vb = ((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head;
-            for (uint r = 0; r < RMAX; ++r) {
-                const uint d = tid + r * WG;
-                if (d < p.Dv) acc[r] += w * v_at(vb + d);
+            const uint vw = (((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head) >> 1;  // even: a word
+            for (uint r = 0; r < RPAIRS; ++r) {
+                const uint q = tid + r * WG;
+                if (2u * q < p.Dv) acc[r] += w * unpackHalf2x16(vc[vw + q]);
             }
         }
         barrier();
     }
+    if (SPLIT) {
+        if (tid == 0u) {
+            part[2u * prow] = m;
+            part[2u * prow + 1u] = l;
+        }
+        for (uint r = 0; r < RPAIRS; ++r) {
+            const uint q = tid + r * WG;
+            if (2u * q < p.Dv) {
+                part[p.acc_off + prow * p.Dv + 2u * q] = acc[r].x;
+                part[p.acc_off + prow * p.Dv + 2u * q + 1u] = acc[r].y;
+            }
+        }
+        return;
+    }
     const float inv = l > 0.0 ? 1.0 / l : 0.0;
-    for (uint r = 0; r < RMAX; ++r) {
-        const uint d = tid + r * WG;
-        if (d < p.Dv) o[t * p.o_stride + h * p.Dv + d] = acc[r] * inv;
+    for (uint r = 0; r < RPAIRS; ++r) {
+        const uint q = tid + r * WG;
+        if (2u * q < p.Dv) {
+            o[t * p.o_stride + h * p.Dv + 2u * q] = acc[r].x * inv;
+            o[t * p.o_stride + h * p.Dv + 2u * q + 1u] = acc[r].y * inv;
+        }
     }
 }

@@ -283,15 +283,23 @@ TEST_F(VulkanOps, MoeMatmulReadsTheChosenExpertsLikeTheCpu) {
                     const TensorId b = with_bias ? cpu.g.weight("bias", TensorType::F32, bias.data(), R, G) : kiln::graph::kNone;
                     const auto want = cpu.run(cpu.g.moe_matmul(w, cpu.input_f32(x, xk, n), cpu.input_i32(ids, S, n), b));
 
-                    Tensor y = poisoned(TensorType::F32, {S * R, n}, "y");
-                    Tensor tids = i32(ids, {S, n}, "ids");
-                    vk().moe_matmul(tw, f32(x, {xk, n}, "x"), &tids, with_bias ? &tbias : nullptr, y);
-                    const double err = rel_error(vk().read_f32(y), want);
-                    const std::string what = std::string("moe_matmul ") + kiln::type_name(type) + " n=" + std::to_string(n) +
-                                             (per_slot ? " x per slot" : " x shared") + (with_bias ? " +bias" : "");
-                    if (n == 5) report(what, err);
-                    // Quantized: the CPU may quantize x to 8 bits in its dot products.
-                    EXPECT_LT(err, type == TensorType::F32 || type == TensorType::F16 ? 1e-5 : 2e-2) << what;
+                    // Both reductions: plain, and subgroupAdd where the device has it.
+                    const kiln::vk::MatvecOptions saved = vk().matvec_options();
+                    for (const bool subgroup : {false, true}) {
+                        if (subgroup && !vk().device().subgroup_arithmetic) continue;
+                        vk().set_matvec_options({subgroup, 1});
+                        Tensor y = poisoned(TensorType::F32, {S * R, n}, "y");
+                        Tensor tids = i32(ids, {S, n}, "ids");
+                        vk().moe_matmul(tw, f32(x, {xk, n}, "x"), &tids, with_bias ? &tbias : nullptr, y);
+                        const double err = rel_error(vk().read_f32(y), want);
+                        const std::string what = std::string("moe_matmul ") + kiln::type_name(type) + " n=" +
+                                                 std::to_string(n) + (per_slot ? " x per slot" : " x shared") +
+                                                 (with_bias ? " +bias" : "") + (subgroup ? " subgroup" : " plain");
+                        if (n == 5) report(what, err);
+                        // Quantized: the CPU may quantize x to 8 bits in its dot products.
+                        EXPECT_LT(err, type == TensorType::F32 || type == TensorType::F16 ? 1e-5 : 2e-2) << what;
+                    }
+                    vk().set_matvec_options(saved);
                 }
             }
         }
@@ -421,7 +429,10 @@ struct AttnCase {
 // kv_write (the ring where the layer is one) + attention, against store_kv + attention.
 class VulkanAttentionOps : public VulkanOps {
 protected:
-    double run_case(const AttnCase& c, int64_t prefix, int64_t n) {
+    // batch: the prefix's batch size; attend_prefix: whether the prefix batches attend too (else
+    // they only store their keys and values); kernel/chunks: the Vulkan attention's variant.
+    double run_case(const AttnCase& c, int64_t prefix, int64_t n, int64_t batch = 8, bool attend_prefix = true,
+                    kiln::vk::AttentionKernel kernel = kiln::vk::AttentionKernel::Auto, uint32_t chunks = 0) {
         const int64_t n_ctx = prefix + n + 3;
         kiln::graph::AttentionParams ap;
         ap.n_head = c.n_head;
@@ -453,11 +464,13 @@ protected:
         std::vector<float> want;
         Tensor out;
         int64_t base = 0;
-        // The prefix in batches of at most 8 (what a ring sized for batches of 8 takes), then n.
+        // The prefix in batches of at most `batch` (8: what a ring sized for batches of 8 takes), then n.
         std::vector<int64_t> batches;
-        for (int64_t done = 0; done < prefix; done += 8) batches.push_back(std::min<int64_t>(8, prefix - done));
+        for (int64_t done = 0; done < prefix; done += batch) batches.push_back(std::min<int64_t>(batch, prefix - done));
         batches.push_back(n);
-        for (const int64_t m : batches) {
+        for (size_t bi = 0; bi < batches.size(); ++bi) {
+            const int64_t m = batches[bi];
+            const bool attend = attend_prefix || bi + 1 == batches.size();
             const auto k = random_floats(static_cast<size_t>(c.n_head_kv * c.dk * m), 61 + static_cast<uint32_t>(base), -2, 2);
             const auto v = random_floats(static_cast<size_t>(c.n_head_kv * c.dv * m), 62 + static_cast<uint32_t>(base), -2, 2);
             const auto q = random_floats(static_cast<size_t>(c.n_head * c.dk * m), 63 + static_cast<uint32_t>(base), -1, 1);
@@ -465,6 +478,13 @@ protected:
             const TensorId tk = cpu.input_f32(k, c.n_head_kv * c.dk, m);
             const TensorId tv = c.mla ? kiln::graph::kNone : cpu.input_f32(v, c.n_head_kv * c.dv, m);
             cpu.g.store_kv(tk, tv, ap);
+            if (!attend) {  // store only (the graph's output: a cheap op on its K input)
+                cpu.run(cpu.g.add(tk, tk), cpu_be.get(), cpu_kv.get(), base);
+                vk().kv_write(f32(k, {c.dk, c.n_head_kv, m}, "k"), kc, static_cast<uint32_t>(base), ring);
+                if (!c.mla) vk().kv_write(f32(v, {c.dv, c.n_head_kv, m}, "v"), vc, static_cast<uint32_t>(base), ring);
+                base += m;
+                continue;
+            }
             const TensorId ts = c.sinks ? cpu.g.weight("sinks", TensorType::F32, sinks.data(), c.n_head, 1) : kiln::graph::kNone;
             want = cpu.run(cpu.g.attention(cpu.input_f32(q, c.n_head * c.dk, m), ap, ts), cpu_be.get(), cpu_kv.get(), base);
 
@@ -479,6 +499,8 @@ protected:
             p.ring = ring;
             p.v_in_k = c.mla;
             p.dv = static_cast<uint32_t>(c.dv);
+            p.kernel = kernel;
+            p.split_chunks = chunks;
             out = poisoned(TensorType::F32, {c.dv, c.n_head, m}, "out");
             vk().attention(f32(q, {c.dk, c.n_head, m}, "q"), kc, vc, out, p, c.sinks ? &tsinks : nullptr);
             base += m;
@@ -515,6 +537,76 @@ TEST_F(VulkanAttentionOps, MlaTwentyQueryHeadsOnOneKvHeadK576V512) {
         report(std::string(c.name) + " at " + std::to_string(prefix) + " n=" + std::to_string(n), err);
         EXPECT_LT(err, 1e-4) << "prefix " << prefix << " n " << n;
     }
+}
+
+TEST_F(VulkanAttentionOps, SplitKDecodeOnALongContextMatchesTheCpu) {
+    // Flash-decoding: the keys of a long context cut into chunks run by separate workgroups, then
+    // combined. Forced (Split, chosen and odd chunk counts) and as Auto picks it for decode; GQA,
+    // a sliding-window ring with sinks, soft-capping, and MLA 20:1 with K 576 / V 512.
+    using kiln::vk::AttentionKernel;
+    const std::vector<AttnCase> cases = {
+        {8, 2, 64, 64, 0, 0, 0.0f, false, false, "gqa 8:2 full"},
+        {8, 2, 64, 64, 0, 0, 30.0f, true, false, "gqa 8:2 full, softcap 30, sinks"},
+        {4, 1, 64, 64, 1024, 1024 + 64 - 1, 0.0f, true, false, "ring 1087, window 1024, sinks"},
+        {20, 1, 576, 512, 0, 0, 0.0f, false, true, "mla 20:1 K576 V512"},
+    };
+    const std::pair<AttentionKernel, uint32_t> kernels[] = {
+        {AttentionKernel::Auto, 0}, {AttentionKernel::Split, 0}, {AttentionKernel::Split, 7}, {AttentionKernel::Single, 0}};
+    for (const AttnCase& c : cases)
+        for (auto [prefix, n] : {std::pair<int64_t, int64_t>{3100, 1}, {3077, 4}})
+            for (auto [kernel, chunks] : kernels) {
+                const double err = run_case(c, prefix, n, 64, false, kernel, chunks);
+                const char* kname = kernel == AttentionKernel::Auto ? "auto" : kernel == AttentionKernel::Split ? "split" : "single";
+                report(std::string(c.name) + " at " + std::to_string(prefix) + " n=" + std::to_string(n) + " " + kname +
+                           (chunks ? " x" + std::to_string(chunks) : std::string()),
+                       err);
+                EXPECT_LT(err, 1e-4) << c.name << " prefix " << prefix << " n " << n << " " << kname << " " << chunks;
+            }
+}
+
+TEST_F(VulkanOps, AttentionKernelChoiceSplitKOnGpusForDecodeOnLongContexts) {
+    // Dispatches recorded per attention: 2 (split + combine) or 1 (single pass).
+    using kiln::vk::AttentionKernel;
+    Tensor kc = poisoned(TensorType::F16, {64, 2, 4096}, "k_cache");
+    vk().fill(kc, 0x3c003c00u);
+    auto dispatches = [&](int64_t n_tok, uint32_t n_kv, AttentionKernel kernel) {
+        Tensor q = f32(random_floats(static_cast<size_t>(64 * 8 * n_tok), 5), {64, 8, n_tok}, "q");
+        Tensor out = poisoned(TensorType::F32, {64, 8, n_tok}, "out");
+        kiln::vk::AttentionParams p;
+        p.pos0 = n_kv - static_cast<uint32_t>(n_tok);
+        p.n_kv = n_kv;
+        p.kernel = kernel;
+        const uint64_t d0 = vk().stats().dispatches;
+        vk().attention(q, kc, kc, out, p);
+        const uint64_t d = vk().stats().dispatches - d0;
+        for (float v : vk().read_f32(out)) EXPECT_TRUE(std::isfinite(v));
+        return d;
+    };
+    const bool gpu = vk().device().type != kiln::vk::DeviceType::Cpu;
+    EXPECT_EQ(dispatches(1, 4000, AttentionKernel::Auto), gpu ? 2u : 1u);
+    EXPECT_EQ(dispatches(1, 4000, AttentionKernel::Single), 1u);
+    EXPECT_EQ(dispatches(1, 4000, AttentionKernel::Split), 2u);
+    EXPECT_EQ(dispatches(1, 300, AttentionKernel::Auto), 1u);   // short context: one pass
+    EXPECT_EQ(dispatches(64, 600, AttentionKernel::Auto), 1u);  // a prompt: enough workgroups
+}
+
+TEST_F(VulkanAttentionOps, SplitKWithShortRangesAndEmptyChunks) {
+    // More chunks than some tokens' ranges cover (a prompt of 8 after 40, a window of 8): chunks
+    // empty for a token must drop out of the combine; sinks still count once.
+    using kiln::vk::AttentionKernel;
+    const std::vector<AttnCase> cases = {
+        {4, 2, 32, 32, 8, 15, 0.0f, true, false, "ring 15, window 8, sinks"},
+        {4, 2, 32, 32, 0, 0, 0.0f, true, false, "full + sinks"},
+    };
+    for (const AttnCase& c : cases)
+        for (auto [prefix, n] : {std::pair<int64_t, int64_t>{40, 1}, {45, 8}, {0, 5}})
+            for (uint32_t chunks : {2u, 5u, 13u}) {
+                const double err = run_case(c, prefix, n, 8, true, AttentionKernel::Split, chunks);
+                report(std::string(c.name) + " at " + std::to_string(prefix) + " n=" + std::to_string(n) + " split x" +
+                           std::to_string(chunks),
+                       err);
+                EXPECT_LT(err, 1e-4) << c.name << " prefix " << prefix << " n " << n << " chunks " << chunks;
+            }
 }
 
 TEST_F(VulkanOps, RingKvWriteWrapsAndRefusesMoreThanItHolds) {

@@ -429,6 +429,19 @@ TEST_F(VulkanTest, AGraphIsOneSubmitWithBarriersOnlyWhereNeeded) {
     const double err = rel_error(got, want);
     report("graph scale+silu+add+mul", err);
     EXPECT_LT(err, 1e-5);
+
+    // The same pass again (a next token): every dispatch finds its descriptor set written already.
+    const auto again = vk().stats();
+    vk().scale(ta, 2.0f, s1);
+    vk().silu(tb, s2);
+    vk().add(s1, s2, out);
+    vk().mul(out, ta, out);
+    EXPECT_EQ(vk().stats().descriptor_sets, again.descriptor_sets);
+    EXPECT_LT(rel_error(vk().read_f32(out), want), 1e-5);
+    // A new tensor is a new buffer: its set is written, not one of a dropped buffer's.
+    Tensor out2 = vk().tensor(TensorType::F32, {n}, "out2");
+    vk().add(s1, s2, out2);
+    EXPECT_EQ(vk().stats().descriptor_sets, again.descriptor_sets + 1);
 }
 
 // ---- matmul --------------------------------------------------------------------------------
@@ -485,7 +498,38 @@ TEST_P(VulkanMatmul, MatchesTheReferenceForEveryTokenCountAndKernel) {
             report(std::string("matmul ") + kiln::type_name(type) + " n=" + std::to_string(n) + " " + kname, err);
             EXPECT_LT(err, tol) << kiln::type_name(type) << " n=" << n << " " << kname;
         }
+        // Every matrix-vector variant: plain and subgroup reductions, 1, 2 and 4 rows per workgroup
+        // (N = 257 leaves the last workgroup's rows partly past the end).
+        const kiln::vk::MatvecOptions saved = vk().matvec_options();
+        for (bool subgroup : {false, true}) {
+            if (subgroup && !vk().device().subgroup_arithmetic) {
+                std::printf("    (no subgroup arithmetic on this device: the subgroup variant is not tested)\n");
+                continue;
+            }
+            for (uint32_t rows : {1u, 2u, 4u}) {
+                vk().set_matvec_options({subgroup, rows});
+                Tensor y = poisoned(vk(), TensorType::F32, {N, n}, "y");
+                vk().matmul(w, tx, y, MatmulKernel::Vector);
+                const double err = rel_error(vk().read_f32(y), want);
+                const std::string vname = std::string(subgroup ? "vec subgroup" : "vec plain") + " rows " + std::to_string(rows);
+                report(std::string("matmul ") + kiln::type_name(type) + " n=" + std::to_string(n) + " " + vname, err);
+                EXPECT_LT(err, tol) << kiln::type_name(type) << " n=" << n << " " << vname;
+            }
+        }
+        vk().set_matvec_options(saved);
     }
+}
+
+TEST_F(VulkanTest, MatvecVariantIsChosenByDeviceFeaturesAndCheckedWhenSet) {
+    EXPECT_EQ(vk().matvec_options().subgroup, vk().device().subgroup_arithmetic);
+    EXPECT_EQ(vk().matvec_options().rows, 1u);
+    const kiln::vk::MatvecOptions saved = vk().matvec_options();
+    EXPECT_THROW(vk().set_matvec_options({false, 3}), kiln::Error);  // 3 does not divide 64
+    EXPECT_THROW(vk().set_matvec_options({false, 0}), kiln::Error);
+    if (!vk().device().subgroup_arithmetic) {
+        EXPECT_THROW(vk().set_matvec_options({true, 1}), kiln::Error);
+    }
+    vk().set_matvec_options(saved);
 }
 
 INSTANTIATE_TEST_SUITE_P(Vulkan, VulkanMatmul, ::testing::ValuesIn(kMatmulCases),

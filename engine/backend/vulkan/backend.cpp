@@ -1,6 +1,9 @@
 #include "backend/vulkan/backend.h"
 
 #include <algorithm>
+#include <array>
+#include <iterator>
+#include <span>
 #include <cmath>
 #include <cstring>
 
@@ -12,12 +15,18 @@ namespace kiln::vk {
 
 namespace {
 
-constexpr uint32_t kMatvecTokens = 8;   // NCOL in matmul_vec.comp
+constexpr uint32_t kMatvecTokens = 8;   // NCOL in matmul_vec.glsl
 constexpr uint32_t kTile = 64;          // BM = BN in matmul_tiled.comp
 constexpr uint32_t kTiledWorkgroup = 256;
 constexpr int64_t kAttnMaxDk = Backend::kAttentionMaxDk;  // DMAX in attention.comp
-constexpr int64_t kAttnMaxRows = 8;     // RMAX in attention.comp
+constexpr int64_t kAttnMaxRows = 8;     // 2 * RPAIRS in attention.comp: output dimensions per thread
 constexpr int kTopKMaxGroups = 64;      // MAX_GROUPS in top_k.comp
+// Split-K attention (Auto, on GPUs): for at most kSplitMaxTokens query tokens when (token, head)
+// pairs are fewer than kSplitTargetGroups workgroups and the keys make at least two chunks of
+// kSplitMinChunk; then as many chunks as bring the workgroups to about kSplitTargetGroups.
+constexpr int64_t kSplitMaxTokens = 8;
+constexpr int64_t kSplitTargetGroups = 512;
+constexpr int64_t kSplitMinChunk = 256;
 
 uint32_t u32(int64_t v, const char* what) {
     if (v < 0 || v > 0xffffffffll) throw Error(fmt::format("Vulkan: {} = {} does not fit 32 bits", what, v));
@@ -75,6 +84,20 @@ Backend::Backend(uint32_t device_index, bool validation) : ctx_(std::make_unique
     wg_rows_ = std::min<uint32_t>(256, max_wg);
     wg_matvec_ = 64;
     wg_attention_ = 64;
+    // Split-K fills a GPU's compute units when (token, head) pairs are too few. A CPU device
+    // (lavapipe) has fewer cores than heads already, and there splitting measured slower
+    // (MLA 20:1 at 32K: 1.4 s single pass, 2.4 s in 2 chunks, 4.3 s in 26), so Auto keeps the
+    // single pass on it; AttentionKernel::Split still forces it (tests).
+    split_auto_ = d.type != DeviceType::Cpu;
+    matvec_.subgroup = d.subgroup_arithmetic;
+}
+
+void Backend::set_matvec_options(const MatvecOptions& o) {
+    if (o.subgroup && !ctx_->info().subgroup_arithmetic)
+        throw Error(fmt::format("vk matmul: {} has no subgroup arithmetic in compute shaders", ctx_->info().name));
+    if (o.rows == 0 || wg_matvec_ % o.rows)
+        throw Error(fmt::format("vk matmul: {} rows per workgroup do not divide the workgroup of {}", o.rows, wg_matvec_));
+    matvec_ = o;
 }
 
 Backend::~Backend() = default;
@@ -225,9 +248,13 @@ struct MatmulPush {
     uint32_t K, N, n_tok, row_bytes, x_stride, y_stride;
 };
 
-std::vector<uint32_t> type_spec(uint32_t wg, TensorType t) {
+// Specialization constants 0..3 of the shaders that read a weight type, then `extra` more.
+template <size_t N = 0>
+std::array<uint32_t, 4 + N> type_spec(uint32_t wg, TensorType t, std::array<uint32_t, N> extra = {}) {
     const auto& tr = traits(t);
-    return {wg, static_cast<uint32_t>(t), tr.block_size, tr.type_size};
+    std::array<uint32_t, 4 + N> s{wg, static_cast<uint32_t>(t), tr.block_size, tr.type_size};
+    for (size_t i = 0; i < N; ++i) s[4 + i] = extra[i];
+    return s;
 }
 
 }  // namespace
@@ -252,11 +279,13 @@ void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKe
     const Binding b[] = {bind(w, false), bind(x, false), bind(y, true)};
     if (kernel == MatmulKernel::Auto) kernel = n <= kMatvecTokens ? MatmulKernel::Vector : MatmulKernel::Tiled;
     if (kernel == MatmulKernel::Vector) {
-        const auto& p = ctx_->pipeline("matmul_vec", type_spec(wg_matvec_, w.type()), 3);
+        const auto spec = type_spec<1>(wg_matvec_, w.type(), {matvec_.rows});
+        const auto& p = ctx_->pipeline(matvec_.subgroup ? "matmul_vec_subgroup" : "matmul_vec", spec, 3);
         const uint32_t max_x = ctx_->info().max_workgroup_count[0];
-        const uint32_t gx = static_cast<uint32_t>(std::min<int64_t>(N, max_x));
+        const uint64_t row_groups = ceil_div(static_cast<uint64_t>(N), matvec_.rows);
+        const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(row_groups, max_x));
         ctx_->dispatch(p, b, &pc, sizeof pc, gx, ceil_div(static_cast<uint64_t>(n), kMatvecTokens),
-                       ceil_div(static_cast<uint64_t>(N), gx));
+                       ceil_div(row_groups, gx));
     } else {
         const auto& p = ctx_->pipeline("matmul_tiled", type_spec(kTiledWorkgroup, w.type()), 3);
         ctx_->dispatch(p, b, &pc, sizeof pc, ceil_div(static_cast<uint64_t>(N), kTile),
@@ -340,8 +369,8 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
                                 x.shape_string()));
     // The frequency table of this (n_dims, base, scale, YaRN ramp), made once in double precision.
     // YaRN's angle pos * theta_i * (freq_scale * (1 - mix_i) + mix_i) is linear in pos too.
-    const std::string key = fmt::format("{}:{}:{}:{}:{}:{}", n_dims, rp.freq_base, rp.freq_scale, rp.ext_factor,
-                                        rp.corr_lo, rp.corr_hi);
+    const std::array<float, 6> key{static_cast<float>(n_dims), rp.freq_base, rp.freq_scale, rp.ext_factor,
+                                   rp.corr_lo, rp.corr_hi};
     auto it = rope_freqs_.find(key);
     if (it == rope_freqs_.end()) {
         std::vector<float> f(static_cast<size_t>(n_dims / 2));
@@ -355,7 +384,9 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
             }
             f[i] = static_cast<float>(theta * factor);
         }
-        Tensor t = tensor(TensorType::F32, {n_dims / 2}, "rope frequencies " + key);
+        Tensor t = tensor(TensorType::F32, {n_dims / 2},
+                          fmt::format("rope frequencies {}:{}:{}:{}:{}:{}", n_dims, rp.freq_base, rp.freq_scale,
+                                      rp.ext_factor, rp.corr_lo, rp.corr_hi));
         upload(t, f.data(), t.bytes());
         it = rope_freqs_.emplace(key, t).first;
     }
@@ -374,13 +405,15 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
 
 void Backend::elementwise(const char* shader, std::initializer_list<const Tensor*> in, const Tensor& out,
                           const void* push, uint32_t push_bytes) {
-    std::vector<Binding> b;
-    for (const Tensor* t : in) b.push_back(bind(*t, false));
-    b.push_back(bind(out, true));
-    const auto& p = ctx_->pipeline(shader, {wg_elementwise_}, static_cast<uint32_t>(b.size()));
+    Binding b[4];  // no allocation per op
+    if (in.size() + 1 > std::size(b)) throw Error(fmt::format("vk {}: too many inputs", shader));
+    size_t n = 0;
+    for (const Tensor* t : in) b[n++] = bind(*t, false);
+    b[n++] = bind(out, true);
+    const auto& p = ctx_->pipeline(shader, {wg_elementwise_}, static_cast<uint32_t>(n));
     uint32_t gx, gy;
     groups_for(ceil_div(static_cast<uint64_t>(out.n_elements()), wg_elementwise_), &gx, &gy);
-    ctx_->dispatch(p, b, push, push_bytes, gx, gy);
+    ctx_->dispatch(p, std::span<const Binding>(b, n), push, push_bytes, gx, gy);
 }
 
 void Backend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
@@ -496,20 +529,59 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
         if (sinks->n_elements() != n_head)
             throw Error(fmt::format("vk attention: sinks '{}' {} for {} heads", sinks->name(), sinks->shape_string(), n_head));
     }
+    // The positions any token of the batch may see: [k0, k_end).
+    const uint32_t k0 = (ap.window > 0 && ap.pos0 + 1 > ap.window) ? ap.pos0 + 1 - ap.window : 0;
+    const uint64_t k_end = std::min<uint64_t>(uint64_t{ap.pos0} + static_cast<uint64_t>(n_tok), ap.n_kv);
+    const uint64_t span = k_end > k0 ? k_end - k0 : 0;
+    // Split-K's chunks: enough for about kSplitTargetGroups workgroups, each of at least
+    // kSplitMinChunk keys (at least two when asked for).
+    const uint64_t pairs = static_cast<uint64_t>(n_tok * n_head);
+    const uint64_t max_chunks = ceil_div(span, static_cast<uint64_t>(kSplitMinChunk));
+    const uint64_t want_chunks = std::min<uint64_t>(ceil_div(static_cast<uint64_t>(kSplitTargetGroups), pairs), max_chunks);
+    uint64_t n_chunks = 1;
+    if (ap.kernel == AttentionKernel::Split)
+        n_chunks = ap.split_chunks ? ap.split_chunks : std::max<uint64_t>(2, want_chunks);
+    else if (ap.kernel == AttentionKernel::Auto && split_auto_ && n_tok <= kSplitMaxTokens &&
+             pairs < static_cast<uint64_t>(kSplitTargetGroups) && max_chunks >= 2)
+        n_chunks = want_chunks;
+    n_chunks = std::max<uint64_t>(1, std::min<uint64_t>(n_chunks, std::max<uint64_t>(span, 1)));
+    const bool split = ap.kernel == AttentionKernel::Split || n_chunks > 1;
+    const uint64_t chunk = std::max<uint64_t>(1, ceil_div(span, n_chunks));
+    const uint64_t rows = static_cast<uint64_t>(n_tok * n_head) * n_chunks;
+
     const float scale = ap.scale != 0.0f ? ap.scale : 1.0f / std::sqrt(static_cast<float>(Dk));
     struct {
         uint32_t Dk, Dv, n_head, n_kv_head, n_tok, pos0, n_kv, window, q_stride, o_stride;
         float scale, softcap;
         uint32_t n_slots, v_row, v_head;
+        uint32_t n_chunks, chunk, k0, acc_off;
     } pc{u32(Dk, "Dk"), u32(Dv, "Dv"), u32(n_head, "n_head"), u32(n_kv_head, "n_kv_head"), u32(n_tok, "n_tok"),
          ap.pos0, ap.n_kv, ap.window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale,
-         ap.softcap, u32(n_ctx, "slots"), u32(n_kv_head * (ap.v_in_k ? Dk : Dv), "v row"), u32(ap.v_in_k ? Dk : Dv, "v head")};
-    const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, true),
-                         bind(sinks ? *sinks : q, false)};
-    const auto& p = ctx_->pipeline("attention", {wg_attention_, sinks ? 1u : 0u}, 5);
+         ap.softcap, u32(n_ctx, "slots"), u32(n_kv_head * (ap.v_in_k ? Dk : Dv), "v row"), u32(ap.v_in_k ? Dk : Dv, "v head"),
+         static_cast<uint32_t>(n_chunks), static_cast<uint32_t>(chunk), k0, u32(static_cast<int64_t>(2 * rows), "acc offset")};
+    Binding part = bind(out, true);  // unused by the single pass
+    if (split) {
+        const uint64_t bytes = (2 * rows + rows * static_cast<uint64_t>(Dv)) * sizeof(float);
+        if (!attn_part_ || attn_part_->size() < bytes)
+            // At least what any split Auto chooses needs (fewer than 2 * kSplitTargetGroups rows of
+            // at most kAttentionMaxDv + 2 floats), so that decoding never grows it mid-generation.
+            attn_part_ = ctx_->create_buffer(
+                std::max<uint64_t>(bytes, 2 * kSplitTargetGroups * (kAttentionMaxDv + 2) * sizeof(float)),
+                MemoryKind::Device, "the split-K attention partials");
+        part = Binding{attn_part_, 0, bytes, true};
+    }
+    const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, !split),
+                         bind(sinks ? *sinks : q, false), part};
+    const auto& p = ctx_->pipeline("attention", {wg_attention_, sinks ? 1u : 0u, split ? 1u : 0u}, 6);
     uint32_t gx, gy;
-    groups_for(static_cast<uint64_t>(n_tok * n_head), &gx, &gy);
+    groups_for(rows, &gx, &gy);
     ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
+    if (!split) return;
+    const uint32_t cc[6] = {pc.Dv, pc.n_head, pc.n_tok, pc.n_chunks, pc.acc_off, pc.o_stride};
+    const Binding cb[] = {Binding{attn_part_, 0, part.size, false}, bind(out, true)};
+    const auto& pcomb = ctx_->pipeline("attention_combine", {wg_attention_}, 2);
+    groups_for(static_cast<uint64_t>(n_tok * n_head), &gx, &gy);
+    ctx_->dispatch(pcomb, cb, cc, sizeof cc, gx, gy);
 }
 
 // ---- gated activations and MoE routing -----------------------------------------------------
@@ -657,10 +729,8 @@ void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, co
                             x.ne(0) == K ? 0u : u32(K, "K")};  // x shared by the slots, or one input per slot
     const Binding b[] = {bind(w, false), bind(x, false), bind(ids ? *ids : x, false), bind(bias ? *bias : x, false),
                          bind(y, true)};
-    std::vector<uint32_t> spec = type_spec(wg_matvec_, w.type());
-    spec.push_back(ids ? 1u : 0u);
-    spec.push_back(bias ? 1u : 0u);
-    const auto& p = ctx_->pipeline("moe_matmul", spec, 5);
+    const auto spec = type_spec<2>(wg_matvec_, w.type(), {ids ? 1u : 0u, bias ? 1u : 0u});
+    const auto& p = ctx_->pipeline(matvec_.subgroup ? "moe_matmul_subgroup" : "moe_matmul", spec, 5);
     uint32_t gx, gy;
     groups_for(static_cast<uint64_t>(R * S * n_tok), &gx, &gy);
     ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);

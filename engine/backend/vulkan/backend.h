@@ -65,6 +65,14 @@ struct BackendOptions {
 
 enum class MatmulKernel { Auto, Vector, Tiled };
 
+// The decode matrix-vector kernel's variant: the subgroupAdd reduction (devices with subgroup
+// arithmetic in compute) or the plain shared-memory one (moe_matmul follows the same choice),
+// and weight rows per workgroup (a specialization constant; divides the workgroup size of 64).
+struct MatvecOptions {
+    bool subgroup = false;
+    uint32_t rows = 1;
+};
+
 struct RopeParams {
     bool neox = false;       // pairs (i, i + n_dims/2) instead of (2i, 2i+1)
     int n_dims = 0;          // rotated dimensions (<= head_dim, even); 0: all of head_dim
@@ -77,6 +85,12 @@ struct RopeParams {
     float corr_lo = 0.0f, corr_hi = 0.0f;
     float mscale = 1.0f;
 };
+
+// Single: one workgroup per (token, head) over all its keys. Split: split-K (flash-decoding), the
+// keys cut into chunks run by separate workgroups, then a combine pass. Auto: Split for a few
+// tokens (decode) on a long context, where (token, head) pairs alone are too few workgroups to
+// fill a GPU (not on a CPU device such as lavapipe, where it measured slower).
+enum class AttentionKernel { Auto, Single, Split };
 
 struct AttentionParams {
     uint32_t pos0 = 0;    // cache position of the first query token
@@ -91,6 +105,8 @@ struct AttentionParams {
     // head (dv <= Dk).
     bool v_in_k = false;
     uint32_t dv = 0;
+    AttentionKernel kernel = AttentionKernel::Auto;
+    uint32_t split_chunks = 0;  // Split: the number of chunks (0: chosen from the shape)
 };
 
 struct TopKParams {
@@ -137,6 +153,10 @@ public:
     // Auto takes the matrix-vector kernel for n <= 8 tokens and the tiled one above.
     void matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKernel kernel = MatmulKernel::Auto);
     static bool supports_matmul(TensorType t);
+    // The matrix-vector variant in use: by default the subgroup one where the device has
+    // subgroup arithmetic, one row per workgroup. Setting an unsupported variant throws.
+    const MatvecOptions& matvec_options() const { return matvec_; }
+    void set_matvec_options(const MatvecOptions& o);
     // out[K, n] = rows ids[n] (I32) of table[K, rows] (any type of supports_matmul()).
     void get_rows(const Tensor& table, const Tensor& ids, const Tensor& out);
     // out = x / sqrt(mean(x^2) + eps) * weight, per row; weight [K] f32 or nullptr. out may be x.
@@ -207,7 +227,10 @@ private:
     void elementwise(const char* shader, std::initializer_list<const Tensor*> in, const Tensor& out, const void* push,
                      uint32_t push_bytes);
     void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
-    std::map<std::string, Tensor> rope_freqs_;  // per (n_dims, base, scale)
+    std::map<std::array<float, 6>, Tensor> rope_freqs_;  // per (n_dims, base, scale, YaRN ramp)
+    std::shared_ptr<Buffer> attn_part_;         // split-K partials, grown when a shape needs more
+    MatvecOptions matvec_;
+    bool split_auto_ = true;                    // Auto may choose split-K (not on CPU devices)
     uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64;
     std::unique_ptr<Context> ctx_;
 };

@@ -1,6 +1,7 @@
 #include "backend/vulkan/context.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 
@@ -180,7 +181,8 @@ Context::~Context() {
     keep_alive_.clear();
     ring_.reset();
     readback_.reset();
-    for (auto& [key, p] : pipelines_) a.vkDestroyPipeline(dev, p.pipeline, nullptr);
+    for (auto& [name, variants] : pipelines_)
+        for (auto& [spec, p] : variants) a.vkDestroyPipeline(dev, p->pipeline, nullptr);
     for (auto& [n, l] : layouts_) {
         a.vkDestroyPipelineLayout(dev, l.second, nullptr);
         a.vkDestroyDescriptorSetLayout(dev, l.first, nullptr);
@@ -228,7 +230,9 @@ std::shared_ptr<Buffer> Context::create_buffer(uint64_t bytes, MemoryKind kind, 
     check_fits(bytes, kind, what);
     ++stats_.buffers;
 
+    static std::atomic<uint64_t> next_id{1};
     std::shared_ptr<Buffer> b(new Buffer());
+    b->id_ = next_id.fetch_add(1, std::memory_order_relaxed);
     b->core_ = core_;
     b->kind_ = kind;
     auto bci = make<VkBufferCreateInfo>(VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO);
@@ -276,7 +280,7 @@ std::shared_ptr<Buffer> Context::create_buffer(uint64_t bytes, MemoryKind kind, 
 
 // ---- pipelines -----------------------------------------------------------------------------
 
-VkShaderModule Context::shader_module(const std::string& name) {
+VkShaderModule Context::shader_module(std::string_view name) {
     if (auto it = modules_.find(name); it != modules_.end()) return it->second;
     const EmbeddedShader* s = find_shader(name);
     if (!s) throw Error(fmt::format("Vulkan: no shader named '{}' is embedded in this build", name));
@@ -284,8 +288,9 @@ VkShaderModule Context::shader_module(const std::string& name) {
     ci.codeSize = s->n_words * sizeof(uint32_t);
     ci.pCode = s->words;
     VkShaderModule m = VK_NULL_HANDLE;
-    check(api().vkCreateShaderModule(core_->device, &ci, nullptr, &m), ("vkCreateShaderModule(" + name + ")").c_str());
-    modules_[name] = m;
+    check(api().vkCreateShaderModule(core_->device, &ci, nullptr, &m),
+          ("vkCreateShaderModule(" + std::string(name) + ")").c_str());
+    modules_.emplace(std::string(name), m);
     return m;
 }
 
@@ -318,16 +323,16 @@ VkDescriptorSetLayout Context::set_layout(uint32_t n_bindings) {
     return sl;
 }
 
-const Pipeline& Context::pipeline(const std::string& name, const std::vector<uint32_t>& spec, uint32_t n_bindings) {
-    std::string key = name;
-    for (uint32_t v : spec) {  // appended piecewise: GCC 12 warns falsely (-Wrestrict) on ":" + string
-        key += ':';
-        key += std::to_string(v);
-    }
-    if (auto it = pipelines_.find(key); it != pipelines_.end()) return it->second;
+const Pipeline& Context::pipeline(std::string_view name, std::span<const uint32_t> spec, uint32_t n_bindings) {
+    auto named = pipelines_.find(name);
+    if (named != pipelines_.end())
+        for (const auto& [s, p] : named->second)
+            if (std::equal(s.begin(), s.end(), spec.begin(), spec.end())) return *p;
     if (spec.empty() || spec[0] == 0 || spec[0] > core_->info.max_workgroup_invocations)
         throw Error(fmt::format("Vulkan: pipeline {}: workgroup size {} is outside 1..{}", name,
                                 spec.empty() ? 0 : spec[0], core_->info.max_workgroup_invocations));
+    if (n_bindings > kMaxBindings)
+        throw Error(fmt::format("Vulkan: pipeline {} has {} buffers, more than {}", name, n_bindings, kMaxBindings));
 
     const VkShaderModule module = shader_module(name);
     const VkDescriptorSetLayout sl = set_layout(n_bindings);
@@ -346,18 +351,43 @@ const Pipeline& Context::pipeline(const std::string& name, const std::vector<uin
     ci.stage.pName = "main";
     ci.stage.pSpecializationInfo = &si;
     ci.layout = layouts_[n_bindings].second;
-    Pipeline p;
-    check(api().vkCreateComputePipelines(core_->device, cache_, 1, &ci, nullptr, &p.pipeline),
-          ("vkCreateComputePipelines(" + name + ")").c_str());
-    p.layout = ci.layout;
-    p.set_layout = sl;
-    p.n_bindings = n_bindings;
-    p.workgroup_size = spec[0];
+    auto p = std::make_unique<Pipeline>();
+    check(api().vkCreateComputePipelines(core_->device, cache_, 1, &ci, nullptr, &p->pipeline),
+          ("vkCreateComputePipelines(" + std::string(name) + ")").c_str());
+    p->layout = ci.layout;
+    p->set_layout = sl;
+    p->n_bindings = n_bindings;
+    p->workgroup_size = spec[0];
     ++stats_.pipelines;
-    return pipelines_.emplace(key, p).first->second;
+    if (named == pipelines_.end()) named = pipelines_.emplace(std::string(name), decltype(named->second){}).first;
+    named->second.emplace_back(std::vector<uint32_t>(spec.begin(), spec.end()), std::move(p));
+    return *named->second.back().second;
 }
 
 // ---- recording -----------------------------------------------------------------------------
+
+bool Context::SetKey::operator==(const SetKey& o) const {
+    if (layout != o.layout || n != o.n) return false;
+    for (uint32_t i = 0; i < n; ++i)
+        if (id[i] != o.id[i] || offset[i] != o.offset[i] || size[i] != o.size[i]) return false;
+    return true;
+}
+
+size_t Context::SetKeyHash::operator()(const SetKey& k) const {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a over the words
+    auto mix = [&h](uint64_t v) {
+        h ^= v;
+        h *= 1099511628211ull;
+    };
+    mix(reinterpret_cast<uint64_t>(k.layout));
+    mix(k.n);
+    for (uint32_t i = 0; i < k.n; ++i) {
+        mix(k.id[i]);
+        mix(k.offset[i]);
+        mix(k.size[i]);
+    }
+    return static_cast<size_t>(h);
+}
 
 void Context::begin_if_needed() {
     if (recording_) return;
@@ -413,7 +443,7 @@ VkDescriptorSet Context::allocate_set(VkDescriptorSetLayout layout) {
         const VkResult r = a.vkAllocateDescriptorSets(core_->device, &ai, &set);
         if (r == VK_SUCCESS) return set;
         if (r != VK_ERROR_OUT_OF_POOL_MEMORY && r != VK_ERROR_FRAGMENTED_POOL) check(r, "vkAllocateDescriptorSets");
-        ++pool_index_;  // this pool is full until the next submit: use (or make) the next one
+        ++pool_index_;  // this pool is full until the cache is dropped: use (or make) the next one
     }
 }
 
@@ -430,20 +460,35 @@ void Context::dispatch(const Pipeline& p, std::span<const Binding> bindings, con
     Api& a = api();
     begin_if_needed();
 
-    const VkDescriptorSet set = allocate_set(p.set_layout);
-    std::vector<VkDescriptorBufferInfo> infos(bindings.size());
-    std::vector<VkWriteDescriptorSet> writes(bindings.size());
+    SetKey key;
+    key.layout = p.set_layout;
+    key.n = static_cast<uint32_t>(bindings.size());
     for (size_t i = 0; i < bindings.size(); ++i) {
-        const Binding& b = bindings[i];
-        infos[i] = {b.buffer->handle(), b.offset, b.size};
-        writes[i] = make<VkWriteDescriptorSet>(VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET);
-        writes[i].dstSet = set;
-        writes[i].dstBinding = static_cast<uint32_t>(i);
-        writes[i].descriptorCount = 1;
-        writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-        writes[i].pBufferInfo = &infos[i];
+        key.id[i] = bindings[i].buffer->id();
+        key.offset[i] = bindings[i].offset;
+        key.size[i] = bindings[i].size;
     }
-    a.vkUpdateDescriptorSets(core_->device, static_cast<uint32_t>(writes.size()), writes.data(), 0, nullptr);
+    VkDescriptorSet set = VK_NULL_HANDLE;
+    if (auto it = sets_.find(key); it != sets_.end()) {
+        set = it->second;
+    } else {
+        set = allocate_set(p.set_layout);
+        VkDescriptorBufferInfo infos[kMaxBindings];  // n_bindings <= kMaxBindings (checked at creation)
+        VkWriteDescriptorSet writes[kMaxBindings];
+        for (size_t i = 0; i < bindings.size(); ++i) {
+            const Binding& b = bindings[i];
+            infos[i] = {b.buffer->handle(), b.offset, b.size};
+            writes[i] = make<VkWriteDescriptorSet>(VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET);
+            writes[i].dstSet = set;
+            writes[i].dstBinding = static_cast<uint32_t>(i);
+            writes[i].descriptorCount = 1;
+            writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+            writes[i].pBufferInfo = &infos[i];
+        }
+        a.vkUpdateDescriptorSets(core_->device, static_cast<uint32_t>(bindings.size()), writes, 0, nullptr);
+        sets_.emplace(key, set);
+        ++stats_.descriptor_sets;
+    }
 
     for (const Binding& b : bindings) track(b.buffer->handle(), b.offset, b.size, b.written);
     for (const Binding& b : bindings) {
@@ -535,8 +580,11 @@ void Context::submit() {
     // Whatever happened, the recording's resources are free again.
     a.vkResetFences(core_->device, 1, &fence_);
     a.vkResetCommandPool(core_->device, cmd_pool_, 0);
-    for (VkDescriptorPool p : pools_) a.vkResetDescriptorPool(core_->device, p, 0);
-    pool_index_ = 0;
+    if (sets_.size() > kMaxCachedSets) {  // nothing is in flight now: drop the cached sets
+        for (VkDescriptorPool p : pools_) a.vkResetDescriptorPool(core_->device, p, 0);
+        pool_index_ = 0;
+        sets_.clear();
+    }
     keep_alive_.clear();
     ring_head_ = 0;
     reads_.clear();

@@ -10,8 +10,12 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <initializer_list>
 #include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "backend/vulkan/device.h"
@@ -38,6 +42,7 @@ public:
     uint64_t size() const { return size_; }
     uint8_t* mapped() const { return static_cast<uint8_t*>(mapped_); }  // nullptr unless host-visible
     MemoryKind kind() const { return kind_; }
+    uint64_t id() const { return id_; }  // unique in the process, never reused (handles may be)
 
 private:
     friend class Context;
@@ -50,6 +55,7 @@ private:
     void* mapped_ = nullptr;
     MemoryKind kind_ = MemoryKind::Device;
     uint32_t heap_ = 0;
+    uint64_t id_ = 0;
 };
 
 // A buffer range bound to one storage-buffer binding of a dispatch.
@@ -72,6 +78,7 @@ struct ContextStats {
     uint64_t submits = 0, dispatches = 0, barriers = 0, copies = 0;
     uint64_t pipelines = 0;  // pipelines created
     uint64_t buffers = 0;    // device, staging and readback buffers created
+    uint64_t descriptor_sets = 0;  // descriptor sets allocated and written (cached sets are reused)
 };
 
 class Context {
@@ -101,8 +108,12 @@ public:
 
     // ---- pipelines ----
     // The pipeline of shader `name` specialized with `spec` (constant_id i = spec[i]; spec[0] is
-    // the workgroup size), with `n_bindings` storage buffers in set 0. Built once, then cached.
-    const Pipeline& pipeline(const std::string& name, const std::vector<uint32_t>& spec, uint32_t n_bindings);
+    // the workgroup size), with `n_bindings` storage buffers in set 0. Built once, then cached;
+    // finding a cached pipeline allocates nothing.
+    const Pipeline& pipeline(std::string_view name, std::span<const uint32_t> spec, uint32_t n_bindings);
+    const Pipeline& pipeline(std::string_view name, std::initializer_list<uint32_t> spec, uint32_t n_bindings) {
+        return pipeline(name, std::span<const uint32_t>(spec.begin(), spec.size()), n_bindings);
+    }
 
     // ---- recording (nothing runs until submit) ----
     void dispatch(const Pipeline& p, std::span<const Binding> bindings, const void* push, uint32_t push_bytes,
@@ -124,6 +135,7 @@ public:
     const ContextStats& stats() const { return stats_; }
 
 private:
+    static constexpr size_t kMaxBindings = 8;
     struct Range {
         VkBuffer buffer;
         uint64_t begin, end;
@@ -134,7 +146,7 @@ private:
     void barrier();
     VkDescriptorSet allocate_set(VkDescriptorSetLayout layout);
     VkDescriptorSetLayout set_layout(uint32_t n_bindings);
-    VkShaderModule shader_module(const std::string& name);
+    VkShaderModule shader_module(std::string_view name);
 
     std::shared_ptr<DeviceCore> core_;
     VkQueue queue_ = VK_NULL_HANDLE;
@@ -142,11 +154,27 @@ private:
     VkCommandBuffer cmd_ = VK_NULL_HANDLE;
     VkFence fence_ = VK_NULL_HANDLE;
     VkPipelineCache cache_ = VK_NULL_HANDLE;
-    std::map<std::string, VkShaderModule> modules_;
+    std::map<std::string, VkShaderModule, std::less<>> modules_;
     std::map<uint32_t, std::pair<VkDescriptorSetLayout, VkPipelineLayout>> layouts_;
-    std::map<std::string, Pipeline> pipelines_;
+    // Per shader name, its specializations (few): found by name without building a key string.
+    std::map<std::string, std::vector<std::pair<std::vector<uint32_t>, std::unique_ptr<Pipeline>>>, std::less<>> pipelines_;
     std::vector<VkDescriptorPool> pools_;
     size_t pool_index_ = 0;
+    // Descriptor sets by (layout, bound buffer ids, offsets, ranges): a forward pass binds the
+    // same ranges every token, so after the first pass every dispatch finds its set written
+    // already. Sets are never rewritten (one may be in use by the pending submit); the cache is
+    // dropped and the pools reset between submits when it passes kMaxCachedSets.
+    struct SetKey {
+        VkDescriptorSetLayout layout = VK_NULL_HANDLE;
+        uint32_t n = 0;
+        uint64_t id[kMaxBindings] = {}, offset[kMaxBindings] = {}, size[kMaxBindings] = {};
+        bool operator==(const SetKey& o) const;
+    };
+    struct SetKeyHash {
+        size_t operator()(const SetKey& k) const;
+    };
+    static constexpr size_t kMaxCachedSets = 16384;
+    std::unordered_map<SetKey, VkDescriptorSet, SetKeyHash> sets_;
 
     bool recording_ = false;
     std::vector<Range> reads_, writes_;                 // since the last barrier
