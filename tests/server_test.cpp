@@ -41,7 +41,7 @@ protected:
     static inline std::string log_path_;
 
     static void SetUpTestSuite() { start(nullptr); }
-    static void start(const char* script) {
+    static void start(const char* script, const std::vector<std::string>& extra = {}) {
         if (!std::filesystem::exists(shared_dir() / kModel)) return;
         port_ = free_port();
         log_path_ = kiln::test::temp_path("serve-" + std::to_string(::getpid()) + ".log").string();
@@ -56,8 +56,13 @@ protected:
                 ::dup2(fileno(f), 2);
                 ::dup2(fileno(f), 1);
             }
-            ::execl(bin.c_str(), bin.c_str(), "serve", "-m", model.c_str(), "-c", "1024", "--port", port.c_str(), "--parallel", "2",
-                    "--api-key", kKey, "-t", "2", static_cast<char*>(nullptr));
+            std::vector<std::string> args = {bin, "serve", "-m", model, "-c", "1024", "--port", port, "--parallel", "2",
+                                             "--api-key", kKey, "-t", "2"};
+            args.insert(args.end(), extra.begin(), extra.end());
+            std::vector<char*> argv;
+            for (auto& a : args) argv.push_back(a.data());
+            argv.push_back(nullptr);
+            ::execv(bin.c_str(), argv.data());
             ::_exit(127);
         }
         httplib::Client c("127.0.0.1", port_);
@@ -307,6 +312,33 @@ TEST_F(ServerThinkingBudgetTest, BudgetEndsTheReasoning) {
     expect_anthropic_error(post("/v1/messages", json{{"model", "x"}, {"max_tokens", 5}, {"thinking", {{"type", "enabled"}, {"budget_tokens", 0}}},
                                                       {"messages", json::array({json{{"role", "user"}, {"content", "hi"}}})}}),
                            400, "invalid_request_error");
+}
+
+// kiln serve --backend vulkan (lavapipe in CI): the slots run on Vulkan and answer as on the CPU.
+class ServerVulkanTest : public ServerTest {
+protected:
+    static void SetUpTestSuite() { start(nullptr, {"--backend", "vulkan", "--cache-prefixes", "4"}); }
+};
+
+TEST_F(ServerVulkanTest, AnswersOnVulkanWithTheSlotsAsTheCache) {
+    auto h = client().Get("/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(json::parse(h->body)["backend"], "vulkan") << h->body;
+    json body{{"model", "local"}, {"max_tokens", 6}, {"temperature", 0}, {"prompt", "Tell me about kilns"}};
+    auto r = post("/v1/completions", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["usage"]["completion_tokens"], 6);
+    EXPECT_FALSE(j["choices"][0]["text"].get<std::string>().empty());
+    auto again = post("/v1/completions", body);  // the same prompt: served from the slot's cache
+    ASSERT_TRUE(again);
+    const json ja = json::parse(again->body);
+    EXPECT_EQ(ja["choices"][0]["text"], j["choices"][0]["text"]);
+    EXPECT_GT(ja["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), 0) << again->body;
+    auto m = client().Get("/metrics");
+    ASSERT_TRUE(m);
+    EXPECT_NE(m->body.find("\nkiln_cache_contexts_max 2\n"), std::string::npos) << m->body;  // --cache-prefixes 4: not on Vulkan
 }
 
 TEST_F(ServerTest, HealthRootModelsAndMetrics) {

@@ -191,7 +191,8 @@ public:
 
         svr.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content("kiln serve: ok\n", "text/plain"); });
         svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-            res.set_content(json{{"status", "ok"}, {"model", model_name_}, {"n_ctx", e_.n_ctx()}}.dump(), "application/json");
+            res.set_content(json{{"status", "ok"}, {"model", model_name_}, {"n_ctx", e_.n_ctx()}, {"backend", e_.backend_name()}}.dump(),
+                            "application/json");
         });
         svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
             json m{{"id", model_name_}, {"object", "model"}, {"type", "model"}, {"created", 0}, {"owned_by", "kiln"}, {"display_name", model_name_}};
@@ -623,7 +624,8 @@ void on_signal(int) {
 }
 
 int run_serve(const std::vector<std::string>& argv) {
-    std::string model_path, host = "127.0.0.1", api_key, alias;
+    std::string model_path, host = "127.0.0.1", api_key, alias, backend = "cpu";
+    int device = -1;
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0, max_queue = 16;
     int64_t cache_mib = 0;
@@ -643,6 +645,8 @@ int run_serve(const std::vector<std::string>& argv) {
                 "keep up to N cached prefixes (contexts, slots included) whatever their KV memory; the larger of this and "
                 "--cache-mem wins (default: --parallel)");
     args.option({"--api-key"}, &api_key, "KEY", "require this key (x-api-key or Authorization: Bearer)");
+    args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else the CPU)");
+    args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices)");
     args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
     if (!args.parse(argv)) return 0;
     if (model_path.empty()) throw Error("kiln serve: no model given (-m MODEL.gguf)");
@@ -656,7 +660,9 @@ int run_serve(const std::vector<std::string>& argv) {
     if (alias.empty()) alias = model.info().name.empty() ? std::filesystem::path(model_path).stem().string() : model.info().name;
     if (cache_mib < 0) throw Error("kiln serve: --cache-mem must be >= 0");
     if (cache_prefixes < 0 || cache_prefixes > 64) throw Error("kiln serve: --cache-prefixes must be 0..64");
-    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes);
+    if (backend != "cpu" && backend != "vulkan" && backend != "auto")
+        throw Error(fmt::format("kiln serve: unknown backend '{}' (available: cpu, vulkan, auto)", backend));
+    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes, backend, device);
     Server server(engine, api_key, alias);
     httplib::Server svr;
     server.install(svr);
@@ -675,7 +681,8 @@ int run_serve(const std::vector<std::string>& argv) {
         socklen_t len = sizeof acc;
         if (::getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc) ::listen(listen_fd, SOMAXCONN);
     }
-    fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens{})\n", alias, host, port, engine.n_parallel(), engine.n_ctx(),
+    fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens, backend {}{})\n", alias, host, port, engine.n_parallel(),
+               engine.n_ctx(), engine.backend_name(),
                api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
     if (engine.max_contexts() > engine.n_parallel())
         fmt::print(stderr, "kiln serve: prefix cache: up to {} contexts of {:.1f} MiB KV each (--cache-mem {} MiB, --cache-prefixes {})\n",

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <string_view>
 #include <limits>
 #include <mutex>
 
@@ -118,12 +119,15 @@ struct Engine::Slot {
     uint64_t last_used = 0;
 };
 
-Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes, int cache_prefixes)
+Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes, int cache_prefixes,
+               const std::string& backend, int device)
     : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
     auto f = gguf::File::open(model_.info().path);
     tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
     ctx_options_.n_ctx = n_ctx;
     ctx_options_.n_threads = n_threads;
+    ctx_options_.backend = backend;
+    ctx_options_.device = device;
     for (int i = 0; i < n_parallel_; ++i) {
         auto s = std::make_unique<Slot>();
         s->id = i;
@@ -135,6 +139,18 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
     if (kv_bytes_ > 0 && cache_bytes / kv_bytes_ > static_cast<size_t>(n_parallel_))
         max_contexts_ = static_cast<int>(std::min<size_t>(cache_bytes / kv_bytes_, 64));
     max_contexts_ = std::max(max_contexts_.load(), std::min(cache_prefixes, 64));
+    if (std::string_view(backend_name()) != "cpu") {
+        // Each Vulkan context uploads the weights again: only the slots, each with its own copy.
+        if (max_contexts_ > n_parallel_)
+            fmt::print(stderr, "kiln serve: on {} the cached prefixes are the slots' own ({}); --cache-mem / --cache-prefixes "
+                               "would each need another copy of the weights on the device\n",
+                       backend_name(), n_parallel_);
+        if (n_parallel_ > 1)
+            fmt::print(stderr, "kiln serve: on {} each of the {} slots holds its own copy of the weights on the device, and "
+                               "their decode steps run one after the other\n",
+                       backend_name(), n_parallel_);
+        max_contexts_ = n_parallel_;
+    }
     n_ctx_ = slots_[0]->ctx->n_ctx();
     step_queue_.reserve(static_cast<size_t>(n_parallel_));
     step_batch_.reserve(static_cast<size_t>(n_parallel_));
@@ -160,6 +176,8 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
 }
 
 Engine::~Engine() = default;
+
+const char* Engine::backend_name() const { return slots_[0]->ctx->backend_name(); }
 
 int Engine::n_contexts() {
     std::lock_guard lk(mu_);

@@ -118,7 +118,11 @@ public:
     // whose cache a request would mostly discard is left alone while there is room for another.
     // When none is left, the least recently used context is overwritten.
     // cache_prefixes: keep up to this many contexts whatever their memory (the larger limit wins).
-    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0, int cache_prefixes = 0);
+    // backend / device: as ContextOptions (cpu, vulkan, auto). On Vulkan every context holds its own
+    // copy of the weights on the device, so there are no contexts beyond the slots.
+    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0, int cache_prefixes = 0,
+           const std::string& backend = "cpu", int device = -1);
+    const char* backend_name() const;
     ~Engine();
 
     const Model& model() const { return model_; }
