@@ -110,9 +110,9 @@ int run_claude(const std::vector<std::string>& argv_all) {
         argv = argv_all;
     }
 
-    std::string model_path, host = "127.0.0.1", api_key, alias, log_path;
+    std::string model_path, host = "127.0.0.1", api_key, alias, log_path, backend;
     int64_t n_ctx = 0;
-    int port = 8080, parallel = 1, threads = 0;
+    int port = 8080, parallel = 1, threads = 0, device = -1;
     int64_t cache_mib = 0;
     int cache_prefixes = -1;
     Args args("claude", "-m MODEL [-c CTX] [--port P] [options] [-- claude arguments]");
@@ -127,6 +127,8 @@ int run_claude(const std::vector<std::string>& argv_all) {
     args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
     args.option({"--api-key"}, &api_key, "KEY", "API key of the server (default: a random one for a server started here)");
     args.option({"--alias"}, &alias, "NAME", "model name given to Claude Code (default: the file's)");
+    args.option({"--backend"}, &backend, "NAME", "server backend: cpu (default), vulkan or auto (kiln serve --backend)");
+    args.option({"--device"}, &device, "N", "Vulkan device index (kiln serve --device)");
     args.option({"--log"}, &log_path, "FILE", "server log (default: $TMPDIR/kiln-claude-PORT.log)");
     if (!args.parse(argv)) return 0;
     if (port <= 0 || port > 65535) throw Error("kiln claude: --port must be 1..65535");
@@ -164,6 +166,8 @@ int run_claude(const std::vector<std::string>& argv_all) {
         if (cache_prefixes > 0) sargs.insert(sargs.end(), {"--cache-prefixes", std::to_string(cache_prefixes)});
         if (threads > 0) sargs.insert(sargs.end(), {"-t", std::to_string(threads)});
         if (!alias.empty()) sargs.insert(sargs.end(), {"--alias", alias});
+        if (!backend.empty()) sargs.insert(sargs.end(), {"--backend", backend});
+        if (device >= 0) sargs.insert(sargs.end(), {"--device", std::to_string(device)});
         const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (log_fd < 0) throw Error(fmt::format("kiln claude: cannot write the server log {}: {}", log_path, std::strerror(errno)));
         server = ::fork();

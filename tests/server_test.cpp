@@ -974,6 +974,20 @@ TEST(ServerClaudeCommand, StartsServerRunsClaudeStopsServer) {
     EXPECT_FALSE(c.Get("/health"));
 }
 
+TEST(ServerClaudeCommand, PassesTheBackendToTheServer) {
+    KILN_REQUIRE_SHARED("models");
+    if (!std::filesystem::exists(shared_dir() / kModel)) GTEST_SKIP() << kModel << " is absent";
+    if (!have_curl()) GTEST_SKIP() << "*** SKIPPED: curl is not installed (the fake claude uses it) ***";
+    const int port = free_port();
+    const std::string log = kiln::test::temp_path("kiln-claude-vk-" + std::to_string(::getpid()) + ".log").string();
+    auto r = run_kiln_claude(fake_claude_dir().string(), false,
+                             {"-m", (shared_dir() / kModel).string(), "-c", "256", "--port", std::to_string(port), "-t", "1", "--log", log,
+                              "--backend", "vulkan", "--", "-p", "x"});
+    EXPECT_EQ(r.code, 7) << r.err;
+    const std::string slog = read_file(log);
+    EXPECT_NE(slog.find("backend vulkan"), std::string::npos) << slog;
+}
+
 TEST(ServerClaudeCommand, WithoutClaudeSaysHowToInstall) {
     auto r = run_kiln_claude("/nonexistent-dir", true, {"-m", "whatever.gguf"});
     EXPECT_EQ(r.code, 1);
