@@ -66,8 +66,13 @@ protected:
             ::_exit(127);
         }
         httplib::Client c("127.0.0.1", port_);
-        for (int i = 0; i < 300; ++i) {  // up to 30 s
+        for (int i = 0; i < 1200; ++i) {  // up to 120 s (Vulkan in a Debug + ASan build on lavapipe is slow to start)
             if (auto r = c.Get("/health"); r && r->status == 200) return;
+            int status = 0;
+            if (::waitpid(pid_, &status, WNOHANG) == pid_) {  // it exited: no point waiting
+                pid_ = -1;
+                break;
+            }
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
         std::ifstream log(log_path_);
