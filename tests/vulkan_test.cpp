@@ -548,20 +548,22 @@ TEST_F(VulkanTest, IntegerDotMatvecIsChosenByDeviceFeaturesAndRefusedWithout) {
     vk().set_matvec_options(saved);
     EXPECT_TRUE(kiln::vk::Backend::supports_integer_dot(TensorType::Q8_0));
     EXPECT_TRUE(kiln::vk::Backend::supports_integer_dot(TensorType::Q4_0));
-    EXPECT_FALSE(kiln::vk::Backend::supports_integer_dot(TensorType::Q4_K));
+    EXPECT_TRUE(kiln::vk::Backend::supports_integer_dot(TensorType::Q4_K));
+    EXPECT_TRUE(kiln::vk::Backend::supports_integer_dot(TensorType::Q6_K));
+    EXPECT_FALSE(kiln::vk::Backend::supports_integer_dot(TensorType::Q5_K));
     EXPECT_FALSE(kiln::vk::Backend::supports_integer_dot(TensorType::F16));
 }
 
 namespace {
 
-// x with each group of 32 rounded to 8-bit codes and back (quantize_x, the CPU kernels).
-std::vector<float> round8(const std::vector<float>& x) {
+// x with each group of G rounded to 8-bit codes and back (quantize_x, the CPU kernels).
+std::vector<float> round8(const std::vector<float>& x, size_t G) {
     std::vector<float> r(x.size());
-    for (size_t b = 0; b < x.size(); b += 32) {
+    for (size_t b = 0; b < x.size(); b += G) {
         float amax = 0.0f;
-        for (size_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b + i]));
+        for (size_t i = 0; i < G; ++i) amax = std::max(amax, std::fabs(x[b + i]));
         const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (size_t i = 0; i < 32; ++i) r[b + i] = std::nearbyint(x[b + i] * id) * d;
+        for (size_t i = 0; i < G; ++i) r[b + i] = std::nearbyint(x[b + i] * id) * d;
     }
     return r;
 }
@@ -569,28 +571,30 @@ std::vector<float> round8(const std::vector<float>& x) {
 }  // namespace
 
 // The integer-dot-product matvec (forced where the device has the feature but does not prefer it,
-// e.g. lavapipe) against the reference on x rounded per 32 as the CPU kernels round it: from a raw
-// x (quantize_q8 rounds it) and from an x quantize_x already rounded (re-rounding changes nothing).
-// Weight types without an integer-dot shader (Q4_K here) keep the float path and stay exact.
+// e.g. lavapipe) against the reference on x rounded per 32 (256 for the K-quants) as the CPU kernels
+// round it: from a raw x (quantize_q8 rounds it) and from an x quantize_x already rounded
+// (re-rounding changes nothing). Weight types without an integer-dot shader (Q5_K here) keep the
+// float path and stay exact on a raw x.
 TEST_F(VulkanTest, IntegerDotMatvecMatchesTheReferenceOnRoundedActivations) {
     if (!vk().device().integer_dot_product) GTEST_SKIP() << "no integer dot product on this device";
     const int64_t K = 512, N = 257;
     const kiln::vk::MatvecOptions saved = vk().matvec_options();
-    for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K}) {
+    for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K, TensorType::Q6_K, TensorType::Q5_K}) {
         const bool dot = kiln::vk::Backend::supports_integer_dot(type);
+        const int G = kiln::vk::Backend::activation_group(type);
         const auto wq = random_weights(type, K, N, 30 + static_cast<uint32_t>(type));
         const auto wf = dequantize(type, wq, K, N);
         Tensor w = vk().tensor(type, {K, N}, "w");
         vk().upload(w, wq.data(), wq.size());
         for (int64_t n : {1, 3, 8}) {
             const auto x = random_floats(static_cast<size_t>(K * n), 200 + static_cast<uint32_t>(n), -2.0f, 2.0f);
-            // The float path (Q4_K) uses x as given; the integer-dot one rounds it first (so a raw
+            // The float path (Q5_K) uses x as given; the integer-dot one rounds it first (so a raw
             // x far from the rounded reference would show that the variant did not run).
-            const auto want_rounded = matmul_ref(wf, round8(x), K, N, n);
+            const auto want_rounded = matmul_ref(wf, round8(x, static_cast<size_t>(G)), K, N, n);
             const auto want_raw = dot ? want_rounded : matmul_ref(wf, x, K, N, n);
             Tensor tx = upload_f32(vk(), x, {K, n}, "x");
             Tensor tr = vk().tensor(TensorType::F32, {K, n}, "x rounded");
-            vk().quantize_x(tx, tr, 32);
+            vk().quantize_x(tx, tr, G);
             for (bool subgroup : {false, true}) {
                 if (subgroup && !vk().device().subgroup_arithmetic) continue;
                 for (uint32_t rows : {1u, 4u}) {
@@ -599,7 +603,7 @@ TEST_F(VulkanTest, IntegerDotMatvecMatchesTheReferenceOnRoundedActivations) {
                         Tensor y = poisoned(vk(), TensorType::F32, {N, n}, "y");
                         vk().matmul(w, *in, y, MatmulKernel::Vector);
                         const double err = rel_error(vk().read_f32(y), in == &tx ? want_raw : want_rounded);
-                        const std::string vname = std::string(subgroup ? "dot subgroup" : "dot plain") + " rows " +
+                        const std::string vname = std::string(dot ? "dot " : "float (integer_dot on) ") + (subgroup ? "subgroup" : "plain") + " rows " +
                                                   std::to_string(rows) + (in == &tx ? " raw x" : " rounded x");
                         report(std::string("matmul ") + kiln::type_name(type) + " n=" + std::to_string(n) + " " + vname,
                                err);

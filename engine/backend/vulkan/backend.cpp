@@ -247,7 +247,9 @@ bool Backend::supports_matmul(TensorType t) {
     }
 }
 
-bool Backend::supports_integer_dot(TensorType t) { return t == TensorType::Q8_0 || t == TensorType::Q4_0; }
+bool Backend::supports_integer_dot(TensorType t) {
+    return t == TensorType::Q8_0 || t == TensorType::Q4_0 || t == TensorType::Q4_K || t == TensorType::Q6_K;
+}
 
 namespace {
 
@@ -288,9 +290,11 @@ void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKe
     if (kernel == MatmulKernel::Vector) {
         const bool dot = matvec_.integer_dot && supports_integer_dot(w.type());
         if (dot) {
-            // x's 8-bit codes (K/4 words per token) then one f32 scale per 32 elements, in a
-            // workspace sized for kMatvecTokens tokens so that decode grows it only for a larger K.
-            const uint64_t n_groups = static_cast<uint64_t>(K / 32 * n);
+            // x's 8-bit codes (K/4 words per token) then one f32 scale per group (32 elements, 256
+            // for the K-quants), in a workspace sized for kMatvecTokens tokens of groups of 32 so
+            // that decode grows it only for a larger K.
+            const int64_t G = activation_group(w.type());
+            const uint64_t n_groups = static_cast<uint64_t>(K / G * n);
             const uint64_t words = static_cast<uint64_t>(K / 4 * n) + n_groups;
             const uint64_t room = static_cast<uint64_t>(K) * kMatvecTokens / 4 * 9 / 8 * sizeof(uint32_t);
             if (!x_codes_ || x_codes_->size() < words * sizeof(uint32_t))
@@ -298,7 +302,7 @@ void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKe
                                                "the integer-dot matvec's x codes");
             pc.x_stride = u32(K / 4, "K / 4");
             pc.xs_off = static_cast<uint32_t>(K / 4 * n);
-            const uint32_t qc[2] = {static_cast<uint32_t>(n_groups), pc.xs_off};
+            const uint32_t qc[3] = {static_cast<uint32_t>(n_groups), pc.xs_off, static_cast<uint32_t>(G)};
             const Binding qb[] = {bind(x, false), Binding{x_codes_, 0, words * sizeof(uint32_t), true}};
             const auto& qp = ctx_->pipeline("quantize_q8", {wg_elementwise_}, 2);
             uint32_t gx, gy;

@@ -68,8 +68,8 @@ enum class MatmulKernel { Auto, Vector, Tiled };
 // The decode matrix-vector kernel's variant: the subgroupAdd reduction (devices with subgroup
 // arithmetic in compute) or the plain shared-memory one (moe_matmul follows the same choice),
 // and weight rows per workgroup (a specialization constant; divides the workgroup size of 64).
-// integer_dot: Q8_0 and Q4_0 weights are dotted with x's 8-bit codes (quantize_q8, per 32 like
-// quantize_x) by 4x8-bit integer dot products, int32 per block (devices with
+// integer_dot: Q8_0, Q4_0, Q4_K and Q6_K weights are dotted with x's 8-bit codes (quantize_q8, per
+// 32 or 256 like quantize_x) by 4x8-bit integer dot products, int32 per 32 elements (devices with
 // shaderIntegerDotProduct; other weight types keep the float path). Default on where the device
 // reports the packed signed 4x8 dot product as accelerated.
 struct MatvecOptions {
@@ -158,7 +158,7 @@ public:
     // Auto takes the matrix-vector kernel for n <= 8 tokens and the tiled one above.
     void matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKernel kernel = MatmulKernel::Auto);
     static bool supports_matmul(TensorType t);
-    // Weight types of the integer-dot-product matvec (MatvecOptions::integer_dot): Q8_0, Q4_0.
+    // Weight types of the integer-dot-product matvec (MatvecOptions::integer_dot): Q8_0, Q4_0, Q4_K, Q6_K.
     static bool supports_integer_dot(TensorType t);
     // The matrix-vector variant in use: by default the subgroup one where the device has
     // subgroup arithmetic, one row per workgroup. Setting an unsupported variant throws.
