@@ -181,13 +181,13 @@ const bool registered = [] {
             benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, 4096, 4096, 1, 4, &v)
                 ->Iterations(2)->UseManualTime()->Unit(benchmark::kMillisecond);
         }
-    // Q8_0 / Q4_0 decode: the float path against the integer dot product (x's 8-bit codes), both
+    // Q8_0 / Q4_0 / Q4_K / Q6_K decode: the float path against the integer dot product (x's 8-bit codes), both
     // reductions. The float cases set integer_dot off explicitly (it is the default on GPUs that
     // accelerate it).
     static const kiln::vk::MatvecOptions dot_variants[] = {{false, 1, false}, {true, 1, false}, {false, 1, true},
                                                            {true, 1, true}, {true, 4, true}};
     for (const auto& v : dot_variants)
-        for (TensorType t : {TensorType::Q8_0, TensorType::Q4_0}) {
+        for (TensorType t : {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K, TensorType::Q6_K}) {
             const std::string name = std::string("BM_VulkanMatvecVariant/4096x4096/") + kiln::type_name(t) + "/" +
                                      (v.integer_dot ? "intdot_" : "float_") + (v.subgroup ? "subgroup" : "plain") +
                                      "_rows" + std::to_string(v.rows);
