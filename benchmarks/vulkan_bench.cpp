@@ -108,6 +108,8 @@ void BM_VulkanMatmul(benchmark::State& state, TensorType type, int64_t N, int64_
     if (!vk) return state.SkipWithError("no Vulkan device");
     if (variant && variant->subgroup && !vk->device().subgroup_arithmetic)
         return state.SkipWithError("no subgroup arithmetic on this device");
+    if (variant && variant->integer_dot && !vk->device().integer_dot_product)
+        return state.SkipWithError("no integer dot product on this device");
     const kiln::vk::MatvecOptions saved = vk->matvec_options();
     struct Restore {
         Backend* vk;
@@ -142,7 +144,8 @@ void BM_VulkanMatmul(benchmark::State& state, TensorType type, int64_t N, int64_
         std::string label = std::string(kiln::type_name(type)) + (n_tok == 1 ? " decode" : " prefill " + std::to_string(n_tok));
         if (n_tok <= 8) {
             const auto& o = vk->matvec_options();
-            label += std::string(o.subgroup ? " subgroup" : " plain") + " rows " + std::to_string(o.rows);
+            label += std::string(o.integer_dot && Backend::supports_integer_dot(type) ? " intdot" : "") +
+                     (o.subgroup ? " subgroup" : " plain") + " rows " + std::to_string(o.rows);
         }
         state.SetLabel(label);
     } catch (const kiln::Error& e) {
@@ -175,6 +178,19 @@ const bool registered = [] {
         for (TensorType t : {TensorType::F16, TensorType::Q4_K}) {
             const std::string name = std::string("BM_VulkanMatvecVariant/4096x4096/") + kiln::type_name(t) + "/" +
                                      (v.subgroup ? "subgroup" : "plain") + "_rows" + std::to_string(v.rows);
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, 4096, 4096, 1, 4, &v)
+                ->Iterations(2)->UseManualTime()->Unit(benchmark::kMillisecond);
+        }
+    // Q8_0 / Q4_0 / Q4_K / Q6_K decode: the float path against the integer dot product (x's 8-bit codes), both
+    // reductions. The float cases set integer_dot off explicitly (it is the default on GPUs that
+    // accelerate it).
+    static const kiln::vk::MatvecOptions dot_variants[] = {{false, 1, false}, {true, 1, false}, {false, 1, true},
+                                                           {true, 1, true}, {true, 4, true}};
+    for (const auto& v : dot_variants)
+        for (TensorType t : {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K, TensorType::Q6_K}) {
+            const std::string name = std::string("BM_VulkanMatvecVariant/4096x4096/") + kiln::type_name(t) + "/" +
+                                     (v.integer_dot ? "intdot_" : "float_") + (v.subgroup ? "subgroup" : "plain") +
+                                     "_rows" + std::to_string(v.rows);
             benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, 4096, 4096, 1, 4, &v)
                 ->Iterations(2)->UseManualTime()->Unit(benchmark::kMillisecond);
         }

@@ -532,6 +532,90 @@ TEST_F(VulkanTest, MatvecVariantIsChosenByDeviceFeaturesAndCheckedWhenSet) {
     vk().set_matvec_options(saved);
 }
 
+TEST_F(VulkanTest, IntegerDotMatvecIsChosenByDeviceFeaturesAndRefusedWithout) {
+    const auto& d = vk().device();
+    // On by default only where the packed signed 4x8 dot product is accelerated (not lavapipe).
+    EXPECT_EQ(vk().matvec_options().integer_dot, d.integer_dot_product && d.integer_dot_accelerated);
+    const kiln::vk::MatvecOptions saved = vk().matvec_options();
+    if (d.integer_dot_product) {
+        EXPECT_NO_THROW(vk().set_matvec_options({false, 1, true}));
+        EXPECT_TRUE(vk().matvec_options().integer_dot);
+    } else {
+        EXPECT_THROW(vk().set_matvec_options({false, 1, true}), kiln::Error);
+        std::printf("    (no integer dot product on this device: forcing the variant is refused)\n");
+    }
+    EXPECT_THROW(vk().set_matvec_options({false, 3, true}), kiln::Error);
+    vk().set_matvec_options(saved);
+    EXPECT_TRUE(kiln::vk::Backend::supports_integer_dot(TensorType::Q8_0));
+    EXPECT_TRUE(kiln::vk::Backend::supports_integer_dot(TensorType::Q4_0));
+    EXPECT_TRUE(kiln::vk::Backend::supports_integer_dot(TensorType::Q4_K));
+    EXPECT_TRUE(kiln::vk::Backend::supports_integer_dot(TensorType::Q6_K));
+    EXPECT_FALSE(kiln::vk::Backend::supports_integer_dot(TensorType::Q5_K));
+    EXPECT_FALSE(kiln::vk::Backend::supports_integer_dot(TensorType::F16));
+}
+
+namespace {
+
+// x with each group of G rounded to 8-bit codes and back (quantize_x, the CPU kernels).
+std::vector<float> round8(const std::vector<float>& x, size_t G) {
+    std::vector<float> r(x.size());
+    for (size_t b = 0; b < x.size(); b += G) {
+        float amax = 0.0f;
+        for (size_t i = 0; i < G; ++i) amax = std::max(amax, std::fabs(x[b + i]));
+        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (size_t i = 0; i < G; ++i) r[b + i] = std::nearbyint(x[b + i] * id) * d;
+    }
+    return r;
+}
+
+}  // namespace
+
+// The integer-dot-product matvec (forced where the device has the feature but does not prefer it,
+// e.g. lavapipe) against the reference on x rounded per 32 (256 for the K-quants) as the CPU kernels
+// round it: from a raw x (quantize_q8 rounds it) and from an x quantize_x already rounded
+// (re-rounding changes nothing). Weight types without an integer-dot shader (Q5_K here) keep the
+// float path and stay exact on a raw x.
+TEST_F(VulkanTest, IntegerDotMatvecMatchesTheReferenceOnRoundedActivations) {
+    if (!vk().device().integer_dot_product) GTEST_SKIP() << "no integer dot product on this device";
+    const int64_t K = 512, N = 257;
+    const kiln::vk::MatvecOptions saved = vk().matvec_options();
+    for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K, TensorType::Q6_K, TensorType::Q5_K}) {
+        const bool dot = kiln::vk::Backend::supports_integer_dot(type);
+        const int G = kiln::vk::Backend::activation_group(type);
+        const auto wq = random_weights(type, K, N, 30 + static_cast<uint32_t>(type));
+        const auto wf = dequantize(type, wq, K, N);
+        Tensor w = vk().tensor(type, {K, N}, "w");
+        vk().upload(w, wq.data(), wq.size());
+        for (int64_t n : {1, 3, 8}) {
+            const auto x = random_floats(static_cast<size_t>(K * n), 200 + static_cast<uint32_t>(n), -2.0f, 2.0f);
+            // The float path (Q5_K) uses x as given; the integer-dot one rounds it first (so a raw
+            // x far from the rounded reference would show that the variant did not run).
+            const auto want_rounded = matmul_ref(wf, round8(x, static_cast<size_t>(G)), K, N, n);
+            const auto want_raw = dot ? want_rounded : matmul_ref(wf, x, K, N, n);
+            Tensor tx = upload_f32(vk(), x, {K, n}, "x");
+            Tensor tr = vk().tensor(TensorType::F32, {K, n}, "x rounded");
+            vk().quantize_x(tx, tr, G);
+            for (bool subgroup : {false, true}) {
+                if (subgroup && !vk().device().subgroup_arithmetic) continue;
+                for (uint32_t rows : {1u, 4u}) {
+                    vk().set_matvec_options({subgroup, rows, true});
+                    for (const Tensor* in : {&tx, &tr}) {
+                        Tensor y = poisoned(vk(), TensorType::F32, {N, n}, "y");
+                        vk().matmul(w, *in, y, MatmulKernel::Vector);
+                        const double err = rel_error(vk().read_f32(y), in == &tx ? want_raw : want_rounded);
+                        const std::string vname = std::string(dot ? "dot " : "float (integer_dot on) ") + (subgroup ? "subgroup" : "plain") + " rows " +
+                                                  std::to_string(rows) + (in == &tx ? " raw x" : " rounded x");
+                        report(std::string("matmul ") + kiln::type_name(type) + " n=" + std::to_string(n) + " " + vname,
+                               err);
+                        EXPECT_LT(err, 1e-5) << kiln::type_name(type) << " n=" << n << " " << vname;
+                    }
+                }
+            }
+        }
+    }
+    vk().set_matvec_options(saved);
+}
+
 INSTANTIATE_TEST_SUITE_P(Vulkan, VulkanMatmul, ::testing::ValuesIn(kMatmulCases),
                          [](const auto& info) { return std::string(kiln::type_name(info.param.type)); });
 

@@ -90,11 +90,16 @@ Backend::Backend(uint32_t device_index, bool validation) : ctx_(std::make_unique
     // single pass on it; AttentionKernel::Split still forces it (tests).
     split_auto_ = d.type != DeviceType::Cpu;
     matvec_.subgroup = d.subgroup_arithmetic;
+    // Not on lavapipe, which reports the dot product but runs it as plain integer arithmetic
+    // ("not accelerated"); set_matvec_options forces it there (tests).
+    matvec_.integer_dot = d.integer_dot_product && d.integer_dot_accelerated;
 }
 
 void Backend::set_matvec_options(const MatvecOptions& o) {
     if (o.subgroup && !ctx_->info().subgroup_arithmetic)
         throw Error(fmt::format("vk matmul: {} has no subgroup arithmetic in compute shaders", ctx_->info().name));
+    if (o.integer_dot && !ctx_->info().integer_dot_product)
+        throw Error(fmt::format("vk matmul: {} has no integer dot product (shaderIntegerDotProduct)", ctx_->info().name));
     if (o.rows == 0 || wg_matvec_ % o.rows)
         throw Error(fmt::format("vk matmul: {} rows per workgroup do not divide the workgroup of {}", o.rows, wg_matvec_));
     matvec_ = o;
@@ -242,10 +247,14 @@ bool Backend::supports_matmul(TensorType t) {
     }
 }
 
+bool Backend::supports_integer_dot(TensorType t) {
+    return t == TensorType::Q8_0 || t == TensorType::Q4_0 || t == TensorType::Q4_K || t == TensorType::Q6_K;
+}
+
 namespace {
 
 struct MatmulPush {
-    uint32_t K, N, n_tok, row_bytes, x_stride, y_stride;
+    uint32_t K, N, n_tok, row_bytes, x_stride, y_stride, xs_off;
 };
 
 // Specialization constants 0..3 of the shaders that read a weight type, then `extra` more.
@@ -274,13 +283,37 @@ void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKe
         throw Error(fmt::format("vk matmul: y '{}' is {} but must be [{}, {}] for weight '{}' {} and x {}", y.name(),
                                 y.shape_string(), N, n, w.name(), w.shape_string(), x.shape_string()));
     if (K % 4) throw Error(fmt::format("vk matmul: rows of {} elements; the shaders need a multiple of 4", K));
-    const MatmulPush pc{u32(K, "K"), u32(N, "N"), u32(n, "n_tok"), u32(static_cast<int64_t>(w.row_bytes()), "row bytes"),
-                        u32(K, "K"), u32(N, "N")};
-    const Binding b[] = {bind(w, false), bind(x, false), bind(y, true)};
+    MatmulPush pc{u32(K, "K"), u32(N, "N"), u32(n, "n_tok"), u32(static_cast<int64_t>(w.row_bytes()), "row bytes"),
+                  u32(K, "K"), u32(N, "N"), 0};
+    Binding b[] = {bind(w, false), bind(x, false), bind(y, true)};
     if (kernel == MatmulKernel::Auto) kernel = n <= kMatvecTokens ? MatmulKernel::Vector : MatmulKernel::Tiled;
     if (kernel == MatmulKernel::Vector) {
+        const bool dot = matvec_.integer_dot && supports_integer_dot(w.type());
+        if (dot) {
+            // x's 8-bit codes (K/4 words per token) then one f32 scale per group (32 elements, 256
+            // for the K-quants), in a workspace sized for kMatvecTokens tokens of groups of 32 so
+            // that decode grows it only for a larger K.
+            const int64_t G = activation_group(w.type());
+            const uint64_t n_groups = static_cast<uint64_t>(K / G * n);
+            const uint64_t words = static_cast<uint64_t>(K / 4 * n) + n_groups;
+            const uint64_t room = static_cast<uint64_t>(K) * kMatvecTokens / 4 * 9 / 8 * sizeof(uint32_t);
+            if (!x_codes_ || x_codes_->size() < words * sizeof(uint32_t))
+                x_codes_ = ctx_->create_buffer(std::max(room, words * sizeof(uint32_t)) + 16, MemoryKind::Device,
+                                               "the integer-dot matvec's x codes");
+            pc.x_stride = u32(K / 4, "K / 4");
+            pc.xs_off = static_cast<uint32_t>(K / 4 * n);
+            const uint32_t qc[3] = {static_cast<uint32_t>(n_groups), pc.xs_off, static_cast<uint32_t>(G)};
+            const Binding qb[] = {bind(x, false), Binding{x_codes_, 0, words * sizeof(uint32_t), true}};
+            const auto& qp = ctx_->pipeline("quantize_q8", {wg_elementwise_}, 2);
+            uint32_t gx, gy;
+            groups_for(ceil_div(n_groups, wg_elementwise_), &gx, &gy);
+            ctx_->dispatch(qp, qb, qc, sizeof qc, gx, gy);
+            b[1] = Binding{x_codes_, 0, words * sizeof(uint32_t), false};
+        }
         const auto spec = type_spec<1>(wg_matvec_, w.type(), {matvec_.rows});
-        const auto& p = ctx_->pipeline(matvec_.subgroup ? "matmul_vec_subgroup" : "matmul_vec", spec, 3);
+        const char* shader = dot ? (matvec_.subgroup ? "matmul_vec_dot_subgroup" : "matmul_vec_dot")
+                                 : (matvec_.subgroup ? "matmul_vec_subgroup" : "matmul_vec");
+        const auto& p = ctx_->pipeline(shader, spec, 3);
         const uint32_t max_x = ctx_->info().max_workgroup_count[0];
         const uint64_t row_groups = ceil_div(static_cast<uint64_t>(N), matvec_.rows);
         const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(row_groups, max_x));

@@ -68,9 +68,14 @@ enum class MatmulKernel { Auto, Vector, Tiled };
 // The decode matrix-vector kernel's variant: the subgroupAdd reduction (devices with subgroup
 // arithmetic in compute) or the plain shared-memory one (moe_matmul follows the same choice),
 // and weight rows per workgroup (a specialization constant; divides the workgroup size of 64).
+// integer_dot: Q8_0, Q4_0, Q4_K and Q6_K weights are dotted with x's 8-bit codes (quantize_q8, per
+// 32 or 256 like quantize_x) by 4x8-bit integer dot products, int32 per 32 elements (devices with
+// shaderIntegerDotProduct; other weight types keep the float path). Default on where the device
+// reports the packed signed 4x8 dot product as accelerated.
 struct MatvecOptions {
     bool subgroup = false;
     uint32_t rows = 1;
+    bool integer_dot = false;
 };
 
 struct RopeParams {
@@ -153,6 +158,8 @@ public:
     // Auto takes the matrix-vector kernel for n <= 8 tokens and the tiled one above.
     void matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKernel kernel = MatmulKernel::Auto);
     static bool supports_matmul(TensorType t);
+    // Weight types of the integer-dot-product matvec (MatvecOptions::integer_dot): Q8_0, Q4_0, Q4_K, Q6_K.
+    static bool supports_integer_dot(TensorType t);
     // The matrix-vector variant in use: by default the subgroup one where the device has
     // subgroup arithmetic, one row per workgroup. Setting an unsupported variant throws.
     const MatvecOptions& matvec_options() const { return matvec_; }
@@ -229,6 +236,7 @@ private:
     void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
     std::map<std::array<float, 6>, Tensor> rope_freqs_;  // per (n_dims, base, scale, YaRN ramp)
     std::shared_ptr<Buffer> attn_part_;         // split-K partials, grown when a shape needs more
+    std::shared_ptr<Buffer> x_codes_;           // quantize_q8's codes and scales, grown likewise
     MatvecOptions matvec_;
     bool split_auto_ = true;                    // Auto may choose split-K (not on CPU devices)
     uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64;

@@ -125,6 +125,14 @@ Context::Context(uint32_t device_index, bool validation) : core_(std::make_share
     feats.pNext = &s16;
     s16.pNext = &s8;
     s8.pNext = &f16;
+    // Integer dot product (the matmul_vec_dot variants): core in Vulkan 1.3, an extension before.
+    auto dot = make<VkPhysicalDeviceShaderIntegerDotProductFeatures>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES);
+    std::vector<const char*> extensions;
+    if (info.integer_dot_product) {
+        f16.pNext = &dot;
+        dot.shaderIntegerDotProduct = VK_TRUE;
+        if (info.api_version < VK_API_VERSION_1_3) extensions.push_back(VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+    }
     s16.storageBuffer16BitAccess = info.fp16_storage;
     s8.storageBuffer8BitAccess = info.int8_storage;
     f16.shaderFloat16 = info.fp16_arithmetic;
@@ -139,6 +147,8 @@ Context::Context(uint32_t device_index, bool validation) : core_(std::make_share
     dci.pNext = &feats;
     dci.queueCreateInfoCount = 1;
     dci.pQueueCreateInfos = &qci;
+    dci.enabledExtensionCount = static_cast<uint32_t>(extensions.size());
+    dci.ppEnabledExtensionNames = extensions.data();
     check(a.vkCreateDevice(core_->physical, &dci, nullptr, &core_->device), "vkCreateDevice");
     a.vkGetDeviceQueue(core_->device, core_->queue_family, 0, &queue_);
 
