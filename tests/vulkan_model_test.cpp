@@ -32,6 +32,7 @@
 #include "backend/vulkan/context.h"
 #include "model/model_impl.h"
 #include "model/synthetic.h"
+#include "support/reference.h"
 #include "support/run.h"
 #include "support/shared.h"
 
@@ -61,115 +62,17 @@ const std::string& no_vulkan() {
         }                                                                                          \
     } while (0)
 
-struct Reference {
-    std::vector<int32_t> tokens;
-    std::vector<std::vector<float>> logits;
-    std::vector<int> argmax;
-    std::vector<double> top2_margin;
-    double max_abs_logit = 0;
-    double rms_quantization_error = 0;
-};
+namespace ref = kiln::test::reference;
 
-Reference load_reference(const fs::path& p) {
-    std::ifstream in(p);
-    const nlohmann::json j = nlohmann::json::parse(in);
-    Reference r;
-    r.tokens = j.at("tokens").get<std::vector<int32_t>>();
-    r.logits = j.at("logits").get<std::vector<std::vector<float>>>();
-    r.argmax = j.at("argmax").get<std::vector<int>>();
-    r.top2_margin = j.at("top2_margin").get<std::vector<double>>();
-    r.max_abs_logit = j.at("max_abs_logit").get<double>();
-    r.rms_quantization_error = j.at("rms_quantization_error").get<double>();
-    return r;
-}
-
-bool is_float_file(const std::string& name) {
-    return name.ends_with(".f32") || name.ends_with(".f16") || name.ends_with(".bf16");
-}
-
-std::vector<std::vector<float>> run_batch(kiln::Context& ctx, const std::vector<int32_t>& tokens) {
-    ctx.clear();
-    ctx.decode(tokens, /*all_logits=*/true);
-    std::vector<std::vector<float>> out;
-    for (size_t i = 0; i < tokens.size(); ++i) {
-        const auto row = ctx.logits(static_cast<int64_t>(i));
-        out.emplace_back(row.begin(), row.end());
-    }
-    return out;
-}
-
-std::vector<std::vector<float>> run_token_by_token(kiln::Context& ctx, const std::vector<int32_t>& tokens) {
-    ctx.clear();
-    std::vector<std::vector<float>> out;
-    for (const int32_t t : tokens) {
-        ctx.decode(std::span<const int32_t>(&t, 1));
-        const auto row = ctx.logits();
-        out.emplace_back(row.begin(), row.end());
-    }
-    return out;
-}
-
-// How the prompt goes in: one batch, batches of 8 tokens, or one token at a time (n_batch 1). The
-// last two make the sliding-window layers of gemma3 / gpt-oss rings of window + n_batch - 1 slots.
-enum class Feed { OneBatch, Batches8, TokenByToken };
-
-void check_model(const std::string& name, Feed feed) {
-    const bool token_by_token = feed == Feed::TokenByToken;
-    const fs::path dir = kiln::test::shared_dir() / "models";
-    const fs::path gguf = dir / (name + ".gguf");
-    const fs::path json = dir / "reference" / (name + ".json");
-    KILN_REQUIRE_SHARED("models");
+// The prompt one batch at a time, in batches of 8, or one token at a time: the last two make the
+// sliding-window layers of gemma3 / gpt-oss rings of window + n_batch - 1 slots.
+void check_vulkan(const std::string& name, ref::Mode mode, int64_t small_batch = 8) {
     KILN_REQUIRE_VULKAN();
-    if (!fs::exists(gguf) || !fs::exists(json)) GTEST_SKIP() << "SKIPPED: " << gguf << " or its reference is absent";
-
-    const Reference ref = load_reference(json);
-    const kiln::Model model = kiln::Model::load(gguf.string());
-    kiln::ContextOptions opts;
-    opts.n_ctx = static_cast<int64_t>(ref.tokens.size());
-    opts.backend = "vulkan";
-    if (feed != Feed::OneBatch) opts.n_batch = token_by_token ? 1 : 8;
-    kiln::Context ctx(model, opts);
-    ASSERT_STREQ(ctx.backend_name(), "vulkan");
-    const kiln::KvStats kvs = ctx.kv_stats();
-    const auto ours = token_by_token ? run_token_by_token(ctx, ref.tokens) : run_batch(ctx, ref.tokens);
-    ASSERT_EQ(ours.size(), ref.logits.size());
-
-    const bool float_file = is_float_file(name);
-    const double margin = (float_file ? 1e-2 : 0.1) * ref.max_abs_logit;
-    double max_abs = 0, ss = 0;
-    size_t n = 0;
-    int checked = 0, wrong = 0;
-    std::string first_wrong;
-    for (size_t p = 0; p < ref.logits.size(); ++p) {
-        for (size_t i = 0; i < ref.logits[p].size(); ++i) {
-            const double d = static_cast<double>(ours[p][i]) - ref.logits[p][i];
-            ASSERT_TRUE(std::isfinite(d)) << "position " << p << " logit " << i;
-            max_abs = std::max(max_abs, std::abs(d));
-            ss += d * d;
-            ++n;
-        }
-        if (ref.top2_margin[p] > margin) {
-            ++checked;
-            const int am = static_cast<int>(std::max_element(ours[p].begin(), ours[p].end()) - ours[p].begin());
-            if (am != ref.argmax[p] && !wrong++)
-                first_wrong = fmt::format("position {}: ours {} ref {}", p, am, ref.argmax[p]);
-        }
-    }
-    const double rms = std::sqrt(ss / static_cast<double>(std::max<size_t>(n, 1)));
-    const double bound = float_file ? 3e-3 * ref.max_abs_logit : 2.0 * ref.rms_quantization_error;
-    const double measured = float_file ? max_abs : rms;
-    const char* how = token_by_token ? "token by token" : feed == Feed::Batches8 ? "batches of 8" : "one batch";
-    const std::string ring =
-        kvs.n_sliding_layers ? fmt::format("; {} ring layers of {} slots", kvs.n_sliding_layers, kvs.sliding_slots) : "";
-    std::printf("[ vulkan    ] %-24s %-14s %s = %.6g (bound %.6g, %.1f%% of it); max|d| %.4g rms %.4g; argmax %d/%d%s\n",
-                name.c_str(), how, float_file ? "max|d|" : "rms(d)", measured, bound, 100.0 * measured / bound, max_abs,
-                rms, checked - wrong, checked, ring.c_str());
-    EXPECT_LE(measured, bound) << name;
-    EXPECT_EQ(wrong, 0) << name << ": argmax differs at " << wrong << " clear positions; first " << first_wrong;
+    ref::check_model(name, ref::Run{mode, kiln::KvType::F16, "vulkan", small_batch});
 }
 
 class VulkanReferenceLogits : public ::testing::TestWithParam<std::string> {};
-TEST_P(VulkanReferenceLogits, OneBatch) { check_model(GetParam(), Feed::OneBatch); }
+TEST_P(VulkanReferenceLogits, OneBatch) { check_vulkan(GetParam(), ref::Mode::Batch); }
 
 INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogits,
                          ::testing::Values("llama-tiny.f32", "llama-tiny.f16", "llama-tiny.bf16", "llama-tiny.q8_0",
@@ -182,21 +85,17 @@ INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogits,
                                            "gpt-oss-tiny.mxfp4_moe", "deepseek2-lite-tiny.f32",
                                            "deepseek2-lite-tiny.q8_0", "glm4.7-flash-tiny.f32",
                                            "glm4.7-flash-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
-                         [](const auto& info) {
-                             std::string s = info.param;
-                             std::replace_if(s.begin(), s.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
-                             return s;
-                         });
+                         [](const auto& info) { return ref::test_name(info.param); });
 
-TEST(VulkanReferenceLogitsIncremental, LlamaF32TokenByToken) { check_model("llama-tiny.f32", Feed::TokenByToken); }
-TEST(VulkanReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_model("qwen2-tiny.f32", Feed::TokenByToken); }
+TEST(VulkanReferenceLogitsIncremental, LlamaF32TokenByToken) { check_vulkan("llama-tiny.f32", ref::Mode::TokenByToken); }
+TEST(VulkanReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_vulkan("qwen2-tiny.f32", ref::Mode::TokenByToken); }
 // The sliding-window layers as rings (window + n_batch - 1 slots), fed in batches and token by token.
-TEST(VulkanReferenceLogitsIncremental, Gemma3F32RingInBatchesOf8) { check_model("gemma3-tiny.f32", Feed::Batches8); }
-TEST(VulkanReferenceLogitsIncremental, Gemma3F32RingTokenByToken) { check_model("gemma3-tiny.f32", Feed::TokenByToken); }
-TEST(VulkanReferenceLogitsIncremental, GptOssF32RingInBatchesOf8) { check_model("gpt-oss-tiny.f32", Feed::Batches8); }
-TEST(VulkanReferenceLogitsIncremental, GptOssF32RingTokenByToken) { check_model("gpt-oss-tiny.f32", Feed::TokenByToken); }
+TEST(VulkanReferenceLogitsIncremental, Gemma3F32RingInBatchesOf8) { check_vulkan("gemma3-tiny.f32", ref::Mode::SmallBatches); }
+TEST(VulkanReferenceLogitsIncremental, Gemma3F32RingTokenByToken) { check_vulkan("gemma3-tiny.f32", ref::Mode::TokenByToken); }
+TEST(VulkanReferenceLogitsIncremental, GptOssF32RingInBatchesOf8) { check_vulkan("gpt-oss-tiny.f32", ref::Mode::SmallBatches); }
+TEST(VulkanReferenceLogitsIncremental, GptOssF32RingTokenByToken) { check_vulkan("gpt-oss-tiny.f32", ref::Mode::TokenByToken); }
 // MLA decode step by step (4 layers; deepseek2-lite-tiny's 26 take 12 s token by token on lavapipe).
-TEST(VulkanReferenceLogitsIncremental, Glm47FlashF32TokenByToken) { check_model("glm4.7-flash-tiny.f32", Feed::TokenByToken); }
+TEST(VulkanReferenceLogitsIncremental, Glm47FlashF32TokenByToken) { check_vulkan("glm4.7-flash-tiny.f32", ref::Mode::TokenByToken); }
 
 // Vulkan against the CPU on a synthetic llama (no ../shared needed): one batch, uneven chunks, and
 // token by token, all logits.
@@ -221,12 +120,12 @@ TEST(VulkanModel, MatchesCpuOnSyntheticModel) {
         co.n_ctx = 32;
         co.n_threads = 2;
         kiln::Context cpu(model, co);
-        const auto want = run_batch(cpu, tokens);
+        const auto want = ref::run_batch(cpu, tokens);
         co.backend = "vulkan";
         co.n_batch = 8;  // chunks of 8, 8, 3
         kiln::Context vk(model, co);
-        const auto got_batch = run_batch(vk, tokens);
-        const auto got_step = run_token_by_token(vk, tokens);
+        const auto got_batch = ref::run_batch(vk, tokens);
+        const auto got_step = ref::run_token_by_token(vk, tokens);
         // Only the last row asked for (the graph's rows op): the same logits as row n-1.
         vk.clear();
         vk.decode(tokens);

@@ -111,13 +111,20 @@ inline std::vector<std::vector<float>> run_token_by_token(Context& ctx, const st
 }
 
 enum class Mode { Batch, TokenByToken, SmallBatches };
-inline const char* mode_name(Mode m) {
-    return m == Mode::Batch ? "one batch" : m == Mode::TokenByToken ? "token by token" : "batches of 7";
-}
+
+// How a model is run against its reference: the feed, the KV cache type (the reference used f16),
+// the backend, and the batch size of SmallBatches (default 7; TokenByToken runs batches of 1, so
+// sliding-window layers keep rings of exactly their window).
+struct Run {
+    Mode mode = Mode::Batch;
+    KvType kv = KvType::F16;
+    const char* backend = "cpu";
+    int64_t small_batch = 7;
+};
 
 // Runs `name` (a file of ../shared/models without .gguf) over its reference prompt and checks the
-// bounds; prints the measured error. `kv` picks the KV cache type (the reference used f16).
-inline void check_model(const std::string& name, Mode mode, KvType kv = KvType::F16) {
+// bounds; prints the measured error.
+inline void check_model(const std::string& name, const Run& run) {
     const fs::path gguf = models_dir() / (name + ".gguf");
     const fs::path json = models_dir() / "reference" / (name + ".json");
     KILN_REQUIRE_SHARED("models");
@@ -130,28 +137,50 @@ inline void check_model(const std::string& name, Mode mode, KvType kv = KvType::
     ContextOptions opts;
     opts.n_ctx = static_cast<int64_t>(ref.tokens.size());
     opts.n_threads = 2;
-    opts.kv_type = kv;
-    if (mode == Mode::SmallBatches) opts.n_batch = 7;
+    opts.kv_type = run.kv;
+    opts.backend = run.backend;
+    if (run.mode == Mode::SmallBatches) opts.n_batch = run.small_batch;
+    if (run.mode == Mode::TokenByToken) opts.n_batch = 1;
     Context ctx(model, opts);
-    const auto ours = mode == Mode::TokenByToken ? run_token_by_token(ctx, ref.tokens) : run_batch(ctx, ref.tokens);
+    ASSERT_STREQ(ctx.backend_name(), run.backend);
+    const KvStats kvs = ctx.kv_stats();
+    if (kvs.n_sliding_layers > 0) {
+        // Smaller batches than the prompt: the sliding layers are rings the prompt wraps around.
+        if (run.mode != Mode::Batch) {
+            EXPECT_LT(kvs.sliding_slots, opts.n_ctx) << ctx.kv_summary();
+        }
+        EXPECT_EQ(kvs.sliding_bytes, static_cast<size_t>(kvs.n_sliding_layers * kvs.sliding_slots) * kvs.sliding_bytes_per_token);
+    }
+    const auto ours = run.mode == Mode::TokenByToken ? run_token_by_token(ctx, ref.tokens) : run_batch(ctx, ref.tokens);
     ASSERT_EQ(ours.size(), ref.logits.size());
+    for (size_t p = 0; p < ours.size(); ++p)
+        for (size_t i = 0; i < ours[p].size(); ++i) ASSERT_TRUE(std::isfinite(ours[p][i])) << "position " << p << " logit " << i;
 
     const bool float_file = is_float_file(name);
     const Measured m = compare(ref, ours, float_file ? 1e-2 : 0.1);
     const double bound = float_file ? 3e-3 * ref.max_abs_logit : 2.0 * ref.rms_quantization_error;
     const double measured = float_file ? m.max_abs : m.rms;
     const char* what = float_file ? "max|d|" : "rms(d)";
+    const std::string how = run.mode == Mode::Batch          ? "one batch"
+                            : run.mode == Mode::TokenByToken ? "token by token"
+                                                             : fmt::format("batches of {}", run.small_batch);
+    const std::string ring =
+        kvs.n_sliding_layers ? fmt::format("; {} ring layers of {} slots", kvs.n_sliding_layers, kvs.sliding_slots) : "";
 
     ::testing::Test::RecordProperty("measured_" + std::string(float_file ? "max_abs" : "rms"), fmt::format("{:.6g}", measured));
     ::testing::Test::RecordProperty("bound", fmt::format("{:.6g}", bound));
-    std::printf("[ reference ] %-24s %-14s kv %-4s %s = %.6g (bound %.6g, %.1f%% of it); max|d| %.4g rms %.4g; argmax "
-                "%d/%d equal\n",
-                name.c_str(), mode_name(mode), kv_type_name(kv), what, measured, bound, 100.0 * measured / bound,
-                m.max_abs, m.rms, m.argmax_checked - m.argmax_wrong, m.argmax_checked);
+    std::printf("[ %-9s ] %-24s %-14s kv %-4s %s = %.6g (bound %.6g, %.1f%% of it); max|d| %.4g rms %.4g; argmax "
+                "%d/%d equal%s\n",
+                run.backend, name.c_str(), how.c_str(), kv_type_name(run.kv), what, measured, bound, 100.0 * measured / bound,
+                m.max_abs, m.rms, m.argmax_checked - m.argmax_wrong, m.argmax_checked, ring.c_str());
 
-    EXPECT_LE(measured, bound) << name << " (" << mode_name(mode) << "): " << what << " over all logits";
+    EXPECT_LE(measured, bound) << name << " (" << how << "): " << what << " over all logits";
     EXPECT_EQ(m.argmax_wrong, 0) << name << ": argmax differs at " << m.argmax_wrong << " clear positions; first "
                                  << m.first_wrong;
+}
+
+inline void check_model(const std::string& name, Mode mode, KvType kv = KvType::F16) {
+    check_model(name, Run{mode, kv, "cpu", 7});
 }
 
 inline std::string test_name(const std::string& s) {
