@@ -248,7 +248,7 @@ private:
     // Prepares the request up to the token ids: the errors a client should get before any stream.
     GenParams prepare(ChatRequest& r, std::string& prompt) {
         prompt = render_prompt(e_.chat_template(), r);
-        const chat::ParserFamily family = chat::detect_family(e_.chat_template().source(), e_.model().info().arch);
+        const chat::ParserFamily family = e_.parser_family();
         // tool_choice any / a named tool: the prompt ends inside the family's opened tool call (a
         // family without a tool-call format cannot be forced: the tools are offered, no more).
         if (!r.force_tool.empty() && r.prefill.empty() && r.gen.json_plan.empty()) {
@@ -261,7 +261,7 @@ private:
     }
     std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix, const GenParams& gen) {
         if (!gen.json_plan.empty()) return make_plain_parser();  // JSON output: text only
-        return make_chat_parser(e_.chat_template().source(), e_.model().info().arch, prompt, random_id(id_prefix) + "_",
+        return make_chat_parser(e_.parser_family(), prompt, random_id(id_prefix) + "_",
                                 gen.output_prefix);
     }
 

@@ -97,11 +97,10 @@ private:
 };
 }  // namespace
 
-std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
-                                               const std::string& prompt, const std::string& id_prefix,
+std::unique_ptr<OutputParser> make_chat_parser(chat::ParserFamily family, const std::string& prompt, const std::string& id_prefix,
                                                const std::string& output_prefix) {
     chat::ParserOptions o;
-    o.family = chat::detect_family(template_source, arch);
+    o.family = family;
     o.starts_in_thinking = chat::prompt_opens_thinking(prompt.substr(0, prompt.size() - std::min(prompt.size(), output_prefix.size())));
     o.tool_call_id_prefix = id_prefix;
     auto p = std::make_unique<FamilyParser>(o);
@@ -124,6 +123,7 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
     : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
     auto f = gguf::File::open(model_.info().path);
     tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
+    family_ = chat::detect_family(tmpl_->source(), model_.info().arch);
     ctx_options_.n_ctx = n_ctx;
     ctx_options_.n_threads = n_threads;
     ctx_options_.backend = backend;

@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chat/chat_parser.h"
 #include "chat/chat_template.h"
 #include "kiln/kiln.h"
 
@@ -56,8 +57,7 @@ std::unique_ptr<OutputParser> make_plain_parser();
 // `prompt` is the rendered prompt (an open <think> there means the output starts in thinking);
 // tool call ids are id_prefix + their index.
 // output_prefix: text the output is taken to begin with (fed to the parser first).
-std::unique_ptr<OutputParser> make_chat_parser(const std::string& template_source, const std::string& arch,
-                                               const std::string& prompt, const std::string& id_prefix,
+std::unique_ptr<OutputParser> make_chat_parser(chat::ParserFamily family, const std::string& prompt, const std::string& id_prefix,
                                                const std::string& output_prefix = {});
 
 // Output forced to parse as JSON matching a schema (json_output.cpp): the schema becomes pieces,
@@ -128,6 +128,7 @@ public:
     const Model& model() const { return model_; }
     const Tokenizer& tokenizer() const { return model_.tokenizer(); }
     const ChatTemplate& chat_template() const { return *tmpl_; }
+    chat::ParserFamily parser_family() const { return family_; }  // from the template, once
     int64_t n_ctx() const { return n_ctx_; }
     int n_parallel() const { return n_parallel_; }
     int n_contexts();              // contexts created so far (each holds one cached prefix)
@@ -169,6 +170,7 @@ private:
 
     Model model_;
     std::unique_ptr<ChatTemplate> tmpl_;
+    chat::ParserFamily family_ = chat::ParserFamily::Generic;
     int64_t n_ctx_;
     int max_queue_;
     int n_parallel_ = 1;

@@ -27,6 +27,7 @@ struct Context::Impl {
     ContextOptions opt;
     std::unique_ptr<backend::Backend> backend;
     std::unique_ptr<runtime::KvCache> kv;
+    bool on_cpu = false;  // the backend is the CPU one (decode_batch batches only there)
 
     struct Compiled {
         std::unique_ptr<backend::Executable> exe;
@@ -114,6 +115,7 @@ Context::Context(const Model& model, const ContextOptions& options) {
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
     auto start = [&] {
+        c.on_cpu = std::string_view(c.backend->name()) == "cpu";
         c.kv = std::make_unique<runtime::KvCache>(*c.backend, layout);
         // The decode shape is compiled up front: generating a token never compiles or allocates.
         c.get(1, 1);
@@ -195,7 +197,7 @@ void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> t
                                     c.kv->n_ctx()));
         if (tokens[i] < 0 || tokens[i] >= n_vocab)
             throw Error(fmt::format("decode_batch: token {} (id {}) is outside the vocabulary of {}", i, tokens[i], n_vocab));
-        if (std::string_view(c.backend->name()) != "cpu" || c.opt.n_threads != c0.opt.n_threads) batched = false;
+        if (!c.on_cpu || c.opt.n_threads != c0.opt.n_threads) batched = false;
     }
     if (n == 1 || !batched) {
         for (size_t i = 0; i < n; ++i) contexts[i]->decode(tokens.subspan(i, 1));
