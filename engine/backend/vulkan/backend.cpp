@@ -480,21 +480,17 @@ void Backend::scale(const Tensor& a, float s, const Tensor& out) {
     elementwise("scale", {&a}, out, &pc, sizeof pc);
 }
 
-void Backend::silu(const Tensor& a, const Tensor& out) {
-    require_type(a, TensorType::F32, "silu", "a");
-    require_type(out, TensorType::F32, "silu", "out");
-    require_same_count(a, out, "silu");
+void Backend::unary(const char* shader, const Tensor& a, const Tensor& out) {
+    require_type(a, TensorType::F32, shader, "a");
+    require_type(out, TensorType::F32, shader, "out");
+    require_same_count(a, out, shader);
     const uint32_t n = u32(a.n_elements(), "n");
-    elementwise("silu", {&a}, out, &n, sizeof n);
+    elementwise(shader, {&a}, out, &n, sizeof n);
 }
 
-void Backend::gelu(const Tensor& a, const Tensor& out) {
-    require_type(a, TensorType::F32, "gelu", "a");
-    require_type(out, TensorType::F32, "gelu", "out");
-    require_same_count(a, out, "gelu");
-    const uint32_t n = u32(a.n_elements(), "n");
-    elementwise("gelu", {&a}, out, &n, sizeof n);
-}
+void Backend::silu(const Tensor& a, const Tensor& out) { unary("silu", a, out); }
+
+void Backend::gelu(const Tensor& a, const Tensor& out) { unary("gelu", a, out); }
 
 void Backend::swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) {
     for (auto [t, role] : {std::pair{&gate, "gate"}, {&up, "up"}, {&out, "out"}})
@@ -652,13 +648,7 @@ void Backend::softcap(const Tensor& a, float cap, const Tensor& out) {
     elementwise("softcap", {&a}, out, &pc, sizeof pc);
 }
 
-void Backend::sigmoid(const Tensor& a, const Tensor& out) {
-    require_type(a, TensorType::F32, "sigmoid", "a");
-    require_type(out, TensorType::F32, "sigmoid", "out");
-    require_same_count(a, out, "sigmoid");
-    const uint32_t n = u32(a.n_elements(), "n");
-    elementwise("sigmoid", {&a}, out, &n, sizeof n);
-}
+void Backend::sigmoid(const Tensor& a, const Tensor& out) { unary("sigmoid", a, out); }
 
 void Backend::normalize_sum(const Tensor& x, const Tensor& out) {
     require_type(x, TensorType::F32, "normalize_sum", "x");

@@ -231,6 +231,8 @@ public:
 
 private:
     Binding bind(const Tensor& t, bool written) const;
+    // An f32 -> f32 op of one input whose push constant is its element count (silu, gelu, sigmoid).
+    void unary(const char* shader, const Tensor& a, const Tensor& out);
     void elementwise(const char* shader, std::initializer_list<const Tensor*> in, const Tensor& out, const void* push,
                      uint32_t push_bytes);
     void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
