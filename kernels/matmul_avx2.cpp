@@ -119,41 +119,33 @@ KILN_AVX2 inline __m256 load_bf16(const uint16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(loadu128(p)), 16));
 }
 
-KILN_AVX2 float vd_f16(const void* w, const void* x, int64_t n) {
-    const uint16_t* a = static_cast<const uint16_t*>(w);
-    const float* b = static_cast<const float*>(x);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        acc0 = _mm256_fmadd_ps(load_f16(a + i), _mm256_loadu_ps(b + i), acc0);
-        acc1 = _mm256_fmadd_ps(load_f16(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
-        acc2 = _mm256_fmadd_ps(load_f16(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
-        acc3 = _mm256_fmadd_ps(load_f16(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
-    }
-    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_f16(a + i), _mm256_loadu_ps(b + i), acc0);
-    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-    for (; i < n; ++i) s += h2f(a[i]) * b[i];
-    return s;
+template <bool BF16>
+KILN_AVX2 inline __m256 load_half(const uint16_t* p) {
+    if constexpr (BF16) return load_bf16(p);
+    else return load_f16(p);
 }
 
-KILN_AVX2 float vd_bf16(const void* w, const void* x, int64_t n) {
+// 16-bit float rows (f16 or bf16) against f32 activations: four accumulators of 8 lanes.
+template <bool BF16>
+KILN_AVX2 float vd_half(const void* w, const void* x, int64_t n) {
     const uint16_t* a = static_cast<const uint16_t*>(w);
     const float* b = static_cast<const float*>(x);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        acc0 = _mm256_fmadd_ps(load_bf16(a + i), _mm256_loadu_ps(b + i), acc0);
-        acc1 = _mm256_fmadd_ps(load_bf16(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
-        acc2 = _mm256_fmadd_ps(load_bf16(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
-        acc3 = _mm256_fmadd_ps(load_bf16(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+        acc0 = _mm256_fmadd_ps(load_half<BF16>(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(load_half<BF16>(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(load_half<BF16>(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(load_half<BF16>(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
     }
-    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_bf16(a + i), _mm256_loadu_ps(b + i), acc0);
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_half<BF16>(a + i), _mm256_loadu_ps(b + i), acc0);
     float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-    for (; i < n; ++i) s += bf16_to_float(a[i]) * b[i];
+    for (; i < n; ++i) s += (BF16 ? bf16_to_float(a[i]) : h2f(a[i])) * b[i];
     return s;
 }
+KILN_AVX2 float vd_f16(const void* w, const void* x, int64_t n) { return vd_half<false>(w, x, n); }
+KILN_AVX2 float vd_bf16(const void* w, const void* x, int64_t n) { return vd_half<true>(w, x, n); }
 
 // Q8_0: signed codes; |w| * sign(x, w) makes maddubs' unsigned operand.
 KILN_AVX2 float vd_q8_0(const void* w, const void* xv, int64_t n) {
