@@ -51,6 +51,19 @@ KILN_NUMERIC_OPTION(double)
 KILN_NUMERIC_OPTION(float)
 #undef KILN_NUMERIC_OPTION
 
+void Args::option(std::vector<std::string> names, KvType* out, std::string metavar, std::string help) {
+    const std::string flag = names.front();
+    opts_.push_back({std::move(names), std::move(metavar), std::move(help), [out, flag](const std::string& v) {
+                         if (!parse_kv_type(v, out))
+                             throw Error(fmt::format("{}: unknown KV cache type '{}' (f16, f32, q8_0 or q4_0)", flag, v));
+                     }});
+}
+
+void Args::kv_type_options(KvType* k, KvType* v) {
+    option({"-ctk", "--cache-type-k"}, k, "TYPE", "KV cache type of K: f16 (default), f32, q8_0 or q4_0");
+    option({"-ctv", "--cache-type-v"}, v, "TYPE", "KV cache type of V: f16 (default), f32, q8_0 or q4_0");
+}
+
 const Args::Opt* Args::lookup(const std::string& name) const {
     for (const Opt& o : opts_)
         for (const auto& n : o.names)

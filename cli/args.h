@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "kiln/types.h"
+
 namespace kiln::cli {
 
 class Args {
@@ -20,6 +22,9 @@ public:
     void option(std::vector<std::string> names, int* out, std::string metavar, std::string help);
     void option(std::vector<std::string> names, double* out, std::string metavar, std::string help);
     void option(std::vector<std::string> names, float* out, std::string metavar, std::string help);
+    void option(std::vector<std::string> names, KvType* out, std::string metavar, std::string help);
+    // -ctk / --cache-type-k and -ctv / --cache-type-v, as llama.cpp names them.
+    void kv_type_options(KvType* k, KvType* v);
     // Positional arguments are collected in order.
     void positional(std::vector<std::string>* out) { positional_ = out; }
 

@@ -106,6 +106,7 @@ int run_chat(const std::vector<std::string>& argv) {
     int n_threads = 0;
     bool quiet = false, no_think = false;
     SamplerParams sp;
+    KvType kv_k = KvType::F16, kv_v = KvType::F16;
     Args args("chat", "-m MODEL [options]  (then type messages; /reset, /exit)");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to chat with");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
@@ -113,6 +114,7 @@ int run_chat(const std::vector<std::string>& argv) {
     args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
     args.option({"-n", "--n-predict"}, &n_predict, "N", "most tokens per reply (default -1: until end of turn or context)");
     args.option({"--backend"}, &backend, "NAME", "cpu (default) or vulkan");
+    args.kv_type_options(&kv_k, &kv_v);
     args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
     args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
     args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
@@ -169,6 +171,8 @@ int run_chat(const std::vector<std::string>& argv) {
     co.n_threads = n_threads;
     co.n_batch = n_batch;
     co.backend = backend;
+    co.kv_type_k = kv_k;
+    co.kv_type_v = kv_v;
     Context ctx(model, co);
     const Tokenizer& tok = model.tokenizer();
 

@@ -38,10 +38,12 @@ int run_logits(const std::vector<std::string>& argv) {
     std::string model_path, tokens_arg, backend = "cpu";
     int threads = 0, device = -1;
     int64_t n_ctx = 0;
+    KvType kv_k = KvType::F16, kv_v = KvType::F16;
     Args args("logits", "-m MODEL --tokens 1,2,3 [--backend cpu|vulkan] [--device N] [-t THREADS] [-c CTX]");
     args.option({"-m", "--model"}, &model_path, "MODEL", "GGUF model file");
     args.option({"--tokens"}, &tokens_arg, "IDS", "comma-separated token ids");
     args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto");
+    args.kv_type_options(&kv_k, &kv_v);
     args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices; default: the best)");
     args.option({"-t", "--threads"}, &threads, "N", "threads (default: all cores)");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size (default: the number of tokens)");
@@ -59,6 +61,8 @@ int run_logits(const std::vector<std::string>& argv) {
     co.n_ctx = n_ctx > 0 ? n_ctx : static_cast<int64_t>(tokens.size());
     co.n_threads = threads;
     co.backend = backend;
+    co.kv_type_k = kv_k;
+    co.kv_type_v = kv_v;
     co.device = device;
     Context ctx(model, co);
     ctx.decode(tokens, /*all_logits=*/true);

@@ -29,6 +29,7 @@ int run_run(const std::vector<std::string>& argv) {
     bool no_display_prompt = false, quiet = false, ignore_eos = false;
     SamplerParams sp;
     int64_t seed = -1;
+    KvType kv_k = KvType::F16, kv_v = KvType::F16;
     Args args("run", "-m MODEL -p PROMPT [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to run");
     args.option({"-p", "--prompt"}, &prompt, "TEXT", "prompt text");
@@ -37,6 +38,7 @@ int run_run(const std::vector<std::string>& argv) {
     args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
     args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
     args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else CPU)");
+    args.kv_type_options(&kv_k, &kv_v);
     args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices; default: the best)");
     args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
     args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
@@ -70,6 +72,8 @@ int run_run(const std::vector<std::string>& argv) {
     co.n_threads = n_threads;
     co.n_batch = n_batch;
     co.backend = backend;
+    co.kv_type_k = kv_k;
+    co.kv_type_v = kv_v;
     co.device = device;
     Progress upload_bar("uploading", !quiet && backend != "cpu");
     co.progress = [&](float f) { upload_bar.update(f); };

@@ -1,11 +1,13 @@
 #version 450
-// Attention for one sequence with an f16 KV cache: out = softmax(scale * q K^T + mask) V.
+// Attention for one sequence over the KV cache: out = softmax(scale * q K^T + mask) V.
 //   q    f32 [n_tok][n_head][Dk] (token stride q_stride floats)
-//   K, V f16 caches of n_slots rows: position j lives in row j % n_slots (the identity for a full
+//   K, V caches of n_slots rows: position j lives in row j % n_slots (the identity for a full
 //        cache, a ring for a sliding-window layer that keeps only its last n_slots positions).
-//        A K row is [n_kv_head][Dk] halves; a V row is v_row halves with KV head g's values at
-//        g * v_head (v_row = n_kv_head * Dv, v_head = Dv; MLA reads V from the K cache itself:
-//        v_row = n_kv_head * Dk, v_head = Dk, the first Dv halves of each K head)
+//        Everything is addressed in 32-bit words: a K row is k_row words, KV head g at g * k_head;
+//        likewise V (MLA reads V from the K cache itself: v_row = k_row, v_head = k_head, and a
+//        value is the first Dv elements of its K head). A head is stored as K_TYPE / V_TYPE says:
+//        0 f16 halves; 1 q8_0, 2 q4_0 (kernels/kv_quant.h: the codes, then from word k_scale /
+//        v_scale of the head one f16 scale per 32 elements).
 //   out  f32 [n_tok][n_head][Dv] (token stride o_stride floats)
 // Query token t sits at position pos0 + t and sees positions j <= pos0 + t, j < n_kv (causal),
 // and with a sliding window W > 0 only j > pos0 + t - W. Query head h reads KV head
@@ -40,19 +42,72 @@ layout(std430, set = 0, binding = 5) writeonly buffer Part { float part[]; };
 
 layout(constant_id = 1) const bool HAS_SINKS = false;
 layout(constant_id = 2) const bool SPLIT = false;
+layout(constant_id = 3) const uint K_TYPE = 0;  // 0 f16, 1 q8_0, 2 q4_0
+layout(constant_id = 4) const uint V_TYPE = 0;
 
 layout(push_constant) uniform Params {
     uint Dk, Dv, n_head, n_kv_head;
     uint n_tok, pos0, n_kv, window;
     uint q_stride, o_stride;
     float scale, softcap;
-    uint n_slots, v_row, v_head;
+    uint n_slots, k_row, k_head, v_row, v_head, k_scale, v_scale;
     uint n_chunks, chunk, k0, acc_off;  // SPLIT only
 } p;
 
 shared float qs[DMAX];
 shared float sc[WG];
 shared float pr[WG];
+
+// The f16 scale of block b (32 elements) of the head starting at word `head` (scales from word
+// `first` of the head).
+float kv_scale(uint head, uint first, uint b, bool from_k) {
+    const uint w = from_k ? kc[head + first + (b >> 1)] : vc[head + first + (b >> 1)];
+    const vec2 s = unpackHalf2x16(w);
+    return (b & 1u) == 0u ? s.x : s.y;
+}
+
+// q . k for the K head starting at word kb.
+float score(uint kb) {
+    float s = 0.0;
+    if (K_TYPE == 0u) {
+        for (uint d = 0; d < p.Dk; d += 2u) {
+            const vec2 k2 = unpackHalf2x16(kc[kb + (d >> 1)]);
+            s += qs[d] * k2.x + qs[d + 1u] * k2.y;
+        }
+        return s;
+    }
+    for (uint b = 0; b * 32u < p.Dk; ++b) {
+        const uint e1 = min(b * 32u + 32u, p.Dk);
+        float bs = 0.0;
+        if (K_TYPE == 1u) {
+            for (uint e = b * 32u; e < e1; e += 4u) {
+                const int w = int(kc[kb + (e >> 2)]);
+                bs += qs[e] * float(bitfieldExtract(w, 0, 8)) + qs[e + 1u] * float(bitfieldExtract(w, 8, 8)) +
+                      qs[e + 2u] * float(bitfieldExtract(w, 16, 8)) + qs[e + 3u] * float(bitfieldExtract(w, 24, 8));
+            }
+        } else {
+            for (uint e = b * 32u; e < e1; e += 8u) {
+                const uint w = kc[kb + (e >> 3)];
+                for (uint j = 0; j < 8u; ++j) bs += qs[e + j] * (float((w >> (4u * j)) & 15u) - 8.0);
+            }
+        }
+        s += bs * kv_scale(kb, p.k_scale, b, true);
+    }
+    return s;
+}
+
+// Elements 2q and 2q + 1 of the V head starting at word vb.
+vec2 value_pair(uint vb, uint q) {
+    if (V_TYPE == 0u) return unpackHalf2x16(vc[vb + q]);
+    const float d = kv_scale(vb, p.v_scale, q >> 4, false);  // block (2q) / 32
+    if (V_TYPE == 1u) {
+        const int w = int(vc[vb + (q >> 1)]);
+        const int sh = int(16u * (q & 1u));
+        return vec2(float(bitfieldExtract(w, sh, 8)), float(bitfieldExtract(w, sh + 8, 8))) * d;
+    }
+    const uint b = (vc[vb + (q >> 2)] >> (8u * (q & 3u))) & 255u;
+    return vec2(float(b & 15u) - 8.0, float(b >> 4) - 8.0) * d;
+}
 
 
 void main() {
@@ -66,7 +121,6 @@ void main() {
     const uint prow = wg * n_chunks + chunk;
     const uint t = wg / p.n_head, h = wg % p.n_head;
     const uint kvh = h / (p.n_head / p.n_kv_head);
-    const uint krow = p.n_kv_head * p.Dk;  // halves per K cache row
 
     for (uint d = tid; d < p.Dk; d += WG) qs[d] = q[t * p.q_stride + h * p.Dk + d] * p.scale;
     barrier();
@@ -92,12 +146,7 @@ void main() {
         // 1. scores of this tile, one key per thread
         float s = -1.0 / 0.0;
         if (tid < cnt) {
-            const uint kb = (((j0 + tid) % p.n_slots) * krow + kvh * p.Dk) >> 1;  // Dk is even
-            s = 0.0;
-            for (uint d = 0; d < p.Dk; d += 2u) {
-                const vec2 k2 = unpackHalf2x16(kc[kb + (d >> 1)]);
-                s += qs[d] * k2.x + qs[d + 1u] * k2.y;
-            }
+            s = score(((j0 + tid) % p.n_slots) * p.k_row + kvh * p.k_head);
             if (p.softcap > 0.0) s = p.softcap * (1.0 - 2.0 / (exp(2.0 * s / p.softcap) + 1.0));
         }
         sc[tid] = s;
@@ -115,10 +164,10 @@ void main() {
         for (uint i = 0; i < cnt; ++i) {
             const float w = pr[i];
             l += w;
-            const uint vw = (((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head) >> 1;  // even: a word
+            const uint vb = ((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head;
             for (uint r = 0; r < RPAIRS; ++r) {
                 const uint q = tid + r * WG;
-                if (2u * q < p.Dv) acc[r] += w * unpackHalf2x16(vc[vw + q]);
+                if (2u * q < p.Dv) acc[r] += w * value_pair(vb, q);
             }
         }
         barrier();

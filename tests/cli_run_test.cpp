@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <map>
+#include <tuple>
 #include <set>
 #include <sstream>
 
@@ -76,6 +77,25 @@ TEST(CliRun, StoryModelFollowsItsChain) {
         expect_story(g.out, 9);
         EXPECT_TRUE(g.err.empty()) << g.err;  // -q: no progress, no statistics
     }
+}
+
+// -ctk / -ctv (llama.cpp's names): quantized caches still tell the story, the KV line names the
+// types and the smaller size, and an unknown type is one clear error.
+TEST(CliRun, QuantizedKvCacheTypes) {
+    const std::string model = story_model("story-kv.gguf", kiln::TensorType::F32);
+    auto f16 = run_kiln({"run", "-m", model, "-p", "the kiln", "-n", "12", "--temp", "0", "-c", "256"});
+    ASSERT_EQ(f16.code, 0) << f16.err;
+    EXPECT_NE(f16.err.find("KV cache f16"), std::string::npos) << f16.err;
+    for (auto [k, v, line] : {std::tuple{"q8_0", "q8_0", "KV cache q8_0"}, std::tuple{"q8_0", "q4_0", "KV cache K q8_0 V q4_0"},
+                              std::tuple{"f32", "q4_0", "KV cache K f32 V q4_0"}}) {
+        auto r = run_kiln({"run", "-m", model, "-p", "the kiln", "-n", "12", "--temp", "0", "-c", "256", "-ctk", k, "-ctv", v});
+        ASSERT_EQ(r.code, 0) << r.err;
+        EXPECT_NE(r.err.find(line), std::string::npos) << r.err;
+        expect_story(r.out, 13);
+    }
+    auto bad = run_kiln({"run", "-m", model, "-p", "x", "--cache-type-v", "q5_1"});
+    EXPECT_EQ(bad.code, 1);
+    EXPECT_NE(bad.err.find("-ctv: unknown KV cache type 'q5_1' (f16, f32, q8_0 or q4_0)"), std::string::npos) << bad.err;
 }
 
 TEST(CliRun, SameSeedSameText) {

@@ -86,66 +86,76 @@ std::string write_tiny_llama() {
     return path;
 }
 
+// f16, q8_0 and q4_0 caches.
 TEST(DecodeAllocations, NoneWhileGeneratingTokens) {
     if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
     const kiln::Model model = kiln::Model::load(write_tiny_llama());
-    kiln::ContextOptions o;
-    o.n_ctx = 48;
-    o.n_threads = 2;
-    kiln::Context ctx(model, o);
-    const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
-    ctx.decode(prompt);
+    for (const kiln::KvType kv : {kiln::KvType::F16, kiln::KvType::Q8_0, kiln::KvType::Q4_0}) {
+        SCOPED_TRACE(kiln::kv_type_name(kv));
+        kiln::ContextOptions o;
+        o.n_ctx = 48;
+        o.n_threads = 2;
+        o.kv_type_k = o.kv_type_v = kv;
+        kiln::Context ctx(model, o);
+        const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
+        ctx.decode(prompt);
 
-    g_allocations = 0;
-    g_counting = true;
-    int32_t tok = 3;
-    float sum = 0;
-    for (int i = 0; i < 30; ++i) {
-        ctx.decode(std::span<const int32_t>(&tok, 1));
-        const auto row = ctx.logits();
-        sum += row[0];
-        tok = static_cast<int32_t>((tok * 7 + 1) % 40);
+        g_allocations = 0;
+        g_counting = true;
+        int32_t tok = 3;
+        float sum = 0;
+        for (int i = 0; i < 30; ++i) {
+            ctx.decode(std::span<const int32_t>(&tok, 1));
+            const auto row = ctx.logits();
+            sum += row[0];
+            tok = static_cast<int32_t>((tok * 7 + 1) % 40);
+        }
+        g_counting = false;
+        EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 30 single-token decodes";
+        EXPECT_EQ(ctx.n_past(), 37);
+        EXPECT_TRUE(std::isfinite(sum));
     }
-    g_counting = false;
-    EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 30 single-token decodes";
-    EXPECT_EQ(ctx.n_past(), 37);
-    EXPECT_TRUE(std::isfinite(sum));
 }
 
-// The same on the Vulkan backend: recording a forward pass (pipelines found, descriptor sets
-// written, barriers tracked), submitting it and reading the logits back allocate nothing once the
-// first passes have sized the recorder's lists. Skipped without a Vulkan device.
+// The same on the Vulkan backend (f16, q8_0 and q4_0 caches): recording a forward pass (pipelines
+// found, descriptor sets written, barriers tracked), submitting it and reading the logits back
+// allocate nothing once the first passes have sized the recorder's lists. Skipped without a
+// Vulkan device.
 TEST(DecodeAllocationsVulkan, NoneWhileGeneratingTokens) {
     if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
     const kiln::Model model = kiln::Model::load(write_tiny_llama());
-    kiln::ContextOptions o;
-    o.n_ctx = 48;
-    o.backend = "vulkan";
-    std::unique_ptr<kiln::Context> ctx;
-    try {
-        ctx = std::make_unique<kiln::Context>(model, o);
-    } catch (const kiln::Error& e) {
-        std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", e.what());
-        GTEST_SKIP() << "no Vulkan device: " << e.what();
-    }
-    const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
-    ctx->decode(prompt);
-    int32_t tok = 3;
-    for (int i = 0; i < 2; ++i) ctx->decode(std::span<const int32_t>(&tok, 1));  // sizes the lists
+    for (const kiln::KvType kv : {kiln::KvType::F16, kiln::KvType::Q8_0, kiln::KvType::Q4_0}) {
+        SCOPED_TRACE(kiln::kv_type_name(kv));
+        kiln::ContextOptions o;
+        o.n_ctx = 48;
+        o.backend = "vulkan";
+        o.kv_type_k = o.kv_type_v = kv;
+        std::unique_ptr<kiln::Context> ctx;
+        try {
+            ctx = std::make_unique<kiln::Context>(model, o);
+        } catch (const kiln::Error& e) {
+            std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", e.what());
+            GTEST_SKIP() << "no Vulkan device: " << e.what();
+        }
+        const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
+        ctx->decode(prompt);
+        int32_t tok = 3;
+        for (int i = 0; i < 2; ++i) ctx->decode(std::span<const int32_t>(&tok, 1));  // sizes the lists
 
-    g_allocations = 0;
-    g_counting = true;
-    float sum = 0;
-    for (int i = 0; i < 10; ++i) {
-        ctx->decode(std::span<const int32_t>(&tok, 1));
-        const auto row = ctx->logits();
-        sum += row[0];
-        tok = static_cast<int32_t>((tok * 7 + 1) % 40);
+        g_allocations = 0;
+        g_counting = true;
+        float sum = 0;
+        for (int i = 0; i < 10; ++i) {
+            ctx->decode(std::span<const int32_t>(&tok, 1));
+            const auto row = ctx->logits();
+            sum += row[0];
+            tok = static_cast<int32_t>((tok * 7 + 1) % 40);
+        }
+        g_counting = false;
+        EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 10 single-token decodes on Vulkan";
+        EXPECT_EQ(ctx->n_past(), 19);
+        EXPECT_TRUE(std::isfinite(sum));
     }
-    g_counting = false;
-    EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 10 single-token decodes on Vulkan";
-    EXPECT_EQ(ctx->n_past(), 19);
-    EXPECT_TRUE(std::isfinite(sum));
 }
 
 // deepseek2: MLA (latent cache, per-head projections), MoE (routing, grouped expert matmuls) and

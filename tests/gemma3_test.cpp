@@ -355,7 +355,7 @@ TEST_P(Gemma3Naive, MatchesDoublePrecisionReference) {
         o.n_ctx = 40;
         o.n_threads = 2;
         o.n_batch = n_batch;
-        o.kv_type = kiln::KvType::F32;
+        o.kv_type_k = o.kv_type_v = kiln::KvType::F32;
         kiln::Context ctx(model, o);
         const kiln::KvStats kv = ctx.kv_stats();
         int n_sliding = 0;
@@ -409,7 +409,7 @@ TEST(Gemma3LongContext, SlidingLayersKeepAWindowSizedRing) {
     o.n_ctx = 34000;
     o.n_threads = 2;
     o.n_batch = n_batch;
-    o.kv_type = kiln::KvType::F32;
+    o.kv_type_k = o.kv_type_v = kiln::KvType::F32;
     kiln::Context ctx(model, o);
 
     // Memory: window + batch - 1 slots per layer, K and V of one head of 8 floats each.

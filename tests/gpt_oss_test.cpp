@@ -289,7 +289,7 @@ TEST(GptOssNaive, MatchesDoublePrecisionReference) {
             o.n_ctx = 32;
             o.n_threads = 2;
             o.n_batch = n_batch;
-            o.kv_type = kiln::KvType::F32;
+            o.kv_type_k = o.kv_type_v = kiln::KvType::F32;
             kiln::Context ctx(model, o);
             int n_sliding = 0;
             for (int il = 0; il < c.n_layer; ++il) n_sliding += c.sliding(il);

@@ -56,7 +56,7 @@ TEST(Deepseek2Cache, GlmDimsHoldsTheLatentOnly) {
     o.n_threads = 2;
     const kiln::Context f16(model, o);
     EXPECT_EQ(f16.kv_bytes(), size_t{100} * 2 /*layers*/ * 576 * 2 /*bytes*/);
-    o.kv_type = kiln::KvType::F32;
+    o.kv_type_k = o.kv_type_v = kiln::KvType::F32;
     const kiln::Context f32(model, o);
     EXPECT_EQ(f32.kv_bytes(), size_t{100} * 2 * 576 * 4);
     // kiln info tells the same: 576 f16 values per token and layer.
@@ -150,7 +150,7 @@ TEST_P(Deepseek2Naive, MatchesDoublePrecisionForward) {
         kiln::ContextOptions o;
         o.n_ctx = tc.n_tokens + 11;
         o.n_threads = 2;
-        o.kv_type = kv;
+        o.kv_type_k = o.kv_type_v = kv;
         kiln::Context ctx(model, o);
         const double batch = rel_max_diff(all_logits(ctx, tokens), expect);
         const double step = rel_max_diff(ref::run_token_by_token(ctx, tokens), expect);

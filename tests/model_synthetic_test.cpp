@@ -335,7 +335,7 @@ TEST_P(NaiveForward, MatchesDoublePrecisionReference) {
         kiln::ContextOptions o;
         o.n_ctx = 32;
         o.n_threads = 2;
-        o.kv_type = kv;
+        o.kv_type_k = o.kv_type_v = kv;
         kiln::Context ctx(model, o);
         const double d = rel_max_diff(all_logits(ctx, tokens), ref);
         // f32 everywhere: only accumulation order differs. f16 KV: the cache rounds to 11 bits.
@@ -368,7 +368,7 @@ TEST(SyntheticModel, QuantizedWeightsMatchNaiveForward) {
         const auto ref = naive_forward(c, w, tokens);
         kiln::ContextOptions o;
         o.n_ctx = 32;
-        o.kv_type = kiln::KvType::F32;
+        o.kv_type_k = o.kv_type_v = kiln::KvType::F32;
         kiln::Context ctx(kiln::Model::load(path), o);
         const double d = rel_max_diff(all_logits(ctx, tokens), ref);
         std::printf("[ naive     ] llama %-6s weights: max|d|/max|ref| = %.3g\n", kiln::type_name(t), d);

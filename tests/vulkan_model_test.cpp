@@ -97,6 +97,64 @@ TEST(VulkanReferenceLogitsIncremental, GptOssF32RingTokenByToken) { check_vulkan
 // MLA decode step by step (4 layers; deepseek2-lite-tiny's 26 take 12 s token by token on lavapipe).
 TEST(VulkanReferenceLogitsIncremental, Glm47FlashF32TokenByToken) { check_vulkan("glm4.7-flash-tiny.f32", ref::Mode::TokenByToken); }
 
+// Quantized KV caches on Vulkan. q8_0: the q8_0 files of every architecture against the
+// reference under the quantized-file bound, as on the CPU. q8_0 and q4_0: the whole model's
+// logits against the CPU backend's with the same cache type (both quantize K and V by the rules
+// of kernels/kv_quant.h), max|vulkan - cpu| <= 3e-3 * max|cpu| - the f32 files' bound - on the
+// f32 files (on quantized files the two backends' 8-bit activation rounding differs more).
+class VulkanReferenceLogitsQ8Cache : public ::testing::TestWithParam<std::string> {};
+TEST_P(VulkanReferenceLogitsQ8Cache, OneBatch) {
+    KILN_REQUIRE_VULKAN();
+    ref::check_model(GetParam(), ref::Run{ref::Mode::Batch, kiln::KvType::Q8_0, "vulkan", 8});
+}
+INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogitsQ8Cache,
+                         ::testing::Values("llama-tiny.q8_0", "gemma3-tiny.q8_0", "gpt-oss-tiny.q8_0",
+                                           "deepseek2-lite-tiny.q8_0", "glm4.7-flash-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
+                         [](const auto& info) { return ref::test_name(info.param); });
+
+class VulkanQuantizedCacheMatchesCpu : public ::testing::TestWithParam<std::tuple<std::string, kiln::KvType>> {};
+TEST_P(VulkanQuantizedCacheMatchesCpu, SameLogits) {
+    KILN_REQUIRE_VULKAN();
+    KILN_REQUIRE_SHARED("models");
+    const auto& [name, kv] = GetParam();
+    const fs::path dir = kiln::test::shared_dir() / "models";
+    const ref::Reference r = ref::load(dir / "reference" / (name + ".json"));
+    const kiln::Model model = kiln::Model::load((dir / (name + ".gguf")).string());
+    auto run = [&](const char* backend, ref::Mode mode) {
+        kiln::ContextOptions o;
+        o.n_ctx = static_cast<int64_t>(r.tokens.size());
+        o.n_threads = 2;
+        o.kv_type_k = o.kv_type_v = kv;
+        o.backend = backend;
+        if (mode == ref::Mode::SmallBatches) o.n_batch = 8;  // rings for the sliding-window layers
+        kiln::Context ctx(model, o);
+        EXPECT_STREQ(ctx.backend_name(), backend);
+        return ref::run_batch(ctx, r.tokens);
+    };
+    for (const ref::Mode mode : {ref::Mode::Batch, ref::Mode::SmallBatches}) {
+        const auto cpu = run("cpu", mode), gpu = run("vulkan", mode);
+        ASSERT_EQ(cpu.size(), gpu.size());
+        double max_ref = 0.0, max_d = 0.0;
+        for (size_t p = 0; p < cpu.size(); ++p)
+            for (size_t i = 0; i < cpu[p].size(); ++i) {
+                ASSERT_TRUE(std::isfinite(gpu[p][i])) << "position " << p;
+                max_ref = std::max(max_ref, std::fabs(static_cast<double>(cpu[p][i])));
+                max_d = std::max(max_d, std::fabs(static_cast<double>(gpu[p][i]) - cpu[p][i]));
+            }
+        std::printf("[ vulkan    ] %-24s kv %-4s %s: max|vulkan - cpu| = %.4g (%.2e of max|cpu|, bound 3e-3)\n",
+                    name.c_str(), kiln::kv_type_name(kv), mode == ref::Mode::Batch ? "one batch " : "batches of 8",
+                    max_d, max_d / max_ref);
+        EXPECT_LE(max_d, 3e-3 * max_ref) << name << " " << kiln::kv_type_name(kv);
+    }
+}
+INSTANTIATE_TEST_SUITE_P(Models, VulkanQuantizedCacheMatchesCpu,
+                         ::testing::Combine(::testing::Values("llama-tiny.f32", "gemma3-tiny.f32", "gpt-oss-tiny.f32",
+                                                              "glm4.7-flash-tiny.f32"),
+                                            ::testing::Values(kiln::KvType::Q8_0, kiln::KvType::Q4_0)),
+                         [](const auto& info) {
+                             return ref::test_name(std::get<0>(info.param)) + "_" + kiln::kv_type_name(std::get<1>(info.param));
+                         });
+
 // Vulkan against the CPU on a synthetic llama (no ../shared needed): one batch, uneven chunks, and
 // token by token, all logits.
 TEST(VulkanModel, MatchesCpuOnSyntheticModel) {
@@ -245,7 +303,7 @@ TEST(VulkanModel, DecodeIsOneSubmitAndNoNewBuffers) {
 TEST(VulkanModel, UnsupportedOpsAreNamed) {
     auto error_of = [](const kiln::graph::Graph& g) {
         try {
-            kiln::backend::vulkan_check_graph(g, kiln::KvType::F16);
+            kiln::backend::vulkan_check_graph(g, kiln::KvType::F16, kiln::KvType::F16);
         } catch (const kiln::Error& e) {
             return std::string(e.what());
         }
@@ -282,7 +340,7 @@ TEST(VulkanModel, UnsupportedOpsAreNamed) {
         g.store_kv(k, k, p);
         const std::string msg = [&] {
             try {
-                kiln::backend::vulkan_check_graph(g, kiln::KvType::F32);
+                kiln::backend::vulkan_check_graph(g, kiln::KvType::F16, kiln::KvType::F32);
             } catch (const kiln::Error& e) {
                 return std::string(e.what());
             }

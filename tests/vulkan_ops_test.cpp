@@ -23,6 +23,7 @@
 #include "backend/backend.h"
 #include "backend/vulkan/backend.h"
 #include "graph/graph.h"
+#include "kernels/kv_quant.h"
 #include "kiln/error.h"
 #include "quant/quant.h"
 
@@ -35,6 +36,7 @@ using kiln::graph::TensorId;
 using kiln::vk::Tensor;
 
 constexpr uint32_t kPoison = 0x7fc00000u;  // quiet NaN
+constexpr uint32_t kPoisonHalves = 0x7e007e00u;  // two f16 NaNs: poisons every scale of a quantized KV head
 
 class VulkanOps : public ::testing::Test {
 public:
@@ -421,6 +423,7 @@ struct AttnCase {
     bool sinks = false;
     bool mla = false;
     const char* name = "";
+    kiln::KvType kv = kiln::KvType::F16;  // both caches' type
 };
 
 }  // namespace
@@ -445,6 +448,7 @@ protected:
         ap.v_in_k = c.mla;
         kiln::backend::KvLayout layout;
         layout.n_ctx = n_ctx;
+        layout.type_k = layout.type_v = c.kv;
         kiln::backend::KvLayerShape ls;
         ls.n_head_kv = c.n_head_kv;
         ls.head_dim_k = c.dk;
@@ -457,8 +461,15 @@ protected:
 
         auto cpu_be = kiln::backend::make_cpu_backend(1);
         auto cpu_kv = cpu_be->alloc_kv(layout);
-        Tensor kc = poisoned(TensorType::F16, {c.dk, c.n_head_kv, slots}, "k_cache");
-        Tensor vc = c.mla ? kc : poisoned(TensorType::F16, {c.dv, c.n_head_kv, slots}, "v_cache");
+        // Poisoned: every half (an f16 value or a quantized head's scale) is a NaN until written.
+        const uint32_t poison = c.kv == kiln::KvType::F16 ? kPoison : kPoisonHalves;
+        Tensor kc = vk().kv_cache(c.kv, c.dk, c.n_head_kv, slots, "k_cache");
+        vk().fill(kc, poison);
+        Tensor vc = kc;
+        if (!c.mla) {
+            vc = vk().kv_cache(c.kv, c.dv, c.n_head_kv, slots, "v_cache");
+            vk().fill(vc, poison);
+        }
         const auto sinks = random_floats(static_cast<size_t>(c.n_head), 60, -2, 2);
         Tensor tsinks = f32(sinks, {c.n_head}, "sinks");
         std::vector<float> want;
@@ -480,17 +491,18 @@ protected:
             cpu.g.store_kv(tk, tv, ap);
             if (!attend) {  // store only (the graph's output: a cheap op on its K input)
                 cpu.run(cpu.g.add(tk, tk), cpu_be.get(), cpu_kv.get(), base);
-                vk().kv_write(f32(k, {c.dk, c.n_head_kv, m}, "k"), kc, static_cast<uint32_t>(base), ring);
-                if (!c.mla) vk().kv_write(f32(v, {c.dv, c.n_head_kv, m}, "v"), vc, static_cast<uint32_t>(base), ring);
+                vk().kv_write(f32(k, {c.dk, c.n_head_kv, m}, "k"), kc, static_cast<uint32_t>(base), ring, c.kv);
+                if (!c.mla) vk().kv_write(f32(v, {c.dv, c.n_head_kv, m}, "v"), vc, static_cast<uint32_t>(base), ring, c.kv);
                 base += m;
                 continue;
             }
             const TensorId ts = c.sinks ? cpu.g.weight("sinks", TensorType::F32, sinks.data(), c.n_head, 1) : kiln::graph::kNone;
             want = cpu.run(cpu.g.attention(cpu.input_f32(q, c.n_head * c.dk, m), ap, ts), cpu_be.get(), cpu_kv.get(), base);
 
-            vk().kv_write(f32(k, {c.dk, c.n_head_kv, m}, "k"), kc, static_cast<uint32_t>(base), ring);
-            if (!c.mla) vk().kv_write(f32(v, {c.dv, c.n_head_kv, m}, "v"), vc, static_cast<uint32_t>(base), ring);
+            vk().kv_write(f32(k, {c.dk, c.n_head_kv, m}, "k"), kc, static_cast<uint32_t>(base), ring, c.kv);
+            if (!c.mla) vk().kv_write(f32(v, {c.dv, c.n_head_kv, m}, "v"), vc, static_cast<uint32_t>(base), ring, c.kv);
             kiln::vk::AttentionParams p;
+            p.k_type = p.v_type = c.kv;
             p.pos0 = static_cast<uint32_t>(base);
             p.n_kv = static_cast<uint32_t>(base + m);
             p.scale = ap.scale;
@@ -607,6 +619,78 @@ TEST_F(VulkanAttentionOps, SplitKWithShortRangesAndEmptyChunks) {
                        err);
                 EXPECT_LT(err, 1e-4) << c.name << " prefix " << prefix << " n " << n << " chunks " << chunks;
             }
+}
+
+TEST_F(VulkanAttentionOps, QuantizedKvCachesMatchTheCpu) {
+    // q8_0 and q4_0 caches written by kv_write_quant and read by attention, against the CPU
+    // backend's store_kv + attention over the same quantization (kernels/kv_quant.h): GQA, a ring
+    // with a window and sinks, soft-capping, MLA 20:1 at K 576 / V 512 and MLA at K 80 / V 64
+    // (a head of two blocks and a short one), single pass and split-K.
+    using kiln::KvType;
+    using kiln::vk::AttentionKernel;
+    for (const KvType kv : {KvType::Q8_0, KvType::Q4_0}) {
+        const std::vector<AttnCase> cases = {
+            {8, 2, 128, 128, 0, 0, 0.0f, false, false, "gqa 8:2 d128", kv},
+            {4, 1, 64, 64, 16, 23, 50.0f, false, false, "ring 23, window 16, softcap", kv},
+            {4, 2, 32, 32, 8, 15, 0.0f, true, false, "ring 15, window 8, sinks", kv},
+            {20, 1, 576, 512, 0, 0, 0.0f, false, true, "mla 20:1 K576 V512", kv},
+            {4, 1, 80, 64, 0, 0, 0.0f, false, true, "mla 4:1 K80 V64", kv},
+        };
+        for (const AttnCase& c : cases)
+            for (auto [prefix, n] : {std::pair<int64_t, int64_t>{40, 1}, {45, 7}})
+                for (const AttentionKernel kernel : {AttentionKernel::Single, AttentionKernel::Split}) {
+                    if (c.slots && c.window + n - 1 > c.slots) continue;
+                    const double err = run_case(c, prefix, n, 8, true, kernel, kernel == AttentionKernel::Split ? 3 : 0);
+                    report(std::string(kiln::kv_type_name(kv)) + " " + c.name + " at " + std::to_string(prefix) +
+                               " n=" + std::to_string(n) + (kernel == AttentionKernel::Split ? " split" : ""),
+                           err);
+                    EXPECT_LT(err, 1e-4) << kiln::kv_type_name(kv) << " " << c.name << " prefix " << prefix << " n " << n;
+                }
+    }
+}
+
+TEST_F(VulkanOps, QuantizedKvWriteStoresTheCpuBytes) {
+    // The shader's codes and scales are the CPU's (kernels/kv_quant.h), byte for byte, for heads of
+    // whole and short blocks, in a ring; rows not written keep their poison.
+    using kiln::KvType;
+    for (const KvType kv : {KvType::Q8_0, KvType::Q4_0})
+        for (const int64_t dim : {int64_t{32}, int64_t{80}, int64_t{128}, int64_t{576}}) {
+            const int64_t heads = dim == 576 ? 1 : 3, slots = 6, n_tok = 4;
+            const kiln::backend::KvRowFormat f{kv, heads, dim};
+            const auto x = random_floats(static_cast<size_t>(heads * dim * n_tok), 91 + static_cast<uint32_t>(dim), -3, 3);
+            Tensor cache = vk().kv_cache(kv, dim, heads, slots, "cache");
+            vk().fill(cache, kPoisonHalves);
+            vk().kv_write(f32(x, {dim, heads, n_tok}, "x"), cache, 4, true, kv);  // positions 4..7: rows 4, 5, 0, 1
+            std::vector<uint8_t> got(cache.bytes());
+            vk().read(cache, got.data(), got.size());
+            std::vector<uint8_t> want(f.row_bytes());
+            size_t mismatched = 0;
+            for (int64_t t = 0; t < n_tok; ++t) {
+                const int64_t row = (4 + t) % slots;
+                std::fill(want.begin(), want.end(), uint8_t{0});
+                for (int64_t h = 0; h < heads; ++h) {
+                    uint8_t* head = want.data() + static_cast<size_t>(h) * f.head_bytes();
+                    auto* scales = reinterpret_cast<uint16_t*>(head + f.head_code_bytes());
+                    const float* xh = x.data() + (t * heads + h) * dim;
+                    if (kv == KvType::Q8_0) kiln::kernels::quantize_q8kv(xh, dim, reinterpret_cast<int8_t*>(head), scales);
+                    else kiln::kernels::quantize_q4kv(xh, dim, head, scales);
+                }
+                for (int64_t h = 0; h < heads; ++h) {
+                    const size_t off = static_cast<size_t>(row) * f.row_bytes() + static_cast<size_t>(h) * f.head_bytes();
+                    // Codes and scales; the padding after an odd number of scales is not compared.
+                    const size_t used = f.head_code_bytes() + static_cast<size_t>(f.blocks_per_head()) * 2;
+                    for (size_t i = 0; i < used; ++i)
+                        mismatched += got[off + i] != want[static_cast<size_t>(h) * f.head_bytes() + i];
+                }
+            }
+            EXPECT_EQ(mismatched, 0u) << kiln::kv_type_name(kv) << " dim " << dim;
+            for (const int64_t row : {int64_t{2}, int64_t{3}})  // not written
+                for (size_t i = 0; i < f.row_bytes(); i += 4) {
+                    uint32_t w;
+                    std::memcpy(&w, got.data() + static_cast<size_t>(row) * f.row_bytes() + i, 4);
+                    ASSERT_EQ(w, kPoisonHalves) << "row " << row;
+                }
+        }
 }
 
 TEST_F(VulkanOps, RingKvWriteWrapsAndRefusesMoreThanItHolds) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "graph/graph.h"
@@ -26,13 +27,34 @@ struct KvLayerShape {
     bool v_in_k = false;  // MLA: V is the head of each K row; only K is stored
     int64_t n_slots = 0;  // 0: n_ctx (a full layer); else a ring of this many slots
 
-    size_t row_bytes(KvType t) const;  // K (+ V) bytes of one slot
+    size_t row_bytes(KvType type_k, KvType type_v) const;  // K (+ V) bytes of one slot
 };
+
+// One slot's K (or V) row of a layer: n_head heads of `dim` elements, one after another. An F32 or
+// F16 head is its values. A Q8_0 or Q4_0 head (kernels/kv_quant.h) is its codes (dim bytes, or
+// dim / 2), then its f16 scales (kv_blocks(dim)), padded to 4 bytes so that every head starts on
+// a 32-bit word (the Vulkan shaders read words; that is why dim must be a multiple of 4 for Q8_0
+// and of 8 for Q4_0).
+struct KvRowFormat {
+    KvType type = KvType::F16;
+    int64_t n_head = 0, dim = 0;
+
+    int64_t blocks_per_head() const;  // scales per head (0 unless quantized)
+    size_t head_code_bytes() const;   // a head's codes (its values for F32/F16)
+    size_t head_bytes() const;        // a head, scales and padding included
+    size_t row_bytes() const { return static_cast<size_t>(n_head) * head_bytes(); }
+    bool valid() const;  // dim suits the type
+    // Throws kiln::Error naming `what` unless valid().
+    void check(const std::string& what) const;
+};
+
 struct KvLayout {
     std::vector<KvLayerShape> layers;
     int64_t n_ctx = 0;
-    KvType type = KvType::F16;
+    KvType type_k = KvType::F16, type_v = KvType::F16;  // an MLA layer (v_in_k) stores K only
 
+    KvRowFormat k_row(size_t layer) const;
+    KvRowFormat v_row(size_t layer) const;  // an MLA layer's V lies in its K rows: k_row's format
     int64_t slots(size_t layer) const;  // slots of that layer (n_ctx for a full one)
     bool is_ring(size_t layer) const { return slots(layer) < n_ctx; }
     size_t layer_bytes(size_t layer) const;

@@ -101,7 +101,8 @@ Context::Context(const Model& model, const ContextOptions& options) {
     }
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
-    layout.type = c.opt.kv_type;
+    layout.type_k = c.opt.kv_type_k;
+    layout.type_v = c.opt.kv_type_v;
     for (const model::KvLayerSpec& l : c.m.arch->kv_layers()) {
         backend::KvLayerShape s;
         s.n_head_kv = l.n_head_kv;
@@ -249,10 +250,11 @@ size_t Context::kv_bytes() const { return impl_->kv->bytes(); }
 KvStats Context::kv_stats() const {
     const backend::KvLayout& L = impl_->kv->layout();
     KvStats st;
-    st.type = L.type;
+    st.type_k = L.type_k;
+    st.type_v = L.type_v;
     st.n_ctx = L.n_ctx;
     for (size_t il = 0; il < L.layers.size(); ++il) {
-        const size_t row = L.layers[il].row_bytes(L.type);
+        const size_t row = L.layers[il].row_bytes(L.type_k, L.type_v);
         if (L.is_ring(il)) {
             ++st.n_sliding_layers;
             st.sliding_slots = L.slots(il);
@@ -270,7 +272,12 @@ KvStats Context::kv_stats() const {
 std::string Context::kv_summary() const {
     const KvStats s = kv_stats();
     auto mib = [](size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
-    std::string out = fmt::format("KV cache {} {:.2f} MiB:", kv_type_name(s.type), mib(s.full_bytes + s.sliding_bytes));
+    const backend::KvLayout& L = impl_->kv->layout();
+    const bool stores_v = std::any_of(L.layers.begin(), L.layers.end(), [](const auto& l) { return !l.v_in_k; });
+    const std::string type = !stores_v                ? fmt::format("{} (MLA: K only)", kv_type_name(s.type_k))
+                             : s.type_k == s.type_v ? std::string(kv_type_name(s.type_k))
+                                                    : fmt::format("K {} V {}", kv_type_name(s.type_k), kv_type_name(s.type_v));
+    std::string out = fmt::format("KV cache {} {:.2f} MiB:", type, mib(s.full_bytes + s.sliding_bytes));
     if (s.n_full_layers > 0)
         out += fmt::format(" {} full layers x {} tokens x {} B/token", s.n_full_layers, s.n_ctx, s.full_bytes_per_token);
     if (s.n_sliding_layers > 0)

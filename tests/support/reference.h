@@ -137,7 +137,7 @@ inline void check_model(const std::string& name, const Run& run) {
     ContextOptions opts;
     opts.n_ctx = static_cast<int64_t>(ref.tokens.size());
     opts.n_threads = 2;
-    opts.kv_type = run.kv;
+    opts.kv_type_k = opts.kv_type_v = run.kv;
     opts.backend = run.backend;
     if (run.mode == Mode::SmallBatches) opts.n_batch = run.small_batch;
     if (run.mode == Mode::TokenByToken) opts.n_batch = 1;

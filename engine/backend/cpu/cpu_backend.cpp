@@ -14,32 +14,13 @@
 
 #include "backend/backend.h"
 #include "kernels/matmul.h"
+#include "kernels/kv_quant.h"
 #include "kernels/ops.h"
 #include "kernels/threadpool.h"
 #include "kiln/error.h"
 #include "quant/quant.h"
 
 namespace kiln::backend {
-
-size_t KvLayerShape::row_bytes(KvType t) const {
-    const size_t el = t == KvType::F16 ? 2 : 4;
-    return static_cast<size_t>(n_head_kv) * static_cast<size_t>(head_dim_k + (v_in_k ? 0 : head_dim_v)) * el;
-}
-
-int64_t KvLayout::slots(size_t layer) const {
-    const int64_t n = layers.at(layer).n_slots;
-    return n > 0 && n < n_ctx ? n : n_ctx;
-}
-
-size_t KvLayout::layer_bytes(size_t layer) const {
-    return static_cast<size_t>(slots(layer)) * layers.at(layer).row_bytes(type);
-}
-
-size_t KvLayout::bytes() const {
-    size_t total = 0;
-    for (size_t il = 0; il < layers.size(); ++il) total += layer_bytes(il);
-    return total;
-}
 
 namespace {
 
@@ -61,18 +42,18 @@ AlignedBuf aligned_bytes(size_t n) {
     return AlignedBuf(static_cast<uint8_t*>(p));
 }
 
-// K and V of every layer, one row per slot: row = n_head_kv heads of head_dim elements. An MLA
-// layer (v_in_k) stores K only: V is read from the head of each K row.
+// K and V of every layer, one row per slot (KvRowFormat: n_head_kv heads of head_dim elements, f32,
+// f16 or quantized). An MLA layer (v_in_k) stores K only: V is read from the head of each K row.
 class CpuKv final : public KvBuffers {
 public:
     CpuKv(const KvLayout& layout, int n_threads) : layout_(layout), n_threads_(n_threads) {
-        const size_t el = layout.type == KvType::F16 ? 2 : 4;
         for (size_t il = 0; il < layout.layers.size(); ++il) {
             const KvLayerShape& l = layout.layers[il];
             const size_t n = static_cast<size_t>(layout.slots(il));
-            k_.push_back(aligned_bytes(n * static_cast<size_t>(l.n_head_kv) * static_cast<size_t>(l.head_dim_k) * el));
-            v_.push_back(l.v_in_k ? AlignedBuf()
-                                  : aligned_bytes(n * static_cast<size_t>(l.n_head_kv) * static_cast<size_t>(l.head_dim_v) * el));
+            layout.k_row(il).check(fmt::format("cpu backend: layer {} keys", il));
+            k_.push_back(aligned_bytes(n * layout.k_row(il).row_bytes()));
+            if (!l.v_in_k) layout.v_row(il).check(fmt::format("cpu backend: layer {} values", il));
+            v_.push_back(l.v_in_k ? AlignedBuf() : aligned_bytes(n * layout.v_row(il).row_bytes()));
         }
         // Per thread: the scores of one query head over the whole context.
         scores_stride_ = static_cast<size_t>(layout.n_ctx + 16);
@@ -90,6 +71,60 @@ private:
     std::vector<AlignedBuf> k_, v_;
     AlignedBuf scores_;
     size_t scores_stride_ = 0;
+};
+
+// The rows of one layer's K or V buffer in their stored type: writes a slot's row from floats,
+// dots a query head with a stored head and adds a weighted stored head to an accumulator.
+class KvRows {
+public:
+    KvRows(const KvRowFormat& f, uint8_t* base)
+        : f_(f), base_(base), row_(f.row_bytes()), head_(f.head_bytes()), head_codes_(f.head_code_bytes()) {}
+
+    // Row `slot` from n_head * dim floats.
+    void store(int64_t slot, const float* x) const {
+        uint8_t* r = base_ + static_cast<size_t>(slot) * row_;
+        const int64_t n = f_.n_head * f_.dim;
+        switch (f_.type) {
+            case KvType::F32: std::memcpy(r, x, static_cast<size_t>(n) * 4); return;
+            case KvType::F16: kernels::f32_to_f16(x, reinterpret_cast<uint16_t*>(r), n); return;
+            case KvType::Q8_0:
+            case KvType::Q4_0:
+                for (int64_t h = 0; h < f_.n_head; ++h) {
+                    uint8_t* codes = r + static_cast<size_t>(h) * head_;
+                    uint16_t* sc = reinterpret_cast<uint16_t*>(codes + head_codes_);
+                    if (f_.type == KvType::Q8_0) kernels::quantize_q8kv(x + h * f_.dim, f_.dim, reinterpret_cast<int8_t*>(codes), sc);
+                    else kernels::quantize_q4kv(x + h * f_.dim, f_.dim, codes, sc);
+                }
+                return;
+        }
+    }
+    // sum q[i] * head[i] over the first n elements of head h of row `slot`.
+    float dot(const float* q, int64_t slot, int64_t h, int64_t n) const {
+        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+        switch (f_.type) {
+            case KvType::F32: return kernels::dot_f32(q, reinterpret_cast<const float*>(c), n);
+            case KvType::F16: return kernels::dot_f32_f16(q, reinterpret_cast<const uint16_t*>(c), n);
+            case KvType::Q8_0: return kernels::dot_f32_q8kv(q, reinterpret_cast<const int8_t*>(c), scales(c), n);
+            case KvType::Q4_0: return kernels::dot_f32_q4kv(q, c, scales(c), n);
+        }
+        return 0.0f;
+    }
+    // y += w * (the first n elements of head h of row `slot`).
+    void axpy(float w, int64_t slot, int64_t h, float* y, int64_t n) const {
+        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+        switch (f_.type) {
+            case KvType::F32: return kernels::axpy_f32(w, reinterpret_cast<const float*>(c), y, n);
+            case KvType::F16: return kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(c), y, n);
+            case KvType::Q8_0: return kernels::axpy_q8kv(w, reinterpret_cast<const int8_t*>(c), scales(c), y, n);
+            case KvType::Q4_0: return kernels::axpy_q4kv(w, c, scales(c), y, n);
+        }
+    }
+
+private:
+    const uint16_t* scales(const uint8_t* head) const { return reinterpret_cast<const uint16_t*>(head + head_codes_); }
+    KvRowFormat f_;
+    uint8_t* base_;
+    size_t row_, head_, head_codes_;
 };
 
 class CpuBackend;
@@ -451,20 +486,12 @@ void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base, int64_t T0,
     const int64_t vw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_v;
     const float* pk = f32(n.src[0]) + T0 * kw;
     const float* pv = p.v_in_k ? nullptr : f32(n.src[1]) + T0 * vw;
-    // Contiguous runs of slots (a ring wraps at most a few times per batch).
-    for (int64_t t0 = 0; t0 < n_tok;) {
-        const int64_t slot = (base + t0) % slots;
-        const int64_t run = std::min(n_tok - t0, slots - slot);
-        if (L.type == KvType::F16) {
-            kernels::f32_to_f16(pk + t0 * kw, reinterpret_cast<uint16_t*>(kv.k(p.layer)) + slot * kw, run * kw);
-            if (pv) kernels::f32_to_f16(pv + t0 * vw, reinterpret_cast<uint16_t*>(kv.v(p.layer)) + slot * vw, run * vw);
-        } else {
-            std::memcpy(reinterpret_cast<float*>(kv.k(p.layer)) + slot * kw, pk + t0 * kw, static_cast<size_t>(run * kw) * 4);
-            if (pv)
-                std::memcpy(reinterpret_cast<float*>(kv.v(p.layer)) + slot * vw, pv + t0 * vw,
-                            static_cast<size_t>(run * vw) * 4);
-        }
-        t0 += run;
+    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));
+    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), pv ? kv.v(p.layer) : nullptr);
+    for (int64_t t = 0; t < n_tok; ++t) {
+        const int64_t slot = (base + t) % slots;
+        krows.store(slot, pk + t * kw);
+        if (pv) vrows.store(slot, pv + t * vw);
     }
 }
 
@@ -485,10 +512,6 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
                                 p.layer, slots, p.window, n_tok));
     const int dk = p.head_dim_k, dv = p.head_dim_v;
     const int group = p.n_head / p.n_head_kv;
-    const int64_t kw = static_cast<int64_t>(p.n_head_kv) * dk;
-    // V rows: their own buffer, or (MLA) the head of each K row.
-    const int64_t vw = p.v_in_k ? kw : static_cast<int64_t>(p.n_head_kv) * dv;
-    const int vh = p.v_in_k ? dk : dv;  // stride between the V heads of a row
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
     const float* sinks = nullptr;
     if (n.src[1] != graph::kNone) {
@@ -496,9 +519,9 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
         sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
     }
     float* out = f32(n.dst) + T0 * (static_cast<int64_t>(p.n_head) * dv);
-    const bool f16 = L.type == KvType::F16;
-    const uint8_t* kbase = kv.k(p.layer);
-    const uint8_t* vbase = p.v_in_k ? kbase : kv.v(p.layer);
+    // V rows: their own buffer, or (MLA) the head of each K row.
+    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));
+    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), p.v_in_k ? kv.k(p.layer) : kv.v(p.layer));
     const int64_t items = n_tok * p.n_head;
     const float cap = p.softcap;
 
@@ -516,9 +539,7 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
 
             int64_t slot = first % slots;
             for (int64_t j = 0; j < len; ++j) {
-                float s = f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + slot * kw + kvh * dk, dk)
-                              : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + slot * kw + kvh * dk, dk);
-                s *= p.scale;
+                float s = krows.dot(qh, slot, kvh, dk) * p.scale;
                 if (cap > 0.0f) s = cap * std::tanh(s / cap);
                 scores[j] = s;
                 if (++slot == slots) slot = 0;
@@ -530,12 +551,7 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
             std::fill(oh, oh + dv, 0.0f);
             slot = first % slots;
             for (int64_t j = 0; j < len; ++j) {
-                const float w = scores[j];
-                if (f16) {
-                    kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(vbase) + slot * vw + kvh * vh, oh, dv);
-                } else {
-                    kernels::axpy_f32(w, reinterpret_cast<const float*>(vbase) + slot * vw + kvh * vh, oh, dv);
-                }
+                vrows.axpy(scores[j], slot, kvh, oh, dv);
                 if (++slot == slots) slot = 0;
             }
         }
@@ -639,8 +655,7 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
     const int dk = p.head_dim_k, dv = p.head_dim_v, H = p.n_head;
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
     float* out = f32(n.dst) + T0 * (static_cast<int64_t>(H) * dv);
-    const bool f16 = L.type == KvType::F16;
-    const uint8_t* kbase = kv.k(p.layer);
+    const KvRows rows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));  // V = the head of each K row
     // Chunk size: as many heads as keep every thread busy (at least two items each), at most kMaxChunk.
     const int64_t threads = be_.pool().size();
     const int chunk = static_cast<int>(std::clamp<int64_t>(H * n_tok / (2 * threads), 1, kMaxChunk));
@@ -663,15 +678,9 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
             }
             for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
                 const int jb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
-                for (int j = 0; j < jb; ++j) {
-                    const int64_t row = (j0 + j) * dk;
-                    for (int c = 0; c < nc; ++c) {
-                        const float* qh = qt + static_cast<int64_t>(h0 + c) * dk;
-                        const float s = f16 ? kernels::dot_f32_f16(qh, reinterpret_cast<const uint16_t*>(kbase) + row, dk)
-                                            : kernels::dot_f32(qh, reinterpret_cast<const float*>(kbase) + row, dk);
-                        sc[c][j] = s * p.scale;
-                    }
-                }
+                for (int j = 0; j < jb; ++j)
+                    for (int c = 0; c < nc; ++c)
+                        sc[c][j] = rows.dot(qt + static_cast<int64_t>(h0 + c) * dk, j0 + j, 0, dk) * p.scale;
                 for (int c = 0; c < nc; ++c) {
                     float bm = mx[c];
                     for (int j = 0; j < jb; ++j) bm = std::max(bm, sc[c][j]);
@@ -686,13 +695,8 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
                         sum[c] += sc[c][j];
                     }
                 }
-                for (int j = 0; j < jb; ++j) {
-                    const int64_t row = (j0 + j) * dk;  // V = the head of the K row
-                    for (int c = 0; c < nc; ++c) {
-                        if (f16) kernels::axpy_f16(sc[c][j], reinterpret_cast<const uint16_t*>(kbase) + row, acc + c * dv, dv);
-                        else kernels::axpy_f32(sc[c][j], reinterpret_cast<const float*>(kbase) + row, acc + c * dv, dv);
-                    }
-                }
+                for (int j = 0; j < jb; ++j)
+                    for (int c = 0; c < nc; ++c) rows.axpy(sc[c][j], j0 + j, 0, acc + c * dv, dv);
             }
             for (int c = 0; c < nc; ++c) {
                 float* oh = out + t * (static_cast<int64_t>(H) * dv) + static_cast<int64_t>(h0 + c) * dv;

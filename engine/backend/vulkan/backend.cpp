@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "backend/backend.h"
 #include "kiln/error.h"
 
 namespace kiln::vk {
@@ -503,38 +504,79 @@ void Backend::swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) {
 
 // ---- KV cache and attention ----------------------------------------------------------------
 
-void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring) {
+namespace {
+
+uint32_t kv_type_code(KvType t) { return t == KvType::Q8_0 ? 1u : t == KvType::Q4_0 ? 2u : 0u; }
+
+// Checks that `cache` holds heads of `dim` elements of `type` and returns their format.
+backend::KvRowFormat kv_format(const Tensor& cache, KvType type, int64_t dim, const char* op, const char* role) {
+    if (type != KvType::F16 && !kv_type_quantized(type))
+        throw Error(fmt::format("vk {}: a {} KV cache is not supported (f16, q8_0, q4_0 are)", op, kv_type_name(type)));
+    const backend::KvRowFormat f{type, cache.ne(1), dim};
+    if (!f.valid()) f.check(fmt::format("vk {}: {}", op, role));  // formats only to throw: decode allocates nothing
+    require_type(cache, type == KvType::F16 ? TensorType::F16 : TensorType::I8, op, role);
+    if (cache.ne(0) * static_cast<int64_t>(type == KvType::F16 ? 2 : 1) != static_cast<int64_t>(f.head_bytes()))
+        throw Error(fmt::format("vk {}: {} '{}' {} does not hold {} heads of {} elements", op, role, cache.name(),
+                                cache.shape_string(), kv_type_name(type), dim));
+    return f;
+}
+
+}  // namespace
+
+Tensor Backend::kv_cache(KvType type, int64_t head_dim, int64_t n_kv_head, int64_t n_ctx, const std::string& name) {
+    if (type == KvType::F16) return tensor(TensorType::F16, {head_dim, n_kv_head, n_ctx}, name);
+    if (!kv_type_quantized(type))
+        throw Error(fmt::format("vk kv_cache: a {} KV cache is not supported (f16, q8_0, q4_0 are)", kv_type_name(type)));
+    const backend::KvRowFormat f{type, n_kv_head, head_dim};
+    f.check(fmt::format("vk kv_cache '{}'", name));
+    return tensor(TensorType::I8, {static_cast<int64_t>(f.head_bytes()), n_kv_head, n_ctx}, name);
+}
+
+void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring, KvType type) {
     require_type(src, TensorType::F32, "kv_write", "src");
-    require_type(cache, TensorType::F16, "kv_write", "cache");
-    const int64_t width = cache.ne(0) * cache.ne(1), n_ctx = cache.ne(2) * cache.ne(3), n_tok = src.ne(2) * src.ne(3);
-    if (src.ne(0) != cache.ne(0) || src.ne(1) != cache.ne(1))
-        throw Error(fmt::format("vk kv_write: src '{}' {} and cache '{}' {} differ in head_dim or heads", src.name(),
+    const int64_t dim = src.ne(0), n_ctx = cache.ne(2) * cache.ne(3), n_tok = src.ne(2) * src.ne(3);
+    const backend::KvRowFormat f = kv_format(cache, type, dim, "kv_write", "cache");
+    if (src.ne(1) != cache.ne(1))
+        throw Error(fmt::format("vk kv_write: src '{}' {} and cache '{}' {} differ in heads", src.name(),
                                 src.shape_string(), cache.name(), cache.shape_string()));
-    if (width % 2) throw Error(fmt::format("vk kv_write: cache rows of {} halves; the shader needs an even width", width));
+    if (type == KvType::F16 && (dim * cache.ne(1)) % 2)
+        throw Error(fmt::format("vk kv_write: cache rows of {} halves; the shader needs an even width", dim * cache.ne(1)));
     if (ring ? n_tok > n_ctx : static_cast<int64_t>(pos) + n_tok > n_ctx)
         throw Error(fmt::format("vk kv_write: positions {}..{} pass the {}cache '{}' of {} positions", pos,
                                 static_cast<int64_t>(pos) + n_tok - 1, ring ? "ring " : "", cache.name(), n_ctx));
-    const uint32_t pc[5] = {u32(width, "width"), u32(n_tok, "n_tok"), pos, u32(width, "width"), u32(n_ctx, "slots")};
     Binding b[] = {bind(src, false), bind(cache, true)};
-    const auto& p = ctx_->pipeline("kv_write", {wg_elementwise_}, 2);
     uint32_t gx, gy;
-    groups_for(ceil_div(static_cast<uint64_t>(width / 2 * n_tok), wg_elementwise_), &gx, &gy);
+    if (type == KvType::F16) {
+        const int64_t width = dim * cache.ne(1);
+        const uint32_t pc[5] = {u32(width, "width"), u32(n_tok, "n_tok"), pos, u32(width, "width"), u32(n_ctx, "slots")};
+        const auto& p = ctx_->pipeline("kv_write", {wg_elementwise_}, 2);
+        groups_for(ceil_div(static_cast<uint64_t>(width / 2 * n_tok), wg_elementwise_), &gx, &gy);
+        ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
+        return;
+    }
+    const auto n_blocks = static_cast<uint32_t>(f.blocks_per_head());
+    const uint32_t scale_words = (n_blocks + 1) / 2;
+    const uint32_t pc[10] = {u32(dim, "dim"), u32(cache.ne(1), "heads"), u32(n_tok, "n_tok"), pos,
+                             u32(dim * cache.ne(1), "src stride"), u32(n_ctx, "slots"),
+                             static_cast<uint32_t>(f.head_bytes() / 4), static_cast<uint32_t>(f.head_code_bytes() / 4),
+                             n_blocks, scale_words};
+    const auto& p = ctx_->pipeline("kv_write_quant", {wg_elementwise_, type == KvType::Q4_0 ? 1u : 0u}, 2);
+    groups_for(ceil_div(static_cast<uint64_t>(n_tok * cache.ne(1)) * scale_words, wg_elementwise_), &gx, &gy);
     ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
 }
 
 void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
                         const AttentionParams& ap, const Tensor* sinks) {
     require_type(q, TensorType::F32, "attention", "q");
-    require_type(k_cache, TensorType::F16, "attention", "k_cache");
-    require_type(v_cache, TensorType::F16, "attention", "v_cache");
     require_type(out, TensorType::F32, "attention", "out");
     const int64_t Dk = q.ne(0), n_head = q.ne(1), n_tok = q.ne(2) * q.ne(3);
-    const int64_t Dv = ap.v_in_k ? ap.dv : v_cache.ne(0), n_kv_head = k_cache.ne(1), n_ctx = k_cache.ne(2) * k_cache.ne(3);
-    if (k_cache.ne(0) != Dk)
-        throw Error(fmt::format("vk attention: q '{}' {} and k_cache '{}' {} differ in head_dim", q.name(),
-                                q.shape_string(), k_cache.name(), k_cache.shape_string()));
+    const int64_t Dv = ap.v_in_k ? ap.dv : out.ne(0), n_kv_head = k_cache.ne(1), n_ctx = k_cache.ne(2) * k_cache.ne(3);
+    const backend::KvRowFormat kf = kv_format(k_cache, ap.k_type, Dk, "attention", "k_cache");
     if (ap.v_in_k && (v_cache.buffer_ != k_cache.buffer_ || v_cache.offset_ != k_cache.offset_ || Dv <= 0 || Dv > Dk))
         throw Error(fmt::format("vk attention: MLA reads V ({} of each K head of {}) from the K cache itself", Dv, Dk));
+    // MLA: a value is the head of its K head, stored in K's format.
+    const backend::KvRowFormat vf =
+        ap.v_in_k ? kf : kv_format(v_cache, ap.v_type, Dv, "attention", "v_cache");
     if (v_cache.ne(1) != n_kv_head || v_cache.ne(2) * v_cache.ne(3) != n_ctx)
         throw Error(fmt::format("vk attention: k_cache {} and v_cache {} differ in heads or positions",
                                 k_cache.shape_string(), v_cache.shape_string()));
@@ -582,11 +624,14 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
     struct {
         uint32_t Dk, Dv, n_head, n_kv_head, n_tok, pos0, n_kv, window, q_stride, o_stride;
         float scale, softcap;
-        uint32_t n_slots, v_row, v_head;
+        uint32_t n_slots, k_row, k_head, v_row, v_head, k_scale, v_scale;
         uint32_t n_chunks, chunk, k0, acc_off;
     } pc{u32(Dk, "Dk"), u32(Dv, "Dv"), u32(n_head, "n_head"), u32(n_kv_head, "n_kv_head"), u32(n_tok, "n_tok"),
          ap.pos0, ap.n_kv, ap.window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale,
-         ap.softcap, u32(n_ctx, "slots"), u32(n_kv_head * (ap.v_in_k ? Dk : Dv), "v row"), u32(ap.v_in_k ? Dk : Dv, "v head"),
+         ap.softcap, u32(n_ctx, "slots"), u32(static_cast<int64_t>(kf.row_bytes() / 4), "k row"),
+         u32(static_cast<int64_t>(kf.head_bytes() / 4), "k head"), u32(static_cast<int64_t>(vf.row_bytes() / 4), "v row"),
+         u32(static_cast<int64_t>(vf.head_bytes() / 4), "v head"), u32(static_cast<int64_t>(kf.head_code_bytes() / 4), "k scales"),
+         u32(static_cast<int64_t>(vf.head_code_bytes() / 4), "v scales"),
          static_cast<uint32_t>(n_chunks), static_cast<uint32_t>(chunk), k0, u32(static_cast<int64_t>(2 * rows), "acc offset")};
     Binding part = bind(out, true);  // unused by the single pass
     if (split) {
@@ -601,7 +646,8 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
     }
     const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, !split),
                          bind(sinks ? *sinks : q, false), part};
-    const auto& p = ctx_->pipeline("attention", {wg_attention_, sinks ? 1u : 0u, split ? 1u : 0u}, 6);
+    const auto& p = ctx_->pipeline(
+        "attention", {wg_attention_, sinks ? 1u : 0u, split ? 1u : 0u, kv_type_code(kf.type), kv_type_code(vf.type)}, 6);
     uint32_t gx, gy;
     groups_for(rows, &gx, &gy);
     ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);

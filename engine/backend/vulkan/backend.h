@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "backend/vulkan/context.h"
+#include "kiln/types.h"
 #include "quant/types.h"
 
 namespace kiln::vk {
@@ -110,6 +111,9 @@ struct AttentionParams {
     // head (dv <= Dk).
     bool v_in_k = false;
     uint32_t dv = 0;
+    // How the caches store a head (backend::KvRowFormat): F16 caches are F16 tensors [D, n_kv_head,
+    // rows]; Q8_0 / Q4_0 caches are I8 tensors [head bytes, n_kv_head, rows] (see kv_write).
+    KvType k_type = KvType::F16, v_type = KvType::F16;
     AttentionKernel kernel = AttentionKernel::Auto;
     uint32_t split_chunks = 0;  // Split: the number of chunks (0: chosen from the shape)
 };
@@ -211,11 +215,15 @@ public:
     // out [n_head * (da + db), n]: per head, a's head (da) then b's head (db).
     void concat_heads(const Tensor& a, const Tensor& b, const Tensor& out, int n_head);
     // Writes src [head_dim, n_kv_head, n_tok] f32 into cache positions pos .. pos + n_tok - 1 of
-    // cache [head_dim, n_kv_head, n_ctx] F16 (rounded to nearest even). ring: the cache is a ring
-    // of its rows (position j in row j % rows; n_tok <= rows), positions may pass them.
-    void kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring = false);
-    // q [Dk, n_head, n_tok] f32; k_cache [Dk, n_kv_head, n_ctx] F16; v_cache [Dv, n_kv_head,
-    // n_ctx] F16; out [Dv, n_head, n_tok] f32. Causal (token t at pos0 + t sees cache rows
+    // the cache: type F16, cache [head_dim, n_kv_head, n_ctx] F16 (rounded to nearest even); type
+    // Q8_0 / Q4_0, cache [head bytes, n_kv_head, n_ctx] I8 holding backend::KvRowFormat heads
+    // (quantized as kernels/kv_quant.h says; head_dim a multiple of 4 / 8). ring: the cache is a
+    // ring of its rows (position j in row j % rows; n_tok <= rows), positions may pass them.
+    void kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring = false, KvType type = KvType::F16);
+    // A cache tensor of n_ctx rows of n_kv_head heads of head_dim elements of `type` (F16 or I8).
+    Tensor kv_cache(KvType type, int64_t head_dim, int64_t n_kv_head, int64_t n_ctx, const std::string& name);
+    // q [Dk, n_head, n_tok] f32; k_cache [Dk, n_kv_head, n_ctx] F16 (or a quantized cache, p.k_type);
+    // v_cache [Dv, n_kv_head, n_ctx] likewise (p.v_type); out [Dv, n_head, n_tok] f32. Causal (token t at pos0 + t sees cache rows
     // <= pos0 + t), grouped-query (n_head a multiple of n_kv_head), optional sliding window;
     // tiled online softmax (memory O(tile), not O(context)). Dk <= 576, Dv <= 512, both even.
     // Optional: soft-capping, a ring cache, MLA (v_cache = k_cache, p.v_in_k, p.dv), sinks [n_head]

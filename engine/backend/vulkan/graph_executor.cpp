@@ -48,7 +48,7 @@ void check_weight_type(const graph::Graph& g, const Node& n, TensorId id, bool a
 
 }  // namespace
 
-void vulkan_check_graph(const graph::Graph& g, KvType kv_type) {
+void vulkan_check_graph(const graph::Graph& g, KvType type_k, KvType type_v) {
     for (const Node& n : g.nodes()) {
         switch (n.op) {
             case Op::GetRows:
@@ -73,8 +73,13 @@ void vulkan_check_graph(const graph::Graph& g, KvType kv_type) {
             case Op::StoreKV:
             case Op::Attention: {
                 const auto& a = n.attn;
-                if (kv_type != KvType::F16)
-                    unsupported(g, n, fmt::format("KV cache type {} (the Vulkan cache is f16)", kv_type_name(kv_type)));
+                for (const KvType t : {type_k, type_v})
+                    if (t != KvType::F16 && !kv_type_quantized(t))
+                        unsupported(g, n, fmt::format("KV cache type {} (the Vulkan cache is f16, q8_0 or q4_0)", kv_type_name(t)));
+                for (const auto& [t, dim] : {std::pair{type_k, a.head_dim_k}, std::pair{type_v, a.v_in_k ? a.head_dim_k : a.head_dim_v}})
+                    if ((t == KvType::Q8_0 && dim % 4) || (t == KvType::Q4_0 && dim % 8))
+                        unsupported(g, n, fmt::format("a {} KV cache with heads of {} (a multiple of {} is needed)",
+                                                      kv_type_name(t), dim, t == KvType::Q8_0 ? 4 : 8));
                 if (a.head_dim_k % 2 || a.head_dim_v % 2 || a.head_dim_k > kMaxHeadDimK || a.head_dim_v > kMaxHeadDimV)
                     unsupported(g, n, fmt::format("head sizes K {} / V {} (the shader takes even sizes, K <= {}, V <= {})",
                                                   a.head_dim_k, a.head_dim_v, kMaxHeadDimK, kMaxHeadDimV));
@@ -123,10 +128,11 @@ namespace {
 class VkKv final : public KvBuffers {
 public:
     VkKv(vk::Backend& vk, const KvLayout& layout) : layout_(layout) {
-        if (layout.type != KvType::F16)
-            throw Error(fmt::format("vulkan: a KV cache of type {} is not supported yet (the Vulkan cache is f16); use "
-                                    "--backend cpu",
-                                    kv_type_name(layout.type)));
+        for (const KvType t : {layout.type_k, layout.type_v})
+            if (t != KvType::F16 && !kv_type_quantized(t))
+                throw Error(fmt::format("vulkan: a KV cache of type {} is not supported (f16, q8_0 and q4_0 are); use "
+                                        "--backend cpu",
+                                        kv_type_name(t)));
         std::string why;
         if (!vk.fits(layout.bytes(), &why))
             throw Error(fmt::format("vulkan: the KV cache of {} positions ({} bytes) does not fit: {}", layout.n_ctx,
@@ -134,9 +140,9 @@ public:
         for (size_t il = 0; il < layout.layers.size(); ++il) {
             const KvLayerShape& l = layout.layers[il];
             const int64_t slots = layout.slots(il);
-            k_.push_back(vk.tensor(TensorType::F16, {l.head_dim_k, l.n_head_kv, slots}, fmt::format("cache_k.{}", il)));
+            k_.push_back(vk.kv_cache(layout.type_k, l.head_dim_k, l.n_head_kv, slots, fmt::format("cache_k.{}", il)));
             v_.push_back(l.v_in_k ? k_.back()
-                                  : vk.tensor(TensorType::F16, {l.head_dim_v, l.n_head_kv, slots}, fmt::format("cache_v.{}", il)));
+                                  : vk.kv_cache(layout.type_v, l.head_dim_v, l.n_head_kv, slots, fmt::format("cache_v.{}", il)));
         }
     }
     const KvLayout& layout() const override { return layout_; }
@@ -250,7 +256,7 @@ private:
 };
 
 VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk_(be.vk()), g_(std::move(g)) {
-    vulkan_check_graph(g_, KvType::F16);
+    vulkan_check_graph(g_, KvType::F16, KvType::F16);
     be_.upload_weights(g_);
     const int64_t align =
         std::max<int64_t>(64, static_cast<int64_t>(vk_.device().min_storage_buffer_offset_alignment));
@@ -390,8 +396,9 @@ void VkExecutable::run(const RunArgs& args) {
                     throw Error(fmt::format("vulkan backend: KV layer {} does not match the cache layout", layer));
                 const bool ring = kv->ring(layer);
                 if (n.op == Op::StoreKV) {
-                    vk_.kv_write(v.a, kv->k(layer), static_cast<uint32_t>(base), ring);
-                    if (!n.attn.v_in_k) vk_.kv_write(v.b, kv->v(layer), static_cast<uint32_t>(base), ring);
+                    const KvLayout& L = kv->layout();
+                    vk_.kv_write(v.a, kv->k(layer), static_cast<uint32_t>(base), ring, L.type_k);
+                    if (!n.attn.v_in_k) vk_.kv_write(v.b, kv->v(layer), static_cast<uint32_t>(base), ring, L.type_v);
                 } else {
                     vk::AttentionParams ap;
                     ap.pos0 = static_cast<uint32_t>(base);
@@ -402,6 +409,8 @@ void VkExecutable::run(const RunArgs& args) {
                     ap.ring = ring;
                     ap.v_in_k = n.attn.v_in_k;
                     ap.dv = static_cast<uint32_t>(n.attn.head_dim_v);
+                    ap.k_type = kv->layout().type_k;
+                    ap.v_type = kv->layout().type_v;
                     const vk::Tensor* sinks = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
                     vk_.attention(v.a, kv->k(layer), kv->v(layer), v.c, ap, sinks);
                 }

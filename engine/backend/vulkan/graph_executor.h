@@ -37,6 +37,6 @@ std::unique_ptr<Backend> make_vulkan_backend(const VulkanOptions& options);
 const vk::ContextStats* vulkan_stats(const Backend& b);
 
 // Throws kiln::Error naming the first node the Vulkan executor cannot run (nothing is allocated).
-void vulkan_check_graph(const graph::Graph& g, KvType kv_type);
+void vulkan_check_graph(const graph::Graph& g, KvType type_k, KvType type_v);
 
 }  // namespace kiln::backend

@@ -16,7 +16,8 @@ struct ContextOptions {
     int64_t n_ctx = 0;      // tokens the KV cache holds (0: the model's trained context, at most 4096)
     int n_threads = 0;      // 0: the model's default (LoadOptions::n_threads, else all cores)
     int64_t n_batch = 512;  // tokens per forward pass when a prompt is decoded
-    KvType kv_type = KvType::F16;
+    // KV cache element types (-ctk / -ctv). An MLA model stores only K (its V is part of each K row).
+    KvType kv_type_k = KvType::F16, kv_type_v = KvType::F16;
     // "cpu", "vulkan" (an error when there is no Vulkan device; lavapipe counts) or "auto" (Vulkan
     // on a discrete or integrated GPU, else the CPU).
     std::string backend = "cpu";
@@ -29,7 +30,7 @@ struct ContextOptions {
 // KV cache memory by layer kind. A full layer holds n_ctx tokens; a sliding-window layer a ring
 // of its window plus one batch (sliding_slots tokens), whatever n_ctx is.
 struct KvStats {
-    KvType type = KvType::F16;
+    KvType type_k = KvType::F16, type_v = KvType::F16;
     int64_t n_ctx = 0;
     int n_full_layers = 0, n_sliding_layers = 0;
     int64_t sliding_slots = 0;             // tokens a sliding layer keeps

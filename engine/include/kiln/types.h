@@ -1,11 +1,36 @@
 // Small enums shared by the public API and the layers below it.
 #pragma once
 
+#include <string_view>
+
 namespace kiln {
 
-// Element type of the KV cache. F16 halves its memory and is what llama.cpp uses by default.
-enum class KvType { F16, F32 };
+// Element type of the KV cache (K and V each have one). F16 is what llama.cpp uses by default;
+// Q8_0 (8.5 bits per element) and Q4_0 (4.5 bits) quantize each head in blocks of 32 with one f16
+// scale per block, as llama.cpp's -ctk/-ctv q8_0 / q4_0 do (the layout is kiln's own:
+// kernels/kv_quant.h).
+enum class KvType { F16, F32, Q8_0, Q4_0 };
 
-inline const char* kv_type_name(KvType t) { return t == KvType::F16 ? "f16" : "f32"; }
+inline const char* kv_type_name(KvType t) {
+    switch (t) {
+        case KvType::F16: return "f16";
+        case KvType::F32: return "f32";
+        case KvType::Q8_0: return "q8_0";
+        case KvType::Q4_0: return "q4_0";
+    }
+    return "?";
+}
+
+// "f16", "f32", "q8_0", "q4_0"; false (out untouched) for anything else.
+inline bool parse_kv_type(std::string_view s, KvType* out) {
+    for (KvType t : {KvType::F16, KvType::F32, KvType::Q8_0, KvType::Q4_0})
+        if (s == kv_type_name(t)) {
+            *out = t;
+            return true;
+        }
+    return false;
+}
+
+inline bool kv_type_quantized(KvType t) { return t == KvType::Q8_0 || t == KvType::Q4_0; }
 
 }  // namespace kiln

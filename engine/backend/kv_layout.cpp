@@ -1,0 +1,72 @@
+// KV cache sizes and row formats (backend.h), shared by every backend.
+#include <fmt/format.h>
+
+#include "backend/backend.h"
+#include "kernels/kv_quant.h"
+#include "kiln/error.h"
+
+namespace kiln::backend {
+
+int64_t KvRowFormat::blocks_per_head() const { return kv_type_quantized(type) ? kernels::kv_blocks(dim) : 0; }
+
+size_t KvRowFormat::head_code_bytes() const {
+    const auto n = static_cast<size_t>(dim);
+    switch (type) {
+        case KvType::F32: return n * 4;
+        case KvType::F16: return n * 2;
+        case KvType::Q8_0: return n;
+        case KvType::Q4_0: return n / 2;
+    }
+    return 0;
+}
+
+size_t KvRowFormat::head_bytes() const {
+    if (!kv_type_quantized(type)) return head_code_bytes();
+    return (head_code_bytes() + static_cast<size_t>(blocks_per_head()) * 2 + 3) / 4 * 4;
+}
+
+namespace {
+int64_t dim_multiple(KvType t) { return t == KvType::Q8_0 ? 4 : t == KvType::Q4_0 ? 8 : 1; }
+}  // namespace
+
+bool KvRowFormat::valid() const { return n_head > 0 && dim > 0 && dim % dim_multiple(type) == 0; }
+
+void KvRowFormat::check(const std::string& what) const {
+    const int64_t multiple = dim_multiple(type);
+    if (!valid())
+        throw Error(fmt::format("{}: a {} KV cache needs heads whose size is a multiple of {}, got {} heads of {}", what,
+                                kv_type_name(type), multiple, n_head, dim));
+}
+
+size_t KvLayerShape::row_bytes(KvType type_k, KvType type_v) const {
+    size_t bytes = KvRowFormat{type_k, n_head_kv, head_dim_k}.row_bytes();
+    if (!v_in_k) bytes += KvRowFormat{type_v, n_head_kv, head_dim_v}.row_bytes();
+    return bytes;
+}
+
+KvRowFormat KvLayout::k_row(size_t layer) const {
+    const KvLayerShape& l = layers.at(layer);
+    return KvRowFormat{type_k, l.n_head_kv, l.head_dim_k};
+}
+
+KvRowFormat KvLayout::v_row(size_t layer) const {
+    const KvLayerShape& l = layers.at(layer);
+    return l.v_in_k ? k_row(layer) : KvRowFormat{type_v, l.n_head_kv, l.head_dim_v};
+}
+
+int64_t KvLayout::slots(size_t layer) const {
+    const int64_t n = layers.at(layer).n_slots;
+    return n > 0 && n < n_ctx ? n : n_ctx;
+}
+
+size_t KvLayout::layer_bytes(size_t layer) const {
+    return static_cast<size_t>(slots(layer)) * layers.at(layer).row_bytes(type_k, type_v);
+}
+
+size_t KvLayout::bytes() const {
+    size_t total = 0;
+    for (size_t il = 0; il < layers.size(); ++il) total += layer_bytes(il);
+    return total;
+}
+
+}  // namespace kiln::backend
