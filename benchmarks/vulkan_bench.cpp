@@ -249,6 +249,59 @@ void BM_VulkanAttention(benchmark::State& state, int64_t n_head, int64_t n_kv_he
     }
 }
 
+// A prompt of n_tok tokens after `depth` cached positions, by the tiled kernel (query rows of a
+// KV head share each tile of keys read into shared memory) and by the one-row-per-workgroup
+// kernel, timed in the same run: GFLOP/s of the tiled kernel (2 (dk + dv) per query head and
+// visible key) and its speed-up over the one-row kernel.
+void BM_VulkanAttentionPrompt(benchmark::State& state, int64_t n_head, int64_t n_kv_head, int64_t dk, int64_t dv, bool mla,
+                              int64_t depth, int64_t n_tok) {
+    Backend* vk = backend();
+    if (!vk) return state.SkipWithError("no Vulkan device");
+    if (depth > 2048 && vk->device().type == kiln::vk::DeviceType::Cpu)
+        return state.SkipWithError("long prompt skipped on a CPU device (lavapipe): runs on GPUs");
+    const int64_t n_kv = depth + n_tok;
+    using kiln::vk::AttentionKernel;
+    try {
+        Tensor kc = vk->tensor(TensorType::F16, {dk, n_kv_head, n_kv}, "k_cache");
+        Tensor vc = mla ? kc : vk->tensor(TensorType::F16, {dv, n_kv_head, n_kv}, "v_cache");
+        vk->fill(kc, 0x2e662c00u);
+        if (!mla) vk->fill(vc, 0x2e662c00u);
+        std::vector<float> qs(static_cast<size_t>(dk * n_head * n_tok));
+        for (size_t i = 0; i < qs.size(); ++i) qs[i] = static_cast<float>(static_cast<int>(i % 7) - 3) * 0.25f;
+        Tensor q = vk->tensor(TensorType::F32, {dk, n_head, n_tok}, "q");
+        vk->upload(q, qs.data(), q.bytes());
+        Tensor out = vk->tensor(TensorType::F32, {dv, n_head, n_tok}, "out");
+        kiln::vk::AttentionParams p;
+        p.pos0 = static_cast<uint32_t>(depth);
+        p.n_kv = static_cast<uint32_t>(n_kv);
+        p.v_in_k = mla;
+        p.dv = static_cast<uint32_t>(dv);
+        auto run = [&](AttentionKernel k) {
+            p.kernel = k;
+            vk->attention(q, kc, vc, out, p);
+            return seconds_of([&] { vk->submit(); });
+        };
+        run(AttentionKernel::Tiled);  // warm-up: pipelines
+        run(AttentionKernel::Single);
+        double tiled = 0, single = 0;
+        for (auto _ : state) {
+            const double t = run(AttentionKernel::Tiled);
+            state.SetIterationTime(t);
+            tiled += t;
+            single += run(AttentionKernel::Single);
+        }
+        const double it = static_cast<double>(state.iterations());
+        const double flops = 2.0 * static_cast<double>(n_head * n_tok) * (static_cast<double>(depth) + (n_tok + 1) / 2.0) *
+                             static_cast<double>(dk + dv);
+        state.counters["GFLOP/s"] = flops * it / tiled / 1e9;
+        state.counters["ms_tiled"] = 1e3 * tiled / it;
+        state.counters["ms_one_row"] = 1e3 * single / it;
+        state.counters["speedup"] = single / tiled;
+    } catch (const kiln::Error& e) {
+        state.SkipWithError(e.what());
+    }
+}
+
 struct AttnShape {
     const char* name;
     int64_t n_head, n_kv_head, dk, dv;
@@ -269,6 +322,15 @@ const bool attention_registered = [] {
                                              n_kv, kernel, 2)
                     ->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
             }
+    // Prompts: 128 tokens after 1K (lavapipe too), 512 after 4K and 16K (GPUs).
+    for (const AttnShape& s : shapes)
+        for (auto [depth, n_tok] : {std::pair<int64_t, int64_t>{1024, 128}, {4096, 512}, {16384, 512}}) {
+            const std::string name = std::string("BM_VulkanAttention/") + s.name + "/prompt" + std::to_string(n_tok) + "@" +
+                                     std::to_string(depth / 1024) + "K";
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanAttentionPrompt, s.n_head, s.n_kv_head, s.dk, s.dv, s.mla,
+                                         depth, n_tok)
+                ->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+        }
     return true;
 }();
 

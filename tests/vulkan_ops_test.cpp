@@ -432,6 +432,7 @@ struct AttnCase {
 // kv_write (the ring where the layer is one) + attention, against store_kv + attention.
 class VulkanAttentionOps : public VulkanOps {
 protected:
+    int f16_tiles_ = -1;  // AttentionParams::f16_tiles of the Vulkan runs
     // batch: the prefix's batch size; attend_prefix: whether the prefix batches attend too (else
     // they only store their keys and values); kernel/chunks: the Vulkan attention's variant.
     double run_case(const AttnCase& c, int64_t prefix, int64_t n, int64_t batch = 8, bool attend_prefix = true,
@@ -513,6 +514,7 @@ protected:
             p.dv = static_cast<uint32_t>(c.dv);
             p.kernel = kernel;
             p.split_chunks = chunks;
+            p.f16_tiles = f16_tiles_;
             out = poisoned(TensorType::F32, {c.dv, c.n_head, m}, "out");
             vk().attention(f32(q, {c.dk, c.n_head, m}, "q"), kc, vc, out, p, c.sinks ? &tsinks : nullptr);
             base += m;
@@ -568,7 +570,9 @@ TEST_F(VulkanAttentionOps, SplitKDecodeOnALongContextMatchesTheCpu) {
         for (auto [prefix, n] : {std::pair<int64_t, int64_t>{3100, 1}, {3077, 4}})
             for (auto [kernel, chunks] : kernels) {
                 const double err = run_case(c, prefix, n, 64, false, kernel, chunks);
-                const char* kname = kernel == AttentionKernel::Auto ? "auto" : kernel == AttentionKernel::Split ? "split" : "single";
+                const char* kname = kernel == AttentionKernel::Auto    ? "auto"
+                                    : kernel == AttentionKernel::Split ? "split"
+                                                                       : "single";
                 report(std::string(c.name) + " at " + std::to_string(prefix) + " n=" + std::to_string(n) + " " + kname +
                            (chunks ? " x" + std::to_string(chunks) : std::string()),
                        err);
@@ -647,6 +651,47 @@ TEST_F(VulkanAttentionOps, QuantizedKvCachesMatchTheCpu) {
                     EXPECT_LT(err, 1e-4) << kiln::kv_type_name(kv) << " " << c.name << " prefix " << prefix << " n " << n;
                 }
     }
+}
+
+TEST_F(VulkanAttentionOps, TiledPromptAttentionMatchesTheCpu) {
+    // Query rows of a KV head R at a time against shared-memory tiles of keys: prompts of 7 and 33
+    // tokens after a prefix (the rows of a tile then span several tokens and GQA heads, with
+    // their own causal ranges and windows), f32 and 16-bit tiles, every cache type, MLA 20:1 at
+    // K 576 / V 512 (the latent read once for all 20 heads), rings with sinks and soft-capping.
+    using kiln::KvType;
+    using kiln::vk::AttentionKernel;
+    const bool fp16 = vk().device().fp16_arithmetic;
+    for (const int f16 : {0, 1}) {
+        if (f16 && !fp16) {
+            std::printf("[  SKIPPED ] 16-bit tiles: %s has no fp16 arithmetic\n", vk().device().name.c_str());
+            continue;
+        }
+        f16_tiles_ = f16;
+        for (const KvType kv : {KvType::F16, KvType::Q8_0, KvType::Q4_0}) {
+            const std::vector<AttnCase> cases = {
+                {8, 2, 64, 64, 0, 0, 0.0f, false, false, "gqa 8:2 d64", kv},
+                {4, 1, 64, 64, 16, 56, 50.0f, false, false, "ring 56, window 16, softcap", kv},
+                {4, 2, 32, 32, 8, 48, 0.0f, true, false, "ring 48, window 8, sinks", kv},
+                {20, 1, 576, 512, 0, 0, 0.0f, false, true, "mla 20:1 K576 V512", kv},
+                {4, 1, 80, 64, 0, 0, 0.0f, false, true, "mla 4:1 K80 V64", kv},
+            };
+            for (const AttnCase& c : cases)
+                for (auto [prefix, n] : {std::pair<int64_t, int64_t>{0, 33}, {45, 7}, {41, 33}}) {
+                    if (c.slots && c.window + n - 1 > c.slots) continue;
+                    const double err = run_case(c, prefix, n, 33, true, AttentionKernel::Tiled);
+                    report(std::string(f16 ? "f16 tiles " : "f32 tiles ") + kiln::kv_type_name(kv) + " " + c.name + " at " +
+                               std::to_string(prefix) + " n=" + std::to_string(n),
+                           err);
+                    // f16 tiles hold an f16 cache exactly; a quantized cache's values are rounded to halves (2^-11).
+                    EXPECT_LT(err, f16 && kv != KvType::F16 ? 2e-3 : 1e-4) << (f16 ? "f16 " : "f32 ") << kiln::kv_type_name(kv) << " " << c.name
+                                                      << " prefix " << prefix << " n " << n;
+                }
+        }
+    }
+    // Auto takes it for a prompt of kTiledMinTokens or more: one dispatch either way, same result.
+    f16_tiles_ = -1;
+    const AttnCase c{8, 2, 64, 64, 0, 0, 0.0f, false, false, "auto"};
+    EXPECT_LT(run_case(c, 40, kiln::vk::Backend::kTiledMinTokens, 40, true, AttentionKernel::Auto), 1e-4);
 }
 
 TEST_F(VulkanOps, QuantizedKvWriteStoresTheCpuBytes) {

@@ -633,6 +633,34 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
          u32(static_cast<int64_t>(vf.head_bytes() / 4), "v head"), u32(static_cast<int64_t>(kf.head_code_bytes() / 4), "k scales"),
          u32(static_cast<int64_t>(vf.head_code_bytes() / 4), "v scales"),
          static_cast<uint32_t>(n_chunks), static_cast<uint32_t>(chunk), k0, u32(static_cast<int64_t>(2 * rows), "acc offset")};
+    const bool want_tiled = ap.kernel == AttentionKernel::Tiled ||
+                            (ap.kernel == AttentionKernel::Auto && n_tok >= kTiledMinTokens);
+    if (want_tiled) {
+        if (ap.f16_tiles == 1 && !ctx_->info().fp16_arithmetic)
+            throw Error(fmt::format("vk attention: f16 tiles need fp16 arithmetic (shaderFloat16), which {} lacks",
+                                    ctx_->info().name));
+        // Auto: 16-bit tiles hold an f16 cache exactly; a quantized cache's values would be rounded.
+        const bool f16 = ap.f16_tiles == 1 || (ap.f16_tiles < 0 && ctx_->info().fp16_arithmetic &&
+                                               kf.type == KvType::F16 && vf.type == KvType::F16);
+        const auto [R, TK] = tiled_attention_shape(Dk, Dv, ap.v_in_k, f16);
+        if (R == 0 && ap.kernel == AttentionKernel::Tiled)
+            throw Error(fmt::format("vk attention: no tile of heads K {} / V {} fits the {} bytes of shared memory", Dk,
+                                    Dv, ctx_->info().max_shared_memory));
+        if (R > 0) {
+            const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, true),
+                                 bind(sinks ? *sinks : q, false)};
+            const auto& p = ctx_->pipeline(f16 ? "attention_tiled_f16" : "attention_tiled",
+                                           {wg_attention_tiled_, sinks ? 1u : 0u, 0u, kv_type_code(kf.type),
+                                            kv_type_code(vf.type), R, TK, static_cast<uint32_t>(Dk),
+                                            static_cast<uint32_t>(Dv), ap.v_in_k ? 1u : 0u},
+                                           5);
+            uint32_t gx, gy;
+            groups_for(static_cast<uint64_t>(n_kv_head) * ceil_div(static_cast<uint64_t>(n_tok * (n_head / n_kv_head)), R),
+                       &gx, &gy);
+            ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
+            return;
+        }
+    }
     Binding part = bind(out, true);  // unused by the single pass
     if (split) {
         const uint64_t bytes = (2 * rows + rows * static_cast<uint64_t>(Dv)) * sizeof(float);
@@ -657,6 +685,21 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
     const auto& pcomb = ctx_->pipeline("attention_combine", {wg_attention_}, 2);
     groups_for(static_cast<uint64_t>(n_tok * n_head), &gx, &gy);
     ctx_->dispatch(pcomb, cb, cc, sizeof cc, gx, gy);
+}
+
+std::pair<uint32_t, uint32_t> Backend::tiled_attention_shape(int64_t Dk, int64_t Dv, bool mla, bool f16) const {
+    // attention_tiled.glsl's shared memory: Q rows (f32), K tile, V tile (none for MLA), each row
+    // padded by one word, the scores, three floats per row.
+    const uint64_t el = f16 ? 2 : 4, pad = f16 ? 2 : 1;
+    const uint64_t limit = ctx_->info().max_shared_memory;
+    static constexpr std::pair<uint32_t, uint32_t> kShapes[] = {{32, 32}, {16, 32}, {16, 16}, {8, 16}, {8, 8}, {4, 8}, {2, 8}, {1, 8}};
+    for (const auto& [R, TK] : kShapes) {
+        const uint64_t bytes = 4 * R * (Dk + 1) + el * (TK * (Dk + pad) + (mla ? 1 : TK * (Dv + pad))) + 4 * (R * TK + 3 * R);
+        // R <= the workgroup (a thread per row) and at most 64 accumulators per thread.
+        if (bytes <= limit && R <= wg_attention_tiled_ && R * static_cast<uint64_t>(Dv) <= 64u * wg_attention_tiled_)
+            return {R, TK};
+    }
+    return {0, 0};
 }
 
 // ---- gated activations and MoE routing -----------------------------------------------------

@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/vulkan/context.h"
@@ -95,8 +96,11 @@ struct RopeParams {
 // Single: one workgroup per (token, head) over all its keys. Split: split-K (flash-decoding), the
 // keys cut into chunks run by separate workgroups, then a combine pass. Auto: Split for a few
 // tokens (decode) on a long context, where (token, head) pairs alone are too few workgroups to
-// fill a GPU (not on a CPU device such as lavapipe, where it measured slower).
-enum class AttentionKernel { Auto, Single, Split };
+// fill a GPU (not on a CPU device such as lavapipe, where it measured slower). Tiled
+// (attention_tiled.glsl): query rows of a KV head taken R at a time, each tile of keys and values
+// read once into shared memory for all of them (the one-row kernels read every key once per query
+// row); Auto uses it for prompts (kTiledMinTokens tokens or more).
+enum class AttentionKernel { Auto, Single, Split, Tiled };
 
 struct AttentionParams {
     uint32_t pos0 = 0;    // cache position of the first query token
@@ -116,6 +120,10 @@ struct AttentionParams {
     KvType k_type = KvType::F16, v_type = KvType::F16;
     AttentionKernel kernel = AttentionKernel::Auto;
     uint32_t split_chunks = 0;  // Split: the number of chunks (0: chosen from the shape)
+    // Tiled: the key / value tiles in 16-bit shared memory (twice the keys fit): -1 for f16 caches
+    // (exact there) where the device has fp16 arithmetic (shaderFloat16), 0 never, 1 always (a
+    // quantized cache's values then rounded to halves; an error without shaderFloat16).
+    int f16_tiles = -1;
 };
 
 struct TopKParams {
@@ -231,6 +239,10 @@ public:
     void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
                    const AttentionParams& p, const Tensor* sinks = nullptr);
     static constexpr int64_t kAttentionMaxDk = 576;
+    static constexpr int64_t kTiledMinTokens = 8;
+    // The tiled attention's rows and keys per tile for these heads (the largest that fit the
+    // device's shared memory); {0, 0} when none does.
+    std::pair<uint32_t, uint32_t> tiled_attention_shape(int64_t Dk, int64_t Dv, bool mla, bool f16) const;
     static constexpr int64_t kAttentionMaxDv = 512;
 
     // Runs everything recorded: one vkQueueSubmit and a fence wait.
@@ -249,7 +261,7 @@ private:
     std::shared_ptr<Buffer> x_codes_;           // quantize_q8's codes and scales, grown likewise
     MatvecOptions matvec_;
     bool split_auto_ = true;                    // Auto may choose split-K (not on CPU devices)
-    uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64;
+    uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64, wg_attention_tiled_ = 128;
     std::unique_ptr<Context> ctx_;
 };
 
