@@ -237,7 +237,7 @@ void Context::decode(std::span<const int32_t> tokens, bool all_logits) {
     }
 }
 
-void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens) {
+size_t decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens) {
     const size_t n = contexts.size();
     if (n == 0) throw Error("decode_batch: no contexts given");
     if (tokens.size() != n)
@@ -259,7 +259,7 @@ void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> t
     }
     if (n == 1 || !batched) {
         for (size_t i = 0; i < n; ++i) contexts[i]->decode(tokens.subspan(i, 1));
-        return;
+        return n;
     }
     c0.batch_kv.resize(n);
     c0.batch_pos.resize(n);
@@ -286,6 +286,7 @@ void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> t
         std::copy(out + static_cast<int64_t>(i) * n_vocab, out + static_cast<int64_t>(i + 1) * n_vocab, c.logits.begin());
         c.n_logit_rows = 1;
     }
+    return 1;
 }
 
 std::span<const float> Context::logits(int64_t i) const {

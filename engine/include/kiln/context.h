@@ -1,6 +1,7 @@
 // kiln public API: an inference context (one sequence, its KV cache and its logits).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -81,7 +82,7 @@ public:
     const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)
 
 private:
-    friend void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
+    friend size_t decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
@@ -93,8 +94,9 @@ private:
 // and each needs room for one more token. They are batched when they run on one backend: on
 // Vulkan, contexts on the same device (they share it); on the CPU, contexts with the same thread
 // count (the batch runs on the first context's backend). Others decode their tokens in turn. The
-// batch shape is compiled once per size and reused, so a step allocates nothing. Throws
-// kiln::Error naming the problem; on an error no context has advanced.
-void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
+// batch shape is compiled once per size and reused, so a step allocates nothing. Returns the
+// forward passes run: 1 when batched, else one per context. Throws kiln::Error naming the problem;
+// on an error no context has advanced.
+size_t decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
 
 }  // namespace kiln
