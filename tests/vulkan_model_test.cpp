@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -281,6 +282,43 @@ TEST(VulkanShared, ContextsShareOneCopyOfTheWeights) {
     EXPECT_GE(used3 - kiln::backend::vulkan_device_bytes(b), kv_a);
     EXPECT_LE(used3 - kiln::backend::vulkan_device_bytes(b), kv_a + 2u * static_cast<uint64_t>(s.n_layer) * 4096u);
     EXPECT_EQ(be.use_count(), 2);  // this test's and c's
+}
+
+// Contexts of one shared backend created and driven from two threads at once take turns on it
+// (its lock): each gets the logits it gets alone.
+TEST(VulkanShared, ContextsInTwoThreadsTakeTurns) {
+    KILN_REQUIRE_VULKAN();
+    kiln::SyntheticLlama s;
+    s.type = kiln::TensorType::Q8_0;
+    const std::string path = kiln::test::temp_path("vk-threads.gguf").string();
+    kiln::write_synthetic_llama(path, s);
+    const kiln::Model model = kiln::Model::load(path);
+    kiln::ContextOptions o;
+    o.n_ctx = 64;
+    o.n_batch = 4;  // prompts in chunks: several passes, and shapes compiled while the other thread runs
+    o.backend = "vulkan";
+    auto generate = [&](int seed) {
+        kiln::Context c(model, o);
+        std::vector<int32_t> prompt;
+        for (int i = 0; i < 11; ++i) prompt.push_back(1 + (seed * 17 + i * 7) % 200);
+        c.decode(prompt);
+        std::vector<float> out(c.logits().begin(), c.logits().end());
+        for (int i = 0; i < 12; ++i) {
+            const int32_t t = static_cast<int32_t>(1 + (seed + i * 13) % 200);
+            c.decode(std::span<const int32_t>(&t, 1));
+            out.insert(out.end(), c.logits().begin(), c.logits().end());
+        }
+        return out;
+    };
+    const std::vector<float> want0 = generate(0), want1 = generate(1);
+    std::vector<float> got0, got1;
+    std::thread a([&] { got0 = generate(0); });
+    std::thread b([&] { got1 = generate(1); });
+    a.join();
+    b.join();
+    EXPECT_EQ(got0, want0);
+    EXPECT_EQ(got1, want1);
+    EXPECT_NE(want0, want1);
 }
 
 // A batch of several sequences through the per-sequence scratch (the path of devices whose
