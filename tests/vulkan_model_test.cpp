@@ -395,6 +395,15 @@ TEST(VulkanModel, SequenceBatchThroughTheScratchEqualsViews) {
         a.seq_pos = pos;
         EXPECT_THROW(batch->run(a), kiln::Error);
         kiln::backend::KvBuffers* good[2] = {kv[0].get(), kv[1].get()};
+        a.seq_kv = std::span<kiln::backend::KvBuffers* const>(good, 1);
+        a.seq_pos = std::span<const int64_t>(pos, 1);
+        try {
+            batch->run(a);
+            ADD_FAILURE() << "no error for 1 sequence in a batch of 2";
+        } catch (const kiln::Error& e) {
+            EXPECT_NE(std::string(e.what()).find("1 sequences (1 positions) given for a batch of 2"), std::string::npos)
+                << e.what();
+        }
         a.seq_kv = good;
         a.seq_pos = past;
         try {
