@@ -3,10 +3,11 @@
 // keeps the weights out of the caches, so each step is bound by reading them.
 //
 //   ./kiln_bench --benchmark_filter=DecodeBatch
+//   KILN_BENCH_BACKEND=vulkan ./kiln_bench --benchmark_filter=DecodeBatch   # on the Vulkan device
 //
 // Counters: tok/s (tokens of all sequences per second), weight_GB/s (weight bytes read per
 // second: one read per step), of_memcpy (weight_GB/s / memcpy bandwidth measured in this
-// process), and for the batched case x_alone (its tok/s over decoding the same sequences one at a
+// process; CPU only), and for the batched case x_alone (its tok/s over decoding the same sequences one at a
 // time in this run).
 #include <benchmark/benchmark.h>
 
@@ -23,6 +24,11 @@
 #include "roofline.h"
 
 namespace {
+
+std::string bench_backend() {
+    const char* v = std::getenv("KILN_BENCH_BACKEND");
+    return v && *v ? v : "cpu";
+}
 
 int bench_threads() {
     const char* v = std::getenv("KILN_BENCH_THREADS");
@@ -60,6 +66,7 @@ void DecodeBatch(benchmark::State& state) {
     kiln::ContextOptions o;
     o.n_ctx = 512;
     o.n_threads = bench_threads();
+    o.backend = bench_backend();
     std::vector<std::unique_ptr<kiln::Context>> ctx;
     std::vector<kiln::Context*> ptrs;
     std::vector<int32_t> prompt(32), toks(static_cast<size_t>(n));
@@ -96,7 +103,7 @@ void DecodeBatch(benchmark::State& state) {
     const double gbs = static_cast<double>(model.info().weight_bytes) * steps / sec / 1e9;
     state.counters["tok/s"] = tps;
     state.counters["weight_GB/s"] = gbs;
-    state.counters["of_memcpy"] = gbs / kiln::bench::measure_memcpy_gbs();
+    if (o.backend == "cpu") state.counters["of_memcpy"] = gbs / kiln::bench::measure_memcpy_gbs();
     if (!batched) g_alone_tps[n] = tps;
     else if (g_alone_tps.count(n)) state.counters["x_alone"] = tps / g_alone_tps[n];
 }

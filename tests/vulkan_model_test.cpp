@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -32,35 +33,15 @@
 #include "backend/vulkan/context.h"
 #include "model/model_impl.h"
 #include "model/synthetic.h"
+#include "runtime/shared_backend.h"
 #include "support/reference.h"
 #include "support/run.h"
 #include "support/shared.h"
+#include "support/vulkan.h"
 
 namespace {
 
 namespace fs = std::filesystem;
-
-// Why there is no Vulkan device ("" when there is one), asked once.
-const std::string& no_vulkan() {
-    static const std::string why = [] {
-        try {
-            kiln::backend::VulkanOptions o;
-            o.require = true;
-            return kiln::backend::make_vulkan_backend(o) ? std::string() : std::string("no device chosen");
-        } catch (const kiln::Error& e) {
-            return std::string(e.what());
-        }
-    }();
-    return why;
-}
-
-#define KILN_REQUIRE_VULKAN()                                                                      \
-    do {                                                                                           \
-        if (!no_vulkan().empty()) {                                                                \
-            std::printf("[  SKIPPED ] no Vulkan device: %s\n", no_vulkan().c_str());               \
-            GTEST_SKIP() << "SKIPPED: no Vulkan device: " << no_vulkan();                          \
-        }                                                                                          \
-    } while (0)
 
 namespace ref = kiln::test::reference;
 
@@ -296,6 +277,213 @@ TEST(VulkanModel, DecodeIsOneSubmitAndNoNewBuffers) {
     EXPECT_EQ(st->submits - submits, 8u);
     EXPECT_EQ(st->buffers, buffers);
     EXPECT_EQ(st->pipelines, pipelines);
+}
+
+// The contexts of one model on one device share one backend: the second context uploads no
+// weights and compiles nothing; it adds its KV cache (one K and one V tensor per layer) and no
+// other device memory. The backend goes with the last context.
+TEST(VulkanShared, ContextsShareOneCopyOfTheWeights) {
+    KILN_REQUIRE_VULKAN();
+    kiln::SyntheticLlama s;
+    s.type = kiln::TensorType::Q8_0;
+    s.n_layer = 3;
+    const std::string path = kiln::test::temp_path("vk-shared.gguf").string();
+    kiln::write_synthetic_llama(path, s);
+    const kiln::Model model = kiln::Model::load(path);
+    const kiln::Model::Impl& m = *model.impl();
+    kiln::ContextOptions o;
+    o.n_ctx = 64;
+    o.backend = "vulkan";
+    int progress_calls = 0;
+    o.progress = [&](float) { ++progress_calls; };
+    auto a = std::make_unique<kiln::Context>(model, o);
+    ASSERT_EQ(m.vulkan_backends.size(), 1u);
+    const std::shared_ptr<kiln::runtime::SharedBackend> be = m.vulkan_backends.begin()->second.lock();
+    ASSERT_TRUE(be);
+    const kiln::backend::Backend& b = *be->backend;
+    const kiln::vk::ContextStats& st = *kiln::backend::vulkan_stats(b);
+    const uint64_t weights = kiln::backend::vulkan_weight_bytes(b);
+    EXPECT_EQ(weights, model.info().weight_bytes);  // every weight, once
+    EXPECT_GT(progress_calls, 0);
+    const uint64_t used1 = kiln::backend::vulkan_device_bytes(b), buffers1 = st.buffers, pipelines1 = st.pipelines;
+
+    progress_calls = 0;
+    auto c = std::make_unique<kiln::Context>(model, o);
+    const uint64_t used2 = kiln::backend::vulkan_device_bytes(b);
+    std::printf("[ vulkan    ] weights %llu bytes; the second context took %llu bytes of device memory (its KV cache: "
+                "%zu) in %llu buffers\n",
+                static_cast<unsigned long long>(weights), static_cast<unsigned long long>(used2 - used1), c->kv_bytes(),
+                static_cast<unsigned long long>(st.buffers - buffers1));
+    EXPECT_EQ(m.vulkan_backends.begin()->second.lock(), be);
+    EXPECT_EQ(kiln::backend::vulkan_weight_bytes(b), weights);  // nothing uploaded again
+    EXPECT_EQ(progress_calls, 0);
+    EXPECT_EQ(st.buffers - buffers1, 2u * static_cast<uint64_t>(s.n_layer));  // K and V per layer, nothing else
+    EXPECT_EQ(st.pipelines, pipelines1);
+    // Its KV cache, plus each tensor's 16 bytes of slack rounded up to the allocation granularity.
+    EXPECT_GE(used2 - used1, c->kv_bytes());
+    EXPECT_LE(used2 - used1, c->kv_bytes() + 2u * static_cast<uint64_t>(s.n_layer) * 4096u);
+    EXPECT_LT(used2 - used1, weights / 4);
+
+    // Both decode on it (one after the other, each on its own cache) and agree.
+    const std::vector<int32_t> prompt = {1, 7, 11, 19, 23};
+    a->decode(prompt);
+    c->decode(std::span<const int32_t>(prompt.data(), 2));
+    c->decode(std::span<const int32_t>(prompt.data() + 2, 3));
+    const auto la = a->logits(), lc = c->logits();
+    ASSERT_EQ(la.size(), lc.size());
+    for (size_t i = 0; i < la.size(); ++i) ASSERT_EQ(la[i], lc[i]) << i;
+
+    // Freeing a context gives its KV cache back; the last one takes the backend with it.
+    const uint64_t used3 = kiln::backend::vulkan_device_bytes(b);
+    const size_t kv_a = a->kv_bytes();
+    a.reset();
+    EXPECT_GE(used3 - kiln::backend::vulkan_device_bytes(b), kv_a);
+    EXPECT_LE(used3 - kiln::backend::vulkan_device_bytes(b), kv_a + 2u * static_cast<uint64_t>(s.n_layer) * 4096u);
+    EXPECT_EQ(be.use_count(), 2);  // this test's and c's
+}
+
+// Contexts of one shared backend created and driven from two threads at once take turns on it
+// (its lock): each gets the logits it gets alone.
+TEST(VulkanShared, ContextsInTwoThreadsTakeTurns) {
+    KILN_REQUIRE_VULKAN();
+    kiln::SyntheticLlama s;
+    s.type = kiln::TensorType::Q8_0;
+    const std::string path = kiln::test::temp_path("vk-threads.gguf").string();
+    kiln::write_synthetic_llama(path, s);
+    const kiln::Model model = kiln::Model::load(path);
+    kiln::ContextOptions o;
+    o.n_ctx = 64;
+    o.n_batch = 4;  // prompts in chunks: several passes, and shapes compiled while the other thread runs
+    o.backend = "vulkan";
+    auto generate = [&](int seed) {
+        kiln::Context c(model, o);
+        std::vector<int32_t> prompt;
+        for (int i = 0; i < 11; ++i) prompt.push_back(1 + (seed * 17 + i * 7) % 200);
+        c.decode(prompt);
+        std::vector<float> out(c.logits().begin(), c.logits().end());
+        for (int i = 0; i < 12; ++i) {
+            const int32_t t = static_cast<int32_t>(1 + (seed + i * 13) % 200);
+            c.decode(std::span<const int32_t>(&t, 1));
+            out.insert(out.end(), c.logits().begin(), c.logits().end());
+        }
+        return out;
+    };
+    const std::vector<float> want0 = generate(0), want1 = generate(1);
+    std::vector<float> got0, got1;
+    std::thread a([&] { got0 = generate(0); });
+    std::thread b([&] { got1 = generate(1); });
+    a.join();
+    b.join();
+    EXPECT_EQ(got0, want0);
+    EXPECT_EQ(got1, want1);
+    EXPECT_NE(want0, want1);
+}
+
+// A batch of several sequences through the per-sequence scratch (the path of devices whose
+// storage-buffer alignment the rows of tiny heads miss) equals the per-token views, and both equal
+// each sequence decoded alone: on the executor, two caches of different lengths.
+TEST(VulkanModel, SequenceBatchThroughTheScratchEqualsViews) {
+    KILN_REQUIRE_VULKAN();
+    kiln::SyntheticLlama s;
+    s.type = kiln::TensorType::F32;
+    const std::string path = kiln::test::temp_path("vk-seq.gguf").string();
+    kiln::write_synthetic_llama(path, s);
+    const kiln::Model model = kiln::Model::load(path);
+    const auto& arch = *model.impl()->arch;
+    const auto& hp = arch.hparams();
+    kiln::backend::KvLayout layout;
+    layout.n_ctx = 32;
+    for (int64_t il = 0; il < hp.n_layer; ++il)
+        layout.layers.push_back({static_cast<int>(hp.n_head_kv), static_cast<int>(hp.head_dim_k), static_cast<int>(hp.head_dim_v)});
+    const std::vector<std::vector<int32_t>> prompts = {{3, 5, 7}, {9, 4, 6, 8, 10, 12, 2}};
+    auto run = [&](bool copies) {
+        kiln::backend::VulkanOptions vo;
+        vo.seq_row_copies = copies;
+        auto be = kiln::backend::make_vulkan_backend(vo);
+        auto one = be->compile(arch.build({1, 1}));
+        auto batch = be->compile(arch.build({2, 2}));
+        const auto& g1 = one->graph();
+        const auto& g2 = batch->graph();
+        std::vector<std::unique_ptr<kiln::backend::KvBuffers>> kv;
+        std::vector<float> out;  // per step: the batch's two rows, then each sequence alone
+        uint64_t batch_copies = 0;  // buffer copies recorded by the batch's runs
+        auto step1 = [&](kiln::backend::KvBuffers* c, int32_t tok, int32_t pos) {
+            one->set_input(g1.find(kiln::model::kInputTokens), &tok, 4);
+            one->set_input(g1.find(kiln::model::kInputPositions), &pos, 4);
+            kiln::backend::RunArgs a;
+            a.kv = c;
+            a.kv_base = pos;
+            one->run(a);
+            return one->output(g1.find(kiln::model::kOutputLogits));
+        };
+        for (int i = 0; i < 4; ++i) kv.push_back(be->alloc_kv(layout));  // 0, 1: batched; 2, 3: alone
+        for (size_t p = 0; p < 2; ++p)
+            for (size_t t = 0; t < prompts[p].size(); ++t) {
+                step1(kv[p].get(), prompts[p][t], static_cast<int32_t>(t));
+                step1(kv[p + 2].get(), prompts[p][t], static_cast<int32_t>(t));
+            }
+        const int64_t n_vocab = hp.n_vocab;
+        for (int step = 0; step < 3; ++step) {
+            const int32_t toks[2] = {static_cast<int32_t>(20 + step), static_cast<int32_t>(30 + step)};
+            const int32_t pos32[2] = {static_cast<int32_t>(prompts[0].size()) + step, static_cast<int32_t>(prompts[1].size()) + step};
+            const int64_t pos[2] = {pos32[0], pos32[1]};
+            kiln::backend::KvBuffers* seq[2] = {kv[0].get(), kv[1].get()};
+            const uint64_t copies0 = kiln::backend::vulkan_stats(*be)->copies;
+            batch->set_input(g2.find(kiln::model::kInputTokens), toks, 8);
+            batch->set_input(g2.find(kiln::model::kInputPositions), pos32, 8);
+            kiln::backend::RunArgs a;
+            a.seq_kv = seq;
+            a.seq_pos = pos;
+            batch->run(a);
+            batch_copies += kiln::backend::vulkan_stats(*be)->copies - copies0;
+            const float* rows = batch->output(g2.find(kiln::model::kOutputLogits));
+            out.insert(out.end(), rows, rows + 2 * n_vocab);
+            for (int i = 0; i < 2; ++i) {
+                const float* alone = step1(kv[static_cast<size_t>(i) + 2].get(), toks[i], pos32[i]);
+                out.insert(out.end(), alone, alone + n_vocab);
+            }
+        }
+        // Refused: a cache of another device's backend (here: another backend), a position past the cache.
+        auto other = kiln::backend::make_vulkan_backend({});
+        auto foreign = other->alloc_kv(layout);
+        kiln::backend::KvBuffers* bad[2] = {kv[0].get(), foreign.get()};
+        const int64_t pos[2] = {10, 10}, past[2] = {10, 32};
+        kiln::backend::RunArgs a;
+        a.seq_kv = bad;
+        a.seq_pos = pos;
+        EXPECT_THROW(batch->run(a), kiln::Error);
+        kiln::backend::KvBuffers* good[2] = {kv[0].get(), kv[1].get()};
+        a.seq_kv = std::span<kiln::backend::KvBuffers* const>(good, 1);
+        a.seq_pos = std::span<const int64_t>(pos, 1);
+        try {
+            batch->run(a);
+            ADD_FAILURE() << "no error for 1 sequence in a batch of 2";
+        } catch (const kiln::Error& e) {
+            EXPECT_NE(std::string(e.what()).find("1 sequences (1 positions) given for a batch of 2"), std::string::npos)
+                << e.what();
+        }
+        a.seq_kv = good;
+        a.seq_pos = past;
+        try {
+            batch->run(a);
+            ADD_FAILURE() << "no error for a position past the cache";
+        } catch (const kiln::Error& e) {
+            EXPECT_NE(std::string(e.what()).find("sequence 1"), std::string::npos) << e.what();
+        }
+        return std::make_pair(out, batch_copies);
+    };
+    const auto [views, view_copies] = run(false);
+    const auto [copies, copy_copies] = run(true);
+    // Per step, layer and sequence: K and V in, q in, out back.
+    EXPECT_EQ(copy_copies - view_copies, 3u * 2u * 4u * static_cast<uint64_t>(hp.n_layer));
+    const size_t n_vocab = static_cast<size_t>(hp.n_vocab);
+    ASSERT_EQ(views.size(), 3 * 4 * n_vocab);
+    EXPECT_EQ(views, copies);
+    for (size_t step = 0; step < 3; ++step)
+        for (size_t i = 0; i < 2; ++i)
+            for (size_t j = 0; j < n_vocab; ++j)
+                ASSERT_EQ(views[(step * 4 + i) * n_vocab + j], views[(step * 4 + 2 + i) * n_vocab + j])
+                    << "step " << step << " sequence " << i << " logit " << j;
 }
 
 // Graphs the shaders cannot run are refused before anything runs, naming the op and its shapes

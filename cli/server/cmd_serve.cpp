@@ -589,13 +589,13 @@ private:
         s += fmt::format("kiln_prefill_tokens_per_second {:.3f}\n", rate(m.prefill_n.load(), m.prefill_us.load()));
         s += "# HELP kiln_decode_tokens_per_second Average generation speed.\n# TYPE kiln_decode_tokens_per_second gauge\n";
         s += fmt::format("kiln_decode_tokens_per_second {:.3f}\n", rate(m.gen_tokens.load(), m.decode_us.load()));
-        s += "# HELP kiln_decode_batches_total Decode steps run (one forward pass for every generating request).\n"
+        s += "# HELP kiln_decode_batches_total Decode forward passes run (one per step when the generating requests are batched).\n"
              "# TYPE kiln_decode_batches_total counter\n";
         s += fmt::format("kiln_decode_batches_total {}\n", m.batch_steps.load());
-        s += "# HELP kiln_decode_batch_tokens_total Tokens those steps carried (/ steps = mean batch size).\n"
+        s += "# HELP kiln_decode_batch_tokens_total Tokens those passes carried (/ passes = mean batch size).\n"
              "# TYPE kiln_decode_batch_tokens_total counter\n";
         s += fmt::format("kiln_decode_batch_tokens_total {}\n", m.batch_tokens.load());
-        s += "# HELP kiln_decode_batch_max Largest decode batch so far.\n# TYPE kiln_decode_batch_max gauge\n";
+        s += "# HELP kiln_decode_batch_max Most tokens one decode pass carried so far.\n# TYPE kiln_decode_batch_max gauge\n";
         s += fmt::format("kiln_decode_batch_max {}\n", m.batch_max.load());
         s += "# HELP kiln_cancelled_total Generations cancelled by a client that went away.\n# TYPE kiln_cancelled_total counter\n";
         s += fmt::format("kiln_cancelled_total {}\n", m.cancelled.load());
@@ -639,8 +639,8 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (default 16)");
     args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
     args.option({"--cache-mem"}, &cache_mib, "MIB",
-                "KV memory for cached prompt prefixes: more contexts than --parallel, each keeping one prefix, least recently used "
-                "overwritten first (default 0: the slots only)");
+                "KV memory for cached prompt prefixes (device memory on Vulkan): more contexts than --parallel, each keeping one "
+                "prefix, least recently used overwritten first (default 0: the slots only)");
     args.option({"--cache-prefixes"}, &cache_prefixes, "N",
                 "keep up to N cached prefixes (contexts, slots included) whatever their KV memory; the larger of this and "
                 "--cache-mem wins (default: --parallel)");

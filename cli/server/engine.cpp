@@ -132,25 +132,18 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
         auto s = std::make_unique<Slot>();
         s->id = i;
         s->ctx = std::make_unique<Context>(model_, ctx_options_);
+        // "auto" chose for the first context; the others follow it (a context that does not fit
+        // on the GPU is then refused, not quietly put on the CPU where it cannot join the batches).
+        if (i == 0) ctx_options_.backend = s->ctx->backend_name();
         slots_.push_back(std::move(s));
     }
+    // On Vulkan the contexts share one backend: one copy of the weights on the device, batched
+    // decode steps; each context (slot or cached prefix) adds its KV cache only.
     kv_bytes_ = slots_[0]->ctx->kv_bytes();
     max_contexts_ = n_parallel_;
     if (kv_bytes_ > 0 && cache_bytes / kv_bytes_ > static_cast<size_t>(n_parallel_))
         max_contexts_ = static_cast<int>(std::min<size_t>(cache_bytes / kv_bytes_, 64));
     max_contexts_ = std::max(max_contexts_.load(), std::min(cache_prefixes, 64));
-    if (std::string_view(backend_name()) != "cpu") {
-        // Each Vulkan context uploads the weights again: only the slots, each with its own copy.
-        if (max_contexts_ > n_parallel_)
-            fmt::print(stderr, "kiln serve: on {} the cached prefixes are the slots' own ({}); --cache-mem / --cache-prefixes "
-                               "would each need another copy of the weights on the device\n",
-                       backend_name(), n_parallel_);
-        if (n_parallel_ > 1)
-            fmt::print(stderr, "kiln serve: on {} each of the {} slots holds its own copy of the weights on the device, and "
-                               "their decode steps run one after the other\n",
-                       backend_name(), n_parallel_);
-        max_contexts_ = n_parallel_;
-    }
     n_ctx_ = slots_[0]->ctx->n_ctx();
     step_queue_.reserve(static_cast<size_t>(n_parallel_));
     step_batch_.reserve(static_cast<size_t>(n_parallel_));
@@ -236,8 +229,10 @@ void Engine::step(Context& ctx, int32_t token) {
             step_ctxs_.push_back(r->ctx);
             step_toks_.push_back(r->token);
         }
+        const uint64_t n = step_batch_.size();
+        uint64_t passes = n;  // forward passes run: 1 when the tokens went through one batch
         try {
-            decode_batch(step_ctxs_, step_toks_);
+            passes = decode_batch(step_ctxs_, step_toks_);
         } catch (...) {
             // One request's problem stays its own: decode each alone.
             for (StepRequest* r : step_batch_) {
@@ -248,10 +243,11 @@ void Engine::step(Context& ctx, int32_t token) {
                 }
             }
         }
-        const uint64_t n = step_batch_.size();
-        ++metrics_.batch_steps;
+        // What ran, not what was handed in: n tokens in one pass, or n passes of one token.
+        metrics_.batch_steps += passes;
         metrics_.batch_tokens += n;
-        for (uint64_t m = metrics_.batch_max.load(); n > m && !metrics_.batch_max.compare_exchange_weak(m, n);) {
+        const uint64_t size = passes == 1 ? n : 1;
+        for (uint64_t m = metrics_.batch_max.load(); size > m && !metrics_.batch_max.compare_exchange_weak(m, size);) {
         }
         lk.lock();
         for (StepRequest* r : step_batch_) r->done = true;

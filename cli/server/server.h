@@ -105,7 +105,7 @@ struct Metrics {
     std::atomic<uint64_t> requests{0}, errors{0}, prompt_tokens{0}, cached_tokens{0}, gen_tokens{0};
     std::atomic<uint64_t> prefill_us{0}, decode_us{0}, prefill_n{0}, cache_hits{0}, cancelled{0};
     std::atomic<int64_t> queued{0}, active{0};
-    // Continuous batching: decode steps run, tokens they carried, the largest batch seen.
+    // Continuous batching: decode forward passes run, tokens they carried, the most one carried.
     std::atomic<uint64_t> batch_steps{0}, batch_tokens{0}, batch_max{0};
 };
 
@@ -118,8 +118,11 @@ public:
     // whose cache a request would mostly discard is left alone while there is room for another.
     // When none is left, the least recently used context is overwritten.
     // cache_prefixes: keep up to this many contexts whatever their memory (the larger limit wins).
-    // backend / device: as ContextOptions (cpu, vulkan, auto). On Vulkan every context holds its own
-    // copy of the weights on the device, so there are no contexts beyond the slots.
+    // backend / device: as ContextOptions (cpu, vulkan, auto). On Vulkan the contexts share one
+    // backend (one copy of the weights on the device; each context adds its KV cache there, so
+    // cache_bytes is device memory), their decode steps are batched, and they take turns on the
+    // device: each request decodes its prompt in its own thread, under the backend's lock, between
+    // the batched steps (see engine/runtime/shared_backend.h).
     Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0, int cache_prefixes = 0,
            const std::string& backend = "cpu", int device = -1);
     const char* backend_name() const;

@@ -1,8 +1,12 @@
-// kiln::Context: one sequence on one backend. Owns the KV cache and the compiled graphs of the
-// batch shapes it has seen (the decode shape is compiled once and reused for every token).
+// kiln::Context: one sequence on one backend. Owns its KV cache; the backend and the compiled graphs
+// of the batch shapes seen (the decode shape is compiled once and reused for every token) are a
+// runtime::SharedBackend, shared by the model's contexts on one Vulkan device, the context's own
+// on the CPU (runtime/shared_backend.h).
 #include <algorithm>
 #include <map>
+#include <mutex>
 #include <numeric>
+#include <optional>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -13,33 +17,91 @@
 #include "kiln/error.h"
 #include "model/model_impl.h"
 #include "runtime/kv_cache.h"
+#include "runtime/shared_backend.h"
 
 namespace kiln {
+
+namespace runtime {
 
 namespace {
 // Prompt chunk shapes other than the decode shape kept compiled (least recently used dropped).
 constexpr size_t kMaxCachedShapes = 4;
 }  // namespace
 
+SharedBackend::SharedBackend(std::unique_ptr<backend::Backend> b, const model::Architecture& a)
+    : backend(std::move(b)), arch(a), on_cpu(std::string_view(backend->name()) == "cpu") {}
+
+SharedBackend::~SharedBackend() = default;
+
+SharedBackend::Compiled SharedBackend::compile(int64_t n_tokens, int64_t n_outputs) {
+    Compiled c;
+    c.exe = backend->compile(arch.build({n_tokens, n_outputs}));
+    const graph::Graph& g = c.exe->graph();
+    c.tokens = g.find(model::kInputTokens);
+    c.positions = g.find(model::kInputPositions);
+    c.logits = g.find(model::kOutputLogits);
+    return c;
+}
+
+SharedBackend::Compiled& SharedBackend::get(int64_t n_tokens, int64_t n_outputs) {
+    const auto key = std::make_pair(n_tokens, n_outputs);
+    auto it = compiled_.find(key);
+    if (it == compiled_.end()) {
+        if (compiled_.size() > kMaxCachedShapes) {
+            auto victim = compiled_.end();
+            for (auto c = compiled_.begin(); c != compiled_.end(); ++c)
+                if (c->first.first != 1 && (victim == compiled_.end() || c->second.last_used < victim->second.last_used))
+                    victim = c;
+            if (victim != compiled_.end()) compiled_.erase(victim);
+        }
+        it = compiled_.emplace(key, compile(n_tokens, n_outputs)).first;
+    }
+    it->second.last_used = ++use_clock_;
+    return it->second;
+}
+
+SharedBackend::Compiled& SharedBackend::get_batch(int64_t n) {
+    auto it = batch_.find(n);
+    if (it == batch_.end()) it = batch_.emplace(n, compile(n, n)).first;
+    return it->second;
+}
+
+}  // namespace runtime
+
+namespace {
+
+// The Vulkan backend of `m` on the device `opt` asks for: the one its other contexts use, or a
+// new one (nullptr: "auto" found no GPU). Throws kiln::Error when Vulkan was required and is
+// missing.
+std::shared_ptr<runtime::SharedBackend> vulkan_backend(const Model::Impl& m, const ContextOptions& opt) {
+    backend::VulkanOptions vo;
+    vo.device = opt.device;
+    vo.require = opt.backend == "vulkan" || opt.device >= 0;
+    const std::optional<uint32_t> index = backend::vulkan_select_device(vo);
+    if (!index) return nullptr;
+    std::lock_guard lk(m.backends_mu);
+    std::weak_ptr<runtime::SharedBackend>& slot = m.vulkan_backends[*index];
+    if (auto be = slot.lock()) return be;
+    vo.device = static_cast<int>(*index);
+    vo.require = true;
+    std::unique_ptr<backend::Backend> b = backend::make_vulkan_backend(vo);
+    if (!b) return nullptr;
+    auto be = std::make_shared<runtime::SharedBackend>(std::move(b), *m.arch);
+    slot = be;
+    return be;
+}
+
+}  // namespace
+
 struct Context::Impl {
     Model model;
     const Model::Impl& m;
     ContextOptions opt;
-    std::unique_ptr<backend::Backend> backend;
+    // Shared with the model's other contexts on the same Vulkan device; this context's own on the
+    // CPU (runtime/shared_backend.h). Every use holds be->mu.
+    std::shared_ptr<runtime::SharedBackend> be;
     std::unique_ptr<runtime::KvCache> kv;
-    bool on_cpu = false;  // the backend is the CPU one (decode_batch batches only there)
 
-    struct Compiled {
-        std::unique_ptr<backend::Executable> exe;
-        graph::TensorId tokens, positions, logits;
-        uint64_t last_used = 0;
-    };
-    std::map<std::pair<int64_t, int64_t>, Compiled> compiled;  // (n_tokens, n_outputs)
-    uint64_t use_clock = 0;
-
-    // Shapes of decode_batch() with this context first: one token per sequence, every row's
-    // logits (key: the number of sequences; at most one entry per size the server reaches).
-    std::map<int64_t, Compiled> batch_compiled;
     std::vector<backend::KvBuffers*> batch_kv;  // scratch of decode_batch, grown on demand only
     std::vector<int64_t> batch_pos;
     std::vector<int32_t> batch_pos32;
@@ -49,32 +111,18 @@ struct Context::Impl {
     int64_t n_logit_rows = 0;
 
     Impl(const Model& mdl, const ContextOptions& o) : model(mdl), m(*mdl.impl()), opt(o) {}
-
-    Compiled compile(int64_t n_tokens, int64_t n_outputs) {
-        Compiled c;
-        c.exe = backend->compile(m.arch->build({n_tokens, n_outputs}));
-        const graph::Graph& g = c.exe->graph();
-        c.tokens = g.find(model::kInputTokens);
-        c.positions = g.find(model::kInputPositions);
-        c.logits = g.find(model::kOutputLogits);
-        return c;
+    ~Impl() {
+        // The KV cache is the backend's memory: freed under its lock (another context may be
+        // recording on it).
+        if (be && kv) {
+            std::lock_guard lk(be->mu);
+            kv.reset();
+        }
     }
 
-    Compiled& get(int64_t n_tokens, int64_t n_outputs) {
-        const auto key = std::make_pair(n_tokens, n_outputs);
-        auto it = compiled.find(key);
-        if (it == compiled.end()) {
-            if (compiled.size() > kMaxCachedShapes) {
-                auto victim = compiled.end();
-                for (auto c = compiled.begin(); c != compiled.end(); ++c)
-                    if (c->first.first != 1 && (victim == compiled.end() || c->second.last_used < victim->second.last_used))
-                        victim = c;
-                if (victim != compiled.end()) compiled.erase(victim);
-            }
-            it = compiled.emplace(key, compile(n_tokens, n_outputs)).first;
-        }
-        it->second.last_used = ++use_clock;
-        return it->second;
+    // Whether decode_batch can run this context in one pass with c0 (on c0's backend).
+    bool batches_with(const Impl& c0) const {
+        return be == c0.be || (be->on_cpu && c0.be->on_cpu && opt.n_threads == c0.opt.n_threads);
     }
 };
 
@@ -89,16 +137,7 @@ Context::Context(const Model& model, const ContextOptions& options) {
     c.opt.n_batch = std::min(c.opt.n_batch, c.opt.n_ctx);
     if (c.opt.n_threads <= 0) c.opt.n_threads = model.default_threads();
 
-    if (c.opt.backend != "cpu") {
-        backend::VulkanOptions vo;
-        vo.device = c.opt.device;
-        vo.require = c.opt.backend == "vulkan" || c.opt.device >= 0;
-        if (c.opt.progress)
-            vo.progress = [p = c.opt.progress](uint64_t done, uint64_t total) {
-                p(total ? static_cast<float>(static_cast<double>(done) / static_cast<double>(total)) : 1.0f);
-            };
-        c.backend = backend::make_vulkan_backend(vo);  // nullptr: "auto" found no GPU
-    }
+    if (c.opt.backend != "cpu") c.be = vulkan_backend(c.m, c.opt);  // nullptr: "auto" found no GPU
     backend::KvLayout layout;
     layout.n_ctx = c.opt.n_ctx;
     layout.type_k = c.opt.kv_type_k;
@@ -116,25 +155,41 @@ Context::Context(const Model& model, const ContextOptions& options) {
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
     auto start = [&] {
-        c.on_cpu = std::string_view(c.backend->name()) == "cpu";
-        c.kv = std::make_unique<runtime::KvCache>(*c.backend, layout);
-        // The decode shape is compiled up front: generating a token never compiles or allocates.
-        c.get(1, 1);
+        std::lock_guard lk(c.be->mu);
+        c.kv = std::make_unique<runtime::KvCache>(*c.be->backend, layout);
+        // The decode shape is compiled up front (on a shared backend: by its first context, which
+        // uploads the weights): generating a token never compiles or allocates. The progress
+        // callback is this context's only while it is being created.
+        if (c.opt.progress)
+            backend::vulkan_set_progress(*c.be->backend, [p = c.opt.progress](uint64_t done, uint64_t total) {
+                p(total ? static_cast<float>(static_cast<double>(done) / static_cast<double>(total)) : 1.0f);
+            });
+        try {
+            c.be->get(1, 1);
+        } catch (...) {
+            backend::vulkan_set_progress(*c.be->backend, nullptr);
+            c.kv.reset();
+            throw;
+        }
+        backend::vulkan_set_progress(*c.be->backend, nullptr);
     };
-    if (c.backend && c.opt.backend == "auto") {
+    if (c.be && c.opt.backend == "auto") {
         // "auto" on a GPU: the whole model runs on Vulkan, or (an op, type or size the shaders do
         // not have, memory) the whole model runs on the CPU; backend_name() tells which.
         try {
             start();
             return;
         } catch (const Error&) {
-            c.compiled.clear();
-            c.kv.reset();
-            c.backend.reset();
+            c.be.reset();
         }
     }
-    if (!c.backend) c.backend = backend::make_cpu_backend(c.opt.n_threads);
-    start();
+    if (!c.be) c.be = std::make_shared<runtime::SharedBackend>(backend::make_cpu_backend(c.opt.n_threads), *c.m.arch);
+    try {
+        start();
+    } catch (...) {
+        c.be.reset();  // nothing of this context stays on a shared backend
+        throw;
+    }
 }
 
 Context::~Context() = default;
@@ -162,7 +217,10 @@ void Context::decode(std::span<const int32_t> tokens, bool all_logits) {
         const int64_t len = std::min(c.opt.n_batch, n - start);
         const bool last_chunk = start + len == n;
         const int64_t n_out = all_logits ? len : (last_chunk ? 1 : 0);
-        Impl::Compiled& comp = c.get(len, n_out);
+        // One pass under the backend's lock: the inputs, the run and the logits copied out before
+        // another context's pass can reuse the workspace.
+        std::lock_guard lk(c.be->mu);
+        runtime::SharedBackend::Compiled& comp = c.be->get(len, n_out);
         const int64_t base = c.kv->n_past();
         for (int64_t t = 0; t < len; ++t) c.positions[static_cast<size_t>(t)] = static_cast<int32_t>(base + t);
         comp.exe->set_input(comp.tokens, tokens.data() + start, static_cast<size_t>(len) * 4);
@@ -180,7 +238,7 @@ void Context::decode(std::span<const int32_t> tokens, bool all_logits) {
     }
 }
 
-void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens) {
+size_t decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens) {
     const size_t n = contexts.size();
     if (n == 0) throw Error("decode_batch: no contexts given");
     if (tokens.size() != n)
@@ -198,16 +256,12 @@ void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> t
                                     c.kv->n_ctx()));
         if (tokens[i] < 0 || tokens[i] >= n_vocab)
             throw Error(fmt::format("decode_batch: token {} (id {}) is outside the vocabulary of {}", i, tokens[i], n_vocab));
-        if (!c.on_cpu || c.opt.n_threads != c0.opt.n_threads) batched = false;
+        if (!c.batches_with(c0)) batched = false;
     }
     if (n == 1 || !batched) {
         for (size_t i = 0; i < n; ++i) contexts[i]->decode(tokens.subspan(i, 1));
-        return;
+        return n;
     }
-    const int64_t N = static_cast<int64_t>(n);
-    auto it = c0.batch_compiled.find(N);
-    if (it == c0.batch_compiled.end()) it = c0.batch_compiled.emplace(N, c0.compile(N, N)).first;
-    Context::Impl::Compiled& comp = it->second;
     c0.batch_kv.resize(n);
     c0.batch_pos.resize(n);
     c0.batch_pos32.resize(n);
@@ -217,6 +271,9 @@ void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> t
         c0.batch_pos[i] = c.kv->n_past();
         c0.batch_pos32[i] = static_cast<int32_t>(c.kv->n_past());
     }
+    // On c0's backend (shared by all of them on Vulkan), under its lock.
+    std::lock_guard lk(c0.be->mu);
+    runtime::SharedBackend::Compiled& comp = c0.be->get_batch(static_cast<int64_t>(n));
     comp.exe->set_input(comp.tokens, tokens.data(), n * 4);
     comp.exe->set_input(comp.positions, c0.batch_pos32.data(), n * 4);
     backend::RunArgs args;
@@ -230,6 +287,7 @@ void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> t
         std::copy(out + static_cast<int64_t>(i) * n_vocab, out + static_cast<int64_t>(i + 1) * n_vocab, c.logits.begin());
         c.n_logit_rows = 1;
     }
+    return 1;
 }
 
 std::span<const float> Context::logits(int64_t i) const {
@@ -286,7 +344,7 @@ std::string Context::kv_summary() const {
     return out;
 }
 const Model& Context::model() const { return impl_->model; }
-const char* Context::backend_name() const { return impl_->backend->name(); }
+const char* Context::backend_name() const { return impl_->be->backend->name(); }
 
 int64_t Context::truncate(int64_t n_keep) {
     Impl& c = *impl_;

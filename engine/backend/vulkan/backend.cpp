@@ -61,18 +61,27 @@ std::string Tensor::shape_string() const {
 
 // ---- lifetime ------------------------------------------------------------------------------
 
-std::unique_ptr<Backend> Backend::open(const BackendOptions& o) {
+std::optional<uint32_t> Backend::select(const BackendOptions& o) {
     const bool required = o.require || o.device >= 0;
-    std::shared_ptr<Instance> inst;
     std::vector<DeviceInfo> devices;
     try {
-        inst = Instance::get(o.validation);  // held so that list_devices and the Backend share it
         devices = list_devices();
     } catch (const Error&) {
         if (required) throw;
-        return nullptr;  // no loader or driver: the CPU it is
+        return std::nullopt;  // no loader or driver: the CPU it is
     }
-    const auto index = select_device(devices, o.device, o.require);
+    return select_device(devices, o.device, o.require);
+}
+
+std::unique_ptr<Backend> Backend::open(const BackendOptions& o) {
+    std::shared_ptr<Instance> inst;
+    try {
+        inst = Instance::get(o.validation);  // held so that list_devices and the Backend share it
+    } catch (const Error&) {
+        if (o.require || o.device >= 0) throw;
+        return nullptr;
+    }
+    const auto index = select(o);
     if (!index) return nullptr;
     return std::make_unique<Backend>(*index, o.validation);
 }
@@ -154,6 +163,19 @@ void Backend::upload(const Tensor& t, const void* data, uint64_t bytes) {
         throw Error(fmt::format("vk upload: tensor '{}' ({}) holds {} bytes, {} were given", t.name(), t.shape_string(),
                                 t.bytes(), bytes));
     ctx_->upload(t.buffer_, t.offset_, data, bytes);
+}
+
+void Backend::copy_rows(const Tensor& src, int64_t src_row, const Tensor& dst, int64_t dst_row, int64_t count) {
+    if (!src.valid() || !dst.valid()) throw Error("vk copy_rows: not a tensor");
+    if (src.row_bytes() != dst.row_bytes())
+        throw Error(fmt::format("vk copy_rows: rows of '{}' ({} bytes) and '{}' ({} bytes) differ", src.name(),
+                                src.row_bytes(), dst.name(), dst.row_bytes()));
+    if (count <= 0 || src_row < 0 || dst_row < 0 || src_row + count > src.n_rows() || dst_row + count > dst.n_rows())
+        throw Error(fmt::format("vk copy_rows: {} rows from row {} of '{}' ({} rows) to row {} of '{}' ({} rows)", count,
+                                src_row, src.name(), src.n_rows(), dst_row, dst.name(), dst.n_rows()));
+    const uint64_t rb = src.row_bytes();
+    ctx_->copy(src.buffer_, src.offset_ + rb * static_cast<uint64_t>(src_row), dst.buffer_,
+               dst.offset_ + rb * static_cast<uint64_t>(dst_row), rb * static_cast<uint64_t>(count));
 }
 
 void Backend::fill(const Tensor& t, uint32_t word) {

@@ -25,6 +25,7 @@
 #include <initializer_list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,6 +48,7 @@ public:
     uint64_t bytes() const { return row_bytes_ * static_cast<uint64_t>(n_rows()); }
     const std::string& name() const { return name_; }
     bool valid() const { return buffer_ != nullptr; }
+    uint64_t offset() const { return offset_; }  // byte offset in its buffer (views)
     std::string shape_string() const;  // "q4_K [4096, 4096]"
 
 private:
@@ -138,6 +140,9 @@ public:
     // none was required (the caller runs on the CPU). Throws kiln::Error when Vulkan is required
     // (or a device named) and missing: no loader, no driver, no such device.
     static std::unique_ptr<Backend> open(const BackendOptions& options = {});
+    // The index of the device open() would take (nullopt: none, the CPU), throwing as open() does;
+    // opens nothing. Callers that share one Backend per device key it by this.
+    static std::optional<uint32_t> select(const BackendOptions& options = {});
     Backend(uint32_t device_index, bool validation = false);
     ~Backend();
 
@@ -152,6 +157,9 @@ public:
     bool fits(uint64_t bytes, std::string* why = nullptr) const;
     uint64_t device_memory_available() const;
     void upload(const Tensor& t, const void* data, uint64_t bytes);  // bytes == t.bytes()
+    // Records the copy of rows [src_row, src_row + count) of src into dst from row dst_row (rows
+    // as in view_rows, of equal bytes; no alignment asked of either offset).
+    void copy_rows(const Tensor& src, int64_t src_row, const Tensor& dst, int64_t dst_row, int64_t count);
     void fill(const Tensor& t, uint32_t word);                        // every 32-bit word; tests poison with NaN
     // Submits what was recorded (with the copy back), waits, and copies the tensor out.
     void read(const Tensor& t, void* data, uint64_t bytes);

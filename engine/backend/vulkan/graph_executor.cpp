@@ -1,6 +1,7 @@
 #include "backend/vulkan/graph_executor.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <string>
@@ -127,7 +128,7 @@ namespace {
 // for a sliding-window one (position p in row p % slots); an MLA layer (v_in_k) stores K only.
 class VkKv final : public KvBuffers {
 public:
-    VkKv(vk::Backend& vk, const KvLayout& layout) : layout_(layout) {
+    VkKv(vk::Backend& vk, const KvLayout& layout) : owner_(&vk), layout_(layout) {
         for (const KvType t : {layout.type_k, layout.type_v})
             if (t != KvType::F16 && !kv_type_quantized(t))
                 throw Error(fmt::format("vulkan: a KV cache of type {} is not supported (f16, q8_0 and q4_0 are); use "
@@ -146,11 +147,13 @@ public:
         }
     }
     const KvLayout& layout() const override { return layout_; }
+    const vk::Backend* owner() const { return owner_; }
     const vk::Tensor& k(int layer) const { return k_.at(static_cast<size_t>(layer)); }
     const vk::Tensor& v(int layer) const { return v_.at(static_cast<size_t>(layer)); }
     bool ring(int layer) const { return layout_.is_ring(static_cast<size_t>(layer)); }
 
 private:
+    const vk::Backend* owner_;  // the device its tensors live on
     KvLayout layout_;
     std::vector<vk::Tensor> k_, v_;
 };
@@ -160,16 +163,30 @@ class VulkanGraphBackend;
 class VkExecutable final : public Executable {
 public:
     VkExecutable(VulkanGraphBackend& be, graph::Graph g);
+    ~VkExecutable() override;
     const graph::Graph& graph() const override { return g_; }
     void set_input(TensorId id, const void* data, size_t bytes) override;
     void run(const RunArgs& args) override;
     const float* output(TensorId id) const override;
+    // Points every view at the backend's workspace and matmul scratch (again, after they grew).
+    void bind();
 
 private:
     struct NodeViews {  // reshaped views the ops need (made once at compile)
         vk::Tensor a, b, c;
         vk::Tensor xq;       // matmuls with a quantized weight: x rounded to 8-bit groups
         int xq_group = 0;
+    };
+    // A StoreKV / Attention node in a batch of several sequences (RunArgs::seq_kv), run once per
+    // token on that token's own cache: token t's rows of K and V (StoreKV) or q and out
+    // (Attention) as views. Where a row's offset misses the device's storage-buffer alignment
+    // (tiny heads), every token's rows go through one aligned scratch instead: copied in, the op,
+    // the output row copied back.
+    struct SeqNode {
+        std::vector<NodeViews> rows;  // per token (views of the node's own tensors)
+        bool copy = false;
+        NodeViews scratch;            // copy: the scratch as the op sees it ([head_dim, heads, 1])
+        vk::Tensor a2, b2, c2;        // copy: the same memory as one row each, for copy_rows
     };
     const vk::Tensor& t(TensorId id) const { return tensors_[static_cast<size_t>(id)]; }
     // A matmul's input: src1 as is, or rounded into the scratch first (recorded here).
@@ -178,21 +195,33 @@ private:
         vk_.quantize_x(t(n.src[1]), v.xq, v.xq_group);
         return v.xq;
     }
+    int xq_group(const Node& n) const;
+    // Throws unless kv (any KvBuffers) is a cache of this device whose layers match the graph's
+    // and slots [base, base + n_tok) are in it. Checked before anything is recorded.
+    VkKv& check_kv(KvBuffers* kv, int64_t base, int64_t n_tok, const char* which) const;
+    // Records a StoreKV or Attention node over n_tok = a.ne(2) tokens at cache slot `base`.
+    void kv_node(const Node& n, const NodeViews& v, VkKv& kv, int64_t base);
+    // Records node ni for token t alone (of a batch of sequences) on its cache at position pos.
+    void kv_node_seq(const Node& n, size_t ni, int64_t t, VkKv& kv, int64_t pos);
+    void bind_seq();  // builds seq_ (the first run with several sequences, and after bind())
 
     VulkanGraphBackend& be_;
     vk::Backend& vk_;
     graph::Graph g_;
-    vk::Tensor workspace_;
-    vk::Tensor xq_scratch_;  // the rounded inputs of quantized matmuls (one at a time)
     std::vector<vk::Tensor> tensors_;  // per graph tensor: weight, or a view of the workspace
     std::vector<NodeViews> views_;     // per node
+    std::vector<SeqNode> seq_;         // per node: empty until a run with several sequences
+    vk::Tensor seq_scratch_;           // SeqNode::copy rows (made with seq_ when needed)
     std::map<TensorId, std::vector<float>> outputs_;
+    graph::Plan plan_;
+    int64_t kv_tokens_ = 0;  // tokens of the StoreKV / Attention nodes (0: none)
 };
 
 class VulkanGraphBackend final : public Backend {
 public:
-    VulkanGraphBackend(std::unique_ptr<vk::Backend> vk, std::function<void(uint64_t, uint64_t)> progress)
-        : vk_(std::move(vk)), progress_(std::move(progress)) {}
+    VulkanGraphBackend(std::unique_ptr<vk::Backend> vk, const VulkanOptions& o)
+        : vk_(std::move(vk)), progress_(o.progress), seq_row_copies_(o.seq_row_copies) {}
+    ~VulkanGraphBackend() override = default;
     const char* name() const override { return "vulkan"; }
     vk::Backend& vk() const { return *vk_; }
 
@@ -202,6 +231,9 @@ public:
     std::unique_ptr<KvBuffers> alloc_kv(const KvLayout& layout) override {
         return std::make_unique<VkKv>(*vk_, layout);
     }
+    void set_progress(std::function<void(uint64_t, uint64_t)> p) { progress_ = std::move(p); }
+    uint64_t weight_bytes() const { return weight_bytes_; }
+    bool seq_row_copies() const { return seq_row_copies_; }
 
     // The device copy of every weight of g (uploaded on first sight, shared by all executables).
     void upload_weights(const graph::Graph& g) {
@@ -237,11 +269,39 @@ public:
             }
             weights_.emplace(key(w), d);
             done += bytes_of(w);
+            weight_bytes_ += bytes_of(w);
             if (progress_) progress_(done, total);
         }
         vk_->submit();
     }
     const vk::Tensor& weight(const graph::Tensor& w) const { return weights_.at(key(w)); }
+
+    // Every executable's values live in ONE device workspace, and the rounded inputs of its
+    // quantized matmuls in one scratch, each grown to the largest graph compiled: runs never
+    // overlap (a backend is driven by one thread at a time, see kiln::Context) and run() copies
+    // the outputs to the host before it returns, so nothing of one run is needed by the next.
+    // When either grows, every executable re-points its views at the new buffer (the old one is
+    // freed once no recording holds it).
+    void reserve(uint64_t workspace_bytes, int64_t xq_elements) {
+        bool grown = false;
+        if (!workspace_.valid() || workspace_bytes > workspace_bytes_) {
+            const int64_t words = std::max<int64_t>(16, static_cast<int64_t>((workspace_bytes + 3) / 4) + 16);
+            workspace_ = vk_->tensor(TensorType::F32, {words}, fmt::format("workspace ({} bytes)", workspace_bytes));
+            workspace_bytes_ = workspace_bytes;
+            grown = true;
+        }
+        if (xq_elements > xq_elements_) {
+            xq_scratch_ = vk_->tensor(TensorType::F32, {xq_elements}, "rounded matmul input");
+            xq_elements_ = xq_elements;
+            grown = true;
+        }
+        if (grown)
+            for (VkExecutable* e : executables_) e->bind();
+    }
+    const vk::Tensor& workspace() const { return workspace_; }
+    const vk::Tensor& xq_scratch() const { return xq_scratch_; }
+    void add(VkExecutable* e) { executables_.push_back(e); }
+    void remove(VkExecutable* e) { executables_.erase(std::find(executables_.begin(), executables_.end(), e)); }
 
 private:
     using Key = std::tuple<const void*, int, int64_t, int64_t, int64_t, uint64_t>;
@@ -252,42 +312,60 @@ private:
     static uint64_t bytes_of(const graph::Tensor& w) { return matrix_bytes(w) * static_cast<uint64_t>(std::max<int64_t>(1, w.ne2)); }
     std::unique_ptr<vk::Backend> vk_;
     std::function<void(uint64_t, uint64_t)> progress_;
+    bool seq_row_copies_ = false;
     std::map<Key, vk::Tensor> weights_;
+    uint64_t weight_bytes_ = 0;
+    vk::Tensor workspace_, xq_scratch_;
+    uint64_t workspace_bytes_ = 0;
+    int64_t xq_elements_ = 0;
+    std::vector<VkExecutable*> executables_;  // alive, of this backend
 };
+
+int VkExecutable::xq_group(const Node& n) const {
+    // Matmuls against quantized weights read x rounded as the reference's integer dot products
+    // round it (vk::Backend::quantize_x).
+    if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) return 0;
+    const int group = vk::Backend::activation_group(g_.tensor(n.src[0]).wtype);
+    return group > 0 && g_.tensor(n.src[1]).ne0 % group == 0 ? group : 0;
+}
 
 VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk_(be.vk()), g_(std::move(g)) {
     vulkan_check_graph(g_, KvType::F16, KvType::F16);
     be_.upload_weights(g_);
     const int64_t align =
         std::max<int64_t>(64, static_cast<int64_t>(vk_.device().min_storage_buffer_offset_alignment));
-    const graph::Plan plan = graph::plan_buffers(g_, align);
-    const int64_t words = std::max<int64_t>(16, (plan.workspace_bytes + 3) / 4 + 16);
-    workspace_ = vk_.tensor(TensorType::F32, {words}, fmt::format("workspace ({} bytes)", plan.workspace_bytes));
+    plan_ = graph::plan_buffers(g_, align);
+    int64_t xq_elements = 0;
+    for (const Node& n : g_.nodes()) {
+        if (xq_group(n)) xq_elements = std::max(xq_elements, g_.tensor(n.src[1]).n_elements());
+        if (n.op == Op::StoreKV || n.op == Op::Attention) kv_tokens_ = g_.tensor(n.src[0]).ne1;
+    }
+    be_.reserve(static_cast<uint64_t>(std::max<int64_t>(0, plan_.workspace_bytes)), xq_elements);
+    for (size_t i = 0; i < g_.tensors().size(); ++i) {
+        const graph::Tensor& x = g_.tensors()[i];
+        if (x.kind == TensorKind::Output)
+            outputs_[static_cast<TensorId>(i)].resize(static_cast<size_t>(x.n_elements()));
+    }
+    bind();
+    be_.add(this);
+}
+
+VkExecutable::~VkExecutable() { be_.remove(this); }
+
+void VkExecutable::bind() {
+    const vk::Tensor& workspace = be_.workspace();
     const auto& ts = g_.tensors();
     tensors_.resize(ts.size());
     for (size_t i = 0; i < ts.size(); ++i) {
         const graph::Tensor& x = ts[i];
         if (x.kind == TensorKind::Weight) {
             tensors_[i] = be_.weight(x);
-        } else if (plan.offset[i] >= 0) {
+        } else if (plan_.offset[i] >= 0) {
             const TensorType type = x.dtype == graph::DType::I32 ? TensorType::I32 : TensorType::F32;
-            tensors_[i] = vk_.view(workspace_, static_cast<uint64_t>(plan.offset[i]), type, {x.ne0, x.ne1},
+            tensors_[i] = vk_.view(workspace, static_cast<uint64_t>(plan_.offset[i]), type, {x.ne0, x.ne1},
                                    x.name.empty() ? fmt::format("%{}", i) : x.name);
         }
-        if (x.kind == TensorKind::Output)
-            outputs_[static_cast<TensorId>(i)].resize(static_cast<size_t>(x.n_elements()));
     }
-    // Matmuls against quantized weights read x rounded as the reference's integer dot products
-    // round it (vk::Backend::quantize_x): one scratch of the largest such x.
-    auto xq_group = [&](const Node& n) {
-        if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) return 0;
-        const int group = vk::Backend::activation_group(g_.tensor(n.src[0]).wtype);
-        return group > 0 && g_.tensor(n.src[1]).ne0 % group == 0 ? group : 0;
-    };
-    int64_t xq_elements = 0;
-    for (const Node& n : g_.nodes())
-        if (xq_group(n)) xq_elements = std::max(xq_elements, g_.tensor(n.src[1]).n_elements());
-    if (xq_elements > 0) xq_scratch_ = vk_.tensor(TensorType::F32, {xq_elements}, "rounded matmul input");
     views_.resize(g_.nodes().size());
     for (size_t ni = 0; ni < g_.nodes().size(); ++ni) {
         const Node& n = g_.nodes()[ni];
@@ -298,7 +376,7 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
         };
         if ((v.xq_group = xq_group(n)) > 0) {
             const graph::Tensor& x = g_.tensor(n.src[1]);
-            v.xq = vk_.view(xq_scratch_, 0, TensorType::F32, {x.ne0, x.ne1}, "rounded matmul input");
+            v.xq = vk_.view(be_.xq_scratch(), 0, TensorType::F32, {x.ne0, x.ne1}, "rounded matmul input");
         }
         switch (n.op) {
             case Op::Rope:
@@ -320,6 +398,7 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
                 v.c = reshape(n.dst, n.attn.head_dim_v, n.attn.n_head);
                 break;
             case Op::Rows: {
+                if (v.a.valid()) break;  // not in the workspace: made once
                 // A gather of rows [i0, i0 + count) by fixed ids: no alignment asked of the row's offset.
                 const int64_t count = g_.tensor(n.dst).ne1;
                 std::vector<int32_t> ids(static_cast<size_t>(count));
@@ -329,6 +408,66 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
                 break;
             }
             default: break;
+        }
+    }
+    if (!seq_.empty()) bind_seq();
+}
+
+void VkExecutable::bind_seq() {
+    const uint64_t align = std::max<uint64_t>(16, vk_.device().min_storage_buffer_offset_alignment);
+    const auto& nodes = g_.nodes();
+    seq_.assign(nodes.size(), SeqNode{});
+    // The node's tensor as [d0, d1, 1] per token, or through the scratch.
+    struct Side {
+        TensorId id;
+        int64_t d0, d1;
+        vk::Tensor NodeViews::*view;
+        vk::Tensor SeqNode::*row;
+    };
+    std::vector<std::pair<size_t, std::vector<Side>>> todo;
+    uint64_t scratch_bytes = 0;
+    for (size_t ni = 0; ni < nodes.size(); ++ni) {
+        const Node& n = nodes[ni];
+        std::vector<Side> sides;
+        if (n.op == Op::StoreKV) {
+            sides.push_back({n.src[0], n.attn.head_dim_k, n.attn.n_head_kv, &NodeViews::a, &SeqNode::a2});
+            if (!n.attn.v_in_k) sides.push_back({n.src[1], n.attn.head_dim_v, n.attn.n_head_kv, &NodeViews::b, &SeqNode::b2});
+        } else if (n.op == Op::Attention) {
+            sides.push_back({n.src[0], n.attn.head_dim_k, n.attn.n_head, &NodeViews::a, &SeqNode::a2});
+            sides.push_back({n.dst, n.attn.head_dim_v, n.attn.n_head, &NodeViews::c, &SeqNode::c2});
+        } else {
+            continue;
+        }
+        SeqNode& s = seq_[ni];
+        uint64_t need = 0;
+        for (const Side& d : sides) {
+            const uint64_t row = static_cast<uint64_t>(d.d0 * d.d1) * 4;
+            if (t(d.id).offset() % align || row % align || be_.seq_row_copies()) s.copy = true;
+            need += (row + align - 1) / align * align;
+        }
+        scratch_bytes = std::max(scratch_bytes, need);
+        todo.emplace_back(ni, std::move(sides));
+    }
+    bool any_copy = false;
+    for (const auto& [ni, sides] : todo) any_copy |= seq_[ni].copy;
+    if (any_copy && (!seq_scratch_.valid() || seq_scratch_.bytes() < scratch_bytes))
+        seq_scratch_ = vk_.tensor(TensorType::F32, {static_cast<int64_t>(scratch_bytes / 4)}, "rows of one sequence");
+    for (const auto& [ni, sides] : todo) {
+        SeqNode& s = seq_[ni];
+        if (s.copy) {
+            uint64_t at = 0;
+            for (const Side& d : sides) {
+                s.scratch.*d.view = vk_.view(seq_scratch_, at, TensorType::F32, {d.d0, d.d1, 1}, "row of one sequence");
+                s.*d.row = vk_.view(seq_scratch_, at, TensorType::F32, {d.d0 * d.d1, 1}, "row of one sequence");
+                at += (static_cast<uint64_t>(d.d0 * d.d1) * 4 + align - 1) / align * align;
+            }
+        } else {
+            s.rows.resize(static_cast<size_t>(kv_tokens_));
+            for (int64_t tok = 0; tok < kv_tokens_; ++tok)
+                for (const Side& d : sides)
+                    s.rows[static_cast<size_t>(tok)].*d.view =
+                        vk_.view(t(d.id), static_cast<uint64_t>(tok * d.d0 * d.d1) * 4, TensorType::F32, {d.d0, d.d1, 1},
+                                 t(d.id).name());
         }
     }
 }
@@ -347,9 +486,82 @@ const float* VkExecutable::output(TensorId id) const {
     return it->second.data();
 }
 
+VkKv& VkExecutable::check_kv(KvBuffers* kv_in, int64_t base, int64_t n_tok, const char* which) const {
+    if (!kv_in) throw Error(fmt::format("vulkan backend: {} needs a KV cache", which));
+    auto* kv = dynamic_cast<VkKv*>(kv_in);
+    if (!kv || kv->owner() != &vk_)
+        throw Error(fmt::format("vulkan backend: {} is not a KV cache of this backend's device", which));
+    const KvLayout& L = kv->layout();
+    if (base < 0 || base + n_tok > L.n_ctx)
+        throw Error(fmt::format("vulkan backend: KV slots [{}, {}) of {} are outside the cache of {}", base, base + n_tok,
+                                which, L.n_ctx));
+    for (const Node& n : g_.nodes()) {
+        if (n.op != Op::StoreKV && n.op != Op::Attention) continue;
+        const int layer = n.attn.layer;
+        if (layer < 0 || static_cast<size_t>(layer) >= L.layers.size() ||
+            L.layers[static_cast<size_t>(layer)].v_in_k != n.attn.v_in_k)
+            throw Error(fmt::format("vulkan backend: KV layer {} does not match the layout of {}", layer, which));
+    }
+    return *kv;
+}
+
+void VkExecutable::kv_node(const Node& n, const NodeViews& v, VkKv& kv, int64_t base) {
+    const int64_t n_tok = v.a.ne(2);
+    const int layer = n.attn.layer;
+    const bool ring = kv.ring(layer);
+    if (n.op == Op::StoreKV) {
+        vk_.kv_write(v.a, kv.k(layer), static_cast<uint32_t>(base), ring, kv.layout().type_k);
+        if (!n.attn.v_in_k) vk_.kv_write(v.b, kv.v(layer), static_cast<uint32_t>(base), ring, kv.layout().type_v);
+    } else {
+        vk::AttentionParams ap;
+        ap.pos0 = static_cast<uint32_t>(base);
+        ap.n_kv = static_cast<uint32_t>(base + n_tok);
+        ap.scale = n.attn.scale;
+        ap.window = static_cast<uint32_t>(std::max(0, n.attn.window));
+        ap.softcap = n.attn.softcap;
+        ap.ring = ring;
+        ap.v_in_k = n.attn.v_in_k;
+        ap.dv = static_cast<uint32_t>(n.attn.head_dim_v);
+        ap.k_type = kv.layout().type_k;
+        ap.v_type = kv.layout().type_v;
+        const vk::Tensor* sinks = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
+        vk_.attention(v.a, kv.k(layer), kv.v(layer), v.c, ap, sinks);
+    }
+}
+
+void VkExecutable::kv_node_seq(const Node& n, size_t ni, int64_t tok, VkKv& kv, int64_t pos) {
+    const SeqNode& s = seq_[ni];
+    if (!s.copy) return kv_node(n, s.rows[static_cast<size_t>(tok)], kv, pos);
+    if (n.op == Op::StoreKV) {
+        vk_.copy_rows(t(n.src[0]), tok, s.a2, 0, 1);
+        if (!n.attn.v_in_k) vk_.copy_rows(t(n.src[1]), tok, s.b2, 0, 1);
+        kv_node(n, s.scratch, kv, pos);
+    } else {
+        vk_.copy_rows(t(n.src[0]), tok, s.a2, 0, 1);
+        kv_node(n, s.scratch, kv, pos);
+        vk_.copy_rows(s.c2, 0, t(n.dst), tok, 1);
+    }
+}
+
 void VkExecutable::run(const RunArgs& args) {
-    if (!args.seq_kv.empty()) throw Error("vulkan: a batch of several sequences is not supported yet");
-    VkKv* kv = static_cast<VkKv*>(args.kv);
+    // Everything is checked before anything is recorded.
+    const bool seq = !args.seq_kv.empty() && kv_tokens_ > 0;
+    VkKv* kv = nullptr;
+    if (seq) {
+        // One token per sequence: matmuls and element-wise ops run once over the batch, each
+        // StoreKV / Attention once per token on that token's cache at its position.
+        if (static_cast<int64_t>(args.seq_kv.size()) != kv_tokens_ || args.seq_pos.size() != args.seq_kv.size())
+            throw Error(fmt::format("vulkan backend: {} sequences ({} positions) given for a batch of {} tokens",
+                                    args.seq_kv.size(), args.seq_pos.size(), kv_tokens_));
+        for (size_t i = 0; i < args.seq_kv.size(); ++i) {
+            char which[32];
+            std::snprintf(which, sizeof which, "sequence %zu", i);
+            check_kv(args.seq_kv[i], args.seq_pos[i], 1, which);
+        }
+        if (seq_.empty()) bind_seq();  // once per executable (allocates: warm-up)
+    } else if (kv_tokens_ > 0) {
+        kv = &check_kv(args.kv, args.kv_base, kv_tokens_, "the run");
+    }
     const int64_t base = args.kv_base;
     const auto& nodes = g_.nodes();
     for (size_t ni = 0; ni < nodes.size(); ++ni) {
@@ -384,38 +596,14 @@ void VkExecutable::run(const RunArgs& args) {
                 break;
             }
             case Op::StoreKV:
-            case Op::Attention: {
-                if (!kv) throw Error(fmt::format("vulkan backend: {} needs a KV cache", graph::op_name(n.op)));
-                const int64_t n_tok = g_.tensor(n.src[0]).ne1;
-                if (base < 0 || base + n_tok > kv->layout().n_ctx)
-                    throw Error(fmt::format("vulkan backend: KV slots [{}, {}) outside the cache of {}", base,
-                                            base + n_tok, kv->layout().n_ctx));
-                const int layer = n.attn.layer;
-                if (layer < 0 || static_cast<size_t>(layer) >= kv->layout().layers.size() ||
-                    kv->layout().layers[static_cast<size_t>(layer)].v_in_k != n.attn.v_in_k)
-                    throw Error(fmt::format("vulkan backend: KV layer {} does not match the cache layout", layer));
-                const bool ring = kv->ring(layer);
-                if (n.op == Op::StoreKV) {
-                    const KvLayout& L = kv->layout();
-                    vk_.kv_write(v.a, kv->k(layer), static_cast<uint32_t>(base), ring, L.type_k);
-                    if (!n.attn.v_in_k) vk_.kv_write(v.b, kv->v(layer), static_cast<uint32_t>(base), ring, L.type_v);
-                } else {
-                    vk::AttentionParams ap;
-                    ap.pos0 = static_cast<uint32_t>(base);
-                    ap.n_kv = static_cast<uint32_t>(base + n_tok);
-                    ap.scale = n.attn.scale;
-                    ap.window = static_cast<uint32_t>(std::max(0, n.attn.window));
-                    ap.softcap = n.attn.softcap;
-                    ap.ring = ring;
-                    ap.v_in_k = n.attn.v_in_k;
-                    ap.dv = static_cast<uint32_t>(n.attn.head_dim_v);
-                    ap.k_type = kv->layout().type_k;
-                    ap.v_type = kv->layout().type_v;
-                    const vk::Tensor* sinks = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
-                    vk_.attention(v.a, kv->k(layer), kv->v(layer), v.c, ap, sinks);
+            case Op::Attention:
+                if (!seq) {
+                    kv_node(n, v, *kv, base);
+                    break;
                 }
+                for (size_t i = 0; i < args.seq_kv.size(); ++i)
+                    kv_node_seq(n, ni, static_cast<int64_t>(i), static_cast<VkKv&>(*args.seq_kv[i]), args.seq_pos[i]);
                 break;
-            }
             case Op::SwiGLU: vk_.swiglu(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::GeGLU: vk_.geglu(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::SwiGLUOai: vk_.swiglu_oai(t(n.src[0]), t(n.src[1]), t(n.dst), n.f, n.f1); break;
@@ -464,6 +652,30 @@ const vk::ContextStats* vulkan_stats(const Backend& b) {
     return v ? &v->vk().stats() : nullptr;
 }
 
+uint64_t vulkan_weight_bytes(const Backend& b) {
+    const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
+    return v ? v->weight_bytes() : 0;
+}
+
+uint64_t vulkan_device_bytes(const Backend& b) {
+    const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
+    if (!v) return 0;
+    vk::Context& c = v->vk().context();
+    return c.heap_used(c.heap_of(vk::MemoryKind::Device));
+}
+
+void vulkan_set_progress(Backend& b, std::function<void(uint64_t, uint64_t)> progress) {
+    if (auto* v = dynamic_cast<VulkanGraphBackend*>(&b)) v->set_progress(std::move(progress));
+}
+
+std::optional<uint32_t> vulkan_select_device(const VulkanOptions& o) {
+    vk::BackendOptions bo;
+    bo.device = o.device;
+    bo.require = o.require;
+    bo.validation = o.validation;
+    return vk::Backend::select(bo);
+}
+
 std::unique_ptr<Backend> make_vulkan_backend(const VulkanOptions& o) {
     vk::BackendOptions bo;
     bo.device = o.device;
@@ -471,7 +683,7 @@ std::unique_ptr<Backend> make_vulkan_backend(const VulkanOptions& o) {
     bo.validation = o.validation;
     std::unique_ptr<vk::Backend> vk = vk::Backend::open(bo);
     if (!vk) return nullptr;
-    return std::make_unique<VulkanGraphBackend>(std::move(vk), o.progress);
+    return std::make_unique<VulkanGraphBackend>(std::move(vk), o);
 }
 
 }  // namespace kiln::backend

@@ -1,6 +1,7 @@
 // kiln public API: an inference context (one sequence, its KV cache and its logits).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -23,7 +24,8 @@ struct ContextOptions {
     std::string backend = "cpu";
     int device = -1;  // Vulkan device index (kiln devices); -1: the best one
     // Called with the fraction [0, 1] of the weights copied to the device (Vulkan) while the
-    // context is created.
+    // context is created. Not called when the weights are on the device already: the contexts of
+    // one Model on one Vulkan device share one copy of the weights (each adds its KV cache only).
     std::function<void(float)> progress;
 };
 
@@ -39,6 +41,9 @@ struct KvStats {
     size_t sliding_bytes_per_token = 0;
 };
 
+// Threads: a Context is used by one thread at a time; different contexts may be used from
+// different threads. Contexts of one Model on one Vulkan device share its backend and take turns
+// on it (one forward pass at a time, under a lock); CPU contexts run side by side.
 class Context {
 public:
     explicit Context(const Model& model, const ContextOptions& options = {});
@@ -78,7 +83,7 @@ public:
     const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)
 
 private:
-    friend void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
+    friend size_t decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
@@ -87,10 +92,12 @@ private:
 // contexts[i], and all of them run through one forward pass, so each weight is read once for the
 // whole batch instead of once per sequence. Afterwards contexts[i].logits() is that token's row,
 // as if contexts[i].decode(tokens[i]) had run. The contexts must be distinct, of the same Model,
-// with the same thread count, and each needs room for one more token. On the CPU backend they are
-// batched (the batch shape is compiled once per size on the first context and reused); on other
-// backends each context decodes its token in turn. Throws kiln::Error naming the problem; on an
-// error no context has advanced.
-void decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
+// and each needs room for one more token. They are batched when they run on one backend: on
+// Vulkan, contexts on the same device (they share it); on the CPU, contexts with the same thread
+// count (the batch runs on the first context's backend). Others decode their tokens in turn. The
+// batch shape is compiled once per size and reused, so a step allocates nothing. Returns the
+// forward passes run: 1 when batched, else one per context. Throws kiln::Error naming the problem;
+// on an error no context has advanced.
+size_t decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
 
 }  // namespace kiln
