@@ -113,6 +113,7 @@ int run_claude(const std::vector<std::string>& argv_all) {
     std::string model_path, host = "127.0.0.1", api_key, alias, log_path, backend;
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0, device = -1;
+    KvType kv_k = KvType::F16, kv_v = KvType::F16;
     int64_t cache_mib = 0;
     int cache_prefixes = -1;
     Args args("claude", "-m MODEL [-c CTX] [--port P] [options] [-- claude arguments]");
@@ -129,6 +130,7 @@ int run_claude(const std::vector<std::string>& argv_all) {
     args.option({"--alias"}, &alias, "NAME", "model name given to Claude Code (default: the file's)");
     args.option({"--backend"}, &backend, "NAME", "server backend: cpu (default), vulkan or auto (kiln serve --backend)");
     args.option({"--device"}, &device, "N", "Vulkan device index (kiln serve --device)");
+    args.kv_type_options(&kv_k, &kv_v);
     args.option({"--log"}, &log_path, "FILE", "server log (default: $TMPDIR/kiln-claude-PORT.log)");
     if (!args.parse(argv)) return 0;
     if (port <= 0 || port > 65535) throw Error("kiln claude: --port must be 1..65535");
@@ -168,6 +170,8 @@ int run_claude(const std::vector<std::string>& argv_all) {
         if (!alias.empty()) sargs.insert(sargs.end(), {"--alias", alias});
         if (!backend.empty()) sargs.insert(sargs.end(), {"--backend", backend});
         if (device >= 0) sargs.insert(sargs.end(), {"--device", std::to_string(device)});
+        if (kv_k != KvType::F16) sargs.insert(sargs.end(), {"-ctk", kv_type_name(kv_k)});
+        if (kv_v != KvType::F16) sargs.insert(sargs.end(), {"-ctv", kv_type_name(kv_v)});
         const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (log_fd < 0) throw Error(fmt::format("kiln claude: cannot write the server log {}: {}", log_path, std::strerror(errno)));
         server = ::fork();

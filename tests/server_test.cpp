@@ -402,6 +402,32 @@ TEST_F(ServerVulkanTest, AnswersOnVulkanWithCachedPrefixes) {
 // this model's 151669-row output matrix takes lavapipe about half a second per pass.
 TEST_F(ServerVulkanTest, ConcurrentGenerationsAreBatchedAndUnchanged) { concurrent_generations_are_batched(8); }
 
+// -ctk / -ctv q8_0: every slot and cached prefix holds a q8_0 cache; prefix reuse and batched
+// decode steps work on it as on f16, and the start-up line names the type.
+class ServerQ8KvTest : public ServerTest {
+protected:
+    static void SetUpTestSuite() { start(nullptr, {"-ctk", "q8_0", "-ctv", "q8_0", "--cache-prefixes", "3"}); }
+};
+
+TEST_F(ServerQ8KvTest, ServesFromQuantizedCaches) {
+    std::ifstream in(log_path_);
+    const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(log.find("KV q8_0, backend cpu"), std::string::npos) << log;
+    json body{{"model", "local"}, {"max_tokens", 6}, {"temperature", 0}, {"prompt", "Tell me about kilns and glazes"}};
+    auto r = post("/v1/completions", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["usage"]["completion_tokens"], 6);
+    auto again = post("/v1/completions", body);
+    ASSERT_TRUE(again);
+    const json ja = json::parse(again->body);
+    EXPECT_EQ(ja["choices"][0]["text"], j["choices"][0]["text"]);
+    EXPECT_GT(ja["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), 0) << again->body;
+}
+
+TEST_F(ServerQ8KvTest, ConcurrentGenerationsAreBatchedAndUnchanged) { concurrent_generations_are_batched(16); }
+
 TEST_F(ServerTest, HealthRootModelsAndMetrics) {
     auto c = client("");
     auto h = c.Get("/health");
@@ -994,10 +1020,10 @@ TEST(ServerClaudeCommand, PassesTheBackendToTheServer) {
     const std::string log = kiln::test::temp_path("kiln-claude-vk-" + std::to_string(::getpid()) + ".log").string();
     auto r = run_kiln_claude(fake_claude_dir().string(), false,
                              {"-m", (shared_dir() / kModel).string(), "-c", "256", "--port", std::to_string(port), "-t", "1", "--log", log,
-                              "--backend", "vulkan", "--", "-p", "x"});
+                              "--backend", "vulkan", "-ctk", "q8_0", "--", "-p", "x"});
     EXPECT_EQ(r.code, 7) << r.err;
     const std::string slog = read_file(log);
-    EXPECT_NE(slog.find("backend vulkan"), std::string::npos) << slog;
+    EXPECT_NE(slog.find("KV K q8_0 V f16, backend vulkan"), std::string::npos) << slog;
 }
 
 TEST(ServerClaudeCommand, WithoutClaudeSaysHowToInstall) {

@@ -626,6 +626,7 @@ void on_signal(int) {
 int run_serve(const std::vector<std::string>& argv) {
     std::string model_path, host = "127.0.0.1", api_key, alias, backend = "cpu";
     int device = -1;
+    KvType kv_k = KvType::F16, kv_v = KvType::F16;
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0, max_queue = 16;
     int64_t cache_mib = 0;
@@ -647,6 +648,7 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"--api-key"}, &api_key, "KEY", "require this key (x-api-key or Authorization: Bearer)");
     args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else the CPU)");
     args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices)");
+    args.kv_type_options(&kv_k, &kv_v);
     args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
     if (!args.parse(argv)) return 0;
     if (model_path.empty()) throw Error("kiln serve: no model given (-m MODEL.gguf)");
@@ -662,7 +664,8 @@ int run_serve(const std::vector<std::string>& argv) {
     if (cache_prefixes < 0 || cache_prefixes > 64) throw Error("kiln serve: --cache-prefixes must be 0..64");
     if (backend != "cpu" && backend != "vulkan" && backend != "auto")
         throw Error(fmt::format("kiln serve: unknown backend '{}' (available: cpu, vulkan, auto)", backend));
-    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes, backend, device);
+    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes, backend, device,
+                  kv_k, kv_v);
     Server server(engine, api_key, alias);
     httplib::Server svr;
     server.install(svr);
@@ -681,8 +684,10 @@ int run_serve(const std::vector<std::string>& argv) {
         socklen_t len = sizeof acc;
         if (::getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc) ::listen(listen_fd, SOMAXCONN);
     }
-    fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens, backend {}{})\n", alias, host, port, engine.n_parallel(),
-               engine.n_ctx(), engine.backend_name(),
+    fmt::print(stderr, "kiln serve: {} on http://{}:{} ({} slot(s) of {} tokens, KV {}, backend {}{})\n", alias, host, port,
+               engine.n_parallel(), engine.n_ctx(),
+               kv_k == kv_v ? std::string(kv_type_name(kv_k)) : fmt::format("K {} V {}", kv_type_name(kv_k), kv_type_name(kv_v)),
+               engine.backend_name(),
                api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
     if (engine.max_contexts() > engine.n_parallel())
         fmt::print(stderr, "kiln serve: prefix cache: up to {} contexts of {:.1f} MiB KV each (--cache-mem {} MiB, --cache-prefixes {})\n",

@@ -119,7 +119,7 @@ struct Engine::Slot {
 };
 
 Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes, int cache_prefixes,
-               const std::string& backend, int device)
+               const std::string& backend, int device, KvType kv_type_k, KvType kv_type_v)
     : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
     auto f = gguf::File::open(model_.info().path);
     tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
@@ -128,6 +128,8 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
     ctx_options_.n_threads = n_threads;
     ctx_options_.backend = backend;
     ctx_options_.device = device;
+    ctx_options_.kv_type_k = kv_type_k;
+    ctx_options_.kv_type_v = kv_type_v;
     for (int i = 0; i < n_parallel_; ++i) {
         auto s = std::make_unique<Slot>();
         s->id = i;

@@ -123,8 +123,10 @@ public:
     // cache_bytes is device memory), their decode steps are batched, and they take turns on the
     // device: each request decodes its prompt in its own thread, under the backend's lock, between
     // the batched steps (see engine/runtime/shared_backend.h).
+    // kv_type_k / kv_type_v: the KV cache types of every context (-ctk / -ctv).
     Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0, int cache_prefixes = 0,
-           const std::string& backend = "cpu", int device = -1);
+           const std::string& backend = "cpu", int device = -1, KvType kv_type_k = KvType::F16,
+           KvType kv_type_v = KvType::F16);
     const char* backend_name() const;
     ~Engine();
 
