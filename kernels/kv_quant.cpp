@@ -8,7 +8,7 @@
 #include "kernels/half.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
+#include "kernels/avx2.h"
 #define KILN_X86 1
 #endif
 
@@ -23,15 +23,6 @@ inline float q4_value(const uint8_t* codes, int64_t i) {
 }
 
 #ifdef KILN_X86
-#define KILN_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-KILN_AVX2 inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 // Eight int8 codes as floats.
 KILN_AVX2 inline __m256 load_q8x8(const int8_t* c) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c))));
@@ -67,7 +58,7 @@ KILN_AVX2 float dot_avx2(const float* a, const uint8_t* codes, const uint16_t* s
         total = _mm256_fmadd_ps(acc, _mm256_set1_ps(d), total);
         tail += t * d;
     }
-    return hsum(total) + tail;
+    return hsum256(total) + tail;
 }
 
 template <bool Q4>

@@ -8,24 +8,15 @@
 
 #ifdef KILN_KERNELS_X86
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 
-#define KILN_AVX2 __attribute__((target("avx2,fma,f16c")))
+#include "kernels/avx2.h"
 
 namespace kiln::kernels::detail {
 namespace {
 
 using namespace blk;
-
-KILN_AVX2 inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 KILN_AVX2 inline int hsum_i32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -109,7 +100,7 @@ KILN_AVX2 float vd_f32(const void* w, const void* x, int64_t n) {
         acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
     }
     for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
     for (; i < n; ++i) s += a[i] * b[i];
     return s;
 }
@@ -140,7 +131,7 @@ KILN_AVX2 float vd_half(const void* w, const void* x, int64_t n) {
         acc3 = _mm256_fmadd_ps(load_half<BF16>(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
     }
     for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_half<BF16>(a + i), _mm256_loadu_ps(b + i), acc0);
-    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
     for (; i < n; ++i) s += (BF16 ? bf16_to_float(a[i]) : h2f(a[i])) * b[i];
     return s;
 }
@@ -167,7 +158,7 @@ KILN_AVX2 float vd_q8_0(const void* w, const void* xv, int64_t n) {
         const __m256i p0 = dot_u8s8(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0));
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), _mm256_cvtepi32_ps(p0), acc0);
     }
-    return hsum(_mm256_add_ps(acc0, acc1));
+    return hsum256(_mm256_add_ps(acc0, acc1));
 }
 
 // Q4_0: codes 0..15 stay unsigned; the -8 offset is -8 * d * sum(x codes) per block.
@@ -192,7 +183,7 @@ KILN_AVX2 float vd_q4_0(const void* w, const void* xv, int64_t n) {
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(p0), acc0);
         off += d0 * static_cast<float>(x[ib].sum);
     }
-    return hsum(_mm256_add_ps(acc0, acc1)) - 8.0f * off;
+    return hsum256(_mm256_add_ps(acc0, acc1)) - 8.0f * off;
 }
 
 // Q4_K's 12 scale bytes -> 8 scales (low 64 bits) and 8 mins (high 64 bits) as bytes.
@@ -247,7 +238,7 @@ KILN_AVX2 float vd_q4_K(const void* w, const void* xv, int64_t n) {
     }
     __m128 m = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
     m = _mm_add_ss(m, _mm_movehdup_ps(m));
-    return hsum(acc) - _mm_cvtss_f32(m);
+    return hsum256(acc) - _mm_cvtss_f32(m);
 }
 
 // The four 32-code groups of one Q6_K half (values 0..63, offset 32 applied by the caller).
@@ -295,7 +286,7 @@ KILN_AVX2 float vd_q6_K(const void* w, const void* xv, int64_t n) {
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(iacc), acc);
         oacc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(offs), oacc);
     }
-    return hsum(acc) - 32.0f * hsum(oacc);
+    return hsum256(acc) - 32.0f * hsum256(oacc);
 }
 
 // ---- decoders (weight tile -> float) --------------------------------------------------------
@@ -560,7 +551,7 @@ KILN_AVX2 float vd_min32(const void* w, const void* xv, int64_t n) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), _mm256_cvtepi32_ps(p), acc);
         off += h2f(b[ib].m) * x[ib].d * static_cast<float>(x[ib].sum);
     }
-    return hsum(acc) + off;
+    return hsum256(acc) + off;
 }
 
 // Q5_0: w = d * (code - 16).
@@ -575,7 +566,7 @@ KILN_AVX2 float vd_q5_0(const void* w, const void* xv, int64_t n) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(dot_u8s8(c, loadu256(x[ib].qs))), acc);
         off += dd * static_cast<float>(x[ib].sum);
     }
-    return hsum(acc) - 16.0f * off;
+    return hsum256(acc) - 16.0f * off;
 }
 
 // Signed 8-bit values v against activation codes: |v| * sign(x, v) feeds maddubs.
@@ -593,7 +584,7 @@ KILN_AVX2 float vd_iq4_nl(const void* w, const void* xv, int64_t n) {
         const __m256i p = dot_s8s8(lut_nibbles16(b[ib].qs, lut), loadu256(x[ib].qs));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), _mm256_cvtepi32_ps(p), acc);
     }
-    return hsum(acc);
+    return hsum256(acc);
 }
 
 KILN_AVX2 float vd_mxfp4(const void* w, const void* xv, int64_t n) {
@@ -605,7 +596,7 @@ KILN_AVX2 float vd_mxfp4(const void* w, const void* xv, int64_t n) {
         const __m256i p = dot_s8s8(lut_nibbles16(b[ib].qs, lut), loadu256(x[ib].qs));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(e8m0_half(b[ib].e) * x[ib].d), _mm256_cvtepi32_ps(p), acc);
     }
-    return hsum(acc);
+    return hsum256(acc);
 }
 
 // IQ4_XS: IQ4_NL values with a 6-bit scale per 32 (activations in 32-blocks too).
@@ -623,7 +614,7 @@ KILN_AVX2 float vd_iq4_xs(const void* w, const void* xv, int64_t n) {
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d * static_cast<float>(ls - 32) * xg.d), _mm256_cvtepi32_ps(p), acc);
         }
     }
-    return hsum(acc);
+    return hsum256(acc);
 }
 
 // Q5_K: Q4_K plus the fifth bit from qh.
@@ -660,7 +651,7 @@ KILN_AVX2 float vd_q5_K(const void* w, const void* xv, int64_t n) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * dx), _mm256_cvtepi32_ps(iacc), acc);
     }
-    return hsum(acc) - hsum128(macc);
+    return hsum256(acc) - hsum128(macc);
 }
 
 // Q2_K: 2-bit codes, 4-bit scale and min per 16 (scales via madd like Q6_K, mins via bsums).
@@ -689,7 +680,7 @@ KILN_AVX2 float vd_q2_K(const void* w, const void* xv, int64_t n) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * dx), _mm256_cvtepi32_ps(iacc), acc);
     }
-    return hsum(acc) - hsum(macc);
+    return hsum256(acc) - hsum256(macc);
 }
 
 // Q3_K: 3-bit codes (value = code - 4), signed 6-bit scale per 16.
@@ -719,7 +710,7 @@ KILN_AVX2 float vd_q3_K(const void* w, const void* xv, int64_t n) {
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(iacc), acc);
         oacc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(offs), oacc);
     }
-    return hsum(acc) - 4.0f * hsum(oacc);
+    return hsum256(acc) - 4.0f * hsum256(oacc);
 }
 
 // ---- GEMM tile ------------------------------------------------------------------------------
@@ -762,7 +753,7 @@ KILN_AVX2 void tile(const float* w, int64_t ldw, const float* x, int64_t ldx, in
             _mm_storeu_ps(out, s);
         } else {
             for (int r = 0; r < R; ++r) {
-                float s = hsum(acc[r][t]);
+                float s = hsum256(acc[r][t]);
                 for (int64_t j = i; j < kc; ++j) s += w[r * ldw + j] * x[t * ldx + j];
                 float& out = y[t * ldy + r];
                 out = accumulate ? out + s : s;

@@ -7,7 +7,7 @@
 #include "kernels/half.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
+#include "kernels/avx2.h"
 #define KILN_X86 1
 #endif
 
@@ -52,15 +52,6 @@ float dot_f32_f16_scalar(const float* a, const uint16_t* b, int64_t n) {
 }
 
 #ifdef KILN_X86
-#define KILN_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-KILN_AVX2 inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 KILN_AVX2 float dot_f32_avx2(const float* a, const float* b, int64_t n) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
