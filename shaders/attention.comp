@@ -58,13 +58,7 @@ shared float qs[DMAX];
 shared float sc[WG];
 shared float pr[WG];
 
-// The f16 scale of block b (32 elements) of the head starting at word `head` (scales from word
-// `first` of the head).
-float kv_scale(uint head, uint first, uint b, bool from_k) {
-    const uint w = from_k ? kc[head + first + (b >> 1)] : vc[head + first + (b >> 1)];
-    const vec2 s = unpackHalf2x16(w);
-    return (b & 1u) == 0u ? s.x : s.y;
-}
+#include "kv_read.glsl"
 
 // q . k for the K head starting at word kb.
 float score(uint kb) {
@@ -91,24 +85,10 @@ float score(uint kb) {
                 for (uint j = 0; j < 8u; ++j) bs += qs[e + j] * (float((w >> (4u * j)) & 15u) - 8.0);
             }
         }
-        s += bs * kv_scale(kb, p.k_scale, b, true);
+        s += bs * k_scale(kb, b);
     }
     return s;
 }
-
-// Elements 2q and 2q + 1 of the V head starting at word vb.
-vec2 value_pair(uint vb, uint q) {
-    if (V_TYPE == 0u) return unpackHalf2x16(vc[vb + q]);
-    const float d = kv_scale(vb, p.v_scale, q >> 4, false);  // block (2q) / 32
-    if (V_TYPE == 1u) {
-        const int w = int(vc[vb + (q >> 1)]);
-        const int sh = int(16u * (q & 1u));
-        return vec2(float(bitfieldExtract(w, sh, 8)), float(bitfieldExtract(w, sh + 8, 8))) * d;
-    }
-    const uint b = (vc[vb + (q >> 2)] >> (8u * (q & 3u))) & 255u;
-    return vec2(float(b & 15u) - 8.0, float(b >> 4) - 8.0) * d;
-}
-
 
 void main() {
     const uint wg_all = flat_group();
@@ -167,7 +147,7 @@ void main() {
             const uint vb = ((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head;
             for (uint r = 0; r < RPAIRS; ++r) {
                 const uint q = tid + r * WG;
-                if (2u * q < p.Dv) acc[r] += w * value_pair(vb, q);
+                if (2u * q < p.Dv) acc[r] += w * v_pair(vb, q);
             }
         }
         barrier();

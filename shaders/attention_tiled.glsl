@@ -56,39 +56,7 @@ shared TILE vs[MLA ? 1u : TK * VS];
 shared float sc[R * TK];
 shared float row_m[R], row_l[R], row_alpha[R];
 
-// The f16 scale of block b of the cache head starting at word `head`, scales from word `first`.
-float scale_k(uint head, uint b) {
-    const vec2 s = unpackHalf2x16(kc[head + p.k_scale + (b >> 1)]);
-    return (b & 1u) == 0u ? s.x : s.y;
-}
-float scale_v(uint head, uint b) {
-    const vec2 s = unpackHalf2x16(vc[head + p.v_scale + (b >> 1)]);
-    return (b & 1u) == 0u ? s.x : s.y;
-}
-
-// Elements 2i and 2i + 1 of the K head starting at word kb (of the V head at vb).
-vec2 k_pair(uint kb, uint i) {
-    if (K_TYPE == 0u) return unpackHalf2x16(kc[kb + i]);
-    const float d = scale_k(kb, i >> 4);
-    if (K_TYPE == 1u) {
-        const int w = int(kc[kb + (i >> 1)]);
-        const int sh = int(16u * (i & 1u));
-        return vec2(float(bitfieldExtract(w, sh, 8)), float(bitfieldExtract(w, sh + 8, 8))) * d;
-    }
-    const uint b = (kc[kb + (i >> 2)] >> (8u * (i & 3u))) & 255u;
-    return vec2(float(b & 15u) - 8.0, float(b >> 4) - 8.0) * d;
-}
-vec2 v_pair(uint vb, uint i) {
-    if (V_TYPE == 0u) return unpackHalf2x16(vc[vb + i]);
-    const float d = scale_v(vb, i >> 4);
-    if (V_TYPE == 1u) {
-        const int w = int(vc[vb + (i >> 1)]);
-        const int sh = int(16u * (i & 1u));
-        return vec2(float(bitfieldExtract(w, sh, 8)), float(bitfieldExtract(w, sh + 8, 8))) * d;
-    }
-    const uint b = (vc[vb + (i >> 2)] >> (8u * (i & 3u))) & 255u;
-    return vec2(float(b & 15u) - 8.0, float(b >> 4) - 8.0) * d;
-}
+#include "kv_read.glsl"
 
 void main() {
     const uint G = p.n_head / p.n_kv_head;
