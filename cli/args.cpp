@@ -64,6 +64,12 @@ void Args::kv_type_options(KvType* k, KvType* v) {
     option({"-ctv", "--cache-type-v"}, v, "TYPE", "KV cache type of V: f16 (default), f32, q8_0 or q4_0");
 }
 
+void Args::backend_options(ContextOptions* co) {
+    option({"--backend"}, &co->backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else the CPU)");
+    option({"--device"}, &co->device, "N", "Vulkan device index (see kiln devices; default: the best)");
+    kv_type_options(&co->kv_type_k, &co->kv_type_v);
+}
+
 const Args::Opt* Args::lookup(const std::string& name) const {
     for (const Opt& o : opts_)
         for (const auto& n : o.names)

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/context.h"
 #include "kiln/types.h"
 
 namespace kiln::cli {
@@ -25,6 +26,8 @@ public:
     void option(std::vector<std::string> names, KvType* out, std::string metavar, std::string help);
     // -ctk / --cache-type-k and -ctv / --cache-type-v, as llama.cpp names them.
     void kv_type_options(KvType* k, KvType* v);
+    // --backend, --device, -ctk and -ctv straight into a context's options (run, chat, logits, bench).
+    void backend_options(ContextOptions* co);
     // Positional arguments are collected in order.
     void positional(std::vector<std::string>* out) { positional_ = out; }
 

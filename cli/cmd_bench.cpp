@@ -74,11 +74,11 @@ Stat stat(const std::vector<double>& v) {
 }
 
 int run_bench(const std::vector<std::string>& argv) {
-    std::string model_path, backend = "cpu";
+    std::string model_path;
     int64_t n_prompt = 512, n_gen = 128, n_batch = 512, depth = 0;
-    int threads = 0, device = -1, reps = 3;
+    int threads = 0, reps = 3;
     bool json_out = false, quiet = false;
-    KvType kv_k = KvType::F16, kv_v = KvType::F16;
+    ContextOptions co;
     Args args("bench", "-m MODEL [-p 512] [-n 128] [-d DEPTH] [-b 512] [-r 3] [-t THREADS] [--backend cpu|vulkan|auto] [--json]");
     args.option({"-m", "--model"}, &model_path, "MODEL", "GGUF model file");
     args.option({"-p", "--n-prompt"}, &n_prompt, "N", "prompt tokens of the ppN test (default 512, 0 = skip)");
@@ -87,9 +87,7 @@ int run_bench(const std::vector<std::string>& argv) {
     args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
     args.option({"-r", "--repetitions"}, &reps, "N", "repetitions of each test (default 3)");
     args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
-    args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto");
-    args.kv_type_options(&kv_k, &kv_v);
-    args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices)");
+    args.backend_options(&co);
     args.flag({"--json"}, &json_out, "print one JSON object instead of the table");
     args.flag({"-q", "--quiet"}, &quiet, "no progress bars");
     if (!args.parse(argv)) return 0;
@@ -109,14 +107,9 @@ int run_bench(const std::vector<std::string>& argv) {
     const Model model = Model::load(model_path, lo);
     load_bar.done();
     const ModelInfo& info = model.info();
-    ContextOptions co;
     co.n_ctx = std::max(depth + n_prompt, depth + n_gen + 1);
     co.n_batch = n_batch;
     co.n_threads = threads;
-    co.backend = backend;
-    co.kv_type_k = kv_k;
-    co.kv_type_v = kv_v;
-    co.device = device;
     Context ctx(model, co);
     if (ctx.n_ctx() < co.n_ctx)
         throw Error(fmt::format("kiln bench: the tests need {} positions, the context has {}", co.n_ctx, ctx.n_ctx()));
@@ -195,8 +188,8 @@ int run_bench(const std::vector<std::string>& argv) {
         j["n_params"] = info.n_params;
         j["backend"] = ctx.backend_name();
         j["threads"] = threads;
-        j["type_k"] = kv_type_name(kv_k);
-        j["type_v"] = kv_type_name(kv_v);
+        j["type_k"] = kv_type_name(co.kv_type_k);
+        j["type_v"] = kv_type_name(co.kv_type_v);
         j["depth"] = depth;
         j["repetitions"] = reps;
         j["tests"] = nlohmann::ordered_json::array();
@@ -216,7 +209,7 @@ int run_bench(const std::vector<std::string>& argv) {
         return 0;
     }
     // As llama-bench: the KV cache types get columns when they are not the default.
-    const bool kv_cols = kv_k != KvType::F16 || kv_v != KvType::F16;
+    const bool kv_cols = co.kv_type_k != KvType::F16 || co.kv_type_v != KvType::F16;
     fmt::print("| model | size | params | backend | threads |{} test | t/s |\n|---|---:|---:|---|---:|{}---|---:|\n",
                kv_cols ? " type_k | type_v |" : "", kv_cols ? "---|---|" : "");
     for (const Test& t : tests) {
@@ -224,7 +217,7 @@ int run_bench(const std::vector<std::string>& argv) {
         fmt::print("| {} | {:.2f} MiB | {:.2f} M | {} | {} |{} {} | {:.2f} ± {:.2f} |\n", name,
                    static_cast<double>(info.weight_bytes) / (1024.0 * 1024.0), static_cast<double>(info.n_params) / 1e6,
                    ctx.backend_name(), threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()),
-                   kv_cols ? fmt::format(" {} | {} |", kv_type_name(kv_k), kv_type_name(kv_v)) : "", t.name, s.mean, s.sd);
+                   kv_cols ? fmt::format(" {} | {} |", kv_type_name(co.kv_type_k), kv_type_name(co.kv_type_v)) : "", t.name, s.mean, s.sd);
     }
     if (tg_gbs > 0) {
         if (moe)

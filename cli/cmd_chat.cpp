@@ -101,20 +101,19 @@ private:
 };
 
 int run_chat(const std::vector<std::string>& argv) {
-    std::string model_path, system_prompt, template_path, parser_name, backend = "cpu";
+    std::string model_path, system_prompt, template_path, parser_name;
     int64_t n_ctx = 0, n_batch = 512, n_predict = -1, seed = -1;
     int n_threads = 0;
     bool quiet = false, no_think = false;
     SamplerParams sp;
-    KvType kv_k = KvType::F16, kv_v = KvType::F16;
+    ContextOptions co;
     Args args("chat", "-m MODEL [options]  (then type messages; /reset, /exit)");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to chat with");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
     args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
     args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
     args.option({"-n", "--n-predict"}, &n_predict, "N", "most tokens per reply (default -1: until end of turn or context)");
-    args.option({"--backend"}, &backend, "NAME", "cpu (default) or vulkan");
-    args.kv_type_options(&kv_k, &kv_v);
+    args.backend_options(&co);
     args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
     args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
     args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
@@ -166,13 +165,9 @@ int run_chat(const std::vector<std::string>& argv) {
     };
     Model model = Model::load(model_path, lo);
     load_bar.done();
-    ContextOptions co;
     co.n_ctx = n_ctx;
     co.n_threads = n_threads;
     co.n_batch = n_batch;
-    co.backend = backend;
-    co.kv_type_k = kv_k;
-    co.kv_type_v = kv_v;
     Context ctx(model, co);
     const Tokenizer& tok = model.tokenizer();
 

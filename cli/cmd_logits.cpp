@@ -35,35 +35,28 @@ std::vector<int32_t> parse_tokens(const std::string& s) {
 }
 
 int run_logits(const std::vector<std::string>& argv) {
-    std::string model_path, tokens_arg, backend = "cpu";
-    int threads = 0, device = -1;
+    std::string model_path, tokens_arg;
+    int threads = 0;
     int64_t n_ctx = 0;
-    KvType kv_k = KvType::F16, kv_v = KvType::F16;
+    ContextOptions co;
     Args args("logits", "-m MODEL --tokens 1,2,3 [--backend cpu|vulkan] [--device N] [-t THREADS] [-c CTX]");
     args.option({"-m", "--model"}, &model_path, "MODEL", "GGUF model file");
     args.option({"--tokens"}, &tokens_arg, "IDS", "comma-separated token ids");
-    args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto");
-    args.kv_type_options(&kv_k, &kv_v);
-    args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices; default: the best)");
+    args.backend_options(&co);
     args.option({"-t", "--threads"}, &threads, "N", "threads (default: all cores)");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size (default: the number of tokens)");
     if (!args.parse(argv)) return 0;
     if (model_path.empty()) throw Error("kiln logits: -m MODEL is required");
     if (tokens_arg.empty()) throw Error("kiln logits: --tokens is required");
-    if (backend != "cpu" && backend != "vulkan" && backend != "auto")
-        throw Error(fmt::format("kiln logits: unknown backend '{}' (available: cpu, vulkan, auto)", backend));
+    if (co.backend != "cpu" && co.backend != "vulkan" && co.backend != "auto")
+        throw Error(fmt::format("kiln logits: unknown backend '{}' (available: cpu, vulkan, auto)", co.backend));
 
     const std::vector<int32_t> tokens = parse_tokens(tokens_arg);
     LoadOptions lo;
     lo.n_threads = threads;
     const Model model = Model::load(model_path, lo);
-    ContextOptions co;
     co.n_ctx = n_ctx > 0 ? n_ctx : static_cast<int64_t>(tokens.size());
     co.n_threads = threads;
-    co.backend = backend;
-    co.kv_type_k = kv_k;
-    co.kv_type_v = kv_v;
-    co.device = device;
     Context ctx(model, co);
     ctx.decode(tokens, /*all_logits=*/true);
 

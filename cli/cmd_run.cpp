@@ -23,13 +23,13 @@ void print_rate(const char* what, double ms, int64_t n, const char* unit) {
 }
 
 int run_run(const std::vector<std::string>& argv) {
-    std::string model_path, prompt, backend = "cpu";
+    std::string model_path, prompt;
     int64_t n_predict = 128, n_ctx = 0, n_batch = 512;
-    int n_threads = 0, device = -1;
+    int n_threads = 0;
     bool no_display_prompt = false, quiet = false, ignore_eos = false;
     SamplerParams sp;
     int64_t seed = -1;
-    KvType kv_k = KvType::F16, kv_v = KvType::F16;
+    ContextOptions co;
     Args args("run", "-m MODEL -p PROMPT [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to run");
     args.option({"-p", "--prompt"}, &prompt, "TEXT", "prompt text");
@@ -37,9 +37,7 @@ int run_run(const std::vector<std::string>& argv) {
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
     args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
     args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
-    args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else CPU)");
-    args.kv_type_options(&kv_k, &kv_v);
-    args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices; default: the best)");
+    args.backend_options(&co);
     args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
     args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
     args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
@@ -67,15 +65,10 @@ int run_run(const std::vector<std::string>& argv) {
     };
     Model model = Model::load(model_path, lo);
     load_bar.done();
-    ContextOptions co;
     co.n_ctx = n_ctx;
     co.n_threads = n_threads;
     co.n_batch = n_batch;
-    co.backend = backend;
-    co.kv_type_k = kv_k;
-    co.kv_type_v = kv_v;
-    co.device = device;
-    Progress upload_bar("uploading", !quiet && backend != "cpu");
+    Progress upload_bar("uploading", !quiet && co.backend != "cpu");
     co.progress = [&](float f) { upload_bar.update(f); };
     Context ctx(model, co);
     upload_bar.done();
