@@ -17,6 +17,7 @@
 #include "kiln/kiln.h"
 #include "support/deepseek2_model.h"
 #include "support/shared.h"
+#include "support/vulkan.h"
 
 // The replacement pair below is malloc/free on both sides; GCC 12 still flags the inlined library
 // deletes as mismatched.
@@ -91,6 +92,26 @@ std::string write_tiny_llama() {
     return path;
 }
 
+// Decodes `steps` single tokens (3, then t -> (7t + 1) % vocab) while counting operator new calls.
+struct Counted {
+    int64_t allocations = 0;
+    float sum = 0;  // of each step's first logit: the logits were produced
+};
+Counted decode_counted(kiln::Context& ctx, int steps, int vocab) {
+    Counted c;
+    int32_t tok = 3;
+    g_allocations = 0;
+    g_counting = true;
+    for (int i = 0; i < steps; ++i) {
+        ctx.decode(std::span<const int32_t>(&tok, 1));
+        c.sum += ctx.logits()[0];
+        tok = static_cast<int32_t>((tok * 7 + 1) % vocab);
+    }
+    g_counting = false;
+    c.allocations = g_allocations.load();
+    return c;
+}
+
 // f16, q8_0 and q4_0 caches.
 TEST(DecodeAllocations, NoneWhileGeneratingTokens) {
     if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
@@ -104,21 +125,10 @@ TEST(DecodeAllocations, NoneWhileGeneratingTokens) {
         kiln::Context ctx(model, o);
         const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
         ctx.decode(prompt);
-
-        g_allocations = 0;
-        g_counting = true;
-        int32_t tok = 3;
-        float sum = 0;
-        for (int i = 0; i < 30; ++i) {
-            ctx.decode(std::span<const int32_t>(&tok, 1));
-            const auto row = ctx.logits();
-            sum += row[0];
-            tok = static_cast<int32_t>((tok * 7 + 1) % 40);
-        }
-        g_counting = false;
-        EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 30 single-token decodes";
+        const Counted c = decode_counted(ctx, 30, 40);
+        EXPECT_EQ(c.allocations, 0) << "operator new calls during 30 single-token decodes";
         EXPECT_EQ(ctx.n_past(), 37);
-        EXPECT_TRUE(std::isfinite(sum));
+        EXPECT_TRUE(std::isfinite(c.sum));
     }
 }
 
@@ -128,6 +138,7 @@ TEST(DecodeAllocations, NoneWhileGeneratingTokens) {
 // Vulkan device.
 TEST(DecodeAllocationsVulkan, NoneWhileGeneratingTokens) {
     if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
+    KILN_REQUIRE_VULKAN();  // loudly; any other error is a failure
     const kiln::Model model = kiln::Model::load(write_tiny_llama());
     for (const kiln::KvType kv : {kiln::KvType::F16, kiln::KvType::Q8_0, kiln::KvType::Q4_0}) {
         SCOPED_TRACE(kiln::kv_type_name(kv));
@@ -135,31 +146,15 @@ TEST(DecodeAllocationsVulkan, NoneWhileGeneratingTokens) {
         o.n_ctx = 48;
         o.backend = "vulkan";
         o.kv_type_k = o.kv_type_v = kv;
-        std::unique_ptr<kiln::Context> ctx;
-        try {
-            ctx = std::make_unique<kiln::Context>(model, o);
-        } catch (const kiln::Error& e) {
-            std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", e.what());
-            GTEST_SKIP() << "no Vulkan device: " << e.what();
-        }
+        auto ctx = std::make_unique<kiln::Context>(model, o);
         const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
         ctx->decode(prompt);
-        int32_t tok = 3;
+        const int32_t tok = 3;
         for (int i = 0; i < 2; ++i) ctx->decode(std::span<const int32_t>(&tok, 1));  // sizes the lists
-
-        g_allocations = 0;
-        g_counting = true;
-        float sum = 0;
-        for (int i = 0; i < 10; ++i) {
-            ctx->decode(std::span<const int32_t>(&tok, 1));
-            const auto row = ctx->logits();
-            sum += row[0];
-            tok = static_cast<int32_t>((tok * 7 + 1) % 40);
-        }
-        g_counting = false;
-        EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 10 single-token decodes on Vulkan";
+        const Counted c = decode_counted(*ctx, 10, 40);
+        EXPECT_EQ(c.allocations, 0) << "operator new calls during 10 single-token decodes on Vulkan";
         EXPECT_EQ(ctx->n_past(), 19);
-        EXPECT_TRUE(std::isfinite(sum));
+        EXPECT_TRUE(std::isfinite(c.sum));
     }
 }
 
@@ -168,17 +163,13 @@ TEST(DecodeAllocationsVulkan, NoneWhileGeneratingTokens) {
 // compiled and its per-sequence views made (the first steps).
 TEST(DecodeAllocationsVulkan, NoneWhileGeneratingBatches) {
     if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
+    KILN_REQUIRE_VULKAN();  // loudly; any other error is a failure
     const kiln::Model model = kiln::Model::load(write_tiny_llama());
     kiln::ContextOptions o;
     o.n_ctx = 48;
     o.backend = "vulkan";
     std::vector<kiln::Context> ctxs;
-    try {
-        for (int i = 0; i < 3; ++i) ctxs.emplace_back(model, o);
-    } catch (const kiln::Error& e) {
-        std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", e.what());
-        GTEST_SKIP() << "no Vulkan device: " << e.what();
-    }
+    for (int i = 0; i < 3; ++i) ctxs.emplace_back(model, o);
     std::vector<kiln::Context*> ptrs;
     for (size_t i = 0; i < ctxs.size(); ++i) {
         const std::vector<int32_t> prompt(3 + 2 * i, static_cast<int32_t>(1 + i));
@@ -223,19 +214,9 @@ TEST(DecodeAllocations, NoneWhileGeneratingTokensDeepseek2) {
         kiln::Context ctx(model, o);
         const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
         ctx.decode(prompt);
-
-        g_allocations = 0;
-        g_counting = true;
-        int32_t tok = 3;
-        float sum = 0;
-        for (int i = 0; i < 30; ++i) {
-            ctx.decode(std::span<const int32_t>(&tok, 1));
-            sum += ctx.logits()[0];
-            tok = static_cast<int32_t>((tok * 7 + 1) % 40);
-        }
-        g_counting = false;
-        EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 30 single-token decodes, " << (glm ? "GLM" : "V2");
-        EXPECT_TRUE(std::isfinite(sum));
+        const Counted n = decode_counted(ctx, 30, 40);
+        EXPECT_EQ(n.allocations, 0) << "operator new calls during 30 single-token decodes, " << (glm ? "GLM" : "V2");
+        EXPECT_TRUE(std::isfinite(n.sum));
     }
 }
 
@@ -256,21 +237,10 @@ TEST_P(DecodeAllocationsShared, NoneWhileGeneratingTokens) {
     kiln::Context ctx(model, o);
     const std::vector<int32_t> prompt = {1, 5, 9, 13, 17, 21, 25};
     ctx.decode(prompt);
-
-    g_allocations = 0;
-    g_counting = true;
-    int32_t tok = 3;
-    float sum = 0;
-    for (int i = 0; i < 50; ++i) {
-        ctx.decode(std::span<const int32_t>(&tok, 1));
-        const auto row = ctx.logits();
-        sum += row[0];
-        tok = static_cast<int32_t>((tok * 7 + 1) % 200);
-    }
-    g_counting = false;
-    EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during 50 single-token decodes";
+    const Counted c = decode_counted(ctx, 50, 200);
+    EXPECT_EQ(c.allocations, 0) << "operator new calls during 50 single-token decodes";
     EXPECT_EQ(ctx.n_past(), 57);
-    EXPECT_TRUE(std::isfinite(sum));
+    EXPECT_TRUE(std::isfinite(c.sum));
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocationsShared,
