@@ -17,6 +17,7 @@
 // the device has too little memory.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -193,6 +194,83 @@ const bool registered = [] {
                                      "_rows" + std::to_string(v.rows);
             benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMatmul, t, 4096, 4096, 1, 4, &v)
                 ->Iterations(2)->UseManualTime()->Unit(benchmark::kMillisecond);
+        }
+    return true;
+}();
+
+// A MoE prompt: n_tok tokens routed to `used` of G experts of N x K (here 4 of 64 experts of the
+// issue's 2048 x 1536 expert shape), by the tiled kernel (the slots of each expert listed,
+// one tiled product per expert) and the one-output-per-workgroup kernel (decode's), timed in the
+// same run. GB/s counts each chosen expert's bytes once (what a kernel that reads each expert once
+// per prompt must move); roofline divides that by the copy bandwidth.
+void BM_VulkanMoePrompt(benchmark::State& state, TensorType type, int64_t N, int64_t K, int64_t G, int64_t used,
+                        int64_t n_tok) {
+    Backend* vk = backend();
+    if (!vk) return state.SkipWithError("no Vulkan device");
+    if (n_tok > 256 && vk->device().type == kiln::vk::DeviceType::Cpu)
+        return state.SkipWithError("long prompt skipped on a CPU device (lavapipe): runs on GPUs");
+    using kiln::vk::MatmulKernel;
+    try {
+        const auto wb = weights(type, K, N * G);
+        Tensor w = vk->tensor(type, {K, N, G}, "experts");
+        vk->upload(w, wb.data(), wb.size());
+        std::vector<float> xs(static_cast<size_t>(K * n_tok));
+        for (size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<float>(static_cast<int>(i % 9) - 4) * 0.125f;
+        Tensor x = vk->tensor(TensorType::F32, {K, n_tok}, "x");
+        vk->upload(x, xs.data(), x.bytes());
+        // Distinct experts per token, spread like a trained router's (every expert gets some).
+        std::mt19937 rng(7);
+        std::vector<int32_t> ids(static_cast<size_t>(used * n_tok));
+        std::vector<int32_t> perm(static_cast<size_t>(G));
+        std::vector<bool> chosen(static_cast<size_t>(G), false);
+        for (int64_t t = 0; t < n_tok; ++t) {
+            for (int64_t e = 0; e < G; ++e) perm[static_cast<size_t>(e)] = static_cast<int32_t>(e);
+            std::shuffle(perm.begin(), perm.end(), rng);
+            for (int64_t s = 0; s < used; ++s) {
+                ids[static_cast<size_t>(t * used + s)] = perm[static_cast<size_t>(s)];
+                chosen[static_cast<size_t>(perm[static_cast<size_t>(s)])] = true;
+            }
+        }
+        const double n_chosen = static_cast<double>(std::count(chosen.begin(), chosen.end(), true));
+        Tensor tids = vk->tensor(TensorType::I32, {used, n_tok}, "ids");
+        vk->upload(tids, ids.data(), tids.bytes());
+        Tensor y = vk->tensor(TensorType::F32, {N * used, n_tok}, "y");
+        auto run = [&](MatmulKernel k) {
+            vk->moe_matmul(w, x, &tids, nullptr, y, k);
+            return seconds_of([&] { vk->submit(); });
+        };
+        run(MatmulKernel::Tiled);  // warm-up: pipelines and first touch
+        run(MatmulKernel::Vector);
+        double tiled = 0, vector = 0;
+        for (auto _ : state) {
+            const double t = run(MatmulKernel::Tiled);
+            state.SetIterationTime(t);
+            tiled += t;
+            vector += run(MatmulKernel::Vector);
+        }
+        const double it = static_cast<double>(state.iterations());
+        const double bytes = static_cast<double>(w.bytes()) / static_cast<double>(G) * n_chosen;
+        const double flops = 2.0 * static_cast<double>(N * K * used * n_tok);
+        state.counters["GFLOP/s"] = flops * it / tiled / 1e9;
+        state.counters["GB/s"] = bytes * it / tiled / 1e9;
+        state.counters["roofline"] = bytes * it / tiled / copy_bandwidth();
+        state.counters["ms_tiled"] = 1e3 * tiled / it;
+        state.counters["ms_per_slot"] = 1e3 * vector / it;
+        state.counters["speedup"] = vector / tiled;
+        state.SetLabel(std::string(kiln::type_name(type)) + " " + std::to_string(used) + " of " + std::to_string(G) +
+                       " experts, auto " + (Backend::moe_kernel(n_tok, used, G) == MatmulKernel::Tiled ? "tiled" : "per slot"));
+    } catch (const kiln::Error& e) {
+        state.SkipWithError(e.what());
+    }
+}
+
+const bool moe_registered = [] {
+    for (TensorType t : {TensorType::Q4_K, TensorType::Q8_0})
+        for (const int64_t n_tok : {64, 256, 512}) {
+            const std::string name = std::string("BM_VulkanMoePrompt/64x2048x1536/") + kiln::type_name(t) + "/prompt" +
+                                     std::to_string(n_tok);
+            benchmark::RegisterBenchmark(name.c_str(), BM_VulkanMoePrompt, t, 2048, 1536, 64, 4, n_tok)
+                ->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
         }
     return true;
 }();

@@ -550,6 +550,16 @@ TEST(VulkanModel, UnsupportedOpsAreNamed) {
         EXPECT_NE(msg.find("128 expert groups"), std::string::npos) << msg;
     }
     {
+        // More experts than moe_route.comp lists.
+        static const std::vector<uint8_t> bytes(8 * 4 * 2048 * 4);
+        kiln::graph::Graph g;
+        const auto w = g.weight3("blk.0.ffn_up_exps.weight", kiln::TensorType::F32, bytes.data(), 8, 4, 2048);
+        g.moe_matmul(w, g.input("x", kiln::graph::DType::F32, 8, 1), g.input("ids", kiln::graph::DType::I32, 4, 1));
+        const std::string msg = error_of(g);
+        EXPECT_NE(msg.find("op 'moe_matmul'"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("2048 experts"), std::string::npos) << msg;
+    }
+    {
         // K rows past the attention shader's 576.
         kiln::graph::Graph g;
         kiln::graph::AttentionParams p;

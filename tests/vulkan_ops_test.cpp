@@ -273,7 +273,9 @@ TEST_F(VulkanOps, MoeMatmulReadsTheChosenExpertsLikeTheCpu) {
         Tensor tw = vk().tensor(type, {K, R, G}, "experts");
         vk().upload(tw, wbytes.data(), wbytes.size());
         Tensor tbias = f32(bias, {R, G}, "bias");
-        for (int64_t n : {1, 5, 33}) {
+        // 1 and 5 tokens: decode's kernel by default; 33 and 80 (13 and 30 slots per expert): the
+        // tiled kernel's 16- and 32-column tiles.
+        for (int64_t n : {1, 5, 33, 80}) {
             for (const bool per_slot : {false, true}) {
                 for (const bool with_bias : {false, true}) {
                     const int64_t xk = per_slot ? S * K : K;
@@ -285,19 +287,23 @@ TEST_F(VulkanOps, MoeMatmulReadsTheChosenExpertsLikeTheCpu) {
                     const TensorId b = with_bias ? cpu.g.weight("bias", TensorType::F32, bias.data(), R, G) : kiln::graph::kNone;
                     const auto want = cpu.run(cpu.g.moe_matmul(w, cpu.input_f32(x, xk, n), cpu.input_i32(ids, S, n), b));
 
-                    // Both reductions: plain, and subgroupAdd where the device has it.
+                    // The one-output kernel with both reductions (plain, and subgroupAdd where the
+                    // device has it), and the tiled kernel (routing lists, one product per expert).
                     const kiln::vk::MatvecOptions saved = vk().matvec_options();
-                    for (const bool subgroup : {false, true}) {
+                    for (const int variant : {0, 1, 2}) {
+                        const bool subgroup = variant == 1, tiled = variant == 2;
                         if (subgroup && !vk().device().subgroup_arithmetic) continue;
                         vk().set_matvec_options({subgroup, 1});
                         Tensor y = poisoned(TensorType::F32, {S * R, n}, "y");
                         Tensor tids = i32(ids, {S, n}, "ids");
-                        vk().moe_matmul(tw, f32(x, {xk, n}, "x"), &tids, with_bias ? &tbias : nullptr, y);
+                        vk().moe_matmul(tw, f32(x, {xk, n}, "x"), &tids, with_bias ? &tbias : nullptr, y,
+                                        tiled ? kiln::vk::MatmulKernel::Tiled : kiln::vk::MatmulKernel::Vector);
                         const double err = rel_error(vk().read_f32(y), want);
                         const std::string what = std::string("moe_matmul ") + kiln::type_name(type) + " n=" +
                                                  std::to_string(n) + (per_slot ? " x per slot" : " x shared") +
-                                                 (with_bias ? " +bias" : "") + (subgroup ? " subgroup" : " plain");
-                        if (n == 5) report(what, err);
+                                                 (with_bias ? " +bias" : "") +
+                                                 (tiled ? " tiled" : subgroup ? " subgroup" : " plain");
+                        if (n == 5 || (n > 8 && tiled)) report(what, err);
                         // Quantized: the CPU may quantize x to 8 bits in its dot products.
                         EXPECT_LT(err, type == TensorType::F32 || type == TensorType::F16 ? 1e-5 : 2e-2) << what;
                     }
@@ -305,6 +311,54 @@ TEST_F(VulkanOps, MoeMatmulReadsTheChosenExpertsLikeTheCpu) {
                 }
             }
         }
+    }
+}
+
+TEST_F(VulkanOps, TiledMoeMatmulHandlesSkewedAndBadRoutes) {
+    // 150 tokens of 3 slots over 9 experts: expert 2 takes the first slot of every token (150
+    // slots: more column tiles than the dispatch gives each expert, so a workgroup walks several),
+    // expert 7 none, a few tokens repeat an expert in two slots, and ids -1 and 9 (out of range)
+    // must come out as NaN without touching the other outputs. The routing order varies; the
+    // values must not: two runs are compared bit for bit.
+    const int64_t K = 96, R = 80, G = 9, S = 3, n = 150;
+    const auto wf = random_floats(static_cast<size_t>(K * R * G), 50);
+    const auto wbytes = quantized(TensorType::Q8_0, wf, K);
+    Tensor tw = vk().tensor(TensorType::Q8_0, {K, R, G}, "experts");
+    vk().upload(tw, wbytes.data(), wbytes.size());
+    const auto x = random_floats(static_cast<size_t>(K * n), 51, -2, 2);
+    std::vector<int32_t> ids(static_cast<size_t>(S * n));
+    for (int64_t t = 0; t < n; ++t) {
+        ids[static_cast<size_t>(t * S)] = 2;
+        ids[static_cast<size_t>(t * S + 1)] = static_cast<int32_t>(t % 5 == 0 ? 2 : (t * 3) % 7 == 0 ? 8 : (t % 6) + (t % 6 >= 2));
+        ids[static_cast<size_t>(t * S + 2)] = static_cast<int32_t>(t == 17 ? -1 : t == 90 ? G : 3 + (t % 4 == 3 ? 5 : t % 4));
+    }
+    std::vector<int32_t> valid = ids;
+    for (auto& id : valid) id = id < 0 || id >= G ? 0 : id;
+    CpuRun cpu;
+    const TensorId w = cpu.g.weight3("experts", TensorType::Q8_0, wbytes.data(), K, R, G);
+    auto want = cpu.run(cpu.g.moe_matmul(w, cpu.input_f32(x, K, n), cpu.input_i32(valid, S, n)));
+    std::vector<float> first;
+    for (int run = 0; run < 2; ++run) {
+        Tensor y = vk().tensor(TensorType::F32, {S * R, n}, "y");
+        vk().fill(y, 0x3f800000u);  // 1.0: the NaNs below must be written by the shader
+        Tensor tids = i32(ids, {S, n}, "ids");
+        vk().moe_matmul(tw, f32(x, {K, n}, "x"), &tids, nullptr, y, kiln::vk::MatmulKernel::Tiled);
+        auto got = vk().read_f32(y);
+        size_t nans = 0;
+        for (size_t slot = 0; slot < ids.size(); ++slot) {
+            if (ids[slot] >= 0 && ids[slot] < G) continue;
+            for (int64_t r = 0; r < R; ++r) {
+                const size_t i = slot * static_cast<size_t>(R) + static_cast<size_t>(r);
+                nans += std::isnan(got[i]) ? 1 : 0;
+                got[i] = want[i] = 0;
+            }
+        }
+        EXPECT_EQ(nans, 2u * static_cast<size_t>(R)) << "the two out-of-range slots";
+        const double err = rel_error(got, want);
+        if (run == 0) report("moe_matmul tiled q8_0, skewed routes", err);
+        EXPECT_LT(err, 2e-2);
+        if (run == 0) first = got;
+        else EXPECT_EQ(got, first) << "the tiled MoE matmul changed between runs";
     }
 }
 
@@ -316,7 +370,8 @@ TEST_F(VulkanOps, HeadMatmulIsOneMatrixPerHead) {
     for (size_t i = 0; i < wf.size(); ++i) wh[i] = kiln::fp32_to_fp16(wf[i]);
     Tensor tw = vk().tensor(TensorType::F16, {K, R, H}, "k_b");
     vk().upload(tw, wh.data(), wh.size() * 2);
-    for (int64_t n : {1, 6}) {
+    // 1 and 6 tokens: one output per workgroup; 70: the tiled kernel (two column tiles).
+    for (int64_t n : {1, 6, 70}) {
         const auto x = random_floats(static_cast<size_t>(K * H * n), 31, -2, 2);
         CpuRun cpu;
         const auto want = cpu.run(cpu.g.head_matmul(cpu.g.weight3("k_b", TensorType::F16, wh.data(), K, R, H), cpu.input_f32(x, K * H, n)));

@@ -835,7 +835,15 @@ void Backend::gather(const Tensor& x, const Tensor& ids, const Tensor& out) {
     elementwise("gather", {&x, &ids}, out, pc, sizeof pc);
 }
 
-void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, const Tensor* bias, const Tensor& y) {
+MatmulKernel Backend::moe_kernel(int64_t n_tok, int64_t S, int64_t G) {
+    if (n_tok <= kMatvecTokens) return MatmulKernel::Vector;
+    // Experts: tiles pay once their slots fill half of the narrowest tile (16 columns); below, the
+    // work on empty columns costs more than the reads it saves.
+    return G == 0 || S * n_tok >= 8 * G ? MatmulKernel::Tiled : MatmulKernel::Vector;
+}
+
+void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, const Tensor* bias, const Tensor& y,
+                         MatmulKernel kernel) {
     if (!w.valid()) throw Error("vk moe_matmul: the weight is not a tensor");
     if (!supports_matmul(w.type()))
         throw Error(fmt::format("vk moe_matmul: weight '{}' is {}, a type the Vulkan shaders do not read", w.name(),
@@ -861,8 +869,39 @@ void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, co
     const uint32_t pc[8] = {u32(K, "K"), u32(R, "R"), u32(S, "S"), u32(n_tok, "n_tok"), u32(G, "G"),
                             u32(static_cast<int64_t>(w.row_bytes()), "row bytes"), u32(x.ne(0), "x stride"),
                             x.ne(0) == K ? 0u : u32(K, "K")};  // x shared by the slots, or one input per slot
-    const Binding b[] = {bind(w, false), bind(x, false), bind(ids ? *ids : x, false), bind(bias ? *bias : x, false),
-                         bind(y, true)};
+    Binding b[] = {bind(w, false), bind(x, false), bind(ids ? *ids : x, false), bind(bias ? *bias : x, false),
+                   bind(y, true)};
+    if (kernel == MatmulKernel::Auto) kernel = moe_kernel(n_tok, S, ids ? G : 0);
+    if (kernel == MatmulKernel::Tiled) {
+        if (ids) {
+            if (G > kMoeMaxExperts)
+                throw Error(fmt::format("vk moe_matmul: weight '{}' {} stacks {} experts; the routing shader takes at most {}",
+                                        w.name(), w.shape_string(), G, kMoeMaxExperts));
+            // The slots of each expert, listed: offsets and counts of G + 1 lists (the last one
+            // for ids out of range), then the slot indices.
+            const uint64_t n_slots = static_cast<uint64_t>(S * n_tok);
+            const uint64_t bytes = (2 * static_cast<uint64_t>(G + 1) + n_slots) * sizeof(uint32_t);
+            if (!moe_route_ || moe_route_->size() < bytes)
+                moe_route_ = ctx_->create_buffer(bytes, MemoryKind::Device, "the MoE routing lists");
+            const uint32_t rc[2] = {u32(S * n_tok, "slots"), u32(G, "G")};
+            const Binding rb[] = {bind(*ids, false), Binding{moe_route_, 0, bytes, true}};
+            ctx_->dispatch(ctx_->pipeline("moe_route", {wg_elementwise_}, 2), rb, rc, sizeof rc, 1);
+            b[2] = Binding{moe_route_, 0, bytes, false};
+        }
+        // Columns (slots) per tile: 16, 32 or 64, the fewest that hold a matrix's average, so that
+        // experts with few slots waste little work on empty columns. Column tiles per matrix run
+        // side by side: all of them per head; for experts, about twice the average (the rest are
+        // walked in turn by the same workgroups).
+        const uint64_t avg = ids ? ceil_div(static_cast<uint64_t>(S * n_tok), static_cast<uint64_t>(G)) : n_tok;
+        const uint32_t bn = avg <= 16 ? 16 : avg <= 32 ? 32 : 64;
+        const uint32_t tiles = ceil_div(static_cast<uint64_t>(n_tok), bn);
+        const uint32_t per = ids ? std::min(tiles, ceil_div(2 * avg, bn)) : tiles;
+        const auto spec = type_spec<3>(kTiledWorkgroup, w.type(), {ids ? 1u : 0u, bias ? 1u : 0u, bn});
+        const auto& p = ctx_->pipeline("moe_matmul_tiled", spec, 5);
+        ctx_->dispatch(p, b, pc, sizeof pc, ceil_div(static_cast<uint64_t>(R), kTile), std::max(per, 1u),
+                       static_cast<uint32_t>(G) + (ids ? 1u : 0u));
+        return;
+    }
     const auto spec = type_spec<2>(wg_matvec_, w.type(), {ids ? 1u : 0u, bias ? 1u : 0u});
     const auto& p = ctx_->pipeline(matvec_.subgroup ? "moe_matmul_subgroup" : "moe_matmul", spec, 5);
     uint32_t gx, gy;

@@ -222,8 +222,16 @@ public:
     // Grouped matmul over a stack of G matrices w [K, R, G] (any type of supports_matmul()):
     // y [S * R, n] row t, slot s = w[g] x(t, s) (+ bias [R, G] row g), g = ids[t][s] (ids [S, n]
     // I32: MoE) or s (ids nullptr: per-head, S = G). x is [K, n] (shared by the slots) or
-    // [S * K, n] (one input per slot). Only the chosen matrices are read.
-    void moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, const Tensor* bias, const Tensor& y);
+    // [S * K, n] (one input per slot). Only the chosen matrices are read. Vector: one output per
+    // workgroup (decode's kernel). Tiled: moe_route lists the slots of each expert, then one tiled
+    // product per matrix reads each expert once per tile of its slots. Auto: moe_kernel(). At most
+    // kMoeMaxExperts matrices with ids.
+    void moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, const Tensor* bias, const Tensor& y,
+                    MatmulKernel kernel = MatmulKernel::Auto);
+    // What Auto runs for n_tok tokens of S slots over G experts (0: per-head matrices): Vector up
+    // to 8 tokens and while experts average under 8 slots, Tiled above.
+    static MatmulKernel moe_kernel(int64_t n_tok, int64_t S, int64_t G);
+    static constexpr int64_t kMoeMaxExperts = 1024;  // MAX_G in moe_route.comp
     // out [E, n] = sum_s w[t][s] y[t][s]; y [S * E, n], w [S, n].
     void moe_combine(const Tensor& y, const Tensor& w, const Tensor& out);
     // out [n_head * count, n]: per head of x's rows (n_head heads of head_dim), [first, first + count).
@@ -267,6 +275,7 @@ private:
     std::map<std::array<float, 6>, Tensor> rope_freqs_;  // per (n_dims, base, scale, YaRN ramp)
     std::shared_ptr<Buffer> attn_part_;         // split-K partials, grown when a shape needs more
     std::shared_ptr<Buffer> x_codes_;           // quantize_q8's codes and scales, grown likewise
+    std::shared_ptr<Buffer> moe_route_;         // moe_route's lists of slots per expert, grown likewise
     MatvecOptions matvec_;
     bool split_auto_ = true;                    // Auto may choose split-K (not on CPU devices)
     uint32_t wg_elementwise_ = 256, wg_rows_ = 256, wg_matvec_ = 64, wg_attention_ = 64, wg_attention_tiled_ = 128;

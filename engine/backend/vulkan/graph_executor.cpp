@@ -59,7 +59,12 @@ void vulkan_check_graph(const graph::Graph& g, KvType type_k, KvType type_v) {
                 check_weight_type(g, n, n.src[0], true);
                 const graph::Tensor& w = g.tensor(n.src[0]);
                 if (w.ne0 % 4) unsupported(g, n, fmt::format("rows of {} elements (the shaders need a multiple of 4)", w.ne0));
-                if (n.op == Op::MoeMatMul) check_weight_type(g, n, n.src[3], false);
+                if (n.op == Op::MoeMatMul) {
+                    check_weight_type(g, n, n.src[3], false);
+                    if (w.ne2 > vk::Backend::kMoeMaxExperts)
+                        unsupported(g, n, fmt::format("{} experts (the routing shader lists at most {})", w.ne2,
+                                                      vk::Backend::kMoeMaxExperts));
+                }
                 break;
             }
             case Op::Add:
