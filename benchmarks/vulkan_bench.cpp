@@ -57,6 +57,22 @@ double seconds_of(auto&& fn) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Times `fast` (the iteration time Google Benchmark reports) and `slow` alternately in each
+// iteration, after one warm-up run of each (pipelines, first touch); each returns its seconds.
+// Returns the two totals.
+std::pair<double, double> time_against(benchmark::State& state, auto&& fast, auto&& slow) {
+    fast();
+    slow();
+    double a = 0, b = 0;
+    for (auto _ : state) {
+        const double t = fast();
+        state.SetIterationTime(t);
+        a += t;
+        b += slow();
+    }
+    return {a, b};
+}
+
 // Device copy bandwidth (bytes read + written per second): the roofline's denominator.
 double copy_bandwidth() {
     static double bw = 0;
@@ -239,15 +255,8 @@ void BM_VulkanMoePrompt(benchmark::State& state, TensorType type, int64_t N, int
             vk->moe_matmul(w, x, &tids, nullptr, y, k);
             return seconds_of([&] { vk->submit(); });
         };
-        run(MatmulKernel::Tiled);  // warm-up: pipelines and first touch
-        run(MatmulKernel::Vector);
-        double tiled = 0, vector = 0;
-        for (auto _ : state) {
-            const double t = run(MatmulKernel::Tiled);
-            state.SetIterationTime(t);
-            tiled += t;
-            vector += run(MatmulKernel::Vector);
-        }
+        const auto [tiled, vector] =
+            time_against(state, [&] { return run(MatmulKernel::Tiled); }, [&] { return run(MatmulKernel::Vector); });
         const double it = static_cast<double>(state.iterations());
         const double bytes = static_cast<double>(w.bytes()) / static_cast<double>(G) * n_chosen;
         const double flops = 2.0 * static_cast<double>(N * K * used * n_tok);
@@ -359,15 +368,8 @@ void BM_VulkanAttentionPrompt(benchmark::State& state, int64_t n_head, int64_t n
             vk->attention(q, kc, vc, out, p);
             return seconds_of([&] { vk->submit(); });
         };
-        run(AttentionKernel::Tiled);  // warm-up: pipelines
-        run(AttentionKernel::Single);
-        double tiled = 0, single = 0;
-        for (auto _ : state) {
-            const double t = run(AttentionKernel::Tiled);
-            state.SetIterationTime(t);
-            tiled += t;
-            single += run(AttentionKernel::Single);
-        }
+        const auto [tiled, single] =
+            time_against(state, [&] { return run(AttentionKernel::Tiled); }, [&] { return run(AttentionKernel::Single); });
         const double it = static_cast<double>(state.iterations());
         const double flops = 2.0 * static_cast<double>(n_head * n_tok) * (static_cast<double>(depth) + (n_tok + 1) / 2.0) *
                              static_cast<double>(dk + dv);
