@@ -18,9 +18,7 @@
 // its weight codes with x's codes by the signed 4x8-bit packed integer dot product (OpSDot of
 // SPV_KHR_integer_dot_product, Vulkan 1.3 core), accumulates in an int and adds the sum times
 // the weight and x scales (Q4_K: minus dmin * min * the sum of x's codes; Q6_K: one int8 scale
-// per 16). glslc of Debian 12 (glslang
-// 11.13) lacks GL_EXT_integer_dot_product, so the instruction is declared through
-// GL_EXT_spirv_intrinsics (the including .comp).
+// per 16): see dot.glsl.
 #include "common.glsl"
 
 layout(constant_id = 1) const uint TYPE = 0;
@@ -49,6 +47,9 @@ layout(push_constant) uniform Params {
 } p;
 
 #include "quant.glsl"
+#ifdef KILN_DOT
+#include "dot.glsl"
+#endif
 
 #ifdef KILN_SUBGROUP
 shared float red[NCOL * ROWS * WG];  // [token][row][subgroup]
@@ -70,61 +71,12 @@ void main() {
     // Loops over the constant NCOL (masked by nc) so that acc stays in registers: an index
     // unknown at compile time would put the array in memory on some drivers (lavapipe).
 #ifdef KILN_DOT
-    // Units of 32 elements (a block of Q8_0 / Q4_0, a group of Q4_K / Q6_K); x's scales are per
-    // XG elements (32, or 256 for the K-quants as quantize_x rounds them).
-    const uint XG = (TYPE == T_Q4_K || TYPE == T_Q6_K) ? 256u : 32u;
-    const uint n_units = p.K / 32u;
-    for (uint u = lane; valid && u < n_units; u += TPR) {
-        const uint blk = base + (32u * u / BLOCK) * BLOCK_BYTES;  // byte offset of the block
-        const uint j = (32u * u) % BLOCK;                         // first element within the block
-        uint wc[8];  // the unit's 32 weight codes as bytes, in element order
-        float dw = 0.0, mw = 0.0;  // weight scale; Q4_K: dmin * min (subtracted per x code)
-        int sc0 = 1, sc1 = 1;      // Q6_K: the int8 scales of the unit's two groups of 16
-        if (TYPE == T_Q8_0) {
-            dw = rdh(blk);
-            for (uint k = 0; k < 8u; ++k) wc[k] = rd32(blk + 2u + 4u * k);
-        } else if (TYPE == T_Q4_0) {  // element j in the low nibble of byte j, j + 16 in the high one; code - 8
-            dw = rdh(blk);
-            for (uint k = 0; k < 4u; ++k) {
-                const uint v = rd32(blk + 2u + 4u * k);
-                const uint lo = v & 0x0f0f0f0fu, hi = (v >> 4) & 0x0f0f0f0fu;
-                // Per byte c in 0..15: c - 8 as a signed byte = (c ^ 8) | 0xf0 where bit 3 is clear.
-                wc[k] = (lo ^ 0x08080808u) | ((~lo & 0x08080808u) * 0x1eu);
-                wc[k + 4u] = (hi ^ 0x08080808u) | ((~hi & 0x08080808u) * 0x1eu);
-            }
-        } else if (TYPE == T_Q4_K) {  // group g = j/32: nibble g%2 of qs[32(g/2) + l] (0..15, unsigned)
-            const uint g = j / 32u;
-            const uvec2 sm = scale_min_k4(blk + 4u, g);
-            dw = rdh(blk) * float(sm.x);
-            mw = rdh(blk + 2u) * float(sm.y);
-            for (uint k = 0; k < 8u; ++k) wc[k] = (rd32(blk + 16u + 32u * (g / 2u) + 4u * k) >> (4u * (g % 2u))) & 0x0f0f0f0fu;
-        } else {  // Q6_K, j = 128h + 32k: 6-bit codes as in quant.glsl, minus 32
-            const uint h = j / 128u, k2 = (j / 32u) % 4u;
-            dw = rdh(blk + 208u);
-            sc0 = bitfieldExtract(int(rd8(blk + 192u + j / 16u)), 0, 8);
-            sc1 = bitfieldExtract(int(rd8(blk + 193u + j / 16u)), 0, 8);
-            for (uint k = 0; k < 8u; ++k) {
-                const uint lo = (rd32(blk + 64u * h + 32u * (k2 & 1u) + 4u * k) >> (4u * (k2 >> 1))) & 0x0f0f0f0fu;
-                const uint hi = (rd32(blk + 128u + 32u * h + 4u * k) >> (2u * k2)) & 0x03030303u;
-                const uint q = lo | (hi << 4);
-                // Per byte q in 0..63: q - 32 as a signed byte = (q ^ 32) | 0xc0 where bit 5 is clear.
-                wc[k] = (q ^ 0x20202020u) | ((~q & 0x20202020u) * 6u);
-            }
-        }
+    for (uint u = lane; valid && u < p.K / 32u; u += TPR) {
+        const Unit w = load_unit(base, u);
         for (uint c = 0; c < NCOL; ++c) {
             if (c < nc) {
-                const uint xo = (tok0 + c) * p.x_stride + 8u * u;
                 const float dx = uintBitsToFloat(xq[p.xs_off + (tok0 + c) * (p.K / XG) + 32u * u / XG]);
-                int s0 = 0, s1 = 0;
-                for (uint k = 0; k < 4u; ++k) s0 += sdot4x8(wc[k], xq[xo + k], 0);
-                for (uint k = 4; k < 8u; ++k) s1 += sdot4x8(wc[k], xq[xo + k], 0);
-                if (TYPE == T_Q4_K) {
-                    int xs = 0;  // the sum of x's codes, for the group's min
-                    for (uint k = 0; k < 8u; ++k) xs += sdot4x8(0x01010101u, xq[xo + k], 0);
-                    acc[c] += dx * (dw * float(s0 + s1) - mw * float(xs));
-                } else {
-                    acc[c] += dx * dw * float(s0 * sc0 + s1 * sc1);
-                }
+                acc[c] += unit_dot(w, (tok0 + c) * p.x_stride + 8u * u, dx);
             }
         }
     }

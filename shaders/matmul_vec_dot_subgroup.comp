@@ -5,5 +5,4 @@
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #define KILN_DOT 1
 #define KILN_SUBGROUP 1
-#include "dot.glsl"
 #include "matmul_vec.glsl"

@@ -8,6 +8,9 @@
 // slot's own K floats (x_slot = K). Only the chosen matrices' rows are read.
 // One workgroup per output element (r, t, s): the threads walk the row in steps of four
 // elements and meet in shared memory (or by subgroupAdd), as in matmul_vec.glsl.
+// KILN_DOT (moe_matmul_dot*.comp; Q8_0, Q4_0, Q4_K, Q6_K weights): x is the 8-bit codes of
+// quantize_q8.comp of x's rows (x_stride / x_slot then count words: a quarter of the floats) and
+// the threads walk the row in units of 32 by integer dot products, as matmul_vec.glsl does.
 #include "common.glsl"
 
 layout(constant_id = 1) const uint TYPE = 0;
@@ -17,7 +20,11 @@ layout(constant_id = 4) const bool HAS_IDS = true;
 layout(constant_id = 5) const bool HAS_BIAS = false;
 
 layout(std430, set = 0, binding = 0) readonly buffer Weights { uint wq[]; };
+#ifdef KILN_DOT
+layout(std430, set = 0, binding = 1) readonly buffer X { uint xq[]; };
+#else
 layout(std430, set = 0, binding = 1) readonly buffer X { float x[]; };
+#endif
 layout(std430, set = 0, binding = 2) readonly buffer Ids { int ids[]; };
 layout(std430, set = 0, binding = 3) readonly buffer Bias { float bias[]; };
 layout(std430, set = 0, binding = 4) writeonly buffer Y { float y[]; };
@@ -31,9 +38,13 @@ layout(push_constant) uniform Params {
     uint row_bytes;  // bytes per row
     uint x_stride;   // floats between tokens in x
     uint x_slot;     // floats between the slots' inputs (0: shared)
+    uint xs_off;     // KILN_DOT: word of the first scale in xq
 } p;
 
 #include "quant.glsl"
+#ifdef KILN_DOT
+#include "dot.glsl"
+#endif
 
 shared float red[WG];
 
@@ -51,8 +62,15 @@ void main() {
     const uint base = (uint(g) * p.R + r) * p.row_bytes;
     const uint xb = t * p.x_stride + s * p.x_slot;
     float acc = 0.0;
+#ifdef KILN_DOT
+    // x's scales: one per XG elements of each row of x_stride words (4 x_stride elements).
+    const uint sb = p.xs_off + (t * 4u * p.x_stride + s * 4u * p.x_slot) / XG;
+    for (uint u = tid; u < p.K / 32u; u += WG)
+        acc += unit_dot(load_unit(base, u), xb + 8u * u, uintBitsToFloat(xq[sb + 32u * u / XG]));
+#else
     for (uint i = 4u * tid; i < p.K; i += 4u * WG)
         acc += dot(load4(base, i), vec4(x[xb + i], x[xb + i + 1u], x[xb + i + 2u], x[xb + i + 3u]));
+#endif
 #ifdef KILN_SUBGROUP
     const float part = subgroupAdd(acc);
     if (subgroupElect()) red[gl_SubgroupID] = part;

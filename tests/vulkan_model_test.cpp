@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -26,6 +27,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "backend/vulkan/backend.h"
 #include "backend/vulkan/graph_executor.h"
 #include "graph/graph.h"
 #include "kiln/error.h"
@@ -91,6 +93,75 @@ TEST_P(VulkanReferenceLogitsQ8Cache, OneBatch) {
 INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogitsQ8Cache,
                          ::testing::Values("llama-tiny.q8_0", "gemma3-tiny.q8_0", "gpt-oss-tiny.q8_0",
                                            "deepseek2-lite-tiny.q8_0", "glm4.7-flash-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
+                         [](const auto& info) { return ref::test_name(info.param); });
+
+// The integer-dot decode kernels, dense and MoE / per-head (KILN_VK_INTEGER_DOT=1 forces them
+// where the device has the dot product without accelerating it, as lavapipe), token by token on
+// quantized files of the dense, MoE and MLA architectures: within the reference bound. That they
+// ran is counted: each matmul against a Q8_0 / Q4_0 / Q4_K / Q6_K weight adds one dispatch
+// (quantize_q8 of its input) to a decode step.
+class ScopedEnv {
+public:
+    ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
+    ~ScopedEnv() { ::unsetenv(name_); }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+private:
+    const char* name_;
+};
+
+class VulkanIntegerDotDecode : public ::testing::TestWithParam<std::string> {};
+TEST_P(VulkanIntegerDotDecode, MatchesTheReferenceTokenByToken) {
+    KILN_REQUIRE_VULKAN();
+    KILN_REQUIRE_SHARED("models");
+    const std::string name = GetParam();
+    {
+        ScopedEnv env("KILN_VK_INTEGER_DOT", "1");
+        try {
+            kiln::backend::VulkanOptions vo;
+            kiln::backend::make_vulkan_backend(vo);
+        } catch (const kiln::Error& e) {
+            std::printf("[  SKIPPED ] %s\n", e.what());
+            GTEST_SKIP() << "SKIPPED: " << e.what();
+        }
+        ref::check_model(name, ref::Run{ref::Mode::TokenByToken, kiln::KvType::F16, "vulkan", 8});
+    }
+    const fs::path dir = kiln::test::shared_dir() / "models";
+    const kiln::Model model = kiln::Model::load((dir / (name + ".gguf")).string());
+    // The matmuls of one decode step with an integer-dot weight type.
+    uint64_t dot_matmuls = 0, matmuls = 0;
+    const kiln::graph::Graph g = model.impl()->arch->build({1, 1});
+    for (const auto& n : g.nodes()) {
+        if (n.op != kiln::graph::Op::MatMul && n.op != kiln::graph::Op::MoeMatMul && n.op != kiln::graph::Op::HeadMatMul)
+            continue;
+        ++matmuls;
+        dot_matmuls += kiln::vk::Backend::supports_integer_dot(g.tensor(n.src[0]).wtype) ? 1 : 0;
+    }
+    auto step_dispatches = [&](const char* dot) {
+        ScopedEnv env("KILN_VK_INTEGER_DOT", dot);
+        kiln::ContextOptions o;
+        o.n_ctx = 8;
+        o.backend = "vulkan";
+        kiln::Context ctx(model, o);
+        ctx.decode(std::vector<int32_t>{1});
+        const auto be = model.impl()->vulkan_backends.begin()->second.lock();
+        const kiln::vk::ContextStats& st = *kiln::backend::vulkan_stats(*be->backend);
+        const uint64_t d0 = st.dispatches;
+        ctx.decode(std::vector<int32_t>{2});
+        return st.dispatches - d0;
+    };
+    const uint64_t off = step_dispatches("0"), on = step_dispatches("1");
+    std::printf("[ vulkan    ] %-24s decode step: %llu dispatches, %llu with integer dots (%llu of %llu matmuls)\n",
+                name.c_str(), static_cast<unsigned long long>(off), static_cast<unsigned long long>(on),
+                static_cast<unsigned long long>(dot_matmuls), static_cast<unsigned long long>(matmuls));
+    EXPECT_GT(dot_matmuls, 0u);
+    EXPECT_EQ(on - off, dot_matmuls);
+}
+INSTANTIATE_TEST_SUITE_P(Models, VulkanIntegerDotDecode,
+                         // q4_k_m holds Q4_K and Q6_K weights; GLM-4.7-Flash's MoE and MLA cover deepseek2.
+                         ::testing::Values("llama-tiny.q4_k_m", "llama-tiny.q4_0", "gpt-oss-tiny.q8_0",
+                                           "glm4.7-flash-tiny.q8_0"),
                          [](const auto& info) { return ref::test_name(info.param); });
 
 class VulkanQuantizedCacheMatchesCpu : public ::testing::TestWithParam<std::tuple<std::string, kiln::KvType>> {};

@@ -5,7 +5,9 @@
 #include <iterator>
 #include <span>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -103,6 +105,15 @@ Backend::Backend(uint32_t device_index, bool validation) : ctx_(std::make_unique
     // Not on lavapipe, which reports the dot product but runs it as plain integer arithmetic
     // ("not accelerated"); set_matvec_options forces it there (tests).
     matvec_.integer_dot = d.integer_dot_product && d.integer_dot_accelerated;
+    // KILN_VK_INTEGER_DOT=0 / 1 overrides that choice (to compare the two paths on a GPU).
+    if (const char* e = std::getenv("KILN_VK_INTEGER_DOT")) {
+        const std::string v = e;
+        if (v != "0" && v != "1") throw Error(fmt::format("KILN_VK_INTEGER_DOT must be 0 or 1, not '{}'", v));
+        if (v == "1" && !d.integer_dot_product)
+            throw Error(fmt::format("KILN_VK_INTEGER_DOT=1, but {} has no integer dot product (shaderIntegerDotProduct)",
+                                    d.name));
+        matvec_.integer_dot = v == "1";
+    }
 }
 
 void Backend::set_matvec_options(const MatvecOptions& o) {
@@ -291,6 +302,27 @@ std::array<uint32_t, 4 + N> type_spec(uint32_t wg, TensorType t, std::array<uint
 
 }  // namespace
 
+Binding Backend::x_codes(const Tensor& x, TensorType weight_type, uint32_t* xs_off) {
+    // x's 8-bit codes (a quarter word per element) then one f32 scale per group (32 elements, 256
+    // for the K-quants), in a workspace sized for kMatvecTokens rows of groups of 32 so that decode
+    // grows it only for a larger row.
+    const int64_t K = x.ne(0), n = x.n_rows(), G = activation_group(weight_type);
+    const uint64_t n_groups = static_cast<uint64_t>(K / G * n);
+    const uint64_t words = static_cast<uint64_t>(K / 4 * n) + n_groups;
+    const uint64_t room = static_cast<uint64_t>(K) * kMatvecTokens / 4 * 9 / 8 * sizeof(uint32_t);
+    if (!x_codes_ || x_codes_->size() < words * sizeof(uint32_t))
+        x_codes_ = ctx_->create_buffer(std::max(room, words * sizeof(uint32_t)) + 16, MemoryKind::Device,
+                                       "the integer-dot matvec's x codes");
+    *xs_off = u32(K / 4 * n, "x code words");
+    const uint32_t qc[3] = {static_cast<uint32_t>(n_groups), *xs_off, static_cast<uint32_t>(G)};
+    const Binding qb[] = {bind(x, false), Binding{x_codes_, 0, words * sizeof(uint32_t), true}};
+    const auto& qp = ctx_->pipeline("quantize_q8", {wg_elementwise_}, 2);
+    uint32_t gx, gy;
+    groups_for(ceil_div(n_groups, wg_elementwise_), &gx, &gy);
+    ctx_->dispatch(qp, qb, qc, sizeof qc, gx, gy);
+    return Binding{x_codes_, 0, words * sizeof(uint32_t), false};
+}
+
 void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKernel kernel) {
     if (!w.valid()) throw Error("vk matmul: the weight is not a tensor");
     if (!supports_matmul(w.type()))
@@ -313,25 +345,8 @@ void Backend::matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKe
     if (kernel == MatmulKernel::Vector) {
         const bool dot = matvec_.integer_dot && supports_integer_dot(w.type());
         if (dot) {
-            // x's 8-bit codes (K/4 words per token) then one f32 scale per group (32 elements, 256
-            // for the K-quants), in a workspace sized for kMatvecTokens tokens of groups of 32 so
-            // that decode grows it only for a larger K.
-            const int64_t G = activation_group(w.type());
-            const uint64_t n_groups = static_cast<uint64_t>(K / G * n);
-            const uint64_t words = static_cast<uint64_t>(K / 4 * n) + n_groups;
-            const uint64_t room = static_cast<uint64_t>(K) * kMatvecTokens / 4 * 9 / 8 * sizeof(uint32_t);
-            if (!x_codes_ || x_codes_->size() < words * sizeof(uint32_t))
-                x_codes_ = ctx_->create_buffer(std::max(room, words * sizeof(uint32_t)) + 16, MemoryKind::Device,
-                                               "the integer-dot matvec's x codes");
             pc.x_stride = u32(K / 4, "K / 4");
-            pc.xs_off = static_cast<uint32_t>(K / 4 * n);
-            const uint32_t qc[3] = {static_cast<uint32_t>(n_groups), pc.xs_off, static_cast<uint32_t>(G)};
-            const Binding qb[] = {bind(x, false), Binding{x_codes_, 0, words * sizeof(uint32_t), true}};
-            const auto& qp = ctx_->pipeline("quantize_q8", {wg_elementwise_}, 2);
-            uint32_t gx, gy;
-            groups_for(ceil_div(n_groups, wg_elementwise_), &gx, &gy);
-            ctx_->dispatch(qp, qb, qc, sizeof qc, gx, gy);
-            b[1] = Binding{x_codes_, 0, words * sizeof(uint32_t), false};
+            b[1] = x_codes(x, w.type(), &pc.xs_off);
         }
         const auto spec = type_spec<1>(wg_matvec_, w.type(), {matvec_.rows});
         const char* shader = dot ? (matvec_.subgroup ? "matmul_vec_dot_subgroup" : "matmul_vec_dot")
@@ -866,9 +881,10 @@ void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, co
         if (bias->n_elements() != R * G)
             throw Error(fmt::format("vk moe_matmul: bias '{}' {} must be [{}, {}]", bias->name(), bias->shape_string(), R, G));
     }
-    const uint32_t pc[8] = {u32(K, "K"), u32(R, "R"), u32(S, "S"), u32(n_tok, "n_tok"), u32(G, "G"),
-                            u32(static_cast<int64_t>(w.row_bytes()), "row bytes"), u32(x.ne(0), "x stride"),
-                            x.ne(0) == K ? 0u : u32(K, "K")};  // x shared by the slots, or one input per slot
+    uint32_t pc[9] = {u32(K, "K"), u32(R, "R"), u32(S, "S"), u32(n_tok, "n_tok"), u32(G, "G"),
+                      u32(static_cast<int64_t>(w.row_bytes()), "row bytes"), u32(x.ne(0), "x stride"),
+                      x.ne(0) == K ? 0u : u32(K, "K"),  // x shared by the slots, or one input per slot
+                      0};
     Binding b[] = {bind(w, false), bind(x, false), bind(ids ? *ids : x, false), bind(bias ? *bias : x, false),
                    bind(y, true)};
     if (kernel == MatmulKernel::Auto) kernel = moe_kernel(n_tok, S, ids ? G : 0);
@@ -898,12 +914,20 @@ void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, co
         const uint32_t per = ids ? std::min(tiles, ceil_div(2 * avg, bn)) : tiles;
         const auto spec = type_spec<3>(kTiledWorkgroup, w.type(), {ids ? 1u : 0u, bias ? 1u : 0u, bn});
         const auto& p = ctx_->pipeline("moe_matmul_tiled", spec, 5);
-        ctx_->dispatch(p, b, pc, sizeof pc, ceil_div(static_cast<uint64_t>(R), kTile), std::max(per, 1u),
+        ctx_->dispatch(p, b, pc, 8 * sizeof(uint32_t), ceil_div(static_cast<uint64_t>(R), kTile), std::max(per, 1u),
                        static_cast<uint32_t>(G) + (ids ? 1u : 0u));
         return;
     }
+    const bool dot = matvec_.integer_dot && supports_integer_dot(w.type());
+    if (dot) {  // x as 8-bit codes: strides in words
+        pc[6] /= 4;
+        pc[7] /= 4;
+        b[1] = x_codes(x, w.type(), &pc[8]);
+    }
     const auto spec = type_spec<2>(wg_matvec_, w.type(), {ids ? 1u : 0u, bias ? 1u : 0u});
-    const auto& p = ctx_->pipeline(matvec_.subgroup ? "moe_matmul_subgroup" : "moe_matmul", spec, 5);
+    const char* shader = dot ? (matvec_.subgroup ? "moe_matmul_dot_subgroup" : "moe_matmul_dot")
+                             : (matvec_.subgroup ? "moe_matmul_subgroup" : "moe_matmul");
+    const auto& p = ctx_->pipeline(shader, spec, 5);
     uint32_t gx, gy;
     groups_for(static_cast<uint64_t>(R * S * n_tok), &gx, &gy);
     ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);

@@ -70,12 +70,13 @@ struct BackendOptions {
 enum class MatmulKernel { Auto, Vector, Tiled };
 
 // The decode matrix-vector kernel's variant: the subgroupAdd reduction (devices with subgroup
-// arithmetic in compute) or the plain shared-memory one (moe_matmul follows the same choice),
-// and weight rows per workgroup (a specialization constant; divides the workgroup size of 64).
-// integer_dot: Q8_0, Q4_0, Q4_K and Q6_K weights are dotted with x's 8-bit codes (quantize_q8, per
-// 32 or 256 like quantize_x) by 4x8-bit integer dot products, int32 per 32 elements (devices with
-// shaderIntegerDotProduct; other weight types keep the float path). Default on where the device
-// reports the packed signed 4x8 dot product as accelerated.
+// arithmetic in compute) or the plain shared-memory one, and weight rows per workgroup (a
+// specialization constant; divides the workgroup size of 64). integer_dot: Q8_0, Q4_0, Q4_K and
+// Q6_K weights are dotted with x's 8-bit codes (quantize_q8, per 32 or 256 like quantize_x) by 4x8-bit
+// integer dot products, int32 per 32 elements (devices with shaderIntegerDotProduct; other weight
+// types keep the float path). Default on where the device reports the packed signed 4x8 dot
+// product as accelerated. moe_matmul's decode kernel follows subgroup and integer_dot (one row per
+// workgroup).
 struct MatvecOptions {
     bool subgroup = false;
     uint32_t rows = 1;
@@ -178,7 +179,8 @@ public:
     // Auto takes the matrix-vector kernel for n <= 8 tokens and the tiled one above.
     void matmul(const Tensor& w, const Tensor& x, const Tensor& y, MatmulKernel kernel = MatmulKernel::Auto);
     static bool supports_matmul(TensorType t);
-    // Weight types of the integer-dot-product matvec (MatvecOptions::integer_dot): Q8_0, Q4_0, Q4_K, Q6_K.
+    // Weight types of the integer-dot-product matvecs (MatvecOptions::integer_dot; the dense and
+    // the MoE / per-head decode kernels): Q8_0, Q4_0, Q4_K, Q6_K.
     static bool supports_integer_dot(TensorType t);
     // The matrix-vector variant in use: by default the subgroup one where the device has
     // subgroup arithmetic, one row per workgroup. Setting an unsupported variant throws.
@@ -272,6 +274,9 @@ private:
     void elementwise(const char* shader, std::initializer_list<const Tensor*> in, const Tensor& out, const void* push,
                      uint32_t push_bytes);
     void groups_for(uint64_t n_groups, uint32_t* gx, uint32_t* gy) const;
+    // Records quantize_q8 of x's rows (groups of activation_group(weight_type)) into x_codes_ for
+    // the integer-dot shaders; returns the codes' binding and sets *xs_off to the scales' word.
+    Binding x_codes(const Tensor& x, TensorType weight_type, uint32_t* xs_off);
     std::map<std::array<float, 6>, Tensor> rope_freqs_;  // per (n_dims, base, scale, YaRN ramp)
     std::shared_ptr<Buffer> attn_part_;         // split-K partials, grown when a shape needs more
     std::shared_ptr<Buffer> x_codes_;           // quantize_q8's codes and scales, grown likewise
