@@ -17,6 +17,7 @@
 #include "model/model_impl.h"
 #include "runtime/shared_backend.h"
 #include "model/synthetic.h"
+#include "support/reference.h"
 #include "support/shared.h"
 #include "support/vulkan.h"
 
@@ -105,15 +106,16 @@ TEST_P(DecodeBatchShared, EqualsDecodingAlone) {
     EXPECT_LT(d2, 1e-4f);
 }
 
+// One file of every architecture (dense, sliding rings, MoE, MLA), for the CPU and Vulkan cases.
+const std::string kBatchModels[] = {"llama-tiny.q8_0.gguf",          "qwen2-tiny.q4_k_m.gguf",
+                                    "gemma3-tiny.f32.gguf",          "gpt-oss-tiny.mxfp4_moe.gguf",
+                                    "deepseek2-lite-tiny.q8_0.gguf", "glm4.7-flash-tiny.f32.gguf"};
+std::string batch_model_name(const ::testing::TestParamInfo<std::string>& info) {
+    return kiln::test::reference::test_name(info.param.substr(0, info.param.find(".gguf")));
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, DecodeBatchShared,
-                         ::testing::Values("llama-tiny.q8_0.gguf", "qwen2-tiny.q4_k_m.gguf", "gemma3-tiny.f32.gguf",
-                                           "gpt-oss-tiny.mxfp4_moe.gguf", "deepseek2-lite-tiny.q8_0.gguf",
-                                           "glm4.7-flash-tiny.f32.gguf"),
-                         [](const auto& info) {
-                             std::string n = info.param.substr(0, info.param.find(".gguf"));
-                             std::replace_if(n.begin(), n.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
-                             return n;
-                         });
+                         ::testing::ValuesIn(kBatchModels), batch_model_name);
 
 // Vulkan: the batched contexts and the ones decoding alone all share the model's one backend. Each
 // token's rows go through the same shaders as alone (the matrix-vector kernel computes every
@@ -134,14 +136,7 @@ TEST_P(DecodeBatchVulkan, EqualsDecodingAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, DecodeBatchVulkan,
-                         ::testing::Values("llama-tiny.q8_0.gguf", "qwen2-tiny.q4_k_m.gguf", "gemma3-tiny.f32.gguf",
-                                           "gpt-oss-tiny.mxfp4_moe.gguf", "deepseek2-lite-tiny.q8_0.gguf",
-                                           "glm4.7-flash-tiny.f32.gguf"),
-                         [](const auto& info) {
-                             std::string n = info.param.substr(0, info.param.find(".gguf"));
-                             std::replace_if(n.begin(), n.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
-                             return n;
-                         });
+                         ::testing::ValuesIn(kBatchModels), batch_model_name);
 
 TEST(DecodeBatch, RefusesBadBatchesWithoutAdvancing) {
     kiln::SyntheticLlama s;
