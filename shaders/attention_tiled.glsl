@@ -33,8 +33,8 @@ layout(constant_id = 3) const uint K_TYPE = 0;  // 0 f16, 1 q8_0, 2 q4_0
 layout(constant_id = 4) const uint V_TYPE = 0;
 layout(constant_id = 5) const uint R = 16;      // query rows per workgroup
 layout(constant_id = 6) const uint TK = 16;     // keys per tile
-layout(constant_id = 7) const uint DK = 128;    // Dk (even): sizes the tiles
-layout(constant_id = 8) const uint DV = 128;    // Dv (even)
+layout(constant_id = 7) const uint DK = 128;    // Dk (even; equals p.Dk): sizes the tiles, bounds the loops
+layout(constant_id = 8) const uint DV = 128;    // Dv (even; equals p.Dv)
 layout(constant_id = 9) const bool MLA = false; // V is the head of each K row: no V tile
 
 layout(push_constant) uniform Params {
@@ -69,12 +69,12 @@ void main() {
     const uint rows = min(R, n_rows - row0);
 
     // The query rows, scaled; rows past the batch are zero (their scores are masked anyway).
-    for (uint e = tid; e < R * p.Dk; e += WG) {
-        const uint r = e / p.Dk, d = e % p.Dk;
+    for (uint e = tid; e < R * DK; e += WG) {
+        const uint r = e / DK, d = e % DK;
         float v = 0.0;
         if (r < rows) {
             const uint t = (row0 + r) / G, h = kvh * G + (row0 + r) % G;
-            v = q[t * p.q_stride + h * p.Dk + d] * p.scale;
+            v = q[t * p.q_stride + h * DK + d] * p.scale;
         }
         qs[r * (DK + 1u) + d] = v;
     }
@@ -96,7 +96,7 @@ void main() {
     for (uint j0 = lo; j0 < hi; j0 += TK) {
         const uint cnt = min(TK, hi - j0);
         // 1. the tile's keys (and values), read once for all rows
-        const uint kpairs = p.Dk >> 1;
+        const uint kpairs = DK >> 1;
         for (uint e = tid; e < cnt * kpairs; e += WG) {
             const uint i = e / kpairs, d = e % kpairs;
             const vec2 k2 = k_pair(((j0 + i) % p.n_slots) * p.k_row + kvh * p.k_head, d);
@@ -104,7 +104,7 @@ void main() {
             ks[i * KS + 2u * d + 1u] = TILE(k2.y);
         }
         if (!MLA) {
-            const uint vpairs = p.Dv >> 1;
+            const uint vpairs = DV >> 1;
             for (uint e = tid; e < cnt * vpairs; e += WG) {
                 const uint i = e / vpairs, d = e % vpairs;
                 const vec2 v2 = v_pair(((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head, d);
@@ -120,7 +120,7 @@ void main() {
             float s = -1.0 / 0.0;
             if (r < rows && i < cnt && j <= pos && (p.window == 0u || j + p.window > pos)) {
                 s = 0.0;
-                for (uint d = 0; d < p.Dk; ++d) s += qs[r * (DK + 1u) + d] * float(ks[i * KS + d]);
+                for (uint d = 0; d < DK; ++d) s += qs[r * (DK + 1u) + d] * float(ks[i * KS + d]);
                 if (p.softcap > 0.0) s = p.softcap * (1.0 - 2.0 / (exp(2.0 * s / p.softcap) + 1.0));
             }
             sc[e] = s;
@@ -146,8 +146,8 @@ void main() {
         // 4. rescale the accumulators, add the tile's weighted values
         for (uint k = 0; k < OPT; ++k) {
             const uint oi = tid + k * WG;
-            if (oi >= R * p.Dv) break;
-            const uint r = oi / p.Dv, d = oi % p.Dv;
+            if (oi >= R * DV) break;
+            const uint r = oi / DV, d = oi % DV;
             float a = acc[k] * row_alpha[r];
             for (uint i = 0; i < cnt; ++i) a += sc[r * TK + i] * float(MLA ? ks[i * KS + d] : vs[i * VS + d]);
             acc[k] = a;
@@ -156,11 +156,11 @@ void main() {
     }
     for (uint k = 0; k < OPT; ++k) {
         const uint oi = tid + k * WG;
-        if (oi >= R * p.Dv) break;
-        const uint r = oi / p.Dv, d = oi % p.Dv;
+        if (oi >= R * DV) break;
+        const uint r = oi / DV, d = oi % DV;
         if (r >= rows) continue;
         const uint t = (row0 + r) / G, h = kvh * G + (row0 + r) % G;
         const float l = row_l[r];
-        o[t * p.o_stride + h * p.Dv + d] = l > 0.0 ? acc[k] / l : 0.0;
+        o[t * p.o_stride + h * DV + d] = l > 0.0 ? acc[k] / l : 0.0;
     }
 }
