@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -98,17 +99,24 @@ INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogitsQ8Cache,
 // The integer-dot decode kernels, dense and MoE / per-head (KILN_VK_INTEGER_DOT=1 forces them
 // where the device has the dot product without accelerating it, as lavapipe), token by token on
 // quantized files of the dense, MoE and MLA architectures: within the reference bound. That they
-// ran is counted: each matmul against a Q8_0 / Q4_0 / Q4_K / Q6_K weight adds one dispatch
-// (quantize_q8 of its input) to a decode step.
+// ran is seen in the pipelines built (matmul_vec_dot*, moe_matmul_dot*); they round x themselves,
+// so a decode step runs no more dispatches than on the float path (no quantize_x before them).
 class ScopedEnv {
 public:
-    ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
-    ~ScopedEnv() { ::unsetenv(name_); }
+    ScopedEnv(const char* name, const char* value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        ::setenv(name, value, 1);
+    }
+    ~ScopedEnv() {
+        if (old_) ::setenv(name_, old_->c_str(), 1);
+        else ::unsetenv(name_);
+    }
     ScopedEnv(const ScopedEnv&) = delete;
     ScopedEnv& operator=(const ScopedEnv&) = delete;
 
 private:
     const char* name_;
+    std::optional<std::string> old_;
 };
 
 class VulkanIntegerDotDecode : public ::testing::TestWithParam<std::string> {};
@@ -129,16 +137,21 @@ TEST_P(VulkanIntegerDotDecode, MatchesTheReferenceTokenByToken) {
     }
     const fs::path dir = kiln::test::shared_dir() / "models";
     const kiln::Model model = kiln::Model::load((dir / (name + ".gguf")).string());
-    // The matmuls of one decode step with an integer-dot weight type.
-    uint64_t dot_matmuls = 0, matmuls = 0;
+    // The matmuls of one decode step with an integer-dot weight type: dense, and MoE / per-head.
+    uint64_t dense_dot = 0, grouped_dot = 0, matmuls = 0;
     const kiln::graph::Graph g = model.impl()->arch->build({1, 1});
     for (const auto& n : g.nodes()) {
         if (n.op != kiln::graph::Op::MatMul && n.op != kiln::graph::Op::MoeMatMul && n.op != kiln::graph::Op::HeadMatMul)
             continue;
         ++matmuls;
-        dot_matmuls += kiln::vk::Backend::supports_integer_dot(g.tensor(n.src[0]).wtype) ? 1 : 0;
+        if (kiln::vk::Backend::supports_integer_dot(g.tensor(n.src[0]).wtype))
+            ++(n.op == kiln::graph::Op::MatMul ? dense_dot : grouped_dot);
     }
-    auto step_dispatches = [&](const char* dot) {
+    struct Step {
+        uint64_t dispatches;
+        size_t dense_variants, grouped_variants;  // integer-dot pipelines built
+    };
+    auto step = [&](const char* dot) {
         ScopedEnv env("KILN_VK_INTEGER_DOT", dot);
         kiln::ContextOptions o;
         o.n_ctx = 8;
@@ -149,14 +162,24 @@ TEST_P(VulkanIntegerDotDecode, MatchesTheReferenceTokenByToken) {
         const kiln::vk::ContextStats& st = *kiln::backend::vulkan_stats(*be->backend);
         const uint64_t d0 = st.dispatches;
         ctx.decode(std::vector<int32_t>{2});
-        return st.dispatches - d0;
+        auto variants = [&](const char* a, const char* b) {
+            return kiln::backend::vulkan_pipeline_variants(*be->backend, a) +
+                   kiln::backend::vulkan_pipeline_variants(*be->backend, b);
+        };
+        return Step{st.dispatches - d0, variants("matmul_vec_dot", "matmul_vec_dot_subgroup"),
+                    variants("moe_matmul_dot", "moe_matmul_dot_subgroup")};
     };
-    const uint64_t off = step_dispatches("0"), on = step_dispatches("1");
-    std::printf("[ vulkan    ] %-24s decode step: %llu dispatches, %llu with integer dots (%llu of %llu matmuls)\n",
-                name.c_str(), static_cast<unsigned long long>(off), static_cast<unsigned long long>(on),
-                static_cast<unsigned long long>(dot_matmuls), static_cast<unsigned long long>(matmuls));
-    EXPECT_GT(dot_matmuls, 0u);
-    EXPECT_EQ(on - off, dot_matmuls);
+    const Step off = step("0"), on = step("1");
+    std::printf("[ vulkan    ] %-24s decode step: %llu dispatches on the float path, %llu with integer dots (%llu dense "
+                "and %llu grouped of %llu matmuls)\n",
+                name.c_str(), static_cast<unsigned long long>(off.dispatches), static_cast<unsigned long long>(on.dispatches),
+                static_cast<unsigned long long>(dense_dot), static_cast<unsigned long long>(grouped_dot),
+                static_cast<unsigned long long>(matmuls));
+    EXPECT_GT(dense_dot + grouped_dot, 0u);
+    EXPECT_EQ(on.dispatches, off.dispatches);
+    EXPECT_EQ(off.dense_variants + off.grouped_variants, 0u);
+    EXPECT_EQ(on.dense_variants > 0, dense_dot > 0);
+    EXPECT_EQ(on.grouped_variants > 0, grouped_dot > 0);
 }
 INSTANTIATE_TEST_SUITE_P(Models, VulkanIntegerDotDecode,
                          // q4_k_m holds Q4_K and Q6_K weights; GLM-4.7-Flash's MoE and MLA cover deepseek2.

@@ -861,6 +861,16 @@ MatmulKernel Backend::moe_kernel(int64_t n_tok, int64_t S, int64_t G) {
     return G == 0 || S * n_tok >= 8 * G ? MatmulKernel::Tiled : MatmulKernel::Vector;
 }
 
+bool Backend::matmul_makes_codes(TensorType w, int64_t n_tok) const {
+    return n_tok <= kMatvecTokens && matvec_.integer_dot && supports_integer_dot(w);
+}
+
+bool Backend::moe_matmul_makes_codes(const Tensor& w, const Tensor& x, const Tensor* ids) const {
+    const int64_t G = w.ne(2) * w.ne(3);
+    return moe_kernel(x.n_rows(), ids ? ids->ne(0) : G, ids ? G : 0) == MatmulKernel::Vector && matvec_.integer_dot &&
+           supports_integer_dot(w.type());
+}
+
 void Backend::moe_matmul(const Tensor& w, const Tensor& x, const Tensor* ids, const Tensor* bias, const Tensor& y,
                          MatmulKernel kernel) {
     if (!w.valid()) throw Error("vk moe_matmul: the weight is not a tensor");

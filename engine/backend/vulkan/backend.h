@@ -233,6 +233,10 @@ public:
     // What Auto runs for n_tok tokens of S slots over G experts (0: per-head matrices): Vector up
     // to 8 tokens and while experts average under 8 slots, Tiled above.
     static MatmulKernel moe_kernel(int64_t n_tok, int64_t S, int64_t G);
+    // Whether matmul / moe_matmul (Auto) will run an integer-dot kernel, which rounds x to its
+    // 8-bit codes itself (as quantize_x would, per activation_group): x then needs no quantize_x.
+    bool matmul_makes_codes(TensorType w, int64_t n_tok) const;
+    bool moe_matmul_makes_codes(const Tensor& w, const Tensor& x, const Tensor* ids) const;
     static constexpr int64_t kMoeMaxExperts = 1024;  // MAX_G in moe_route.comp
     // out [E, n] = sum_s w[t][s] y[t][s]; y [S * E, n], w [S, n].
     void moe_combine(const Tensor& y, const Tensor& w, const Tensor& out);

@@ -114,6 +114,11 @@ public:
     const Pipeline& pipeline(std::string_view name, std::initializer_list<uint32_t> spec, uint32_t n_bindings) {
         return pipeline(name, std::span<const uint32_t>(spec.begin(), spec.size()), n_bindings);
     }
+    // How many specializations of shader `name` were built (tests: which variant ran).
+    size_t pipeline_variants(std::string_view name) const {
+        const auto it = pipelines_.find(name);
+        return it == pipelines_.end() ? 0 : it->second.size();
+    }
 
     // ---- recording (nothing runs until submit) ----
     void dispatch(const Pipeline& p, std::span<const Binding> bindings, const void* push, uint32_t push_bytes,

@@ -194,10 +194,17 @@ private:
         vk::Tensor a2, b2, c2;        // copy: the same memory as one row each, for copy_rows
     };
     const vk::Tensor& t(TensorId id) const { return tensors_[static_cast<size_t>(id)]; }
-    // A matmul's input: src1 as is, or rounded into the scratch first (recorded here).
+    // A matmul's input: src1 as is, or rounded into the scratch first (recorded here). Not when
+    // the kernel the backend will run makes x's 8-bit codes itself (the integer-dot decode
+    // kernels): rounding first would give the same codes one dispatch later.
     const vk::Tensor& x_of(const Node& n, const NodeViews& v) {
-        if (!v.xq_group) return t(n.src[1]);
-        vk_.quantize_x(t(n.src[1]), v.xq, v.xq_group);
+        const vk::Tensor& x = t(n.src[1]);
+        if (!v.xq_group) return x;
+        const vk::Tensor& w = t(n.src[0]);
+        const bool codes = n.op == Op::MatMul ? vk_.matmul_makes_codes(w.type(), x.n_rows())
+                                              : vk_.moe_matmul_makes_codes(w, x, n.op == Op::MoeMatMul ? &t(n.src[2]) : nullptr);
+        if (codes) return x;
+        vk_.quantize_x(x, v.xq, v.xq_group);
         return v.xq;
     }
     int xq_group(const Node& n) const;
@@ -655,6 +662,11 @@ void VkExecutable::run(const RunArgs& args) {
 const vk::ContextStats* vulkan_stats(const Backend& b) {
     const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
     return v ? &v->vk().stats() : nullptr;
+}
+
+size_t vulkan_pipeline_variants(const Backend& b, std::string_view shader) {
+    const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
+    return v ? v->vk().context().pipeline_variants(shader) : 0;
 }
 
 uint64_t vulkan_weight_bytes(const Backend& b) {

@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string_view>
 
 #include "backend/backend.h"
 
@@ -52,6 +53,9 @@ std::unique_ptr<Backend> make_vulkan_backend(const VulkanOptions& options);
 // The device counters (submits, dispatches, buffers created) of a backend made by
 // make_vulkan_backend; nullptr for any other backend.
 const vk::ContextStats* vulkan_stats(const Backend& b);
+// How many specializations of shader `shader` the backend built (0 for any other backend): which
+// kernel variants ran.
+size_t vulkan_pipeline_variants(const Backend& b, std::string_view shader);
 // Bytes of weights uploaded to the device, and device-local memory in use on the backend's device
 // (weights, workspace, KV caches); 0 for any other backend.
 uint64_t vulkan_weight_bytes(const Backend& b);
