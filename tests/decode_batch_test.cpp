@@ -57,6 +57,9 @@ float max_rel_diff_over_steps(const kiln::Model& model, const std::vector<std::v
             next.push_back(static_cast<int32_t>((7 + 13 * s + 29 * static_cast<int>(i)) % std::min<int64_t>(n_vocab, 200)));
         // On Vulkan the step is one forward pass: one submit on the shared backend.
         const kiln::vk::ContextStats* st = backend == "vulkan" ? vulkan_stats_of(model) : nullptr;
+        if (backend == "vulkan") {
+            EXPECT_NE(st, nullptr) << "the contexts do not share one Vulkan backend";
+        }
         const uint64_t submits = st ? st->submits : 0;
         kiln::decode_batch(ptrs, next);
         if (st) {

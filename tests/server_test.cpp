@@ -20,6 +20,7 @@
 #include "support/run.h"
 #include "support/serve.h"
 #include "support/shared.h"
+#include "support/vulkan.h"
 
 namespace {
 
@@ -372,7 +373,13 @@ TEST_F(ServerThinkingBudgetTest, BudgetEndsTheReasoning) {
 // kiln serve --backend vulkan (lavapipe in CI): the slots run on Vulkan and answer as on the CPU.
 class ServerVulkanTest : public ServerTest {
 protected:
-    static void SetUpTestSuite() { start(nullptr, {"--backend", "vulkan", "--cache-prefixes", "4"}); }
+    static void SetUpTestSuite() {
+        if (kiln::test::no_vulkan().empty()) start(nullptr, {"--backend", "vulkan", "--cache-prefixes", "4"});
+    }
+    void SetUp() override {
+        KILN_REQUIRE_VULKAN();
+        ServerTest::SetUp();
+    }
 };
 
 TEST_F(ServerVulkanTest, AnswersOnVulkanWithCachedPrefixes) {
@@ -1014,6 +1021,7 @@ TEST(ServerClaudeCommand, StartsServerRunsClaudeStopsServer) {
 
 TEST(ServerClaudeCommand, PassesTheBackendToTheServer) {
     KILN_REQUIRE_SHARED("models");
+    KILN_REQUIRE_VULKAN();
     if (!std::filesystem::exists(shared_dir() / kModel)) GTEST_SKIP() << kModel << " is absent";
     if (!have_curl()) GTEST_SKIP() << "*** SKIPPED: curl is not installed (the fake claude uses it) ***";
     const int port = free_port();
