@@ -94,7 +94,6 @@ std::string tool_result_text(const json& c) {
 // calls) and the model is told the schema at the end of the system prompt.
 void json_output(ChatRequest& r, const json& schema) {
     r.gen.json_plan = plan_json(schema);
-    r.json_output = true;
     r.enable_thinking = false;
     r.prefill.clear();
     const std::string note = "Answer with only a JSON value that matches this JSON schema:\n" + schema.dump();

@@ -101,7 +101,8 @@ std::unique_ptr<OutputParser> make_chat_parser(chat::ParserFamily family, const 
                                                const std::string& output_prefix) {
     chat::ParserOptions o;
     o.family = family;
-    o.starts_in_thinking = chat::prompt_opens_thinking(prompt.substr(0, prompt.size() - std::min(prompt.size(), output_prefix.size())));
+    o.starts_in_thinking =
+        chat::prompt_opens_thinking(std::string_view(prompt).substr(0, prompt.size() - std::min(prompt.size(), output_prefix.size())));
     o.tool_call_id_prefix = id_prefix;
     auto p = std::make_unique<FamilyParser>(o);
     // An opened tool call: nothing is complete yet, so no event comes out of it.

@@ -215,7 +215,6 @@ struct ChatRequest {
     bool stream = false;
     bool include_usage = false;  // OpenAI stream_options.include_usage
     std::string model;
-    bool json_output = false;  // output_config.format / response_format asked for JSON (gen.json_plan)
     std::string force_tool;    // tool_choice: "" auto, "*" any tool, else that tool's name
 };
 
