@@ -30,11 +30,6 @@ std::string bench_backend() {
     return v && *v ? v : "cpu";
 }
 
-int bench_threads() {
-    const char* v = std::getenv("KILN_BENCH_THREADS");
-    return v ? std::atoi(v) : 0;
-}
-
 const kiln::Model& batch_model() {
     static const kiln::Model model = [] {
         const auto path = std::filesystem::temp_directory_path() / "kiln-bench-batch-2048x4-q8_0.gguf";
@@ -65,7 +60,7 @@ void DecodeBatch(benchmark::State& state) {
     const kiln::Model& model = batch_model();
     kiln::ContextOptions o;
     o.n_ctx = 512;
-    o.n_threads = bench_threads();
+    o.n_threads = kiln::bench::bench_threads();
     o.backend = bench_backend();
     std::vector<std::unique_ptr<kiln::Context>> ctx;
     std::vector<kiln::Context*> ptrs;

@@ -31,13 +31,8 @@ namespace {
 using kiln::TensorType;
 using namespace kiln::bench;
 
-int bench_threads() {
-    const char* v = std::getenv("KILN_BENCH_THREADS");
-    return v ? std::atoi(v) : 0;
-}
-
 kiln::ThreadPool& pool() {
-    static kiln::ThreadPool p(bench_threads());
+    static kiln::ThreadPool p(kiln::bench::bench_threads());
     return p;
 }
 

@@ -5,10 +5,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 namespace kiln::bench {
+
+// KILN_BENCH_THREADS: the CPU benchmarks' thread count (0 or unset: the machine's default).
+inline int bench_threads() {
+    const char* v = std::getenv("KILN_BENCH_THREADS");
+    return v ? std::atoi(v) : 0;
+}
 
 constexpr size_t kCopyBytes = size_t{256} << 20;
 

@@ -36,16 +36,14 @@ layout(push_constant) uniform Params {
     uint x_slot;     // floats between the slots' inputs (0: shared)
 } p;
 
-uint g_matrix;  // this workgroup's matrix
-
-float finish(uint r, float v) { return HAS_BIAS ? v + bias[g_matrix * p.R + r] : v; }
+// Matrix gl_WorkGroupID.z's bias.
+float finish(uint r, float v) { return HAS_BIAS ? v + bias[gl_WorkGroupID.z * p.R + r] : v; }
 
 #include "matmul_tiled.glsl"
 
 void main() {
     const uint tid = gl_LocalInvocationID.x;
     const uint g = gl_WorkGroupID.z, row0 = gl_WorkGroupID.x * BM;
-    g_matrix = g;
     const uint first = HAS_IDS ? route[g] : 0u;
     const uint count = HAS_IDS ? route[p.G + 1u + g] : p.n_tok;
     const uint list = 2u * (p.G + 1u);
