@@ -210,7 +210,8 @@ private:
     int xq_group(const Node& n) const;
     // Throws unless kv (any KvBuffers) is a cache of this device whose layers match the graph's
     // and slots [base, base + n_tok) are in it. Checked before anything is recorded.
-    VkKv& check_kv(KvBuffers* kv, int64_t base, int64_t n_tok, const char* which) const;
+    // `seq`: the sequence of a batch (named in the error), -1 for a run on one cache.
+    VkKv& check_kv(KvBuffers* kv, int64_t base, int64_t n_tok, int64_t seq) const;
     // Records a StoreKV or Attention node over n_tok = a.ne(2) tokens at cache slot `base`.
     void kv_node(const Node& n, const NodeViews& v, VkKv& kv, int64_t base);
     // Records node ni for token t alone (of a batch of sequences) on its cache at position pos.
@@ -227,6 +228,7 @@ private:
     std::map<TensorId, std::vector<float>> outputs_;
     graph::Plan plan_;
     int64_t kv_tokens_ = 0;  // tokens of the StoreKV / Attention nodes (0: none)
+    std::vector<std::pair<int, bool>> kv_layers_;  // (layer, v_in_k) of those nodes, each layer once
 };
 
 class VulkanGraphBackend final : public Backend {
@@ -350,7 +352,11 @@ VkExecutable::VkExecutable(VulkanGraphBackend& be, graph::Graph g) : be_(be), vk
     int64_t xq_elements = 0;
     for (const Node& n : g_.nodes()) {
         if (xq_group(n)) xq_elements = std::max(xq_elements, g_.tensor(n.src[1]).n_elements());
-        if (n.op == Op::StoreKV || n.op == Op::Attention) kv_tokens_ = g_.tensor(n.src[0]).ne1;
+        if (n.op == Op::StoreKV || n.op == Op::Attention) {
+            kv_tokens_ = g_.tensor(n.src[0]).ne1;
+            const std::pair<int, bool> l{n.attn.layer, n.attn.v_in_k};
+            if (std::find(kv_layers_.begin(), kv_layers_.end(), l) == kv_layers_.end()) kv_layers_.push_back(l);
+        }
     }
     be_.reserve(static_cast<uint64_t>(std::max<int64_t>(0, plan_.workspace_bytes)), xq_elements);
     for (size_t i = 0; i < g_.tensors().size(); ++i) {
@@ -498,22 +504,19 @@ const float* VkExecutable::output(TensorId id) const {
     return it->second.data();
 }
 
-VkKv& VkExecutable::check_kv(KvBuffers* kv_in, int64_t base, int64_t n_tok, const char* which) const {
-    if (!kv_in) throw Error(fmt::format("vulkan backend: {} needs a KV cache", which));
+VkKv& VkExecutable::check_kv(KvBuffers* kv_in, int64_t base, int64_t n_tok, int64_t seq) const {
+    auto which = [&] { return seq < 0 ? std::string("the run") : fmt::format("sequence {}", seq); };  // errors only
+    if (!kv_in) throw Error(fmt::format("vulkan backend: {} needs a KV cache", which()));
     auto* kv = dynamic_cast<VkKv*>(kv_in);
     if (!kv || kv->owner() != &vk_)
-        throw Error(fmt::format("vulkan backend: {} is not a KV cache of this backend's device", which));
+        throw Error(fmt::format("vulkan backend: {} is not a KV cache of this backend's device", which()));
     const KvLayout& L = kv->layout();
     if (base < 0 || base + n_tok > L.n_ctx)
         throw Error(fmt::format("vulkan backend: KV slots [{}, {}) of {} are outside the cache of {}", base, base + n_tok,
-                                which, L.n_ctx));
-    for (const Node& n : g_.nodes()) {
-        if (n.op != Op::StoreKV && n.op != Op::Attention) continue;
-        const int layer = n.attn.layer;
-        if (layer < 0 || static_cast<size_t>(layer) >= L.layers.size() ||
-            L.layers[static_cast<size_t>(layer)].v_in_k != n.attn.v_in_k)
-            throw Error(fmt::format("vulkan backend: KV layer {} does not match the layout of {}", layer, which));
-    }
+                                which(), L.n_ctx));
+    for (const auto& [layer, v_in_k] : kv_layers_)
+        if (layer < 0 || static_cast<size_t>(layer) >= L.layers.size() || L.layers[static_cast<size_t>(layer)].v_in_k != v_in_k)
+            throw Error(fmt::format("vulkan backend: KV layer {} does not match the layout of {}", layer, which()));
     return *kv;
 }
 
@@ -565,14 +568,10 @@ void VkExecutable::run(const RunArgs& args) {
         if (static_cast<int64_t>(args.seq_kv.size()) != kv_tokens_ || args.seq_pos.size() != args.seq_kv.size())
             throw Error(fmt::format("vulkan backend: {} sequences ({} positions) given for a batch of {} tokens",
                                     args.seq_kv.size(), args.seq_pos.size(), kv_tokens_));
-        for (size_t i = 0; i < args.seq_kv.size(); ++i) {
-            char which[32];
-            std::snprintf(which, sizeof which, "sequence %zu", i);
-            check_kv(args.seq_kv[i], args.seq_pos[i], 1, which);
-        }
+        for (size_t i = 0; i < args.seq_kv.size(); ++i) check_kv(args.seq_kv[i], args.seq_pos[i], 1, static_cast<int64_t>(i));
         if (seq_.empty()) bind_seq();  // once per executable (allocates: warm-up)
     } else if (kv_tokens_ > 0) {
-        kv = &check_kv(args.kv, args.kv_base, kv_tokens_, "the run");
+        kv = &check_kv(args.kv, args.kv_base, kv_tokens_, -1);
     }
     const int64_t base = args.kv_base;
     const auto& nodes = g_.nodes();
