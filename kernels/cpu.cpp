@@ -1,6 +1,7 @@
 #include "kernels/cpu.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -41,9 +42,11 @@ KernelLevel env_cap() {
     const char* fs = std::getenv("KILN_FORCE_SCALAR");
     if (fs && *fs && std::strcmp(fs, "0") != 0) return KernelLevel::Scalar;
     const char* v = std::getenv("KILN_KERNEL_LEVEL");
-    if (v) {
+    if (v && *v) {
         if (std::strcmp(v, "scalar") == 0) return KernelLevel::Scalar;
         if (std::strcmp(v, "avx2") == 0) return KernelLevel::Avx2;
+        if (std::strcmp(v, "avx512vnni") != 0)
+            std::fprintf(stderr, "kiln: warning: KILN_KERNEL_LEVEL=%s is not scalar, avx2 or avx512vnni; ignored\n", v);
     }
     return KernelLevel::Avx512Vnni;
 }

@@ -78,11 +78,10 @@ size_t per_thread_bytes(int64_t k) {
     return align_up(b);
 }
 
+// Activations as the path takes them: 8-bit rows (Rows, IntTiles) or rows rounded to the
+// activation grid and kept as floats (scalar Rows, FloatTiles); floats are the largest.
 size_t x_bytes(int64_t k, int64_t n_tokens) {
-    size_t row = std::max(xformat_row_bytes(XFormat::Q8x32, k), xformat_row_bytes(XFormat::Q8x256, k));
-    row = std::max(row, vnni_xrow_bytes(16, k));
-    row = std::max(row, vnni_xrow_bytes(32, k));
-    return align_up(row * static_cast<size_t>(n_tokens));
+    return align_up(static_cast<size_t>(k) * sizeof(float) * static_cast<size_t>(n_tokens));
 }
 
 [[noreturn]] void fail(const std::string& msg) { throw Error("matmul: " + msg); }
@@ -110,7 +109,26 @@ struct Plan {
     uint8_t* thread_scratch;  // per-thread areas of thread_stride bytes
     size_t thread_stride;
     bool avx2;
+    int grid;  // activation_grid(type)
 };
+
+// X rounded to the activation grid, as floats, into xbuf (the paths that multiply floats).
+const float* rounded_x(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
+    if (p.grid == 0) return p.x;
+    float* xr = reinterpret_cast<float*>(xbuf);
+    pool.parallel_for(p.n, [&](int64_t t0, int64_t t1, int) {
+        for (int64_t t = t0; t < t1; ++t) {
+#ifdef KILN_KERNELS_X86
+            if (p.avx2) {
+                round_x_avx2(p.x + t * p.k, xr + t * p.k, p.k, p.grid);
+                continue;
+            }
+#endif
+            round_x_scalar(p.x + t * p.k, xr + t * p.k, p.k, p.grid);
+        }
+    });
+    return xr;
+}
 
 // Few tokens: each weight row is read once and dotted with every token.
 void run_rows(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
@@ -149,7 +167,9 @@ void run_rows(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
         });
         return;
     }
-    // Generic: expand the row to floats, then float dots (scalar or AVX2 via kernels::dot_f32).
+    // Generic: expand the row to floats, then float dots (scalar or AVX2 via kernels::dot_f32)
+    // with X on the activation grid.
+    const float* x = rounded_x(p, pool, xbuf);
     DecodeFn decode = decoder_scalar(p.type);
 #ifdef KILN_KERNELS_X86
     if (p.avx2 && avx2_kernels(p.type).decode) decode = avx2_kernels(p.type).decode;
@@ -163,14 +183,15 @@ void run_rows(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
                 row = reinterpret_cast<const float*>(wr);
             else
                 decode(wr, buf, p.k);
-            for (int64_t t = 0; t < p.n; ++t) p.y[t * p.rows + r] = dot_f32(row, p.x + t * p.k, p.k);
+            for (int64_t t = 0; t < p.n; ++t) p.y[t * p.rows + r] = dot_f32(row, x + t * p.k, p.k);
         }
     });
 }
 
 // Many tokens: per task, a tile of rows x k-slice is decoded once into the thread's scratch and
 // applied to the task's tokens.
-void run_tiles(const Plan& p, ThreadPool& pool) {
+void run_tiles(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
+    const float* x = rounded_x(p, pool, xbuf);
     DecodeFn decode = decoder_scalar(p.type);
     GemmFn gemm = gemm_tile_scalar;
 #ifdef KILN_KERNELS_X86
@@ -211,7 +232,7 @@ void run_tiles(const Plan& p, ThreadPool& pool) {
                     wt = tile;
                     ldw = kc;
                 }
-                gemm(wt, ldw, p.x + t0 * p.k + k0, p.k, kc, p.y + t0 * p.rows + r0, p.rows, nr, nt, k0 > 0);
+                gemm(wt, ldw, x + t0 * p.k + k0, p.k, kc, p.y + t0 * p.rows + r0, p.rows, nr, nt, k0 > 0);
             }
         }
     });
@@ -229,7 +250,7 @@ void run_int_tiles(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
     const size_t xrow = vnni_xrow_bytes(f.group, p.k);
     const size_t xgroup = vnni_xgroup_bytes(f.group);
     pool.parallel_for(p.n, [&](int64_t t0, int64_t t1, int) {
-        for (int64_t t = t0; t < t1; ++t) quantize_x_vnni(p.x + t * p.k, p.k, f, xbuf + static_cast<size_t>(t) * xrow);
+        for (int64_t t = t0; t < t1; ++t) quantize_x_vnni(p.x + t * p.k, p.k, f, p.grid, xbuf + static_cast<size_t>(t) * xrow);
     });
 
     const int64_t row_tiles = (p.rows + kTileRows - 1) / kTileRows;
@@ -286,21 +307,6 @@ XFormat detail::decode_xformat(TensorType t) {
 
 bool matmul_uses_tiles(TensorType t, int64_t n_tokens) { return choose_path(t, n_tokens) != Path::Rows; }
 
-int detail::activation_group(TensorType t, int64_t n_tokens) {
-    switch (choose_path(t, n_tokens)) {
-        case Path::Rows:
-            switch (decode_xformat(t)) {
-                case XFormat::F32: return 0;
-                case XFormat::Q8x32: return 32;
-                case XFormat::Q8x256: return 256;
-            }
-            return 0;
-        case Path::FloatTiles: return 0;
-        case Path::IntTiles: return code_format(t).group;
-    }
-    return 0;
-}
-
 bool matmul_supports(TensorType t) {
     const TypeTraits* tr = type_traits(static_cast<uint32_t>(t));
     return tr && tr->can_dequantize && decoder_scalar(t) != nullptr;
@@ -339,10 +345,11 @@ void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const floa
     p.thread_scratch = xbuf + x_bytes(k, n_tokens);
     p.thread_stride = per_thread_bytes(k);
     p.avx2 = use_avx2();
+    p.grid = activation_grid(wtype);
 
     switch (choose_path(wtype, n_tokens)) {
         case Path::Rows: run_rows(p, pool, xbuf); break;
-        case Path::FloatTiles: run_tiles(p, pool); break;
+        case Path::FloatTiles: run_tiles(p, pool, xbuf); break;
         case Path::IntTiles:
 #ifdef KILN_KERNELS_X86
             run_int_tiles(p, pool, xbuf);

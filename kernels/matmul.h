@@ -15,9 +15,11 @@
 // (float tiles) for every type; avx512vnni integer tiles (prefill) for every quantized type.
 // Q8_1 and Q8_K (rare as weights) decode through rows expanded to float.
 //
-// Accuracy: float weights and the scalar / float-tile paths compute with float X (relative
-// error ~1e-6 of sum |w x|); the integer paths add the error of 8-bit activation quantisation
-// (|dx| <= amax(group) / 254 per element), as established engines do.
+// Accuracy: float weights compute with float X (relative error ~1e-6 of sum |w x|). For quantized
+// weights every path and kernel level first rounds X to 8-bit codes per group exactly as llama.cpp's
+// CPU dot products do (kiln::activation_grid: q8_0-style groups of 32, q8_K-style groups of 256; |dx| <=
+// amax(group) / 254 per element) - the integer paths multiply those codes, the scalar and float-tile
+// paths the rounded floats - so results differ between CPUs only by float summation order.
 #pragma once
 
 #include <cstddef>

@@ -599,19 +599,18 @@ KILN_AVX2 float vd_mxfp4(const void* w, const void* xv, int64_t n) {
     return hsum256(acc);
 }
 
-// IQ4_XS: IQ4_NL values with a 6-bit scale per 32 (activations in 32-blocks too).
+// IQ4_XS: IQ4_NL values with a 6-bit scale per 32; activations in 256-blocks (q8_K, as llama.cpp).
 KILN_AVX2 float vd_iq4_xs(const void* w, const void* xv, int64_t n) {
     const iq4_xs* b = static_cast<const iq4_xs*>(w);
-    const xq32* x = static_cast<const xq32*>(xv);
+    const xq256* x = static_cast<const xq256*>(xv);
     const __m128i lut = loadu128(kIq4nl);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t ib = 0; ib < n / QKK; ++ib) {
-        const float d = h2f(b[ib].d);
+        const float d = h2f(b[ib].d) * x[ib].d;
         for (int g = 0; g < 8; ++g) {
-            const xq32& xg = x[8 * ib + g];
             const int ls = ((b[ib].scales_l[g / 2] >> (4 * (g % 2))) & 0xF) | (((b[ib].scales_h >> (2 * g)) & 3) << 4);
-            const __m256i p = dot_s8s8(lut_nibbles16(b[ib].qs + 16 * g, lut), loadu256(xg.qs));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * static_cast<float>(ls - 32) * xg.d), _mm256_cvtepi32_ps(p), acc);
+            const __m256i p = dot_s8s8(lut_nibbles16(b[ib].qs + 16 * g, lut), loadu256(x[ib].qs + 32 * g));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * static_cast<float>(ls - 32)), _mm256_cvtepi32_ps(p), acc);
         }
     }
     return hsum256(acc);
@@ -829,6 +828,29 @@ KILN_AVX2 void quantize_x_q8x256_avx2(const float* x, xq256* out, int64_t k) {
     }
 }
 
+// X on the grid of 32 / 256 through the quantisers above (the same codes as the integer paths).
+KILN_AVX2 void round_x_avx2(const float* x, float* out, int64_t k, int grid) {
+    if (grid == QK) {
+        xq32 q;
+        for (int64_t i = 0; i < k; i += QK) {
+            quantize_x_q8x32_avx2(x + i, &q, QK);
+            const __m256 d = _mm256_set1_ps(q.d);
+            for (int j = 0; j < QK; j += 8)
+                _mm256_storeu_ps(out + i + j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                                                    reinterpret_cast<const __m128i*>(q.qs + j))))));
+        }
+        return;
+    }
+    xq256 q;
+    for (int64_t i = 0; i < k; i += QKK) {
+        quantize_x_q8x256_avx2(x + i, &q, QKK);
+        const __m256 d = _mm256_set1_ps(q.d);
+        for (int j = 0; j < QKK; j += 8)
+            _mm256_storeu_ps(out + i + j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                                                reinterpret_cast<const __m128i*>(q.qs + j))))));
+    }
+}
+
 Avx2Kernels avx2_kernels(TensorType t) {
     Avx2Kernels k;
     switch (t) {
@@ -846,7 +868,7 @@ Avx2Kernels avx2_kernels(TensorType t) {
         case TensorType::Q3_K: k = {XFormat::Q8x256, vd_q3_K, dec_q3_K}; break;
         case TensorType::Q5_K: k = {XFormat::Q8x256, vd_q5_K, dec_q5_K}; break;
         case TensorType::IQ4_NL: k = {XFormat::Q8x32, vd_iq4_nl, dec_iq4_nl}; break;
-        case TensorType::IQ4_XS: k = {XFormat::Q8x32, vd_iq4_xs, dec_iq4_xs}; break;
+        case TensorType::IQ4_XS: k = {XFormat::Q8x256, vd_iq4_xs, dec_iq4_xs}; break;
         case TensorType::MXFP4: k = {XFormat::Q8x32, vd_mxfp4, dec_mxfp4}; break;
         // Float decoders only (rare as weights): rows expand to float and use float dots.
         case TensorType::Q8_1: k.decode = dec_q8_1; break;

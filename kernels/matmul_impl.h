@@ -22,9 +22,10 @@ DecodeFn decoder_scalar(TensorType t);
 // The activation format the decode path (few tokens) quantises X to for type t with the current
 // kernel level: F32 means X is used as is (scalar level, float types, generic types).
 XFormat decode_xformat(TensorType t);
-// The group size matmul quantises X to for these arguments at the current level (0: X is used
-// as float), all with d = amax / 127 and round-to-nearest-even codes. For tests.
-int activation_group(TensorType t, int64_t n_tokens);
+// X rounded to the 8-bit grid of activation_grid(t) (grid 32 or 256) and expanded back to floats:
+// out = d * code, with exactly the codes and d of quantize_x_q8x32 / quantize_x_q8x256. k a multiple
+// of grid; out may not alias x.
+void round_x_scalar(const float* x, float* out, int64_t k, int grid);
 
 // Bytes of one token's activation row prepared in format f.
 size_t xformat_row_bytes(XFormat f, int64_t k);
@@ -77,7 +78,11 @@ void quantize_x_q8x256_avx2(const float* x, blk::xq256* out, int64_t k);
 void gemm_tile_avx2(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc,
                     float* y, int64_t ldy, int64_t nr, int64_t nt, bool accumulate);
 
-void quantize_x_vnni(const float* x, int64_t k, const CodeFormat& f, uint8_t* out);
+void round_x_avx2(const float* x, float* out, int64_t k, int grid);
+
+// Activations for the integer tiles in groups of f.group, the scale taken per `grid` elements (a
+// multiple of f.group: llama.cpp's rounding, activation_grid) and repeated in each group.
+void quantize_x_vnni(const float* x, int64_t k, const CodeFormat& f, int grid, uint8_t* out);
 // Fast unpacker where one exists (else nullptr: use unpacker_scalar).
 UnpackFn unpacker_vnni(TensorType t);
 // Packs rows [0, nrows) (nrows <= kVnniRows; the rest are zero) of the k-slice [k0, k0 + kc) of

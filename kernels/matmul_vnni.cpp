@@ -241,18 +241,14 @@ KILN_VNNI void kern_tokens(const uint8_t* packed, int64_t ng, const uint8_t* x, 
     }
 }
 
-// One group of G activations -> int8 codes + {d, corr, dsum}. Same rounding as the scalar
-// quantisers (d = amax / 127, codes = round-to-nearest-even(x * 127 / amax)).
+// One group of G activations -> int8 codes + {d, corr, dsum}, with amax taken over the group's
+// grid block (llama.cpp's rounding). Same rounding as the scalar quantisers (d = amax / 127, codes
+// = round-to-nearest-even(x * 127 / amax)).
 template <int G>
-KILN_VNNI void quant_group(const float* x, int offset, uint8_t* out) {
+KILN_VNNI void quant_group(const float* x, float amax, int offset, uint8_t* out) {
     constexpr int V = G / 16;
     __m512 v[V];
-    __m512 m = _mm512_setzero_ps();
-    for (int i = 0; i < V; ++i) {
-        v[i] = _mm512_loadu_ps(x + 16 * i);
-        m = _mm512_max_ps(m, _mm512_abs_ps(v[i]));
-    }
-    const float amax = _mm512_reduce_max_ps(m);
+    for (int i = 0; i < V; ++i) v[i] = _mm512_loadu_ps(x + 16 * i);
     const float d = amax / 127.0f;
     const __m512 id = _mm512_set1_ps(d > 0 ? 127.0f / amax : 0.0f);
     __m512i sum = _mm512_setzero_si512();
@@ -282,12 +278,23 @@ UnpackFn unpacker_vnni(TensorType t) {
     }
 }
 
-KILN_VNNI void quantize_x_vnni(const float* x, int64_t k, const CodeFormat& f, uint8_t* out) {
+static KILN_VNNI float absmax(const float* x, int64_t n) {
+    __m512 m = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    return _mm512_reduce_max_ps(m);
+}
+
+KILN_VNNI void quantize_x_vnni(const float* x, int64_t k, const CodeFormat& f, int grid, uint8_t* out) {
     const size_t gb = vnni_xgroup_bytes(f.group);
-    if (f.group == 32) {
-        for (int64_t g = 0; g < k / 32; ++g) quant_group<32>(x + 32 * g, f.offset, out + g * gb);
-    } else {
-        for (int64_t g = 0; g < k / 16; ++g) quant_group<16>(x + 16 * g, f.offset, out + g * gb);
+    for (int64_t b = 0; b < k; b += grid) {
+        const float amax = absmax(x + b, grid);
+        for (int64_t g = b; g < b + grid; g += f.group) {
+            uint8_t* o = out + static_cast<size_t>(g / f.group) * gb;
+            if (f.group == 32)
+                quant_group<32>(x + g, amax, f.offset, o);
+            else
+                quant_group<16>(x + g, amax, f.offset, o);
+        }
     }
 }
 

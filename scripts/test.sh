@@ -28,4 +28,7 @@ mkdir -p build/release/fuzz-corpus/jinja
 cp ../shared/templates/*.jinja build/release/fuzz-corpus/jinja/ 2>/dev/null || true
 fuzz jinja "${KILN_FUZZ_SECONDS:-30}" build/release/fuzz-corpus/jinja
 
+# Which CPU kernel levels this machine runs: the model reference tests run once per level, and the
+# levels the CPU lacks are reported by ctest as skipped.
+./build/release/kiln_tests --gtest_filter='KernelLevels.ThisCpu' | grep '^\[ levels \]' | sed 's/^\[ levels \]/kiln test:/' || true
 ctest --preset release -j"$jobs"

@@ -147,10 +147,10 @@ void check_matmul(TensorType t, int64_t rows, int64_t k, int64_t n, int threads,
     std::vector<float> ref(static_cast<size_t>(n * rows));
     kk::matmul_reference(t, w.data(), rows, k, x.data(), n, ref.data());
 
-    // The fast paths may quantise X to 8 bits per group: then the result must match the
-    // reference applied to that quantised X closely, and the true reference within the
-    // quantisation error.
-    const auto xs = as_seen(kd::activation_group(t, n), x);
+    // Every path and level rounds X to 8 bits per group of kiln::activation_grid(t) (llama.cpp's
+    // rule) for quantized weights: the result must match the reference applied to that rounded X
+    // closely (float summation order only), and the true reference within the rounding error.
+    const auto xs = as_seen(kiln::activation_grid(t), x);
     int bad = 0;
     for (int64_t tok = 0; tok < n && bad < 5; ++tok) {
         for (int64_t r = 0; r < rows && bad < 5; ++r) {
@@ -266,6 +266,74 @@ TEST(KernelDecode, DecodersMatchDequantizeRow) {
     }
 }
 
+// What this machine's CPU runs (scripts/test.sh prints this line, so CI says which kernel levels
+// the level-parametrised tests ran and which they skipped).
+TEST(KernelLevels, ThisCpu) {
+    std::string runs, lacks;
+    for (auto l : {kk::KernelLevel::Scalar, kk::KernelLevel::Avx2, kk::KernelLevel::Avx512Vnni})
+        (cpu_has(l) ? runs : lacks) += std::string(" ") + level_name(l);
+    std::printf("[ levels ] CPU kernel levels run:%s; skipped (CPU lacks them):%s\n", runs.c_str(),
+                lacks.empty() ? " none" : lacks.c_str());
+    EXPECT_TRUE(cpu_has(kk::KernelLevel::Scalar));
+    EXPECT_TRUE(!kk::cpu_features().avx512vnni || kk::cpu_features().avx2) << "avx512vnni implies avx2";
+}
+
+// The grid is llama.cpp's vec_dot_type per weight type: q8_0/q8_1 blocks of 32 for the legacy
+// types, IQ4_NL and MXFP4; q8_K blocks of 256 for the K-quants and IQ4_XS; float for float weights.
+TEST(KernelActivationGrid, IsLlamaCppsPerType) {
+    EXPECT_EQ(kiln::activation_grid(TensorType::F32), 0);
+    EXPECT_EQ(kiln::activation_grid(TensorType::F16), 0);
+    EXPECT_EQ(kiln::activation_grid(TensorType::BF16), 0);
+    for (TensorType t : {TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,
+                         TensorType::IQ4_NL, TensorType::MXFP4})
+        EXPECT_EQ(kiln::activation_grid(t), 32) << kiln::type_name(t);
+    for (TensorType t : {TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K,
+                         TensorType::IQ4_XS})
+        EXPECT_EQ(kiln::activation_grid(t), 256) << kiln::type_name(t);
+#ifdef KILN_KERNELS_X86
+    // The AVX2 integer dots take X in exactly that grid (they quantise it themselves).
+    for (TensorType t : kTypes) {
+        const kd::Avx2Kernels ak = kd::avx2_kernels(t);
+        if (!ak.vec_dot) continue;
+        const int g = ak.xfmt == kd::XFormat::Q8x32 ? 32 : ak.xfmt == kd::XFormat::Q8x256 ? 256 : 0;
+        EXPECT_EQ(g, kiln::activation_grid(t)) << kiln::type_name(t);
+    }
+#endif
+}
+
+// One prompt-sized matmul gives the same numbers at every kernel level up to float summation
+// order: each level rounds X to the same codes (the integer tiles included).
+TEST(KernelMatmulLevels, AgreeUpToSummationOrder) {
+    const int64_t rows = 70, k = 512, n = 40;
+    for (TensorType t : kTypes) {
+        if (kiln::activation_grid(t) == 0) continue;
+        SCOPED_TRACE(kiln::type_name(t));
+        const auto w = make_weights(t, rows, k, 21);
+        auto x = make_x(n, k, 22);
+        for (size_t i = 0; i < x.size(); i += 97) x[i] *= 9.0f;  // outliers make the grid matter
+        kiln::ThreadPool pool(2);
+        std::vector<uint8_t> scratch(kk::matmul_scratch_bytes(t, k, n, pool.size()));
+        std::vector<std::vector<float>> ys;
+        std::vector<std::string> names;
+        for (auto level : {kk::KernelLevel::Scalar, kk::KernelLevel::Avx2, kk::KernelLevel::Avx512Vnni}) {
+            if (!cpu_has(level)) continue;
+            kk::set_max_kernel_level(level);
+            for (int64_t nt : {n, int64_t{2}}) {  // the tile paths and the per-token dots
+                std::vector<float> y(static_cast<size_t>(nt * rows));
+                kk::matmul(t, w.data(), rows, k, x.data(), nt, y.data(), scratch.data(), pool);
+                y.resize(static_cast<size_t>(2 * rows));
+                ys.push_back(y);
+                names.push_back(std::string(level_name(level)) + (nt == n ? " tiles" : " rows"));
+            }
+        }
+        kk::set_force_scalar(false);
+        for (size_t v = 1; v < ys.size(); ++v)
+            for (size_t i = 0; i < ys[0].size(); ++i)
+                ASSERT_NEAR(ys[v][i], ys[0][i], 1e-4 * (std::abs(ys[0][i]) + 1.0))
+                    << names[v] << " vs " << names[0] << " at " << i;
+    }
+}
+
 #ifdef KILN_KERNELS_X86
 TEST(KernelQuantizeX, Avx2MatchesScalar) {
     if (!kk::cpu_features().avx2) GTEST_SKIP() << "no AVX2";
@@ -285,6 +353,16 @@ TEST(KernelQuantizeX, Avx2MatchesScalar) {
     kd::quantize_x_q8x256_avx2(zeros.data(), d.data(), 256);
     EXPECT_EQ(d[0].d, 0.0f);
     EXPECT_EQ(d[0].qs[17], 0);
+    // X rounded back to floats: the same at both levels, and d * code of the quantisers.
+    for (int grid : {32, 256}) {
+        std::vector<float> r1(k), r2(k);
+        kd::round_x_scalar(x.data(), r1.data(), k, grid);
+        kd::round_x_avx2(x.data(), r2.data(), k, grid);
+        ASSERT_EQ(std::memcmp(r1.data(), r2.data(), k * sizeof(float)), 0) << "grid " << grid;
+        const float want = grid == 32 ? a[300 / 32].d * a[300 / 32].qs[300 % 32] : c[300 / 256].d * c[300 / 256].qs[300 % 256];
+        EXPECT_EQ(r1[300], want) << "grid " << grid;
+        EXPECT_EQ(r1[5], 0.0f);
+    }
 }
 #endif
 

@@ -16,6 +16,7 @@
 
 #include "kiln/kiln.h"
 #include "support/deepseek2_model.h"
+#include "support/levels.h"
 #include "support/reference.h"
 #include "support/run.h"
 
@@ -30,18 +31,22 @@ namespace ds2 = kiln::test::ds2;
 const std::vector<std::string> kFiles = {"deepseek2-lite-tiny.f32", "deepseek2-lite-tiny.q8_0", "glm4.7-flash-tiny.f32",
                               "glm4.7-flash-tiny.q8_0", "glm4.7-flash-dims.q8_0"};
 
-class Deepseek2Reference : public ::testing::TestWithParam<std::string> {};
-TEST_P(Deepseek2Reference, OneBatch) { ref::check_model(GetParam(), ref::Mode::Batch); }
-TEST_P(Deepseek2Reference, TokenByToken) { ref::check_model(GetParam(), ref::Mode::TokenByToken); }
-INSTANTIATE_TEST_SUITE_P(Models, Deepseek2Reference, ::testing::ValuesIn(kFiles),
-                         [](const auto& info) { return ref::test_name(info.param); });
+// Each at every CPU kernel level (support/levels.h).
+class Deepseek2Reference : public kiln::test::AtEveryKernelLevel<std::string> {};
+TEST_P(Deepseek2Reference, OneBatch) { ref::check_model(param(), ref::Mode::Batch); }
+TEST_P(Deepseek2Reference, TokenByToken) { ref::check_model(param(), ref::Mode::TokenByToken); }
+INSTANTIATE_TEST_SUITE_P(Models, Deepseek2Reference, kiln::test::at_every_kernel_level(kFiles), [](const auto& info) {
+    return ref::test_name(std::get<0>(info.param)) + "_" + kiln::test::level_name(std::get<1>(info.param));
+});
 
-TEST(Deepseek2ReferenceMore, LiteBatchesOf7) { ref::check_model("deepseek2-lite-tiny.f32", ref::Mode::SmallBatches); }
-TEST(Deepseek2ReferenceMore, GlmDimsBatchesOf7) { ref::check_model("glm4.7-flash-dims.q8_0", ref::Mode::SmallBatches); }
+class Deepseek2ReferenceMore : public kiln::test::AtKernelLevel {};
+TEST_P(Deepseek2ReferenceMore, LiteBatchesOf7) { ref::check_model("deepseek2-lite-tiny.f32", ref::Mode::SmallBatches); }
+TEST_P(Deepseek2ReferenceMore, GlmDimsBatchesOf7) { ref::check_model("glm4.7-flash-dims.q8_0", ref::Mode::SmallBatches); }
 // An f32 latent cache: the reference's own f16 K/V rounding then dominates what is left.
-TEST(Deepseek2ReferenceMore, LiteF32Cache) {
+TEST_P(Deepseek2ReferenceMore, LiteF32Cache) {
     ref::check_model("deepseek2-lite-tiny.f32", ref::Mode::Batch, kiln::KvType::F32);
 }
+INSTANTIATE_TEST_SUITE_P(Levels, Deepseek2ReferenceMore, kiln::test::kernel_levels(), kiln::test::level_test_name);
 
 // GLM-4.7-Flash's real head sizes: the cache row is kv_lora 512 + rope 64 = 576 values per token
 // and layer (K rows of 576, V rows of 512), not 2 * heads * head_dim.

@@ -45,6 +45,18 @@ constexpr TypeTraits kTypes[] = {
 
 }  // namespace
 
+int activation_grid(TensorType t) {
+    switch (t) {
+        case TensorType::Q4_0: case TensorType::Q4_1: case TensorType::Q5_0: case TensorType::Q5_1:
+        case TensorType::Q8_0: case TensorType::Q8_1: case TensorType::IQ4_NL: case TensorType::MXFP4:
+            return 32;
+        case TensorType::Q2_K: case TensorType::Q3_K: case TensorType::Q4_K: case TensorType::Q5_K:
+        case TensorType::Q6_K: case TensorType::Q8_K: case TensorType::IQ4_XS:
+            return 256;
+        default: return 0;
+    }
+}
+
 const TypeTraits* type_traits(uint32_t type_id) {
     for (const auto& t : kTypes)
         if (static_cast<uint32_t>(t.type) == type_id) return &t;

@@ -40,6 +40,13 @@ std::optional<TensorType> type_from_name(std::string_view name);  // case-insens
 // Bytes of a row of n elements; nullopt when n is not a whole number of blocks.
 std::optional<uint64_t> row_bytes(TensorType t, uint64_t n);
 
+// The group size a matmul rounds its float input to 8-bit codes in before it meets weights of type t
+// (d = amax / 127 per group, codes rounded to nearest even), as llama.cpp's CPU dot products do
+// (their vec_dot_type): 32 for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1 IQ4_NL MXFP4 (q8_0 / q8_1), 256 for
+// Q2_K..Q8_K and IQ4_XS (q8_K), 0 for the rest (F32 F16 BF16: the input stays float). Every CPU
+// kernel level and the Vulkan shaders use it, so routing near-ties go the reference's way.
+int activation_grid(TensorType t);
+
 // Every known type, in id order (for tables and tests).
 const TypeTraits* all_types(size_t* count);
 

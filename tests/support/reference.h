@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "kernels/cpu.h"
 #include "kiln/kiln.h"
 #include "support/shared.h"
 
@@ -169,9 +170,10 @@ inline void check_model(const std::string& name, const Run& run) {
 
     ::testing::Test::RecordProperty("measured_" + std::string(float_file ? "max_abs" : "rms"), fmt::format("{:.6g}", measured));
     ::testing::Test::RecordProperty("bound", fmt::format("{:.6g}", bound));
-    std::printf("[ %-9s ] %-24s %-14s kv %-4s %s = %.6g (bound %.6g, %.1f%% of it); max|d| %.4g rms %.4g; argmax "
+    const std::string where = std::string(run.backend) == "cpu" ? fmt::format("cpu {}", kernels::kernel_level_name()) : run.backend;
+    std::printf("[ %-14s ] %-24s %-14s kv %-4s %s = %.6g (bound %.6g, %.1f%% of it); max|d| %.4g rms %.4g; argmax "
                 "%d/%d equal%s\n",
-                run.backend, name.c_str(), how.c_str(), kv_type_name(run.kv), what, measured, bound, 100.0 * measured / bound,
+                where.c_str(), name.c_str(), how.c_str(), kv_type_name(run.kv), what, measured, bound, 100.0 * measured / bound,
                 m.max_abs, m.rms, m.argmax_checked - m.argmax_wrong, m.argmax_checked, ring.c_str());
 
     EXPECT_LE(measured, bound) << name << " (" << how << "): " << what << " over all logits";

@@ -813,15 +813,7 @@ void Backend::top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids,
     ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
 }
 
-int Backend::activation_group(TensorType t) {
-    switch (t) {
-        case TensorType::F32: case TensorType::F16: case TensorType::BF16: return 0;
-        case TensorType::Q2_K: case TensorType::Q3_K: case TensorType::Q4_K: case TensorType::Q5_K:
-        case TensorType::Q6_K:
-            return 256;
-        default: return 32;
-    }
-}
+int Backend::activation_group(TensorType t) { return activation_grid(t); }
 
 void Backend::quantize_x(const Tensor& x, const Tensor& out, int group) {
     require_type(x, TensorType::F32, "quantize_x", "x");
