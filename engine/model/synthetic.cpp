@@ -16,7 +16,7 @@ namespace {
 enum : int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kByte = 6 };
 
 // Returns the token texts.
-std::vector<std::string> add_vocab(gguf::Writer& w) {
+std::vector<std::string> add_vocab(gguf::Writer& w, int n_vocab) {
     std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
     std::vector<float> scores = {0, 0, 0};
     std::vector<int32_t> types = {kUnknown, kControl, kControl};
@@ -48,6 +48,12 @@ std::vector<std::string> add_vocab(gguf::Writer& w) {
         tokens.push_back(p);
         scores.push_back(-1000.0f + static_cast<float>(p.size()) * 10.0f - static_cast<float>(tokens.size()) * 0.01f);
         types.push_back(kNormal);
+    }
+    // Padding to a real model's vocabulary size (never produced by the merges: no prefix chain).
+    for (int i = static_cast<int>(tokens.size()); i < n_vocab; ++i) {
+        tokens.push_back(fmt::format("<unused{}>", i));
+        scores.push_back(-10000.0f);
+        types.push_back(kControl);
     }
     w.set_string("tokenizer.ggml.model", "llama");
     w.set_strings("tokenizer.ggml.tokens", tokens);
@@ -105,7 +111,7 @@ void write_synthetic_llama(const std::string& path, const SyntheticLlama& o) {
     w.set_f32("llama.rope.freq_base", o.rope_base);
     const int head_dim = o.n_embd / o.n_head;
     w.set_u32("llama.rope.dimension_count", static_cast<uint32_t>(head_dim));
-    const std::vector<std::string> token_texts = add_vocab(w);
+    const std::vector<std::string> token_texts = add_vocab(w, o.n_vocab);
     const uint64_t vocab = token_texts.size();
     auto token_id = [&](const std::string& text) -> uint64_t {
         const auto it = std::find(token_texts.begin(), token_texts.end(), text);

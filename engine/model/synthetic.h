@@ -20,6 +20,7 @@ struct SyntheticLlama {
     float rope_base = 10000.0f;
     TensorType type = TensorType::Q8_0;  // matrices; norms stay F32
     bool tied_output = false;            // no output.weight: logits use token_embd
+    int n_vocab = 0;  // > the small real vocabulary: padded with unused tokens to this size (bench shapes)
     uint64_t seed = 42;
     // Instead of random logits, write the weights of a tiny story: each word's axis in the
     // embedding maps to its possible next words in the output matrix, so the model tells
