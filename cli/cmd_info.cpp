@@ -50,7 +50,9 @@ std::string human_count(double n) {
 // RoPE flavour by architecture (how pairs are rotated), as the graphs use it.
 const char* rope_kind(const std::string& arch) {
     if (arch == "llama" || arch == "deepseek2") return "normal";
-    if (arch == "qwen2" || arch == "gemma3" || arch == "gpt-oss") return "neox";
+    if (arch == "qwen2" || arch == "qwen3" || arch == "qwen3moe" || arch == "glm4moe" || arch == "gemma3" ||
+        arch == "gpt-oss")
+        return "neox";
     return "unknown";
 }
 
@@ -112,6 +114,11 @@ const std::vector<std::pair<const char*, const char*>> kLabels = {
     {"attention.q_lora_rank", "q lora rank"},
     {"attention.kv_lora_rank", "kv lora rank"},
     {"expert_gating_func", "gating func"},
+    {"expert_feed_forward_length", "expert ffn width"},
+    {"leading_dense_block_count", "dense lead layers"},
+    {"nextn_predict_layers", "MTP layers (not run)"},
+    {"expert_weights_norm", "expert weights norm"},
+    {"expert_weights_scale", "expert weights scale"},
 };
 
 std::string render(const nlohmann::json& v) {

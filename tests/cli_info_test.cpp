@@ -56,6 +56,26 @@ TEST(CliInfo, EverySharedFileIsDescribed) {
     EXPECT_GE(n, 30);
 }
 
+// The architectures of tests/data/models: their hyper-parameters and KV layers by name.
+TEST(CliInfo, NewArchitecturesShowTheirHyperParameters) {
+    const fs::path dir = fs::path(__FILE__).parent_path() / "data" / "models";
+    const auto glm = run_kiln({"info", (dir / "glm4moe-tiny.f32.gguf").string()}, "info");
+    ASSERT_EQ(glm.code, 0) << glm.err;
+    for (const char* want : {"architecture    glm4moe", "rope type                          neox",
+                             "rope dims                          64", "experts                            16",
+                             "shared experts                     1", "dense lead layers                  1",
+                             "MTP layers (not run)               1", "expert weights scale               2.5",
+                             "kv cache        f16, 2 full layers"})
+        EXPECT_NE(glm.out.find(want), std::string::npos) << want << "\n" << glm.out;
+    const auto q3 = run_kiln({"info", "--json", (dir / "qwen3moe-tiny.q8_0.gguf").string()}, "info");
+    ASSERT_EQ(q3.code, 0) << q3.err;
+    const auto j = nlohmann::json::parse(q3.out);
+    EXPECT_EQ(j["architecture"], "qwen3moe");
+    EXPECT_EQ(j["hparams"]["expert_count"], 128);
+    EXPECT_EQ(j["hparams"]["expert_used_count"], 8);
+    EXPECT_EQ(j["hparams"]["attention.key_length"], 64);
+}
+
 TEST(CliInfo, BadFilesExitOneWithTheLoaderMessage) {
     const auto missing = run_kiln({"info", "/nonexistent/model.gguf"});
     EXPECT_EQ(missing.code, 1);

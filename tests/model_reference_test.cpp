@@ -52,6 +52,22 @@ INSTANTIATE_TEST_SUITE_P(Models, ReferenceLogits,
                                            "gpt-oss-tiny.mxfp4_moe"}),
                          model_level_name);
 
+// qwen3, qwen3moe (128 experts, top 8) and glm4moe (partial RoPE, dense lead, sigmoid routing,
+// shared expert, MTP layer not run): models of tests/data/models against llama.cpp's logits.
+const std::vector<std::string> kRepoModels = {"qwen3-tiny.f32",    "qwen3-tiny.q8_0",    "qwen3-tiny.q4_k_m",
+                                              "qwen3moe-tiny.f32", "qwen3moe-tiny.q8_0", "qwen3moe-tiny.q4_k_m",
+                                              "glm4moe-tiny.f32",  "glm4moe-tiny.q8_0",  "glm4moe-tiny.q4_k_m"};
+class RepoReferenceLogits : public AtEveryKernelLevel<std::string> {};
+TEST_P(RepoReferenceLogits, OneBatch) { check_model(param(), Mode::Batch); }
+TEST_P(RepoReferenceLogits, TokenByToken) { check_model(param(), Mode::TokenByToken); }
+TEST_P(RepoReferenceLogits, BatchesOf7) { check_model(param(), Mode::SmallBatches); }
+INSTANTIATE_TEST_SUITE_P(Models, RepoReferenceLogits, at_every_kernel_level(kRepoModels), model_level_name);
+class RepoReferenceLogitsQ8Cache : public AtEveryKernelLevel<std::string> {};
+TEST_P(RepoReferenceLogitsQ8Cache, OneBatch) { check_model(param(), Mode::Batch, kiln::KvType::Q8_0); }
+INSTANTIATE_TEST_SUITE_P(Models, RepoReferenceLogitsQ8Cache,
+                         at_every_kernel_level<std::string>({"qwen3-tiny.q8_0", "qwen3moe-tiny.q8_0", "glm4moe-tiny.q8_0"}),
+                         model_level_name);
+
 // A q8_0 KV cache (-ctk q8_0 -ctv q8_0) on the q8_0 files of every architecture, against the
 // reference (computed with an f16 cache) under the quantized-file bound; MLA caches (deepseek2,
 // GLM) hold heads of 80 (two blocks and a short one) and 576. On the f32 files the f32 bound

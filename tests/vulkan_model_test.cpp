@@ -68,9 +68,14 @@ INSTANTIATE_TEST_SUITE_P(Models, VulkanReferenceLogits,
                                            "gemma3-tiny.q4_k_m", "gpt-oss-tiny.f32", "gpt-oss-tiny.q8_0",
                                            "gpt-oss-tiny.mxfp4_moe", "deepseek2-lite-tiny.f32",
                                            "deepseek2-lite-tiny.q8_0", "glm4.7-flash-tiny.f32",
-                                           "glm4.7-flash-tiny.q8_0", "glm4.7-flash-dims.q8_0"),
+                                           "glm4.7-flash-tiny.q8_0", "glm4.7-flash-dims.q8_0", "qwen3-tiny.f32",
+                                           "qwen3-tiny.q8_0", "qwen3-tiny.q4_k_m", "qwen3moe-tiny.f32",
+                                           "qwen3moe-tiny.q8_0", "qwen3moe-tiny.q4_k_m", "glm4moe-tiny.f32",
+                                           "glm4moe-tiny.q8_0", "glm4moe-tiny.q4_k_m"),
                          [](const auto& info) { return ref::test_name(info.param); });
 
+TEST(VulkanReferenceLogitsIncremental, Qwen3MoeF32TokenByToken) { check_vulkan("qwen3moe-tiny.f32", ref::Mode::TokenByToken); }
+TEST(VulkanReferenceLogitsIncremental, Glm4MoeF32TokenByToken) { check_vulkan("glm4moe-tiny.f32", ref::Mode::TokenByToken); }
 TEST(VulkanReferenceLogitsIncremental, LlamaF32TokenByToken) { check_vulkan("llama-tiny.f32", ref::Mode::TokenByToken); }
 TEST(VulkanReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_vulkan("qwen2-tiny.f32", ref::Mode::TokenByToken); }
 // The sliding-window layers as rings (window + n_batch - 1 slots), fed in batches and token by token.

@@ -58,6 +58,9 @@ std::vector<std::string> supported_architectures();
 // Loaders, one per file in engine/model/arch/.
 std::unique_ptr<Architecture> load_llama(const gguf::File& f);
 std::unique_ptr<Architecture> load_qwen2(const gguf::File& f);
+std::unique_ptr<Architecture> load_qwen3(const gguf::File& f);
+std::unique_ptr<Architecture> load_qwen3moe(const gguf::File& f);
+std::unique_ptr<Architecture> load_glm4moe(const gguf::File& f);
 std::unique_ptr<Architecture> load_gemma3(const gguf::File& f);
 std::unique_ptr<Architecture> load_gpt_oss(const gguf::File& f);
 std::unique_ptr<Architecture> load_deepseek2(const gguf::File& f);

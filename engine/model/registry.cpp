@@ -15,6 +15,9 @@ struct Entry {
 constexpr Entry kArchitectures[] = {
     {"llama", &load_llama},
     {"qwen2", &load_qwen2},
+    {"qwen3", &load_qwen3},
+    {"qwen3moe", &load_qwen3moe},
+    {"glm4moe", &load_glm4moe},
     {"gemma3", &load_gemma3},
     {"gpt-oss", &load_gpt_oss},
     {"deepseek2", &load_deepseek2},

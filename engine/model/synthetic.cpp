@@ -16,7 +16,7 @@ namespace {
 enum : int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kByte = 6 };
 
 // Returns the token texts.
-std::vector<std::string> add_vocab(gguf::Writer& w, int n_vocab) {
+std::vector<std::string> vocab_impl(gguf::Writer& w, int n_vocab) {
     std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
     std::vector<float> scores = {0, 0, 0};
     std::vector<int32_t> types = {kUnknown, kControl, kControl};
@@ -94,6 +94,8 @@ std::string piece(const char* word) {
 
 }  // namespace
 
+std::vector<std::string> write_synthetic_vocab(gguf::Writer& w, int n_vocab) { return vocab_impl(w, n_vocab); }
+
 void write_synthetic_llama(const std::string& path, const SyntheticLlama& o) {
     if (o.n_head <= 0 || o.n_head_kv <= 0 || o.n_embd % o.n_head != 0 || o.n_head % o.n_head_kv != 0)
         throw Error(fmt::format("synthetic llama: bad head layout ({} wide, {} heads, {} kv heads)", o.n_embd, o.n_head,
@@ -111,7 +113,7 @@ void write_synthetic_llama(const std::string& path, const SyntheticLlama& o) {
     w.set_f32("llama.rope.freq_base", o.rope_base);
     const int head_dim = o.n_embd / o.n_head;
     w.set_u32("llama.rope.dimension_count", static_cast<uint32_t>(head_dim));
-    const std::vector<std::string> token_texts = add_vocab(w, o.n_vocab);
+    const std::vector<std::string> token_texts = write_synthetic_vocab(w, o.n_vocab);
     const uint64_t vocab = token_texts.size();
     auto token_id = [&](const std::string& text) -> uint64_t {
         const auto it = std::find(token_texts.begin(), token_texts.end(), text);

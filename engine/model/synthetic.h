@@ -5,10 +5,19 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "quant/types.h"
 
 namespace kiln {
+
+namespace gguf {
+class Writer;
+}
+
+// Adds the small real SPM vocabulary of the synthetic models (bytes, letters, common English pieces;
+// padded with unused control tokens up to n_vocab when that is larger) to `w`; returns the token texts.
+std::vector<std::string> write_synthetic_vocab(gguf::Writer& w, int n_vocab = 0);
 
 struct SyntheticLlama {
     int n_layer = 2;

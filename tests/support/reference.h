@@ -28,6 +28,9 @@ namespace kiln::test::reference {
 namespace fs = std::filesystem;
 
 inline fs::path models_dir() { return shared_dir() / "models"; }
+// Small reference models kept in the repository (tests/data/models, written by
+// kiln_make_bench_model, reference logits by scripts/make_reference.py): qwen3, qwen3moe, glm4moe.
+inline fs::path repo_models_dir() { return fs::path(__FILE__).parent_path().parent_path() / "data" / "models"; }
 
 struct Reference {
     std::vector<int32_t> tokens;
@@ -126,9 +129,11 @@ struct Run {
 // Runs `name` (a file of ../shared/models without .gguf) over its reference prompt and checks the
 // bounds; prints the measured error.
 inline void check_model(const std::string& name, const Run& run) {
-    const fs::path gguf = models_dir() / (name + ".gguf");
-    const fs::path json = models_dir() / "reference" / (name + ".json");
-    KILN_REQUIRE_SHARED("models");
+    const bool in_repo = fs::exists(repo_models_dir() / (name + ".gguf"));
+    const fs::path dir = in_repo ? repo_models_dir() : models_dir();
+    const fs::path gguf = dir / (name + ".gguf");
+    const fs::path json = dir / "reference" / (name + ".json");
+    if (!in_repo) KILN_REQUIRE_SHARED("models");
     if (!fs::exists(gguf) || !fs::exists(json)) GTEST_SKIP() << "SKIPPED: " << gguf << " or its reference is absent";
 
     const Reference ref = load(json);
