@@ -123,7 +123,7 @@ int run_chat(const std::vector<std::string>& argv) {
     args.option({"--system"}, &system_prompt, "TEXT", "system message");
     args.option({"--chat-template"}, &template_path, "FILE", "Jinja chat template to use instead of the model's");
     args.option({"--parser"}, &parser_name, "NAME",
-                "output parser: generic, hermes (Qwen), glm, deepseek, harmony (gpt-oss); default: from the model");
+                "output parser: generic, hermes (Qwen), glm, deepseek, harmony (gpt-oss), qwen3-coder; default: from the model");
     args.flag({"--no-think"}, &no_think, "ask the template not to think (enable_thinking = false)");
     args.flag({"-q", "--quiet"}, &quiet, "no progress bars or statistics");
     if (!args.parse(argv)) return 0;

@@ -273,8 +273,9 @@ TEST(ChatParser, StreamsTextBeforeTheOutputEnds) {
 
 TEST(ChatParser, FamilyNamesAndDetection) {
     for (auto f : {ParserFamily::Generic, ParserFamily::Hermes, ParserFamily::Glm, ParserFamily::DeepSeek,
-                   ParserFamily::Harmony})
+                   ParserFamily::Harmony, ParserFamily::QwenXml})
         EXPECT_EQ(family_from_name(family_name(f)), f);
+    EXPECT_EQ(detect_family("{{ '<tool_call>\\n<function=' + tool_call.name + '>' }}", "qwen3moe"), ParserFamily::QwenXml);
     EXPECT_EQ(family_from_name("gpt-oss"), ParserFamily::Harmony);
     EXPECT_FALSE(family_from_name("nope"));
     EXPECT_EQ(detect_family("", "qwen3"), ParserFamily::Hermes);
@@ -408,7 +409,8 @@ TEST(ChatParser, RandomOutputsAreSplitInvariant) {
         "<think>", "</think>", "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>",
         kDsBegin, kDsEnd, kDsCall, kDsCallEnd, kDsSep, "<|channel|>", "<|message|>", "<|end|>", "<|call|>", "<|start|>",
         "analysis", "final", "commentary to=functions.f ", "{\"name\": \"f\", \"arguments\": {\"a\": 1}}", "{\"a\": 1}",
-        "\n```json\n", "\n```", "function", "f", "hello", " ", "\n", "<", "<|", "<｜", "é", "x y"};
+        "\n```json\n", "\n```", "function", "f", "hello", " ", "\n", "<", "<|", "<｜", "é", "x y", "<function=f>",
+        "</function>", "<parameter=a>", "</parameter>", "42"};
     uint64_t rng = 12345;
     auto next = [&] {
         rng ^= rng << 13;
@@ -417,7 +419,7 @@ TEST(ChatParser, RandomOutputsAreSplitInvariant) {
         return rng;
     };
     for (auto fam : {ParserFamily::Generic, ParserFamily::Hermes, ParserFamily::Glm, ParserFamily::DeepSeek,
-                     ParserFamily::Harmony}) {
+                     ParserFamily::Harmony, ParserFamily::QwenXml}) {
         for (int iter = 0; iter < 400; ++iter) {
             std::string raw;
             const int n = static_cast<int>(next() % 12);
@@ -456,6 +458,8 @@ TEST(ChatParser, ToolCallOpenersCompleteToCalls) {
          "get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>"},
         {ParserFamily::Harmony, "{\"city\": \"Paris\"}<|call|>",
          "get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|>"},
+        {ParserFamily::QwenXml, "<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
+         "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"},
     };
     for (const Case& c : cases) {
         ParserOptions o;
@@ -473,9 +477,56 @@ TEST(ChatParser, ToolCallOpenersCompleteToCalls) {
     EXPECT_EQ(tool_call_opener(ParserFamily::Generic, "x"), "");
 }
 
+// Qwen3-Coder's XML calls: parameters typed by the tool's JSON schema (OpenAI and Anthropic tool
+// shapes), several functions in one call block, text around them, every split of the output alike.
+TEST(ChatParser, QwenXmlTypesParametersFromTheSchema) {
+    ParserOptions o;
+    o.family = ParserFamily::QwenXml;
+    o.tools_json = R"([{"type":"function","function":{"name":"edit","parameters":{"type":"object","properties":{
+        "path":{"type":"string"},"line":{"type":"integer"},"ratio":{"type":"number"},"force":{"type":"boolean"},
+        "opts":{"type":"object"},"tags":{"type":"array"},"note":{"type":["string","null"]},"count":{"type":["integer","null"]}}}}},
+        {"name":"Bash","input_schema":{"type":"object","properties":{"command":{"type":"string"},"timeout":{"type":"number"}}}}])";
+    const std::string out =
+        "I will edit it.\n<tool_call>\n<function=edit>\n<parameter=path>\n/tmp/a b.txt\n</parameter>\n"
+        "<parameter=line>\n42\n</parameter>\n<parameter=ratio>\n0.5\n</parameter>\n<parameter=force>\ntrue\n</parameter>\n"
+        "<parameter=opts>\n{\"a\": [1, 2]}\n</parameter>\n<parameter=tags>\n[\"x\"]\n</parameter>\n"
+        "<parameter=note>\n123\n</parameter>\n<parameter=count>\nmany\n</parameter>\n<parameter=extra>\n{\"k\": 1}\n</parameter>\n"
+        "</function>\n<function=Bash>\n<parameter=command>\necho \"hi\"\nls\n</parameter>\n<parameter=timeout>\n30\n</parameter>\n"
+        "</function>\n</tool_call>";
+    const std::string want0 =
+        R"({"path":"/tmp/a b.txt","line":42,"ratio":0.5,"force":true,"opts":{"a":[1,2]},"tags":["x"],"note":"123","count":"many","extra":{"k":1}})";
+    const std::string want1 = R"({"command":"echo \"hi\"\nls","timeout":30})";
+    const ParsedMessage m = parse_output(out, o);
+    EXPECT_EQ(m.content, "I will edit it.");
+    ASSERT_EQ(m.tool_calls.size(), 2u);
+    EXPECT_EQ(m.tool_calls[0].name, "edit");
+    EXPECT_EQ(m.tool_calls[0].arguments, want0);
+    EXPECT_EQ(m.tool_calls[1].name, "Bash");
+    EXPECT_EQ(m.tool_calls[1].arguments, want1);
+    EXPECT_TRUE(m.warnings.empty());
+    // Byte by byte: the same message, no text leaks out of the call.
+    std::vector<std::string_view> bytes;
+    for (size_t i = 0; i < out.size(); ++i) bytes.push_back(std::string_view(out).substr(i, 1));
+    ParsedMessage m2;
+    m2.apply(feed_pieces(o, bytes));
+    EXPECT_EQ(m2, m);
+    // Without the schema, values are JSON when they parse: "42" is a number, a path a string.
+    ParserOptions plain = o;
+    plain.tools_json.clear();
+    const ParsedMessage m3 = parse_output(out, plain);
+    ASSERT_EQ(m3.tool_calls.size(), 2u);
+    EXPECT_EQ(m3.tool_calls[0].arguments,
+              R"({"path":"/tmp/a b.txt","line":42,"ratio":0.5,"force":true,"opts":{"a":[1,2]},"tags":["x"],"note":123,"count":"many","extra":{"k":1}})");
+    // A call cut off or malformed is text after a warning.
+    const ParsedMessage bad = parse_output("<tool_call>\n<function=edit>\n<parameter=path>\nx\n</function>\n</tool_call>", o);
+    EXPECT_TRUE(bad.tool_calls.empty());
+    EXPECT_EQ(bad.warnings.size(), 1u);
+    EXPECT_NE(bad.content.find("<function=edit>"), std::string::npos);
+}
+
 TEST(ChatParser, ThinkingCloserEndsReasoning) {
     for (ParserFamily f : {ParserFamily::Generic, ParserFamily::Hermes, ParserFamily::Glm, ParserFamily::DeepSeek,
-                           ParserFamily::Harmony}) {
+                           ParserFamily::Harmony, ParserFamily::QwenXml}) {
         ParserOptions o;
         o.family = f;
         o.starts_in_thinking = f != ParserFamily::Harmony;

@@ -256,13 +256,14 @@ private:
             prompt += r.gen.output_prefix;
         }
         if (r.gen.thinking_budget >= 0) r.gen.thinking_closer = chat::thinking_closer(family);
+        if (family == chat::ParserFamily::QwenXml && r.tools.is_array()) r.gen.tools_json = r.tools.dump();
         r.gen.prompt = e_.tokenize_prompt(prompt);
         return r.gen;
     }
     std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix, const GenParams& gen) {
         if (!gen.json_plan.empty()) return make_plain_parser();  // JSON output: text only
         return make_chat_parser(e_.parser_family(), prompt, random_id(id_prefix) + "_",
-                                gen.output_prefix);
+                                gen.output_prefix, gen.tools_json);
     }
 
     void log_done(const char* api, const GenResult& g) {

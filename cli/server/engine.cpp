@@ -98,9 +98,10 @@ private:
 }  // namespace
 
 std::unique_ptr<OutputParser> make_chat_parser(chat::ParserFamily family, const std::string& prompt, const std::string& id_prefix,
-                                               const std::string& output_prefix) {
+                                               const std::string& output_prefix, const std::string& tools_json) {
     chat::ParserOptions o;
     o.family = family;
+    o.tools_json = tools_json;
     o.starts_in_thinking =
         chat::prompt_opens_thinking(std::string_view(prompt).substr(0, prompt.size() - std::min(prompt.size(), output_prefix.size())));
     o.tool_call_id_prefix = id_prefix;

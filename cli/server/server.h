@@ -58,7 +58,7 @@ std::unique_ptr<OutputParser> make_plain_parser();
 // tool call ids are id_prefix + their index.
 // output_prefix: text the output is taken to begin with (fed to the parser first).
 std::unique_ptr<OutputParser> make_chat_parser(chat::ParserFamily family, const std::string& prompt, const std::string& id_prefix,
-                                               const std::string& output_prefix = {});
+                                               const std::string& output_prefix = {}, const std::string& tools_json = {});
 
 // Output forced to parse as JSON matching a schema (json_output.cpp): the schema becomes pieces,
 // text it fixes (Forced) and values sampled under a mask (String: the characters of a JSON
@@ -89,6 +89,8 @@ struct GenParams {
     std::string thinking_closer;       // ... by generating this text (the family's end of thinking)
     std::string output_prefix;         // already at the end of the prompt (a forced tool call's opener):
                                        // the output parser reads it first, as if generated
+    std::string tools_json;            // the request's tools (OpenAI shape), for parsers that type
+                                       // arguments by their schema (Qwen3-Coder's XML calls)
 };
 
 struct GenResult {

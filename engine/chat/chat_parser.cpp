@@ -7,6 +7,8 @@
 #include <array>
 #include <cctype>
 
+#include <map>
+
 #include <nlohmann/json.hpp>
 
 namespace kiln::chat {
@@ -23,6 +25,10 @@ constexpr std::string_view kArgKey = "<arg_key>";
 constexpr std::string_view kArgKeyEnd = "</arg_key>";
 constexpr std::string_view kArgValue = "<arg_value>";
 constexpr std::string_view kArgValueEnd = "</arg_value>";
+constexpr std::string_view kFunctionOpen = "<function=";
+constexpr std::string_view kFunctionClose = "</function>";
+constexpr std::string_view kParamOpen = "<parameter=";
+constexpr std::string_view kParamClose = "</parameter>";
 constexpr std::string_view kDsCallsBegin = "<｜tool▁calls▁begin｜>";
 constexpr std::string_view kDsCallsEnd = "<｜tool▁calls▁end｜>";
 constexpr std::string_view kDsCallBegin = "<｜tool▁call▁begin｜>";
@@ -136,6 +142,113 @@ std::optional<std::vector<RawCall>> parse_glm(std::string_view body) {
     return std::vector<RawCall>{{std::string(name), args.dump()}};
 }
 
+// The JSON schema types of each tool's parameters: tool name -> parameter -> type ("" when unknown).
+using ParamTypes = std::map<std::string, std::map<std::string, std::string>>;
+
+ParamTypes param_types(const std::string& tools_json) {
+    ParamTypes out;
+    if (tools_json.empty()) return out;
+    auto j = parse_json(tools_json);
+    if (!j || !j->is_array()) return out;
+    for (const auto& t : *j) {
+        if (!t.is_object()) continue;
+        const ojson* fn = t.contains("function") && t["function"].is_object() ? &t["function"] : &t;
+        if (!fn->contains("name") || !(*fn)["name"].is_string()) continue;
+        const ojson* schema = nullptr;
+        for (const char* k : {"parameters", "input_schema"})
+            if (fn->contains(k) && (*fn)[k].is_object()) schema = &(*fn)[k];
+        auto& params = out[(*fn)["name"].get<std::string>()];
+        if (!schema || !schema->contains("properties") || !(*schema)["properties"].is_object()) continue;
+        for (const auto& [name, prop] : (*schema)["properties"].items()) {
+            std::string type;
+            if (prop.is_object() && prop.contains("type")) {
+                const ojson& ty = prop["type"];
+                if (ty.is_string()) type = ty.get<std::string>();
+                else if (ty.is_array())  // ["integer", "null"]: the first that is not null
+                    for (const auto& x : ty)
+                        if (x.is_string() && x.get<std::string>() != "null") {
+                            type = x.get<std::string>();
+                            break;
+                        }
+            }
+            params[name] = type;
+        }
+    }
+    return out;
+}
+
+// A parameter's text as the schema types it; text that does not fit its type stays a string.
+ojson typed_value(std::string_view text, const std::string& type) {
+    if (type == "string") return ojson(std::string(text));
+    const std::string_view t = trim(text);
+    if (type == "integer" || type == "number") {
+        auto j = parse_json(t);
+        if (j && j->is_number() && (type == "number" || j->is_number_integer())) return *j;
+        return ojson(std::string(text));
+    }
+    if (type == "boolean") {
+        if (t == "true" || t == "True") return ojson(true);
+        if (t == "false" || t == "False") return ojson(false);
+        return ojson(std::string(text));
+    }
+    if (type == "object" || type == "array") {
+        auto j = parse_json(t);
+        if (j && ((type == "object" && j->is_object()) || (type == "array" && j->is_array()))) return *j;
+        return ojson(std::string(text));
+    }
+    if (type == "null" && t == "null") return ojson(nullptr);
+    auto j = parse_json(t);  // no schema for it: JSON when it parses
+    return j ? *j : ojson(std::string(text));
+}
+
+// Qwen3-Coder: <function=NAME>\n<parameter=KEY>\nVALUE\n</parameter>...</function>, one or more
+// functions in one <tool_call>. One newline after the opening and before the closing parameter tag
+// belongs to the format, not the value.
+std::optional<std::vector<RawCall>> parse_qwen_xml(std::string_view body, const ParamTypes& types) {
+    std::vector<RawCall> calls;
+    std::string_view rest = body;
+    while (true) {
+        rest = trim(rest);
+        if (rest.empty()) break;
+        if (!rest.starts_with(kFunctionOpen)) return std::nullopt;
+        rest.remove_prefix(kFunctionOpen.size());
+        const size_t gt = rest.find('>');
+        if (gt == std::string_view::npos) return std::nullopt;
+        const std::string name(trim(rest.substr(0, gt)));
+        if (name.empty() || name.find_first_of("<\n") != std::string::npos) return std::nullopt;
+        rest.remove_prefix(gt + 1);
+        const size_t end = rest.find(kFunctionClose);
+        if (end == std::string_view::npos) return std::nullopt;
+        std::string_view params = rest.substr(0, end);
+        rest.remove_prefix(end + kFunctionClose.size());
+        const auto tool = types.find(name);
+        ojson args = ojson::object();
+        while (true) {
+            params = trim(params);
+            if (params.empty()) break;
+            if (!params.starts_with(kParamOpen)) return std::nullopt;
+            params.remove_prefix(kParamOpen.size());
+            const size_t pg = params.find('>');
+            if (pg == std::string_view::npos) return std::nullopt;
+            const std::string key(trim(params.substr(0, pg)));
+            params.remove_prefix(pg + 1);
+            const size_t pe = params.find(kParamClose);
+            if (key.empty() || pe == std::string_view::npos) return std::nullopt;
+            std::string_view value = params.substr(0, pe);
+            params.remove_prefix(pe + kParamClose.size());
+            if (value.starts_with('\n')) value.remove_prefix(1);
+            if (value.ends_with('\n')) value.remove_suffix(1);
+            std::string type;
+            if (tool != types.end())
+                if (auto it = tool->second.find(key); it != tool->second.end()) type = it->second;
+            args[key] = typed_value(value, type);
+        }
+        calls.push_back({name, args.dump()});
+    }
+    if (calls.empty()) return std::nullopt;
+    return calls;
+}
+
 // DeepSeek: the text between <｜tool▁calls▁begin｜> and <｜tool▁calls▁end｜>: one or more
 // <｜tool▁call▁begin｜>TYPE<｜tool▁sep｜>NAME\n```json\nARGS\n```<｜tool▁call▁end｜>
 // (V3.1: <｜tool▁call▁begin｜>NAME<｜tool▁sep｜>ARGS<｜tool▁call▁end｜>).
@@ -189,6 +302,7 @@ const char* family_name(ParserFamily f) {
         case ParserFamily::Glm: return "glm";
         case ParserFamily::DeepSeek: return "deepseek";
         case ParserFamily::Harmony: return "harmony";
+        case ParserFamily::QwenXml: return "qwen3-coder";
     }
     return "?";
 }
@@ -201,6 +315,7 @@ std::optional<ParserFamily> family_from_name(std::string_view name) {
     if (n == "glm" || n == "glm4" || n == "glm-4.5" || n == "glm-4.6" || n == "glm-4.7") return ParserFamily::Glm;
     if (n == "deepseek" || n == "deepseek-v3" || n == "deepseek-r1") return ParserFamily::DeepSeek;
     if (n == "harmony" || n == "gpt-oss") return ParserFamily::Harmony;
+    if (n == "qwen3-coder" || n == "qwen-xml" || n == "qwen3coder") return ParserFamily::QwenXml;
     return std::nullopt;
 }
 
@@ -208,6 +323,7 @@ ParserFamily detect_family(std::string_view tmpl, std::string_view arch) {
     if (tmpl.find("tool▁calls▁begin") != std::string_view::npos) return ParserFamily::DeepSeek;
     if (tmpl.find("<|channel|>") != std::string_view::npos) return ParserFamily::Harmony;
     if (tmpl.find("<arg_key>") != std::string_view::npos) return ParserFamily::Glm;
+    if (tmpl.find("<function=") != std::string_view::npos) return ParserFamily::QwenXml;
     if (tmpl.find("<tool_call>") != std::string_view::npos) return ParserFamily::Hermes;
     if (arch.starts_with("qwen")) return ParserFamily::Hermes;
     if (arch.starts_with("glm4")) return ParserFamily::Glm;
@@ -223,6 +339,8 @@ std::string tool_call_opener(ParserFamily family, std::string_view name) {
         case ParserFamily::Hermes:
             return std::string(kToolCallOpen) + "\n{\"name\": \"" + (n.empty() ? "" : n + "\", \"arguments\": ");
         case ParserFamily::Glm: return std::string(kToolCallOpen) + (n.empty() ? "" : n + "\n");
+        case ParserFamily::QwenXml:
+            return std::string(kToolCallOpen) + "\n" + (n.empty() ? "" : std::string(kFunctionOpen) + n + ">\n");
         case ParserFamily::DeepSeek:
             return std::string(kDsCallsBegin) + std::string(kDsCallBegin) + "function" + std::string(kDsSep) +
                    (n.empty() ? "" : n + "\n```json\n");
@@ -260,6 +378,7 @@ const char* kind_name(ChatEvent::Kind k) {
 ChatParser::ChatParser(ParserOptions options) : opt_(std::move(options)) {
     if (opt_.family == ParserFamily::Harmony) state_ = St::HarmonyHeader;
     else if (opt_.starts_in_thinking) state_ = St::Thinking;
+    if (opt_.family == ParserFamily::QwenXml) types_ = param_types(opt_.tools_json);
 }
 
 std::vector<ChatEvent> ChatParser::feed(std::string_view delta) {
@@ -324,7 +443,8 @@ void ChatParser::run(std::vector<ChatEvent>& out, bool at_end) {
                 const K kind = thinking ? K::Thinking : K::Text;
                 std::string_view tool_open;
                 if (!thinking) {
-                    if (fam == ParserFamily::Hermes || fam == ParserFamily::Glm) tool_open = kToolCallOpen;
+                    if (fam == ParserFamily::Hermes || fam == ParserFamily::Glm || fam == ParserFamily::QwenXml)
+                        tool_open = kToolCallOpen;
                     else if (fam == ParserFamily::DeepSeek) tool_open = kDsCallsBegin;
                 }
                 const std::string_view m1 = thinking ? kThinkClose : kThinkOpen;
@@ -378,6 +498,7 @@ void ChatParser::run(std::vector<ChatEvent>& out, bool at_end) {
                 std::optional<std::vector<RawCall>> calls;
                 if (fam == ParserFamily::Hermes) calls = parse_hermes(body);
                 else if (fam == ParserFamily::Glm) calls = parse_glm(body);
+                else if (fam == ParserFamily::QwenXml) calls = parse_qwen_xml(body, types_);
                 else calls = parse_deepseek(body);
                 if (calls) {
                     for (const auto& c : *calls) emit_call(out, c.name, c.args);

@@ -20,6 +20,7 @@
 // into the final message (content, reasoning, tool calls), e.g. for the conversation history.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,10 +34,12 @@ enum class ParserFamily {
     Glm,       // GLM-4.5 / 4.6 / 4.7: <tool_call>name<arg_key>k</arg_key><arg_value>v</arg_value></tool_call>
     DeepSeek,  // DeepSeek V2 / V3 / R1: <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name ...
     Harmony,   // gpt-oss: <|channel|>analysis|commentary|final<|message|>...<|end|> / <|call|>
+    QwenXml,   // Qwen3-Coder: <tool_call><function=NAME><parameter=ARG>value</parameter></function></tool_call>
 };
 
-const char* family_name(ParserFamily f);  // "generic", "hermes", "glm", "deepseek", "harmony"
-// Parses a family name (those above, plus aliases "qwen", "qwen3", "glm4", "gpt-oss"); nullopt if unknown.
+const char* family_name(ParserFamily f);  // "generic", "hermes", "glm", "deepseek", "harmony", "qwen3-coder"
+// Parses a family name (those above, plus aliases "qwen", "qwen3", "glm4", "gpt-oss", "qwen-xml");
+// nullopt if unknown.
 std::optional<ParserFamily> family_from_name(std::string_view name);
 // Chooses the family from the chat template text (its tool-call markers), falling back to the GGUF
 // architecture name (general.architecture) when the template says nothing.
@@ -57,6 +60,11 @@ struct ParserOptions {
     ParserFamily family = ParserFamily::Generic;
     bool starts_in_thinking = false;      // the output begins inside a <think> block
     std::string tool_call_id_prefix = "call_";  // ids are prefix + index (0, 1, ...)
+    // The request's tools as JSON text (an array of OpenAI {"type":"function","function":{"name",
+    // "parameters"}} or Anthropic {"name","input_schema"} objects). QwenXml types each parameter's
+    // text by the tool's JSON schema (string, integer / number, boolean, object / array, null);
+    // parameters without a schema are JSON when they parse, else strings.
+    std::string tools_json;
 };
 
 struct ChatEvent {
@@ -102,6 +110,8 @@ private:
     bool strip_leading_ = true;  // drop whitespace at the start of the next text / thinking segment
     int n_calls_ = 0;
     bool finished_ = false;
+    // QwenXml: tool name -> parameter -> JSON schema type, from ParserOptions::tools_json.
+    std::map<std::string, std::map<std::string, std::string>> types_;
 };
 
 // A whole parsed message, built from events.
