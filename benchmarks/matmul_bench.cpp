@@ -181,6 +181,44 @@ void BM_Matmul(benchmark::State& state, TensorType t, int64_t rows, int64_t k, i
     state.SetLabel(std::string(kiln::kernels::kernel_level_name()) + " threads=" + std::to_string(p.size()));
 }
 
+// OpenBLAS's sgemm (the path matmul takes for float weights and 32+ tokens) against kiln's own
+// float tiles, timed alternately in the same run: GFLOP/s of each and blas_speedup.
+void BM_MatmulBlas(benchmark::State& state, TensorType t, int64_t rows, int64_t k, int64_t n) {
+    const Weights& w = weights(t, rows, k);
+    std::vector<float> x(static_cast<size_t>(n * k));
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
+    for (auto& v : x) v = ud(rng);
+    std::vector<float> y(static_cast<size_t>(n * rows));
+    auto& p = pool();
+    std::vector<uint8_t> scratch(kiln::kernels::matmul_scratch_bytes(t, k, n, p.size()));
+    auto run = [&](bool blas) {
+        kiln::kernels::set_matmul_blas(blas ? kiln::kernels::BlasUse::All : kiln::kernels::BlasUse::Off);
+        const auto t0 = std::chrono::steady_clock::now();
+        kiln::kernels::matmul(t, w.bytes.data(), rows, k, x.data(), n, y.data(), scratch.data(), p);
+        benchmark::DoNotOptimize(y.data());
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    run(true);
+    run(false);  // warm both
+    std::vector<double> tb, tk;
+    for (auto _ : state) {
+        tb.push_back(run(true));
+        tk.push_back(run(false));
+        state.SetIterationTime(tb.back());
+    }
+    kiln::kernels::set_matmul_blas(kiln::kernels::BlasUse::Auto);
+    auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+    };
+    const double flop = 2.0 * static_cast<double>(rows * k) * static_cast<double>(n);
+    state.counters["blas_GFLOP/s"] = flop / median(tb) / 1e9;
+    state.counters["kiln_GFLOP/s"] = flop / median(tk) / 1e9;
+    state.counters["blas_speedup"] = median(tk) / median(tb);
+    state.SetLabel(std::string(kiln::kernels::kernel_level_name()) + " threads=" + std::to_string(p.size()));
+}
+
 const TensorType kBenchTypes[] = {
     TensorType::Q4_K, TensorType::Q8_0, TensorType::F16,  TensorType::Q4_0, TensorType::Q6_K,
     TensorType::F32,  TensorType::BF16, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1,
@@ -200,6 +238,14 @@ const TensorType kBenchTypes[] = {
                     ->MinTime(n == 1 ? 0.2 : 0.05)
                     ->UseRealTime();
             }
+    for (TensorType t : {TensorType::F32, TensorType::F16, TensorType::BF16})
+        for (int64_t n : {32, 128, 512}) {
+            const std::string name = std::string("MatmulBlas/") + kiln::type_name(t) + "/4096x4096/n=" + std::to_string(n);
+            benchmark::RegisterBenchmark(name.c_str(), BM_MatmulBlas, t, int64_t{4096}, int64_t{4096}, n)
+                ->Unit(benchmark::kMillisecond)
+                ->Iterations(5)
+                ->UseManualTime();
+        }
     // Small batches around the switch from per-token dots to float tiles (speculative decoding,
     // short prompts).
     for (TensorType t : {TensorType::Q4_K, TensorType::Q8_0, TensorType::F16})

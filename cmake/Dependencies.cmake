@@ -28,6 +28,12 @@ if(NOT PCRE2_FOUND)
   kiln_missing("PCRE2" libpcre2-dev)
 endif()
 
+# OpenBLAS: prompt matmuls of float weights (F32 / F16 / BF16) on the CPU (kernels/matmul_blas.cpp).
+pkg_check_modules(OPENBLAS QUIET IMPORTED_TARGET openblas)
+if(NOT OPENBLAS_FOUND)
+  kiln_missing("OpenBLAS" libopenblas-dev)
+endif()
+
 pkg_check_modules(HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
 if(NOT HTTPLIB_FOUND)
   kiln_missing("cpp-httplib" libcpp-httplib-dev)
@@ -56,4 +62,4 @@ if(KILN_BUILD_BENCH)
 endif()
 
 add_library(kiln_deps INTERFACE)
-target_link_libraries(kiln_deps INTERFACE nlohmann_json::nlohmann_json fmt::fmt PkgConfig::PCRE2)
+target_link_libraries(kiln_deps INTERFACE nlohmann_json::nlohmann_json fmt::fmt PkgConfig::PCRE2 PkgConfig::OPENBLAS)

@@ -2,8 +2,14 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
+
+#include <cblas.h>
+
+#include <atomic>
+#include <mutex>
 
 #include "kernels/matmul_impl.h"
 #include "kernels/ops.h"
@@ -25,7 +31,33 @@ using namespace detail;
 //              multiplied with vpdpbusd against activations quantised per group.
 // The thresholds were measured on Zen 4 (benchmarks/matmul_bench.cpp, MatmulBatch);
 // KILN_TILE_MIN_TOKENS overrides them for tuning.
-enum class Path { Rows, FloatTiles, IntTiles };
+//  Blas:       (F32 / F16 / BF16 weights, many tokens) OpenBLAS's sgemm per block of rows, the
+//              16-bit rows widened to f32 once per call; each pool thread runs its blocks with a
+//              single-threaded sgemm.
+enum class Path { Rows, FloatTiles, IntTiles, Blas };
+
+// OpenBLAS for float weights (BlasUse): KILN_BLAS=0 (off), 1 (default: Auto), all.
+std::atomic<int>& blas_flag() {
+    static std::atomic<int> v{[] {
+        const char* e = std::getenv("KILN_BLAS");
+        if (e && std::strcmp(e, "0") == 0) return static_cast<int>(BlasUse::Off);
+        if (e && std::strcmp(e, "all") == 0) return static_cast<int>(BlasUse::All);
+        return static_cast<int>(BlasUse::Auto);
+    }()};
+    return v;
+}
+constexpr int64_t kMinTokensBlas = 32;
+constexpr int64_t kBlasRows = 64;  // rows per sgemm call (widened into the thread's scratch)
+bool blas_type(TensorType t) {
+    switch (static_cast<BlasUse>(blas_flag().load(std::memory_order_relaxed))) {
+        case BlasUse::Off: return false;
+        // Measured (MatmulBlas, Zen 5, 2 threads): sgemm 1.07-1.19x kiln's float tiles on F32
+        // weights; on F16 / BF16, with the rows widened per call, 0.91-1.0x: kiln keeps those.
+        case BlasUse::Auto: return t == TensorType::F32;
+        case BlasUse::All: return t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16;
+    }
+    return false;
+}
 
 int64_t env_tile_min_tokens() {
     static const int64_t v = [] {
@@ -39,6 +71,7 @@ constexpr int64_t kMinTokensIntTiles = 8;
 constexpr int64_t kMinTokensFloatTilesFloat = 4;  // f32/f16/bf16 and types without integer dots
 
 Path choose_path(TensorType t, int64_t n) {
+    if (n >= kMinTokensBlas && blas_type(t)) return Path::Blas;
     const bool int_tiles = use_avx512vnni() && code_format(t).group > 0;
     const bool int_rows = decode_xformat(t) != XFormat::F32;
     int64_t min_tiles = int_tiles ? kMinTokensIntTiles : int_rows ? kMinTokensFloatTilesQuant : kMinTokensFloatTilesFloat;
@@ -70,9 +103,10 @@ size_t int_tile_bytes(int group, int64_t kc) {
 // Scratch layout: [activations] [per-thread area] x n_threads. Activations: 8-bit rows for the
 // Rows path or grouped 8-bit rows for IntTiles. Per-thread: a decoded row, a float tile or an
 // integer tile. Sized for every path and level, so changing the level between calls is safe.
-size_t per_thread_bytes(int64_t k) {
+size_t per_thread_bytes(int64_t k, TensorType t) {
     const int64_t kc = std::min(k, kTileK);
     size_t b = static_cast<size_t>(std::max(kTileRows * kc, k)) * sizeof(float);
+    if (t == TensorType::F16 || t == TensorType::BF16) b = std::max(b, static_cast<size_t>(kBlasRows * k) * sizeof(float));
     if (k % 16 == 0) b = std::max(b, int_tile_bytes(16, kc));
     if (k % 32 == 0) b = std::max(b, int_tile_bytes(32, kc));
     return align_up(b);
@@ -239,6 +273,34 @@ void run_tiles(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
 }
 
 
+// Float weights, many tokens: blocks of kBlasRows rows through OpenBLAS's sgemm, Y[t][r0..] =
+// X[t] . W[r0..]^T, one single-threaded sgemm per block on each pool thread.
+void run_blas(const Plan& p, ThreadPool& pool) {
+    static std::once_flag once;
+    std::call_once(once, [] { openblas_set_num_threads(1); });
+    DecodeFn decode = decoder_scalar(p.type);  // 16-bit rows to f32 (rows are contiguous)
+#ifdef KILN_KERNELS_X86
+    if (p.avx2 && avx2_kernels(p.type).decode) decode = avx2_kernels(p.type).decode;
+#endif
+    const int64_t blocks = (p.rows + kBlasRows - 1) / kBlasRows;
+    pool.parallel_for(blocks, [&](int64_t b0, int64_t b1, int tid) {
+        float* buf = reinterpret_cast<float*>(p.thread_scratch + static_cast<size_t>(tid) * p.thread_stride);
+        for (int64_t b = b0; b < b1; ++b) {
+            const int64_t r0 = b * kBlasRows, nr = std::min(kBlasRows, p.rows - r0);
+            const float* wb;
+            if (p.type == TensorType::F32) {
+                wb = reinterpret_cast<const float*>(p.w + static_cast<size_t>(r0) * p.row_bytes);
+            } else {
+                decode(p.w + static_cast<size_t>(r0) * p.row_bytes, buf, nr * p.k);
+                wb = buf;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(p.n), static_cast<blasint>(nr),
+                        static_cast<blasint>(p.k), 1.0f, p.x, static_cast<blasint>(p.k), wb, static_cast<blasint>(p.k), 0.0f,
+                        p.y + r0, static_cast<blasint>(p.rows));
+        }
+    });
+}
+
 #ifdef KILN_KERNELS_X86
 // Many tokens at the avx512vnni level: activations quantised per group once (in parallel),
 // then per task each 16-row block of the tile is unpacked once per k-slice and applied to the
@@ -306,6 +368,8 @@ XFormat detail::decode_xformat(TensorType t) {
 }
 
 bool matmul_uses_tiles(TensorType t, int64_t n_tokens) { return choose_path(t, n_tokens) != Path::Rows; }
+bool matmul_uses_blas(TensorType t, int64_t n_tokens) { return choose_path(t, n_tokens) == Path::Blas; }
+void set_matmul_blas(BlasUse use) { blas_flag().store(static_cast<int>(use), std::memory_order_relaxed); }
 
 bool matmul_supports(TensorType t) {
     const TypeTraits* tr = type_traits(static_cast<uint32_t>(t));
@@ -313,10 +377,9 @@ bool matmul_supports(TensorType t) {
 }
 
 size_t matmul_scratch_bytes(TensorType wtype, int64_t k, int64_t n_tokens, int n_threads) {
-    (void)wtype;
     if (k <= 0 || n_tokens <= 0) return 0;
     n_threads = std::max(n_threads, 1);
-    return kAlign + x_bytes(k, n_tokens) + static_cast<size_t>(n_threads) * per_thread_bytes(k);
+    return kAlign + x_bytes(k, n_tokens) + static_cast<size_t>(n_threads) * per_thread_bytes(k, wtype);
 }
 
 void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const float* x,
@@ -343,13 +406,14 @@ void matmul(TensorType wtype, const void* w, int64_t rows, int64_t k, const floa
     p.x = x;
     p.y = y;
     p.thread_scratch = xbuf + x_bytes(k, n_tokens);
-    p.thread_stride = per_thread_bytes(k);
+    p.thread_stride = per_thread_bytes(k, wtype);
     p.avx2 = use_avx2();
     p.grid = activation_grid(wtype);
 
     switch (choose_path(wtype, n_tokens)) {
         case Path::Rows: run_rows(p, pool, xbuf); break;
         case Path::FloatTiles: run_tiles(p, pool, xbuf); break;
+        case Path::Blas: run_blas(p, pool); break;
         case Path::IntTiles:
 #ifdef KILN_KERNELS_X86
             run_int_tiles(p, pool, xbuf);

@@ -57,4 +57,13 @@ void matmul_reference(TensorType wtype, const void* w, int64_t rows, int64_t k, 
 // false = per-token dots straight from the weight bytes. Depends on the kernel level in use.
 bool matmul_uses_tiles(TensorType wtype, int64_t n_tokens);
 
+// Float weights with 32 tokens or more may go through OpenBLAS's sgemm (single-threaded on each
+// pool thread, per block of 64 rows; 16-bit rows widened into the thread's scratch). Auto (the
+// default) uses it where kiln_bench --benchmark_filter=MatmulBlas measured it faster than kiln's
+// float tiles - F32 weights; All also for F16 / BF16 (for that benchmark); Off never.
+// KILN_BLAS=0|1|all sets it at start-up. matmul_uses_blas says which path a call takes.
+enum class BlasUse { Off = 0, Auto = 1, All = 2 };
+bool matmul_uses_blas(TensorType wtype, int64_t n_tokens);
+void set_matmul_blas(BlasUse use);
+
 }  // namespace kiln::kernels

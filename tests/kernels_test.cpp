@@ -196,6 +196,25 @@ TEST(KernelMatmulOddK, FloatTypes) {
     kk::set_force_scalar(false);
 }
 
+// OpenBLAS's path for float weights (Auto: F32 from 32 tokens; All: F16 / BF16 too): the same
+// answers as the reference, rows not a multiple of its 64-row blocks, odd k, 1 and 3 threads.
+TEST(KernelMatmulBlas, FloatTypesMatchTheReference) {
+    EXPECT_TRUE(kk::matmul_uses_blas(TensorType::F32, 32));
+    EXPECT_FALSE(kk::matmul_uses_blas(TensorType::F32, 31));
+    EXPECT_FALSE(kk::matmul_uses_blas(TensorType::F16, 512));
+    EXPECT_FALSE(kk::matmul_uses_blas(TensorType::Q8_0, 512));
+    kk::set_matmul_blas(kk::BlasUse::All);
+    for (TensorType t : {TensorType::F32, TensorType::F16, TensorType::BF16}) {
+        EXPECT_TRUE(kk::matmul_uses_blas(t, 40)) << kiln::type_name(t);
+        check_matmul(t, 130, 320, 40, 3, 31);
+        check_matmul(t, 9, 77, 33, 1, 32);
+    }
+    kk::set_matmul_blas(kk::BlasUse::Off);
+    EXPECT_FALSE(kk::matmul_uses_blas(TensorType::F32, 512));
+    check_matmul(TensorType::F32, 130, 320, 40, 3, 33);  // kiln's float tiles
+    kk::set_matmul_blas(kk::BlasUse::Auto);
+}
+
 std::vector<Param> all_params() {
     std::vector<Param> p;
     for (TensorType t : kTypes)
