@@ -102,4 +102,14 @@ public:
 // The CPU backend: kernels/ on one thread pool of n_threads (0: all hardware threads).
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);
 
+// The CPU backend's attention over a batch of at least this many tokens (a prompt) runs in tiles
+// of query rows against blocks of keys (kernels/flash_attn.h); smaller batches (decode) take one
+// (token, head) at a time. The setter is for tests and benchmarks (n < 2 means 2: a batch of one
+// token always takes the per-row path); it applies to every CPU backend of the process.
+constexpr int64_t kCpuTiledAttentionMinTokens = 8;
+void set_cpu_tiled_attention_min_tokens(int64_t n);
+int64_t cpu_tiled_attention_min_tokens();
+// Attention ops the CPU backends of this process have run tiled (tests check which path ran).
+int64_t cpu_tiled_attention_runs();
+
 }  // namespace kiln::backend
