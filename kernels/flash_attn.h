@@ -21,8 +21,8 @@ namespace kiln::kernels {
 
 class FlashAttn {
 public:
-    static constexpr int kRows = 64;  // query rows per tile
-    static constexpr int kKeys = 64;  // keys per block
+    static constexpr int kRows = 128;  // query rows per tile (a K/V block converted once for all)
+    static constexpr int kKeys = 64;   // keys per block
 
     // Bytes of the scratch one tile needs (64-byte aligned) for keys of dk and values of dv.
     static size_t scratch_bytes(int64_t dk, int64_t dv);

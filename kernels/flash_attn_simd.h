@@ -31,7 +31,7 @@ KILN_FA_TARGET inline void s_tile(const float* qt, const float* k, int64_t ks, i
 template <int KJ>
 KILN_FA_TARGET inline void s_tile_rows(int nv, const float* qt, const float* k, int64_t ks, int64_t dk, float* s, int j0,
                                        int rv0) {
-    static_assert(kSVecs <= 4);
+    static_assert(kSVecs <= 4 && kSKeys <= 6);
     switch (nv) {
         case 1: return s_tile<KJ, 1>(qt, k, ks, dk, s, j0, rv0);
         case 2: if constexpr (kSVecs >= 2) return s_tile<KJ, 2>(qt, k, ks, dk, s, j0, rv0); break;
@@ -46,7 +46,14 @@ KILN_FA_TARGET void scores(const float* qt, int nrv, const float* k, int64_t ks,
         const int nv = std::min(kSVecs, nrv - rv0);
         int j0 = 0;
         for (; j0 + kSKeys <= nk; j0 += kSKeys) s_tile_rows<kSKeys>(nv, qt, k, ks, dk, s, j0, rv0);
-        for (; j0 < nk; ++j0) s_tile_rows<1>(nv, qt, k, ks, dk, s, j0, rv0);
+        switch (nk - j0) {  // the last keys, as one narrower tile
+            case 1: s_tile_rows<1>(nv, qt, k, ks, dk, s, j0, rv0); break;
+            case 2: if constexpr (kSKeys > 2) s_tile_rows<2>(nv, qt, k, ks, dk, s, j0, rv0); break;
+            case 3: if constexpr (kSKeys > 3) s_tile_rows<3>(nv, qt, k, ks, dk, s, j0, rv0); break;
+            case 4: if constexpr (kSKeys > 4) s_tile_rows<4>(nv, qt, k, ks, dk, s, j0, rv0); break;
+            case 5: if constexpr (kSKeys > 5) s_tile_rows<5>(nv, qt, k, ks, dk, s, j0, rv0); break;
+            default: break;
+        }
     }
 }
 

@@ -236,8 +236,8 @@ const std::vector<Case>& cases() {
         {"mla20_1_k576_v512_q4_0", 20, 1, 576, 512, 20, 8, KvType::Q4_0, 0, 0, 0.0f, false, true},
         {"mla16_1_k80_v64_q8_0", 16, 1, 80, 64, 10, 9, KvType::Q8_0, 0, 0, 0.0f, false, true},
         {"odd_dims_dk40_dv24_f32", 6, 3, 40, 24, 5, 11, KvType::F32},
-        {"group80_split_over_two_tiles", 80, 1, 32, 32, 3, 9},
-        {"one_head_d16_three_tiles", 1, 1, 16, 16, 0, 130},
+        {"group160_split_over_two_tiles", 160, 1, 32, 32, 3, 9},
+        {"one_head_d16_three_tiles", 1, 1, 16, 16, 0, 300},
     };
     return v;
 }

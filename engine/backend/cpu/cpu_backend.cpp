@@ -129,6 +129,11 @@ public:
             case KvType::Q4_0: return kernels::dequantize_q4kv(c, scales(c), n, out);
         }
     }
+    // Asks for the cache lines of head h of row `slot` (the tiled attention's next block).
+    void prefetch(int64_t slot, int64_t h) const {
+        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+        for (size_t off = 0; off < head_; off += 64) __builtin_prefetch(c + off);
+    }
     // y += w * (the first n elements of head h of row `slot`).
     void axpy(float w, int64_t slot, int64_t h, float* y, int64_t n) const {
         const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
@@ -784,10 +789,10 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
         int64_t first[R], last[R];
         float sink[R];
         for (int64_t it = b; it < e; ++it) {
-            const int kvh = static_cast<int>(it % n_kv);
-            // Tiles in the order 0, last, 1, last - 1, ...: a thread's run of items mixes early
-            // (short) and late (long) ones.
-            const int64_t qi = it / n_kv;
+            // A thread's run of items stays on one KV head (its keys and values stay in cache),
+            // its tiles in the order 0, last, 1, last - 1, ...: early (short) and late (long) ones mixed.
+            const int kvh = static_cast<int>(it / tiles);
+            const int64_t qi = it % tiles;
             const int64_t tile = qi % 2 == 0 ? qi / 2 : tiles - 1 - qi / 2;
             const int64_t t0 = tile / hchunks * tpt, t1 = std::min(n_tok, t0 + tpt);
             const int g0 = static_cast<int>(tile % hchunks) * hpt, g1 = std::min(group, g0 + hpt);
@@ -810,6 +815,13 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
                 for (int j = 0; j < nk; ++j) {
                     krows.to_float(slot, kvh, kb + j * dk, dk);
                     if (!p.v_in_k) vrows.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
+                    if (++slot == slots) slot = 0;
+                }
+                // The next block's rows load while this one is computed.
+                const int next = static_cast<int>(std::min<int64_t>(KB, hi - p0 - KB + 1));
+                for (int j = 0; j < next; ++j) {
+                    krows.prefetch(slot, kvh);
+                    if (!p.v_in_k) vrows.prefetch(slot, kvh);
                     if (++slot == slots) slot = 0;
                 }
                 // MLA: the values are the heads of the converted key rows.
