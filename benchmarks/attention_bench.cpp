@@ -4,6 +4,7 @@
 // the benchmark's time is the tiled run's.
 //
 //   ./kiln_bench --benchmark_filter='PromptAttention/'
+//   ./kiln_bench --benchmark_filter='PromptAttentionBatch/'   (2..32 tokens: the threshold)
 //
 // Counters: GFLOP/s (2 (dk + dv) per (query head, key) it sees, per second of the tiled run),
 // per_row_GFLOP/s, tiled_ms and per_row_ms (per run), speedup (per_row_ms / tiled_ms). Threads:
@@ -155,6 +156,15 @@ void BM_PromptAttention(benchmark::State& state, Shape s, KvType type, int64_t d
             ->UseManualTime()
             ->Iterations(r.iters);
     }
+    // Small batches (where the backend switches from per-row to tiled: kCpuTiledAttentionMinTokens).
+    for (const Shape& sh : {gqa, mla})
+        for (int64_t p : {2, 4, 8, 16, 32}) {
+            const std::string name = std::string("PromptAttentionBatch/") + sh.name + "/f16/p" + std::to_string(p) + "/d4096";
+            benchmark::RegisterBenchmark(name.c_str(), BM_PromptAttention, sh, KvType::F16, int64_t{4096}, p)
+                ->Unit(benchmark::kMillisecond)
+                ->UseManualTime()
+                ->Iterations(10);
+        }
     return true;
 }();
 

@@ -747,9 +747,10 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
 }
 
 // Prompt attention in tiles (kernels/flash_attn.h). A work item is one KV head x a tile of query
-// rows: tpt tokens x hpt heads of the head's group (all of it unless the group has more than
-// FlashAttn::kRows heads); it runs against the keys its rows see, in blocks whose K and V rows are
-// converted to floats once for the whole tile. The callers (attention, attention_mla) have checked
+// rows: tpt tokens x hpt heads of the head's group (all of it unless the group has more heads than
+// a tile has rows: FlashAttn::kRows, fewer for a batch too small to give every thread a tile); it
+// runs against the keys its rows see, in blocks whose K and V rows are converted to floats once for
+// the whole tile. The callers (attention, attention_mla) have checked
 // the positions, the ring and the MLA restrictions.
 void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
     using kernels::FlashAttn;
@@ -766,9 +767,12 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
     if (FlashAttn::scratch_bytes(dk, dv) > be_.flash_bytes())
         throw Error(fmt::format("cpu backend: no tile scratch for the attention of layer {} (a graph of one token?)",
                                 p.layer));
-    const int hchunks = (group + R - 1) / R;
+    // Rows per tile: R, or fewer (down to one AVX-512 vector) where R would leave threads idle.
+    const int64_t threads = be_.pool().size();
+    const int rt = static_cast<int>(std::clamp<int64_t>((n_tok * H + threads - 1) / threads, 16, R));
+    const int hchunks = (group + rt - 1) / rt;
     const int hpt = (group + hchunks - 1) / hchunks;  // heads per tile
-    const int64_t tpt = std::max(1, R / hpt);          // tokens per tile
+    const int64_t tpt = std::max(1, rt / hpt);         // tokens per tile
     const int64_t tiles = (n_tok + tpt - 1) / tpt * hchunks;
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
     const float* sinks = nullptr;
