@@ -214,7 +214,7 @@ size_t FlashAttn::scratch_bytes(int64_t dk, int64_t dv) {
 }
 
 FlashAttn::FlashAttn(void* scratch, int64_t dk, int64_t dv, float scale, float softcap)
-    : dk_(dk), dv_(dv), dvp_(static_cast<int64_t>(round16(dv))), scale_(scale), softcap_(softcap) {
+    : dk_(dk), dv_(dv), dvp_(static_cast<int64_t>(round16(dv))), scale_(scale), softcap_(softcap), level_(kernel_level()) {
     if (dk <= 0 || dv <= 0) throw Error(fmt::format("flash attention: heads of {} keys and {} values", dk, dv));
     float* p = static_cast<float*>(scratch);
     auto take = [&p](size_t n) {
@@ -273,14 +273,14 @@ void FlashAttn::block(int64_t pos0, int nk, const float* k, int64_t k_stride, co
     const bool mask = pos0 < max_first_ || pos0 + nk - 1 > min_last_;
     const float p0 = static_cast<float>(pos0 - pos_base_);
 #ifdef KILN_X86
-    if (use_avx512vnni()) {
+    if (level_ >= KernelLevel::Avx512Vnni) {
         const int nrv = (n_ + 15) / 16;
         fa_avx512::scores(qt_, nrv, k, k_stride, dk_, nk, s_);
         fa_avx512::softmax(s_, nk, nrv, m_, l_, alpha_, first_, last_, p0, mask, softcap_);
         fa_avx512::pv(s_, nk, n_, v, v_stride, o_, dvp_, alpha_);
         return;
     }
-    if (use_avx2()) {
+    if (level_ >= KernelLevel::Avx2) {
         const int nrv = (n_ + 7) / 8;
         fa_avx2::scores(qt_, nrv, k, k_stride, dk_, nk, s_);
         fa_avx2::softmax(s_, nk, nrv, m_, l_, alpha_, first_, last_, p0, mask, softcap_);

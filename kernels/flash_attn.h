@@ -17,6 +17,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cpu.h"
+
 namespace kiln::kernels {
 
 class FlashAttn {
@@ -52,6 +54,7 @@ public:
 private:
     int64_t dk_, dv_, dvp_;
     float scale_, softcap_;
+    KernelLevel level_;  // the kernel level when constructed (kernels/cpu.h)
     float *qt_, *s_, *o_, *m_, *l_, *alpha_, *first_, *last_, *kbuf_, *vbuf_;
     int n_ = 0;
     int64_t pos_base_ = 0;                 // the tile's first position: positions are kept as floats from it
