@@ -750,8 +750,8 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
 // rows: tpt tokens x hpt heads of the head's group (all of it unless the group has more heads than
 // a tile has rows: FlashAttn::kRows, fewer for a batch too small to give every thread a tile); it
 // runs against the keys its rows see, in blocks whose K and V rows are converted to floats once for
-// the whole tile. The callers (attention, attention_mla) have checked
-// the positions, the ring and the MLA restrictions.
+// the whole tile. The callers (attention, attention_mla) have checked the positions, the ring and
+// the MLA restrictions.
 void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
     using kernels::FlashAttn;
     constexpr int R = FlashAttn::kRows, KB = FlashAttn::kKeys;
