@@ -61,6 +61,23 @@ KILN_AVX2 float dot_avx2(const float* a, const uint8_t* codes, const uint16_t* s
     return hsum256(total) + tail;
 }
 
+// out = the n stored values (a block's codes times its scale: the scalar path's products).
+template <bool Q4>
+KILN_AVX2 void dequantize_avx2(const uint8_t* codes, const uint16_t* scales, int64_t n, float* out) {
+    for (int64_t b = 0; b * kKvBlock < n; ++b) {
+        const int64_t off = b * kKvBlock, len = block_len(n, b);
+        const float d = half_to_float(scales[b]);
+        const __m256 vd = _mm256_set1_ps(d);
+        int64_t i = 0;
+        for (; i + 8 <= len; i += 8) {
+            const __m256 c = Q4 ? load_q4x8(codes + (off + i) / 2) : load_q8x8(reinterpret_cast<const int8_t*>(codes) + off + i);
+            _mm256_storeu_ps(out + off + i, _mm256_mul_ps(c, vd));
+        }
+        for (; i < len; ++i)
+            out[off + i] = (Q4 ? q4_value(codes, off + i) : static_cast<float>(reinterpret_cast<const int8_t*>(codes)[off + i])) * d;
+    }
+}
+
 template <bool Q4>
 KILN_AVX2 void axpy_avx2(float w, const uint8_t* codes, const uint16_t* scales, float* y, int64_t n) {
     for (int64_t b = 0; b * kKvBlock < n; ++b) {
@@ -134,10 +151,16 @@ void quantize_q4kv(const float* x, int64_t n, uint8_t* codes, uint16_t* scales) 
 }
 
 void dequantize_q8kv(const int8_t* codes, const uint16_t* scales, int64_t n, float* out) {
+#ifdef KILN_X86
+    if (use_avx2()) return dequantize_avx2<false>(reinterpret_cast<const uint8_t*>(codes), scales, n, out);
+#endif
     for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(codes[i]) * half_to_float(scales[i / kKvBlock]);
 }
 
 void dequantize_q4kv(const uint8_t* codes, const uint16_t* scales, int64_t n, float* out) {
+#ifdef KILN_X86
+    if (use_avx2()) return dequantize_avx2<true>(codes, scales, n, out);
+#endif
     for (int64_t i = 0; i < n; ++i) out[i] = q4_value(codes, i) * half_to_float(scales[i / kKvBlock]);
 }
 

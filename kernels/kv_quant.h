@@ -20,7 +20,8 @@ inline int64_t kv_blocks(int64_t n) { return (n + kKvBlock - 1) / kKvBlock; }
 
 void quantize_q8kv(const float* x, int64_t n, int8_t* codes, uint16_t* scales);
 void quantize_q4kv(const float* x, int64_t n, uint8_t* codes, uint16_t* scales);
-// The stored values back as floats (tests, and what the dot/axpy below read).
+// The stored values back as floats (tests, the tiled prompt attention's key and value blocks;
+// what the dot/axpy below read).
 void dequantize_q8kv(const int8_t* codes, const uint16_t* scales, int64_t n, float* out);
 void dequantize_q4kv(const uint8_t* codes, const uint16_t* scales, int64_t n, float* out);
 

@@ -1,5 +1,6 @@
 // "Nothing allocated per token": counts operator new calls (this binary replaces the global one)
-// while a context decodes one token at a time after its prompt.
+// while a context decodes one token at a time after its prompt, and while the CPU backend runs a
+// prompt's tiled attention.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -13,6 +14,8 @@
 
 #include <unistd.h>
 
+#include "backend/backend.h"
+#include "graph/graph.h"
 #include "gguf/writer.h"
 #include "kiln/kiln.h"
 #include "support/deepseek2_model.h"
@@ -129,6 +132,60 @@ TEST(DecodeAllocations, NoneWhileGeneratingTokens) {
         EXPECT_EQ(c.allocations, 0) << "operator new calls during 30 single-token decodes";
         EXPECT_EQ(ctx.n_past(), 37);
         EXPECT_TRUE(std::isfinite(c.sum));
+    }
+}
+
+// A prompt's attention on the CPU runs tiled (kernels/flash_attn.h) in per-thread tiles sized when
+// its graph was compiled: a run allocates nothing (GQA on f16 and q8_0 caches, MLA 20:1 K576 / V512).
+TEST(PromptAttentionAllocations, NoneInTheTiledPath) {
+    if (!KILN_COUNT_ALLOCATIONS) GTEST_SKIP() << "SKIPPED: allocation counting is off under AddressSanitizer";
+    namespace be = kiln::backend;
+    struct Shape {
+        int n_head, n_head_kv, dk, dv;
+        bool mla;
+        kiln::KvType kv;
+    };
+    for (const Shape s : {Shape{8, 2, 64, 64, false, kiln::KvType::F16}, Shape{8, 2, 64, 64, false, kiln::KvType::Q8_0},
+                          Shape{20, 1, 576, 512, true, kiln::KvType::F16}}) {
+        kiln::graph::AttentionParams ap;
+        ap.n_head = s.n_head;
+        ap.n_head_kv = s.n_head_kv;
+        ap.head_dim_k = s.dk;
+        ap.head_dim_v = s.dv;
+        ap.v_in_k = s.mla;
+        be::KvLayout layout;
+        layout.n_ctx = 64;
+        layout.type_k = layout.type_v = s.kv;
+        layout.layers.push_back({s.n_head_kv, s.dk, s.dv, s.mla, 0});
+        auto backend = be::make_cpu_backend(2);
+        auto kv = backend->alloc_kv(layout);
+        const int64_t n = 24;
+        kiln::graph::Graph g;
+        const auto tk = g.input("k", kiln::graph::DType::F32, s.n_head_kv * s.dk, n);
+        const auto tv = s.mla ? kiln::graph::kNone : g.input("v", kiln::graph::DType::F32, s.n_head_kv * s.dv, n);
+        g.store_kv(tk, tv, ap);
+        g.mark_output(g.attention(g.input("q", kiln::graph::DType::F32, s.n_head * s.dk, n), ap), "out");
+        auto exe = backend->compile(std::move(g));
+        for (const char* name : {"k", "v", "q"}) {
+            if (s.mla && name[0] == 'v') continue;
+            const auto id = exe->graph().find(name);
+            std::vector<float> x(static_cast<size_t>(exe->graph().tensor(id).n_elements()));
+            for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 37) % 101) / 50.0f - 1.0f;
+            exe->set_input(id, x.data(), x.size() * 4);
+        }
+        be::RunArgs a;
+        a.kv = kv.get();
+        a.kv_base = 0;
+        exe->run(a);  // the first run may touch lazily created state
+        const int64_t runs = be::cpu_tiled_attention_runs();
+        g_allocations = 0;
+        g_counting = true;
+        exe->run(a);
+        g_counting = false;
+        EXPECT_EQ(be::cpu_tiled_attention_runs(), runs + 1) << "the prompt's attention did not run tiled";
+        EXPECT_EQ(g_allocations.load(), 0) << "operator new calls during a prompt's attention, dk " << s.dk;
+        const float* out = exe->output(exe->graph().find("out"));
+        for (int64_t i = 0; i < n * s.n_head * s.dv; ++i) ASSERT_TRUE(std::isfinite(out[i])) << i;
     }
 }
 

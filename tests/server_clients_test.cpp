@@ -214,9 +214,12 @@ TEST_F(ServerClaudeCodeTest, PrintModeTwiceWithAToolSecondReadsThePrefixCache) {
     EXPECT_GT(cached2, 0) << j2["usage"];
     EXPECT_LT(in2 * 10, in1) << j2["usage"];  // this time the first request was cached too
     const double ttft1 = j1.value("ttft_ms", 0.0), ttft2 = j2.value("ttft_ms", 0.0);
+    // Printed, not asserted: since the CPU prompt attention is tiled, the cold ~19K-token prefill of
+    // the tiny model takes about a second, the size of Claude Code's own share of ttft_ms, so the
+    // ratio measures the client and the machine's load (the cache is shown by the token counts
+    // above; the server's TTFT is timed by kiln_bench --benchmark_filter=ServeTTFT).
     std::fprintf(stderr, "Claude Code: run 1: %lld uncached input tokens, ttft_ms %.0f; run 2: %lld uncached, %lld cached, ttft_ms %.0f\n",
                  static_cast<long long>(in1), ttft1, static_cast<long long>(in2), static_cast<long long>(cached2), ttft2);
-    EXPECT_LT(ttft2 * 3, ttft1);
 
     const auto caps = rec.captured();
     EXPECT_GE(replay_and_check(caps, server_->port), 4u);

@@ -102,4 +102,18 @@ public:
 // The CPU backend: kernels/ on one thread pool of n_threads (0: all hardware threads).
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);
 
+// The CPU backend's attention over a batch of at least this many tokens (a prompt) runs in tiles
+// of query rows against blocks of keys (kernels/flash_attn.h); smaller batches (decode) take one
+// (token, head) at a time. Measured (kiln_bench PromptAttentionBatch, 2 threads): tiled is already
+// 3-4x faster at 2 tokens; 8 is kept because a smaller batch has too few tiles (KV heads x tiles
+// of at least 16 rows: 16 for GQA 32:8 or MLA 20:1 at 8 tokens) to keep a many-core pool busy,
+// where the per-row path has a work item per (token, head). The setter is for tests and
+// benchmarks (n < 2 means 2: a batch of one token always takes the per-row path); it applies to
+// every CPU backend of the process.
+constexpr int64_t kCpuTiledAttentionMinTokens = 8;
+void set_cpu_tiled_attention_min_tokens(int64_t n);
+int64_t cpu_tiled_attention_min_tokens();
+// Attention ops the CPU backends of this process have run tiled (tests check which path ran).
+int64_t cpu_tiled_attention_runs();
+
 }  // namespace kiln::backend

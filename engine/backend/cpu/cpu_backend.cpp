@@ -2,9 +2,15 @@
 //
 // Memory: every executable's values live in one workspace owned by the backend (runs are sequential
 // within a context, so executables of different batch shapes share it); the workspace, the matmul
-// scratch and the attention scratch are sized when a graph is compiled or a KV cache allocated.
+// scratch and the attention scratch (per-row scores with the KV cache, the tiled prompt attention's
+// per-thread tiles with the backend) are sized when a graph is compiled or a KV cache allocated.
 // run() allocates nothing.
+//
+// Attention: a batch of at least cpu_tiled_attention_min_tokens() tokens (a prompt) runs tiled
+// (attention_tiled: kernels/flash_attn.h, each K/V block converted once per tile of query rows);
+// decode takes one (token, head) at a time (attention, attention_mla).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "kernels/flash_attn.h"
 #include "kernels/matmul.h"
 #include "kernels/kv_quant.h"
 #include "kernels/ops.h"
@@ -29,6 +36,9 @@ using graph::Op;
 using graph::Tensor;
 using graph::TensorId;
 using graph::TensorKind;
+
+std::atomic<int64_t> g_tiled_min_tokens{kCpuTiledAttentionMinTokens};
+std::atomic<int64_t> g_tiled_runs{0};
 
 struct AlignedFree {
     void operator()(void* p) const { std::free(p); }
@@ -109,6 +119,21 @@ public:
         }
         return 0.0f;
     }
+    // The first n elements of head h of row `slot` as floats.
+    void to_float(int64_t slot, int64_t h, float* out, int64_t n) const {
+        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+        switch (f_.type) {
+            case KvType::F32: std::memcpy(out, c, static_cast<size_t>(n) * 4); return;
+            case KvType::F16: return kernels::f16_to_f32(reinterpret_cast<const uint16_t*>(c), out, n);
+            case KvType::Q8_0: return kernels::dequantize_q8kv(reinterpret_cast<const int8_t*>(c), scales(c), n, out);
+            case KvType::Q4_0: return kernels::dequantize_q4kv(c, scales(c), n, out);
+        }
+    }
+    // Asks for the cache lines of head h of row `slot` (the tiled attention's next block).
+    void prefetch(int64_t slot, int64_t h) const {
+        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+        for (size_t off = 0; off < head_; off += 64) __builtin_prefetch(c + off);
+    }
     // y += w * (the first n elements of head h of row `slot`).
     void axpy(float w, int64_t slot, int64_t h, float* y, int64_t n) const {
         const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
@@ -150,6 +175,8 @@ private:
     void store_kv(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void attention(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
+    void attention_tiled(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
+    bool tiled(int64_t n_tok) const { return n_tok >= std::max<int64_t>(2, g_tiled_min_tokens.load()); }
     void kv_op(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void unary(const Node& n);
     void slice_heads(const Node& n);
@@ -178,7 +205,11 @@ public:
         return std::make_unique<CpuKv>(layout, pool_.size());
     }
 
-    void reserve(size_t workspace, size_t scratch, size_t aux = 0, size_t solo_scratch = 0) {
+    void reserve(size_t workspace, size_t scratch, size_t aux = 0, size_t solo_scratch = 0, size_t flash = 0) {
+        if (flash > flash_stride_) {
+            flash_stride_ = (flash + 63) / 64 * 64;
+            flash_ = aligned_bytes(flash_stride_ * static_cast<size_t>(pool_.size()));
+        }
         if (solo_scratch > solo_stride_) {
             solo_stride_ = (solo_scratch + 63) / 64 * 64;
             solo_scratch_ = aligned_bytes(solo_stride_ * solo_.size());
@@ -204,12 +235,15 @@ public:
     // Thread th's own one-thread pool and matmul scratch: a whole small matmul per thread.
     ThreadPool& solo(int th) { return *solo_[static_cast<size_t>(th)]; }
     void* solo_scratch(int th) const { return solo_scratch_.get() + solo_stride_ * static_cast<size_t>(th); }
+    // Thread th's tile of the tiled prompt attention (flash_bytes() each).
+    void* flash_scratch(int th) const { return flash_.get() + flash_stride_ * static_cast<size_t>(th); }
+    size_t flash_bytes() const { return flash_stride_; }
 
 private:
     ThreadPool pool_;
     std::vector<std::unique_ptr<ThreadPool>> solo_;
-    AlignedBuf workspace_, scratch_, aux_, solo_scratch_;
-    size_t workspace_size_ = 0, scratch_size_ = 0, aux_size_ = 0, solo_stride_ = 0;
+    AlignedBuf workspace_, scratch_, aux_, solo_scratch_, flash_;
+    size_t workspace_size_ = 0, scratch_size_ = 0, aux_size_ = 0, solo_stride_ = 0, flash_stride_ = 0;
 };
 
 // Groups of at most this many rows (decode) are spread over the threads whole, one per thread,
@@ -259,8 +293,11 @@ void maybe_parallel(ThreadPool& pool, int64_t n, int64_t work_per_item, F&& fn) 
 
 CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
     plan_ = graph::plan_buffers(g_, 64);
-    size_t scratch = 0, aux = 0, solo = 0;
+    size_t scratch = 0, aux = 0, solo = 0, flash = 0;
     for (const Node& n : g_.nodes()) {
+        // A batch that may run tiled (the threshold can be lowered to 2 tokens).
+        if (n.op == Op::Attention && g_.tensor(n.src[0]).ne1 > 1)
+            flash = std::max(flash, kernels::FlashAttn::scratch_bytes(n.attn.head_dim_k, n.attn.head_dim_v));
         if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) continue;
         const Tensor& w = g_.tensor(n.src[0]);
         const Tensor& x = g_.tensor(n.src[1]);
@@ -276,7 +313,7 @@ CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::
         }
         scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, n_tok, be_.pool().size()));
     }
-    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch, aux, solo);
+    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch, aux, solo, flash);
 }
 
 float* CpuExecutable::f32(TensorId id) const {
@@ -510,6 +547,7 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
         throw Error(fmt::format("cpu backend: layer {} keeps a ring of {} KV slots, too few for a window of {} and a "
                                 "batch of {} tokens",
                                 p.layer, slots, p.window, n_tok));
+    if (tiled(n_tok)) return attention_tiled(n, kv, base, T0, T1);
     const int dk = p.head_dim_k, dv = p.head_dim_v;
     const int group = p.n_head / p.n_head_kv;
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
@@ -652,6 +690,7 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
         throw Error(fmt::format("cpu backend: MLA attention of layer {} takes one KV head of a full layer, no window, "
                                 "soft-cap or sinks, and V rows of at most {}",
                                 p.layer, kMaxDv));
+    if (tiled(n_tok)) return attention_tiled(n, kv, base, T0, T1);
     const int dk = p.head_dim_k, dv = p.head_dim_v, H = p.n_head;
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
     float* out = f32(n.dst) + T0 * (static_cast<int64_t>(H) * dv);
@@ -703,6 +742,97 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
                 const float inv = 1.0f / sum[c];
                 for (int i = 0; i < dv; ++i) oh[i] = acc[c * dv + i] * inv;
             }
+        }
+    });
+}
+
+// Prompt attention in tiles (kernels/flash_attn.h). A work item is one KV head x a tile of query
+// rows: tpt tokens x hpt heads of the head's group (all of it unless the group has more heads than
+// a tile has rows: FlashAttn::kRows, fewer for a batch too small to give every thread a tile); it
+// runs against the keys its rows see, in blocks whose K and V rows are converted to floats once for
+// the whole tile. The callers (attention, attention_mla) have checked the positions, the ring and
+// the MLA restrictions.
+void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
+    using kernels::FlashAttn;
+    constexpr int R = FlashAttn::kRows, KB = FlashAttn::kKeys;
+    const graph::AttentionParams& p = n.attn;
+    const Tensor& q = g_.tensor(n.src[0]);
+    const KvLayout& L = kv.layout();
+    const int64_t n_tok = T1 - T0;
+    const int64_t slots = L.slots(static_cast<size_t>(p.layer));
+    const int64_t dk = p.head_dim_k, dv = p.head_dim_v;
+    const int H = p.n_head, n_kv = p.n_head_kv, group = H / n_kv;
+    if (p.v_in_k && dv > dk)
+        throw Error(fmt::format("cpu backend: MLA layer {} takes values of {} from keys of {}", p.layer, dv, dk));
+    if (FlashAttn::scratch_bytes(dk, dv) > be_.flash_bytes())
+        throw Error(fmt::format("cpu backend: no tile scratch for the attention of layer {} (a graph of one token?)",
+                                p.layer));
+    // Rows per tile: R, or fewer (down to one AVX-512 vector) where R would leave threads idle.
+    const int64_t threads = be_.pool().size();
+    const int rt = static_cast<int>(std::clamp<int64_t>((n_tok * H + threads - 1) / threads, 16, R));
+    const int hchunks = (group + rt - 1) / rt;
+    const int hpt = (group + hchunks - 1) / hchunks;  // heads per tile
+    const int64_t tpt = std::max(1, rt / hpt);         // tokens per tile
+    const int64_t tiles = (n_tok + tpt - 1) / tpt * hchunks;
+    const float* pq = f32(n.src[0]) + T0 * q.ne0;
+    const float* sinks = nullptr;
+    if (n.src[1] != graph::kNone) {
+        const Tensor& st = g_.tensor(n.src[1]);
+        sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
+    }
+    const int64_t ow = static_cast<int64_t>(H) * dv;  // output row
+    float* out = f32(n.dst) + T0 * ow;
+    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));
+    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), p.v_in_k ? kv.k(p.layer) : kv.v(p.layer));
+    g_tiled_runs.fetch_add(1, std::memory_order_relaxed);
+
+    parallel(be_.pool(), tiles * n_kv, [&](int64_t b, int64_t e, int th) {
+        FlashAttn fa(be_.flash_scratch(th), dk, dv, p.scale, p.softcap);
+        const float* qrow[R];
+        float* orow[R];
+        int64_t first[R], last[R];
+        float sink[R];
+        for (int64_t it = b; it < e; ++it) {
+            // A thread's run of items stays on one KV head (its keys and values stay in cache),
+            // its tiles in the order 0, last, 1, last - 1, ...: early (short) and late (long) ones mixed.
+            const int kvh = static_cast<int>(it / tiles);
+            const int64_t qi = it % tiles;
+            const int64_t tile = qi % 2 == 0 ? qi / 2 : tiles - 1 - qi / 2;
+            const int64_t t0 = tile / hchunks * tpt, t1 = std::min(n_tok, t0 + tpt);
+            const int g0 = static_cast<int>(tile % hchunks) * hpt, g1 = std::min(group, g0 + hpt);
+            int nr = 0;
+            for (int64_t t = t0; t < t1; ++t)
+                for (int g = g0; g < g1; ++g, ++nr) {
+                    const int h = kvh * group + g;
+                    qrow[nr] = pq + t * q.ne0 + static_cast<int64_t>(h) * dk;
+                    orow[nr] = out + t * ow + static_cast<int64_t>(h) * dv;
+                    last[nr] = base + t;
+                    first[nr] = p.window > 0 ? std::max<int64_t>(0, last[nr] - p.window + 1) : 0;
+                    sink[nr] = sinks ? sinks[h] : 0.0f;
+                }
+            fa.begin(nr, qrow, first, last);
+            const int64_t lo = first[0], hi = last[nr - 1];
+            for (int64_t p0 = lo; p0 <= hi; p0 += KB) {
+                const int nk = static_cast<int>(std::min<int64_t>(KB, hi - p0 + 1));
+                float* kb = fa.k_block();
+                int64_t slot = p0 % slots;
+                for (int j = 0; j < nk; ++j) {
+                    krows.to_float(slot, kvh, kb + j * dk, dk);
+                    if (!p.v_in_k) vrows.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
+                    if (++slot == slots) slot = 0;
+                }
+                // The next block's rows load while this one is computed.
+                const int next = static_cast<int>(std::min<int64_t>(KB, hi - p0 - KB + 1));
+                for (int j = 0; j < next; ++j) {
+                    krows.prefetch(slot, kvh);
+                    if (!p.v_in_k) vrows.prefetch(slot, kvh);
+                    if (++slot == slots) slot = 0;
+                }
+                // MLA: the values are the heads of the converted key rows.
+                if (p.v_in_k) fa.block(p0, nk, kb, dk, kb, dk);
+                else fa.block(p0, nk, kb, dk, fa.v_block(), fa.v_stride());
+            }
+            fa.end(orow, sinks ? sink : nullptr);
         }
     });
 }
@@ -914,6 +1044,10 @@ void CpuExecutable::moe_combine(const Node& n) {
 }
 
 }  // namespace
+
+void set_cpu_tiled_attention_min_tokens(int64_t n) { g_tiled_min_tokens.store(n); }
+int64_t cpu_tiled_attention_min_tokens() { return std::max<int64_t>(2, g_tiled_min_tokens.load()); }
+int64_t cpu_tiled_attention_runs() { return g_tiled_runs.load(); }
 
 std::unique_ptr<Backend> make_cpu_backend(int n_threads) {
     if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

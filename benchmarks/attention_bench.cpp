@@ -1,0 +1,171 @@
+// CPU prompt attention: the tiled kernel (kernels/flash_attn.h) against the per-row path decode
+// takes, on the same cache in the same run. Each iteration attends a prompt at a depth (the
+// prompt's keys and values stored after depth others) once tiled and once per row, alternating;
+// the benchmark's time is the tiled run's.
+//
+//   ./kiln_bench --benchmark_filter='PromptAttention/'
+//   ./kiln_bench --benchmark_filter='PromptAttentionBatch/'   (2..32 tokens: the threshold)
+//
+// Counters: GFLOP/s (2 (dk + dv) per (query head, key) it sees, per second of the tiled run),
+// per_row_GFLOP/s, tiled_ms and per_row_ms (per run), speedup (per_row_ms / tiled_ms). Threads:
+// KILN_BENCH_THREADS (default: all hardware threads); KILN_KERNEL_LEVEL caps the kernel level;
+// KILN_BENCH_TILED_ONLY=1 leaves the per-row runs (and their counters) out, e.g. for a profile.
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backend/backend.h"
+#include "graph/graph.h"
+#include "kernels/cpu.h"
+#include "roofline.h"
+
+namespace {
+
+using kiln::KvType;
+using kiln::graph::DType;
+using kiln::graph::Graph;
+
+struct Shape {
+    const char* name;
+    int n_head, n_head_kv, dk, dv;
+    bool mla;
+};
+
+std::vector<float> random_floats(size_t n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng);
+    return v;
+}
+
+double seconds(const std::chrono::steady_clock::time_point& t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void BM_PromptAttention(benchmark::State& state, Shape s, KvType type, int64_t depth, int64_t prompt) {
+    namespace be = kiln::backend;
+    kiln::graph::AttentionParams ap;
+    ap.n_head = s.n_head;
+    ap.n_head_kv = s.n_head_kv;
+    ap.head_dim_k = s.dk;
+    ap.head_dim_v = s.dv;
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(s.dk));
+    ap.v_in_k = s.mla;
+    be::KvLayout layout;
+    layout.n_ctx = depth + prompt;
+    layout.type_k = layout.type_v = type;
+    be::KvLayerShape ls;
+    ls.n_head_kv = s.n_head_kv;
+    ls.head_dim_k = s.dk;
+    ls.head_dim_v = s.dv;
+    ls.v_in_k = s.mla;
+    layout.layers.push_back(ls);
+    auto backend = be::make_cpu_backend(kiln::bench::bench_threads());
+    auto kv = backend->alloc_kv(layout);
+
+    // The cache: depth + prompt random keys and values, stored 512 at a time.
+    constexpr int64_t kChunk = 512;
+    {
+        Graph g;
+        const auto tk = g.input("k", DType::F32, s.n_head_kv * s.dk, kChunk);
+        const auto tv = s.mla ? kiln::graph::kNone : g.input("v", DType::F32, s.n_head_kv * s.dv, kChunk);
+        g.store_kv(tk, tv, ap);
+        g.mark_output(g.add(tk, tk), "out");
+        auto exe = backend->compile(std::move(g));
+        for (int64_t base = 0; base < depth + prompt; base += kChunk) {
+            const auto k = random_floats(static_cast<size_t>(kChunk * s.n_head_kv * s.dk), static_cast<uint32_t>(base + 1));
+            exe->set_input(exe->graph().find("k"), k.data(), k.size() * 4);
+            if (!s.mla) {
+                const auto v = random_floats(static_cast<size_t>(kChunk * s.n_head_kv * s.dv), static_cast<uint32_t>(base + 2));
+                exe->set_input(exe->graph().find("v"), v.data(), v.size() * 4);
+            }
+            be::RunArgs a;
+            a.kv = kv.get();
+            a.kv_base = std::min(base, depth + prompt - kChunk);
+            exe->run(a);
+        }
+    }
+    Graph g;
+    g.mark_output(g.attention(g.input("q", DType::F32, s.n_head * s.dk, prompt), ap), "out");
+    auto exe = backend->compile(std::move(g));
+    const auto q = random_floats(static_cast<size_t>(prompt * s.n_head * s.dk), 7);
+    exe->set_input(exe->graph().find("q"), q.data(), q.size() * 4);
+    be::RunArgs args;
+    args.kv = kv.get();
+    args.kv_base = depth;
+
+    const int64_t min_before = be::cpu_tiled_attention_min_tokens();
+    auto timed = [&](int64_t min_tokens) {
+        be::set_cpu_tiled_attention_min_tokens(min_tokens);
+        const auto t0 = std::chrono::steady_clock::now();
+        exe->run(args);
+        const double sec = seconds(t0);
+        be::set_cpu_tiled_attention_min_tokens(min_before);
+        return sec;
+    };
+    const bool tiled_only = std::getenv("KILN_BENCH_TILED_ONLY") != nullptr;
+    timed(2);  // warm: pages of the workspace and the tiles
+    double tiled = 0, per_row = 0;
+    for (auto _ : state) {
+        const double t = timed(2);
+        if (!tiled_only) per_row += timed(std::numeric_limits<int64_t>::max());
+        tiled += t;
+        state.SetIterationTime(t);
+    }
+    // Keys seen: prompt tokens at depth + 1 .. depth + prompt.
+    const double keys = static_cast<double>(prompt) * static_cast<double>(depth) +
+                        static_cast<double>(prompt) * static_cast<double>(prompt + 1) / 2;
+    const double flop = 2.0 * keys * s.n_head * (s.dk + s.dv);
+    const double iters = static_cast<double>(state.iterations());
+    state.counters["GFLOP/s"] = flop * iters / tiled / 1e9;
+    state.counters["tiled_ms"] = tiled / iters * 1e3;
+    if (!tiled_only) {
+        state.counters["per_row_GFLOP/s"] = flop * iters / per_row / 1e9;
+        state.counters["per_row_ms"] = per_row / iters * 1e3;
+        state.counters["speedup"] = per_row / tiled;
+    }
+    const int threads = kiln::bench::bench_threads() > 0 ? kiln::bench::bench_threads()
+                                                         : static_cast<int>(std::thread::hardware_concurrency());
+    state.SetLabel(std::string(kiln::kernels::kernel_level_name()) + " threads=" + std::to_string(threads));
+}
+
+[[maybe_unused]] const bool registered = [] {
+    const Shape gqa{"gqa32:8_d128", 32, 8, 128, 128, false};
+    const Shape mla{"mla20:1_k576_v512", 20, 1, 576, 512, true};
+    struct Run {
+        Shape s;
+        KvType kv;
+        int64_t depth;
+        int iters;
+    };
+    for (const Run& r : {Run{gqa, KvType::F16, 4096, 3}, Run{gqa, KvType::Q8_0, 4096, 2}, Run{mla, KvType::F16, 4096, 2},
+                         Run{gqa, KvType::F16, 16384, 1}, Run{mla, KvType::F16, 16384, 1}}) {
+        const std::string name = std::string("PromptAttention/") + r.s.name + "/" + kiln::kv_type_name(r.kv) +
+                                 "/p512/d" + std::to_string(r.depth);
+        benchmark::RegisterBenchmark(name.c_str(), BM_PromptAttention, r.s, r.kv, r.depth, int64_t{512})
+            ->Unit(benchmark::kMillisecond)
+            ->UseManualTime()
+            ->Iterations(r.iters);
+    }
+    // Small batches (where the backend switches from per-row to tiled: kCpuTiledAttentionMinTokens).
+    for (const Shape& sh : {gqa, mla})
+        for (int64_t p : {2, 4, 8, 16, 32}) {
+            const std::string name = std::string("PromptAttentionBatch/") + sh.name + "/f16/p" + std::to_string(p) + "/d4096";
+            benchmark::RegisterBenchmark(name.c_str(), BM_PromptAttention, sh, KvType::F16, int64_t{4096}, p)
+                ->Unit(benchmark::kMillisecond)
+                ->UseManualTime()
+                ->Iterations(10);
+        }
+    return true;
+}();
+
+}  // namespace
