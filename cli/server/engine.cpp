@@ -188,7 +188,16 @@ std::vector<int32_t> Engine::tokenize_prompt(const std::string& text) const {
     return t;
 }
 
+void Engine::stop() {
+    stopping_ = true;
+    {
+        std::lock_guard lk(mu_);  // a waiter checks stopping_ under mu_, so none misses the wake-up
+    }
+    cv_.notify_all();
+}
+
 Engine::Admission::Admission(Engine& e) : e_(e) {
+    if (e_.stopping()) throw ApiError(503, "overloaded_error", "kiln serve is shutting down");
     const int64_t n = ++e_.metrics_.queued;
     if (n > static_cast<int64_t>(e_.n_parallel_) + e_.max_queue_) {
         --e_.metrics_.queued;
@@ -309,7 +318,9 @@ Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::fun
             ++metrics_.active;
             return best;
         }
+        if (stopping_) return nullptr;
         cv_.wait_for(lk, std::chrono::seconds(1));
+        if (stopping_) return nullptr;
         lk.unlock();
         const bool alive = keepalive();
         lk.lock();
@@ -332,7 +343,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     r.n_prompt = static_cast<int64_t>(p.prompt.size());
     Slot* slot = acquire(p.prompt, keepalive);
     if (!slot) {
-        r.stop_reason = "cancelled";
+        r.stop_reason = stopping_ ? "shutdown" : "cancelled";
         ++metrics_.cancelled;
         return r;
     }
@@ -375,6 +386,10 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         }
         slot->tokens.insert(slot->tokens.end(), p.prompt.begin() + static_cast<std::ptrdiff_t>(i),
                             p.prompt.begin() + static_cast<std::ptrdiff_t>(i + n));
+        if (stopping_) {
+            r.stop_reason = "shutdown";
+            return r;
+        }
         if (std::chrono::duration<double>(Clock::now() - last_tick).count() >= 1.0) {
             last_tick = Clock::now();
             if (!keepalive()) {
@@ -406,6 +421,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
             else if (e.kind == Event::Text || e.kind == Event::ToolStart) in_thinking = false;
             if (!emit(e)) cancelled = true;
         }
+        if (stopping_) cancelled = true;
     };
 
     const int64_t room = n_ctx_ - ctx.n_past();
@@ -438,6 +454,10 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         static const std::vector<int32_t> kNoScript;
         const std::vector<int32_t>& script = scripts_.empty() ? kNoScript : scripts_[script_turn_++ % scripts_.size()];
         while (r.n_gen < limit && !cancelled) {
+            if (stopping_.load(std::memory_order_relaxed)) {
+                cancelled = true;
+                break;
+            }
             const int32_t next = script.empty() ? sampler.sample(ctx.logits())
                                                 : script[std::min(static_cast<size_t>(r.n_gen), script.size() - 1)];
             sampler.accept(next);
@@ -505,7 +525,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         }
     }
     if (cancelled) {
-        r.stop_reason = "cancelled";
+        r.stop_reason = stopping_ ? "shutdown" : "cancelled";
         ++metrics_.cancelled;
     }
     r.decode_ms = ms_since(t_gen);

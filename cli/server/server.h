@@ -93,7 +93,7 @@ struct GenParams {
 
 struct GenResult {
     // "end" (end of generation token), "max_tokens" (limit or context full), "stop_sequence",
-    // "cancelled" (client gone)
+    // "cancelled" (client gone), "shutdown" (Engine::stop(): the server is stopping)
     std::string stop_reason = "end";
     std::string stop_sequence;
     int64_t n_prompt = 0, n_cached = 0, n_gen = 0;
@@ -144,7 +144,13 @@ public:
     // Tokenizes a rendered prompt; throws ApiError 400 "prompt is too long: N tokens > M maximum".
     std::vector<int32_t> tokenize_prompt(const std::string& text) const;
 
-    // A place in the queue: throws ApiError 529 when the queue is full. Hold it for the request.
+    // Cancels every generation (they end with stop_reason "shutdown" within a token) and refuses
+    // new ones (503); for the server's shutdown. Safe from any thread.
+    void stop();
+    bool stopping() const { return stopping_.load(); }
+
+    // A place in the queue: throws ApiError 529 when the queue is full (503 once stopping). Hold
+    // it for the request; metrics().queued counts the places held.
     class Admission {
     public:
         explicit Admission(Engine& e);
@@ -202,6 +208,7 @@ private:
     // KILN_SERVE_SCRIPTED_OUTPUT: tests replay these outputs (in turn) instead of sampling.
     std::vector<std::vector<int32_t>> scripts_;
     std::atomic<size_t> script_turn_{0};
+    std::atomic<bool> stopping_{false};
 };
 
 // ---- request conversion (convert.cpp) -----------------------------------------------------------
