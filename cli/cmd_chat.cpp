@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -20,6 +21,7 @@
 #include "chat/chat_parser.h"
 #include "chat/chat_template.h"
 #include "cli/args.h"
+#include "cli/text_input.h"
 #include "cli/command.h"
 #include "cli/progress.h"
 #include "gguf/gguf.h"
@@ -30,14 +32,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using ojson = nlohmann::ordered_json;
-
-std::string read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw Error(fmt::format("kiln chat: cannot read {}", path));
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
 
 void out(std::string_view s) {
     std::fwrite(s.data(), 1, s.size(), stdout);
@@ -101,7 +95,7 @@ private:
 };
 
 int run_chat(const std::vector<std::string>& argv) {
-    std::string model_path, system_prompt, template_path, parser_name;
+    std::string model_path, system_prompt, template_path, template_name, parser_name;
     int64_t n_ctx = 0, n_batch = 512, n_predict = -1, seed = -1;
     int n_threads = 0;
     bool quiet = false, no_think = false;
@@ -109,19 +103,18 @@ int run_chat(const std::vector<std::string>& argv) {
     ContextOptions co;
     Args args("chat", "-m MODEL [options]  (then type messages; /reset, /exit)");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to chat with");
-    args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
-    args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
-    args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
-    args.option({"-n", "--n-predict"}, &n_predict, "N", "most tokens per reply (default -1: until end of turn or context)");
+    args.ctx_size_option(&n_ctx);
+    args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)", 1, 1 << 20);
+    args.threads_option(&n_threads);
+    args.option({"-n", "--n-predict"}, &n_predict, "N", "most tokens per reply (default -1: until end of turn or context)", -1,
+                std::numeric_limits<int64_t>::max(), "-1 (until end of turn or the context is full) or more");
     args.backend_options(&co);
-    args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
-    args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
-    args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
-    args.option({"--min-p"}, &sp.min_p, "P", "min-p sampling (default 0.05, 0 = off)");
-    args.option({"--repeat-penalty"}, &sp.repeat_penalty, "X", "repetition penalty (default 1.0 = off)");
-    args.option({"-s", "--seed"}, &seed, "N", "random seed (default: random)");
-    args.option({"--system"}, &system_prompt, "TEXT", "system message");
+    args.sampler_options(&sp, &seed);
+    args.option({"-sys", "--system", "--system-prompt"}, &system_prompt, "TEXT", "system message");
     args.option({"--chat-template"}, &template_path, "FILE", "Jinja chat template to use instead of the model's");
+    args.option({"--chat-template-name"}, &template_name, "NAME",
+                "a built-in chat template instead of the model's: chatml, llama3 or gemma (without either, a model with no "
+                "template gets ChatML)");
     args.option({"--parser"}, &parser_name, "NAME",
                 "output parser: generic, hermes (Qwen), glm, deepseek, harmony (gpt-oss); default: from the model");
     args.flag({"--no-think"}, &no_think, "ask the template not to think (enable_thinking = false)");
@@ -130,31 +123,9 @@ int run_chat(const std::vector<std::string>& argv) {
     if (model_path.empty()) throw Error("kiln chat: no model given (-m MODEL.gguf)");
     if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
 
-    // The template: --chat-template FILE, else the model's own.
+    // The template: --chat-template FILE, --chat-template-name NAME, the model's own, or ChatML.
     std::optional<ChatTemplate> tmpl;
-    {
-        auto f = gguf::File::open(model_path);
-        try {
-            if (!template_path.empty()) {
-                std::string bos, eos;
-                try {
-                    const ChatTemplate t = ChatTemplate::from_gguf(*f);
-                    bos = t.bos_token();
-                    eos = t.eos_token();
-                } catch (const Error&) {
-                }
-                tmpl.emplace(read_file(template_path), bos, eos);
-            } else {
-                try {
-                    tmpl.emplace(ChatTemplate::from_gguf(*f));
-                } catch (const Error& e) {
-                    throw Error(fmt::format("{} (give one with --chat-template FILE)", e.what()));
-                }
-            }
-        } catch (const jinja::TemplateError& e) {
-            throw Error(fmt::format("kiln chat: {}: {}", template_path.empty() ? model_path : template_path, e.what()));
-        }
-    }
+    tmpl.emplace(choose_chat_template(model_path, template_path, template_name, "chat").tmpl);
 
     LoadOptions lo;
     lo.n_threads = n_threads;

@@ -154,11 +154,14 @@ KvPerToken kv_per_token(const gguf::File& f) {
 int run_info(const std::vector<std::string>& argv) {
     std::vector<std::string> files;
     bool tensors = false, json = false;
-    Args args("info", "MODEL.gguf [--tensors] [--json]");
+    std::string model_flag;
+    Args args("info", "MODEL.gguf | -m MODEL.gguf [--tensors] [--json]");
+    args.option({"-m", "--model"}, &model_flag, "FILE", "the model (or give it as the argument)");
     args.flag({"--tensors"}, &tensors, "print the full tensor table");
     args.flag({"--json"}, &json, "print one JSON object");
     args.positional(&files);
     if (!args.parse(argv)) return 0;
+    if (!model_flag.empty()) files.insert(files.begin(), model_flag);
     std::string path;
     if (files.size() == 1) path = files[0];
     if (files.empty()) throw Error("kiln info: no model given (usage: kiln info MODEL.gguf)");

@@ -11,37 +11,7 @@
 
 namespace {
 
-// Runs `kiln ARGS...` with `input` on stdin.
-kiln::test::RunResult run_with_input(const std::vector<std::string>& args, const std::string& input) {
-    static int counter = 0;
-    const std::string tag = "chat-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-    const auto in_path = kiln::test::temp_path(tag + ".in"), err_path = kiln::test::temp_path(tag + ".err");
-    std::ofstream(in_path) << input;
-    std::string cmd = kiln::test::shell_quote(kiln::test::kiln_binary());
-    for (const auto& a : args) {
-        cmd += ' ';
-        cmd += kiln::test::shell_quote(a);
-    }
-    cmd += " 2>";
-    cmd += kiln::test::shell_quote(err_path.string());
-    cmd += " <";
-    cmd += kiln::test::shell_quote(in_path.string());
-    kiln::test::RunResult r;
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) return r;
-    char buf[65536];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    const int status = ::pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    std::ifstream e(err_path);
-    std::stringstream ss;
-    ss << e.rdbuf();
-    r.err = ss.str();
-    std::filesystem::remove(in_path);
-    std::filesystem::remove(err_path);
-    return r;
-}
+using kiln::test::run_kiln_with_input;
 
 std::vector<std::smatch> turns(const std::string& err) {
     static const std::regex re(R"(turn (\d+): (\d+) prompt tokens \((\d+) reused)");
@@ -55,7 +25,7 @@ std::vector<std::smatch> turns(const std::string& err) {
 TEST(CliChat, PipedTurnsReuseTheCacheAndExitAtEof) {
     KILN_REQUIRE_SHARED("models");
     const std::string model = (kiln::test::shared_dir() / "models" / "qwen3-vocab-tiny.f16.gguf").string();
-    const auto r = run_with_input({"chat", "-m", model, "-c", "512", "-t", "2", "--temp", "1", "--top-k", "0", "--top-p",
+    const auto r = run_kiln_with_input({"chat", "-m", model, "-c", "512", "-t", "2", "--temp", "1", "--top-k", "0", "--top-p",
                                    "1", "--min-p", "0", "-s", "7", "-n", "6", "--system", "You are terse."},
                                   "Hello!\nHow are you?\n\n/reset\nAgain.\n");
     ASSERT_EQ(r.code, 0) << r.err;
@@ -77,10 +47,10 @@ TEST(CliChat, PipedTurnsReuseTheCacheAndExitAtEof) {
 TEST(CliChat, ExitCommandAndBadParser) {
     KILN_REQUIRE_SHARED("models");
     const std::string model = (kiln::test::shared_dir() / "models" / "qwen3-vocab-tiny.f16.gguf").string();
-    auto r = run_with_input({"chat", "-m", model, "-c", "256", "-t", "2", "--temp", "0", "-n", "3"}, "Hi\n/exit\nnever\n");
+    auto r = run_kiln_with_input({"chat", "-m", model, "-c", "256", "-t", "2", "--temp", "0", "-n", "3"}, "Hi\n/exit\nnever\n");
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(turns(r.err).size(), 1u) << r.err;
-    r = run_with_input({"chat", "-m", model, "--parser", "nope"}, "");
+    r = run_kiln_with_input({"chat", "-m", model, "--parser", "nope"}, "");
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.err.find("--parser"), std::string::npos) << r.err;
 }
@@ -91,7 +61,7 @@ TEST(CliChat, TemplateThatOpensThinkingShowsThinking) {
     const auto tmpl = kiln::test::temp_path("chat-think.jinja");
     std::ofstream(tmpl) << "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
                            "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
-    const auto r = run_with_input({"chat", "-m", model, "--chat-template", tmpl.string(), "--parser", "qwen3", "-c", "256",
+    const auto r = run_kiln_with_input({"chat", "-m", model, "--chat-template", tmpl.string(), "--parser", "qwen3", "-c", "256",
                                    "-t", "2", "--temp", "1", "--top-k", "0", "--top-p", "1", "--min-p", "0", "-s", "11",
                                    "-n", "5"},
                                   "Think first.\n");

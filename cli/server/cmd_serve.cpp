@@ -25,6 +25,7 @@
 
 #include "cli/args.h"
 #include "cli/command.h"
+#include "cli/text_input.h"
 #include "chat/chat_parser.h"
 #include "cli/server/server.h"
 
@@ -349,6 +350,8 @@ private:
             prompt += r.gen.output_prefix;
         }
         if (r.gen.thinking_budget >= 0) r.gen.thinking_closer = chat::thinking_closer(family);
+        if (!e_.end_turn().empty() && std::find(r.gen.stop.begin(), r.gen.stop.end(), e_.end_turn()) == r.gen.stop.end())
+            r.gen.stop.push_back(e_.end_turn());
         r.gen.prompt = e_.tokenize_prompt(prompt);
         return r.gen;
     }
@@ -818,7 +821,7 @@ void stop_thread(StopTarget* t) {
 }
 
 int run_serve(const std::vector<std::string>& argv) {
-    std::string model_path, host = "127.0.0.1", api_key, alias, backend = "cpu";
+    std::string model_path, host = "127.0.0.1", api_key, alias, backend = "cpu", template_path, template_name;
     int device = -1;
     KvType kv_k = KvType::F16, kv_v = KvType::F16;
     int64_t n_ctx = 0;
@@ -827,14 +830,20 @@ int run_serve(const std::vector<std::string>& argv) {
     int cache_prefixes = 0;
     Args args("serve", "-m MODEL [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve");
-    args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size per slot in tokens (default: the model's, at most 4096)");
+    args.ctx_size_option(&n_ctx);
     args.option({"--host"}, &host, "ADDR", "address to bind (default 127.0.0.1)");
-    args.option({"--port"}, &port, "N", "port (default 8080; 0: any free port, printed once bound)");
-    args.option({"-np", "--parallel"}, &parallel, "N", "slots: requests generated at the same time (default 1)");
-    args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (503 on the OpenAI routes; default 16)");
+    args.option({"--port"}, &port, "N", "port (default 8080; 0: any free port, printed once bound)", 0, 65535);
+    args.option({"-np", "--parallel"}, &parallel, "N", "slots: requests generated at the same time (default 1)", 1, 64);
+    args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (503 on the OpenAI routes; default 16)", 0,
+                4096);
     args.option({"-to", "--timeout"}, &timeout_s, "N",
-                "seconds a client may stall while sending its request (or taking the answer) before it is dropped (default 30)");
-    args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
+                "seconds a client may stall while sending its request (or taking the answer) before it is dropped (default 30)", 1,
+                86400);
+    args.threads_option(&threads);
+    args.option({"--chat-template"}, &template_path, "FILE", "Jinja chat template to use instead of the model's");
+    args.option({"--chat-template-name"}, &template_name, "NAME",
+                "a built-in chat template instead of the model's: chatml, llama3 or gemma (without either, a model with no "
+                "template gets ChatML)");
     args.option({"--cache-mem"}, &cache_mib, "MIB",
                 "KV memory for cached prompt prefixes (device memory on Vulkan): more contexts than --parallel, each keeping one "
                 "prefix, least recently used overwritten first (default 0: the slots only)");
@@ -848,12 +857,8 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
     if (!args.parse(argv)) return 0;
     if (model_path.empty()) throw Error("kiln serve: no model given (-m MODEL.gguf)");
-    if (parallel < 1 || parallel > 64) throw Error("kiln serve: --parallel must be 1..64");
-    if (port < 0 || port > 65535) throw Error("kiln serve: --port must be 0..65535");
 
     std::signal(SIGPIPE, SIG_IGN);
-    if (timeout_s < 1) throw Error(fmt::format("kiln serve: --timeout must be at least 1 second (got {})", timeout_s));
-    if (max_queue < 0) throw Error(fmt::format("kiln serve: --queue must be >= 0 (got {})", max_queue));
     // Signals go to the stop thread only (blocked here, before any other thread starts).
     static StopTarget stop_target;
     const sigset_t stop_set = stop_signals();
@@ -869,6 +874,10 @@ int run_serve(const std::vector<std::string>& argv) {
         throw Error(fmt::format("kiln serve: unknown backend '{}' (available: cpu, vulkan, auto)", backend));
     Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes, backend, device,
                   kv_k, kv_v);
+    if (!template_path.empty() || !template_name.empty() || !engine.has_chat_template()) {
+        ChosenTemplate t = choose_chat_template(model_path, template_path, template_name, "serve");
+        engine.set_chat_template(std::move(t.tmpl), t.end_turn);
+    }
     Server server(engine, api_key, alias);
     httplib::Server svr;
     server.install(svr, timeout_s, max_queue);

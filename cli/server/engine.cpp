@@ -122,9 +122,11 @@ struct Engine::Slot {
 Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes, int cache_prefixes,
                const std::string& backend, int device, KvType kv_type_k, KvType kv_type_v)
     : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
-    auto f = gguf::File::open(model_.info().path);
-    tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
-    family_ = chat::detect_family(tmpl_->source(), model_.info().arch);
+    {
+        auto f = gguf::File::open(model_.info().path);
+        if (const gguf::Value* t = f->find("tokenizer.chat_template"); t && t->is_string())
+            set_chat_template(ChatTemplate::from_gguf(*f), "");
+    }
     ctx_options_.n_ctx = n_ctx;
     ctx_options_.n_threads = n_threads;
     ctx_options_.backend = backend;
@@ -194,6 +196,17 @@ void Engine::stop() {
         std::lock_guard lk(mu_);  // a waiter checks stopping_ under mu_, so none misses the wake-up
     }
     cv_.notify_all();
+}
+
+void Engine::set_chat_template(ChatTemplate t, std::string end_turn) {
+    tmpl_ = std::make_unique<ChatTemplate>(std::move(t));
+    family_ = chat::detect_family(tmpl_->source(), model_.info().arch);
+    end_turn_ = std::move(end_turn);
+}
+
+const ChatTemplate& Engine::chat_template() const {
+    if (!tmpl_) throw ApiError(400, "invalid_request_error", "the model has no chat template (start kiln serve with --chat-template)");
+    return *tmpl_;
 }
 
 Engine::Admission::Admission(Engine& e) : e_(e) {

@@ -132,7 +132,12 @@ public:
 
     const Model& model() const { return model_; }
     const Tokenizer& tokenizer() const { return model_.tokenizer(); }
-    const ChatTemplate& chat_template() const { return *tmpl_; }
+    // The model's template, unless set_chat_template() gave another (end_turn: a stop string every
+    // chat request gets, for a template whose end of turn is no special token of the vocabulary).
+    void set_chat_template(ChatTemplate t, std::string end_turn);
+    const ChatTemplate& chat_template() const;  // ApiError 400 when there is none
+    const std::string& end_turn() const { return end_turn_; }
+    bool has_chat_template() const { return tmpl_ != nullptr; }
     chat::ParserFamily parser_family() const { return family_; }  // from the template, once
     int64_t n_ctx() const { return n_ctx_; }
     int n_parallel() const { return n_parallel_; }
@@ -181,6 +186,7 @@ private:
 
     Model model_;
     std::unique_ptr<ChatTemplate> tmpl_;
+    std::string end_turn_;
     chat::ParserFamily family_ = chat::ParserFamily::Generic;
     int64_t n_ctx_;
     int max_queue_;
