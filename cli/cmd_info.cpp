@@ -114,8 +114,22 @@ const std::vector<std::pair<const char*, const char*>> kLabels = {
     {"expert_gating_func", "gating func"},
 };
 
+// A GGUF string for the terminal: NUL and other control bytes shown escaped (\0, \n, \xNN), so a
+// string with a NUL in it is neither cut short nor garbles the output.
+std::string shown(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s) {
+        if (c == 0) out += "\\0";
+        else if (c == '\n') out += "\\n";
+        else if (c == '\t') out += "\\t";
+        else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+        else out += static_cast<char>(c);
+    }
+    return out;
+}
+
 std::string render(const nlohmann::json& v) {
-    if (v.is_string()) return v.get<std::string>();
+    if (v.is_string()) return shown(v.get<std::string>());
     if (v.is_array() && v.size() > 8) return fmt::format("[{} values] {}...", v.size(), v[0].dump());
     return v.dump();
 }
@@ -215,7 +229,7 @@ int run_info(const std::vector<std::string>& argv) {
 
     fmt::print("file            {} (GGUF v{}, {})\n", path, f->version(), human_bytes(static_cast<double>(f->file_size())));
     fmt::print("architecture    {}\n", arch.empty() ? "(none)" : arch);
-    fmt::print("name            {}\n", f->get_string_or("general.name", "(none)"));
+    fmt::print("name            {}\n", shown(f->get_string_or("general.name", "(none)")));
     if (!s.hparams.empty()) {
         fmt::print("hyper-parameters\n");
         std::vector<std::string> shown;
@@ -232,7 +246,7 @@ int run_info(const std::vector<std::string>& argv) {
                 fmt::print("  {:<34} {}\n", key, render(value));
     }
     fmt::print("tokenizer       {} (pre: {}), {} tokens, bos {}, eos {}\n",
-               f->get_string_or("tokenizer.ggml.model", "(none)"), f->get_string_or("tokenizer.ggml.pre", "default"),
+               shown(f->get_string_or("tokenizer.ggml.model", "(none)")), shown(f->get_string_or("tokenizer.ggml.pre", "default")),
                n_vocab, f->get_int_or("tokenizer.ggml.bos_token_id", -1), f->get_int_or("tokenizer.ggml.eos_token_id", -1));
     if (const KvPerToken kv = kv_per_token(*f); kv.known) {
         std::string line = fmt::format("f16, {} full layers x {} B per token", kv.full_layers, kv.full_bytes);

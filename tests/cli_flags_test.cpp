@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "gguf/writer.h"
 #include "model/synthetic.h"
 #include "support/run.h"
 #include "support/serve.h"
@@ -190,4 +191,31 @@ TEST(CliFlags, ModelsWithoutAChatTemplateChatAndServe) {
     std::ifstream log(s.log_path);
     const std::string text((std::istreambuf_iterator<char>(log)), {});
     EXPECT_NE(text.find("has no chat template; using ChatML"), std::string::npos) << text;
+}
+
+TEST(CliFlags, InfoShowsANulInAStringEscaped) {
+    kiln::gguf::Writer w;
+    w.set_string("general.architecture", "llama");
+    w.set_string("general.name", std::string("tiny\0hidden\x01", 12));
+    w.add_tensor("t", kiln::TensorType::F32, {4}, std::vector<uint8_t>(16));
+    const auto path = kiln::test::temp_path("flags-nul.gguf");
+    w.write(path.string());
+    const auto r = run_kiln({"info", path.string()});
+    EXPECT_NE(r.out.find("tiny\\0hidden\\x01"), std::string::npos) << r.out << r.err;
+    EXPECT_EQ(r.out.find(std::string(1, '\0')), std::string::npos);
+}
+
+TEST(CliFlags, DemoOutputKeepsItsOrderInOnePipe) {
+    const auto r = kiln::test::run_shell(kiln::test::shell_quote(kiln::test::kiln_binary()) + " demo -n 4 -o " +
+                                         kiln::test::shell_quote(kiln::test::temp_path("flags-demo.gguf").string()));
+    ASSERT_EQ(r.code, 0) << r.out;
+    const auto info_cmd = r.out.find("$ kiln info"), arch = r.out.find("architecture    llama"), run_cmd = r.out.find("$ kiln run"),
+               story = r.out.find("Once upon a time");
+    ASSERT_NE(info_cmd, std::string::npos) << r.out;
+    ASSERT_NE(arch, std::string::npos) << r.out;
+    ASSERT_NE(run_cmd, std::string::npos) << r.out;
+    ASSERT_NE(story, std::string::npos) << r.out;
+    EXPECT_LT(info_cmd, arch) << r.out;
+    EXPECT_LT(arch, run_cmd) << r.out;
+    EXPECT_LT(run_cmd, story) << r.out;
 }
