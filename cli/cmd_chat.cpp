@@ -2,8 +2,14 @@
 // turn renders the whole conversation, keeps the KV cache of the prefix the context already holds
 // and decodes only the new suffix; the reply streams through the model family's output parser
 // (thinking shown dimmed or prefixed, tool calls shown as such). /reset starts over, /exit or end
-// of input quits.
+// of input quits, /help lists the commands. Ctrl-C stops a reply (what it said so far is kept);
+// at the prompt it quits. When the conversation outgrows the context, the oldest turns are
+// dropped (the system message is kept), with a notice.
+#include <signal.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <cctype>
 
 #include <chrono>
 #include <cstdio>
@@ -32,6 +38,34 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using ojson = nlohmann::ordered_json;
+
+// Ctrl-C: stops the reply being generated; at the prompt, quits.
+std::atomic<bool> g_generating{false}, g_interrupted{false};
+extern "C" void on_sigint(int) {
+    if (g_generating.load()) {
+        g_interrupted.store(true);
+        return;
+    }
+    const char nl = '\n';
+    (void)!::write(STDOUT_FILENO, &nl, 1);
+    ::_exit(130);
+}
+
+constexpr const char* kHelp =
+    "commands:\n"
+    "  /help    this list\n"
+    "  /reset   start over (the system message is kept)\n"
+    "  /exit    quit (also /quit, end of input, or Ctrl-C at the prompt)\n"
+    "Ctrl-C while the model answers stops the answer; what it said so far stays in the conversation.\n"
+    "When the conversation outgrows the context, the oldest turns are dropped.\n";
+
+// A line that is a command: "/" and a word of letters ("/usr/bin is ..." is a message).
+bool is_command(const std::string& line) {
+    if (line.size() < 2 || line[0] != '/') return false;
+    for (size_t i = 1; i < line.size(); ++i)
+        if (!std::isalpha(static_cast<unsigned char>(line[i]))) return false;
+    return true;
+}
 
 void out(std::string_view s) {
     std::fwrite(s.data(), 1, s.size(), stdout);
@@ -150,10 +184,17 @@ int run_chat(const std::vector<std::string>& argv) {
     }
     const bool tty_in = ::isatty(STDIN_FILENO) != 0, tty_out = ::isatty(STDOUT_FILENO) != 0;
     if (!quiet)
-        fmt::print(stderr, "kiln chat: {} ({}), context {}, parser {}; /reset starts over, /exit quits\n",
+        fmt::print(stderr, "kiln chat: {} ({}), context {}, parser {}; /help lists the commands, /exit quits\n",
                    model.info().name.empty() ? model_path : model.info().name, model.info().arch, ctx.n_ctx(),
                    chat::family_name(family));
 
+    {
+        struct sigaction sa{};
+        sa.sa_handler = on_sigint;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGINT, &sa, nullptr);
+    }
     ojson messages = ojson::array();
     auto reset = [&] {
         messages = ojson::array();
@@ -177,33 +218,63 @@ int run_chat(const std::vector<std::string>& argv) {
             if (!quiet) fmt::print(stderr, "kiln chat: conversation reset\n");
             continue;
         }
+        if (line == "/help") {
+            fmt::print(stderr, "{}", kHelp);
+            continue;
+        }
+        if (is_command(line)) {  // never sent to the model
+            fmt::print(stderr, "kiln chat: unknown command {} (/help lists them)\n", line);
+            continue;
+        }
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
 
         messages.push_back({{"role", "user"}, {"content", line}});
-        ojson vars = {{"messages", messages}, {"add_generation_prompt", true}};
-        if (no_think) vars["enable_thinking"] = false;
         std::string prompt;
-        try {
-            prompt = tmpl->render(vars);
-        } catch (const jinja::TemplateError& e) {
+        std::vector<int32_t> tokens;
+        size_t dropped = 0;
+        bool ok = false;
+        while (true) {
+            ojson vars = {{"messages", messages}, {"add_generation_prompt", true}};
+            if (no_think) vars["enable_thinking"] = false;
+            try {
+                prompt = tmpl->render(vars);
+            } catch (const jinja::TemplateError& e) {
+                fmt::print(stderr, "kiln chat: the chat template failed: {}\n", e.what());
+                break;
+            }
+            tokens = tok.encode(prompt, /*add_special=*/false, /*parse_special=*/true);
+            if (tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
+                tokens.insert(tokens.begin(), tok.bos());
+            if (tokens.empty()) {
+                fmt::print(stderr, "kiln chat: the chat template rendered an empty prompt\n");
+                break;
+            }
+            if (static_cast<int64_t>(tokens.size()) + 1 < ctx.n_ctx()) {
+                ok = true;
+                break;
+            }
+            // Too long for the context: drop the oldest turn (a user message and what answered it),
+            // never the system message nor the new message.
+            const size_t first = !messages.empty() && messages[0]["role"] == "system" ? 1 : 0;
+            if (messages.size() <= first + 1) {
+                fmt::print(stderr,
+                           "kiln chat: this message is {} tokens with the system message, the context holds {} (one more is "
+                           "needed for the answer): shorten it or raise -c\n",
+                           tokens.size(), ctx.n_ctx());
+                break;
+            }
+            size_t n = 1;
+            while (first + n < messages.size() - 1 && messages[first + n]["role"] != "user") ++n;
+            for (size_t i = 0; i < n; ++i) messages.erase(first);
+            dropped += n;
+        }
+        if (!ok) {
             messages.erase(messages.size() - 1);
-            fmt::print(stderr, "kiln chat: the chat template failed: {}\n", e.what());
             continue;
         }
-        std::vector<int32_t> tokens = tok.encode(prompt, /*add_special=*/false, /*parse_special=*/true);
-        if (tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
-            tokens.insert(tokens.begin(), tok.bos());
-        if (tokens.empty()) {
-            messages.erase(messages.size() - 1);
-            fmt::print(stderr, "kiln chat: the chat template rendered an empty prompt\n");
-            continue;
-        }
-        if (static_cast<int64_t>(tokens.size()) + 1 >= ctx.n_ctx()) {
-            messages.erase(messages.size() - 1);
-            fmt::print(stderr, "kiln chat: the conversation is {} tokens, the context holds {}: /reset or raise -c\n",
-                       tokens.size(), ctx.n_ctx());
-            continue;
-        }
+        if (dropped > 0)
+            fmt::print(stderr, "kiln chat: the conversation outgrew the context ({} tokens): dropped the {} oldest message(s){}\n",
+                       ctx.n_ctx(), dropped, messages[0]["role"] == "system" ? ", kept the system message" : "");
 
         // Keep the common prefix, decode the rest (at least one token, for the logits).
         size_t keep = 0;
@@ -235,7 +306,13 @@ int run_chat(const std::vector<std::string>& argv) {
         const auto t_gen = Clock::now();
         int64_t generated = 0;
         std::string stop = "end of turn";
+        g_interrupted = false;
+        g_generating = true;
         while (true) {
+            if (g_interrupted.load()) {
+                stop = "interrupted";
+                break;
+            }
             if (n_predict >= 0 && generated >= n_predict) {
                 stop = "length";
                 break;
@@ -252,6 +329,7 @@ int run_chat(const std::vector<std::string>& argv) {
             ctx.decode(std::span<const int32_t>(&next, 1));
             cached.push_back(next);
         }
+        g_generating = false;
         handle(parser.feed(detok.flush()));
         handle(parser.finish());
         display.done();
