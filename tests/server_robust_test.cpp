@@ -309,3 +309,59 @@ TEST(ServeRobust, PortZeroPrintsThePortAndATakenPortSaysWhy) {
 }
 
 }  // namespace
+
+namespace {
+
+// JSON-schema output: keys in the schema's order (not alphabetical), required names present even
+// without a property schema, maxLength and minItems/maxItems kept; output cut by max_tokens says
+// max_tokens and is no valid JSON.
+TEST(ServeRobust, JsonSchemaOrderRequiredBoundsAndCutOutput) {
+    REQUIRE_MODEL();
+    ServeProcess s;
+    ASSERT_TRUE(s.start(model_path(), {"-c", "2048", "-t", "2"}, nullptr, "robust-json"));
+    httplib::Client c("127.0.0.1", s.port);
+    // Sent as text, so the property order is exactly this one.
+    const std::string schema = R"({"type":"object","properties":{"zeta":{"type":"string","maxLength":5},"alpha":{"type":"integer"},)"
+                               R"("mid":{"type":"array","items":{"type":"boolean"},"minItems":3,"maxItems":3},"beta":{"type":"string"}},)"
+                               R"("required":["zeta","alpha","extra"]})";
+    auto body = [&](int max_tokens) {
+        return R"({"max_tokens":)" + std::to_string(max_tokens) +
+               R"(,"temperature":1,"messages":[{"role":"user","content":"Give me JSON"}],"output_config":{"format":{"type":"json_schema","schema":)" +
+               schema + "}}}";
+    };
+    for (int i = 0; i < 3; ++i) {
+        auto r = c.Post("/v1/messages", body(400), "application/json");
+        ASSERT_TRUE(r);
+        ASSERT_EQ(r->status, 200) << r->body;
+        const json j = json::parse(r->body);
+        EXPECT_EQ(j["stop_reason"], "end_turn") << r->body;
+        const std::string text = j["content"][0]["text"];
+        const nlohmann::ordered_json out = nlohmann::ordered_json::parse(text, nullptr, false);
+        ASSERT_TRUE(out.is_object()) << text;
+        std::vector<std::string> keys;
+        for (const auto& [k, v] : out.items()) keys.push_back(k);
+        EXPECT_EQ(keys, (std::vector<std::string>{"zeta", "alpha", "mid", "beta", "extra"})) << text;
+        ASSERT_TRUE(out["zeta"].is_string()) << text;
+        size_t chars = 0;
+        for (unsigned char ch : out["zeta"].get<std::string>()) chars += (ch & 0xc0) != 0x80;
+        EXPECT_LE(chars, 5u) << text;
+        EXPECT_TRUE(out["alpha"].is_number_integer()) << text;
+        ASSERT_TRUE(out["mid"].is_array()) << text;
+        EXPECT_EQ(out["mid"].size(), 3u) << text;
+        for (const auto& b : out["mid"]) EXPECT_TRUE(b.is_boolean()) << text;
+        EXPECT_TRUE(out["extra"].is_string()) << text;
+    }
+    // Cut short by max_tokens: reported as max_tokens, and the text does not parse.
+    for (int max_tokens : {1, 3, 6, 10}) {
+        auto r = c.Post("/v1/messages", body(max_tokens), "application/json");
+        ASSERT_TRUE(r);
+        ASSERT_EQ(r->status, 200) << r->body;
+        const json j = json::parse(r->body);
+        EXPECT_EQ(j["stop_reason"], "max_tokens") << r->body;
+        EXPECT_EQ(j["usage"]["output_tokens"], max_tokens) << r->body;
+        const std::string text = j["content"][0]["text"];
+        EXPECT_TRUE(json::parse(text, nullptr, false).is_discarded()) << text;
+    }
+}
+
+}  // namespace

@@ -612,7 +612,7 @@ private:
             // Reuse the chat request's field checks for the sampling fields, with a dummy message.
             json b = body;
             b["messages"] = json::array({json{{"role", "user"}, {"content", ""}}});
-            r = from_openai(nlohmann::json::parse(b.dump()));
+            r = from_openai(b);
         }
         auto it = body.find("prompt");
         if (it == body.end() || !(it->is_string() || (it->is_array() && it->size() == 1 && (*it)[0].is_string())))

@@ -588,19 +588,25 @@ void Engine::generate_json(const GenParams& p, Slot& slot, Sampler& sampler, int
             case JsonPiece::Forced:
                 if (!push(tok.encode(piece.text, false, false), piece.text)) return;
                 break;
-            case JsonPiece::String:
+            case JsonPiece::String: {
+                auto chars = [&](int32_t id) { return static_cast<int64_t>(v.n_chars[static_cast<size_t>(id)]); };
+                int64_t used = 0;
                 for (int n = 0;; ++n) {
                     if (v.quote < 0) {  // no '"' token: close the string at once
                         if (!push(tok.encode("\"", false, false), "\"")) return;
                         break;
                     }
-                    const int32_t t = n >= kMaxStringTokens ? v.quote : sample([&](int32_t id) {
-                        return (id < n_tok && v.string_safe[static_cast<size_t>(id)]) || (n > 0 && id == v.quote);
+                    const int64_t left = piece.max_chars < 0 ? -1 : piece.max_chars - used;
+                    const int32_t t = n >= kMaxStringTokens || left == 0 ? v.quote : sample([&](int32_t id) {
+                        if (id == v.quote) return n > 0 || piece.max_chars == 0;
+                        return id < n_tok && v.string_safe[static_cast<size_t>(id)] && (left < 0 || chars(id) <= left);
                     });
+                    if (t != v.quote) used += chars(t);
                     if (!push({t}, t == v.quote ? std::string("\"") : tok.token_to_piece(t, false))) return;
                     if (t == v.quote) break;
                 }
                 break;
+            }
             case JsonPiece::Number: {
                 // A first digit 1-9, then more digits (up to kMaxDigits) while the model's own
                 // most likely next token is a digit.

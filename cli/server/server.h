@@ -24,7 +24,9 @@
 
 namespace kiln::serve {
 
-using json = nlohmann::json;
+// Request bodies keep their keys in the order sent (a JSON schema's properties are generated in
+// that order).
+using json = nlohmann::ordered_json;
 using ojson = nlohmann::ordered_json;
 
 // An error for the client: HTTP status plus the Anthropic error type (the OpenAI writer maps it).
@@ -67,13 +69,17 @@ struct JsonPiece {
     enum Kind { Forced, String, Number, Choice } kind = Forced;
     std::string text;                  // Forced
     std::vector<std::string> choices;  // Choice
+    int64_t max_chars = -1;            // String: the schema's maxLength (characters), -1: none
 };
+// Objects: every property in the schema's order, then required names the properties do not list;
+// arrays: minItems items (at least 1, at most maxItems); strings: at most maxLength characters.
 // Throws ApiError 400 when the schema is not an object.
 std::vector<JsonPiece> plan_json(const json& schema);
 
 // Which tokens may be sampled inside JSON values (built once per tokenizer).
 struct JsonVocab {
     std::vector<uint8_t> string_safe;  // whole UTF-8, nothing to escape: may appear in a string
+    std::vector<uint8_t> n_chars;      // UTF-8 characters of each token's text (at most 255)
     std::array<int32_t, 10> digit{};   // the token of each digit (-1 if none)
     int32_t quote = -1;                // the token of '"'
     static JsonVocab build(const Tokenizer& tok);
