@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -362,6 +363,87 @@ TEST(ServeRobust, JsonSchemaOrderRequiredBoundsAndCutOutput) {
         const std::string text = j["content"][0]["text"];
         EXPECT_TRUE(json::parse(text, nullptr, false).is_discarded()) << text;
     }
+}
+
+}  // namespace
+
+namespace {
+
+// llama-server's /tokenize and /detokenize, GET /v1/models/{id}, OpenAI logprobs / top_logprobs.
+TEST(ServeRobust, TokenizeDetokenizeModelByIdAndLogprobs) {
+    REQUIRE_MODEL();
+    ServeProcess s;
+    ASSERT_TRUE(s.start(model_path(), {"-c", "1024", "-t", "2", "--alias", "tiny"}, nullptr, "robust-routes"));
+    httplib::Client c("127.0.0.1", s.port);
+    auto tk = c.Post("/tokenize", R"({"content":"Hello world, kiln!"})", "application/json");
+    ASSERT_TRUE(tk);
+    ASSERT_EQ(tk->status, 200) << tk->body;
+    const json ids = json::parse(tk->body)["tokens"];
+    ASSERT_GE(ids.size(), 3u);
+    auto dt = c.Post("/detokenize", json{{"tokens", ids}}.dump(), "application/json");
+    ASSERT_TRUE(dt);
+    EXPECT_EQ(json::parse(dt->body)["content"], "Hello world, kiln!");
+    auto pieces = c.Post("/tokenize", R"({"content":"Hello world","with_pieces":true})", "application/json");
+    ASSERT_TRUE(pieces);
+    const json p = json::parse(pieces->body)["tokens"];
+    ASSERT_EQ(p.size(), 2u) << pieces->body;
+    EXPECT_EQ(p[0]["piece"], "Hello");
+    EXPECT_EQ(p[1]["piece"], " world");
+    auto bad = c.Post("/detokenize", R"({"tokens":[1, -4]})", "application/json");
+    ASSERT_TRUE(bad);
+    EXPECT_EQ(bad->status, 400);
+
+    auto m = c.Get("/v1/models/tiny");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->status, 200);
+    EXPECT_EQ(json::parse(m->body)["id"], "tiny");
+    auto none = c.Get("/v1/models/gpt-9");
+    ASSERT_TRUE(none);
+    EXPECT_EQ(none->status, 404);
+
+    // Greedy: each token is the most likely, so its logprob is the first alternative's.
+    const json chat{{"max_tokens", 5}, {"temperature", 0}, {"logprobs", true}, {"top_logprobs", 3},
+                    {"messages", json::array({json{{"role", "user"}, {"content", "hi"}}})}};
+    auto r = c.Post("/v1/chat/completions", chat.dump(), "application/json");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    const json content = j["choices"][0]["logprobs"]["content"];
+    ASSERT_EQ(content.size(), j["usage"]["completion_tokens"].get<size_t>()) << r->body;
+    for (const auto& t : content) {
+        ASSERT_EQ(t["top_logprobs"].size(), 3u);
+        EXPECT_LE(t["logprob"].get<double>(), 0.0);
+        EXPECT_NEAR(t["logprob"].get<double>(), t["top_logprobs"][0]["logprob"].get<double>(), 1e-6);
+        EXPECT_EQ(t["token"], t["top_logprobs"][0]["token"]);
+        double mass = 0;
+        for (const auto& a : t["top_logprobs"]) mass += std::exp(a["logprob"].get<double>());
+        EXPECT_LE(mass, 1.0 + 1e-5);
+    }
+    json no_lp = chat;
+    no_lp.erase("logprobs");
+    no_lp.erase("top_logprobs");
+    auto plain = c.Post("/v1/chat/completions", no_lp.dump(), "application/json");
+    ASSERT_TRUE(plain);
+    EXPECT_TRUE(json::parse(plain->body)["choices"][0]["logprobs"].is_null());
+
+    auto cr = c.Post("/v1/completions", R"({"prompt":"Once upon","max_tokens":4,"temperature":0,"logprobs":2})", "application/json");
+    ASSERT_TRUE(cr);
+    ASSERT_EQ(cr->status, 200) << cr->body;
+    const json lp = json::parse(cr->body)["choices"][0]["logprobs"];
+    ASSERT_EQ(lp["tokens"].size(), 4u) << cr->body;
+    ASSERT_EQ(lp["token_logprobs"].size(), 4u);
+    ASSERT_EQ(lp["top_logprobs"].size(), 4u);
+    EXPECT_EQ(lp["text_offset"][0], 0);
+    EXPECT_EQ(lp["top_logprobs"][0].size(), 2u);
+    std::string joined;  // the raw completion is exactly its tokens
+    for (const auto& t : lp["tokens"]) joined += t.get<std::string>();
+    EXPECT_EQ(joined, json::parse(cr->body)["choices"][0]["text"]) << cr->body;
+
+    json streamed = chat;
+    streamed["stream"] = true;
+    auto st = c.Post("/v1/chat/completions", streamed.dump(), "application/json");
+    ASSERT_TRUE(st);
+    EXPECT_EQ(st->status, 400) << st->body;
 }
 
 }  // namespace

@@ -130,6 +130,44 @@ private:
     Clock::time_point last_{};
 };
 
+// A token's text for logprobs: the piece (special tokens as written) and its bytes.
+json token_entry(const Tokenizer& tok, int32_t id, float logprob) {
+    const std::string piece = tok.token_to_piece(id, /*special=*/true);
+    json bytes = json::array();
+    for (unsigned char c : piece) bytes.push_back(c);
+    return json{{"token", piece}, {"logprob", logprob}, {"bytes", bytes}};
+}
+
+// OpenAI chat completions' choices[0].logprobs.
+json chat_logprobs(const Tokenizer& tok, const GenResult& g) {
+    json content = json::array();
+    for (const auto& t : g.logprobs) {
+        json e = token_entry(tok, t.token, t.logprob);
+        json top = json::array();
+        for (const auto& a : t.top) top.push_back(token_entry(tok, a.id, a.logprob));
+        e["top_logprobs"] = top;
+        content.push_back(e);
+    }
+    return json{{"content", content}, {"refusal", nullptr}};
+}
+
+// OpenAI (legacy) completions' choices[0].logprobs.
+json completion_logprobs(const Tokenizer& tok, const GenResult& g) {
+    json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+    size_t offset = 0;
+    for (const auto& t : g.logprobs) {
+        const std::string piece = tok.token_to_piece(t.token, true);
+        tokens.push_back(piece);
+        lps.push_back(t.logprob);
+        json top = json::object();
+        for (const auto& a : t.top) top[tok.token_to_piece(a.id, true)] = a.logprob;
+        tops.push_back(top);
+        offsets.push_back(offset);
+        offset += piece.size();
+    }
+    return json{{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
 ApiError shutting_down() { return ApiError(503, "overloaded_error", "kiln serve is shutting down"); }
 
 bool is_openai_path(const std::string& path) { return path.rfind("/v1/chat/", 0) == 0 || path.rfind("/v1/completions", 0) == 0; }
@@ -291,6 +329,70 @@ public:
         svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
             json m{{"id", model_name_}, {"object", "model"}, {"type", "model"}, {"created", 0}, {"owned_by", "kiln"}, {"display_name", model_name_}};
             res.set_content(json{{"object", "list"}, {"data", json::array({m})}, {"has_more", false}}.dump(), "application/json");
+        });
+        svr.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+            const std::string id = req.matches[1];
+            if (id != model_name_) {
+                send_error(res, ApiError(404, "not_found_error", fmt::format("model '{}' not found (this server has '{}')", id, model_name_)), true);
+                return;
+            }
+            res.set_content(json{{"id", model_name_}, {"object", "model"}, {"type", "model"}, {"created", 0}, {"owned_by", "kiln"},
+                                 {"display_name", model_name_}}
+                                .dump(),
+                            "application/json");
+        });
+        // llama-server's /tokenize and /detokenize.
+        svr.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+            guarded(req, res, true, [&] {
+                const json body = parse_body(req.body);
+                if (!body.is_object()) throw bad_request("expected a JSON object with \"content\"");
+                const auto it = body.find("content");
+                if (it == body.end() || !it->is_string()) throw bad_request("content: expected a string");
+                auto flag = [&](const char* k, bool dflt) {
+                    const auto f = body.find(k);
+                    if (f == body.end()) return dflt;
+                    if (!f->is_boolean()) throw bad_request(fmt::format("{}: expected true or false", k));
+                    return f->get<bool>();
+                };
+                const bool add_special = flag("add_special", false), parse_special = flag("parse_special", true),
+                           with_pieces = flag("with_pieces", false);
+                const auto ids = e_.tokenizer().encode(it->get<std::string>(), add_special, parse_special);
+                json tokens = json::array();
+                for (int32_t id : ids) {
+                    if (!with_pieces) {
+                        tokens.push_back(id);
+                        continue;
+                    }
+                    // The piece as text when it is whole UTF-8, else its bytes (as llama-server).
+                    const std::string piece = e_.tokenizer().token_to_piece(id, true);
+                    bool valid = true;
+                    try {
+                        (void)json(piece).dump();
+                    } catch (const json::type_error&) {
+                        valid = false;
+                    }
+                    json bytes = json::array();
+                    for (unsigned char ch : piece) bytes.push_back(ch);
+                    tokens.push_back(json{{"id", id}, {"piece", valid ? json(piece) : bytes}});
+                }
+                res.set_content(json{{"tokens", tokens}}.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+            });
+        });
+        svr.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+            guarded(req, res, true, [&] {
+                const json body = parse_body(req.body);
+                const auto it = body.is_object() ? body.find("tokens") : body.end();
+                if (it == body.end() || !it->is_array()) throw bad_request("tokens: expected an array of token ids");
+                std::vector<int32_t> ids;
+                const int64_t n_vocab = e_.tokenizer().n_vocab();
+                for (const auto& t : *it) {
+                    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= n_vocab)
+                        throw bad_request(fmt::format("tokens: {} is not a token id (0..{})", t.dump(), n_vocab - 1));
+                    ids.push_back(static_cast<int32_t>(t.get<int64_t>()));
+                }
+                res.set_content(json{{"content", e_.tokenizer().decode(ids)}}.dump(-1, ' ', false, json::error_handler_t::replace),
+                                "application/json");
+            });
         });
         svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
         svr.Post("/v1/messages", [this](const httplib::Request& req, httplib::Response& res) { guarded(req, res, false, [&] { messages(req, res); }); });
@@ -516,6 +618,7 @@ private:
 
     void chat_completions(const httplib::Request& req, httplib::Response& res) {
         ChatRequest r = from_openai(parse_body(req.body));
+        if (r.stream && r.gen.n_logprobs >= 0) throw bad_request("logprobs: not supported with stream yet (ask without stream)");
         auto adm = std::make_shared<Engine::Admission>(e_);
         std::string prompt;
         auto gen = std::make_shared<GenParams>(prepare(r, prompt));
@@ -544,7 +647,10 @@ private:
                      {"object", "chat.completion"},
                      {"created", created},
                      {"model", model},
-                     {"choices", json::array({json{{"index", 0}, {"message", msg}, {"finish_reason", openai_finish(g)}}})},
+                     {"choices", json::array({json{{"index", 0},
+                                                   {"message", msg},
+                                                   {"logprobs", gen->n_logprobs >= 0 ? chat_logprobs(e_.tokenizer(), g) : json(nullptr)},
+                                                   {"finish_reason", openai_finish(g)}}})},
                      {"usage", openai_usage(g)}};
             res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
             return;
@@ -612,7 +718,14 @@ private:
             // Reuse the chat request's field checks for the sampling fields, with a dummy message.
             json b = body;
             b["messages"] = json::array({json{{"role", "user"}, {"content", ""}}});
+            b.erase("logprobs");  // an integer here (a flag on chat completions)
             r = from_openai(b);
+            if (const auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null()) {
+                if (!lp->is_number_integer() || lp->get<int64_t>() < 0 || lp->get<int64_t>() > 20)
+                    throw bad_request("logprobs: expected an integer 0..20 (the alternatives per token)");
+                r.gen.n_logprobs = static_cast<int>(lp->get<int64_t>());
+                if (r.stream) throw bad_request("logprobs: not supported with stream yet (ask without stream)");
+            }
         }
         auto it = body.find("prompt");
         if (it == body.end() || !(it->is_string() || (it->is_array() && it->size() == 1 && (*it)[0].is_string())))
@@ -625,8 +738,8 @@ private:
         const std::string id = random_id("cmpl-");
         const std::string model = r.model.empty() ? model_name_ : r.model;
         const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-        auto choice = [](const std::string& text, const json& finish) {
-            return json::array({json{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}}});
+        auto choice = [](const std::string& text, const json& finish, json logprobs = nullptr) {
+            return json::array({json{{"text", text}, {"index", 0}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}}});
         };
         if (!r.stream) {
             auto parser = make_plain_parser();
@@ -639,7 +752,8 @@ private:
             log_done("completions", g);
             if (g.stop_reason == "shutdown") throw shutting_down();
             json out{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
-                     {"choices", choice(text, openai_finish(g))}, {"usage", openai_usage(g)}};
+                     {"choices", choice(text, openai_finish(g), gen->n_logprobs >= 0 ? completion_logprobs(e_.tokenizer(), g) : json(nullptr))},
+                     {"usage", openai_usage(g)}};
             res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
             return;
         }

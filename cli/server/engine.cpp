@@ -475,6 +475,11 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
                                                 : script[std::min(static_cast<size_t>(r.n_gen), script.size() - 1)];
             sampler.accept(next);
             ++r.n_gen;
+            if (p.n_logprobs >= 0 && !tok.is_eog(next)) {
+                GenResult::TokenInfo info{next, 0.0f, {}};
+                info.logprob = token_logprobs(ctx.logits(), next, static_cast<size_t>(p.n_logprobs), info.top);
+                r.logprobs.push_back(std::move(info));
+            }
             if (tok.is_eog(next)) {
                 r.stop_reason = "end";
                 break;

@@ -93,6 +93,7 @@ struct GenParams {
     std::vector<JsonPiece> json_plan;  // not empty: the output is JSON following this plan
     int64_t thinking_budget = -1;      // >= 0: reasoning is cut off after this many tokens ...
     std::string thinking_closer;       // ... by generating this text (the family's end of thinking)
+    int n_logprobs = -1;               // >= 0: record each generated token's logprob and this many alternatives
     std::string output_prefix;         // already at the end of the prompt (a forced tool call's opener):
                                        // the output parser reads it first, as if generated
 };
@@ -105,6 +106,12 @@ struct GenResult {
     int64_t n_prompt = 0, n_cached = 0, n_gen = 0;
     double prefill_ms = 0, decode_ms = 0;
     bool any_tool_call = false;
+    struct TokenInfo {
+        int32_t token;
+        float logprob;
+        std::vector<TokenLogprob> top;
+    };
+    std::vector<TokenInfo> logprobs;  // GenParams::n_logprobs >= 0: one per generated token (end of generation excluded)
 };
 
 struct Metrics {

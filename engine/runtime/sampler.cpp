@@ -399,6 +399,28 @@ double Sampler::u01() {
     return u(rng_);
 }
 
+float token_logprobs(std::span<const float> logits, int32_t token, size_t n_top, std::vector<TokenLogprob>& top) {
+    const size_t n = logits.size();
+    top.clear();
+    if (n == 0 || token < 0 || static_cast<size_t>(token) >= n) throw Error(fmt::format("logprobs: token {} outside the vocabulary", token));
+    const float mx = max_of(logits.data(), n);
+    std::vector<float> w(n), bsum(n / Sampler::kBlock + 1);
+    const double z = weigh([&](size_t i) { return logits[i]; }, w.data(), bsum.data(), n, mx, 1.0f);
+    const double lz = static_cast<double>(mx) + std::log(z);
+    // The n_top best: a small sorted list, entered only by a logit above its worst.
+    n_top = std::min(n_top, n);
+    auto better = [&](size_t a, size_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    std::vector<size_t> best;
+    best.reserve(n_top + 1);
+    for (size_t i = 0; i < n && n_top > 0; ++i) {
+        if (best.size() == n_top && !better(i, best.back())) continue;
+        best.insert(std::upper_bound(best.begin(), best.end(), i, better), i);
+        if (best.size() > n_top) best.pop_back();
+    }
+    for (size_t i : best) top.push_back({static_cast<int32_t>(i), static_cast<float>(logits[i] - lz)});
+    return static_cast<float>(logits[static_cast<size_t>(token)] - lz);
+}
+
 std::span<const Sampler::Candidate> Sampler::last_candidates() const {
     if (!cand_valid_) {
         cand_.resize(n_cand_);

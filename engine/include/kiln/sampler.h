@@ -25,6 +25,14 @@ struct SamplerParams {
     uint64_t seed = 0xFFFFFFFF;    // 0xFFFFFFFF: a random seed; anything else: reproducible
 };
 
+// log p(token) under softmax(logits) (temperature 1, no truncation), and the n_top most likely
+// tokens with theirs, best first (ties: lower id), into `top` (cleared). For OpenAI logprobs.
+struct TokenLogprob {
+    int32_t id;
+    float logprob;
+};
+float token_logprobs(std::span<const float> logits, int32_t token, size_t n_top, std::vector<TokenLogprob>& top);
+
 class Sampler {
 public:
     Sampler(const SamplerParams& params, int32_t n_vocab);
