@@ -439,11 +439,40 @@ TEST(ServeRobust, TokenizeDetokenizeModelByIdAndLogprobs) {
     for (const auto& t : lp["tokens"]) joined += t.get<std::string>();
     EXPECT_EQ(joined, json::parse(cr->body)["choices"][0]["text"]) << cr->body;
 
+    // Streamed: each chunk carries the logprobs of the tokens generated since the last one; together
+    // they are the non-streamed answer's (greedy, so the same tokens).
     json streamed = chat;
     streamed["stream"] = true;
     auto st = c.Post("/v1/chat/completions", streamed.dump(), "application/json");
     ASSERT_TRUE(st);
-    EXPECT_EQ(st->status, 400) << st->body;
+    ASSERT_EQ(st->status, 200) << st->body;
+    std::vector<std::string> streamed_tokens;
+    for (const json& ch : kiln::test::parse_openai_sse(st->body))
+        if (ch.contains("choices") && !ch["choices"].empty() && ch["choices"][0]["logprobs"].is_object())
+            for (const auto& t : ch["choices"][0]["logprobs"]["content"]) streamed_tokens.push_back(t["token"]);
+    std::vector<std::string> whole_tokens;
+    for (const auto& t : content) whole_tokens.push_back(t["token"]);
+    EXPECT_EQ(streamed_tokens, whole_tokens) << st->body;
+
+    auto cs = c.Post("/v1/completions", R"({"prompt":"Once upon","max_tokens":4,"temperature":0,"logprobs":1,"stream":true})",
+                     "application/json");
+    ASSERT_TRUE(cs);
+    ASSERT_EQ(cs->status, 200) << cs->body;
+    std::string text, joined_stream;
+    size_t next_offset = 0;
+    for (const json& ch : kiln::test::parse_openai_sse(cs->body)) {
+        if (!ch.contains("choices") || ch["choices"].empty()) continue;
+        text += ch["choices"][0]["text"].get<std::string>();
+        const json& lp = ch["choices"][0]["logprobs"];
+        if (!lp.is_object()) continue;
+        for (size_t i = 0; i < lp["tokens"].size(); ++i) {
+            EXPECT_EQ(lp["text_offset"][i].get<size_t>(), next_offset);
+            next_offset += lp["tokens"][i].get<std::string>().size();
+            joined_stream += lp["tokens"][i].get<std::string>();
+        }
+    }
+    EXPECT_EQ(joined_stream, text) << cs->body;
+    EXPECT_EQ(text, json::parse(cr->body)["choices"][0]["text"]) << cs->body;  // greedy: as not streamed
 }
 
 }  // namespace

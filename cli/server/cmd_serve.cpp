@@ -138,10 +138,10 @@ json token_entry(const Tokenizer& tok, int32_t id, float logprob) {
     return json{{"token", piece}, {"logprob", logprob}, {"bytes", bytes}};
 }
 
-// OpenAI chat completions' choices[0].logprobs.
-json chat_logprobs(const Tokenizer& tok, const GenResult& g) {
+// OpenAI chat completions' choices[0].logprobs (of a whole answer, or a stream chunk's tokens).
+json chat_logprobs(const Tokenizer& tok, const std::vector<TokenLogprobs>& lps) {
     json content = json::array();
-    for (const auto& t : g.logprobs) {
+    for (const auto& t : lps) {
         json e = token_entry(tok, t.token, t.logprob);
         json top = json::array();
         for (const auto& a : t.top) top.push_back(token_entry(tok, a.id, a.logprob));
@@ -151,11 +151,10 @@ json chat_logprobs(const Tokenizer& tok, const GenResult& g) {
     return json{{"content", content}, {"refusal", nullptr}};
 }
 
-// OpenAI (legacy) completions' choices[0].logprobs.
-json completion_logprobs(const Tokenizer& tok, const GenResult& g) {
+// OpenAI (legacy) completions' choices[0].logprobs; offset: the text before these tokens.
+json completion_logprobs(const Tokenizer& tok, const std::vector<TokenLogprobs>& all, size_t offset = 0) {
     json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
-    size_t offset = 0;
-    for (const auto& t : g.logprobs) {
+    for (const auto& t : all) {
         const std::string piece = tok.token_to_piece(t.token, true);
         tokens.push_back(piece);
         lps.push_back(t.logprob);
@@ -618,7 +617,6 @@ private:
 
     void chat_completions(const httplib::Request& req, httplib::Response& res) {
         ChatRequest r = from_openai(parse_body(req.body));
-        if (r.stream && r.gen.n_logprobs >= 0) throw bad_request("logprobs: not supported with stream yet (ask without stream)");
         auto adm = std::make_shared<Engine::Admission>(e_);
         std::string prompt;
         auto gen = std::make_shared<GenParams>(prepare(r, prompt));
@@ -649,7 +647,7 @@ private:
                      {"model", model},
                      {"choices", json::array({json{{"index", 0},
                                                    {"message", msg},
-                                                   {"logprobs", gen->n_logprobs >= 0 ? chat_logprobs(e_.tokenizer(), g) : json(nullptr)},
+                                                   {"logprobs", gen->n_logprobs >= 0 ? chat_logprobs(e_.tokenizer(), g.logprobs) : json(nullptr)},
                                                    {"finish_reason", openai_finish(g)}}})},
                      {"usage", openai_usage(g)}};
             res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
@@ -659,10 +657,19 @@ private:
         res.set_header("Cache-Control", "no-cache");
         res.set_chunked_content_provider("text/event-stream", [this, adm, gen, parser, id, model, created, include_usage](size_t, httplib::DataSink& sink) {
             bool alive = true;
+            // logprobs: the tokens generated since the last chunk ride on the next one.
+            std::vector<TokenLogprobs> pending;
+            if (gen->n_logprobs >= 0) gen->on_logprobs = [&](const TokenLogprobs& t) { pending.push_back(t); };
             auto chunk = [&](const json& delta, const json& finish) {
                 if (!alive) return false;
+                json choice{{"index", 0}, {"delta", delta}};
+                if (gen->n_logprobs >= 0) {
+                    choice["logprobs"] = chat_logprobs(e_.tokenizer(), pending);
+                    pending.clear();
+                }
+                choice["finish_reason"] = finish;
                 json c{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model},
-                       {"choices", json::array({json{{"index", 0}, {"delta", delta}, {"finish_reason", finish}}})}};
+                       {"choices", json::array({choice})}};
                 const std::string s = "data: " + c.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
                 alive = sink.write(s.data(), s.size());
                 return alive;
@@ -724,7 +731,6 @@ private:
                 if (!lp->is_number_integer() || lp->get<int64_t>() < 0 || lp->get<int64_t>() > 20)
                     throw bad_request("logprobs: expected an integer 0..20 (the alternatives per token)");
                 r.gen.n_logprobs = static_cast<int>(lp->get<int64_t>());
-                if (r.stream) throw bad_request("logprobs: not supported with stream yet (ask without stream)");
             }
         }
         auto it = body.find("prompt");
@@ -752,7 +758,7 @@ private:
             log_done("completions", g);
             if (g.stop_reason == "shutdown") throw shutting_down();
             json out{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
-                     {"choices", choice(text, openai_finish(g), gen->n_logprobs >= 0 ? completion_logprobs(e_.tokenizer(), g) : json(nullptr))},
+                     {"choices", choice(text, openai_finish(g), gen->n_logprobs >= 0 ? completion_logprobs(e_.tokenizer(), g.logprobs) : json(nullptr))},
                      {"usage", openai_usage(g)}};
             res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
             return;
@@ -768,12 +774,22 @@ private:
             };
             auto base = [&] { return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}}; };
             auto parser = make_plain_parser();
+            std::vector<TokenLogprobs> pending;
+            size_t offset = 0;
+            if (gen->n_logprobs >= 0) gen->on_logprobs = [&](const TokenLogprobs& t) { pending.push_back(t); };
+            auto chunk_logprobs = [&]() -> json {
+                if (gen->n_logprobs < 0) return nullptr;
+                json lp = completion_logprobs(e_.tokenizer(), pending, offset);
+                for (const auto& t : pending) offset += e_.tokenizer().token_to_piece(t.token, true).size();
+                pending.clear();
+                return lp;
+            };
             try {
                 const GenResult g = e_.generate(
                     *gen, *parser, [](int64_t) {}, [&] { return alive = alive && sink.write(": ping\n\n", 8); },
                     [&](const Event& ev) {
                         json c = base();
-                        c["choices"] = choice(ev.text, nullptr);
+                        c["choices"] = choice(ev.text, nullptr, chunk_logprobs());
                         return write(c);
                     });
                 log_done("completions", g);

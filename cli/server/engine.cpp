@@ -476,8 +476,9 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
             sampler.accept(next);
             ++r.n_gen;
             if (p.n_logprobs >= 0 && !tok.is_eog(next)) {
-                GenResult::TokenInfo info{next, 0.0f, {}};
+                TokenLogprobs info{next, 0.0f, {}};
                 info.logprob = token_logprobs(ctx.logits(), next, static_cast<size_t>(p.n_logprobs), info.top);
+                if (p.on_logprobs) p.on_logprobs(info);
                 r.logprobs.push_back(std::move(info));
             }
             if (tok.is_eog(next)) {

@@ -85,6 +85,13 @@ struct JsonVocab {
     static JsonVocab build(const Tokenizer& tok);
 };
 
+// A generated token's logprob and the most likely alternatives (OpenAI logprobs).
+struct TokenLogprobs {
+    int32_t token;
+    float logprob;
+    std::vector<TokenLogprob> top;
+};
+
 struct GenParams {
     std::vector<int32_t> prompt;
     int64_t max_tokens = -1;  // -1: until the context is full; clamped to what the context has left
@@ -94,6 +101,7 @@ struct GenParams {
     int64_t thinking_budget = -1;      // >= 0: reasoning is cut off after this many tokens ...
     std::string thinking_closer;       // ... by generating this text (the family's end of thinking)
     int n_logprobs = -1;               // >= 0: record each generated token's logprob and this many alternatives
+    std::function<void(const TokenLogprobs&)> on_logprobs;  // with n_logprobs: each token's, as generated (streams)
     std::string output_prefix;         // already at the end of the prompt (a forced tool call's opener):
                                        // the output parser reads it first, as if generated
 };
@@ -106,12 +114,7 @@ struct GenResult {
     int64_t n_prompt = 0, n_cached = 0, n_gen = 0;
     double prefill_ms = 0, decode_ms = 0;
     bool any_tool_call = false;
-    struct TokenInfo {
-        int32_t token;
-        float logprob;
-        std::vector<TokenLogprob> top;
-    };
-    std::vector<TokenInfo> logprobs;  // GenParams::n_logprobs >= 0: one per generated token (end of generation excluded)
+    std::vector<TokenLogprobs> logprobs;  // GenParams::n_logprobs >= 0: one per generated token (end of generation excluded)
 };
 
 struct Metrics {
