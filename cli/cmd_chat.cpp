@@ -30,6 +30,7 @@
 #include "cli/text_input.h"
 #include "cli/command.h"
 #include "cli/progress.h"
+#include "cli/stop_matcher.h"
 #include "gguf/gguf.h"
 #include "kiln/kiln.h"
 
@@ -159,7 +160,12 @@ int run_chat(const std::vector<std::string>& argv) {
 
     // The template: --chat-template FILE, --chat-template-name NAME, the model's own, or ChatML.
     std::optional<ChatTemplate> tmpl;
-    tmpl.emplace(choose_chat_template(model_path, template_path, template_name, "chat").tmpl);
+    std::vector<std::string> end_turn;  // a built-in template's end of turn: a stop string
+    {
+        ChosenTemplate chosen = choose_chat_template(model_path, template_path, template_name, "chat");
+        tmpl.emplace(std::move(chosen.tmpl));
+        if (!chosen.end_turn.empty()) end_turn.push_back(chosen.end_turn);
+    }
 
     LoadOptions lo;
     lo.n_threads = n_threads;
@@ -306,6 +312,8 @@ int run_chat(const std::vector<std::string>& argv) {
         const auto t_gen = Clock::now();
         int64_t generated = 0;
         std::string stop = "end of turn";
+        StopMatcher stops(end_turn);
+        std::string stop_text;
         g_interrupted = false;
         g_generating = true;
         while (true) {
@@ -325,12 +333,19 @@ int run_chat(const std::vector<std::string>& argv) {
             sampler.accept(next);
             ++generated;
             if (tok.is_eog(next)) break;
-            handle(parser.feed(detok.push(next)));
+            bool hit = false;
+            handle(parser.feed(stops.push(detok.push(next), hit, stop_text)));
+            if (hit) break;
             ctx.decode(std::span<const int32_t>(&next, 1));
             cached.push_back(next);
         }
         g_generating = false;
-        handle(parser.feed(detok.flush()));
+        {
+            bool hit = false;
+            std::string rest = stops.push(detok.flush(), hit, stop_text);
+            if (!hit) rest += stops.flush();
+            handle(parser.feed(rest));
+        }
         handle(parser.finish());
         display.done();
         const double gen_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_gen).count();

@@ -12,6 +12,7 @@
 #include "cli/text_input.h"
 #include "cli/command.h"
 #include "cli/progress.h"
+#include "cli/stop_matcher.h"
 #include "kiln/kiln.h"
 
 namespace kiln::cli {
@@ -83,8 +84,10 @@ int run_run(const std::vector<std::string>& argv) {
 
     const Tokenizer& tok = model.tokenizer();
     std::string text = prompt;
+    std::vector<std::string> end_turn;  // a built-in template's end of turn: a stop string
     if (templated) {
         const ChosenTemplate t = choose_chat_template(model_path, template_path, template_name, "run");
+        if (!t.end_turn.empty()) end_turn.push_back(t.end_turn);
         nlohmann::ordered_json vars = {{"messages", nlohmann::ordered_json::array({{{"role", "system"}, {"content", system_prompt}},
                                                                                   {{"role", "user"}, {"content", prompt}}})},
                                        {"add_generation_prompt", true}};
@@ -132,6 +135,8 @@ int run_run(const std::vector<std::string>& argv) {
     int64_t generated = 0;
     std::string stop_reason = "length";
     const int64_t limit = n_predict < 0 ? ctx.n_ctx() : n_predict;
+    StopMatcher stops(end_turn);
+    std::string stop_text;
     while (generated < limit) {
         const int32_t next = sampler.sample(ctx.logits());
         sampler.accept(next);
@@ -140,10 +145,15 @@ int run_run(const std::vector<std::string>& argv) {
             stop_reason = "end of text";
             break;
         }
-        const std::string piece = detok.push(next);
+        bool hit = false;
+        const std::string piece = stops.push(detok.push(next), hit, stop_text);
         if (!piece.empty()) {
             std::fwrite(piece.data(), 1, piece.size(), stdout);
             std::fflush(stdout);
+        }
+        if (hit) {
+            stop_reason = "end of turn";
+            break;
         }
         if (generated == limit) break;
         if (ctx.n_past() >= ctx.n_ctx()) {
@@ -152,7 +162,9 @@ int run_run(const std::vector<std::string>& argv) {
         }
         ctx.decode(std::span<const int32_t>(&next, 1));
     }
-    const std::string rest = detok.flush();
+    bool hit = false;
+    std::string rest = stop_reason == "end of turn" ? std::string() : stops.push(detok.flush(), hit, stop_text);
+    if (!hit) rest += stops.flush();
     std::fwrite(rest.data(), 1, rest.size(), stdout);
     fmt::print("\n");
     std::fflush(stdout);

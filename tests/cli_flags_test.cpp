@@ -191,6 +191,19 @@ TEST(CliFlags, ModelsWithoutAChatTemplateChatAndServe) {
     std::ifstream log(s.log_path);
     const std::string text((std::istreambuf_iterator<char>(log)), {});
     EXPECT_NE(text.find("has no chat template; using ChatML"), std::string::npos) << text;
+
+    // The fallback's end of turn is no special token of this vocabulary: its text ends the answer.
+    kiln::test::ServeProcess scripted;
+    ASSERT_TRUE(scripted.start(shared_model("llama-tiny.f32.gguf"), {"-c", "256", "-t", "2"}, "once upon<|im_end|>more text",
+                               "flags-endturn"));
+    httplib::Client c2("127.0.0.1", scripted.port);
+    auto end = c2.Post("/v1/messages", json{{"max_tokens", 40}, {"messages", json::array({json{{"role", "user"}, {"content", "hi"}}})}}.dump(),
+                       "application/json");
+    ASSERT_TRUE(end);
+    ASSERT_EQ(end->status, 200) << end->body;
+    const json j = json::parse(end->body);
+    EXPECT_EQ(j["content"][0]["text"], "once upon") << end->body;
+    EXPECT_EQ(j["stop_reason"], "end_turn") << end->body;
 }
 
 TEST(CliFlags, InfoShowsANulInAStringEscaped) {

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "cli/server/server.h"
+#include "cli/stop_matcher.h"
 #include "chat/chat_parser.h"
 #include "gguf/gguf.h"
 
@@ -26,48 +27,6 @@ public:
     void finish(std::vector<Event>&) override {}
 };
 
-// Holds back text that may be the start of a stop sequence.
-class StopMatcher {
-public:
-    explicit StopMatcher(const std::vector<std::string>& stops) {
-        for (const auto& s : stops)
-            if (!s.empty()) stops_.push_back(s);
-    }
-    // Appends text; returns what can be released. Sets hit when a stop sequence was found.
-    std::string push(const std::string& text, bool& hit, std::string& which) {
-        pending_ += text;
-        if (stops_.empty()) return std::exchange(pending_, {});
-        size_t best = std::string::npos;
-        for (const auto& s : stops_) {
-            const size_t at = pending_.find(s);
-            if (at != std::string::npos && at < best) {
-                best = at;
-                which = s;
-            }
-        }
-        if (best != std::string::npos) {
-            hit = true;
-            std::string out = pending_.substr(0, best);
-            pending_.clear();
-            return out;
-        }
-        size_t keep = 0;  // longest suffix of pending_ that is a proper prefix of a stop sequence
-        for (const auto& s : stops_)
-            for (size_t k = std::min(s.size() - 1, pending_.size()); k > keep; --k)
-                if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
-                    keep = k;
-                    break;
-                }
-        std::string out = pending_.substr(0, pending_.size() - keep);
-        pending_.erase(0, pending_.size() - keep);
-        return out;
-    }
-    std::string flush() { return std::exchange(pending_, {}); }
-
-private:
-    std::vector<std::string> stops_;
-    std::string pending_;
-};
 }  // namespace
 
 std::unique_ptr<OutputParser> make_plain_parser() { return std::make_unique<PlainParser>(); }
@@ -421,7 +380,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     for (int32_t t : p.prompt) sampler.accept(t);
     Detokenizer detok(tok);
     for (int32_t t : p.prompt) (void)detok.push(t);
-    StopMatcher stops(p.stop);
+    cli::StopMatcher stops(p.stop);
     std::vector<Event> events;
     bool cancelled = false;
     bool in_thinking = false;  // the last event was reasoning (for the thinking budget)
@@ -546,6 +505,11 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     if (cancelled) {
         r.stop_reason = stopping_ ? "shutdown" : "cancelled";
         ++metrics_.cancelled;
+    }
+    // The template's end-of-turn text (added to every chat request's stops) ends the turn.
+    if (r.stop_reason == "stop_sequence" && !end_turn_.empty() && r.stop_sequence == end_turn_) {
+        r.stop_reason = "end";
+        r.stop_sequence.clear();
     }
     r.decode_ms = ms_since(t_gen);
     metrics_.gen_tokens += static_cast<uint64_t>(r.n_gen);
