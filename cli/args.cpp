@@ -59,6 +59,61 @@ void Args::option(std::vector<std::string> names, KvType* out, std::string metav
                      }});
 }
 
+namespace {
+template <class T>
+std::function<void(const std::string&)> ranged(const std::string& flag, T* out, T lo, T hi, const std::string& range) {
+    return [=](const std::string& v) {
+        const T x = parse_number<T>(flag, v);
+        if constexpr (std::is_floating_point_v<T>) {
+            if (!(x >= lo && x <= hi))  // NaN fails too
+                throw Error(fmt::format("{}: {} is out of range (allowed: {})", flag, v, range.empty() ? fmt::format("{} to {}", lo, hi) : range));
+        } else {
+            if (x < lo || x > hi)
+                throw Error(fmt::format("{}: {} is out of range (allowed: {})", flag, v, range.empty() ? fmt::format("{} to {}", lo, hi) : range));
+        }
+        *out = x;
+    };
+}
+}  // namespace
+
+void Args::option(std::vector<std::string> names, int64_t* out, std::string metavar, std::string help, int64_t lo, int64_t hi,
+                  std::string range) {
+    const std::string flag = names.front();
+    opts_.push_back({std::move(names), std::move(metavar), std::move(help), ranged(flag, out, lo, hi, range)});
+}
+void Args::option(std::vector<std::string> names, int* out, std::string metavar, std::string help, int lo, int hi, std::string range) {
+    const std::string flag = names.front();
+    opts_.push_back({std::move(names), std::move(metavar), std::move(help), ranged(flag, out, lo, hi, range)});
+}
+void Args::option(std::vector<std::string> names, float* out, std::string metavar, std::string help, float lo, float hi,
+                  std::string range) {
+    const std::string flag = names.front();
+    opts_.push_back({std::move(names), std::move(metavar), std::move(help), ranged(flag, out, lo, hi, range)});
+}
+
+void Args::threads_option(int* n_threads) {
+    option({"-t", "--threads"}, n_threads, "N", "CPU threads (default: all cores)", 1, 1024);
+}
+
+void Args::ctx_size_option(int64_t* n_ctx) {
+    option({"-c", "--ctx-size"}, n_ctx, "N", "context size in tokens (default 0: the model's, at most 4096)", 0, int64_t{1} << 24,
+           "0 (the model's) to 16777216");
+}
+
+void Args::sampler_options(SamplerParams* sp, int64_t* seed) {
+    constexpr float kBig = 1e6f;
+    option({"--temp"}, &sp->temperature, "T", "temperature (default 0.8; 0 = greedy)", 0.0f, 100.0f);
+    option({"--top-k"}, &sp->top_k, "N", "top-k sampling (default 40, 0 = off)", 0, std::numeric_limits<int>::max(), "0 (off) or more");
+    option({"--top-p"}, &sp->top_p, "P", "top-p sampling (default 0.95, 1 = off)", 0.0f, 1.0f);
+    option({"--min-p"}, &sp->min_p, "P", "min-p sampling (default 0.05, 0 = off)", 0.0f, 1.0f);
+    option({"--repeat-penalty"}, &sp->repeat_penalty, "X", "repetition penalty (default 1.0 = off)", 1e-6f, kBig, "greater than 0");
+    option({"--repeat-last-n"}, &sp->repeat_last_n, "N", "tokens the penalties look back over (default 64, 0 = off, -1 = all)", -1,
+           std::numeric_limits<int>::max());
+    option({"--presence-penalty"}, &sp->presence_penalty, "X", "presence penalty (default 0)", -kBig, kBig, "a finite number");
+    option({"--frequency-penalty"}, &sp->frequency_penalty, "X", "frequency penalty (default 0)", -kBig, kBig, "a finite number");
+    option({"-s", "--seed"}, seed, "N", "random seed (default: random)", -1, std::numeric_limits<int64_t>::max(), "-1 (random) or more");
+}
+
 void Args::kv_type_options(KvType* k, KvType* v) {
     option({"-ctk", "--cache-type-k"}, k, "TYPE", "KV cache type of K: f16 (default), f32, q8_0 or q4_0");
     option({"-ctv", "--cache-type-v"}, v, "TYPE", "KV cache type of V: f16 (default), f32, q8_0 or q4_0");
@@ -69,6 +124,27 @@ void Args::backend_options(ContextOptions* co) {
     option({"--device"}, &co->device, "N", "Vulkan device index (see kiln devices; default: the best)");
     kv_type_options(&co->kv_type_k, &co->kv_type_v);
 }
+
+namespace {
+// llama.cpp flags that mean something else here (or nothing): what to do instead.
+const char* llama_cpp_hint(const std::string& flag) {
+    static const std::pair<const char*, const char*> hints[] = {
+        {"-ngl", "kiln does not split layers between CPU and GPU: use --backend vulkan to run the whole model on the GPU"},
+        {"--n-gpu-layers", "kiln does not split layers between CPU and GPU: use --backend vulkan to run the whole model on the GPU"},
+        {"--gpu-layers", "kiln does not split layers between CPU and GPU: use --backend vulkan to run the whole model on the GPU"},
+        {"-fa", "flash attention is always on in kiln: drop the flag"},
+        {"--flash-attn", "flash attention is always on in kiln: drop the flag"},
+        {"--jinja", "chat templates are always run as Jinja in kiln: drop the flag"},
+        {"--mlock", "kiln does not lock the weights in memory (they are memory-mapped): drop the flag"},
+        {"--no-mmap", "kiln always memory-maps the weights (nothing is copied): drop the flag"},
+        {"-tb", "kiln uses the -t threads for the prompt too: use -t"},
+        {"--threads-batch", "kiln uses the -t threads for the prompt too: use -t"},
+    };
+    for (const auto& [name, hint] : hints)
+        if (flag == name) return hint;
+    return nullptr;
+}
+}  // namespace
 
 const Args::Opt* Args::lookup(const std::string& name) const {
     for (const Opt& o : opts_)
@@ -93,7 +169,10 @@ bool Args::parse(const std::vector<std::string>& args) {
                 has_value = true;
             }
             const Opt* o = lookup(a);
-            if (!o) throw Error(fmt::format("kiln {}: unknown option '{}' (see kiln {} --help)", command_, a, command_));
+            if (!o) {
+                if (const char* hint = llama_cpp_hint(a)) throw Error(fmt::format("kiln {}: {}: {}", command_, a, hint));
+                throw Error(fmt::format("kiln {}: unknown option '{}' (see kiln {} --help)", command_, a, command_));
+            }
             if (o->flag) {
                 if (has_value) throw Error(fmt::format("kiln {}: {} takes no value", command_, a));
                 *o->flag = true;
@@ -103,7 +182,11 @@ bool Args::parse(const std::vector<std::string>& args) {
                 if (i + 1 >= args.size()) throw Error(fmt::format("kiln {}: {} needs a value ({})", command_, a, o->metavar));
                 value = args[++i];
             }
-            o->set(value);
+            try {
+                o->set(value);
+            } catch (const Error& e) {
+                throw Error(fmt::format("kiln {}: {}", command_, e.what()));
+            }
             continue;
         }
         if (!positional_) throw Error(fmt::format("kiln {}: unexpected argument '{}'", command_, a));

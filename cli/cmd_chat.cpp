@@ -2,13 +2,20 @@
 // turn renders the whole conversation, keeps the KV cache of the prefix the context already holds
 // and decodes only the new suffix; the reply streams through the model family's output parser
 // (thinking shown dimmed or prefixed, tool calls shown as such). /reset starts over, /exit or end
-// of input quits.
+// of input quits, /help lists the commands. Ctrl-C stops a reply (what it said so far is kept);
+// at the prompt it quits. When the conversation outgrows the context, the oldest turns are
+// dropped (the system message is kept), with a notice.
+#include <signal.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <cctype>
 
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -20,8 +27,10 @@
 #include "chat/chat_parser.h"
 #include "chat/chat_template.h"
 #include "cli/args.h"
+#include "cli/text_input.h"
 #include "cli/command.h"
 #include "cli/progress.h"
+#include "cli/stop_matcher.h"
 #include "gguf/gguf.h"
 #include "kiln/kiln.h"
 
@@ -31,12 +40,32 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using ojson = nlohmann::ordered_json;
 
-std::string read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw Error(fmt::format("kiln chat: cannot read {}", path));
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
+// Ctrl-C: stops the reply being generated; at the prompt, quits.
+std::atomic<bool> g_generating{false}, g_interrupted{false};
+extern "C" void on_sigint(int) {
+    if (g_generating.load()) {
+        g_interrupted.store(true);
+        return;
+    }
+    const char nl = '\n';
+    (void)!::write(STDOUT_FILENO, &nl, 1);
+    ::_exit(130);
+}
+
+constexpr const char* kHelp =
+    "commands:\n"
+    "  /help    this list\n"
+    "  /reset   start over (the system message is kept)\n"
+    "  /exit    quit (also /quit, end of input, or Ctrl-C at the prompt)\n"
+    "Ctrl-C while the model answers stops the answer; what it said so far stays in the conversation.\n"
+    "When the conversation outgrows the context, the oldest turns are dropped.\n";
+
+// A line that is a command: "/" and a word of letters ("/usr/bin is ..." is a message).
+bool is_command(const std::string& line) {
+    if (line.size() < 2 || line[0] != '/') return false;
+    for (size_t i = 1; i < line.size(); ++i)
+        if (!std::isalpha(static_cast<unsigned char>(line[i]))) return false;
+    return true;
 }
 
 void out(std::string_view s) {
@@ -101,7 +130,7 @@ private:
 };
 
 int run_chat(const std::vector<std::string>& argv) {
-    std::string model_path, system_prompt, template_path, parser_name;
+    std::string model_path, system_prompt, template_path, template_name, parser_name;
     int64_t n_ctx = 0, n_batch = 512, n_predict = -1, seed = -1;
     int n_threads = 0;
     bool quiet = false, no_think = false;
@@ -109,19 +138,18 @@ int run_chat(const std::vector<std::string>& argv) {
     ContextOptions co;
     Args args("chat", "-m MODEL [options]  (then type messages; /reset, /exit)");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to chat with");
-    args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
-    args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
-    args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
-    args.option({"-n", "--n-predict"}, &n_predict, "N", "most tokens per reply (default -1: until end of turn or context)");
+    args.ctx_size_option(&n_ctx);
+    args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)", 1, 1 << 20);
+    args.threads_option(&n_threads);
+    args.option({"-n", "--n-predict"}, &n_predict, "N", "most tokens per reply (default -1: until end of turn or context)", -1,
+                std::numeric_limits<int64_t>::max(), "-1 (until end of turn or the context is full) or more");
     args.backend_options(&co);
-    args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
-    args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
-    args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
-    args.option({"--min-p"}, &sp.min_p, "P", "min-p sampling (default 0.05, 0 = off)");
-    args.option({"--repeat-penalty"}, &sp.repeat_penalty, "X", "repetition penalty (default 1.0 = off)");
-    args.option({"-s", "--seed"}, &seed, "N", "random seed (default: random)");
-    args.option({"--system"}, &system_prompt, "TEXT", "system message");
+    args.sampler_options(&sp, &seed);
+    args.option({"-sys", "--system", "--system-prompt"}, &system_prompt, "TEXT", "system message");
     args.option({"--chat-template"}, &template_path, "FILE", "Jinja chat template to use instead of the model's");
+    args.option({"--chat-template-name"}, &template_name, "NAME",
+                "a built-in chat template instead of the model's: chatml, llama3 or gemma (without either, a model with no "
+                "template gets ChatML)");
     args.option({"--parser"}, &parser_name, "NAME",
                 "output parser: generic, hermes (Qwen), glm, deepseek, harmony (gpt-oss), qwen3-coder; default: from the model");
     args.flag({"--no-think"}, &no_think, "ask the template not to think (enable_thinking = false)");
@@ -130,30 +158,13 @@ int run_chat(const std::vector<std::string>& argv) {
     if (model_path.empty()) throw Error("kiln chat: no model given (-m MODEL.gguf)");
     if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
 
-    // The template: --chat-template FILE, else the model's own.
+    // The template: --chat-template FILE, --chat-template-name NAME, the model's own, or ChatML.
     std::optional<ChatTemplate> tmpl;
+    std::vector<std::string> end_turn;  // a built-in template's end of turn: a stop string
     {
-        auto f = gguf::File::open(model_path);
-        try {
-            if (!template_path.empty()) {
-                std::string bos, eos;
-                try {
-                    const ChatTemplate t = ChatTemplate::from_gguf(*f);
-                    bos = t.bos_token();
-                    eos = t.eos_token();
-                } catch (const Error&) {
-                }
-                tmpl.emplace(read_file(template_path), bos, eos);
-            } else {
-                try {
-                    tmpl.emplace(ChatTemplate::from_gguf(*f));
-                } catch (const Error& e) {
-                    throw Error(fmt::format("{} (give one with --chat-template FILE)", e.what()));
-                }
-            }
-        } catch (const jinja::TemplateError& e) {
-            throw Error(fmt::format("kiln chat: {}: {}", template_path.empty() ? model_path : template_path, e.what()));
-        }
+        ChosenTemplate chosen = choose_chat_template(model_path, template_path, template_name, "chat");
+        tmpl.emplace(std::move(chosen.tmpl));
+        if (!chosen.end_turn.empty()) end_turn.push_back(chosen.end_turn);
     }
 
     LoadOptions lo;
@@ -179,10 +190,17 @@ int run_chat(const std::vector<std::string>& argv) {
     }
     const bool tty_in = ::isatty(STDIN_FILENO) != 0, tty_out = ::isatty(STDOUT_FILENO) != 0;
     if (!quiet)
-        fmt::print(stderr, "kiln chat: {} ({}), context {}, parser {}; /reset starts over, /exit quits\n",
+        fmt::print(stderr, "kiln chat: {} ({}), context {}, parser {}; /help lists the commands, /exit quits\n",
                    model.info().name.empty() ? model_path : model.info().name, model.info().arch, ctx.n_ctx(),
                    chat::family_name(family));
 
+    {
+        struct sigaction sa{};
+        sa.sa_handler = on_sigint;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGINT, &sa, nullptr);
+    }
     ojson messages = ojson::array();
     auto reset = [&] {
         messages = ojson::array();
@@ -206,33 +224,63 @@ int run_chat(const std::vector<std::string>& argv) {
             if (!quiet) fmt::print(stderr, "kiln chat: conversation reset\n");
             continue;
         }
+        if (line == "/help") {
+            fmt::print(stderr, "{}", kHelp);
+            continue;
+        }
+        if (is_command(line)) {  // never sent to the model
+            fmt::print(stderr, "kiln chat: unknown command {} (/help lists them)\n", line);
+            continue;
+        }
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
 
         messages.push_back({{"role", "user"}, {"content", line}});
-        ojson vars = {{"messages", messages}, {"add_generation_prompt", true}};
-        if (no_think) vars["enable_thinking"] = false;
         std::string prompt;
-        try {
-            prompt = tmpl->render(vars);
-        } catch (const jinja::TemplateError& e) {
+        std::vector<int32_t> tokens;
+        size_t dropped = 0;
+        bool ok = false;
+        while (true) {
+            ojson vars = {{"messages", messages}, {"add_generation_prompt", true}};
+            if (no_think) vars["enable_thinking"] = false;
+            try {
+                prompt = tmpl->render(vars);
+            } catch (const jinja::TemplateError& e) {
+                fmt::print(stderr, "kiln chat: the chat template failed: {}\n", e.what());
+                break;
+            }
+            tokens = tok.encode(prompt, /*add_special=*/false, /*parse_special=*/true);
+            if (tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
+                tokens.insert(tokens.begin(), tok.bos());
+            if (tokens.empty()) {
+                fmt::print(stderr, "kiln chat: the chat template rendered an empty prompt\n");
+                break;
+            }
+            if (static_cast<int64_t>(tokens.size()) + 1 < ctx.n_ctx()) {
+                ok = true;
+                break;
+            }
+            // Too long for the context: drop the oldest turn (a user message and what answered it),
+            // never the system message nor the new message.
+            const size_t first = !messages.empty() && messages[0]["role"] == "system" ? 1 : 0;
+            if (messages.size() <= first + 1) {
+                fmt::print(stderr,
+                           "kiln chat: this message is {} tokens with the system message, the context holds {} (one more is "
+                           "needed for the answer): shorten it or raise -c\n",
+                           tokens.size(), ctx.n_ctx());
+                break;
+            }
+            size_t n = 1;
+            while (first + n < messages.size() - 1 && messages[first + n]["role"] != "user") ++n;
+            for (size_t i = 0; i < n; ++i) messages.erase(first);
+            dropped += n;
+        }
+        if (!ok) {
             messages.erase(messages.size() - 1);
-            fmt::print(stderr, "kiln chat: the chat template failed: {}\n", e.what());
             continue;
         }
-        std::vector<int32_t> tokens = tok.encode(prompt, /*add_special=*/false, /*parse_special=*/true);
-        if (tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
-            tokens.insert(tokens.begin(), tok.bos());
-        if (tokens.empty()) {
-            messages.erase(messages.size() - 1);
-            fmt::print(stderr, "kiln chat: the chat template rendered an empty prompt\n");
-            continue;
-        }
-        if (static_cast<int64_t>(tokens.size()) + 1 >= ctx.n_ctx()) {
-            messages.erase(messages.size() - 1);
-            fmt::print(stderr, "kiln chat: the conversation is {} tokens, the context holds {}: /reset or raise -c\n",
-                       tokens.size(), ctx.n_ctx());
-            continue;
-        }
+        if (dropped > 0)
+            fmt::print(stderr, "kiln chat: the conversation outgrew the context ({} tokens): dropped the {} oldest message(s){}\n",
+                       ctx.n_ctx(), dropped, messages[0]["role"] == "system" ? ", kept the system message" : "");
 
         // Keep the common prefix, decode the rest (at least one token, for the logits).
         size_t keep = 0;
@@ -264,7 +312,15 @@ int run_chat(const std::vector<std::string>& argv) {
         const auto t_gen = Clock::now();
         int64_t generated = 0;
         std::string stop = "end of turn";
+        StopMatcher stops(end_turn);
+        std::string stop_text;
+        g_interrupted = false;
+        g_generating = true;
         while (true) {
+            if (g_interrupted.load()) {
+                stop = "interrupted";
+                break;
+            }
             if (n_predict >= 0 && generated >= n_predict) {
                 stop = "length";
                 break;
@@ -277,11 +333,19 @@ int run_chat(const std::vector<std::string>& argv) {
             sampler.accept(next);
             ++generated;
             if (tok.is_eog(next)) break;
-            handle(parser.feed(detok.push(next)));
+            bool hit = false;
+            handle(parser.feed(stops.push(detok.push(next), hit, stop_text)));
+            if (hit) break;
             ctx.decode(std::span<const int32_t>(&next, 1));
             cached.push_back(next);
         }
-        handle(parser.feed(detok.flush()));
+        g_generating = false;
+        {
+            bool hit = false;
+            std::string rest = stops.push(detok.flush(), hit, stop_text);
+            if (!hit) rest += stops.flush();
+            handle(parser.feed(rest));
+        }
         handle(parser.finish());
         display.done();
         const double gen_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_gen).count();

@@ -1,4 +1,5 @@
 // kiln demo: writes a small model with kiln's own GGUF writer and runs it end to end.
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -24,6 +25,9 @@ int run_demo(const std::vector<std::string>& argv) {
     args.option({"-n", "--n-predict"}, &n_predict, "N", "tokens to generate (default 48)");
     args.option({"-s", "--seed"}, &seed, "N", "sampling seed (default 7)");
     if (!args.parse(argv)) return 0;
+    // stdout and stderr interleave: each line goes out as written, so `kiln demo 2>&1 | less` keeps
+    // the order they were printed in.
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);
     SyntheticLlama opts;
     const auto t = type_from_name(type);
     if (!t || !traits(*t).can_quantize)

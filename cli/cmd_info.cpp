@@ -121,8 +121,22 @@ const std::vector<std::pair<const char*, const char*>> kLabels = {
     {"expert_weights_scale", "expert weights scale"},
 };
 
+// A GGUF string for the terminal: NUL and other control bytes shown escaped (\0, \n, \xNN), so a
+// string with a NUL in it is neither cut short nor garbles the output.
+std::string shown(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s) {
+        if (c == 0) out += "\\0";
+        else if (c == '\n') out += "\\n";
+        else if (c == '\t') out += "\\t";
+        else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+        else out += static_cast<char>(c);
+    }
+    return out;
+}
+
 std::string render(const nlohmann::json& v) {
-    if (v.is_string()) return v.get<std::string>();
+    if (v.is_string()) return shown(v.get<std::string>());
     if (v.is_array() && v.size() > 8) return fmt::format("[{} values] {}...", v.size(), v[0].dump());
     return v.dump();
 }
@@ -161,11 +175,14 @@ KvPerToken kv_per_token(const gguf::File& f) {
 int run_info(const std::vector<std::string>& argv) {
     std::vector<std::string> files;
     bool tensors = false, json = false;
-    Args args("info", "MODEL.gguf [--tensors] [--json]");
+    std::string model_flag;
+    Args args("info", "MODEL.gguf | -m MODEL.gguf [--tensors] [--json]");
+    args.option({"-m", "--model"}, &model_flag, "FILE", "the model (or give it as the argument)");
     args.flag({"--tensors"}, &tensors, "print the full tensor table");
     args.flag({"--json"}, &json, "print one JSON object");
     args.positional(&files);
     if (!args.parse(argv)) return 0;
+    if (!model_flag.empty()) files.insert(files.begin(), model_flag);
     std::string path;
     if (files.size() == 1) path = files[0];
     if (files.empty()) throw Error("kiln info: no model given (usage: kiln info MODEL.gguf)");
@@ -219,7 +236,7 @@ int run_info(const std::vector<std::string>& argv) {
 
     fmt::print("file            {} (GGUF v{}, {})\n", path, f->version(), human_bytes(static_cast<double>(f->file_size())));
     fmt::print("architecture    {}\n", arch.empty() ? "(none)" : arch);
-    fmt::print("name            {}\n", f->get_string_or("general.name", "(none)"));
+    fmt::print("name            {}\n", shown(f->get_string_or("general.name", "(none)")));
     if (!s.hparams.empty()) {
         fmt::print("hyper-parameters\n");
         std::vector<std::string> shown;
@@ -236,7 +253,7 @@ int run_info(const std::vector<std::string>& argv) {
                 fmt::print("  {:<34} {}\n", key, render(value));
     }
     fmt::print("tokenizer       {} (pre: {}), {} tokens, bos {}, eos {}\n",
-               f->get_string_or("tokenizer.ggml.model", "(none)"), f->get_string_or("tokenizer.ggml.pre", "default"),
+               shown(f->get_string_or("tokenizer.ggml.model", "(none)")), shown(f->get_string_or("tokenizer.ggml.pre", "default")),
                n_vocab, f->get_int_or("tokenizer.ggml.bos_token_id", -1), f->get_int_or("tokenizer.ggml.eos_token_id", -1));
     if (const KvPerToken kv = kv_per_token(*f); kv.known) {
         std::string line = fmt::format("f16, {} full layers x {} B per token", kv.full_layers, kv.full_bytes);

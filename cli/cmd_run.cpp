@@ -1,14 +1,18 @@
 // kiln run -m MODEL -p PROMPT: load, decode the prompt, stream the generated text, print stats.
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "cli/args.h"
+#include "cli/text_input.h"
 #include "cli/command.h"
 #include "cli/progress.h"
+#include "cli/stop_matcher.h"
 #include "kiln/kiln.h"
 
 namespace kiln::cli {
@@ -23,7 +27,7 @@ void print_rate(const char* what, double ms, int64_t n, const char* unit) {
 }
 
 int run_run(const std::vector<std::string>& argv) {
-    std::string model_path, prompt;
+    std::string model_path, prompt, prompt_file, system_prompt, template_path, template_name;
     int64_t n_predict = 128, n_ctx = 0, n_batch = 512;
     int n_threads = 0;
     bool no_display_prompt = false, quiet = false, ignore_eos = false;
@@ -32,27 +36,31 @@ int run_run(const std::vector<std::string>& argv) {
     ContextOptions co;
     Args args("run", "-m MODEL -p PROMPT [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to run");
-    args.option({"-p", "--prompt"}, &prompt, "TEXT", "prompt text");
-    args.option({"-n", "--n-predict"}, &n_predict, "N", "tokens to generate (default 128, -1: until end of text or context)");
-    args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size in tokens (default: the model's, at most 4096)");
-    args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)");
-    args.option({"-t", "--threads"}, &n_threads, "N", "CPU threads (default: all cores)");
+    args.option({"-p", "--prompt"}, &prompt, "TEXT", "prompt text (- reads it from standard input)");
+    args.option({"-f", "--file"}, &prompt_file, "FILE", "read the prompt from FILE (- for standard input)");
+    args.option({"-sys", "--system-prompt", "--system"}, &system_prompt, "TEXT",
+                "system message: the prompt becomes a user message in the model's chat template (see kiln chat)");
+    args.option({"--chat-template"}, &template_path, "FILE", "with -sys: a Jinja chat template instead of the model's");
+    args.option({"--chat-template-name"}, &template_name, "NAME", "with -sys: a built-in chat template (chatml, llama3, gemma)");
+    args.option({"-n", "--n-predict"}, &n_predict, "N", "tokens to generate (default 128, -1: until end of text or the context is full)",
+                -1, std::numeric_limits<int64_t>::max(), "-1 (until end of text or the context is full) or more");
+    args.ctx_size_option(&n_ctx);
+    args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)", 1, 1 << 20);
+    args.threads_option(&n_threads);
     args.backend_options(&co);
-    args.option({"--temp"}, &sp.temperature, "T", "temperature (default 0.8; 0 = greedy)");
-    args.option({"--top-k"}, &sp.top_k, "N", "top-k sampling (default 40, 0 = off)");
-    args.option({"--top-p"}, &sp.top_p, "P", "top-p sampling (default 0.95, 1 = off)");
-    args.option({"--min-p"}, &sp.min_p, "P", "min-p sampling (default 0.05, 0 = off)");
-    args.option({"--repeat-penalty"}, &sp.repeat_penalty, "X", "repetition penalty (default 1.0 = off)");
-    args.option({"--repeat-last-n"}, &sp.repeat_last_n, "N", "tokens the penalties look back over (default 64)");
-    args.option({"--presence-penalty"}, &sp.presence_penalty, "X", "presence penalty (default 0)");
-    args.option({"--frequency-penalty"}, &sp.frequency_penalty, "X", "frequency penalty (default 0)");
-    args.option({"-s", "--seed"}, &seed, "N", "random seed (default: random)");
+    args.sampler_options(&sp, &seed);
     args.flag({"--ignore-eos"}, &ignore_eos, "keep generating past end-of-text tokens");
     args.flag({"--no-display-prompt"}, &no_display_prompt, "do not echo the prompt");
     args.flag({"-q", "--quiet"}, &quiet, "no progress bars or statistics");
     if (!args.parse(argv)) return 0;
     if (model_path.empty()) throw Error("kiln run: no model given (-m MODEL.gguf)");
-    if (prompt.empty()) throw Error("kiln run: no prompt given (-p TEXT)");
+    if (!prompt_file.empty() && !prompt.empty()) throw Error("kiln run: give the prompt with -p or -f, not both");
+    if (!prompt_file.empty()) prompt = read_text_file(prompt_file, "-f");
+    else if (prompt == "-") prompt = read_text_file("-", "-p");
+    if (prompt.empty()) throw Error("kiln run: no prompt given (-p TEXT, -f FILE, or -p - for standard input)");
+    const bool templated = !system_prompt.empty();
+    if (!templated && (!template_path.empty() || !template_name.empty()))
+        throw Error("kiln run: --chat-template / --chat-template-name apply with -sys (a system message)");
     if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
 
     const auto t_load = Clock::now();
@@ -75,11 +83,24 @@ int run_run(const std::vector<std::string>& argv) {
     const double load_ms = ms_since(t_load);
 
     const Tokenizer& tok = model.tokenizer();
-    const std::vector<int32_t> tokens = tok.encode(prompt, /*add_special=*/true, /*parse_special=*/true);
+    std::string text = prompt;
+    std::vector<std::string> end_turn;  // a built-in template's end of turn: a stop string
+    if (templated) {
+        const ChosenTemplate t = choose_chat_template(model_path, template_path, template_name, "run");
+        if (!t.end_turn.empty()) end_turn.push_back(t.end_turn);
+        nlohmann::ordered_json vars = {{"messages", nlohmann::ordered_json::array({{{"role", "system"}, {"content", system_prompt}},
+                                                                                  {{"role", "user"}, {"content", prompt}}})},
+                                       {"add_generation_prompt", true}};
+        text = t.tmpl.render(vars);
+    }
+    std::vector<int32_t> tokens = tok.encode(text, /*add_special=*/!templated, /*parse_special=*/true);
+    if (templated && tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
+        tokens.insert(tokens.begin(), tok.bos());
     if (tokens.empty()) throw Error("kiln run: the prompt is empty (give one with -p)");
     if (static_cast<int64_t>(tokens.size()) >= ctx.n_ctx())
-        throw Error(fmt::format("kiln run: the prompt is {} tokens but the context holds {} (raise -c)", tokens.size(),
-                                ctx.n_ctx()));
+        throw Error(fmt::format("kiln run: the prompt is {} tokens and the context holds {}: the answer needs at least one more "
+                                "(raise -c to {} or more, or shorten the prompt)",
+                                tokens.size(), ctx.n_ctx(), tokens.size() + 1));
     if (!quiet)
         fmt::print(stderr, "kiln run: {} ({}), {} prompt tokens, context {}, backend {}\n",
                    model.info().name.empty() ? model_path : model.info().name, model.info().arch, tokens.size(), ctx.n_ctx(),
@@ -114,6 +135,8 @@ int run_run(const std::vector<std::string>& argv) {
     int64_t generated = 0;
     std::string stop_reason = "length";
     const int64_t limit = n_predict < 0 ? ctx.n_ctx() : n_predict;
+    StopMatcher stops(end_turn);
+    std::string stop_text;
     while (generated < limit) {
         const int32_t next = sampler.sample(ctx.logits());
         sampler.accept(next);
@@ -122,10 +145,15 @@ int run_run(const std::vector<std::string>& argv) {
             stop_reason = "end of text";
             break;
         }
-        const std::string piece = detok.push(next);
+        bool hit = false;
+        const std::string piece = stops.push(detok.push(next), hit, stop_text);
         if (!piece.empty()) {
             std::fwrite(piece.data(), 1, piece.size(), stdout);
             std::fflush(stdout);
+        }
+        if (hit) {
+            stop_reason = "end of turn";
+            break;
         }
         if (generated == limit) break;
         if (ctx.n_past() >= ctx.n_ctx()) {
@@ -134,7 +162,9 @@ int run_run(const std::vector<std::string>& argv) {
         }
         ctx.decode(std::span<const int32_t>(&next, 1));
     }
-    const std::string rest = detok.flush();
+    bool hit = false;
+    std::string rest = stop_reason == "end of turn" ? std::string() : stops.push(detok.flush(), hit, stop_text);
+    if (!hit) rest += stops.flush();
     std::fwrite(rest.data(), 1, rest.size(), stdout);
     fmt::print("\n");
     std::fflush(stdout);

@@ -14,20 +14,12 @@
 
 #include "chat/chat_template.h"
 #include "cli/args.h"
+#include "cli/text_input.h"
 #include "cli/command.h"
 #include "gguf/gguf.h"
 
 namespace kiln::cli {
 namespace {
-
-std::string read_all(const std::string& path) {
-    if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(fmt::format("{}: cannot open file", path));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
 
 int run_template(const std::vector<std::string>& argv) {
     const std::string unset = "\x01";  // tells "not given" from an empty --bos/--eos
@@ -46,7 +38,7 @@ int run_template(const std::vector<std::string>& argv) {
 
     nlohmann::ordered_json context;
     try {
-        context = nlohmann::ordered_json::parse(read_all(context_path));
+        context = nlohmann::ordered_json::parse(read_text_file(context_path, "--context"));
     } catch (const nlohmann::json::exception& e) {
         throw Error(fmt::format("{}: invalid JSON: {}", context_path, e.what()));
     }
@@ -65,7 +57,7 @@ int run_template(const std::vector<std::string>& argv) {
                              eos != unset ? eos : from_file.eos_token());
             }
         } else {
-            tmpl.emplace(read_all(template_path), bos != unset ? bos : "", eos != unset ? eos : "");
+            tmpl.emplace(read_text_file(template_path, "--chat-template"), bos != unset ? bos : "", eos != unset ? eos : "");
         }
         const std::string prompt = tmpl->render(context);
         std::fwrite(prompt.data(), 1, prompt.size(), stdout);

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "cli/args.h"
+#include "cli/text_input.h"
 #include "cli/command.h"
 #include "gguf/gguf.h"
 #include "kiln/error.h"
@@ -17,15 +18,6 @@
 namespace kiln::cli {
 
 namespace {
-
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(fmt::format("cannot open '{}' for reading", path));
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    if (in.bad()) throw Error(fmt::format("error reading '{}'", path));
-    return ss.str();
-}
 
 // As in the shared test vectors: the two characters '\' 'n' stand for a newline.
 std::string unescape_newlines(const std::string& s) {
@@ -98,7 +90,7 @@ int run_tokenize(const std::vector<std::string>& argv) {
     const Tokenizer tok(*gguf_file);
 
     if (!lines_file.empty()) {
-        std::istringstream in(read_file(lines_file));
+        std::istringstream in(read_text_file(lines_file, "--lines"));
         std::string line, out;
         while (std::getline(in, line)) {
             if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -119,7 +111,7 @@ int run_tokenize(const std::vector<std::string>& argv) {
     } else if (!prompt.empty()) {
         text = prompt;
     } else {
-        text = read_file(file);
+        text = read_text_file(file, "-f");
     }
     const std::vector<TokenId> ids = tok.encode(text, add_special, parse_special);
     std::string out;

@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
+#include <limits>
 #include <map>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -139,4 +142,113 @@ TEST(Sampler, BadInputsAreErrors) {
     EXPECT_THROW(Sampler(plain(1.0f), 0), kiln::Error);
     Sampler s(plain(1.0f), 3);
     EXPECT_THROW(s.sample(std::vector<float>{1.0f, 2.0f}), kiln::Error);
+}
+
+namespace {
+// The sampler chain as a full sort would do it (the definition the selecting sampler must match):
+// the ids kept after top-k, top-p (over the top-k survivors, at temperature 1) and min-p.
+std::vector<int32_t> reference_kept(const std::vector<float>& logits, const SamplerParams& p) {
+    std::vector<int32_t> ids(logits.size());
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+    std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+        return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
+               (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
+    });
+    size_t n = ids.size();
+    if (p.top_k > 0 && static_cast<size_t>(p.top_k) < n) n = static_cast<size_t>(p.top_k);
+    const double mx = logits[static_cast<size_t>(ids[0])];
+    std::vector<double> w(n);
+    double z = 0;
+    for (size_t i = 0; i < n; ++i) z += w[i] = std::exp(logits[static_cast<size_t>(ids[i])] - mx);
+    if (p.top_p < 1.0f) {
+        double cum = 0;
+        for (size_t i = 0; i < n; ++i) {
+            cum += w[i] / z;
+            if (cum >= p.top_p) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
+    if (p.min_p > 0.0f) {
+        size_t keep = 1;
+        while (keep < n && w[keep] >= p.min_p * w[0]) ++keep;
+        n = keep;
+    }
+    ids.resize(n);
+    return ids;
+}
+}  // namespace
+
+// Selection instead of sorting: every combination of truncations keeps exactly the tokens a full
+// sort keeps, most likely first, at vocabularies where the sampled-bracket top-k path runs (152K)
+// and where it does not, with ties and masked (-inf) logits.
+TEST(Sampler, SelectionMatchesAFullSort) {
+    std::mt19937 rng(3);
+    for (const int32_t n_vocab : {7, 1000, 5000, 151936}) {
+        for (int shape = 0; shape < 3; ++shape) {
+            std::vector<float> logits(static_cast<size_t>(n_vocab));
+            std::normal_distribution<float> body(0.0f, shape == 1 ? 0.7f : 2.5f);
+            for (float& x : logits) x = body(rng);
+            if (shape == 0)
+                for (int i = 0; i < 20; ++i) logits[rng() % logits.size()] = 12.0f + static_cast<float>(i % 5);  // peaks, with ties
+            if (shape == 2)
+                for (size_t i = 0; i < logits.size(); ++i) {
+                    if (i % 3 == 0) logits[i] = -std::numeric_limits<float>::infinity();  // masked
+                    else logits[i] = std::round(logits[i]);                                  // many ties
+                }
+            for (int top_k : {0, 1, 40, 3000, 100000})
+                for (float top_p : {1.0f, 0.95f, 0.5f})
+                    for (float min_p : {0.0f, 0.05f}) {
+                        auto p = plain(0.9f);
+                        p.top_k = top_k;
+                        p.top_p = top_p;
+                        p.min_p = min_p;
+                        Sampler s(p, n_vocab);
+                        const int32_t t = s.sample(logits);
+                        const auto want = reference_kept(logits, p);
+                        const auto got = s.last_candidates();
+                        SCOPED_TRACE(testing::Message() << "vocab " << n_vocab << " shape " << shape << " top_k " << top_k << " top_p "
+                                                        << top_p << " min_p " << min_p);
+                        ASSERT_EQ(got.size(), want.size());
+                        double sum = 0;
+                        bool drawn_kept = false;
+                        for (size_t i = 0; i < want.size(); ++i) {
+                            ASSERT_EQ(got[i].id, want[i]) << "rank " << i;
+                            sum += got[i].p;
+                            drawn_kept |= got[i].id == t;
+                        }
+                        EXPECT_NEAR(sum, 1.0, 1e-4);
+                        EXPECT_TRUE(drawn_kept) << "drew " << t;
+                    }
+        }
+    }
+}
+
+// With no truncation every token can come out, at the softmax's rate, from a 152K vocabulary.
+TEST(Sampler, NoTruncationDrawsFromTheWholeVocabulary) {
+    const int32_t n_vocab = 151936;
+    std::vector<float> logits(static_cast<size_t>(n_vocab), -5.0f);
+    logits[100] = 0.0f;
+    logits[151000] = 0.0f;  // two heavy tokens; the rest share the remaining mass
+    Sampler s(plain(1.0f), n_vocab);
+    const double heavy = 1.0 / (2.0 + (n_vocab - 2) * std::exp(-5.0));  // each heavy token's p
+    int n100 = 0, n151000 = 0, other = 0;
+    const int n = 20000;
+    for (int i = 0; i < n; ++i) {
+        const int32_t t = s.sample(logits);
+        ASSERT_GE(t, 0);
+        ASSERT_LT(t, n_vocab);
+        if (t == 100) ++n100;
+        else if (t == 151000) ++n151000;
+        else ++other;
+    }
+    const double sd = std::sqrt(heavy * (1 - heavy) / n);
+    EXPECT_NEAR(n100 / static_cast<double>(n), heavy, 5 * sd);
+    EXPECT_NEAR(n151000 / static_cast<double>(n), heavy, 5 * sd);
+    EXPECT_NEAR(other / static_cast<double>(n), 1 - 2 * heavy, 5 * sd);
+    EXPECT_EQ(s.last_candidates().size(), static_cast<size_t>(n_vocab));
+    EXPECT_EQ(s.last_candidates()[0].id, 100);
+    EXPECT_EQ(s.last_candidates()[1].id, 151000);
+    EXPECT_NEAR(s.last_candidates()[0].p, heavy, 1e-5);
 }

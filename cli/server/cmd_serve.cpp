@@ -1,7 +1,15 @@
 // kiln serve -m MODEL: the Anthropic Messages API and the OpenAI Chat Completions API over HTTP.
+#include <dirent.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +17,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -16,6 +25,7 @@
 
 #include "cli/args.h"
 #include "cli/command.h"
+#include "cli/text_input.h"
 #include "chat/chat_parser.h"
 #include "cli/server/server.h"
 
@@ -27,6 +37,7 @@ using json = nlohmann::ordered_json;  // answers keep their fields in the docume
 using Clock = std::chrono::steady_clock;
 
 constexpr size_t kMaxBody = 32u << 20;  // 32 MiB
+constexpr int kSpareConnections = 128;    // connection threads beyond the slots and the queue
 
 std::string random_id(const char* prefix) {
     static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -55,6 +66,109 @@ std::string key_fingerprint(const std::string& key) {
     return fmt::format("{:08x}", static_cast<uint32_t>(h ^ (h >> 32)));
 }
 
+// The connection's socket, which cpp-httplib 0.11 does not hand to a handler: the descriptor whose
+// peer and local addresses are the request's. -1 if none is found.
+int connection_fd(const httplib::Request& req) {
+    DIR* dir = ::opendir("/proc/self/fd");
+    if (!dir) return -1;
+    int found = -1;
+    auto addr_port = [](const sockaddr_storage& a, std::string& ip, int& port) {
+        char host[NI_MAXHOST], serv[NI_MAXSERV];
+        if (::getnameinfo(reinterpret_cast<const sockaddr*>(&a), sizeof a, host, sizeof host, serv, sizeof serv,
+                          NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+            return false;
+        ip = host;
+        port = std::atoi(serv);
+        return true;
+    };
+    while (dirent* e = ::readdir(dir)) {
+        const int fd = std::atoi(e->d_name);
+        struct stat st{};
+        if (e->d_name[0] < '0' || e->d_name[0] > '9' || ::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+        sockaddr_storage peer{}, local{};
+        socklen_t pl = sizeof peer, ll = sizeof local;
+        if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0 || ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0)
+            continue;
+        std::string pip, lip;
+        int pport = 0, lport = 0;
+        if (addr_port(peer, pip, pport) && addr_port(local, lip, lport) && pport == req.remote_port && pip == req.remote_addr &&
+            lport == req.local_port) {
+            found = fd;
+            break;
+        }
+    }
+    ::closedir(dir);
+    return found;
+}
+
+// Whether the client at the other end of fd hung up (what is still unread stays unread).
+bool peer_gone(int fd) {
+    pollfd p{fd, static_cast<short>(POLLIN | POLLRDHUP), 0};
+    if (::poll(&p, 1, 0) <= 0) return false;
+    if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
+    char c;
+    return (p.revents & POLLIN) && ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+// For a non-streaming request: false once its client has gone (checked at most every 100 ms), so
+// the generation stops as a dropped stream's does.
+class ClientWatch {
+public:
+    explicit ClientWatch(const httplib::Request& req) : fd_(connection_fd(req)) {}
+    bool operator()() {
+        if (!alive_ || fd_ < 0) return alive_;
+        const auto now = Clock::now();
+        if (now - last_ < std::chrono::milliseconds(100)) return true;
+        last_ = now;
+        alive_ = !peer_gone(fd_);
+        return alive_;
+    }
+
+private:
+    int fd_;
+    bool alive_ = true;
+    Clock::time_point last_{};
+};
+
+// A token's text for logprobs: the piece (special tokens as written) and its bytes.
+json token_entry(const Tokenizer& tok, int32_t id, float logprob) {
+    const std::string piece = tok.token_to_piece(id, /*special=*/true);
+    json bytes = json::array();
+    for (unsigned char c : piece) bytes.push_back(c);
+    return json{{"token", piece}, {"logprob", logprob}, {"bytes", bytes}};
+}
+
+// OpenAI chat completions' choices[0].logprobs (of a whole answer, or a stream chunk's tokens).
+json chat_logprobs(const Tokenizer& tok, const std::vector<TokenLogprobs>& lps) {
+    json content = json::array();
+    for (const auto& t : lps) {
+        json e = token_entry(tok, t.token, t.logprob);
+        json top = json::array();
+        for (const auto& a : t.top) top.push_back(token_entry(tok, a.id, a.logprob));
+        e["top_logprobs"] = top;
+        content.push_back(e);
+    }
+    return json{{"content", content}, {"refusal", nullptr}};
+}
+
+// OpenAI (legacy) completions' choices[0].logprobs; offset: the text before these tokens.
+json completion_logprobs(const Tokenizer& tok, const std::vector<TokenLogprobs>& all, size_t offset = 0) {
+    json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+    for (const auto& t : all) {
+        const std::string piece = tok.token_to_piece(t.token, true);
+        tokens.push_back(piece);
+        lps.push_back(t.logprob);
+        json top = json::object();
+        for (const auto& a : t.top) top[tok.token_to_piece(a.id, true)] = a.logprob;
+        tops.push_back(top);
+        offsets.push_back(offset);
+        offset += piece.size();
+    }
+    return json{{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+ApiError shutting_down() { return ApiError(503, "overloaded_error", "kiln serve is shutting down"); }
+
 bool is_openai_path(const std::string& path) { return path.rfind("/v1/chat/", 0) == 0 || path.rfind("/v1/completions", 0) == 0; }
 
 std::string openai_error_type(const ApiError& e) {
@@ -62,6 +176,7 @@ std::string openai_error_type(const ApiError& e) {
         case 401: return "authentication_error";
         case 404: return "not_found_error";
         case 413: return "request_too_large";
+        case 503:
         case 529: return "overloaded_error";
         case 500: return "server_error";
         default: return "invalid_request_error";
@@ -69,7 +184,9 @@ std::string openai_error_type(const ApiError& e) {
 }
 
 void send_error(httplib::Response& res, const ApiError& e, bool openai) {
-    res.status = e.status;
+    // Overloaded: Anthropic's own 529 on its route; OpenAI clients know 503 (and retry on it).
+    res.status = openai && e.status == 529 ? 503 : e.status;
+    if (e.status == 529 || e.status == 503) res.set_header("Retry-After", "1");
     json body;
     if (openai) body = json{{"error", {{"message", e.what()}, {"type", openai_error_type(e)}, {"param", nullptr}, {"code", nullptr}}}};
     else body = json{{"type", "error"}, {"error", {{"type", e.type}, {"message", e.what()}}}};
@@ -141,16 +258,30 @@ public:
     Server(Engine& engine, std::string api_key, std::string model_name)
         : e_(engine), api_key_(std::move(api_key)), model_name_(std::move(model_name)) {}
 
-    void install(httplib::Server& svr) {
+    // timeout_s: how long a client may keep the server waiting for the next bytes of its request
+    // (or for it to take the next bytes of the answer): then the connection is closed, a request
+    // with its headers incomplete answered 400.
+    void install(httplib::Server& svr, int timeout_s, int max_queue) {
         svr.set_payload_max_length(kMaxBody);
-        svr.set_read_timeout(600);
-        svr.set_write_timeout(600);
-        svr.set_keep_alive_timeout(30);
-        const int threads = e_.n_parallel() + 16;
+        svr.set_read_timeout(timeout_s);
+        svr.set_write_timeout(timeout_s);
+        // An idle keep-alive connection is closed after 5 s. Each open connection holds a thread
+        // until then (cpp-httplib): enough threads that many idle or slow clients leave room for
+        // /health and real requests.
+        svr.set_keep_alive_timeout(5);
+        const int threads = e_.n_parallel() + max_queue + kSpareConnections;
         svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
 
         svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
             ++e_.metrics().requests;
+            // A POST with neither Content-Length nor chunked encoding has no body (RFC 9112 6.3);
+            // cpp-httplib would read one until the client closes. Answer now.
+            if (req.method == "POST" && !req.has_header("Content-Length") &&
+                req.get_header_value("Transfer-Encoding").find("chunked") == std::string::npos) {
+                send_error(res, bad_request("the request has no body (no Content-Length): send the JSON with a Content-Length"),
+                           is_openai_path(req.path));
+                return httplib::Server::HandlerResponse::Handled;
+            }
             if (api_key_.empty() || req.path == "/health" || (req.method == "HEAD" && req.path == "/"))
                 return httplib::Server::HandlerResponse::Unhandled;
             std::string key = req.get_header_value("x-api-key");
@@ -197,6 +328,70 @@ public:
         svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
             json m{{"id", model_name_}, {"object", "model"}, {"type", "model"}, {"created", 0}, {"owned_by", "kiln"}, {"display_name", model_name_}};
             res.set_content(json{{"object", "list"}, {"data", json::array({m})}, {"has_more", false}}.dump(), "application/json");
+        });
+        svr.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+            const std::string id = req.matches[1];
+            if (id != model_name_) {
+                send_error(res, ApiError(404, "not_found_error", fmt::format("model '{}' not found (this server has '{}')", id, model_name_)), true);
+                return;
+            }
+            res.set_content(json{{"id", model_name_}, {"object", "model"}, {"type", "model"}, {"created", 0}, {"owned_by", "kiln"},
+                                 {"display_name", model_name_}}
+                                .dump(),
+                            "application/json");
+        });
+        // llama-server's /tokenize and /detokenize.
+        svr.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+            guarded(req, res, true, [&] {
+                const json body = parse_body(req.body);
+                if (!body.is_object()) throw bad_request("expected a JSON object with \"content\"");
+                const auto it = body.find("content");
+                if (it == body.end() || !it->is_string()) throw bad_request("content: expected a string");
+                auto flag = [&](const char* k, bool dflt) {
+                    const auto f = body.find(k);
+                    if (f == body.end()) return dflt;
+                    if (!f->is_boolean()) throw bad_request(fmt::format("{}: expected true or false", k));
+                    return f->get<bool>();
+                };
+                const bool add_special = flag("add_special", false), parse_special = flag("parse_special", true),
+                           with_pieces = flag("with_pieces", false);
+                const auto ids = e_.tokenizer().encode(it->get<std::string>(), add_special, parse_special);
+                json tokens = json::array();
+                for (int32_t id : ids) {
+                    if (!with_pieces) {
+                        tokens.push_back(id);
+                        continue;
+                    }
+                    // The piece as text when it is whole UTF-8, else its bytes (as llama-server).
+                    const std::string piece = e_.tokenizer().token_to_piece(id, true);
+                    bool valid = true;
+                    try {
+                        (void)json(piece).dump();
+                    } catch (const json::type_error&) {
+                        valid = false;
+                    }
+                    json bytes = json::array();
+                    for (unsigned char ch : piece) bytes.push_back(ch);
+                    tokens.push_back(json{{"id", id}, {"piece", valid ? json(piece) : bytes}});
+                }
+                res.set_content(json{{"tokens", tokens}}.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+            });
+        });
+        svr.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+            guarded(req, res, true, [&] {
+                const json body = parse_body(req.body);
+                const auto it = body.is_object() ? body.find("tokens") : body.end();
+                if (it == body.end() || !it->is_array()) throw bad_request("tokens: expected an array of token ids");
+                std::vector<int32_t> ids;
+                const int64_t n_vocab = e_.tokenizer().n_vocab();
+                for (const auto& t : *it) {
+                    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= n_vocab)
+                        throw bad_request(fmt::format("tokens: {} is not a token id (0..{})", t.dump(), n_vocab - 1));
+                    ids.push_back(static_cast<int32_t>(t.get<int64_t>()));
+                }
+                res.set_content(json{{"content", e_.tokenizer().decode(ids)}}.dump(-1, ' ', false, json::error_handler_t::replace),
+                                "application/json");
+            });
         });
         svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
         svr.Post("/v1/messages", [this](const httplib::Request& req, httplib::Response& res) { guarded(req, res, false, [&] { messages(req, res); }); });
@@ -257,6 +452,8 @@ private:
         }
         if (r.gen.thinking_budget >= 0) r.gen.thinking_closer = chat::thinking_closer(family);
         if (family == chat::ParserFamily::QwenXml && r.tools.is_array()) r.gen.tools_json = r.tools.dump();
+        if (!e_.end_turn().empty() && std::find(r.gen.stop.begin(), r.gen.stop.end(), e_.end_turn()) == r.gen.stop.end())
+            r.gen.stop.push_back(e_.end_turn());
         r.gen.prompt = e_.tokenize_prompt(prompt);
         return r.gen;
     }
@@ -274,7 +471,9 @@ private:
     }
 
     void messages(const httplib::Request& req, httplib::Response& res) {
-        ChatRequest r = from_anthropic(parse_body(req.body));
+        const json body = parse_body(req.body);
+        if (body.is_object() && !body.contains("max_tokens")) throw bad_request("max_tokens: Field required");
+        ChatRequest r = from_anthropic(body);
         auto adm = std::make_shared<Engine::Admission>(e_);
         std::string prompt;
         auto gen = std::make_shared<GenParams>(prepare(r, prompt));
@@ -283,11 +482,13 @@ private:
         std::shared_ptr<OutputParser> parser = parser_for(prompt, "toolu_", *gen);
         if (!r.stream) {
             Collector col;
-            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
+            ClientWatch alive(req);
+            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, std::ref(alive), [&](const Event& ev) {
                 col.add(ev);
-                return true;
+                return alive();
             });
             log_done("messages", g);
+            if (g.stop_reason == "shutdown") throw shutting_down();
             if (col.blocks.empty()) col.blocks.push_back(json{{"type", "text"}, {"text", ""}});
             json out{{"id", id},
                      {"type", "message"},
@@ -399,6 +600,13 @@ private:
             return;
         }
         log_done("messages", g);
+        if (g.stop_reason == "shutdown" && alive) {
+            // The server is stopping: the open block is closed and the stream ends with an error
+            // event (an SDK raises it as a retryable overloaded error), never silently cut.
+            close_block();
+            send("error", json{{"type", "error"}, {"error", {{"type", "overloaded_error"}, {"message", "kiln serve is shutting down"}}}});
+            return;
+        }
         if (g.stop_reason == "cancelled" || !alive) return;
         if (index < 0) open_block("text", json{{"type", "text"}, {"text", ""}});
         close_block();
@@ -420,15 +628,17 @@ private:
         if (!r.stream) {
             std::string text, reasoning;
             json calls = json::array();
-            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
+            ClientWatch alive(req);
+            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, std::ref(alive), [&](const Event& ev) {
                 if (ev.kind == Event::Text) text += ev.text;
                 else if (ev.kind == Event::Thinking) reasoning += ev.text;
                 else if (ev.kind == Event::ToolStart) calls.push_back(json{{"id", ev.id}, {"type", "function"}, {"function", {{"name", ev.name}, {"arguments", ""}}}});
                 else if (ev.kind == Event::ToolArgs && !calls.empty())
                     calls.back()["function"]["arguments"] = calls.back()["function"]["arguments"].get<std::string>() + ev.text;
-                return true;
+                return alive();
             });
             log_done("chat.completions", g);
+            if (g.stop_reason == "shutdown") throw shutting_down();
             json msg{{"role", "assistant"}, {"content", text}};
             if (!reasoning.empty()) msg["reasoning_content"] = reasoning;
             if (!calls.empty()) msg["tool_calls"] = calls;
@@ -436,7 +646,10 @@ private:
                      {"object", "chat.completion"},
                      {"created", created},
                      {"model", model},
-                     {"choices", json::array({json{{"index", 0}, {"message", msg}, {"finish_reason", openai_finish(g)}}})},
+                     {"choices", json::array({json{{"index", 0},
+                                                   {"message", msg},
+                                                   {"logprobs", gen->n_logprobs >= 0 ? chat_logprobs(e_.tokenizer(), g.logprobs) : json(nullptr)},
+                                                   {"finish_reason", openai_finish(g)}}})},
                      {"usage", openai_usage(g)}};
             res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
             return;
@@ -445,10 +658,19 @@ private:
         res.set_header("Cache-Control", "no-cache");
         res.set_chunked_content_provider("text/event-stream", [this, adm, gen, parser, id, model, created, include_usage](size_t, httplib::DataSink& sink) {
             bool alive = true;
+            // logprobs: the tokens generated since the last chunk ride on the next one.
+            std::vector<TokenLogprobs> pending;
+            if (gen->n_logprobs >= 0) gen->on_logprobs = [&](const TokenLogprobs& t) { pending.push_back(t); };
             auto chunk = [&](const json& delta, const json& finish) {
                 if (!alive) return false;
+                json choice{{"index", 0}, {"delta", delta}};
+                if (gen->n_logprobs >= 0) {
+                    choice["logprobs"] = chat_logprobs(e_.tokenizer(), pending);
+                    pending.clear();
+                }
+                choice["finish_reason"] = finish;
                 json c{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model},
-                       {"choices", json::array({json{{"index", 0}, {"delta", delta}, {"finish_reason", finish}}})}};
+                       {"choices", json::array({choice})}};
                 const std::string s = "data: " + c.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
                 alive = sink.write(s.data(), s.size());
                 return alive;
@@ -479,7 +701,10 @@ private:
                 return true;
             }
             log_done("chat.completions", g);
-            if (alive && g.stop_reason != "cancelled") {
+            if (alive && g.stop_reason == "shutdown") {
+                const std::string s = "data: " + json{{"error", {{"message", "kiln serve is shutting down"}, {"type", "overloaded_error"}}}}.dump() + "\n\ndata: [DONE]\n\n";
+                sink.write(s.data(), s.size());
+            } else if (alive && g.stop_reason != "cancelled") {
                 chunk(json::object(), openai_finish(g));
                 if (include_usage && alive) {
                     json u{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", json::array()}, {"usage", openai_usage(g)}};
@@ -501,7 +726,13 @@ private:
             // Reuse the chat request's field checks for the sampling fields, with a dummy message.
             json b = body;
             b["messages"] = json::array({json{{"role", "user"}, {"content", ""}}});
-            r = from_openai(nlohmann::json::parse(b.dump()));
+            b.erase("logprobs");  // an integer here (a flag on chat completions)
+            r = from_openai(b);
+            if (const auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null()) {
+                if (!lp->is_number_integer() || lp->get<int64_t>() < 0 || lp->get<int64_t>() > 20)
+                    throw bad_request("logprobs: expected an integer 0..20 (the alternatives per token)");
+                r.gen.n_logprobs = static_cast<int>(lp->get<int64_t>());
+            }
         }
         auto it = body.find("prompt");
         if (it == body.end() || !(it->is_string() || (it->is_array() && it->size() == 1 && (*it)[0].is_string())))
@@ -514,19 +745,22 @@ private:
         const std::string id = random_id("cmpl-");
         const std::string model = r.model.empty() ? model_name_ : r.model;
         const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-        auto choice = [](const std::string& text, const json& finish) {
-            return json::array({json{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}}});
+        auto choice = [](const std::string& text, const json& finish, json logprobs = nullptr) {
+            return json::array({json{{"text", text}, {"index", 0}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}}});
         };
         if (!r.stream) {
             auto parser = make_plain_parser();
             std::string text;
-            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, [] { return true; }, [&](const Event& ev) {
+            ClientWatch alive(req);
+            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, std::ref(alive), [&](const Event& ev) {
                 text += ev.text;
-                return true;
+                return alive();
             });
             log_done("completions", g);
+            if (g.stop_reason == "shutdown") throw shutting_down();
             json out{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
-                     {"choices", choice(text, openai_finish(g))}, {"usage", openai_usage(g)}};
+                     {"choices", choice(text, openai_finish(g), gen->n_logprobs >= 0 ? completion_logprobs(e_.tokenizer(), g.logprobs) : json(nullptr))},
+                     {"usage", openai_usage(g)}};
             res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
             return;
         }
@@ -541,16 +775,29 @@ private:
             };
             auto base = [&] { return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}}; };
             auto parser = make_plain_parser();
+            std::vector<TokenLogprobs> pending;
+            size_t offset = 0;
+            if (gen->n_logprobs >= 0) gen->on_logprobs = [&](const TokenLogprobs& t) { pending.push_back(t); };
+            auto chunk_logprobs = [&]() -> json {
+                if (gen->n_logprobs < 0) return nullptr;
+                json lp = completion_logprobs(e_.tokenizer(), pending, offset);
+                for (const auto& t : pending) offset += e_.tokenizer().token_to_piece(t.token, true).size();
+                pending.clear();
+                return lp;
+            };
             try {
                 const GenResult g = e_.generate(
                     *gen, *parser, [](int64_t) {}, [&] { return alive = alive && sink.write(": ping\n\n", 8); },
                     [&](const Event& ev) {
                         json c = base();
-                        c["choices"] = choice(ev.text, nullptr);
+                        c["choices"] = choice(ev.text, nullptr, chunk_logprobs());
                         return write(c);
                     });
                 log_done("completions", g);
-                if (alive && g.stop_reason != "cancelled") {
+                if (alive && g.stop_reason == "shutdown") {
+                    write(json{{"error", {{"message", "kiln serve is shutting down"}, {"type", "overloaded_error"}}}});
+                    if (alive) sink.write("data: [DONE]\n\n", 14);
+                } else if (alive && g.stop_reason != "cancelled") {
                     json c = base();
                     c["choices"] = choice("", openai_finish(g));
                     write(c);
@@ -619,27 +866,115 @@ private:
     std::set<std::string> rejected_;
 };
 
-httplib::Server* g_server = nullptr;
-void on_signal(int) {
-    if (g_server) g_server->stop();
+// Why host:port cannot be bound, from a bind of our own (cpp-httplib only says that it failed).
+std::string bind_failure(const std::string& host, int port) {
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    if (int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res); rc != 0)
+        return fmt::format("--host '{}' is not an address or a known host name ({})", host, ::gai_strerror(rc));
+    std::string why = "unknown reason";
+    for (addrinfo* a = res; a; a = a->ai_next) {
+        const int fd = ::socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+        if (fd < 0) continue;
+        int yes = 1;
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+        const int rc = ::bind(fd, a->ai_addr, a->ai_addrlen);
+        const int err = errno;
+        ::close(fd);
+        if (rc == 0) continue;
+        why = std::strerror(err);
+        if (err == EADDRINUSE) why += " (another server is on that port: pick another with --port, or --port 0 for any free one)";
+        else if (err == EADDRNOTAVAIL) why += fmt::format(" ({} is not an address of this machine)", host);
+        else if (err == EACCES) why += " (ports below 1024 need privileges)";
+        break;
+    }
+    ::freeaddrinfo(res);
+    return why;
+}
+
+// SIGINT / SIGTERM, taken by a thread of their own (sigwait): the first stops accepting, cancels
+// every generation (each client gets a clean end: an error event, or a 503), waits at most
+// kStopGrace for the answers in flight to be written, then exits; a second signal exits at once.
+// Threads started later inherit the blocked mask, so no other thread is interrupted.
+constexpr auto kStopGrace = std::chrono::milliseconds(1500);
+sigset_t stop_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    return set;
+}
+const char* signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal"; }
+
+[[noreturn]] void exit_now(int code) {
+    std::fflush(nullptr);
+    std::_Exit(code);
+}
+
+struct StopTarget {
+    std::atomic<httplib::Server*> svr{nullptr};
+    std::atomic<Engine*> engine{nullptr};
+};
+
+void stop_thread(StopTarget* t) {
+    const sigset_t set = stop_signals();
+    int sig = 0;
+    if (::sigwait(&set, &sig) != 0) return;
+    Engine* engine = t->engine.load();
+    httplib::Server* svr = t->svr.load();
+    if (!engine || !svr) {  // still loading: nothing to keep
+        fmt::print(stderr, "kiln serve: {}: exiting\n", signal_name(sig));
+        exit_now(130);
+    }
+    const int64_t busy = engine->metrics().queued.load();
+    fmt::print(stderr, "kiln serve: {}: stopping - no new connections, cancelling {} request(s) (again to exit at once)\n",
+               signal_name(sig), busy);
+    engine->stop();
+    svr->stop();
+    const auto deadline = std::chrono::steady_clock::now() + kStopGrace;
+    do {  // a second signal already pending is taken first
+        const timespec tick{0, 20 * 1000 * 1000};
+        siginfo_t info;
+        if (const int again = ::sigtimedwait(&set, &info, &tick); again > 0) {
+            fmt::print(stderr, "kiln serve: {} again: exiting now\n", signal_name(again));
+            exit_now(130);
+        }
+    } while (std::chrono::steady_clock::now() < deadline && engine->metrics().queued.load() > 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last answer's final bytes
+    const int64_t left = engine->metrics().queued.load();
+    if (left > 0) fmt::print(stderr, "kiln serve: {} request(s) still running after {} ms: dropped\n", left, kStopGrace.count());
+    fmt::print(stderr, "kiln serve: stopped\n");
+    // Idle keep-alive connections and slow clients would hold cpp-httplib's join for up to the
+    // timeouts: nothing is left that must be kept (the log is written), so exit here.
+    exit_now(0);
 }
 
 int run_serve(const std::vector<std::string>& argv) {
-    std::string model_path, host = "127.0.0.1", api_key, alias, backend = "cpu";
+    std::string model_path, host = "127.0.0.1", api_key, alias, backend = "cpu", template_path, template_name;
     int device = -1;
     KvType kv_k = KvType::F16, kv_v = KvType::F16;
     int64_t n_ctx = 0;
-    int port = 8080, parallel = 1, threads = 0, max_queue = 16;
+    int port = 8080, parallel = 1, threads = 0, max_queue = 16, timeout_s = 30;
     int64_t cache_mib = 0;
     int cache_prefixes = 0;
     Args args("serve", "-m MODEL [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve");
-    args.option({"-c", "--ctx-size"}, &n_ctx, "N", "context size per slot in tokens (default: the model's, at most 4096)");
+    args.ctx_size_option(&n_ctx);
     args.option({"--host"}, &host, "ADDR", "address to bind (default 127.0.0.1)");
-    args.option({"--port"}, &port, "N", "port (default 8080)");
-    args.option({"-np", "--parallel"}, &parallel, "N", "slots: requests generated at the same time (default 1)");
-    args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (default 16)");
-    args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
+    args.option({"--port"}, &port, "N", "port (default 8080; 0: any free port, printed once bound)", 0, 65535);
+    args.option({"-np", "--parallel"}, &parallel, "N", "slots: requests generated at the same time (default 1)", 1, 64);
+    args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (503 on the OpenAI routes; default 16)", 0,
+                4096);
+    args.option({"-to", "--timeout"}, &timeout_s, "N",
+                "seconds a client may stall while sending its request (or taking the answer) before it is dropped (default 30)", 1,
+                86400);
+    args.threads_option(&threads);
+    args.option({"--chat-template"}, &template_path, "FILE", "Jinja chat template to use instead of the model's");
+    args.option({"--chat-template-name"}, &template_name, "NAME",
+                "a built-in chat template instead of the model's: chatml, llama3 or gemma (without either, a model with no "
+                "template gets ChatML)");
     args.option({"--cache-mem"}, &cache_mib, "MIB",
                 "KV memory for cached prompt prefixes (device memory on Vulkan): more contexts than --parallel, each keeping one "
                 "prefix, least recently used overwritten first (default 0: the slots only)");
@@ -653,10 +988,13 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
     if (!args.parse(argv)) return 0;
     if (model_path.empty()) throw Error("kiln serve: no model given (-m MODEL.gguf)");
-    if (parallel < 1 || parallel > 64) throw Error("kiln serve: --parallel must be 1..64");
-    if (port < 0 || port > 65535) throw Error("kiln serve: --port must be 0..65535");
 
     std::signal(SIGPIPE, SIG_IGN);
+    // Signals go to the stop thread only (blocked here, before any other thread starts).
+    static StopTarget stop_target;
+    const sigset_t stop_set = stop_signals();
+    ::pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
+    std::thread(stop_thread, &stop_target).detach();
     LoadOptions lo;
     lo.n_threads = threads;
     Model model = Model::load(model_path, lo);
@@ -667,9 +1005,13 @@ int run_serve(const std::vector<std::string>& argv) {
         throw Error(fmt::format("kiln serve: unknown backend '{}' (available: cpu, vulkan, auto)", backend));
     Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes, backend, device,
                   kv_k, kv_v);
+    if (!template_path.empty() || !template_name.empty() || !engine.has_chat_template()) {
+        ChosenTemplate t = choose_chat_template(model_path, template_path, template_name, "serve");
+        engine.set_chat_template(std::move(t.tmpl), t.end_turn);
+    }
     Server server(engine, api_key, alias);
     httplib::Server svr;
-    server.install(svr);
+    server.install(svr, timeout_s, max_queue);
     // cpp-httplib's defaults: SO_REUSEPORT (a second server on the same port would silently share
     // it) and a listen backlog of 5 (a burst of clients gets connections reset). Instead:
     // SO_REUSEADDR only, and a deep backlog once bound.
@@ -679,8 +1021,9 @@ int run_serve(const std::vector<std::string>& argv) {
         ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
         listen_fd = sock;
     });
-    if (!svr.bind_to_port(host, port))
-        throw Error(fmt::format("kiln serve: cannot listen on {}:{} (in use by another server?)", host, port));
+    const int bound = port == 0 ? svr.bind_to_any_port(host) : (svr.bind_to_port(host, port) ? port : -1);
+    if (bound <= 0) throw Error(fmt::format("kiln serve: cannot listen on {}:{}: {}", host, port, bind_failure(host, port)));
+    port = bound;
     if (int acc = 0; listen_fd >= 0) {
         socklen_t len = sizeof acc;
         if (::getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc) ::listen(listen_fd, SOMAXCONN);
@@ -693,13 +1036,14 @@ int run_serve(const std::vector<std::string>& argv) {
     if (engine.max_contexts() > engine.n_parallel())
         fmt::print(stderr, "kiln serve: prefix cache: up to {} contexts of {:.1f} MiB KV each (--cache-mem {} MiB, --cache-prefixes {})\n",
                    engine.max_contexts(), static_cast<double>(engine.kv_bytes_per_context()) / (1 << 20), cache_mib, cache_prefixes);
-    g_server = &svr;
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
+    stop_target.engine = &engine;
+    stop_target.svr = &svr;
     svr.listen_after_bind();
-    g_server = nullptr;
-    fmt::print(stderr, "kiln serve: stopped\n");
-    return 0;
+    // Stopped by a signal: the stop thread ends the process (after its grace for the answers in
+    // flight). Otherwise listening itself failed.
+    while (engine.stopping()) std::this_thread::sleep_for(std::chrono::seconds(1));
+    stop_target.svr = nullptr;
+    throw Error("kiln serve: the listening socket failed");
 }
 
 }  // namespace

@@ -318,6 +318,15 @@ ChatRequest from_openai(const json& body) {
     r.stream = get_bool(body, "stream", false, "body");
     if (const json* so = field(body, "stream_options"); so && so->is_object())
         r.include_usage = get_bool(*so, "include_usage", false, "stream_options");
+    // logprobs: true (+ top_logprobs 0..20) on chat completions.
+    if (const json* lp = field(body, "logprobs"); lp && !lp->is_null()) {
+        if (!lp->is_boolean()) throw bad_request("logprobs: expected true or false");
+        const int64_t top = get_int(body, "top_logprobs", 0, "body");
+        if (top < 0 || top > 20) throw bad_request("top_logprobs: must be 0..20");
+        if (lp->get<bool>()) r.gen.n_logprobs = static_cast<int>(top);
+    } else if (field(body, "top_logprobs")) {
+        throw bad_request("top_logprobs: needs logprobs: true");
+    }
     const int64_t n = get_int(body, "n", 1, "body");
     if (n != 1) throw bad_request("n: only n = 1 is supported");
     r.gen.max_tokens = get_int(body, "max_completion_tokens", get_int(body, "max_tokens", -1, "body"), "body");

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "cli/server/server.h"
+#include "cli/stop_matcher.h"
 #include "chat/chat_parser.h"
 #include "gguf/gguf.h"
 
@@ -26,48 +27,6 @@ public:
     void finish(std::vector<Event>&) override {}
 };
 
-// Holds back text that may be the start of a stop sequence.
-class StopMatcher {
-public:
-    explicit StopMatcher(const std::vector<std::string>& stops) {
-        for (const auto& s : stops)
-            if (!s.empty()) stops_.push_back(s);
-    }
-    // Appends text; returns what can be released. Sets hit when a stop sequence was found.
-    std::string push(const std::string& text, bool& hit, std::string& which) {
-        pending_ += text;
-        if (stops_.empty()) return std::exchange(pending_, {});
-        size_t best = std::string::npos;
-        for (const auto& s : stops_) {
-            const size_t at = pending_.find(s);
-            if (at != std::string::npos && at < best) {
-                best = at;
-                which = s;
-            }
-        }
-        if (best != std::string::npos) {
-            hit = true;
-            std::string out = pending_.substr(0, best);
-            pending_.clear();
-            return out;
-        }
-        size_t keep = 0;  // longest suffix of pending_ that is a proper prefix of a stop sequence
-        for (const auto& s : stops_)
-            for (size_t k = std::min(s.size() - 1, pending_.size()); k > keep; --k)
-                if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
-                    keep = k;
-                    break;
-                }
-        std::string out = pending_.substr(0, pending_.size() - keep);
-        pending_.erase(0, pending_.size() - keep);
-        return out;
-    }
-    std::string flush() { return std::exchange(pending_, {}); }
-
-private:
-    std::vector<std::string> stops_;
-    std::string pending_;
-};
 }  // namespace
 
 std::unique_ptr<OutputParser> make_plain_parser() { return std::make_unique<PlainParser>(); }
@@ -129,9 +88,11 @@ struct Engine::Slot {
 Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes, int cache_prefixes,
                const std::string& backend, int device, KvType kv_type_k, KvType kv_type_v)
     : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
-    auto f = gguf::File::open(model_.info().path);
-    tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*f));
-    family_ = chat::detect_family(tmpl_->source(), model_.info().arch);
+    {
+        auto f = gguf::File::open(model_.info().path);
+        if (const gguf::Value* t = f->find("tokenizer.chat_template"); t && t->is_string())
+            set_chat_template(ChatTemplate::from_gguf(*f), "");
+    }
     ctx_options_.n_ctx = n_ctx;
     ctx_options_.n_threads = n_threads;
     ctx_options_.backend = backend;
@@ -196,7 +157,27 @@ std::vector<int32_t> Engine::tokenize_prompt(const std::string& text) const {
     return t;
 }
 
+void Engine::stop() {
+    stopping_ = true;
+    {
+        std::lock_guard lk(mu_);  // a waiter checks stopping_ under mu_, so none misses the wake-up
+    }
+    cv_.notify_all();
+}
+
+void Engine::set_chat_template(ChatTemplate t, std::string end_turn) {
+    tmpl_ = std::make_unique<ChatTemplate>(std::move(t));
+    family_ = chat::detect_family(tmpl_->source(), model_.info().arch);
+    end_turn_ = std::move(end_turn);
+}
+
+const ChatTemplate& Engine::chat_template() const {
+    if (!tmpl_) throw ApiError(400, "invalid_request_error", "the model has no chat template (start kiln serve with --chat-template)");
+    return *tmpl_;
+}
+
 Engine::Admission::Admission(Engine& e) : e_(e) {
+    if (e_.stopping()) throw ApiError(503, "overloaded_error", "kiln serve is shutting down");
     const int64_t n = ++e_.metrics_.queued;
     if (n > static_cast<int64_t>(e_.n_parallel_) + e_.max_queue_) {
         --e_.metrics_.queued;
@@ -317,7 +298,9 @@ Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::fun
             ++metrics_.active;
             return best;
         }
+        if (stopping_) return nullptr;
         cv_.wait_for(lk, std::chrono::seconds(1));
+        if (stopping_) return nullptr;
         lk.unlock();
         const bool alive = keepalive();
         lk.lock();
@@ -340,7 +323,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     r.n_prompt = static_cast<int64_t>(p.prompt.size());
     Slot* slot = acquire(p.prompt, keepalive);
     if (!slot) {
-        r.stop_reason = "cancelled";
+        r.stop_reason = stopping_ ? "shutdown" : "cancelled";
         ++metrics_.cancelled;
         return r;
     }
@@ -383,6 +366,10 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         }
         slot->tokens.insert(slot->tokens.end(), p.prompt.begin() + static_cast<std::ptrdiff_t>(i),
                             p.prompt.begin() + static_cast<std::ptrdiff_t>(i + n));
+        if (stopping_) {
+            r.stop_reason = "shutdown";
+            return r;
+        }
         if (std::chrono::duration<double>(Clock::now() - last_tick).count() >= 1.0) {
             last_tick = Clock::now();
             if (!keepalive()) {
@@ -401,7 +388,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     for (int32_t t : p.prompt) sampler.accept(t);
     Detokenizer detok(tok);
     for (int32_t t : p.prompt) (void)detok.push(t);
-    StopMatcher stops(p.stop);
+    cli::StopMatcher stops(p.stop);
     std::vector<Event> events;
     bool cancelled = false;
     bool in_thinking = false;  // the last event was reasoning (for the thinking budget)
@@ -414,6 +401,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
             else if (e.kind == Event::Text || e.kind == Event::ToolStart) in_thinking = false;
             if (!emit(e)) cancelled = true;
         }
+        if (stopping_) cancelled = true;
     };
 
     const int64_t room = n_ctx_ - ctx.n_past();
@@ -446,10 +434,20 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         static const std::vector<int32_t> kNoScript;
         const std::vector<int32_t>& script = scripts_.empty() ? kNoScript : scripts_[script_turn_++ % scripts_.size()];
         while (r.n_gen < limit && !cancelled) {
+            if (stopping_.load(std::memory_order_relaxed)) {
+                cancelled = true;
+                break;
+            }
             const int32_t next = script.empty() ? sampler.sample(ctx.logits())
                                                 : script[std::min(static_cast<size_t>(r.n_gen), script.size() - 1)];
             sampler.accept(next);
             ++r.n_gen;
+            if (p.n_logprobs >= 0 && !tok.is_eog(next)) {
+                TokenLogprobs info{next, 0.0f, {}};
+                info.logprob = token_logprobs(ctx.logits(), next, static_cast<size_t>(p.n_logprobs), info.top);
+                if (p.on_logprobs) p.on_logprobs(info);
+                r.logprobs.push_back(std::move(info));
+            }
             if (tok.is_eog(next)) {
                 r.stop_reason = "end";
                 break;
@@ -513,8 +511,13 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         }
     }
     if (cancelled) {
-        r.stop_reason = "cancelled";
+        r.stop_reason = stopping_ ? "shutdown" : "cancelled";
         ++metrics_.cancelled;
+    }
+    // The template's end-of-turn text (added to every chat request's stops) ends the turn.
+    if (r.stop_reason == "stop_sequence" && !end_turn_.empty() && r.stop_sequence == end_turn_) {
+        r.stop_reason = "end";
+        r.stop_sequence.clear();
     }
     r.decode_ms = ms_since(t_gen);
     metrics_.gen_tokens += static_cast<uint64_t>(r.n_gen);
@@ -563,19 +566,25 @@ void Engine::generate_json(const GenParams& p, Slot& slot, Sampler& sampler, int
             case JsonPiece::Forced:
                 if (!push(tok.encode(piece.text, false, false), piece.text)) return;
                 break;
-            case JsonPiece::String:
+            case JsonPiece::String: {
+                auto chars = [&](int32_t id) { return static_cast<int64_t>(v.n_chars[static_cast<size_t>(id)]); };
+                int64_t used = 0;
                 for (int n = 0;; ++n) {
                     if (v.quote < 0) {  // no '"' token: close the string at once
                         if (!push(tok.encode("\"", false, false), "\"")) return;
                         break;
                     }
-                    const int32_t t = n >= kMaxStringTokens ? v.quote : sample([&](int32_t id) {
-                        return (id < n_tok && v.string_safe[static_cast<size_t>(id)]) || (n > 0 && id == v.quote);
+                    const int64_t left = piece.max_chars < 0 ? -1 : piece.max_chars - used;
+                    const int32_t t = n >= kMaxStringTokens || left == 0 ? v.quote : sample([&](int32_t id) {
+                        if (id == v.quote) return n > 0 || piece.max_chars == 0;
+                        return id < n_tok && v.string_safe[static_cast<size_t>(id)] && (left < 0 || chars(id) <= left);
                     });
+                    if (t != v.quote) used += chars(t);
                     if (!push({t}, t == v.quote ? std::string("\"") : tok.token_to_piece(t, false))) return;
                     if (t == v.quote) break;
                 }
                 break;
+            }
             case JsonPiece::Number: {
                 // A first digit 1-9, then more digits (up to kMaxDigits) while the model's own
                 // most likely next token is a digit.

@@ -44,18 +44,37 @@ void plan(const json& s, int depth, std::vector<JsonPiece>& out) {
     if (type == "object") {
         add_forced(out, "{");
         bool first = true;
-        if (auto props = s.find("properties"); props != s.end() && props->is_object())
+        const auto props = s.find("properties");
+        const bool has_props = props != s.end() && props->is_object();
+        if (has_props)
             for (const auto& [name, sub] : props->items()) {
                 add_forced(out, (first ? "" : ", ") + json(name).dump() + ": ");
                 first = false;
                 plan(sub, depth + 1, out);
             }
+        // Required names without a property schema: present all the same, as strings.
+        if (auto req = s.find("required"); req != s.end() && req->is_array())
+            for (const auto& name : *req) {
+                if (!name.is_string() || (has_props && props->contains(name.get<std::string>()))) continue;
+                add_forced(out, (first ? "" : ", ") + name.dump() + ": ");
+                first = false;
+                plan(json{{"type", "string"}}, depth + 1, out);
+            }
         add_forced(out, "}");
     } else if (type == "array") {
         const auto items = s.find("items");
-        if (items == s.end() || !items->is_object()) return add_forced(out, "[]");
+        auto count = [&](const char* key, int64_t dflt) {
+            const auto it = s.find(key);
+            return it != s.end() && it->is_number_integer() ? it->get<int64_t>() : dflt;
+        };
+        constexpr int64_t kMaxItems = 16;  // a bound on what a schema can ask for
+        const int64_t n = std::min({std::max<int64_t>(1, count("minItems", 1)), count("maxItems", kMaxItems), kMaxItems});
+        if (items == s.end() || !items->is_object() || n <= 0) return add_forced(out, "[]");
         add_forced(out, "[");
-        plan(*items, depth + 1, out);
+        for (int64_t i = 0; i < n; ++i) {
+            if (i > 0) add_forced(out, ", ");
+            plan(*items, depth + 1, out);
+        }
         add_forced(out, "]");
     } else if (type == "integer" || type == "number") {
         out.push_back(JsonPiece{JsonPiece::Number, {}, {}});
@@ -65,7 +84,9 @@ void plan(const json& s, int depth, std::vector<JsonPiece>& out) {
         add_forced(out, "null");
     } else {  // "string" or no type: a string
         add_forced(out, "\"");
-        out.push_back(JsonPiece{JsonPiece::String, {}, {}});
+        JsonPiece p{JsonPiece::String, {}, {}};
+        if (auto it = s.find("maxLength"); it != s.end() && it->is_number_integer()) p.max_chars = std::max<int64_t>(0, it->get<int64_t>());
+        out.push_back(std::move(p));
     }
 }
 
@@ -97,11 +118,15 @@ JsonVocab JsonVocab::build(const Tokenizer& tok) {
     JsonVocab v;
     const int32_t n = tok.n_vocab();
     v.string_safe.assign(static_cast<size_t>(n), 0);
+    v.n_chars.assign(static_cast<size_t>(n), 0);
     v.digit.fill(-1);
     for (int32_t id = 0; id < n; ++id) {
         if (tok.is_eog(id) || tok.is_control(id)) continue;
         const std::string piece = tok.token_to_piece(id, /*special=*/false);
         v.string_safe[static_cast<size_t>(id)] = safe_in_json_string(piece) ? 1 : 0;
+        size_t chars = 0;
+        for (unsigned char ch : piece) chars += (ch & 0xc0) != 0x80;
+        v.n_chars[static_cast<size_t>(id)] = static_cast<uint8_t>(std::min<size_t>(chars, 255));
         if (piece.size() == 1 && piece[0] >= '0' && piece[0] <= '9' && v.digit[static_cast<size_t>(piece[0] - '0')] < 0)
             v.digit[static_cast<size_t>(piece[0] - '0')] = id;
         if (piece == "\"" && v.quote < 0) v.quote = id;

@@ -24,7 +24,9 @@
 
 namespace kiln::serve {
 
-using json = nlohmann::json;
+// Request bodies keep their keys in the order sent (a JSON schema's properties are generated in
+// that order).
+using json = nlohmann::ordered_json;
 using ojson = nlohmann::ordered_json;
 
 // An error for the client: HTTP status plus the Anthropic error type (the OpenAI writer maps it).
@@ -67,16 +69,27 @@ struct JsonPiece {
     enum Kind { Forced, String, Number, Choice } kind = Forced;
     std::string text;                  // Forced
     std::vector<std::string> choices;  // Choice
+    int64_t max_chars = -1;            // String: the schema's maxLength (characters), -1: none
 };
+// Objects: every property in the schema's order, then required names the properties do not list;
+// arrays: minItems items (at least 1, at most maxItems); strings: at most maxLength characters.
 // Throws ApiError 400 when the schema is not an object.
 std::vector<JsonPiece> plan_json(const json& schema);
 
 // Which tokens may be sampled inside JSON values (built once per tokenizer).
 struct JsonVocab {
     std::vector<uint8_t> string_safe;  // whole UTF-8, nothing to escape: may appear in a string
+    std::vector<uint8_t> n_chars;      // UTF-8 characters of each token's text (at most 255)
     std::array<int32_t, 10> digit{};   // the token of each digit (-1 if none)
     int32_t quote = -1;                // the token of '"'
     static JsonVocab build(const Tokenizer& tok);
+};
+
+// A generated token's logprob and the most likely alternatives (OpenAI logprobs).
+struct TokenLogprobs {
+    int32_t token;
+    float logprob;
+    std::vector<TokenLogprob> top;
 };
 
 struct GenParams {
@@ -87,6 +100,8 @@ struct GenParams {
     std::vector<JsonPiece> json_plan;  // not empty: the output is JSON following this plan
     int64_t thinking_budget = -1;      // >= 0: reasoning is cut off after this many tokens ...
     std::string thinking_closer;       // ... by generating this text (the family's end of thinking)
+    int n_logprobs = -1;               // >= 0: record each generated token's logprob and this many alternatives
+    std::function<void(const TokenLogprobs&)> on_logprobs;  // with n_logprobs: each token's, as generated (streams)
     std::string output_prefix;         // already at the end of the prompt (a forced tool call's opener):
                                        // the output parser reads it first, as if generated
     std::string tools_json;            // the request's tools (OpenAI shape), for parsers that type
@@ -95,12 +110,13 @@ struct GenParams {
 
 struct GenResult {
     // "end" (end of generation token), "max_tokens" (limit or context full), "stop_sequence",
-    // "cancelled" (client gone)
+    // "cancelled" (client gone), "shutdown" (Engine::stop(): the server is stopping)
     std::string stop_reason = "end";
     std::string stop_sequence;
     int64_t n_prompt = 0, n_cached = 0, n_gen = 0;
     double prefill_ms = 0, decode_ms = 0;
     bool any_tool_call = false;
+    std::vector<TokenLogprobs> logprobs;  // GenParams::n_logprobs >= 0: one per generated token (end of generation excluded)
 };
 
 struct Metrics {
@@ -134,7 +150,12 @@ public:
 
     const Model& model() const { return model_; }
     const Tokenizer& tokenizer() const { return model_.tokenizer(); }
-    const ChatTemplate& chat_template() const { return *tmpl_; }
+    // The model's template, unless set_chat_template() gave another (end_turn: a stop string every
+    // chat request gets, for a template whose end of turn is no special token of the vocabulary).
+    void set_chat_template(ChatTemplate t, std::string end_turn);
+    const ChatTemplate& chat_template() const;  // ApiError 400 when there is none
+    const std::string& end_turn() const { return end_turn_; }
+    bool has_chat_template() const { return tmpl_ != nullptr; }
     chat::ParserFamily parser_family() const { return family_; }  // from the template, once
     int64_t n_ctx() const { return n_ctx_; }
     int n_parallel() const { return n_parallel_; }
@@ -146,7 +167,13 @@ public:
     // Tokenizes a rendered prompt; throws ApiError 400 "prompt is too long: N tokens > M maximum".
     std::vector<int32_t> tokenize_prompt(const std::string& text) const;
 
-    // A place in the queue: throws ApiError 529 when the queue is full. Hold it for the request.
+    // Cancels every generation (they end with stop_reason "shutdown" within a token) and refuses
+    // new ones (503); for the server's shutdown. Safe from any thread.
+    void stop();
+    bool stopping() const { return stopping_.load(); }
+
+    // A place in the queue: throws ApiError 529 when the queue is full (503 once stopping). Hold
+    // it for the request; metrics().queued counts the places held.
     class Admission {
     public:
         explicit Admission(Engine& e);
@@ -177,6 +204,7 @@ private:
 
     Model model_;
     std::unique_ptr<ChatTemplate> tmpl_;
+    std::string end_turn_;
     chat::ParserFamily family_ = chat::ParserFamily::Generic;
     int64_t n_ctx_;
     int max_queue_;
@@ -204,6 +232,7 @@ private:
     // KILN_SERVE_SCRIPTED_OUTPUT: tests replay these outputs (in turn) instead of sampling.
     std::vector<std::vector<int32_t>> scripts_;
     std::atomic<size_t> script_turn_{0};
+    std::atomic<bool> stopping_{false};
 };
 
 // ---- request conversion (convert.cpp) -----------------------------------------------------------

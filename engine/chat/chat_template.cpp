@@ -25,6 +25,11 @@ ChatTemplate ChatTemplate::from_gguf(const gguf::File& f, jinja::Options options
                         token_text(f, "tokenizer.ggml.eos_token_id"), std::move(options));
 }
 
+ChatTemplate ChatTemplate::with_gguf_tokens(std::string source, const gguf::File& f, jinja::Options options) {
+    return ChatTemplate(std::move(source), token_text(f, "tokenizer.ggml.bos_token_id"), token_text(f, "tokenizer.ggml.eos_token_id"),
+                        std::move(options));
+}
+
 std::string ChatTemplate::render(const nlohmann::ordered_json& context) const {
     if (!context.is_object()) throw Error("chat template context must be a JSON object");
     nlohmann::ordered_json vars = nlohmann::ordered_json::object();

@@ -25,6 +25,8 @@ public:
     // of `tokenizer.ggml.bos_token_id` / `eos_token_id`, "" when absent). Throws kiln::Error when the
     // file has no chat template.
     static ChatTemplate from_gguf(const gguf::File& file, jinja::Options options = {});
+    // `source` with the bos and eos texts of a GGUF file (a template given instead of the file's).
+    static ChatTemplate with_gguf_tokens(std::string source, const gguf::File& file, jinja::Options options = {});
 
     // Renders `context` (a JSON object: messages, tools, add_generation_prompt, enable_thinking, any
     // other template variable). As in transformers, the template also sees bos_token and eos_token,

@@ -27,10 +27,13 @@ inline std::string shell_quote(const std::string& s) {
     return q + "'";
 }
 
-// Runs `kiln ARGS...` (each argument quoted), capturing stdout and stderr separately.
-inline RunResult run_kiln(const std::vector<std::string>& args, const std::string& tag = "run") {
+// Runs `kiln ARGS...` (each argument quoted), capturing stdout and stderr separately; stdin is
+// `input` when given, else empty.
+inline RunResult run_kiln(const std::vector<std::string>& args, const std::string& tag = "run", const std::string* input = nullptr) {
     static int counter = 0;
-    const auto err_path = temp_path(tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".err");
+    const std::string base = tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    const auto err_path = temp_path(base + ".err"), in_path = temp_path(base + ".in");
+    if (input) std::ofstream(in_path, std::ios::binary) << *input;
     std::string cmd = shell_quote(kiln_binary());
     // Appended piecewise: GCC 12 warns falsely (-Wrestrict) on "literal" + string&&.
     for (const auto& a : args) {
@@ -39,7 +42,7 @@ inline RunResult run_kiln(const std::vector<std::string>& args, const std::strin
     }
     cmd += " 2>";
     cmd += shell_quote(err_path.string());
-    cmd += " </dev/null";
+    cmd += input ? " <" + shell_quote(in_path.string()) : std::string(" </dev/null");
     RunResult r;
     FILE* p = ::popen(cmd.c_str(), "r");
     if (!p) return r;
@@ -53,7 +56,10 @@ inline RunResult run_kiln(const std::vector<std::string>& args, const std::strin
     ss << e.rdbuf();
     r.err = ss.str();
     std::filesystem::remove(err_path);
+    if (input) std::filesystem::remove(in_path);
     return r;
 }
+
+inline RunResult run_kiln_with_input(const std::vector<std::string>& args, const std::string& input) { return run_kiln(args, "in", &input); }
 
 }  // namespace kiln::test

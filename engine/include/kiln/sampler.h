@@ -1,6 +1,9 @@
 // Sampler chain: repetition / presence / frequency penalties, then top-k, top-p, min-p,
 // temperature and a seeded draw (or greedy). Buffers are sized once for the vocabulary, so
-// sampling a token allocates nothing.
+// sampling a token allocates nothing. The truncations select (never sort the vocabulary): top-k
+// keeps the k best by partial selection, top-p and min-p cut by thresholds and a mass-weighted
+// selection, and the draw walks the survivors in the order selection left them; at a 152K
+// vocabulary one token costs a few linear passes whatever the parameters (kiln_bench Sampler*).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +25,14 @@ struct SamplerParams {
     uint64_t seed = 0xFFFFFFFF;    // 0xFFFFFFFF: a random seed; anything else: reproducible
 };
 
+// log p(token) under softmax(logits) (temperature 1, no truncation), and the n_top most likely
+// tokens with theirs, best first (ties: lower id), into `top` (cleared). For OpenAI logprobs.
+struct TokenLogprob {
+    int32_t id;
+    float logprob;
+};
+float token_logprobs(std::span<const float> logits, int32_t token, size_t n_top, std::vector<TokenLogprob>& top);
+
 class Sampler {
 public:
     Sampler(const SamplerParams& params, int32_t n_vocab);
@@ -35,17 +46,27 @@ public:
     const SamplerParams& params() const { return params_; }
     uint64_t seed() const { return seed_; }
 
-    // The candidates left after the last sample() (id, probability), most likely first; for tests
-    // and for callers that show alternatives. Empty after a greedy sample.
+    // The candidates left after the last sample() (id, penalised logit, probability at the
+    // sampling temperature), most likely first (ties: lower id first); for tests and for callers
+    // that show alternatives. Empty after a greedy sample. Sorted when asked, not by sample().
     struct Candidate {
         int32_t id;
         float logit;
         float p;
     };
-    std::span<const Candidate> last_candidates() const { return {cand_.data(), n_cand_}; }
+    std::span<const Candidate> last_candidates() const;
+
+    static constexpr size_t kBlock = 64;  // weights summed per block, so a draw walks blocks first
 
 private:
     void apply_penalties(std::span<float> logits);
+    // Candidates are keys_ (logit and id in one orderable integer: a larger key ranks first, ties
+    // going to the lower id) with a weight each in wts_.
+    size_t collect(float floor, size_t k);  // the k best (all if k == 0) of the logits >= floor, unordered
+    size_t collect_bracketed(float floor, size_t k);  // collect's fast path for k; 0: take the slow one
+    static constexpr size_t kSamples = 1024;
+    size_t top_p(size_t n, double target);  // the best prefix of keys_[0, n) whose weight reaches target
+    double u01();
 
     SamplerParams params_;
     int32_t n_vocab_;
@@ -55,8 +76,13 @@ private:
     size_t history_pos_ = 0;
     std::vector<float> work_;        // penalised logits
     std::vector<int32_t> counts_;    // occurrences per token in the window (zeroed after use)
-    std::vector<Candidate> cand_;
+    std::vector<uint64_t> keys_;
+    std::vector<float> wts_, bsum_;
     size_t n_cand_ = 0;
+    bool all_ = false;  // no truncation: the candidates are the whole vocabulary in id order (wts_ by id)
+    double draw_z_ = 1;  // sum of wts_ at the last draw, for last_candidates()
+    mutable std::vector<Candidate> cand_;  // built by last_candidates()
+    mutable bool cand_valid_ = false;
 };
 
 }  // namespace kiln
