@@ -165,8 +165,11 @@ TEST(ServeRobust, SecondSignalExitsAtOnce) {
     const std::string log = read_log(s.log_path);
     EXPECT_EQ(code, 130) << log;
     EXPECT_LT(took, 1.0) << "took " << took << " s";
-    EXPECT_NE(log.find("SIGINT: stopping"), std::string::npos) << log;
-    EXPECT_NE(log.find("SIGTERM again: exiting now"), std::string::npos) << log;
+    // Both arrive while the process is stopped: either may be taken first (POSIX leaves the order
+    // of pending signals open, and a library thread may take one and pass it on).
+    const bool int_first = log.find("SIGINT: stopping") != std::string::npos && log.find("SIGTERM again: exiting now") != std::string::npos;
+    const bool term_first = log.find("SIGTERM: stopping") != std::string::npos && log.find("SIGINT again: exiting now") != std::string::npos;
+    EXPECT_TRUE(int_first || term_first) << log;
 }
 
 // 64 idle or half-sent connections: /health and a real request are still answered within 1 s; the

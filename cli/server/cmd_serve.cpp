@@ -897,7 +897,14 @@ std::string bind_failure(const std::string& host, int port) {
 // SIGINT / SIGTERM, taken by a thread of their own (sigwait): the first stops accepting, cancels
 // every generation (each client gets a clean end: an error event, or a 503), waits at most
 // kStopGrace for the answers in flight to be written, then exits; a second signal exits at once.
-// Threads started later inherit the blocked mask, so no other thread is interrupted.
+// Threads started later inherit the blocked mask, so no other thread is interrupted. Threads that
+// libraries start before main (OpenBLAS's pool) do not: there a handler passes the signal on to the
+// stop thread (pthread_kill is async-signal-safe), which takes it with sigwait.
+std::atomic<bool> g_stop_thread_set{false};
+pthread_t g_stop_thread;
+void forward_to_stop_thread(int sig) {
+    if (g_stop_thread_set.load()) ::pthread_kill(g_stop_thread, sig);
+}
 constexpr auto kStopGrace = std::chrono::milliseconds(1500);
 sigset_t stop_signals() {
     sigset_t set;
@@ -994,7 +1001,17 @@ int run_serve(const std::vector<std::string>& argv) {
     static StopTarget stop_target;
     const sigset_t stop_set = stop_signals();
     ::pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
-    std::thread(stop_thread, &stop_target).detach();
+    {
+        std::thread t(stop_thread, &stop_target);
+        g_stop_thread = t.native_handle();
+        g_stop_thread_set.store(true);
+        t.detach();
+        struct sigaction sa{};
+        sa.sa_handler = forward_to_stop_thread;
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGINT, &sa, nullptr);
+        ::sigaction(SIGTERM, &sa, nullptr);
+    }
     LoadOptions lo;
     lo.n_threads = threads;
     Model model = Model::load(model_path, lo);
