@@ -154,12 +154,18 @@ const Weights& weights(TensorType t, int64_t rows, int64_t k) {
     return ref;
 }
 
-void BM_Matmul(benchmark::State& state, TensorType t, int64_t rows, int64_t k, int64_t n) {
-    const Weights& w = weights(t, rows, k);
+// n rows of k activations in [-1, 1).
+std::vector<float> activations(int64_t n, int64_t k) {
     std::vector<float> x(static_cast<size_t>(n * k));
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
     for (auto& v : x) v = ud(rng);
+    return x;
+}
+
+void BM_Matmul(benchmark::State& state, TensorType t, int64_t rows, int64_t k, int64_t n) {
+    const Weights& w = weights(t, rows, k);
+    const std::vector<float> x = activations(n, k);
     std::vector<float> y(static_cast<size_t>(n * rows));
     auto& p = pool();
     std::vector<uint8_t> scratch(kiln::kernels::matmul_scratch_bytes(t, k, n, p.size()));
@@ -185,10 +191,7 @@ void BM_Matmul(benchmark::State& state, TensorType t, int64_t rows, int64_t k, i
 // float tiles, timed alternately in the same run: GFLOP/s of each and blas_speedup.
 void BM_MatmulBlas(benchmark::State& state, TensorType t, int64_t rows, int64_t k, int64_t n) {
     const Weights& w = weights(t, rows, k);
-    std::vector<float> x(static_cast<size_t>(n * k));
-    std::mt19937 rng(7);
-    std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
-    for (auto& v : x) v = ud(rng);
+    const std::vector<float> x = activations(n, k);
     std::vector<float> y(static_cast<size_t>(n * rows));
     auto& p = pool();
     std::vector<uint8_t> scratch(kiln::kernels::matmul_scratch_bytes(t, k, n, p.size()));

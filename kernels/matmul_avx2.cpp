@@ -828,27 +828,27 @@ KILN_AVX2 void quantize_x_q8x256_avx2(const float* x, xq256* out, int64_t k) {
     }
 }
 
-// X on the grid of 32 / 256 through the quantisers above (the same codes as the integer paths).
-KILN_AVX2 void round_x_avx2(const float* x, float* out, int64_t k, int grid) {
-    if (grid == QK) {
-        xq32 q;
-        for (int64_t i = 0; i < k; i += QK) {
-            quantize_x_q8x32_avx2(x + i, &q, QK);
-            const __m256 d = _mm256_set1_ps(q.d);
-            for (int j = 0; j < QK; j += 8)
-                _mm256_storeu_ps(out + i + j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                                                    reinterpret_cast<const __m128i*>(q.qs + j))))));
-        }
-        return;
-    }
-    xq256 q;
-    for (int64_t i = 0; i < k; i += QKK) {
-        quantize_x_q8x256_avx2(x + i, &q, QKK);
+// X on the grid of 32 / 256 through the quantisers above (the same codes as the integer paths):
+// each block quantised, then d * code written back as floats.
+namespace {
+template <class Block, int N, void (*Quantize)(const float*, Block*, int64_t)>
+KILN_AVX2 void round_blocks(const float* x, float* out, int64_t k) {
+    Block q;
+    for (int64_t i = 0; i < k; i += N) {
+        Quantize(x + i, &q, N);
         const __m256 d = _mm256_set1_ps(q.d);
-        for (int j = 0; j < QKK; j += 8)
-            _mm256_storeu_ps(out + i + j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                                                reinterpret_cast<const __m128i*>(q.qs + j))))));
+        for (int j = 0; j < N; j += 8)
+            _mm256_storeu_ps(out + i + j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q.qs + j))))));
     }
+}
+}  // namespace
+
+void round_x_avx2(const float* x, float* out, int64_t k, int grid) {
+    if (grid == QK)
+        round_blocks<xq32, QK, quantize_x_q8x32_avx2>(x, out, k);
+    else
+        round_blocks<xq256, QKK, quantize_x_q8x256_avx2>(x, out, k);
 }
 
 Avx2Kernels avx2_kernels(TensorType t) {

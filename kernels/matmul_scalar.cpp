@@ -390,20 +390,22 @@ void quantize_x_q8x256_scalar(const float* x, xq256* out, int64_t k) {
     }
 }
 
+namespace {
+template <class Block, int N, void (*Quantize)(const float*, Block*, int64_t)>
+void round_blocks(const float* x, float* out, int64_t k) {
+    Block q;
+    for (int64_t i = 0; i < k; i += N) {
+        Quantize(x + i, &q, N);
+        for (int j = 0; j < N; ++j) out[i + j] = q.d * static_cast<float>(q.qs[j]);
+    }
+}
+}  // namespace
+
 void round_x_scalar(const float* x, float* out, int64_t k, int grid) {
-    if (grid == QK) {
-        xq32 q;
-        for (int64_t i = 0; i < k; i += QK) {
-            quantize_x_q8x32_scalar(x + i, &q, QK);
-            for (int j = 0; j < QK; ++j) out[i + j] = q.d * static_cast<float>(q.qs[j]);
-        }
-        return;
-    }
-    xq256 q;
-    for (int64_t i = 0; i < k; i += QKK) {
-        quantize_x_q8x256_scalar(x + i, &q, QKK);
-        for (int j = 0; j < QKK; ++j) out[i + j] = q.d * static_cast<float>(q.qs[j]);
-    }
+    if (grid == QK)
+        round_blocks<xq32, QK, quantize_x_q8x32_scalar>(x, out, k);
+    else
+        round_blocks<xq256, QKK, quantize_x_q8x256_scalar>(x, out, k);
 }
 
 void gemm_tile_scalar(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc,
