@@ -51,8 +51,8 @@ constexpr int64_t kBlasRows = 64;  // rows per sgemm call (widened into the thre
 bool blas_type(TensorType t) {
     switch (static_cast<BlasUse>(blas_flag().load(std::memory_order_relaxed))) {
         case BlasUse::Off: return false;
-        // Measured (MatmulBlas, Zen 5, 2 threads): sgemm 1.07-1.19x kiln's float tiles on F32
-        // weights; on F16 / BF16, with the rows widened per call, 0.91-1.0x: kiln keeps those.
+        // Measured (MatmulBlas, Zen 5, 2 threads, quiet machine): sgemm 0.98-1.06x kiln's float tiles on F32
+        // weights (1.02-1.06x from 128 tokens); on F16 / BF16, rows widened per call, 0.86-0.97x: kiln keeps those.
         case BlasUse::Auto: return t == TensorType::F32;
         case BlasUse::All: return t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16;
     }
