@@ -52,6 +52,15 @@ AlignedBuf aligned_bytes(size_t n) {
     return AlignedBuf(static_cast<uint8_t*>(p));
 }
 
+// Memory that is really taken now: a large allocation is mapped lazily by the kernel, so a KV cache
+// the machine cannot hold would only fail (or be killed) when generation reaches it. Writing it
+// once makes what the memory plan counted resident at once (and its contents defined).
+AlignedBuf zeroed_bytes(size_t n) {
+    AlignedBuf b = aligned_bytes(n);
+    std::memset(b.get(), 0, std::max<size_t>(64, (n + 63) / 64 * 64));
+    return b;
+}
+
 // K and V of every layer, one row per slot (KvRowFormat: n_head_kv heads of head_dim elements, f32,
 // f16 or quantized). An MLA layer (v_in_k) stores K only: V is read from the head of each K row.
 class CpuKv final : public KvBuffers {
@@ -61,9 +70,9 @@ public:
             const KvLayerShape& l = layout.layers[il];
             const size_t n = static_cast<size_t>(layout.slots(il));
             layout.k_row(il).check(fmt::format("cpu backend: layer {} keys", il));
-            k_.push_back(aligned_bytes(n * layout.k_row(il).row_bytes()));
+            k_.push_back(zeroed_bytes(n * layout.k_row(il).row_bytes()));
             if (!l.v_in_k) layout.v_row(il).check(fmt::format("cpu backend: layer {} values", il));
-            v_.push_back(l.v_in_k ? AlignedBuf() : aligned_bytes(n * layout.v_row(il).row_bytes()));
+            v_.push_back(l.v_in_k ? AlignedBuf() : zeroed_bytes(n * layout.v_row(il).row_bytes()));
         }
         // Per thread: the scores of one query head over the whole context.
         scores_stride_ = static_cast<size_t>(layout.n_ctx + 16);
@@ -291,29 +300,57 @@ void maybe_parallel(ThreadPool& pool, int64_t n, int64_t work_per_item, F&& fn) 
     parallel(pool, n, fn);
 }
 
-CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
-    plan_ = graph::plan_buffers(g_, 64);
-    size_t scratch = 0, aux = 0, solo = 0, flash = 0;
-    for (const Node& n : g_.nodes()) {
+}  // namespace
+
+void CpuComputeBytes::max_with(const CpuComputeBytes& o) {
+    workspace = std::max(workspace, o.workspace);
+    scratch = std::max(scratch, o.scratch);
+    aux = std::max(aux, o.aux);
+    solo_per_thread = std::max(solo_per_thread, o.solo_per_thread);
+    flash_per_thread = std::max(flash_per_thread, o.flash_per_thread);
+}
+
+size_t CpuComputeBytes::total(int n_threads) const {
+    auto al = [](size_t b) { return (b + 63) / 64 * 64; };
+    const auto n = static_cast<size_t>(std::max(1, n_threads));
+    return al(workspace) + al(scratch) + al(aux) + al(solo_per_thread) * n + al(flash_per_thread) * n;
+}
+
+size_t cpu_kv_scores_bytes(int64_t n_ctx, int n_threads) {
+    return static_cast<size_t>(n_ctx + 16) * sizeof(float) * static_cast<size_t>(std::max(1, n_threads));
+}
+
+CpuComputeBytes cpu_compute_bytes(const graph::Graph& g, int n_threads) {
+    CpuComputeBytes c;
+    c.workspace = static_cast<size_t>(graph::plan_buffers(g, 64).workspace_bytes);
+    for (const Node& n : g.nodes()) {
         // A batch that may run tiled (the threshold can be lowered to 2 tokens).
-        if (n.op == Op::Attention && g_.tensor(n.src[0]).ne1 > 1)
-            flash = std::max(flash, kernels::FlashAttn::scratch_bytes(n.attn.head_dim_k, n.attn.head_dim_v));
+        if (n.op == Op::Attention && g.tensor(n.src[0]).ne1 > 1)
+            c.flash_per_thread = std::max(c.flash_per_thread, kernels::FlashAttn::scratch_bytes(n.attn.head_dim_k, n.attn.head_dim_v));
         if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) continue;
-        const Tensor& w = g_.tensor(n.src[0]);
-        const Tensor& x = g_.tensor(n.src[1]);
+        const Tensor& w = g.tensor(n.src[0]);
+        const Tensor& x = g.tensor(n.src[1]);
         if (!kernels::matmul_supports(w.wtype))
-            throw Error(fmt::format("cpu backend: weight '{}' has type {}, which the CPU matmul does not support",
-                                    w.name, type_name(w.wtype)));
+            throw Error(fmt::format("cpu backend: weight '{}' has type {}, which the CPU matmul does not support", w.name,
+                                    type_name(w.wtype)));
         int64_t n_tok = x.ne1;
         if (n.op != Op::MatMul) {
-            const GroupedShape gs = grouped_shape(g_, n);
+            const GroupedShape gs = grouped_shape(g, n);
             n_tok = gs.n_tok * gs.n_slot;  // at most every pair on one matrix
-            aux = std::max(aux, gs.aux_bytes());
-            solo = std::max(solo, kernels::matmul_scratch_bytes(w.wtype, w.ne0, kSoloMaxTokens, 1));
+            c.aux = std::max(c.aux, gs.aux_bytes());
+            c.solo_per_thread = std::max(c.solo_per_thread, kernels::matmul_scratch_bytes(w.wtype, w.ne0, kSoloMaxTokens, 1));
         }
-        scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, n_tok, be_.pool().size()));
+        c.scratch = std::max(c.scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, n_tok, n_threads));
     }
-    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch, aux, solo, flash);
+    return c;
+}
+
+namespace {
+
+CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
+    plan_ = graph::plan_buffers(g_, 64);
+    const CpuComputeBytes need = cpu_compute_bytes(g_, be_.pool().size());
+    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), need.scratch, need.aux, need.solo_per_thread, need.flash_per_thread);
 }
 
 float* CpuExecutable::f32(TensorId id) const {
