@@ -153,11 +153,13 @@ void BM_PromptAttention(benchmark::State& state, Shape s, KvType type, int64_t d
     state.SetLabel(std::string(kiln::kernels::kernel_level_name()) + " threads=" + std::to_string(threads));
 }
 
-// Decode attention at a depth: one query token against `depth` cached tokens (the split-K path every
-// generated token takes), per layer. Time per token must grow with the KV bytes read, at a steady
-// bandwidth, from 1K to 128K tokens: no cliff at long context. Counters: us_per_token, KV_MiB (read
-// per token), GB/s (KV bytes per second), memcpy_GB/s (this machine's copy bandwidth, measured in the
-// same run) and of_memcpy (the fraction of it).
+// Decode attention at a depth: one query token against `depth` cached tokens (the split path every
+// generated token takes: each KV head's query heads in one pass, the keys in chunks over the
+// threads), per layer. Time per token must grow with the KV bytes read, at a steady bandwidth, from
+// 1K to 128K tokens: no cliff at long context. Counters: us_per_token, KV_MiB (read per token),
+// GB/s (KV bytes per second), memcpy_GB/s (this machine's copy bandwidth, measured in the same run),
+// of_memcpy (the fraction of it), and per_head_us / speedup: the per-(token, head) paths decode took
+// before (GQA: each query head reads its KV head; MLA: chunks of heads), timed alternately.
 void BM_DecodeAttention(benchmark::State& state, Shape s, KvType type, int64_t depth) {
     namespace be = kiln::backend;
     FilledCache cache(s, type, depth + 1, depth + 1);
@@ -169,16 +171,26 @@ void BM_DecodeAttention(benchmark::State& state, Shape s, KvType type, int64_t d
     be::RunArgs args;
     args.kv = cache.kv.get();
     args.kv_base = depth;
-    exe->run(args);  // warm
-    double total = 0;
-    for (auto _ : state) {
+    auto timed = [&](bool split) {
+        be::set_cpu_split_attention(split);
         const auto t0 = std::chrono::steady_clock::now();
         exe->run(args);
-        const double t = seconds(t0);
+        const double sec = seconds(t0);
+        be::set_cpu_split_attention(true);
+        return sec;
+    };
+    timed(true);  // warm
+    timed(false);
+    double total = 0, per_head = 0;
+    for (auto _ : state) {
+        const double t = timed(true);
+        per_head += timed(false);
         total += t;
         state.SetIterationTime(t);
     }
     const double iters = static_cast<double>(state.iterations());
+    state.counters["per_head_us"] = per_head / iters * 1e6;
+    state.counters["speedup"] = per_head / total;
     const double bytes = static_cast<double>(cache.row_bytes) * static_cast<double>(depth + 1);
     const double gbs = bytes * iters / total / 1e9;
     const double copy = kiln::bench::measure_memcpy_gbs();
