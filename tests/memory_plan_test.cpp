@@ -19,6 +19,7 @@
 #include "support/reference.h"
 #include "support/run.h"
 #include "support/shared.h"
+#include "support/vulkan.h"
 
 namespace kiln::test {
 namespace {
@@ -266,6 +267,36 @@ TEST(MemoryPlan, ServeChoosesTheLargestContextThatFits) {
     r = run_measured({"serve", "-m", model, "-np", "8", "-c", "8192", "--host", "256.0.0.1", "--port", "0"}, size_t{512} << 20);
     EXPECT_NE(r.code, 0);
     EXPECT_NE(r.err.find("does not fit in memory: -c 8192 x 8 slots"), std::string::npos) << r.err;
+}
+
+// On Vulkan (lavapipe in CI): the same KV as the CPU plan, weights as uploaded, the device heap as
+// what is available, and no context whose layer's KV rows exceed the largest buffer the device binds.
+TEST(MemoryPlan, VulkanPlanCountsTheDeviceAndItsBufferLimit) {
+    KILN_REQUIRE_SHARED("models");
+    KILN_REQUIRE_VULKAN();
+    LoadOptions lo;
+    lo.touch_weights = false;
+    const Model model = Model::load((models_dir() / "glm4.7-flash-dims.q8_0.gguf").string(), lo);  // K rows of 576
+    MemoryPlanOptions po;
+    po.n_ctx = 4096;
+    const MemoryPlan cpu = plan_memory(model, po);
+    po.backend = "vulkan";
+    const MemoryPlan vk = plan_memory(model, po);
+    EXPECT_EQ(vk.backend, "vulkan");
+    EXPECT_EQ(vk.kv_bytes, cpu.kv_bytes);
+    EXPECT_EQ(vk.process_bytes, 0u);
+    EXPECT_GT(vk.max_buffer_bytes, 0u);
+    EXPECT_TRUE(vk.fits) << vk.refusal();
+    // 576 f16 values a row: the largest context puts at most max_buffer_bytes in a layer.
+    const int64_t largest = vk.max_ctx[0].n_ctx;
+    EXPECT_LE(static_cast<uint64_t>(largest) * 576 * 2, vk.max_buffer_bytes);
+    po.n_ctx = 1 + static_cast<int64_t>(vk.max_buffer_bytes / (576 * 2));
+    const MemoryPlan over = plan_memory(model, po);
+    if (over.total_bytes <= over.available_bytes) {
+        EXPECT_FALSE(over.fits);
+        EXPECT_NE(over.refusal().find("does not fit the device's buffers"), std::string::npos) << over.refusal();
+        EXPECT_NE(over.refusal().find("-ctk q8_0 -ctv q8_0 would make"), std::string::npos) << over.refusal();
+    }
 }
 
 }  // namespace

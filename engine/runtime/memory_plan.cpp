@@ -289,6 +289,19 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
     const size_t scratch_fixed = p.scratch_bytes - (device ? 0 : backend::cpu_kv_scores_bytes(p.n_ctx, n_threads) * n_par);
 
     Available avail;
+    // Vulkan: the largest n_ctx whose KV rows of each full layer bind as one buffer.
+    uint64_t bind_range = 0;
+    auto bind_cap_for = [&](KvType k, KvType v) {
+        if (bind_range == 0) return kMaxPlanCtx;
+        int64_t cap = kMaxPlanCtx;
+        const backend::KvLayout one = runtime::kv_layout(arch, 1, 1, k, v);
+        for (size_t il = 0; il < one.layers.size(); ++il) {
+            const size_t row = std::max(one.k_row(il).row_bytes(), one.v_row(il).row_bytes());
+            if (row > 0 && arch.kv_layers()[il].window <= 0) cap = std::min<int64_t>(cap, static_cast<int64_t>(bind_range / row));
+        }
+        return cap;
+    };
+    int64_t bind_cap = kMaxPlanCtx;
     if (!device) {
         const runtime::ProcessMemory pm = runtime::process_memory();
         const size_t model_pages = runtime::mapping_rss(m.file->mapping());
@@ -304,17 +317,25 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
         for (const vk::MemoryHeap& h : d.heaps)
             if (h.device_local && h.budget > avail.bytes) avail.bytes = h.budget;
         avail.source = d.memory_budget ? "device-local heap budget (VK_EXT_memory_budget)" : "device-local heap size";
+        // Each layer's K and V rows are bound as one storage buffer: at most the device's range.
+        bind_range = d.max_storage_buffer_range;
+        p.max_buffer_bytes = bind_range;
+        bind_cap = bind_cap_for(o.kv_type_k, o.kv_type_v);
+        if (p.n_ctx > bind_cap)
+            p.warnings.push_back(fmt::format("-c {} needs more than the {} one buffer of this device binds for a layer's KV rows: "
+                                             "-c {} is the most it takes",
+                                             p.n_ctx, format_bytes(bind_range), bind_cap));
     }
     p.available_bytes = avail.bytes;
     p.available_source = avail.source;
     p.total_bytes = p.process_bytes + p.weights_bytes + p.kv_bytes + p.scratch_bytes + p.cache_bytes;
-    p.fits = p.total_bytes <= p.available_bytes;
+    p.fits = p.total_bytes <= p.available_bytes && p.n_ctx <= bind_cap;
 
     const size_t fixed = p.process_bytes + p.weights_bytes + scratch_fixed + p.cache_bytes;
     cost.n_batch = nb;
     for (KvType t : {KvType::F16, KvType::Q8_0, KvType::Q4_0})
-        p.max_ctx.push_back({t, largest_ctx(cost, t, t, fixed, o.n_parallel, p.available_bytes)});
-    p.largest_ = largest_ctx(cost, o.kv_type_k, o.kv_type_v, fixed, o.n_parallel, p.available_bytes);
+        p.max_ctx.push_back({t, std::min(bind_cap_for(t, t), largest_ctx(cost, t, t, fixed, o.n_parallel, p.available_bytes))});
+    p.largest_ = std::min(bind_cap, largest_ctx(cost, o.kv_type_k, o.kv_type_v, fixed, o.n_parallel, p.available_bytes));
 
     if (hp.n_ctx_train > 0 && p.n_ctx > hp.n_ctx_train && hp.rope_scaling == model::RopeScaling::None)
         p.warnings.push_back(fmt::format(
@@ -334,9 +355,13 @@ std::string MemoryPlan::refusal() const {
     if (process_bytes) parts += ", this process " + format_bytes(process_bytes);
     std::string what = fmt::format("-c {}", n_ctx);
     if (n_parallel > 1) what += fmt::format(" x {} slots", n_parallel);
-    std::string s = fmt::format("does not fit in memory: {} ({}) needs {} ({}) but {} is available ({})", what,
-                                kv_type_k == kv_type_v ? kv_type_name(kv_type_k) : kv_types_flags(kv_type_k, kv_type_v).c_str(),
-                                format_bytes(total_bytes), parts, format_bytes(available_bytes), available_source);
+    const std::string types = kv_type_k == kv_type_v ? kv_type_name(kv_type_k) : kv_types_flags(kv_type_k, kv_type_v);
+    std::string s = total_bytes <= available_bytes
+                        ? fmt::format("does not fit the device's buffers: {} ({}) puts more than {} of KV rows in one layer, the "
+                                      "most one buffer of the device binds",
+                                      what, types, format_bytes(max_buffer_bytes))
+                        : fmt::format("does not fit in memory: {} ({}) needs {} ({}) but {} is available ({})", what, types,
+                                      format_bytes(total_bytes), parts, format_bytes(available_bytes), available_source);
     if (largest_ > 0) s += fmt::format("; the largest -c that fits is {}", largest_);
     else s += "; no context fits: the model alone needs more than is available";
     for (const MaxCtx& m : max_ctx)

@@ -70,6 +70,7 @@ struct MemoryPlan {
     size_t total_bytes = 0;
     size_t available_bytes = 0;
     std::string available_source;  // what limited available_bytes, e.g. "MemAvailable", "cgroup memory.max"
+    size_t max_buffer_bytes = 0;   // Vulkan: the largest buffer the device binds (a layer's KV rows live in one); 0 on the CPU
     bool fits = false;
     std::vector<MaxCtx> max_ctx;    // f16, q8_0, q4_0: the largest -c that fits with that KV type
     std::vector<std::string> warnings;  // e.g. a context beyond the trained one without RoPE scaling
