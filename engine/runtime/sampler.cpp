@@ -28,6 +28,8 @@ Sampler::Sampler(const SamplerParams& params, int32_t n_vocab) : params_(params)
     counts_.assign(static_cast<size_t>(n_vocab), 0);
     keys_.resize(static_cast<size_t>(n_vocab));
     wts_.resize(static_cast<size_t>(n_vocab));
+    side_keys_.resize(static_cast<size_t>(n_vocab));
+    side_wts_.resize(static_cast<size_t>(n_vocab));
     bsum_.resize(std::max(static_cast<size_t>(n_vocab) / kBlock + 1, kSamples));  // also holds collect's samples
     if (params.repeat_last_n > 0) history_.reserve(static_cast<size_t>(params.repeat_last_n));
     reset();
@@ -128,13 +130,18 @@ constexpr size_t kLanes = 16;  // float lanes of the reductions (so they vectori
     return s;
 }
 
+// The sum of each block of kBlock weights (what a draw walks first); returns the total.
+[[gnu::always_inline]] inline double block_sums(const float* w, float* bsum, size_t n) {
+    double z = 0;
+    for (size_t b0 = 0, blk = 0; b0 < n; b0 += Sampler::kBlock, ++blk) z += bsum[blk] = sum_of(w + b0, std::min(n - b0, Sampler::kBlock));
+    return z;
+}
+
 // w[i] = exp((logit(i) - mx) * inv_t) and the sum of each block of kBlock weights; returns the total.
 template <class Logit>
 [[gnu::always_inline]] inline double weigh_impl(Logit logit, float* w, float* bsum, size_t n, float mx, float inv_t) {
     for (size_t i = 0; i < n; ++i) w[i] = exp_neg((logit(i) - mx) * inv_t);
-    double z = 0;
-    for (size_t b0 = 0, blk = 0; b0 < n; b0 += Sampler::kBlock, ++blk) z += bsum[blk] = sum_of(w + b0, std::min(n - b0, Sampler::kBlock));
-    return z;
+    return block_sums(w, bsum, n);
 }
 
 // The passes over the whole vocabulary, also built for AVX2 and chosen at run time (kernels/cpu.h).
@@ -283,46 +290,75 @@ size_t Sampler::collect_bracketed(float floor, size_t k) {
     return n_sure + need;
 }
 
-size_t Sampler::top_p(size_t n, double target) {
-    // Mass-weighted quickselect: [0, lo) is kept (weight acc), [lo, hi) undecided, [hi, n) dropped;
-    // each element of a part ranks before every element of the next.
+size_t Sampler::top_p(size_t n, double target, float mx) {
+    // Mass-weighted radix selection: [0, lo) is kept (weight acc), [lo, hi) undecided, [hi, n)
+    // dropped; each element of a part ranks before every element of the next. A level takes 11 bits
+    // of the keys (from the top: the logit's sortable bits, then the id's): one pass sums the weight
+    // of each of their 2048 values, the value where the kept mass reaches the target is found from
+    // the top, and one three-way pass puts the values above it first and those below it last. The
+    // undecided part is what shares that value: a few levels leave a handful, whatever the shape
+    // of the distribution (a flat one keeps most of the vocabulary).
     size_t lo = 0, hi = n;
     double acc = 0;
     auto swap = [&](size_t a, size_t b) {
         std::swap(keys_[a], keys_[b]);
         std::swap(wts_[a], wts_[b]);
     };
-    while (hi - lo > 32) {
-        const uint64_t a = keys_[lo], b = keys_[lo + (hi - lo) / 2], c = keys_[hi - 1];
-        const uint64_t pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));
-        // Branch-free Lomuto: [j, i) holds only keys <= pivot, so swapping two of them is harmless.
-        size_t j = lo;
-        double mass_lanes[4] = {};
-        for (size_t i = lo; i < hi; ++i) {
+    if (n > 512) {
+        // First, bins of the logit itself (uniform over the 32 below the best, everything lower in
+        // bin 0: a bin is monotone in the key, so the bins rank as the keys do): one pass sums each
+        // bin's weight, the bin where the kept mass reaches the target is found from the top, and
+        // one branch-free pass keeps the bins above it in place and sets that bin's keys aside; they
+        // come back after the kept ones, the undecided part. Fine bins leave it small.
+        constexpr int kBins = 4096;
+        constexpr float kRange = 32.0f;
+        const float base = mx - kRange, scale = kBins / kRange;
+        auto bin_of = [&](uint64_t key) {
+            const float x = (key_logit(key) - base) * scale;
+            return x <= 0.0f ? 0 : std::min(kBins - 1, static_cast<int>(x));
+        };
+        double bins[kBins] = {};
+        for (size_t i = 0; i < n; ++i) bins[bin_of(keys_[i])] += wts_[i];
+        int bin = kBins - 1;
+        double before = 0;
+        for (; bin > 0 && before + bins[bin] < target; --bin) before += bins[bin];
+        size_t nf = 0, nc = 0;
+        for (size_t i = 0; i < n; ++i) {
             const uint64_t key = keys_[i];
             const float w = wts_[i];
-            const size_t gt = key > pivot;
-            keys_[i] = keys_[j];
-            wts_[i] = wts_[j];
-            keys_[j] = key;
-            wts_[j] = w;
-            mass_lanes[i & 3] += gt ? w : 0.0;
-            j += gt;
+            const int b = bin_of(key);
+            keys_[nf] = key;
+            wts_[nf] = w;
+            side_keys_[nc] = key;
+            side_wts_[nc] = w;
+            nf += b > bin;
+            nc += b == bin;
         }
-        const double mass = mass_lanes[0] + mass_lanes[1] + mass_lanes[2] + mass_lanes[3];
-        if (acc + mass >= target) {
-            hi = j;
-            continue;
+        std::copy(side_keys_.begin(), side_keys_.begin() + static_cast<long>(nc), keys_.begin() + static_cast<long>(nf));
+        std::copy(side_wts_.begin(), side_wts_.begin() + static_cast<long>(nc), wts_.begin() + static_cast<long>(nf));
+        acc = before;
+        lo = nf;
+        hi = nf + nc;
+    }
+    double mass[2048];
+    for (const int shift : {53, 42, 31, 20, 9, 0}) {
+        if (hi - lo <= 32) break;
+        std::fill(std::begin(mass), std::end(mass), 0.0);
+        for (size_t i = lo; i < hi; ++i) mass[(keys_[i] >> shift) & 0x7FF] += wts_[i];
+        int bin = 2047;
+        double before = acc;
+        for (; bin > 0 && before + mass[bin] < target; --bin) before += mass[bin];
+        const uint64_t b = static_cast<uint64_t>(bin);
+        size_t gt = lo, i = lo, lt = hi;
+        while (i < lt) {
+            const uint64_t v = (keys_[i] >> shift) & 0x7FF;
+            if (v > b) swap(i++, gt++);
+            else if (v < b) swap(i, --lt);
+            else ++i;
         }
-        acc += mass;
-        lo = j;
-        for (size_t i = lo; i < hi; ++i)
-            if (keys_[i] == pivot) {
-                swap(i, lo);
-                break;
-            }
-        acc += wts_[lo++];  // the pivot is next in rank
-        if (acc >= target) return lo;
+        acc = before;
+        lo = gt;
+        hi = lt;
     }
     for (size_t i = lo + 1; i < hi; ++i)  // a few left: insertion sort, best first
         for (size_t j = i; j > lo && keys_[j] > keys_[j - 1]; --j) swap(j, j - 1);
@@ -357,12 +393,16 @@ int32_t Sampler::sample(std::span<const float> logits) {
     const bool use_k = params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n_vocab;
     const bool use_p = params_.top_p < 1.0f;
     size_t n;
+    bool weighed = false;  // wts_[0, n) hold keys_[0, n)'s weights at temperature 1
     // The truncations weigh at temperature 1 (as established samplers order them); top-p over the
     // top-k survivors, or over the whole vocabulary without top-k. min-p and top-p both keep a best
     // prefix, so a floor applied before top-p gives the same set as min-p after it.
     if (use_k) {
         n = collect(use_p ? -inf : floor, static_cast<size_t>(params_.top_k));
-        if (use_p) n = top_p(n, params_.top_p * weigh(key_at, wts_.data(), bsum_.data(), n, mx, 1.0f));
+        if (use_p) {
+            n = top_p(n, params_.top_p * weigh(key_at, wts_.data(), bsum_.data(), n, mx, 1.0f), mx);
+            weighed = true;
+        }
     } else if (use_p) {
         // Tokens under tau weigh at most (1 - top_p) of the total together: never in the prefix.
         const float* v = work_.data();
@@ -371,7 +411,8 @@ int32_t Sampler::sample(std::span<const float> logits) {
         const float tau = tail > 0 ? mx + static_cast<float>(std::log(tail)) : -inf;
         n = collect(std::min(mx, std::max(tau, floor)), 0);
         weigh(key_at, wts_.data(), bsum_.data(), n, mx, 1.0f);
-        n = top_p(n, params_.top_p * z);
+        n = top_p(n, params_.top_p * z, mx);
+        weighed = true;
     } else if (floor > -inf) {
         n = collect(floor, 0);
     } else {
@@ -385,12 +426,17 @@ int32_t Sampler::sample(std::span<const float> logits) {
     if (floor > -inf) {  // min-p after top-k / top-p
         size_t j = 0;
         for (size_t i = 0; i < n; ++i)
-            if (key_logit(keys_[i]) >= floor) keys_[j++] = keys_[i];
+            if (key_logit(keys_[i]) >= floor) {
+                wts_[j] = wts_[i];
+                keys_[j++] = keys_[i];
+            }
         n = j;
     }
 
     n_cand_ = n;
-    draw_z_ = weigh(key_at, wts_.data(), bsum_.data(), n, mx, 1.0f / params_.temperature);
+    // At temperature 1 the truncation's weights are the draw's: only their block sums are new.
+    draw_z_ = weighed && params_.temperature == 1.0f ? block_sums(wts_.data(), bsum_.data(), n)
+                                                     : weigh(key_at, wts_.data(), bsum_.data(), n, mx, 1.0f / params_.temperature);
     return key_id(keys_[walk(wts_.data(), bsum_.data(), n, u01() * draw_z_)]);
 }
 

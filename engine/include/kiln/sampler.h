@@ -65,7 +65,9 @@ private:
     size_t collect(float floor, size_t k);  // the k best (all if k == 0) of the logits >= floor, unordered
     size_t collect_bracketed(float floor, size_t k);  // collect's fast path for k; 0: take the slow one
     static constexpr size_t kSamples = 1024;
-    size_t top_p(size_t n, double target);  // the best prefix of keys_[0, n) whose weight reaches target
+    // The best prefix of keys_[0, n) whose weight (wts_, at temperature 1 against the best logit mx)
+    // reaches target; keys_ and wts_ are reordered so that it comes first.
+    size_t top_p(size_t n, double target, float mx);
     double u01();
 
     SamplerParams params_;
@@ -78,6 +80,8 @@ private:
     std::vector<int32_t> counts_;    // occurrences per token in the window (zeroed after use)
     std::vector<uint64_t> keys_;
     std::vector<float> wts_, bsum_;
+    std::vector<uint64_t> side_keys_;  // top_p: the keys of its boundary bin
+    std::vector<float> side_wts_;
     size_t n_cand_ = 0;
     bool all_ = false;  // no truncation: the candidates are the whole vocabulary in id order (wts_ by id)
     double draw_z_ = 1;  // sum of wts_ at the last draw, for last_candidates()
