@@ -248,6 +248,37 @@ TEST(MemoryPlan, ContextBeyondTrainingWarnsAndRopeFlagsOverrideTheFile) {
     EXPECT_NE(a, c) << "linear scaling by 4 must move the logits";
 }
 
+// --rope-scaling yarn on a model whose file has no scaling (Qwen2.5 to 128K, as its model card
+// asks): the logits equal llama.cpp's on the same weights with the YaRN keys written into the file
+// (tests/data/overrides: qwen2-tiny.f32 with factor 4 and an original context of 32, so the 64
+// positions reach past it), within the f32 bounds of ../shared/models/README.md, one batch and
+// token by token.
+TEST(MemoryPlan, YarnOverrideMatchesLlamaCppWithTheKeysInTheFile) {
+    KILN_REQUIRE_SHARED("models");
+    const reference::Reference ref =
+        reference::load(fs::path(__FILE__).parent_path() / "data" / "overrides" / "qwen2-tiny.f32.yarn4-orig32.json");
+    LoadOptions lo;
+    lo.rope_scaling = "yarn";
+    lo.rope_scale = 4.0f;
+    lo.yarn_orig_ctx = 32;
+    const Model model = Model::load((models_dir() / "qwen2-tiny.f32.gguf").string(), lo);
+    ContextOptions co;
+    co.n_ctx = 128;
+    Context ctx(model, co);
+    for (const bool batch : {true, false}) {
+        const auto ours = batch ? reference::run_batch(ctx, ref.tokens) : reference::run_token_by_token(ctx, ref.tokens);
+        const reference::Measured m = reference::compare(ref, ours, 1e-2);
+        EXPECT_LE(m.max_abs, 3e-3 * ref.max_abs_logit) << (batch ? "one batch" : "token by token");
+        EXPECT_EQ(m.argmax_wrong, 0) << m.first_wrong;
+        EXPECT_GT(m.argmax_checked, 32);
+    }
+    // Without the override the same weights give other logits (the scaling is really applied).
+    const Model plain = Model::load((models_dir() / "qwen2-tiny.f32.gguf").string());
+    Context pc(plain, co);
+    const reference::Measured m = reference::compare(ref, reference::run_batch(pc, ref.tokens), 1e-2);
+    EXPECT_GT(m.max_abs, 3e-2 * ref.max_abs_logit);
+}
+
 // kiln serve without -c takes the trained context when it fits, the largest that fits (said on
 // stderr) when it does not, and refuses a -c that does not fit before listening.
 TEST(MemoryPlan, ServeChoosesTheLargestContextThatFits) {

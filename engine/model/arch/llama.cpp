@@ -23,7 +23,6 @@ struct DenseLayer {
 class DenseDecoder final : public Architecture {
 public:
     DenseDecoder(const gguf::File& f, const DenseDecoderSpec& spec) : spec_(spec), hp_(HParams::read(f)), w_(f) {
-        blocks::require_plain_rope(hp_);
         read_moe_params(f);
         const int64_t E = hp_.n_embd, V = hp_.n_vocab, F = hp_.n_ff, DK = hp_.head_dim_k;
         const int64_t QD = hp_.n_head * hp_.head_dim_k, KD = hp_.n_head_kv * hp_.head_dim_k;
