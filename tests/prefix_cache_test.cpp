@@ -80,6 +80,8 @@ struct Case {
     int64_t block;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " KV " << kiln::kv_type_name(c.kv) << " blocks of " << c.block; }
+
 class PrefixCacheModels : public ::testing::TestWithParam<Case> {};
 
 // 64 tokens: the context that computes them saves its blocks after 48 (its rings still hold the

@@ -1012,7 +1012,8 @@ TEST(ServerClaudeCommand, StartsServerRunsClaudeStopsServer) {
     EXPECT_NE(r.out.find("\"type\":\"message\""), std::string::npos) << r.out;
     const std::string slog = read_file(log);
     EXPECT_NE(slog.find("API key required"), std::string::npos) << slog;
-    EXPECT_NE(slog.find("prefix cache: up to 3 contexts"), std::string::npos) << slog;  // kiln claude's default
+    // The server's default prefix cache, its directory under XDG_CACHE_HOME (the test's, see support/run.h).
+    EXPECT_NE(slog.find("prefix cache: 4096 MiB of memory, 20 GiB on disk in /"), std::string::npos) << slog;
     EXPECT_NE(slog.find("kiln serve: stopped"), std::string::npos) << slog;
     // And it is gone.
     httplib::Client c("127.0.0.1", port);
