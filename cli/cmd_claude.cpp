@@ -40,10 +40,6 @@ using json = nlohmann::json;
 // Claude Code's system prompt and tools alone are ~15-25K tokens: a smaller context cannot hold
 // its first request. Default to this much (or the model's trained context, if smaller).
 constexpr int64_t kDefaultClaudeCtx = 32768;
-// Claude Code interleaves its main conversation with small requests (titles, the "haiku" model's
-// jobs) and subagents, each with its own system prompt: keep a prefix for each so none evicts the
-// main one. (A context's KV pages are touched only as far as its tokens reach.)
-constexpr int kDefaultPrefixes = 3;
 
 std::string find_on_path(const std::string& name) {
     const char* path = std::getenv("PATH");
@@ -114,17 +110,16 @@ int run_claude(const std::vector<std::string>& argv_all) {
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0, device = -1;
     KvType kv_k = KvType::F16, kv_v = KvType::F16;
-    int64_t cache_mib = 0;
-    int cache_prefixes = -1;
+    int64_t cache_mib = -1;
+    std::string cache_dir;
     Args args("claude", "-m MODEL [-c CTX] [--port P] [options] [-- claude arguments]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve (not needed when a server already runs on the port)");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N", fmt::format("context size in tokens (default: {} or the model's, if smaller)", kDefaultClaudeCtx));
     args.option({"--host"}, &host, "ADDR", "address of the server (default 127.0.0.1)");
     args.option({"--port"}, &port, "N", "port (default 8080); a server already answering there is reused");
     args.option({"-np", "--parallel"}, &parallel, "N", "server slots (default 1)");
-    args.option({"--cache-mem"}, &cache_mib, "MIB", "KV memory for more cached prefixes (kiln serve --cache-mem)");
-    args.option({"--cache-prefixes"}, &cache_prefixes, "N",
-                fmt::format("cached prefixes kept (kiln serve --cache-prefixes; default {} unless --cache-mem is given)", kDefaultPrefixes));
+    args.option({"--cache-mem"}, &cache_mib, "MIB", "host memory for the prefix cache (kiln serve --cache-mem)");
+    args.option({"--cache-dir"}, &cache_dir, "DIR", "prefix-cache directory kept across restarts, or none (kiln serve --cache-dir)");
     args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
     args.option({"--api-key"}, &api_key, "KEY", "API key of the server (default: a random one for a server started here)");
     args.option({"--alias"}, &alias, "NAME", "model name given to Claude Code (default: the file's)");
@@ -163,9 +158,8 @@ int run_claude(const std::vector<std::string>& argv_all) {
         if (log_path.empty()) log_path = (fs::temp_directory_path() / fmt::format("kiln-claude-{}.log", port)).string();
         std::vector<std::string> sargs = {"kiln", "serve", "-m", model_path, "-c", std::to_string(n_ctx), "--host", host,
                                           "--port", std::to_string(port), "--parallel", std::to_string(parallel), "--api-key", api_key};
-        if (cache_mib > 0) sargs.insert(sargs.end(), {"--cache-mem", std::to_string(cache_mib)});
-        if (cache_prefixes < 0 && cache_mib <= 0) cache_prefixes = kDefaultPrefixes;
-        if (cache_prefixes > 0) sargs.insert(sargs.end(), {"--cache-prefixes", std::to_string(cache_prefixes)});
+        if (cache_mib >= 0) sargs.insert(sargs.end(), {"--cache-mem", std::to_string(cache_mib)});
+        if (!cache_dir.empty()) sargs.insert(sargs.end(), {"--cache-dir", cache_dir});
         if (threads > 0) sargs.insert(sargs.end(), {"-t", std::to_string(threads)});
         if (!alias.empty()) sargs.insert(sargs.end(), {"--alias", alias});
         if (!backend.empty()) sargs.insert(sargs.end(), {"--backend", backend});

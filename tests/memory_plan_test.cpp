@@ -285,17 +285,17 @@ TEST(MemoryPlan, ServeChoosesTheLargestContextThatFits) {
     KILN_REQUIRE_SHARED("models");
     const std::string model = (models_dir() / "deepseek2-lite-tiny.f32.gguf").string();  // trained 8192
     // Stops right after choosing: an unbindable host ends serve once the plan is made.
-    Measured r = run_measured({"serve", "-m", model, "--host", "256.0.0.1", "--port", "0"});
+    Measured r = run_measured({"serve", "-m", model, "--host", "256.0.0.1", "--port", "0", "--cache-dir", "none"});
     EXPECT_NE(r.err.find("context 8192 tokens per slot (the model's trained context"), std::string::npos) << r.err;
     // Under an address-space limit that holds fewer tokens than trained, with 8 slots.
-    r = run_measured({"serve", "-m", model, "-np", "8", "--host", "256.0.0.1", "--port", "0"}, size_t{512} << 20);
+    r = run_measured({"serve", "-m", model, "-np", "8", "--host", "256.0.0.1", "--port", "0", "--cache-dir", "none"}, size_t{512} << 20);
     std::smatch m;
     ASSERT_TRUE(std::regex_search(r.err, m, std::regex("context ([0-9]+) tokens per slot \\(the largest that fits, trained 8192"))) << r.err;
     const int64_t n = std::stoll(m[1]);
     EXPECT_GT(n, 0);
     EXPECT_LT(n, 8192);
     EXPECT_EQ(n % 256, 0);
-    r = run_measured({"serve", "-m", model, "-np", "8", "-c", "8192", "--host", "256.0.0.1", "--port", "0"}, size_t{512} << 20);
+    r = run_measured({"serve", "-m", model, "-np", "8", "-c", "8192", "--host", "256.0.0.1", "--port", "0", "--cache-dir", "none"}, size_t{512} << 20);
     EXPECT_NE(r.code, 0);
     EXPECT_NE(r.err.find("does not fit in memory: -c 8192 x 8 slots"), std::string::npos) << r.err;
 }

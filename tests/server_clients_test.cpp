@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -223,6 +224,64 @@ TEST_F(ServerClaudeCodeTest, PrintModeTwiceWithAToolSecondReadsThePrefixCache) {
 
     const auto caps = rec.captured();
     EXPECT_GE(replay_and_check(caps, server_->port), 4u);
+}
+
+// The real Claude Code CLI, a server restart between two runs: stopped with SIGTERM, kiln serve
+// writes its prefix cache to --cache-dir; started again on the same directory, the first request
+// of the next run reads Claude Code's system prompt and tools from disk (cached tokens in the
+// server's log line for it) instead of computing them.
+TEST_F(ServerClaudeCodeTest, RestartKeepsThePrefixOnDisk) {
+    std::string why;
+    const std::string dir = kiln::test::npm_install("claude-code", {{"@anthropic-ai/claude-code", "2.1.197"}}, why);
+    if (dir.empty()) KILN_SKIP_LOUDLY("the Claude Code test needs node and npm: " + why);
+    const fs::path cache = kiln::test::temp_path("claude-restart-cache-" + std::to_string(::getpid()));
+    fs::remove_all(cache);
+    const fs::path home = kiln::test::temp_path("claude-home-restart-" + std::to_string(::getpid()));
+    fs::create_directories(home);
+    const std::string script =
+        "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"echo kiln-tool-ran\", \"description\": \"Print a "
+        "marker\"}}\n</tool_call>\x1eThe tool ran.";
+    const std::vector<std::string> args = {"-c", "32768", "--api-key", kKey, "-t", "2", "--cache-dir", cache.string()};
+    auto run = [&](int port) {
+        return kiln::test::run_shell("cd " + shell_quote(home.string()) + " && HOME=" + shell_quote(home.string()) + " PATH=" +
+                                     shell_quote(dir + "/node_modules/.bin") +
+                                     ":\"$PATH\" DISABLE_TELEMETRY=1 DISABLE_AUTOUPDATER=1 DISABLE_ERROR_REPORTING=1 timeout 600 " +
+                                     shell_quote(kiln::test::kiln_binary()) + " claude --port " + std::to_string(port) + " --api-key " +
+                                     kKey + " -- -p 'Run echo kiln-tool-ran' --output-format json --max-turns 3 --allowedTools Bash");
+    };
+    // "N prompt tokens (M cached)" of each request, from a server's log.
+    auto requests = [](const std::string& log_path) {
+        std::ifstream in(log_path);
+        const std::string log((std::istreambuf_iterator<char>(in)), {});
+        std::vector<std::pair<long, long>> out;
+        const std::regex re("([0-9]+) prompt tokens \\(([0-9]+) cached\\)");
+        for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator(); ++it)
+            out.emplace_back(std::stol((*it)[1]), std::stol((*it)[2]));
+        return out;
+    };
+    {
+        ServeProcess first;
+        ASSERT_TRUE(first.start((shared_dir() / kModel).string(), args, script.c_str(), "serve-claude-restart-1"));
+        const auto r1 = run(first.port);
+        if (r1.code != 0 && requests(first.log_path).empty())
+            KILN_SKIP_LOUDLY("Claude Code did not reach the server (cannot run offline here?): exit " + std::to_string(r1.code) + ": " + r1.out);
+        ASSERT_EQ(r1.code, 0) << r1.out;
+        first.stop();
+    }
+    ServeProcess second;
+    ASSERT_TRUE(second.start((shared_dir() / kModel).string(), args, script.c_str(), "serve-claude-restart-2"));
+    const auto r2 = run(second.port);
+    ASSERT_EQ(r2.code, 0) << r2.out;
+    const auto reqs = requests(second.log_path);
+    ASSERT_FALSE(reqs.empty());
+    // Claude Code's first request may be a small side request: the first big one is its main.
+    auto main = std::find_if(reqs.begin(), reqs.end(), [](const auto& r) { return r.first > 10000; });
+    ASSERT_NE(main, reqs.end());
+    std::fprintf(stderr, "Claude Code after a restart: first main request %ld prompt tokens, %ld read from the cache\n", main->first,
+                 main->second);
+    EXPECT_GT(main->second, main->first * 9 / 10);
+    second.stop();
+    fs::remove_all(cache);
 }
 
 }  // namespace

@@ -829,7 +829,7 @@ private:
         s += fmt::format("kiln_request_errors_total {}\n", m.errors.load());
         s += "# HELP kiln_prompt_tokens_total Prompt tokens of generation requests.\n# TYPE kiln_prompt_tokens_total counter\n";
         s += fmt::format("kiln_prompt_tokens_total {}\n", m.prompt_tokens.load());
-        s += "# HELP kiln_prompt_tokens_cached_total Prompt tokens reused from a slot's cache.\n# TYPE kiln_prompt_tokens_cached_total counter\n";
+        s += "# HELP kiln_prompt_tokens_cached_total Prompt tokens reused (kept in the slot or restored from the prefix cache).\n# TYPE kiln_prompt_tokens_cached_total counter\n";
         s += fmt::format("kiln_prompt_tokens_cached_total {}\n", m.cached_tokens.load());
         s += "# HELP kiln_cache_hits_total Requests that reused a cached prefix.\n# TYPE kiln_cache_hits_total counter\n";
         s += fmt::format("kiln_cache_hits_total {}\n", m.cache_hits.load());
@@ -855,10 +855,30 @@ private:
         s += "# HELP kiln_slots_busy Slots generating.\n# TYPE kiln_slots_busy gauge\n";
         s += fmt::format("kiln_slots_busy {}\n", active);
         s += fmt::format("# HELP kiln_slots Slots (parallel sequences).\n# TYPE kiln_slots gauge\nkiln_slots {}\n", e_.n_parallel());
-        s += fmt::format("# HELP kiln_cache_contexts Contexts holding a cached prefix (slots included).\n# TYPE kiln_cache_contexts gauge\nkiln_cache_contexts {}\n",
-                         e_.n_contexts());
-        s += fmt::format("# HELP kiln_cache_contexts_max Contexts the --cache-mem budget allows.\n# TYPE kiln_cache_contexts_max gauge\nkiln_cache_contexts_max {}\n",
-                         e_.max_contexts());
+        const PrefixCacheStats c = e_.prefix_cache().stats();
+        s += "# HELP kiln_cache_blocks KV blocks of the prefix cache, by tier (disk: the directory's files, any server's).\n"
+             "# TYPE kiln_cache_blocks gauge\n";
+        s += fmt::format("kiln_cache_blocks{{tier=\"memory\"}} {}\nkiln_cache_blocks{{tier=\"disk\"}} {}\n", c.mem_blocks, c.disk_blocks);
+        s += "# HELP kiln_cache_bytes Bytes of those blocks, by tier.\n# TYPE kiln_cache_bytes gauge\n";
+        s += fmt::format("kiln_cache_bytes{{tier=\"memory\"}} {}\nkiln_cache_bytes{{tier=\"disk\"}} {}\n", c.mem_bytes, c.disk_bytes);
+        s += "# HELP kiln_cache_block_hits_total Blocks restored into a slot, by the tier they came from.\n"
+             "# TYPE kiln_cache_block_hits_total counter\n";
+        s += fmt::format("kiln_cache_block_hits_total{{tier=\"memory\"}} {}\nkiln_cache_block_hits_total{{tier=\"disk\"}} {}\n", c.mem_hits,
+                         c.disk_hits);
+        s += "# HELP kiln_cache_hit_tokens_total Prompt tokens restored from the prefix cache, by tier.\n"
+             "# TYPE kiln_cache_hit_tokens_total counter\n";
+        s += fmt::format("kiln_cache_hit_tokens_total{{tier=\"memory\"}} {}\nkiln_cache_hit_tokens_total{{tier=\"disk\"}} {}\n",
+                         c.mem_hit_tokens, c.disk_hit_tokens);
+        s += "# HELP kiln_cache_disk_read_bytes_total Bytes of block files read.\n# TYPE kiln_cache_disk_read_bytes_total counter\n";
+        s += fmt::format("kiln_cache_disk_read_bytes_total {}\n", c.disk_read_bytes);
+        s += "# HELP kiln_cache_disk_written_bytes_total Bytes of block files written.\n# TYPE kiln_cache_disk_written_bytes_total counter\n";
+        s += fmt::format("kiln_cache_disk_written_bytes_total {}\n", c.disk_written_bytes);
+        s += "# HELP kiln_cache_disk_rejected_total Block files ignored (corrupt, truncated, another model's).\n"
+             "# TYPE kiln_cache_disk_rejected_total counter\n";
+        s += fmt::format("kiln_cache_disk_rejected_total {}\n", c.disk_rejected);
+        s += "# HELP kiln_cache_evictions_total Blocks dropped from memory (written to disk first when there is a directory).\n"
+             "# TYPE kiln_cache_evictions_total counter\n";
+        s += fmt::format("kiln_cache_evictions_total {}\n", c.evictions);
         return s;
     }
 
@@ -954,16 +974,28 @@ void stop_thread(StopTarget* t) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last answer's final bytes
     const int64_t left = engine->metrics().queued.load();
     if (left > 0) fmt::print(stderr, "kiln serve: {} request(s) still running after {} ms: dropped\n", left, kStopGrace.count());
+    if (engine->prefix_cache().disk_enabled()) {
+        const size_t n = engine->flush_cache();
+        fmt::print(stderr, "kiln serve: prefix cache: {} block(s) written to {}\n", n, engine->prefix_cache().options().dir);
+    }
     fmt::print(stderr, "kiln serve: stopped\n");
     // Idle keep-alive connections and slow clients would hold cpp-httplib's join for up to the
     // timeouts: nothing is left that must be kept (the log is written), so exit here.
     exit_now(0);
 }
 
-// The context of each slot: -c, or (0) the largest that fits in memory up to the trained context,
-// said on stderr. Refuses a plan that does not fit (kiln/memory.h) before anything is allocated.
-int64_t plan_serve_context(const Model& model, int64_t n_ctx, int parallel, int threads, int64_t cache_mib, const std::string& backend,
-                           int device, KvType kv_k, KvType kv_v) {
+// What serve's plan decides: the context of each slot (-c, or (0) the largest that fits in memory
+// up to the trained context) and the prefix cache's host memory (--cache-mem, or by default up to
+// 4096 MiB, at most half of what the plan leaves free on the CPU), both said on stderr. Refuses a
+// plan that does not fit (kiln/memory.h) before anything is allocated.
+struct ServePlan {
+    int64_t n_ctx = 0;
+    size_t cache_bytes = 0;
+};
+
+ServePlan plan_serve(const Model& model, int64_t n_ctx, int parallel, int threads, int64_t cache_mib, const std::string& backend,
+                     int device, KvType kv_k, KvType kv_v) {
+    constexpr size_t kDefaultCache = size_t{4096} << 20;
     ContextOptions co;
     co.backend = backend;
     co.device = device;
@@ -971,7 +1003,10 @@ int64_t plan_serve_context(const Model& model, int64_t n_ctx, int parallel, int 
     co.kv_type_v = kv_v;
     co.n_threads = threads;
     co.n_batch = 1024;  // the server's prompt batch (kPrefillBatch, server/engine.cpp)
-    const size_t cache = static_cast<size_t>(std::max<int64_t>(cache_mib, 0)) << 20;
+    // The cache's blocks are host memory: on the CPU they count in the plan; on Vulkan the plan is
+    // the device's.
+    const bool on_cpu = backend == "cpu";
+    const size_t cache = cache_mib >= 0 && on_cpu ? static_cast<size_t>(cache_mib) << 20 : 0;
     const int64_t trained = model.info().n_ctx_train > 0 ? model.info().n_ctx_train : 4096;
     co.n_ctx = n_ctx > 0 ? n_ctx : trained;
     MemoryPlan plan = plan_memory(model, plan_options(co, parallel, cache));
@@ -989,7 +1024,25 @@ int64_t plan_serve_context(const Model& model, int64_t n_ctx, int parallel, int 
     }
     for (const std::string& w : plan.warnings) fmt::print(stderr, "kiln serve: warning: {}\n", w);
     if (!plan.fits) throw Error(fmt::format("kiln serve: {} {}", model.info().path, plan.refusal()));
-    return co.n_ctx;
+    ServePlan out{co.n_ctx, cache_mib >= 0 ? static_cast<size_t>(cache_mib) << 20 : kDefaultCache};
+    if (cache_mib < 0 && on_cpu) {
+        const size_t left = plan.available_bytes > plan.total_bytes ? plan.available_bytes - plan.total_bytes : 0;
+        out.cache_bytes = std::min(kDefaultCache, left / 2) / (size_t{1} << 20) << 20;
+        if (out.cache_bytes < kDefaultCache)
+            fmt::print(stderr, "kiln serve: prefix cache: {} of host memory (half of what the plan leaves free; --cache-mem sets it)\n",
+                       format_bytes(out.cache_bytes));
+    }
+    return out;
+}
+
+// --cache-dir: as given, "" for none, or the default: $XDG_CACHE_HOME/kiln, else ~/.cache/kiln.
+std::string default_cache_dir(const std::string& given) {
+    if (given == "none") return "";
+    if (!given.empty()) return given;
+    if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return (std::filesystem::path(x) / "kiln").string();
+    if (const char* h = std::getenv("HOME"); h && *h) return (std::filesystem::path(h) / ".cache" / "kiln").string();
+    fmt::print(stderr, "kiln serve: neither XDG_CACHE_HOME nor HOME is set: the prefix cache has no disk tier (--cache-dir DIR)\n");
+    return "";
 }
 
 int run_serve(const std::vector<std::string>& argv) {
@@ -998,8 +1051,9 @@ int run_serve(const std::vector<std::string>& argv) {
     KvType kv_k = KvType::F16, kv_v = KvType::F16;
     int64_t n_ctx = 0;
     int port = 8080, parallel = 1, threads = 0, max_queue = 16, timeout_s = 30;
-    int64_t cache_mib = 0;
-    int cache_prefixes = 0;
+    int64_t cache_mib = -1;  // -1: the default (ServePlan)
+    double cache_disk_gib = 20;
+    std::string cache_dir;
     Args args("serve", "-m MODEL [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve");
     args.option({"-c", "--ctx-size"}, &n_ctx, "N",
@@ -1019,11 +1073,14 @@ int run_serve(const std::vector<std::string>& argv) {
                 "a built-in chat template instead of the model's: chatml, llama3 or gemma (without either, a model with no "
                 "template gets ChatML)");
     args.option({"--cache-mem"}, &cache_mib, "MIB",
-                "KV memory for cached prompt prefixes (device memory on Vulkan): more contexts than --parallel, each keeping one "
-                "prefix, least recently used overwritten first (default 0: the slots only)");
-    args.option({"--cache-prefixes"}, &cache_prefixes, "N",
-                "keep up to N cached prefixes (contexts, slots included) whatever their KV memory; the larger of this and "
-                "--cache-mem wins (default: --parallel)");
+                "host memory for the prefix cache: KV blocks of 256 tokens shared by every request, least recently used "
+                "written to --cache-dir and dropped first (default 4096, at most half of the memory the plan leaves free; 0: "
+                "straight to disk)",
+                0, int64_t{1} << 30, "0 to 1073741824");
+    args.option({"--cache-dir"}, &cache_dir, "DIR",
+                "keep prefix-cache blocks on disk here, across restarts (default $XDG_CACHE_HOME/kiln, else ~/.cache/kiln; "
+                "none: memory only)");
+    args.option({"--cache-disk"}, &cache_disk_gib, "GIB", "disk space the block files may take in --cache-dir, oldest deleted first (default 20)");
     args.option({"--api-key"}, &api_key, "KEY", "require this key (x-api-key or Authorization: Bearer)");
     args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else the CPU)");
     args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices)");
@@ -1053,15 +1110,18 @@ int run_serve(const std::vector<std::string>& argv) {
     lo.n_threads = threads;
     lo.touch_weights = false;
     Model model = Model::load(model_path, lo);
-    n_ctx = plan_serve_context(model, n_ctx, parallel, threads, cache_mib, backend, device, kv_k, kv_v);
+    const ServePlan sp = plan_serve(model, n_ctx, parallel, threads, cache_mib, backend, device, kv_k, kv_v);
+    n_ctx = sp.n_ctx;
     model.touch_weights();
     if (alias.empty()) alias = model.info().name.empty() ? std::filesystem::path(model_path).stem().string() : model.info().name;
-    if (cache_mib < 0) throw Error("kiln serve: --cache-mem must be >= 0");
-    if (cache_prefixes < 0 || cache_prefixes > 64) throw Error("kiln serve: --cache-prefixes must be 0..64");
+    if (!(cache_disk_gib >= 0)) throw Error(fmt::format("kiln serve: --cache-disk must be >= 0 GiB, got {}", cache_disk_gib));
+    PrefixCacheOptions cache;
+    cache.mem_bytes = sp.cache_bytes;
+    cache.disk_bytes = static_cast<uint64_t>(cache_disk_gib * static_cast<double>(uint64_t{1} << 30));
+    cache.dir = default_cache_dir(cache_dir);
     if (backend != "cpu" && backend != "vulkan" && backend != "auto")
         throw Error(fmt::format("kiln serve: unknown backend '{}' (available: cpu, vulkan, auto)", backend));
-    Engine engine(model, n_ctx, parallel, max_queue, threads, static_cast<size_t>(cache_mib) << 20, cache_prefixes, backend, device,
-                  kv_k, kv_v);
+    Engine engine(model, n_ctx, parallel, max_queue, threads, cache, backend, device, kv_k, kv_v);
     if (!template_path.empty() || !template_name.empty() || !engine.has_chat_template()) {
         ChosenTemplate t = choose_chat_template(model_path, template_path, template_name, "serve");
         engine.set_chat_template(std::move(t.tmpl), t.end_turn);
@@ -1090,9 +1150,11 @@ int run_serve(const std::vector<std::string>& argv) {
                kv_k == kv_v ? std::string(kv_type_name(kv_k)) : fmt::format("K {} V {}", kv_type_name(kv_k), kv_type_name(kv_v)),
                engine.backend_name(),
                api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
-    if (engine.max_contexts() > engine.n_parallel())
-        fmt::print(stderr, "kiln serve: prefix cache: up to {} contexts of {:.1f} MiB KV each (--cache-mem {} MiB, --cache-prefixes {})\n",
-                   engine.max_contexts(), static_cast<double>(engine.kv_bytes_per_context()) / (1 << 20), cache_mib, cache_prefixes);
+    fmt::print(stderr, "kiln serve: prefix cache: {} MiB of memory{}\n", sp.cache_bytes >> 20,
+               engine.prefix_cache().disk_enabled()
+                   ? fmt::format(", {:g} GiB on disk in {} ({} block files there)", cache_disk_gib, cache.dir,
+                                 engine.prefix_cache().stats().disk_blocks)
+                   : std::string(", no disk tier"));
     stop_target.engine = &engine;
     stop_target.svr = &svr;
     svr.listen_after_bind();

@@ -85,7 +85,7 @@ struct Engine::Slot {
     uint64_t last_used = 0;
 };
 
-Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes, int cache_prefixes,
+Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, PrefixCacheOptions cache,
                const std::string& backend, int device, KvType kv_type_k, KvType kv_type_v)
     : model_(std::move(model)), max_queue_(max_queue), n_parallel_(std::max(1, n_parallel)) {
     {
@@ -110,12 +110,9 @@ Engine::Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_
         slots_.push_back(std::move(s));
     }
     // On Vulkan the contexts share one backend: one copy of the weights on the device, batched
-    // decode steps; each context (slot or cached prefix) adds its KV cache only.
+    // decode steps; each slot adds its KV cache only.
     kv_bytes_ = slots_[0]->ctx->kv_bytes();
-    max_contexts_ = n_parallel_;
-    if (kv_bytes_ > 0 && cache_bytes / kv_bytes_ > static_cast<size_t>(n_parallel_))
-        max_contexts_ = static_cast<int>(std::min<size_t>(cache_bytes / kv_bytes_, 64));
-    max_contexts_ = std::max(max_contexts_.load(), std::min(cache_prefixes, 64));
+    cache_ = std::make_unique<PrefixCache>(model_, std::move(cache));
     n_ctx_ = slots_[0]->ctx->n_ctx();
     step_queue_.reserve(static_cast<size_t>(n_parallel_));
     step_batch_.reserve(static_cast<size_t>(n_parallel_));
@@ -144,9 +141,14 @@ Engine::~Engine() = default;
 
 const char* Engine::backend_name() const { return slots_[0]->ctx->backend_name(); }
 
-int Engine::n_contexts() {
-    std::lock_guard lk(mu_);
-    return static_cast<int>(slots_.size());
+size_t Engine::flush_cache() { return cache_->flush(); }
+
+void Engine::save_blocks(Slot& s) {
+    try {
+        cache_->save(*s.ctx, s.tokens);
+    } catch (const std::exception& ex) {
+        fmt::print(stderr, "kiln serve: prefix cache: saving blocks failed: {}\n", ex.what());
+    }
 }
 
 std::vector<int32_t> Engine::tokenize_prompt(const std::string& text) const {
@@ -252,15 +254,12 @@ void Engine::step(Context& ctx, int32_t token) {
 Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::function<bool()>& keepalive) {
     std::unique_lock lk(mu_);
     for (;;) {
-        Slot* best = nullptr;  // the free context with the longest common prefix (ties: least recently used)
-        Slot* lru = nullptr;   // the least recently used free context
+        // The free slot with the longest common prefix (ties: the least recently used). What it
+        // loses is in the prefix cache already (every full block it decoded was saved).
+        Slot* best = nullptr;
         size_t best_lcp = 0;
-        int busy = 0;
         for (auto& s : slots_) {
-            if (s->busy) {
-                ++busy;
-                continue;
-            }
+            if (s->busy) continue;
             size_t l = 0;
             const size_t n = std::min(s->tokens.size(), prompt.size());
             while (l < n && s->tokens[l] == prompt[l]) ++l;
@@ -268,31 +267,8 @@ Engine::Slot* Engine::acquire(const std::vector<int32_t>& prompt, const std::fun
                 best = s.get();
                 best_lcp = l;
             }
-            if (!lru || s->last_used < lru->last_used) lru = s.get();
         }
-        // Taking `best` keeps most of what it holds (or it is empty): take it. Otherwise keep the
-        // cached prefixes: a new context while the budget allows, else overwrite the least
-        // recently used one (unless best still saves a real amount of prefill).
-        constexpr size_t kWorthKeeping = 256;
-        if (busy < n_parallel_ && best && 2 * best_lcp < best->tokens.size()) {
-            if (static_cast<int>(slots_.size()) < max_contexts_) {
-                try {
-                    auto s = std::make_unique<Slot>();
-                    s->id = static_cast<int>(slots_.size());
-                    s->ctx = std::make_unique<Context>(model_, ctx_options_);
-                    best = s.get();
-                    slots_.push_back(std::move(s));
-                    fmt::print(stderr, "kiln serve: prefix cache: context {} of at most {} created ({:.1f} MiB of KV)\n", slots_.size(),
-                               max_contexts_.load(), static_cast<double>(kv_bytes_) / (1 << 20));
-                } catch (const std::exception& ex) {
-                    fmt::print(stderr, "kiln serve: prefix cache: cannot create another context ({}); keeping {}\n", ex.what(), slots_.size());
-                    max_contexts_ = static_cast<int>(slots_.size());
-                }
-            } else if (best_lcp < kWorthKeeping) {
-                best = lru;
-            }
-        }
-        if (best && busy < n_parallel_) {
+        if (best) {
             best->busy = true;
             best->last_used = ++clock_;
             ++metrics_.active;
@@ -334,6 +310,8 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     } release_guard{this, slot};
     Context& ctx = *slot->ctx;
 
+    // The prefill is timed from here: restoring cached blocks is part of it.
+    const auto t_prefill = Clock::now();
     // Prefix reuse: keep the common prefix, always re-decode at least the last prompt token (its
     // logits start the generation).
     size_t keep = 0;
@@ -346,17 +324,27 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
     // A sliding-window ring may have overwritten what the prefix needs: truncate() then keeps 0.
     keep = static_cast<size_t>(ctx.truncate(static_cast<int64_t>(keep)));
     slot->tokens.resize(keep);
+    // The prefix cache may hold more of the prompt (the last token is always decoded).
+    try {
+        keep = static_cast<size_t>(cache_->restore(ctx, p.prompt, static_cast<int64_t>(p.prompt.size()) - 1));
+    } catch (const std::exception& ex) {
+        fmt::print(stderr, "kiln serve: prefix cache: restore failed ({}); computing the prompt\n", ex.what());
+        ctx.clear();
+        keep = 0;
+    }
+    slot->tokens.assign(p.prompt.begin(), p.prompt.begin() + static_cast<std::ptrdiff_t>(keep));
     r.n_cached = static_cast<int64_t>(keep);
     metrics_.prompt_tokens += p.prompt.size();
     metrics_.cached_tokens += keep;
     if (keep > 0) ++metrics_.cache_hits;
     on_start(r.n_cached);
 
-    const auto t_prefill = Clock::now();
     auto last_tick = Clock::now();
     constexpr size_t kBatch = static_cast<size_t>(kPrefillBatch);
-    for (size_t i = keep; i < p.prompt.size(); i += kBatch) {
-        const size_t n = std::min(kBatch, p.prompt.size() - i);
+    // Chunks end at multiples of kBatch (a multiple of the cache's blocks): each chunk's full
+    // blocks are saved while the sliding-window rings still hold their windows.
+    for (size_t i = keep, n = 0; i < p.prompt.size(); i += n) {
+        n = std::min(kBatch - i % kBatch, p.prompt.size() - i);
         try {
             ctx.decode(std::span<const int32_t>(p.prompt.data() + i, n));
         } catch (...) {
@@ -366,6 +354,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         }
         slot->tokens.insert(slot->tokens.end(), p.prompt.begin() + static_cast<std::ptrdiff_t>(i),
                             p.prompt.begin() + static_cast<std::ptrdiff_t>(i + n));
+        save_blocks(*slot);
         if (stopping_) {
             r.stop_reason = "shutdown";
             return r;
@@ -520,6 +509,7 @@ GenResult Engine::generate(const GenParams& p, OutputParser& parser, const std::
         r.stop_sequence.clear();
     }
     r.decode_ms = ms_since(t_gen);
+    save_blocks(*slot);  // the blocks the answer completed (the next turn's prompt repeats it)
     metrics_.gen_tokens += static_cast<uint64_t>(r.n_gen);
     metrics_.decode_us += static_cast<uint64_t>(r.decode_ms * 1000);
     return r;

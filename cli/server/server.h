@@ -130,19 +130,18 @@ struct Metrics {
 // The slots and the queue. generate() is safe to call from many threads: it waits for a free slot.
 class Engine {
 public:
-    // cache_bytes: KV memory for cached prefixes. Beyond the n_parallel contexts that generate,
-    // more contexts (each holding one prefix, created when needed) are kept while their KV fits in
-    // cache_bytes; a request takes the context with the longest common prefix, and a context
-    // whose cache a request would mostly discard is left alone while there is room for another.
-    // When none is left, the least recently used context is overwritten.
-    // cache_prefixes: keep up to this many contexts whatever their memory (the larger limit wins).
+    // cache: the prefix cache (kiln/prefix_cache.h) shared by the slots: every full block of
+    // 256 tokens a slot decodes is kept there (host memory within cache.mem_bytes, least recently
+    // used written to cache.dir and dropped), and a request restores the longest cached prefix
+    // of its prompt into its slot (copying the rows) before decoding the rest. A slot still
+    // holding the request's prefix keeps it without a copy.
     // backend / device: as ContextOptions (cpu, vulkan, auto). On Vulkan the contexts share one
-    // backend (one copy of the weights on the device; each context adds its KV cache there, so
-    // cache_bytes is device memory), their decode steps are batched, and they take turns on the
-    // device: each request decodes its prompt in its own thread, under the backend's lock, between
-    // the batched steps (see engine/runtime/shared_backend.h).
+    // backend (one copy of the weights on the device; each slot adds its KV cache there), their
+    // decode steps are batched, and they take turns on the device: each request decodes its
+    // prompt in its own thread, under the backend's lock, between the batched steps (see
+    // engine/runtime/shared_backend.h).
     // kv_type_k / kv_type_v: the KV cache types of every context (-ctk / -ctv).
-    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, size_t cache_bytes = 0, int cache_prefixes = 0,
+    Engine(Model model, int64_t n_ctx, int n_parallel, int max_queue, int n_threads, PrefixCacheOptions cache = {},
            const std::string& backend = "cpu", int device = -1, KvType kv_type_k = KvType::F16,
            KvType kv_type_v = KvType::F16);
     const char* backend_name() const;
@@ -159,9 +158,10 @@ public:
     chat::ParserFamily parser_family() const { return family_; }  // from the template, once
     int64_t n_ctx() const { return n_ctx_; }
     int n_parallel() const { return n_parallel_; }
-    int n_contexts();              // contexts created so far (each holds one cached prefix)
-    int max_contexts() const { return max_contexts_; }
     size_t kv_bytes_per_context() const { return kv_bytes_; }
+    PrefixCache& prefix_cache() { return *cache_; }
+    // Writes the prefix cache's blocks to its directory (at shutdown); returns the files written.
+    size_t flush_cache();
     Metrics& metrics() { return metrics_; }
 
     // Tokenizes a rendered prompt; throws ApiError 400 "prompt is too long: N tokens > M maximum".
@@ -201,6 +201,7 @@ private:
     void step(Context& ctx, int32_t token);
     Slot* acquire(const std::vector<int32_t>& prompt, const std::function<bool()>& keepalive);
     void release(Slot* s);
+    void save_blocks(Slot& s);  // the slot's new full blocks into the prefix cache (errors reported, not thrown)
 
     Model model_;
     std::unique_ptr<ChatTemplate> tmpl_;
@@ -209,10 +210,10 @@ private:
     int64_t n_ctx_;
     int max_queue_;
     int n_parallel_ = 1;
-    std::atomic<int> max_contexts_{1};
     size_t kv_bytes_ = 0;
     ContextOptions ctx_options_;
-    std::vector<std::unique_ptr<Slot>> slots_;  // grows up to max_contexts_ (under mu_)
+    std::vector<std::unique_ptr<Slot>> slots_;  // n_parallel_ (busy and tokens under mu_)
+    std::unique_ptr<PrefixCache> cache_;
     std::mutex mu_;
     std::condition_variable cv_;
     uint64_t clock_ = 0;

@@ -58,6 +58,9 @@ struct KvLayout {
     int64_t slots(size_t layer) const;  // slots of that layer (n_ctx for a full one)
     bool is_ring(size_t layer) const { return slots(layer) < n_ctx; }
     size_t layer_bytes(size_t layer) const;
+    // The bytes of one K (v false) or V row of `layer`; throws kiln::Error naming `who` unless
+    // slots [slot, slot + n) of that layer exist (and it stores V rows when v).
+    size_t checked_row_bytes(size_t layer, bool v, int64_t slot, int64_t n, const char* who) const;
     size_t bytes() const;  // total memory of K and V over all layers
 };
 
@@ -66,6 +69,12 @@ class KvBuffers {
 public:
     virtual ~KvBuffers() = default;
     virtual const KvLayout& layout() const = 0;
+    // Copies the K rows (v false) or V rows (v true; not of an MLA layer) of slots [slot, slot + n)
+    // of `layer` to / from host memory, packed (n * the row format's row_bytes()). The bytes are the
+    // same on every backend (KvRowFormat), so rows read from one backend can be written to another.
+    // On a device, write_rows is recorded in order with the next run; read_rows waits for it.
+    virtual void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) = 0;
+    virtual void write_rows(size_t layer, bool v, int64_t slot, int64_t n, const void* src) = 0;
 };
 
 struct RunArgs {

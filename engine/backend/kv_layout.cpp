@@ -63,6 +63,13 @@ size_t KvLayout::layer_bytes(size_t layer) const {
     return static_cast<size_t>(slots(layer)) * layers.at(layer).row_bytes(type_k, type_v);
 }
 
+size_t KvLayout::checked_row_bytes(size_t layer, bool v, int64_t slot, int64_t n, const char* who) const {
+    if (layer >= layers.size() || (v && layers[layer].v_in_k) || slot < 0 || n < 0 || slot + n > slots(layer))
+        throw Error(fmt::format("{}: no {} rows [{}, {}) in KV layer {} ({} layers, {} slots)", who, v ? "V" : "K", slot,
+                                slot + n, layer, layers.size(), layer < layers.size() ? slots(layer) : 0));
+    return (v ? v_row(layer) : k_row(layer)).row_bytes();
+}
+
 size_t KvLayout::bytes() const {
     size_t total = 0;
     for (size_t il = 0; il < layers.size(); ++il) total += layer_bytes(il);

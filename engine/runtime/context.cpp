@@ -335,11 +335,10 @@ int64_t Context::truncate(int64_t n_keep) {
     // [n_keep - w, n_keep) must not have been overwritten since, else nothing can be kept.
     const backend::KvLayout& L = c.kv->layout();
     const auto specs = c.m.arch->kv_layers();
-    const int64_t n_past = c.kv->n_past();
     for (size_t il = 0; il < L.layers.size() && il < specs.size(); ++il) {
-        if (!L.is_ring(il)) continue;
         const int64_t w = specs[il].window;
-        if (std::max<int64_t>(0, n_keep - w) < n_past - L.slots(il)) {
+        if (w <= 0) continue;
+        if (std::max<int64_t>(0, n_keep - w) < c.kv->held_from(il, true)) {
             n_keep = 0;
             break;
         }
@@ -348,6 +347,10 @@ int64_t Context::truncate(int64_t n_keep) {
     c.n_logit_rows = 0;
     return n_keep;
 }
+
+runtime::KvCache& Context::kv_cache() { return *impl_->kv; }
+std::mutex& Context::backend_mutex() { return impl_->be->mu; }
+void Context::forget_logits() { impl_->n_logit_rows = 0; }
 
 void Context::clear() {
     impl_->kv->clear();

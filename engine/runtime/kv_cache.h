@@ -24,15 +24,35 @@ public:
     // Marks n more slots as used (after a batch was written). Throws when that overflows.
     void advance(int64_t n);
     // Forgets every token (the memory is reused as is).
-    void clear() { n_past_ = 0; }
+    void clear() { n_past_ = window_floor_ = written_end_ = 0; }
     // Keeps the first n_keep tokens and frees the slots after them (their rows are overwritten by
     // the next tokens: token i always lives in slot i). n_keep must be in [0, n_past()].
     void truncate(int64_t n_keep);
+
+    // Positions below this are not held by the sliding-window layers (beyond their ring's own
+    // limit): a prefix restored from the prefix cache brings only each window's last rows. 0 after
+    // clear() or decoding from an empty cache.
+    int64_t window_floor() const { return window_floor_; }
+    // The first position whose rows `layer` holds: 0 for a full layer, else the ring's oldest
+    // slot and window_floor(), whichever is later (a full-sized layer with a window counts its
+    // floor too).
+    int64_t held_from(size_t layer, bool windowed) const;
+    // Copies the K (v false) or V rows of positions [pos, pos + n) of `layer` to / from packed host
+    // memory (a ring keeps position p in slot p % slots). Reading needs positions the layer holds;
+    // writing needs n <= its slots. Throws kiln::Error otherwise.
+    void read_positions(size_t layer, bool v, int64_t pos, int64_t n, void* dst);
+    void write_positions(size_t layer, bool v, int64_t pos, int64_t n, const void* src);
+    // After rows were written: the sequence is n_past tokens, the windowed layers hold positions
+    // from window_floor on.
+    void restored(int64_t n_past, int64_t window_floor);
 
 private:
     backend::KvLayout layout_;
     std::unique_ptr<backend::KvBuffers> buffers_;
     int64_t n_past_ = 0;
+    int64_t window_floor_ = 0;
+    int64_t written_end_ = 0;  // the most tokens held since clear(): a ring's slots hold the positions
+                               // before it (truncate() does not bring overwritten rows back)
 };
 
 }  // namespace kiln::runtime

@@ -19,6 +19,29 @@ struct RunResult {
     std::string out, err;
 };
 
+// kiln serve keeps its prefix cache in $XDG_CACHE_HOME/kiln by default: every kiln the tests start
+// (and what those start) uses a directory of this test process, never the user's cache.
+inline const std::filesystem::path& test_cache_home() {
+    static const std::filesystem::path dir = [] {
+        const auto d = temp_path("xdg-cache-" + std::to_string(::getpid()));
+        std::filesystem::remove_all(d);
+        std::filesystem::create_directories(d);
+        ::setenv("XDG_CACHE_HOME", d.c_str(), 1);
+        return d;
+    }();
+    return dir;
+}
+inline const bool kTestCacheHomeSet = !test_cache_home().empty();
+
+// A fresh, empty XDG_CACHE_HOME for one server (set in its process after fork): servers of one
+// test process do not see each other's blocks unless a test passes the same --cache-dir.
+inline void use_fresh_cache_home(const std::string& tag) {
+    static int counter = 0;
+    const auto d = test_cache_home() / (tag + "-" + std::to_string(counter++));
+    std::filesystem::remove_all(d);
+    ::setenv("XDG_CACHE_HOME", d.c_str(), 1);
+}
+
 inline std::string kiln_binary() { return (std::filesystem::path(KILN_BINARY_DIR) / "kiln").string(); }
 
 inline std::string shell_quote(const std::string& s) {

@@ -153,6 +153,7 @@ struct ServeProcess {
         log_path = temp_path(tag + "-" + std::to_string(::getpid()) + ".log").string();
         std::vector<std::string> argv = {kiln_binary(), "serve", "-m", model, "--port", std::to_string(port)};
         argv.insert(argv.end(), args.begin(), args.end());
+        use_fresh_cache_home(tag);  // before fork: the counter is this process's
         pid = ::fork();
         if (pid == 0) {
             if (script) ::setenv("KILN_SERVE_SCRIPTED_OUTPUT", script, 1);

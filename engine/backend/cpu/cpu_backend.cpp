@@ -81,12 +81,27 @@ public:
         scores_ = aligned_bytes(scores_stride_ * sizeof(float) * static_cast<size_t>(n_threads));
     }
     const KvLayout& layout() const override { return layout_; }
+    void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) override {
+        const auto [p, row] = rows(layer, v, slot, n, "cpu backend: read_rows");
+        std::memcpy(dst, p, row * static_cast<size_t>(n));
+    }
+    void write_rows(size_t layer, bool v, int64_t slot, int64_t n, const void* src) override {
+        const auto [p, row] = rows(layer, v, slot, n, "cpu backend: write_rows");
+        std::memcpy(p, src, row * static_cast<size_t>(n));
+    }
     uint8_t* k(int layer) { return k_[static_cast<size_t>(layer)].get(); }
     uint8_t* v(int layer) { return v_[static_cast<size_t>(layer)].get(); }
     float* scores(int thread) { return reinterpret_cast<float*>(scores_.get()) + scores_stride_ * static_cast<size_t>(thread); }
     int n_threads() const { return n_threads_; }
 
 private:
+    // The first byte of slot `slot`'s row of layer / v and the row's bytes; throws unless slots
+    // [slot, slot + n) exist.
+    std::pair<uint8_t*, size_t> rows(size_t layer, bool v, int64_t slot, int64_t n, const char* what) const {
+        const size_t row = layout_.checked_row_bytes(layer, v, slot, n, what);
+        return {(v ? v_ : k_)[layer].get() + row * static_cast<size_t>(slot), row};
+    }
+
     KvLayout layout_;
     int n_threads_ = 0;
     std::vector<AlignedBuf> k_, v_;

@@ -202,6 +202,25 @@ void Backend::read(const Tensor& t, void* data, uint64_t bytes) {
     ctx_->download(t.buffer_, t.offset_, data, bytes);
 }
 
+namespace {
+void check_byte_range(const Tensor& t, uint64_t offset, uint64_t bytes, const char* what) {
+    if (!t.valid()) throw Error(fmt::format("vk {}: not a tensor", what));
+    if (offset > t.bytes() || bytes > t.bytes() - offset)
+        throw Error(fmt::format("vk {}: bytes [{}, {}) pass the end of tensor '{}' ({} bytes)", what, offset, offset + bytes,
+                                t.name(), t.bytes()));
+}
+}  // namespace
+
+void Backend::write_bytes(const Tensor& t, uint64_t offset, const void* data, uint64_t bytes) {
+    check_byte_range(t, offset, bytes, "write_bytes");
+    if (bytes) ctx_->upload(t.buffer_, t.offset_ + offset, data, bytes);
+}
+
+void Backend::read_bytes(const Tensor& t, uint64_t offset, void* data, uint64_t bytes) {
+    check_byte_range(t, offset, bytes, "read_bytes");
+    if (bytes) ctx_->download(t.buffer_, t.offset_ + offset, data, bytes);
+}
+
 std::vector<float> Backend::read_f32(const Tensor& t) {
     require_type(t, TensorType::F32, "read_f32", "the tensor");
     std::vector<float> out(static_cast<size_t>(t.n_elements()));

@@ -164,6 +164,10 @@ public:
     void fill(const Tensor& t, uint32_t word);                        // every 32-bit word; tests poison with NaN
     // Submits what was recorded (with the copy back), waits, and copies the tensor out.
     void read(const Tensor& t, void* data, uint64_t bytes);
+    // Bytes [offset, offset + bytes) of t's data: written (staged, in order with the recorded
+    // work, as upload) or read (submits what was recorded and waits, as read).
+    void write_bytes(const Tensor& t, uint64_t offset, const void* data, uint64_t bytes);
+    void read_bytes(const Tensor& t, uint64_t offset, void* data, uint64_t bytes);
     std::vector<float> read_f32(const Tensor& t);
     // A tensor viewing rows [first, first + count) of t (the last dimension collapsed: t is seen
     // as n_rows() rows). The view's offset must meet the device's storage-buffer alignment.

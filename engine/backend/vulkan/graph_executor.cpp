@@ -152,13 +152,28 @@ public:
         }
     }
     const KvLayout& layout() const override { return layout_; }
+    void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) override {
+        const auto [t, off, bytes] = rows(layer, v, slot, n, "vulkan: read_rows");
+        owner_->read_bytes(*t, off, dst, bytes);
+    }
+    void write_rows(size_t layer, bool v, int64_t slot, int64_t n, const void* src) override {
+        const auto [t, off, bytes] = rows(layer, v, slot, n, "vulkan: write_rows");
+        owner_->write_bytes(*t, off, src, bytes);
+    }
     const vk::Backend* owner() const { return owner_; }
     const vk::Tensor& k(int layer) const { return k_.at(static_cast<size_t>(layer)); }
     const vk::Tensor& v(int layer) const { return v_.at(static_cast<size_t>(layer)); }
     bool ring(int layer) const { return layout_.is_ring(static_cast<size_t>(layer)); }
 
 private:
-    const vk::Backend* owner_;  // the device its tensors live on
+    // The tensor of layer / v, the byte offset of slot `slot` and the bytes of n slots; throws
+    // unless slots [slot, slot + n) exist.
+    std::tuple<const vk::Tensor*, uint64_t, uint64_t> rows(size_t layer, bool v, int64_t slot, int64_t n, const char* what) const {
+        const uint64_t row = layout_.checked_row_bytes(layer, v, slot, n, what);
+        return {&(v ? v_ : k_)[layer], row * static_cast<uint64_t>(slot), row * static_cast<uint64_t>(n)};
+    }
+
+    vk::Backend* owner_;  // the device its tensors live on
     KvLayout layout_;
     std::vector<vk::Tensor> k_, v_;
 };

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 
@@ -12,6 +13,11 @@
 #include "kiln/types.h"
 
 namespace kiln {
+
+namespace runtime {
+class KvCache;  // engine/runtime/kv_cache.h
+}
+class PrefixCache;  // kiln/prefix_cache.h
 
 struct ContextOptions {
     int64_t n_ctx = 0;      // tokens the KV cache holds (0: the model's trained context, at most 4096)
@@ -88,6 +94,10 @@ public:
     const char* backend_name() const;  // "cpu" or "vulkan" (what "auto" chose)
 
 private:
+    friend class PrefixCache;  // copies KV rows in and out
+    runtime::KvCache& kv_cache();
+    std::mutex& backend_mutex();  // held while the KV memory is used
+    void forget_logits();
     friend size_t decode_batch(std::span<Context* const> contexts, std::span<const int32_t> tokens);
     struct Impl;
     std::unique_ptr<Impl> impl_;
