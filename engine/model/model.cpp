@@ -9,6 +9,40 @@
 
 namespace kiln {
 
+namespace {
+
+// The ModelInfo of an opened file and its bound architecture.
+ModelInfo describe(const std::string& path, const gguf::File& file, const model::Architecture& arch) {
+    const model::HParams& hp = arch.hparams();
+    ModelInfo in;
+    in.path = path;
+    in.arch = hp.arch;
+    in.name = file.get_string_or("general.name", "");
+    in.n_vocab = hp.n_vocab;
+    in.n_ctx_train = hp.n_ctx_train;
+    in.n_embd = hp.n_embd;
+    in.n_layer = hp.n_layer;
+    in.n_head = hp.n_head;
+    in.n_head_kv = hp.n_head_kv;
+    in.head_dim = hp.head_dim_k;
+    in.n_ff = hp.n_ff;
+    in.weight_bytes = arch.weight_bytes();
+    std::map<std::string, int> types;
+    for (const gguf::TensorInfo& t : file.tensors()) {
+        in.n_params += t.n_elements;
+        ++types[type_name(t.type)];
+    }
+    for (const auto& [name, count] : types) in.weight_types += fmt::format("{}{}:{}", in.weight_types.empty() ? "" : " ", name, count);
+    return in;
+}
+
+}  // namespace
+
+ModelInfo Model::read_info(const std::string& path) {
+    const auto file = gguf::File::open(path);
+    return describe(path, *file, *model::load_architecture(*file));
+}
+
 Model Model::load(const std::string& path, const LoadOptions& options) {
     auto report = [&](float done) {
         if (options.progress && !options.progress(done)) throw Error(fmt::format("loading {} cancelled", path));
@@ -29,25 +63,7 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
         impl->tokenizer_error = e.what();
     }
 
-    ModelInfo& in = impl->info;
-    in.path = path;
-    in.arch = hp.arch;
-    in.name = impl->file->get_string_or("general.name", "");
-    in.n_vocab = hp.n_vocab;
-    in.n_ctx_train = hp.n_ctx_train;
-    in.n_embd = hp.n_embd;
-    in.n_layer = hp.n_layer;
-    in.n_head = hp.n_head;
-    in.n_head_kv = hp.n_head_kv;
-    in.head_dim = hp.head_dim_k;
-    in.n_ff = hp.n_ff;
-    in.weight_bytes = impl->arch->weight_bytes();
-    std::map<std::string, int> types;
-    for (const gguf::TensorInfo& t : impl->file->tensors()) {
-        in.n_params += t.n_elements;
-        ++types[type_name(t.type)];
-    }
-    for (const auto& [name, count] : types) in.weight_types += fmt::format("{}{}:{}", in.weight_types.empty() ? "" : " ", name, count);
+    impl->info = describe(path, *impl->file, *impl->arch);
 
     // Touch every page of the weights now, so the first decode does not stall on page faults and
     // the progress callback means something on a large file.

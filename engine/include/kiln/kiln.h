@@ -2,9 +2,10 @@
 #pragma once
 
 #include "kiln/context.h"
+#include "kiln/devices.h"
 #include "kiln/error.h"
 #include "kiln/model.h"
 #include "kiln/sampler.h"
+#include "kiln/tokenizer.h"
 #include "kiln/types.h"
-#include "tokenizer/tokenizer.h"
 #include "kiln/version.h"
