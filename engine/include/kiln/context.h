@@ -26,7 +26,7 @@ struct ContextOptions {
     // Called with the fraction [0, 1] of the weights copied to the device (Vulkan) while the
     // context is created. Not called when the weights are on the device already: the contexts of
     // one Model on one Vulkan device share one copy of the weights (each adds its KV cache only).
-    std::function<void(float)> progress;
+    std::function<void(float)> progress{};
 };
 
 // KV cache memory by layer kind. A full layer holds n_ctx tokens; a sliding-window layer a ring
