@@ -62,4 +62,17 @@ inline RunResult run_kiln(const std::vector<std::string>& args, const std::strin
 
 inline RunResult run_kiln_with_input(const std::vector<std::string>& args, const std::string& input) { return run_kiln(args, "in", &input); }
 
+// Runs a shell command; stdout and stderr together.
+inline RunResult run_shell(const std::string& cmd) {
+    RunResult r;
+    FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+    if (!p) return r;
+    std::array<char, 65536> buf;
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+    const int status = ::pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+}
+
 }  // namespace kiln::test
