@@ -2,9 +2,11 @@
 // output against a hand-written argmax loop, max_tokens, stop strings, prefix reuse, cancellation,
 // the thinking budget, and conversations rendered through the model's template.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -22,9 +24,13 @@ const kiln::Model& story() {
         kiln::SyntheticLlama s;
         s.story = true;
         s.type = kiln::TensorType::F32;
-        const std::string path = kiln::test::temp_path("generator-story.gguf").string();
+        // One file per process: ctest runs the tests of this file side by side, and rewriting a
+        // file another process has mapped would pull the pages from under it.
+        const std::string path = kiln::test::temp_path("generator-story-" + std::to_string(::getpid()) + ".gguf").string();
         kiln::write_synthetic_llama(path, s);
-        return kiln::Model::load(path);
+        kiln::Model m = kiln::Model::load(path);
+        std::filesystem::remove(path);  // the mapping stays
+        return m;
     }();
     return m;
 }
