@@ -84,7 +84,7 @@ void ReplyParser::finish(std::vector<ReplyEvent>& out) {
 // ---- ChatFormat -------------------------------------------------------------------------------
 
 ChatFormat::ChatFormat(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
-    impl_->family = chat::detect_family(impl_->tmpl.source(), impl_->model.info().arch);
+    impl_->family = chat::detect_family(impl_->tmpl.source(), impl_->arch);
 }
 ChatFormat::~ChatFormat() = default;
 ChatFormat::ChatFormat(const ChatFormat& o) : impl_(std::make_unique<Impl>(*o.impl_)) {}
@@ -104,16 +104,33 @@ ChatFormat ChatFormat::from_model(const Model& model) {
         return c;
     }
     try {
-        return ChatFormat(std::make_unique<Impl>(Impl{model, ChatTemplate::from_gguf(f), {}, "the model's", ""}));
+        return ChatFormat(std::make_unique<Impl>(Impl{model, model.info().arch, ChatTemplate::from_gguf(f), {}, "the model's", ""}));
     } catch (const Error& e) {
         throw Error(fmt::format("{}: the model's chat template: {}", f.path(), e.what()));
     }
 }
 
 ChatFormat ChatFormat::from_source(const Model& model, std::string source) {
-    return ChatFormat(
-        std::make_unique<Impl>(Impl{model, ChatTemplate::with_gguf_tokens(std::move(source), *model.impl()->file), {}, "given", ""}));
+    return ChatFormat(std::make_unique<Impl>(
+        Impl{model, model.info().arch, ChatTemplate::with_gguf_tokens(std::move(source), *model.impl()->file), {}, "given", ""}));
 }
+
+ChatFormat ChatFormat::from_source(std::string source, std::string bos_token, std::string eos_token) {
+    return ChatFormat(std::make_unique<Impl>(
+        Impl{std::nullopt, "", ChatTemplate(std::move(source), std::move(bos_token), std::move(eos_token)), {}, "given", ""}));
+}
+
+ChatFormat ChatFormat::from_file(const std::string& gguf_path, const std::optional<std::string>& bos_token,
+                                 const std::optional<std::string>& eos_token) {
+    const auto f = gguf::File::open(gguf_path);
+    ChatTemplate t = ChatTemplate::from_gguf(*f);
+    if (bos_token || eos_token)
+        t = ChatTemplate(f->get_string("tokenizer.chat_template"), bos_token.value_or(t.bos_token()), eos_token.value_or(t.eos_token()));
+    return ChatFormat(std::make_unique<Impl>(Impl{std::nullopt, f->architecture(), std::move(t), {}, "the model's", ""}));
+}
+
+const std::string& ChatFormat::bos_token() const { return impl_->tmpl.bos_token(); }
+const std::string& ChatFormat::eos_token() const { return impl_->tmpl.eos_token(); }
 
 ChatFormat ChatFormat::builtin(const Model& model, std::string_view name) {
     const chat::BuiltinTemplate* b = chat::find_builtin_template(name);
@@ -176,7 +193,8 @@ std::string ChatFormat::render_json(std::string_view context_json) const {
 }
 
 std::vector<int32_t> ChatFormat::tokenize(std::string_view rendered) const {
-    const Tokenizer& tok = impl_->model.tokenizer();
+    if (!impl_->model) throw Error("this chat format has no model to tokenize with (made from a file or a source alone)");
+    const Tokenizer& tok = impl_->model->tokenizer();
     std::vector<int32_t> tokens = tok.encode(rendered, /*add_special=*/false, /*parse_special=*/true);
     if (tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos())) tokens.insert(tokens.begin(), tok.bos());
     return tokens;

@@ -2,6 +2,7 @@
 // until it moves into the library.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "chat/chat_parser.h"
@@ -12,7 +13,8 @@
 namespace kiln {
 
 struct ChatFormat::Impl {
-    Model model;  // its tokenizer tokenizes prompts
+    std::optional<Model> model;  // its tokenizer tokenizes prompts (none: from_file, or a source with no model)
+    std::string arch;            // general.architecture, for the parser family
     ChatTemplate tmpl;
     chat::ParserFamily family = chat::ParserFamily::Generic;
     std::string origin, end_turn;

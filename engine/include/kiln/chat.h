@@ -123,6 +123,13 @@ public:
     static ChatFormat from_source(const Model& model, std::string source);
     // A built-in template by name (builtin_names()); throws kiln::Error listing them for another name.
     static ChatFormat builtin(const Model& model, std::string_view name);
+    // Without loading a model (render and parse only; prompt() and tokenize() then throw): the
+    // template and bos / eos texts of a GGUF file, even a vocab-only one (bos_token / eos_token
+    // given: those texts instead; throws kiln::Error when the file has no chat template), or a
+    // template with the bos / eos texts given.
+    static ChatFormat from_file(const std::string& gguf_path, const std::optional<std::string>& bos_token = {},
+                                const std::optional<std::string>& eos_token = {});
+    static ChatFormat from_source(std::string source, std::string bos_token, std::string eos_token);
     static std::vector<std::string> builtin_names();  // chatml, llama3, gemma
 
     ChatFormat(const ChatFormat&);
@@ -157,6 +164,8 @@ public:
     std::string thinking_closer() const;
 
     const std::string& source() const;    // the template text
+    const std::string& bos_token() const;  // the texts the template sees as bos_token / eos_token
+    const std::string& eos_token() const;
     const std::string& origin() const;    // "the model's", "given", a built-in's name, "chatml (fallback)"
     const std::string& end_turn() const;  // a built-in's end-of-turn text (a stop string), else ""
 
