@@ -119,6 +119,14 @@ void Args::kv_type_options(KvType* k, KvType* v) {
     option({"-ctv", "--cache-type-v"}, v, "TYPE", "KV cache type of V: f16 (default), f32, q8_0 or q4_0");
 }
 
+void Args::rope_options(LoadOptions* lo) {
+    option({"--rope-scaling"}, &lo->rope_scaling, "TYPE", "RoPE scaling instead of the file's: none, linear or yarn");
+    option({"--rope-scale"}, &lo->rope_scale, "F", "RoPE context scaling factor (the context is extended F times)", 1e-6f, 1e6f,
+           "a positive factor");
+    option({"--yarn-orig-ctx"}, &lo->yarn_orig_ctx, "N", "YaRN: the context the model was trained with (default: the file's)", 1,
+           int64_t{1} << 24);
+}
+
 void Args::backend_options(ContextOptions* co) {
     option({"--backend"}, &co->backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else the CPU)");
     option({"--device"}, &co->device, "N", "Vulkan device index (see kiln devices; default: the best)");

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kiln/context.h"
+#include "kiln/model.h"
 #include "kiln/sampler.h"
 #include "kiln/types.h"
 
@@ -42,6 +43,8 @@ public:
     void kv_type_options(KvType* k, KvType* v);
     // --backend, --device, -ctk and -ctv straight into a context's options (run, chat, logits, bench).
     void backend_options(ContextOptions* co);
+    // --rope-scaling, --rope-scale, --yarn-orig-ctx (llama.cpp's names) into the load options.
+    void rope_options(LoadOptions* lo);
     // Positional arguments are collected in order.
     void positional(std::vector<std::string>* out) { positional_ = out; }
 

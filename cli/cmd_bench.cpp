@@ -14,6 +14,7 @@
 
 #include "cli/args.h"
 #include "cli/command.h"
+#include "cli/model_load.h"
 #include "cli/progress.h"
 #include "kiln/kiln.h"
 
@@ -88,6 +89,8 @@ int run_bench(const std::vector<std::string>& argv) {
     args.option({"-r", "--repetitions"}, &reps, "N", "repetitions of each test (default 3)");
     args.option({"-t", "--threads"}, &threads, "N", "CPU threads (default: all cores)");
     args.backend_options(&co);
+    LoadOptions lo;
+    args.rope_options(&lo);
     args.flag({"--json"}, &json_out, "print one JSON object instead of the table");
     args.flag({"-q", "--quiet"}, &quiet, "no progress bars");
     if (!args.parse(argv)) return 0;
@@ -97,19 +100,18 @@ int run_bench(const std::vector<std::string>& argv) {
     if (reps < 1) throw Error(fmt::format("kiln bench: -r {}: at least one repetition is needed", reps));
     if (n_batch < 1) throw Error(fmt::format("kiln bench: -b {}: the batch needs at least one token", n_batch));
 
-    LoadOptions lo;
     lo.n_threads = threads;
     Progress load_bar("loading", !quiet && !json_out);
     lo.progress = [&](float f) {
         load_bar.update(f);
         return true;
     };
-    const Model model = Model::load(model_path, lo);
-    load_bar.done();
-    const ModelInfo& info = model.info();
     co.n_ctx = std::max(depth + n_prompt, depth + n_gen + 1);
     co.n_batch = n_batch;
     co.n_threads = threads;
+    const Model model = load_checked("bench", model_path, lo, co);
+    load_bar.done();
+    const ModelInfo& info = model.info();
     Context ctx(model, co);
     if (ctx.n_ctx() < co.n_ctx)
         throw Error(fmt::format("kiln bench: the tests need {} positions, the context has {}", co.n_ctx, ctx.n_ctx()));

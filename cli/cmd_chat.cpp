@@ -23,6 +23,7 @@
 #include "cli/args.h"
 #include "cli/text_input.h"
 #include "cli/command.h"
+#include "cli/model_load.h"
 #include "cli/progress.h"
 #include "kiln/kiln.h"
 
@@ -132,6 +133,8 @@ int run_chat(const std::vector<std::string>& argv) {
     args.option({"-n", "--n-predict"}, &n_predict, "N", "most tokens per reply (default -1: until end of turn or context)", -1,
                 std::numeric_limits<int64_t>::max(), "-1 (until end of turn or the context is full) or more");
     args.backend_options(&co);
+    LoadOptions lo;
+    args.rope_options(&lo);
     args.sampler_options(&sp, &seed);
     args.option({"-sys", "--system", "--system-prompt"}, &system_prompt, "TEXT", "system message");
     args.option({"--chat-template"}, &template_path, "FILE", "Jinja chat template to use instead of the model's");
@@ -146,18 +149,17 @@ int run_chat(const std::vector<std::string>& argv) {
     if (model_path.empty()) throw Error("kiln chat: no model given (-m MODEL.gguf)");
     if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
 
-    LoadOptions lo;
     lo.n_threads = n_threads;
     Progress load_bar("loading", !quiet);
     lo.progress = [&](float fr) {
         load_bar.update(fr);
         return true;
     };
-    Model model = Model::load(model_path, lo);
-    load_bar.done();
     co.n_ctx = n_ctx;
     co.n_threads = n_threads;
     co.n_batch = n_batch;
+    Model model = load_checked("chat", model_path, lo, co);
+    load_bar.done();
     Context ctx(model, co);
     // The template: --chat-template FILE, --chat-template-name NAME, the model's own, or ChatML.
     ChatFormat format = choose_chat_template(model, template_path, template_name, "chat");

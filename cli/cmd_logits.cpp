@@ -9,6 +9,7 @@
 
 #include "cli/args.h"
 #include "cli/command.h"
+#include "cli/model_load.h"
 #include "kiln/kiln.h"
 
 namespace kiln::cli {
@@ -54,9 +55,9 @@ int run_logits(const std::vector<std::string>& argv) {
     const std::vector<int32_t> tokens = parse_tokens(tokens_arg);
     LoadOptions lo;
     lo.n_threads = threads;
-    const Model model = Model::load(model_path, lo);
     co.n_ctx = n_ctx > 0 ? n_ctx : static_cast<int64_t>(tokens.size());
     co.n_threads = threads;
+    const Model model = load_checked("logits", model_path, lo, co);
     Context ctx(model, co);
     ctx.decode(tokens, /*all_logits=*/true);
 

@@ -9,6 +9,7 @@
 #include "cli/args.h"
 #include "cli/text_input.h"
 #include "cli/command.h"
+#include "cli/model_load.h"
 #include "cli/progress.h"
 #include "kiln/kiln.h"
 
@@ -45,6 +46,8 @@ int run_run(const std::vector<std::string>& argv) {
     args.option({"-b", "--batch-size"}, &n_batch, "N", "prompt tokens per forward pass (default 512)", 1, 1 << 20);
     args.threads_option(&n_threads);
     args.backend_options(&co);
+    LoadOptions lo;
+    args.rope_options(&lo);
     args.sampler_options(&sp, &seed);
     args.flag({"--ignore-eos"}, &ignore_eos, "keep generating past end-of-text tokens");
     args.flag({"--no-display-prompt"}, &no_display_prompt, "do not echo the prompt");
@@ -61,18 +64,17 @@ int run_run(const std::vector<std::string>& argv) {
     if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
 
     const auto t_load = Clock::now();
-    LoadOptions lo;
     lo.n_threads = n_threads;
     Progress load_bar("loading", !quiet);
     lo.progress = [&](float f) {
         load_bar.update(f);
         return true;
     };
-    Model model = Model::load(model_path, lo);
-    load_bar.done();
     co.n_ctx = n_ctx;
     co.n_threads = n_threads;
     co.n_batch = n_batch;
+    Model model = load_checked("run", model_path, lo, co);
+    load_bar.done();
     Progress upload_bar("uploading", !quiet && co.backend != "cpu");
     co.progress = [&](float f) { upload_bar.update(f); };
     Context ctx(model, co);

@@ -307,4 +307,21 @@ void FlashAttn::end(float* const* out, const float* sink) const {
     }
 }
 
+void merge_attention_parts(int n, const float* const* o, const float* m, const float* l, int64_t dv, const float* sink, float* out) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < n; ++i)
+        if (l[i] > 0.0f) mx = std::max(mx, m[i]);
+    if (sink) mx = std::max(mx, *sink);
+    float sum = sink ? std::exp(*sink - mx) : 0.0f;
+    std::fill(out, out + dv, 0.0f);
+    for (int i = 0; i < n; ++i) {
+        if (l[i] <= 0.0f) continue;
+        const float f = std::exp(m[i] - mx);
+        sum += l[i] * f;
+        for (int64_t d = 0; d < dv; ++d) out[d] += o[i][d] * f;
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t d = 0; d < dv; ++d) out[d] *= inv;
+}
+
 }  // namespace kiln::kernels

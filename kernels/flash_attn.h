@@ -61,4 +61,10 @@ private:
     int64_t max_first_ = 0, min_last_ = 0;  // a block inside [max_first_, min_last_] needs no mask
 };
 
+// Merges n parts of one attention row computed over disjoint key ranges (decode's split attention
+// in the CPU backend): part i is o[i] (dv floats, the sum of e^(s - m[i]) v over its keys), its
+// max score m[i] and its sum of e^(s - m[i]) l[i]; a part with l[i] == 0 saw no key. Writes the
+// normalised row to out (dv floats); sink as in FlashAttn::end.
+void merge_attention_parts(int n, const float* const* o, const float* m, const float* l, int64_t dv, const float* sink, float* out);
+
 }  // namespace kiln::kernels

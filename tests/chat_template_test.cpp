@@ -2,6 +2,7 @@
 // jinja2 the way transformers does), byte for byte; ChatTemplate from a GGUF file; `kiln template`.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -10,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chat/chat_parser.h"
 #include "chat/chat_template.h"
 #include "gguf/gguf.h"
 #include "gguf/writer.h"
@@ -23,6 +25,9 @@ using kiln::ChatTemplate;
 namespace {
 
 fs::path templates_dir() { return kiln::test::shared_dir() / "templates"; }
+// Templates kept in the repository (tests/data/templates: Qwen3-Coder's), with their own
+// conversations and expected renders; they run without ../shared.
+fs::path repo_templates_dir() { return fs::path(__FILE__).parent_path() / "data" / "templates"; }
 
 std::string read_file(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
@@ -45,22 +50,25 @@ kiln::jinja::Options fixed_clock() {
     return o;
 }
 
-ChatTemplate load_template(const std::string& name) {
-    const json tokens = json::parse(read_file(templates_dir() / (name.substr(0, name.size() - 6) + ".tokens.json")));
-    return ChatTemplate(read_file(templates_dir() / name), tokens["bos_token"].get<std::string>(),
+ChatTemplate load_template(const std::string& name, const fs::path& dir = templates_dir()) {
+    const json tokens = json::parse(read_file(dir / (name.substr(0, name.size() - 6) + ".tokens.json")));
+    return ChatTemplate(read_file(dir / name), tokens["bos_token"].get<std::string>(),
                         tokens["eos_token"].get<std::string>(), fixed_clock());
 }
 
 struct ExpectedCase {
     std::string tmpl, conversation;
     json expected;
+    fs::path dir;  // where the template, conversations.json and expected.json are
 };
 
 std::vector<ExpectedCase> load_expected() {
-    std::ifstream in(templates_dir() / "expected.json");
-    if (!in) return {};
     std::vector<ExpectedCase> cases;
-    for (const auto& c : json::parse(in)) cases.push_back({c["template"], c["conversation"], c});
+    for (const fs::path& dir : {templates_dir(), repo_templates_dir()}) {
+        std::ifstream in(dir / "expected.json");
+        if (!in) continue;
+        for (const auto& c : json::parse(in)) cases.push_back({c["template"], c["conversation"], c, dir});
+    }
     return cases;
 }
 
@@ -75,9 +83,9 @@ class TemplateExpected : public ::testing::TestWithParam<ExpectedCase> {};
 
 TEST_P(TemplateExpected, RendersLikeTransformers) {
     const ExpectedCase& c = GetParam();
-    const json conversations = json::parse(read_file(templates_dir() / "conversations.json"));
+    const json conversations = json::parse(read_file(c.dir / "conversations.json"));
     ASSERT_TRUE(conversations.contains(c.conversation));
-    const ChatTemplate t = load_template(c.tmpl);
+    const ChatTemplate t = load_template(c.tmpl, c.dir);
     const json& ctx = conversations[c.conversation];
     if (c.expected.contains("output")) {
         std::string out;
@@ -113,7 +121,20 @@ TEST(TemplateShared, EveryTemplateAndConversationIsCovered) {
     for (const auto& entry : fs::directory_iterator(templates_dir()))
         if (entry.path().extension() == ".jinja") ++templates;
     EXPECT_EQ(templates, 5u);
-    EXPECT_EQ(cases.size(), templates * conversations.size());
+    EXPECT_EQ(std::count_if(cases.begin(), cases.end(), [](const ExpectedCase& c) { return c.dir == templates_dir(); }),
+              static_cast<std::ptrdiff_t>(templates * conversations.size()));
+}
+
+// Qwen3-Coder's template (tests/data/templates) x its conversations with tools: all rendered.
+TEST(TemplateRepo, EveryTemplateAndConversationIsCovered) {
+    const auto cases = load_expected();
+    const json conversations = json::parse(read_file(repo_templates_dir() / "conversations.json"));
+    size_t templates = 0;
+    for (const auto& entry : fs::directory_iterator(repo_templates_dir()))
+        if (entry.path().extension() == ".jinja") ++templates;
+    EXPECT_EQ(templates, 1u);
+    EXPECT_EQ(std::count_if(cases.begin(), cases.end(), [](const ExpectedCase& c) { return c.dir == repo_templates_dir(); }),
+              static_cast<std::ptrdiff_t>(templates * conversations.size()));
 }
 
 // ---- ChatTemplate API ----------------------------------------------------------------------------
@@ -259,3 +280,36 @@ TEST(TemplateCli, ErrorsExitOneWithThePosition) {
 }
 
 }  // namespace
+
+// What Qwen3-Coder's own template writes for an assistant's tool calls, read back by the
+// qwen3-coder output parser with the tools' schemas: the same calls, the arguments with their JSON
+// types (the template writes a boolean as Python's "False", an object as JSON).
+TEST(TemplateRepo, Qwen3CoderToolCallsRoundTripThroughTheParser) {
+    const json conversations = json::parse(read_file(repo_templates_dir() / "conversations.json"));
+    const json& conv = conversations["tool_call_and_result"];
+    const std::string out = load_template("qwen3-coder.jinja", repo_templates_dir()).render(conv);
+    kiln::chat::ParserOptions o;
+    o.family = kiln::chat::detect_family(read_file(repo_templates_dir() / "qwen3-coder.jinja"), "qwen3moe");
+    ASSERT_EQ(o.family, kiln::chat::ParserFamily::QwenXml);
+    o.tools_json = conv["tools"].dump();
+    size_t pos = 0, turns = 0;
+    for (const json& m : conv["messages"]) {
+        if (m["role"] != "assistant" || !m.contains("tool_calls")) continue;
+        // The assistant turn as the model would have written it: after the header, up to <|im_end|>.
+        pos = out.find("<|im_start|>assistant\n", pos);
+        ASSERT_NE(pos, std::string::npos);
+        pos += std::string("<|im_start|>assistant\n").size();
+        const std::string turn = out.substr(pos, out.find("<|im_end|>", pos) - pos);
+        const kiln::chat::ParsedMessage parsed = kiln::chat::parse_output(turn, o);
+        ASSERT_EQ(parsed.tool_calls.size(), m["tool_calls"].size()) << turn;
+        for (size_t i = 0; i < parsed.tool_calls.size(); ++i) {
+            const json& want = m["tool_calls"][i]["function"];
+            EXPECT_EQ(parsed.tool_calls[i].name, want["name"].get<std::string>());
+            EXPECT_EQ(json::parse(parsed.tool_calls[i].arguments), want["arguments"]) << turn;
+        }
+        EXPECT_EQ(parsed.content, m["content"].get<std::string>());
+        EXPECT_TRUE(parsed.warnings.empty());
+        ++turns;
+    }
+    EXPECT_EQ(turns, 2u);
+}

@@ -296,3 +296,44 @@ TEST(TiledAttentionThreshold, PromptsTiledDecodePerRow) {
 }
 
 }  // namespace
+
+namespace {
+
+// Decode (a batch below the tiled threshold): the split path - each KV head's query rows in one
+// pass over the keys, the keys in chunks over three threads, the parts merged - against the naive
+// double attention, at depths that give several chunks, with rings, sinks, soft-capping, quantized
+// caches and MLA.
+const std::vector<Case>& decode_cases() {
+    static const std::vector<Case> v = {
+        // name, heads, kv heads, dk, dv, prefix (depth), tokens, cache, window, slots, softcap, sinks, mla
+        {"decode_gqa32_8_d128_f16_depth700", 32, 8, 128, 128, 700, 1},
+        {"decode_gqa8_2_d128_q8_0_three_tokens", 8, 2, 128, 128, 600, 3, KvType::Q8_0},
+        {"decode_gqa8_2_d64_q4_0", 8, 2, 64, 64, 520, 1, KvType::Q4_0},
+        {"decode_ring_window300_sinks_softcap", 8, 2, 64, 64, 900, 2, KvType::F16, 300, 300 + 2 - 1, 30.0f, true},
+        {"decode_mla20_1_k576_v512_f16_depth1000", 20, 1, 576, 512, 1000, 1, KvType::F16, 0, 0, 0.0f, false, true},
+        {"decode_mla16_1_k80_v64_q8_0_two_tokens", 16, 1, 80, 64, 530, 2, KvType::Q8_0, 0, 0, 0.0f, false, true},
+        {"decode_short_context_one_chunk", 4, 1, 32, 32, 5, 1},
+    };
+    return v;
+}
+
+class SplitAttention : public kiln::test::AtEveryKernelLevel<Case> {};
+
+TEST_P(SplitAttention, MatchesNaiveDouble) {
+    const Case& c = param();
+    Prompt r(c);
+    const std::vector<double> want = r.reference();
+    TiledFrom f(std::numeric_limits<int64_t>::max());
+    const int64_t runs = kiln::backend::cpu_split_attention_runs();
+    const std::vector<float> got = r.prompt();
+    EXPECT_GT(kiln::backend::cpu_split_attention_runs(), runs) << "the batch did not run split";
+    const double err = rel_error(got, want);
+    std::printf("    [max rel error] %-40s %-10s split %.3g\n", c.name, kiln::kernels::kernel_level_name(), err);
+    EXPECT_LT(err, 4e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SplitAttention, kiln::test::at_every_kernel_level(decode_cases()), [](const auto& info) {
+    return std::string(std::get<0>(info.param).name) + "_" + kiln::test::level_name(std::get<1>(info.param));
+});
+
+}  // namespace

@@ -24,6 +24,8 @@
 #include <httplib.h>
 
 #include "cli/args.h"
+#include "cli/model_load.h"
+#include "kiln/memory.h"
 #include "cli/command.h"
 #include "cli/text_input.h"
 #include "chat/chat_parser.h"
@@ -959,6 +961,38 @@ void stop_thread(StopTarget* t) {
     exit_now(0);
 }
 
+// The context of each slot: -c, or (0) the largest that fits in memory up to the trained context,
+// said on stderr. Refuses a plan that does not fit (kiln/memory.h) before anything is allocated.
+int64_t plan_serve_context(const Model& model, int64_t n_ctx, int parallel, int threads, int64_t cache_mib, const std::string& backend,
+                           int device, KvType kv_k, KvType kv_v) {
+    ContextOptions co;
+    co.backend = backend;
+    co.device = device;
+    co.kv_type_k = kv_k;
+    co.kv_type_v = kv_v;
+    co.n_threads = threads;
+    co.n_batch = 1024;  // the server's prompt batch (kPrefillBatch, server/engine.cpp)
+    const size_t cache = static_cast<size_t>(std::max<int64_t>(cache_mib, 0)) << 20;
+    const int64_t trained = model.info().n_ctx_train > 0 ? model.info().n_ctx_train : 4096;
+    co.n_ctx = n_ctx > 0 ? n_ctx : trained;
+    MemoryPlan plan = plan_memory(model, plan_options(co, parallel, cache));
+    if (n_ctx == 0) {
+        int64_t pick = plan.largest_ctx(trained);
+        if (pick >= 1024 && pick < trained) pick = pick / 256 * 256;
+        if (pick > 0 && pick != co.n_ctx) {
+            co.n_ctx = pick;
+            plan = plan_memory(model, plan_options(co, parallel, cache));
+        }
+        if (plan.fits)
+            fmt::print(stderr, "kiln serve: context {} tokens per slot ({}; needs {} of {} available; -c sets it)\n", co.n_ctx,
+                       co.n_ctx == trained ? "the model's trained context" : fmt::format("the largest that fits, trained {}", trained),
+                       format_bytes(plan.total_bytes), format_bytes(plan.available_bytes));
+    }
+    for (const std::string& w : plan.warnings) fmt::print(stderr, "kiln serve: warning: {}\n", w);
+    if (!plan.fits) throw Error(fmt::format("kiln serve: {} {}", model.info().path, plan.refusal()));
+    return co.n_ctx;
+}
+
 int run_serve(const std::vector<std::string>& argv) {
     std::string model_path, host = "127.0.0.1", api_key, alias, backend = "cpu", template_path, template_name;
     int device = -1;
@@ -969,7 +1003,9 @@ int run_serve(const std::vector<std::string>& argv) {
     int cache_prefixes = 0;
     Args args("serve", "-m MODEL [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to serve");
-    args.ctx_size_option(&n_ctx);
+    args.option({"-c", "--ctx-size"}, &n_ctx, "N",
+                "context size per slot in tokens (default 0: the largest that fits in memory, up to the model's trained context)", 0,
+                int64_t{1} << 24, "0 (automatic) to 16777216");
     args.option({"--host"}, &host, "ADDR", "address to bind (default 127.0.0.1)");
     args.option({"--port"}, &port, "N", "port (default 8080; 0: any free port, printed once bound)", 0, 65535);
     args.option({"-np", "--parallel"}, &parallel, "N", "slots: requests generated at the same time (default 1)", 1, 64);
@@ -993,6 +1029,8 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"--backend"}, &backend, "NAME", "cpu (default), vulkan or auto (Vulkan on a GPU, else the CPU)");
     args.option({"--device"}, &device, "N", "Vulkan device index (see kiln devices)");
     args.kv_type_options(&kv_k, &kv_v);
+    LoadOptions lo;
+    args.rope_options(&lo);
     args.option({"--alias"}, &alias, "NAME", "model name reported by /v1/models (default: the file's)");
     if (!args.parse(argv)) return 0;
     if (model_path.empty()) throw Error("kiln serve: no model given (-m MODEL.gguf)");
@@ -1013,9 +1051,11 @@ int run_serve(const std::vector<std::string>& argv) {
         ::sigaction(SIGINT, &sa, nullptr);
         ::sigaction(SIGTERM, &sa, nullptr);
     }
-    LoadOptions lo;
     lo.n_threads = threads;
+    lo.touch_weights = false;
     Model model = Model::load(model_path, lo);
+    n_ctx = plan_serve_context(model, n_ctx, parallel, threads, cache_mib, backend, device, kv_k, kv_v);
+    model.touch_weights();
     if (alias.empty()) alias = model.info().name.empty() ? std::filesystem::path(model_path).stem().string() : model.info().name;
     if (cache_mib < 0) throw Error("kiln serve: --cache-mem must be >= 0");
     if (cache_prefixes < 0 || cache_prefixes > 64) throw Error("kiln serve: --cache-prefixes must be 0..64");

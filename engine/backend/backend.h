@@ -102,6 +102,22 @@ public:
 // The CPU backend: kernels/ on one thread pool of n_threads (0: all hardware threads).
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);
 
+// What a CPU backend of n_threads reserves to run graph g (bytes): the planned workspace of the
+// graph's values, the matmul scratch, the grouped-matmul gather room, the per-thread solo scratch
+// and flash-attention tiles. A backend keeps the largest of each over the graphs it compiled; the
+// memory planner (runtime/memory_plan.cpp) takes the same maxima without compiling anything.
+struct CpuComputeBytes {
+    size_t workspace = 0, scratch = 0, aux = 0, solo_per_thread = 0, flash_per_thread = 0, split = 0;
+    void max_with(const CpuComputeBytes& o);
+    size_t total(int n_threads) const;
+};
+CpuComputeBytes cpu_compute_bytes(const graph::Graph& g, int n_threads);
+// Floats of the parts decode's split attention keeps for an attention of n_tok tokens (0: a batch
+// with more query rows per KV head than one pass takes).
+size_t split_attention_floats(const graph::AttentionParams& p, int64_t n_tok, int n_threads);
+// The per-thread attention scores a CPU KV cache of n_ctx tokens keeps beside its rows.
+size_t cpu_kv_scores_bytes(int64_t n_ctx, int n_threads);
+
 // The CPU backend's attention over a batch of at least this many tokens (a prompt) runs in tiles
 // of query rows against blocks of keys (kernels/flash_attn.h); smaller batches (decode) take one
 // (token, head) at a time. Measured (kiln_bench PromptAttentionBatch, 2 threads): tiled is already
@@ -115,5 +131,10 @@ void set_cpu_tiled_attention_min_tokens(int64_t n);
 int64_t cpu_tiled_attention_min_tokens();
 // Attention ops the CPU backends of this process have run tiled (tests check which path ran).
 int64_t cpu_tiled_attention_runs();
+// Attention ops of a few tokens (decode) the CPU backends ran split: every query head of a KV head
+// in one pass over its keys, the keys in chunks over the threads, the chunks' parts merged.
+int64_t cpu_split_attention_runs();
+// Benchmarks: false sends decode to the per-(token, head) paths it took before (default true).
+void set_cpu_split_attention(bool on);
 
 }  // namespace kiln::backend

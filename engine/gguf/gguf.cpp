@@ -428,6 +428,15 @@ const Value* File::find(std::string_view key) const {
     return it == kv_index_.end() ? nullptr : &kv_[it->second].second;
 }
 
+void File::set_metadata(const std::string& key, Value v) {
+    if (auto it = kv_index_.find(key); it != kv_index_.end()) {
+        kv_[it->second].second = std::move(v);
+        return;
+    }
+    kv_index_.emplace(key, kv_.size());
+    kv_.emplace_back(key, std::move(v));
+}
+
 const Value& File::get(std::string_view key) const {
     if (const Value* v = find(key)) return *v;
     throw Error(fmt::format("{}: missing metadata key '{}'", path_, key));

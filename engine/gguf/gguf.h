@@ -100,9 +100,13 @@ public:
     uint64_t file_size() const { return size_; }
     uint64_t alignment() const { return alignment_; }
     uint64_t data_offset() const { return data_offset_; }
+    // Start of the file's own mapping (null when the File parses a caller's buffer).
+    const void* mapping() const { return map_; }
 
     const std::vector<std::pair<std::string, Value>>& metadata() const { return kv_; }
     const Value* find(std::string_view key) const;
+    // Replaces (or adds) a metadata value in memory: load-time overrides (the file is not written).
+    void set_metadata(const std::string& key, Value v);
     const Value& get(std::string_view key) const;  // throws "missing metadata key 'x' in FILE"
     bool has(std::string_view key) const { return find(key) != nullptr; }
 

@@ -16,7 +16,9 @@
 #include "kiln/context.h"
 #include "kiln/error.h"
 #include "model/model_impl.h"
+#include "kiln/memory.h"
 #include "runtime/kv_cache.h"
+#include "runtime/memory_plan.h"
 #include "runtime/shared_backend.h"
 
 namespace kiln {
@@ -132,26 +134,13 @@ Context::Context(const Model& model, const ContextOptions& options) {
     const model::HParams& hp = c.m.arch->hparams();
     if (c.opt.backend != "cpu" && c.opt.backend != "vulkan" && c.opt.backend != "auto")
         throw Error(fmt::format("unknown backend '{}' (available: cpu, vulkan, auto)", c.opt.backend));
-    if (c.opt.n_ctx <= 0) c.opt.n_ctx = hp.n_ctx_train > 0 ? std::min<int64_t>(hp.n_ctx_train, 4096) : 4096;
+    if (c.opt.n_ctx <= 0) c.opt.n_ctx = runtime::default_n_ctx(hp);
     if (c.opt.n_batch <= 0) throw Error(fmt::format("n_batch must be positive, got {}", c.opt.n_batch));
     c.opt.n_batch = std::min(c.opt.n_batch, c.opt.n_ctx);
     if (c.opt.n_threads <= 0) c.opt.n_threads = model.default_threads();
 
     if (c.opt.backend != "cpu") c.be = vulkan_backend(c.m, c.opt);  // nullptr: "auto" found no GPU
-    backend::KvLayout layout;
-    layout.n_ctx = c.opt.n_ctx;
-    layout.type_k = c.opt.kv_type_k;
-    layout.type_v = c.opt.kv_type_v;
-    for (const model::KvLayerSpec& l : c.m.arch->kv_layers()) {
-        backend::KvLayerShape s;
-        s.n_head_kv = l.n_head_kv;
-        s.head_dim_k = l.head_dim_k;
-        s.head_dim_v = l.head_dim_v;
-        s.v_in_k = l.v_in_k;
-        // A sliding-window layer keeps a ring of the window plus what one batch adds.
-        if (l.window > 0) s.n_slots = std::min(c.opt.n_ctx, l.window + c.opt.n_batch - 1);
-        layout.layers.push_back(s);
-    }
+    const backend::KvLayout layout = runtime::kv_layout(*c.m.arch, c.opt.n_ctx, c.opt.n_batch, c.opt.kv_type_k, c.opt.kv_type_v);
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
     auto start = [&] {
@@ -182,6 +171,18 @@ Context::Context(const Model& model, const ContextOptions& options) {
         } catch (const Error&) {
             c.be.reset();
         }
+    }
+    if (!c.be && c.opt.check_memory) {
+        // On the CPU: refused before its thread pool, buffers and KV cache are taken (the Vulkan
+        // backend checks each allocation against the device's budget itself).
+        MemoryPlanOptions po;
+        po.n_ctx = c.opt.n_ctx;
+        po.kv_type_k = c.opt.kv_type_k;
+        po.kv_type_v = c.opt.kv_type_v;
+        po.n_batch = c.opt.n_batch;
+        po.n_threads = c.opt.n_threads;
+        const MemoryPlan plan = plan_memory(c.model, po);
+        if (!plan.fits) throw Error("this context " + plan.refusal());
     }
     if (!c.be) c.be = std::make_shared<runtime::SharedBackend>(backend::make_cpu_backend(c.opt.n_threads), *c.m.arch);
     try {
@@ -305,27 +306,7 @@ int64_t Context::n_ctx() const { return impl_->kv->n_ctx(); }
 int64_t Context::n_vocab() const { return impl_->m.arch->hparams().n_vocab; }
 size_t Context::kv_bytes() const { return impl_->kv->bytes(); }
 
-KvStats Context::kv_stats() const {
-    const backend::KvLayout& L = impl_->kv->layout();
-    KvStats st;
-    st.type_k = L.type_k;
-    st.type_v = L.type_v;
-    st.n_ctx = L.n_ctx;
-    for (size_t il = 0; il < L.layers.size(); ++il) {
-        const size_t row = L.layers[il].row_bytes(L.type_k, L.type_v);
-        if (L.is_ring(il)) {
-            ++st.n_sliding_layers;
-            st.sliding_slots = L.slots(il);
-            st.sliding_bytes += L.layer_bytes(il);
-            st.sliding_bytes_per_token = row;
-        } else {
-            ++st.n_full_layers;
-            st.full_bytes += L.layer_bytes(il);
-            st.full_bytes_per_token = row;
-        }
-    }
-    return st;
-}
+KvStats Context::kv_stats() const { return runtime::kv_stats(impl_->kv->layout()); }
 
 std::string Context::kv_summary() const {
     const KvStats s = kv_stats();

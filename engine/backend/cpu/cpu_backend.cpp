@@ -39,6 +39,8 @@ using graph::TensorKind;
 
 std::atomic<int64_t> g_tiled_min_tokens{kCpuTiledAttentionMinTokens};
 std::atomic<int64_t> g_tiled_runs{0};
+std::atomic<int64_t> g_split_runs{0};
+std::atomic<bool> g_split_enabled{true};
 
 struct AlignedFree {
     void operator()(void* p) const { std::free(p); }
@@ -52,6 +54,15 @@ AlignedBuf aligned_bytes(size_t n) {
     return AlignedBuf(static_cast<uint8_t*>(p));
 }
 
+// Memory that is really taken now: a large allocation is mapped lazily by the kernel, so a KV cache
+// the machine cannot hold would only fail (or be killed) when generation reaches it. Writing it
+// once makes what the memory plan counted resident at once (and its contents defined).
+AlignedBuf zeroed_bytes(size_t n) {
+    AlignedBuf b = aligned_bytes(n);
+    std::memset(b.get(), 0, std::max<size_t>(64, (n + 63) / 64 * 64));
+    return b;
+}
+
 // K and V of every layer, one row per slot (KvRowFormat: n_head_kv heads of head_dim elements, f32,
 // f16 or quantized). An MLA layer (v_in_k) stores K only: V is read from the head of each K row.
 class CpuKv final : public KvBuffers {
@@ -61,9 +72,9 @@ public:
             const KvLayerShape& l = layout.layers[il];
             const size_t n = static_cast<size_t>(layout.slots(il));
             layout.k_row(il).check(fmt::format("cpu backend: layer {} keys", il));
-            k_.push_back(aligned_bytes(n * layout.k_row(il).row_bytes()));
+            k_.push_back(zeroed_bytes(n * layout.k_row(il).row_bytes()));
             if (!l.v_in_k) layout.v_row(il).check(fmt::format("cpu backend: layer {} values", il));
-            v_.push_back(l.v_in_k ? AlignedBuf() : aligned_bytes(n * layout.v_row(il).row_bytes()));
+            v_.push_back(l.v_in_k ? AlignedBuf() : zeroed_bytes(n * layout.v_row(il).row_bytes()));
         }
         // Per thread: the scores of one query head over the whole context.
         scores_stride_ = static_cast<size_t>(layout.n_ctx + 16);
@@ -176,6 +187,9 @@ private:
     void attention(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void attention_tiled(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
+    // Decode (a few tokens): the query heads of each KV head as one tile, its keys split in
+    // chunks over the threads, the parts merged. False when the shape does not suit it.
+    bool attention_split(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     bool tiled(int64_t n_tok) const { return n_tok >= std::max<int64_t>(2, g_tiled_min_tokens.load()); }
     void kv_op(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void unary(const Node& n);
@@ -205,7 +219,11 @@ public:
         return std::make_unique<CpuKv>(layout, pool_.size());
     }
 
-    void reserve(size_t workspace, size_t scratch, size_t aux = 0, size_t solo_scratch = 0, size_t flash = 0) {
+    void reserve(size_t workspace, size_t scratch, size_t aux = 0, size_t solo_scratch = 0, size_t flash = 0, size_t split = 0) {
+        if (split > split_size_) {
+            split_ = aligned_bytes(split);
+            split_size_ = split;
+        }
         if (flash > flash_stride_) {
             flash_stride_ = (flash + 63) / 64 * 64;
             flash_ = aligned_bytes(flash_stride_ * static_cast<size_t>(pool_.size()));
@@ -238,12 +256,15 @@ public:
     // Thread th's tile of the tiled prompt attention (flash_bytes() each).
     void* flash_scratch(int th) const { return flash_.get() + flash_stride_ * static_cast<size_t>(th); }
     size_t flash_bytes() const { return flash_stride_; }
+    // The parts of decode's split attention (CpuComputeBytes::split), shared by the threads.
+    float* split_parts() const { return reinterpret_cast<float*>(split_.get()); }
+    size_t split_floats() const { return split_size_ / sizeof(float); }
 
 private:
     ThreadPool pool_;
     std::vector<std::unique_ptr<ThreadPool>> solo_;
-    AlignedBuf workspace_, scratch_, aux_, solo_scratch_, flash_;
-    size_t workspace_size_ = 0, scratch_size_ = 0, aux_size_ = 0, solo_stride_ = 0, flash_stride_ = 0;
+    AlignedBuf workspace_, scratch_, aux_, solo_scratch_, flash_, split_;
+    size_t workspace_size_ = 0, scratch_size_ = 0, aux_size_ = 0, solo_stride_ = 0, flash_stride_ = 0, split_size_ = 0;
 };
 
 // Groups of at most this many rows (decode) are spread over the threads whole, one per thread,
@@ -291,29 +312,76 @@ void maybe_parallel(ThreadPool& pool, int64_t n, int64_t work_per_item, F&& fn) 
     parallel(pool, n, fn);
 }
 
-CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
-    plan_ = graph::plan_buffers(g_, 64);
-    size_t scratch = 0, aux = 0, solo = 0, flash = 0;
-    for (const Node& n : g_.nodes()) {
-        // A batch that may run tiled (the threshold can be lowered to 2 tokens).
-        if (n.op == Op::Attention && g_.tensor(n.src[0]).ne1 > 1)
-            flash = std::max(flash, kernels::FlashAttn::scratch_bytes(n.attn.head_dim_k, n.attn.head_dim_v));
+}  // namespace
+
+void CpuComputeBytes::max_with(const CpuComputeBytes& o) {
+    workspace = std::max(workspace, o.workspace);
+    scratch = std::max(scratch, o.scratch);
+    aux = std::max(aux, o.aux);
+    solo_per_thread = std::max(solo_per_thread, o.solo_per_thread);
+    flash_per_thread = std::max(flash_per_thread, o.flash_per_thread);
+    split = std::max(split, o.split);
+}
+
+size_t CpuComputeBytes::total(int n_threads) const {
+    auto al = [](size_t b) { return (b + 63) / 64 * 64; };
+    const auto n = static_cast<size_t>(std::max(1, n_threads));
+    return al(workspace) + al(scratch) + al(aux) + al(solo_per_thread) * n + al(flash_per_thread) * n + al(split);
+}
+
+size_t cpu_kv_scores_bytes(int64_t n_ctx, int n_threads) {
+    return static_cast<size_t>(n_ctx + 16) * sizeof(float) * static_cast<size_t>(std::max(1, n_threads));
+}
+
+namespace {
+// Decode's split attention: the chunks per KV head (enough work items for every thread, each chunk
+// at least 256 keys of the len visible) and the floats of all the parts (each row's output, max
+// and sum, per chunk) of a batch of n_tok tokens; 0 when the batch has too many rows for it.
+int64_t split_chunks(const graph::AttentionParams& p, int64_t len, int n_threads) {
+    return std::clamp<int64_t>((4 * int64_t{n_threads} + p.n_head_kv - 1) / p.n_head_kv, 1, std::min<int64_t>(1024, (len + 255) / 256));
+}
+}  // namespace
+
+size_t split_attention_floats(const graph::AttentionParams& p, int64_t n_tok, int n_threads) {
+    const int64_t rows = n_tok * (p.n_head / p.n_head_kv);
+    if (rows > kernels::FlashAttn::kRows) return 0;
+    const int64_t chunks = split_chunks(p, int64_t{1} << 30, n_threads);
+    return static_cast<size_t>(p.n_head_kv * chunks * rows * ((p.head_dim_v + 15) / 16 * 16 + 2));
+}
+
+CpuComputeBytes cpu_compute_bytes(const graph::Graph& g, int n_threads) {
+    CpuComputeBytes c;
+    c.workspace = static_cast<size_t>(graph::plan_buffers(g, 64).workspace_bytes);
+    for (const Node& n : g.nodes()) {
+        // Tiles: prompts (tiled attention) and decode (split attention, whose parts are kept too).
+        if (n.op == Op::Attention) {
+            c.flash_per_thread = std::max(c.flash_per_thread, kernels::FlashAttn::scratch_bytes(n.attn.head_dim_k, n.attn.head_dim_v));
+            c.split = std::max(c.split, split_attention_floats(n.attn, g.tensor(n.src[0]).ne1, n_threads) * sizeof(float));
+        }
         if (n.op != Op::MatMul && n.op != Op::MoeMatMul && n.op != Op::HeadMatMul) continue;
-        const Tensor& w = g_.tensor(n.src[0]);
-        const Tensor& x = g_.tensor(n.src[1]);
+        const Tensor& w = g.tensor(n.src[0]);
+        const Tensor& x = g.tensor(n.src[1]);
         if (!kernels::matmul_supports(w.wtype))
-            throw Error(fmt::format("cpu backend: weight '{}' has type {}, which the CPU matmul does not support",
-                                    w.name, type_name(w.wtype)));
+            throw Error(fmt::format("cpu backend: weight '{}' has type {}, which the CPU matmul does not support", w.name,
+                                    type_name(w.wtype)));
         int64_t n_tok = x.ne1;
         if (n.op != Op::MatMul) {
-            const GroupedShape gs = grouped_shape(g_, n);
+            const GroupedShape gs = grouped_shape(g, n);
             n_tok = gs.n_tok * gs.n_slot;  // at most every pair on one matrix
-            aux = std::max(aux, gs.aux_bytes());
-            solo = std::max(solo, kernels::matmul_scratch_bytes(w.wtype, w.ne0, kSoloMaxTokens, 1));
+            c.aux = std::max(c.aux, gs.aux_bytes());
+            c.solo_per_thread = std::max(c.solo_per_thread, kernels::matmul_scratch_bytes(w.wtype, w.ne0, kSoloMaxTokens, 1));
         }
-        scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, n_tok, be_.pool().size()));
+        c.scratch = std::max(c.scratch, kernels::matmul_scratch_bytes(w.wtype, w.ne0, n_tok, n_threads));
     }
-    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), scratch, aux, solo, flash);
+    return c;
+}
+
+namespace {
+
+CpuExecutable::CpuExecutable(CpuBackend& be, graph::Graph g) : be_(be), g_(std::move(g)) {
+    plan_ = graph::plan_buffers(g_, 64);
+    const CpuComputeBytes need = cpu_compute_bytes(g_, be_.pool().size());
+    be_.reserve(static_cast<size_t>(plan_.workspace_bytes), need.scratch, need.aux, need.solo_per_thread, need.flash_per_thread, need.split);
 }
 
 float* CpuExecutable::f32(TensorId id) const {
@@ -548,6 +616,7 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
                                 "batch of {} tokens",
                                 p.layer, slots, p.window, n_tok));
     if (tiled(n_tok)) return attention_tiled(n, kv, base, T0, T1);
+    if (attention_split(n, kv, base, T0, T1)) return;
     const int dk = p.head_dim_k, dv = p.head_dim_v;
     const int group = p.n_head / p.n_head_kv;
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
@@ -691,6 +760,7 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
                                 "soft-cap or sinks, and V rows of at most {}",
                                 p.layer, kMaxDv));
     if (tiled(n_tok)) return attention_tiled(n, kv, base, T0, T1);
+    if (attention_split(n, kv, base, T0, T1)) return;
     const int dk = p.head_dim_k, dv = p.head_dim_v, H = p.n_head;
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
     float* out = f32(n.dst) + T0 * (static_cast<int64_t>(H) * dv);
@@ -835,6 +905,123 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
             fa.end(orow, sinks ? sink : nullptr);
         }
     });
+}
+
+bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
+    using kernels::FlashAttn;
+    constexpr int R = FlashAttn::kRows, KB = FlashAttn::kKeys;
+    const graph::AttentionParams& p = n.attn;
+    const Tensor& q = g_.tensor(n.src[0]);
+    const KvLayout& L = kv.layout();
+    const int64_t n_tok = T1 - T0;
+    const int64_t slots = L.slots(static_cast<size_t>(p.layer));
+    const int64_t dk = p.head_dim_k, dv = p.head_dim_v;
+    const int H = p.n_head, n_kv = p.n_head_kv, group = H / n_kv;
+    const int rows = static_cast<int>(n_tok) * group;
+    if (!g_split_enabled.load(std::memory_order_relaxed) || rows > R || (p.v_in_k && dv > dk) ||
+        FlashAttn::scratch_bytes(dk, dv) > be_.flash_bytes())
+        return false;
+    // The positions the tokens see: [lo, hi].
+    const int64_t lo = p.window > 0 ? std::max<int64_t>(0, base - p.window + 1) : 0;
+    const int64_t hi = base + n_tok - 1;
+    const int64_t len = hi - lo + 1;
+    // Chunks of at least 256 keys, enough of them to give every thread work; their parts (each
+    // row's unnormalised output, max and sum) in the backend's split area (reserved at compile).
+    const int64_t threads = be_.pool().size();
+    const int64_t dvp = (dv + 15) / 16 * 16;
+    const auto per_part = static_cast<size_t>(rows) * static_cast<size_t>(dvp + 2);
+    int64_t chunks = split_chunks(p, len, static_cast<int>(threads));
+    if (static_cast<size_t>(n_kv * chunks) * per_part > be_.split_floats()) return false;
+    const int64_t csize = ((len + chunks - 1) / chunks + KB - 1) / KB * KB;
+    chunks = (len + csize - 1) / csize;
+    const float* pq = f32(n.src[0]) + T0 * q.ne0;
+    const float* sinks = nullptr;
+    if (n.src[1] != graph::kNone) {
+        const Tensor& st = g_.tensor(n.src[1]);
+        sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
+    }
+    const int64_t ow = static_cast<int64_t>(H) * dv;
+    float* out = f32(n.dst) + T0 * ow;
+    float* parts = be_.split_parts();
+    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));
+    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), p.v_in_k ? kv.k(p.layer) : kv.v(p.layer));
+    g_split_runs.fetch_add(1, std::memory_order_relaxed);
+
+    // A chunk of one KV head, a block of keys at a time: every query row of the group takes its
+    // dots and value sums from the block's K and V rows in their stored type (as the per-row path
+    // does), so the block comes from memory once and from the cache for the other rows; an online
+    // softmax per row.
+    parallel(be_.pool(), n_kv * chunks, [&](int64_t b, int64_t e, int th) {
+        float* sc = static_cast<float*>(be_.flash_scratch(th));  // one row's scores of a block
+        for (int64_t it = b; it < e; ++it) {
+            const int kvh = static_cast<int>(it / chunks);
+            const int64_t c0 = lo + (it % chunks) * csize, c1 = std::min(hi, c0 + csize - 1);
+            float* part = parts + static_cast<size_t>(it) * per_part;
+            float* m = part + static_cast<size_t>(rows) * static_cast<size_t>(dvp);
+            float* l = m + rows;
+            std::fill(part, part + static_cast<size_t>(rows) * static_cast<size_t>(dvp), 0.0f);
+            std::fill(m, m + rows, -std::numeric_limits<float>::infinity());
+            std::fill(l, l + rows, 0.0f);
+            for (int64_t p0 = c0; p0 <= c1; p0 += KB) {
+                const int nk = static_cast<int>(std::min<int64_t>(KB, c1 - p0 + 1));
+                int64_t ahead = (p0 + nk) % slots;
+                const int next = static_cast<int>(std::min<int64_t>(KB, c1 - p0 - KB + 1));
+                for (int j = 0; j < next; ++j) {
+                    krows.prefetch(ahead, kvh);
+                    if (!p.v_in_k) vrows.prefetch(ahead, kvh);
+                    if (++ahead == slots) ahead = 0;
+                }
+                for (int r = 0; r < rows; ++r) {
+                    const int64_t t = r / group;
+                    const int64_t row_last = base + t;
+                    const int64_t row_first = p.window > 0 ? std::max<int64_t>(0, row_last - p.window + 1) : 0;
+                    const int64_t j0 = std::max<int64_t>(0, row_first - p0), j1 = std::min<int64_t>(nk, row_last - p0 + 1);
+                    if (j0 >= j1) continue;  // none of this block's keys is seen by the row
+                    const float* qh = pq + t * q.ne0 + static_cast<int64_t>(kvh * group + r % group) * dk;
+                    float bm = -std::numeric_limits<float>::infinity();
+                    for (int64_t j = j0; j < j1; ++j) {
+                        float x = krows.dot(qh, (p0 + j) % slots, kvh, dk) * p.scale;
+                        if (p.softcap > 0.0f) x = p.softcap * std::tanh(x / p.softcap);
+                        sc[j] = x;
+                        bm = std::max(bm, x);
+                    }
+                    float* o = part + static_cast<int64_t>(r) * dvp;
+                    if (bm > m[r]) {
+                        if (l[r] > 0.0f) {
+                            const float a = std::exp(m[r] - bm);
+                            l[r] *= a;
+                            kernels::scale(o, a, dv);
+                        }
+                        m[r] = bm;
+                    }
+                    for (int64_t j = j0; j < j1; ++j) {
+                        const float w = std::exp(sc[j] - m[r]);
+                        l[r] += w;
+                        vrows.axpy(w, (p0 + j) % slots, kvh, o, dv);
+                    }
+                }
+            }
+        }
+    });
+    // Merge each row's parts (one per chunk).
+    parallel(be_.pool(), static_cast<int64_t>(n_kv) * rows, [&](int64_t b, int64_t e, int) {
+        const float* po[1024];
+        float pm[1024], pl[1024];
+        for (int64_t it = b; it < e; ++it) {
+            const int kvh = static_cast<int>(it / rows), r = static_cast<int>(it % rows);
+            const int64_t t = r / group;
+            const int h = kvh * group + r % group;
+            const int nc = static_cast<int>(std::min<int64_t>(chunks, 1024));
+            for (int c = 0; c < nc; ++c) {
+                const float* part = parts + static_cast<size_t>(kvh * chunks + c) * per_part;
+                po[c] = part + r * dvp;
+                pm[c] = part[static_cast<size_t>(rows) * static_cast<size_t>(dvp) + static_cast<size_t>(r)];
+                pl[c] = part[static_cast<size_t>(rows) * static_cast<size_t>(dvp) + static_cast<size_t>(rows + r)];
+            }
+            kernels::merge_attention_parts(nc, po, pm, pl, dv, sinks ? sinks + h : nullptr, out + t * ow + static_cast<int64_t>(h) * dv);
+        }
+    });
+    return true;
 }
 
 void CpuExecutable::slice_heads(const Node& n) {
@@ -1048,6 +1235,8 @@ void CpuExecutable::moe_combine(const Node& n) {
 void set_cpu_tiled_attention_min_tokens(int64_t n) { g_tiled_min_tokens.store(n); }
 int64_t cpu_tiled_attention_min_tokens() { return std::max<int64_t>(2, g_tiled_min_tokens.load()); }
 int64_t cpu_tiled_attention_runs() { return g_tiled_runs.load(); }
+int64_t cpu_split_attention_runs() { return g_split_runs.load(); }
+void set_cpu_split_attention(bool on) { g_split_enabled.store(on); }
 
 std::unique_ptr<Backend> make_cpu_backend(int n_threads) {
     if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

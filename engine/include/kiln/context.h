@@ -27,6 +27,11 @@ struct ContextOptions {
     // context is created. Not called when the weights are on the device already: the contexts of
     // one Model on one Vulkan device share one copy of the weights (each adds its KV cache only).
     std::function<void(float)> progress{};
+    // On the CPU: compute the memory plan first (kiln/memory.h) and throw kiln::Error with its
+    // numbers (what is needed, what is available, the largest n_ctx that fits) instead of taking
+    // memory the machine does not have. The KV cache is written once when it is created, so the
+    // memory counted is really held from then on. false skips the check.
+    bool check_memory = true;
 };
 
 // KV cache memory by layer kind. A full layer holds n_ctx tokens; a sliding-window layer a ring

@@ -7,6 +7,7 @@
 #include "kiln/devices.h"
 #include "kiln/error.h"
 #include "kiln/generator.h"
+#include "kiln/memory.h"
 #include "kiln/model.h"
 #include "kiln/sampler.h"
 #include "kiln/tokenizer.h"

@@ -25,6 +25,18 @@ struct LoadOptions {
     std::function<bool(float)> progress;
     // Threads for load-time work and the default for contexts of this model (0: all cores).
     int n_threads = 0;
+    // Read every page of the weights before load() returns (the first decode then does not stall on
+    // page faults, and `progress` means something on a large file). false: only the metadata is
+    // read (kiln fit, or a program that checks the memory plan first and calls touch_weights()).
+    bool touch_weights = true;
+    // RoPE scaling instead of the file's (llama.cpp's --rope-scaling / --rope-scale /
+    // --yarn-orig-ctx): rope_scaling "" keeps the file's, else "none", "linear" or "yarn";
+    // rope_scale > 0 is the context factor (positions are divided by it); yarn_orig_ctx > 0 the
+    // context the model was trained with before YaRN. They override <arch>.rope.scaling.* of the
+    // file before the architecture reads it.
+    std::string rope_scaling;
+    float rope_scale = 0.0f;
+    int64_t yarn_orig_ctx = 0;
 };
 
 struct ModelInfo {
@@ -52,6 +64,10 @@ public:
     // What load() would report in info(), from the file's metadata alone (nothing of the weights
     // is read): e.g. the trained context length before choosing a context size. Throws as load().
     static ModelInfo read_info(const std::string& path);
+
+    // Reads every page of the weights (what load() does unless LoadOptions::touch_weights is false);
+    // progress(fraction) as in LoadOptions.
+    void touch_weights(const std::function<bool(float)>& progress = {}) const;
 
     const ModelInfo& info() const;
     int default_threads() const;
