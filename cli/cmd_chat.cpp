@@ -13,33 +13,23 @@
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <limits>
-#include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
-#include "chat/chat_parser.h"
-#include "chat/chat_template.h"
 #include "cli/args.h"
 #include "cli/text_input.h"
 #include "cli/command.h"
 #include "cli/model_load.h"
 #include "cli/progress.h"
-#include "cli/stop_matcher.h"
-#include "gguf/gguf.h"
 #include "kiln/kiln.h"
 
 namespace kiln::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using ojson = nlohmann::ordered_json;
 
 // Ctrl-C: stops the reply being generated; at the prompt, quits.
 std::atomic<bool> g_generating{false}, g_interrupted{false};
@@ -79,31 +69,29 @@ void out(std::string_view s) {
 class Display {
 public:
     explicit Display(bool tty) : tty_(tty) {}
-    void show(const std::vector<chat::ChatEvent>& events) {
-        using K = chat::ChatEvent::Kind;
-        for (const auto& e : events) {
-            switch (e.kind) {
-                case K::Thinking:
-                    if (!in_thinking_) {
-                        end_line();
-                        out(tty_ ? "\033[2m" : "[thinking] ");
-                        in_thinking_ = true;
-                    }
-                    write(e.text);
-                    break;
-                case K::Text:
-                    leave_thinking();
-                    write(e.text);
-                    break;
-                case K::ToolCallStart:
-                    leave_thinking();
+    void show(const ReplyEvent& e) {
+        using K = ReplyEvent::Kind;
+        switch (e.kind) {
+            case K::Reasoning:
+                if (!in_thinking_) {
                     end_line();
-                    write(fmt::format("[tool call {} {}] ", e.id, e.name));
-                    break;
-                case K::ToolCallArgs: write(e.text); break;
-                case K::ToolCallEnd: end_line(); break;
-                case K::Warning: fmt::print(stderr, "\nkiln chat: warning: {}\n", e.text); break;
-            }
+                    out(tty_ ? "\033[2m" : "[thinking] ");
+                    in_thinking_ = true;
+                }
+                write(e.text);
+                break;
+            case K::Text:
+                leave_thinking();
+                write(e.text);
+                break;
+            case K::ToolCallStart:
+                leave_thinking();
+                end_line();
+                write(fmt::format("[tool call {} {}] ", e.id, e.name));
+                break;
+            case K::ToolCallArgs: write(e.text); break;
+            case K::ToolCallEnd: end_line(); break;
+            case K::Warning: fmt::print(stderr, "\nkiln chat: warning: {}\n", e.text); break;
         }
     }
     void done() {
@@ -161,15 +149,6 @@ int run_chat(const std::vector<std::string>& argv) {
     if (model_path.empty()) throw Error("kiln chat: no model given (-m MODEL.gguf)");
     if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
 
-    // The template: --chat-template FILE, --chat-template-name NAME, the model's own, or ChatML.
-    std::optional<ChatTemplate> tmpl;
-    std::vector<std::string> end_turn;  // a built-in template's end of turn: a stop string
-    {
-        ChosenTemplate chosen = choose_chat_template(model_path, template_path, template_name, "chat");
-        tmpl.emplace(std::move(chosen.tmpl));
-        if (!chosen.end_turn.empty()) end_turn.push_back(chosen.end_turn);
-    }
-
     lo.n_threads = n_threads;
     Progress load_bar("loading", !quiet);
     lo.progress = [&](float fr) {
@@ -182,19 +161,20 @@ int run_chat(const std::vector<std::string>& argv) {
     Model model = load_checked("chat", model_path, lo, co);
     load_bar.done();
     Context ctx(model, co);
-    const Tokenizer& tok = model.tokenizer();
-
-    chat::ParserFamily family = chat::detect_family(tmpl->source(), model.info().arch);
+    // The template: --chat-template FILE, --chat-template-name NAME, the model's own, or ChatML.
+    ChatFormat format = choose_chat_template(model, template_path, template_name, "chat");
     if (!parser_name.empty()) {
-        auto f = chat::family_from_name(parser_name);
-        if (!f) throw Error(fmt::format("kiln chat: unknown --parser '{}' (generic, hermes, glm, deepseek, harmony)", parser_name));
-        family = *f;
+        try {
+            format.set_parser(parser_name);
+        } catch (const Error& e) {
+            throw Error(fmt::format("kiln chat: --parser: {}", e.what()));
+        }
     }
     const bool tty_in = ::isatty(STDIN_FILENO) != 0, tty_out = ::isatty(STDOUT_FILENO) != 0;
     if (!quiet)
         fmt::print(stderr, "kiln chat: {} ({}), context {}, parser {}; /help lists the commands, /exit quits\n",
                    model.info().name.empty() ? model_path : model.info().name, model.info().arch, ctx.n_ctx(),
-                   chat::family_name(family));
+                   format.parser_name());
 
     {
         struct sigaction sa{};
@@ -203,15 +183,17 @@ int run_chat(const std::vector<std::string>& argv) {
         sigemptyset(&sa.sa_mask);
         ::sigaction(SIGINT, &sa, nullptr);
     }
-    ojson messages = ojson::array();
+    std::vector<Message> messages;
     auto reset = [&] {
-        messages = ojson::array();
-        if (!system_prompt.empty()) messages.push_back({{"role", "system"}, {"content", system_prompt}});
+        messages.clear();
+        if (!system_prompt.empty()) messages.push_back({.role = "system", .content = system_prompt});
     };
     reset();
-    std::vector<int32_t> cached;  // the tokens the context holds
+    Generator gen(ctx);
     Display display(tty_out);
     int turn = 0;
+    RenderOptions ro;
+    if (no_think) ro.enable_thinking = false;
 
     std::string line;
     while (true) {
@@ -221,8 +203,7 @@ int run_chat(const std::vector<std::string>& argv) {
         if (line == "/exit" || line == "/quit") break;
         if (line == "/reset") {
             reset();
-            cached.clear();
-            ctx.clear();
+            gen.reset();
             if (!quiet) fmt::print(stderr, "kiln chat: conversation reset\n");
             continue;
         }
@@ -236,139 +217,73 @@ int run_chat(const std::vector<std::string>& argv) {
         }
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
 
-        messages.push_back({{"role", "user"}, {"content", line}});
-        std::string prompt;
-        std::vector<int32_t> tokens;
+        messages.push_back({.role = "user", .content = line});
+        ChatPrompt prompt;
         size_t dropped = 0;
         bool ok = false;
         while (true) {
-            ojson vars = {{"messages", messages}, {"add_generation_prompt", true}};
-            if (no_think) vars["enable_thinking"] = false;
             try {
-                prompt = tmpl->render(vars);
-            } catch (const jinja::TemplateError& e) {
+                prompt = format.prompt(messages, {}, ro);
+            } catch (const Error& e) {
                 fmt::print(stderr, "kiln chat: the chat template failed: {}\n", e.what());
                 break;
             }
-            tokens = tok.encode(prompt, /*add_special=*/false, /*parse_special=*/true);
-            if (tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
-                tokens.insert(tokens.begin(), tok.bos());
-            if (tokens.empty()) {
+            if (prompt.tokens.empty()) {
                 fmt::print(stderr, "kiln chat: the chat template rendered an empty prompt\n");
                 break;
             }
-            if (static_cast<int64_t>(tokens.size()) + 1 < ctx.n_ctx()) {
+            if (static_cast<int64_t>(prompt.tokens.size()) + 1 < ctx.n_ctx()) {
                 ok = true;
                 break;
             }
             // Too long for the context: drop the oldest turn (a user message and what answered it),
             // never the system message nor the new message.
-            const size_t first = !messages.empty() && messages[0]["role"] == "system" ? 1 : 0;
+            const size_t first = !messages.empty() && messages[0].role == "system" ? 1 : 0;
             if (messages.size() <= first + 1) {
                 fmt::print(stderr,
                            "kiln chat: this message is {} tokens with the system message, the context holds {} (one more is "
                            "needed for the answer): shorten it or raise -c\n",
-                           tokens.size(), ctx.n_ctx());
+                           prompt.tokens.size(), ctx.n_ctx());
                 break;
             }
             size_t n = 1;
-            while (first + n < messages.size() - 1 && messages[first + n]["role"] != "user") ++n;
-            for (size_t i = 0; i < n; ++i) messages.erase(first);
+            while (first + n < messages.size() - 1 && messages[first + n].role != "user") ++n;
+            messages.erase(messages.begin() + static_cast<std::ptrdiff_t>(first),
+                           messages.begin() + static_cast<std::ptrdiff_t>(first + n));
             dropped += n;
         }
         if (!ok) {
-            messages.erase(messages.size() - 1);
+            messages.pop_back();
             continue;
         }
         if (dropped > 0)
             fmt::print(stderr, "kiln chat: the conversation outgrew the context ({} tokens): dropped the {} oldest message(s){}\n",
-                       ctx.n_ctx(), dropped, messages[0]["role"] == "system" ? ", kept the system message" : "");
+                       ctx.n_ctx(), dropped, messages[0].role == "system" ? ", kept the system message" : "");
 
-        // Keep the common prefix, decode the rest (at least one token, for the logits).
-        size_t keep = 0;
-        while (keep < cached.size() && keep < tokens.size() && cached[keep] == tokens[keep]) ++keep;
-        if (keep == tokens.size()) --keep;
-        keep = static_cast<size_t>(ctx.truncate(static_cast<int64_t>(keep)));  // 0 when a sliding window lost it
-        cached.assign(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(keep));
-        const auto t_prompt = Clock::now();
-        ctx.decode(std::span<const int32_t>(tokens.data() + keep, tokens.size() - keep));
-        cached = tokens;
-        const double prompt_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_prompt).count();
-
-        chat::ParserOptions po;
-        po.family = family;
-        po.starts_in_thinking = chat::prompt_opens_thinking(prompt);
-        chat::ChatParser parser(po);
-        chat::ParsedMessage reply;
-        SamplerParams turn_sp = sp;
-        if (seed >= 0) turn_sp.seed = static_cast<uint64_t>(seed + turn);
-        Sampler sampler(turn_sp, static_cast<int32_t>(ctx.n_vocab()));
-        for (int32_t t : tokens) sampler.accept(t);
-        Detokenizer detok(tok);
-        for (int32_t t : tokens) (void)detok.push(t);  // so the first piece keeps its leading space
-
-        auto handle = [&](const std::vector<chat::ChatEvent>& ev) {
-            reply.apply(ev);
-            display.show(ev);
-        };
-        const auto t_gen = Clock::now();
-        int64_t generated = 0;
-        std::string stop = "end of turn";
-        StopMatcher stops(end_turn);
-        std::string stop_text;
+        // The Generator keeps the prefix the context holds and decodes the rest.
+        GenerateOptions go;
+        go.sampler = sp;
+        if (seed >= 0) go.sampler.seed = static_cast<uint64_t>(seed + turn);
+        go.max_tokens = n_predict;
+        go.cancel = &g_interrupted;
         g_interrupted = false;
         g_generating = true;
-        while (true) {
-            if (g_interrupted.load()) {
-                stop = "interrupted";
-                break;
-            }
-            if (n_predict >= 0 && generated >= n_predict) {
-                stop = "length";
-                break;
-            }
-            if (ctx.n_past() >= ctx.n_ctx()) {
-                stop = "context full";
-                break;
-            }
-            const int32_t next = sampler.sample(ctx.logits());
-            sampler.accept(next);
-            ++generated;
-            if (tok.is_eog(next)) break;
-            bool hit = false;
-            handle(parser.feed(stops.push(detok.push(next), hit, stop_text)));
-            if (hit) break;
-            ctx.decode(std::span<const int32_t>(&next, 1));
-            cached.push_back(next);
-        }
+        const GenerateResult r = gen.chat(format, prompt, go, [&](const ReplyEvent& e) {
+            display.show(e);
+            return true;
+        });
         g_generating = false;
-        {
-            bool hit = false;
-            std::string rest = stops.push(detok.flush(), hit, stop_text);
-            if (!hit) rest += stops.flush();
-            handle(parser.feed(rest));
-        }
-        handle(parser.finish());
         display.done();
-        const double gen_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_gen).count();
-
-        ojson msg = {{"role", "assistant"}, {"content", reply.content}};
-        if (!reply.tool_calls.empty()) {
-            ojson calls = ojson::array();
-            for (const auto& c : reply.tool_calls) {
-                ojson a = ojson::parse(c.arguments, nullptr, false);
-                calls.push_back({{"id", c.id},
-                                 {"type", "function"},
-                                 {"function", {{"name", c.name}, {"arguments", a.is_discarded() ? ojson(c.arguments) : a}}}});
-            }
-            msg["tool_calls"] = calls;
-        }
-        messages.push_back(msg);
+        messages.push_back(r.reply.message());
         ++turn;
+        const char* stop = r.stop == StopReason::Cancelled     ? "interrupted"
+                           : r.stop == StopReason::MaxTokens   ? "length"
+                           : r.stop == StopReason::ContextFull ? "context full"
+                                                               : "end of turn";
         if (!quiet)
             fmt::print(stderr, "kiln chat: turn {}: {} prompt tokens ({} reused, {:.1f} ms), {} generated ({:.1f} t/s, stopped: {})\n",
-                       turn, tokens.size(), keep, prompt_ms, generated,
-                       gen_ms > 0 ? 1000.0 * static_cast<double>(generated) / gen_ms : 0.0, stop);
+                       turn, prompt.tokens.size(), r.n_reused, r.prompt_ms, r.n_generated,
+                       r.generate_ms > 0 ? 1000.0 * static_cast<double>(r.n_generated) / r.generate_ms : 0.0, stop);
     }
     if (tty_in) out("\n");
     return 0;

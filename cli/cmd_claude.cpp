@@ -28,8 +28,8 @@
 
 #include "cli/args.h"
 #include "cli/command.h"
-#include "gguf/gguf.h"
 #include "kiln/error.h"
+#include "kiln/model.h"
 
 namespace kiln::cli {
 namespace {
@@ -150,8 +150,7 @@ int run_claude(const std::vector<std::string>& argv_all) {
     } else {
         if (model_path.empty()) throw Error("kiln claude: no model given (-m MODEL.gguf) and no server answers on the port");
         if (n_ctx <= 0) {
-            auto f = gguf::File::open(model_path);
-            const int64_t train = f->get_int_or(f->architecture() + ".context_length", 0);
+            const int64_t train = Model::read_info(model_path).n_ctx_train;
             n_ctx = train > 0 ? std::min(train, kDefaultClaudeCtx) : kDefaultClaudeCtx;
         }
         if (api_key.empty()) api_key = random_token();

@@ -9,7 +9,7 @@
 #include "cli/args.h"
 #include "cli/command.h"
 #include "kiln/error.h"
-#include "model/synthetic.h"
+#include "kiln/model.h"
 
 namespace kiln::cli {
 namespace {
@@ -28,15 +28,12 @@ int run_demo(const std::vector<std::string>& argv) {
     // stdout and stderr interleave: each line goes out as written, so `kiln demo 2>&1 | less` keeps
     // the order they were printed in.
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
-    SyntheticLlama opts;
-    const auto t = type_from_name(type);
-    if (!t || !traits(*t).can_quantize)
-        throw Error(fmt::format("kiln demo: --type {}: not a type kiln can write", type));
-    opts.type = *t;
-    opts.story = true;
-    fmt::print(stderr, "kiln demo: writing a {}-layer llama model ({}) with kiln's GGUF writer to {}\n", opts.n_layer,
-               type, out);
-    write_synthetic_llama(out, opts);
+    fmt::print(stderr, "kiln demo: writing a small llama model ({}) with kiln's GGUF writer to {}\n", type, out);
+    try {
+        write_demo_model(out, type);
+    } catch (const Error& e) {
+        throw Error(fmt::format("kiln demo: --type {}: {}", type, e.what()));
+    }
     auto command = [](const char* name) {
         for (const Command& c : commands())
             if (std::string(c.name) == name) return c;

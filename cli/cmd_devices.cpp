@@ -8,7 +8,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "backend/vulkan/device.h"
+#include "kiln/devices.h"
 #include "cli/args.h"
 #include "cli/command.h"
 #include "kiln/error.h"
@@ -23,13 +23,13 @@ std::string gib(uint64_t b) {
 
 const char* yes(bool b) { return b ? "yes" : "no"; }
 
-nlohmann::json to_json(const vk::DeviceInfo& d) {
+nlohmann::json to_json(const DeviceInfo& d) {
     nlohmann::json heaps = nlohmann::json::array();
     for (const auto& h : d.heaps) heaps.push_back({{"size", h.size}, {"budget", h.budget}, {"device_local", h.device_local}});
     return {
         {"index", d.index},
         {"name", d.name},
-        {"type", vk::device_type_name(d.type)},
+        {"type", device_type_name(d.type)},
         {"vendor_id", d.vendor_id},
         {"device_id", d.device_id},
         {"api_version", d.api_version_string()},
@@ -53,9 +53,9 @@ nlohmann::json to_json(const vk::DeviceInfo& d) {
     };
 }
 
-void print_text(const vk::DeviceInfo& d, bool chosen) {
+void print_text(const DeviceInfo& d, bool chosen) {
     fmt::print("[{}] {}{}\n", d.index, d.name, chosen ? "   <- kiln runs here" : "");
-    fmt::print("    type            {}\n", vk::device_type_name(d.type));
+    fmt::print("    type            {}\n", device_type_name(d.type));
     fmt::print("    vulkan          {} ({} {})\n", d.api_version_string(), d.driver_name.empty() ? "driver" : d.driver_name,
                d.driver_info);
     fmt::print("    vendor/device   0x{:04x} / 0x{:04x}\n", d.vendor_id, d.device_id);
@@ -87,21 +87,21 @@ int run_devices(const std::vector<std::string>& argv) {
     args.option({"--device"}, &device, "N", "check that device N can be used and mark it");
     if (!args.parse(argv)) return 0;
 
-    std::vector<vk::DeviceInfo> devices;
+    std::vector<DeviceInfo> devices;
     std::string problem;
     try {
-        devices = vk::list_devices();
+        devices = list_devices();
     } catch (const Error& e) {
         problem = e.what();
     }
     // The device kiln would take: the one asked for, else the default rule (GPUs only).
     std::optional<uint32_t> chosen;
-    if (problem.empty()) chosen = vk::select_device(devices, device, false);  // throws for a bad --device
+    if (problem.empty()) chosen = select_device(devices, device, false);  // throws for a bad --device
     else if (device >= 0) throw Error(fmt::format("--device {}: {}", device, problem));
     std::optional<uint32_t> best;  // what `--backend vulkan` (Vulkan required) would take
     if (problem.empty() && !devices.empty()) {
         try {
-            best = vk::select_device(devices, -1, true);
+            best = select_device(devices, -1, true);
         } catch (const Error&) {
         }
     }
@@ -133,7 +133,7 @@ int run_devices(const std::vector<std::string>& argv) {
     else if (best)
         fmt::print("\nNo GPU: kiln runs on the CPU by default; with Vulkan required it would use device {} ({}, a {} "
                    "device).\n",
-                   *best, devices[*best].name, vk::device_type_name(devices[*best].type));
+                   *best, devices[*best].name, device_type_name(devices[*best].type));
     else
         fmt::print("\nNo usable Vulkan device: kiln runs on the CPU.\n");
     return 0;

@@ -1,4 +1,4 @@
-// kiln run -m MODEL -p PROMPT: load, decode the prompt, stream the generated text, print stats.
+// kiln run -m MODEL -p PROMPT: load, then kiln::Generator streams the generated text; print stats.
 #include <chrono>
 #include <cstdio>
 #include <limits>
@@ -6,14 +6,11 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
-
 #include "cli/args.h"
 #include "cli/text_input.h"
 #include "cli/command.h"
 #include "cli/model_load.h"
 #include "cli/progress.h"
-#include "cli/stop_matcher.h"
 #include "kiln/kiln.h"
 
 namespace kiln::cli {
@@ -84,20 +81,16 @@ int run_run(const std::vector<std::string>& argv) {
     upload_bar.done();
     const double load_ms = ms_since(t_load);
 
-    const Tokenizer& tok = model.tokenizer();
-    std::string text = prompt;
-    std::vector<std::string> end_turn;  // a built-in template's end of turn: a stop string
+    std::vector<int32_t> tokens;
+    GenerateOptions go;
     if (templated) {
-        const ChosenTemplate t = choose_chat_template(model_path, template_path, template_name, "run");
-        if (!t.end_turn.empty()) end_turn.push_back(t.end_turn);
-        nlohmann::ordered_json vars = {{"messages", nlohmann::ordered_json::array({{{"role", "system"}, {"content", system_prompt}},
-                                                                                  {{"role", "user"}, {"content", prompt}}})},
-                                       {"add_generation_prompt", true}};
-        text = t.tmpl.render(vars);
+        const ChatFormat format = choose_chat_template(model, template_path, template_name, "run");
+        if (!format.end_turn().empty()) go.stop.push_back(format.end_turn());  // a built-in template's end of turn
+        const std::vector<Message> messages = {{.role = "system", .content = system_prompt}, {.role = "user", .content = prompt}};
+        tokens = format.prompt(messages).tokens;
+    } else {
+        tokens = model.tokenizer().encode(prompt, /*add_special=*/true, /*parse_special=*/true);
     }
-    std::vector<int32_t> tokens = tok.encode(text, /*add_special=*/!templated, /*parse_special=*/true);
-    if (templated && tok.add_bos() && tok.bos() != kNoToken && (tokens.empty() || tokens[0] != tok.bos()))
-        tokens.insert(tokens.begin(), tok.bos());
     if (tokens.empty()) throw Error("kiln run: the prompt is empty (give one with -p)");
     if (static_cast<int64_t>(tokens.size()) >= ctx.n_ctx())
         throw Error(fmt::format("kiln run: the prompt is {} tokens and the context holds {}: the answer needs at least one more "
@@ -114,72 +107,35 @@ int run_run(const std::vector<std::string>& argv) {
         std::fflush(stdout);
     }
 
-    // The prompt, in n_batch chunks so a long one shows progress.
-    const auto t_prompt = Clock::now();
-    {
-        Progress bar("prompt", !quiet && tokens.size() > static_cast<size_t>(n_batch));
-        const size_t step = static_cast<size_t>(std::max<int64_t>(1, n_batch));
-        for (size_t i = 0; i < tokens.size(); i += step) {
-            const size_t n = std::min(step, tokens.size() - i);
-            ctx.decode(std::span<const int32_t>(tokens.data() + i, n));
-            bar.update(static_cast<double>(i + n) / static_cast<double>(tokens.size()));
-        }
-    }
-    const double prompt_ms = ms_since(t_prompt);
-
-    Sampler sampler(sp, static_cast<int32_t>(ctx.n_vocab()));
-    for (int32_t t : tokens) sampler.accept(t);
-    // The detokenizer sees the prompt first (its output discarded: the prompt was echoed as typed),
-    // so the first generated piece keeps its leading space and partial UTF-8 carries over.
-    Detokenizer detok(tok);
-    for (int32_t t : tokens) (void)detok.push(t);  // (flush() would reset it: not called)
-    const auto t_gen = Clock::now();
-    int64_t generated = 0;
-    std::string stop_reason = "length";
-    const int64_t limit = n_predict < 0 ? ctx.n_ctx() : n_predict;
-    StopMatcher stops(end_turn);
-    std::string stop_text;
-    while (generated < limit) {
-        const int32_t next = sampler.sample(ctx.logits());
-        sampler.accept(next);
-        ++generated;
-        if (!ignore_eos && tok.is_eog(next)) {
-            stop_reason = "end of text";
-            break;
-        }
-        bool hit = false;
-        const std::string piece = stops.push(detok.push(next), hit, stop_text);
-        if (!piece.empty()) {
-            std::fwrite(piece.data(), 1, piece.size(), stdout);
-            std::fflush(stdout);
-        }
-        if (hit) {
-            stop_reason = "end of turn";
-            break;
-        }
-        if (generated == limit) break;
-        if (ctx.n_past() >= ctx.n_ctx()) {
-            stop_reason = "context full";
-            break;
-        }
-        ctx.decode(std::span<const int32_t>(&next, 1));
-    }
-    bool hit = false;
-    std::string rest = stop_reason == "end of turn" ? std::string() : stops.push(detok.flush(), hit, stop_text);
-    if (!hit) rest += stops.flush();
-    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    go.sampler = sp;
+    go.max_tokens = n_predict;  // -1: until end of text or the context is full
+    go.ignore_eos = ignore_eos;
+    go.prompt_chunk = n_batch;  // in n_batch chunks, so a long prompt shows progress
+    Progress bar("prompt", !quiet && tokens.size() > static_cast<size_t>(n_batch));
+    go.on_prompt = [&](int64_t done, int64_t total) {
+        bar.update(static_cast<double>(done) / static_cast<double>(total));
+        if (done == total) bar.done();
+    };
+    Generator gen(ctx);
+    const GenerateResult r = gen.generate(tokens, go, [](std::string_view piece) {
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+        return true;
+    });
     fmt::print("\n");
     std::fflush(stdout);
-    const double gen_ms = ms_since(t_gen);
+    const char* stop_reason = r.stop == StopReason::EndOfGeneration ? "end of text"
+                              : r.stop == StopReason::StopString   ? "end of turn"
+                              : r.stop == StopReason::ContextFull  ? "context full"
+                                                                   : "length";
 
     if (!quiet) {
         fmt::print(stderr, "\n");
         fmt::print(stderr, "{:<17}= {:10.2f} ms\n", "load time", load_ms);
-        print_rate("prompt eval time", prompt_ms, static_cast<int64_t>(tokens.size()), "tokens");
-        print_rate("eval time", gen_ms, generated, "runs");
+        print_rate("prompt eval time", r.prompt_ms, static_cast<int64_t>(tokens.size()), "tokens");
+        print_rate("eval time", r.generate_ms, r.n_generated, "runs");
         fmt::print(stderr, "{:<17}= {:10.2f} ms / {:5} tokens (stopped: {}, seed {})\n", "total time",
-                   load_ms + prompt_ms + gen_ms, static_cast<int64_t>(tokens.size()) + generated, stop_reason,
-                   sampler.seed());
+                   load_ms + r.prompt_ms + r.generate_ms, static_cast<int64_t>(tokens.size()) + r.n_generated, stop_reason, r.seed);
     }
     return 0;
 }

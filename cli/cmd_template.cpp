@@ -12,11 +12,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "chat/chat_template.h"
 #include "cli/args.h"
 #include "cli/text_input.h"
 #include "cli/command.h"
-#include "gguf/gguf.h"
+#include "kiln/chat.h"
+#include "kiln/error.h"
 
 namespace kiln::cli {
 namespace {
@@ -46,23 +46,18 @@ int run_template(const std::vector<std::string>& argv) {
 
     const std::string origin = model.empty() ? template_path : model + " (tokenizer.chat_template)";
     try {
-        std::optional<ChatTemplate> tmpl;
+        std::optional<ChatFormat> format;
         if (!model.empty()) {
-            auto f = gguf::File::open(model);
-            ChatTemplate from_file = ChatTemplate::from_gguf(*f);
-            if (bos == unset && eos == unset) {
-                tmpl.emplace(std::move(from_file));
-            } else {
-                tmpl.emplace(f->get_string("tokenizer.chat_template"), bos != unset ? bos : from_file.bos_token(),
-                             eos != unset ? eos : from_file.eos_token());
-            }
+            format.emplace(ChatFormat::from_file(model, bos != unset ? std::optional(bos) : std::nullopt,
+                                                 eos != unset ? std::optional(eos) : std::nullopt));
         } else {
-            tmpl.emplace(read_text_file(template_path, "--chat-template"), bos != unset ? bos : "", eos != unset ? eos : "");
+            format.emplace(ChatFormat::from_source(read_text_file(template_path, "--chat-template"), bos != unset ? bos : "",
+                                                   eos != unset ? eos : ""));
         }
-        const std::string prompt = tmpl->render(context);
+        const std::string prompt = format->render_json(context.dump());
         std::fwrite(prompt.data(), 1, prompt.size(), stdout);
         std::fflush(stdout);
-    } catch (const jinja::TemplateError& e) {
+    } catch (const Error& e) {
         throw Error(fmt::format("{}: {}", origin, e.what()));
     }
     return 0;

@@ -11,9 +11,8 @@
 #include "cli/args.h"
 #include "cli/text_input.h"
 #include "cli/command.h"
-#include "gguf/gguf.h"
 #include "kiln/error.h"
-#include "tokenizer/tokenizer.h"
+#include "kiln/tokenizer.h"
 
 namespace kiln::cli {
 
@@ -86,8 +85,7 @@ int run_tokenize(const std::vector<std::string>& argv) {
     if (sources == 0) throw Error("kiln tokenize: give the text: TEXT, -p TEXT, -f FILE or --lines FILE");
     if (sources > 1) throw Error("kiln tokenize: give only one of TEXT, -p TEXT, -f FILE, --lines FILE");
 
-    auto gguf_file = gguf::File::open(model);
-    const Tokenizer tok(*gguf_file);
+    const Tokenizer tok = Tokenizer::from_file(model);
 
     if (!lines_file.empty()) {
         std::istringstream in(read_text_file(lines_file, "--lines"));

@@ -64,6 +64,6 @@ const EmbeddedShader* find_shader(std::string_view name) {
 
 add_custom_target(kiln_shaders DEPENDS ${KILN_SHADER_WORDS})
 set_source_files_properties(${KILN_SHADER_TABLE} PROPERTIES OBJECT_DEPENDS "${KILN_SHADER_WORDS}")
-target_sources(engine_objects PRIVATE ${KILN_SHADER_TABLE})
-target_include_directories(engine_objects PRIVATE ${KILN_SHADER_OUT})
-add_dependencies(engine_objects kiln_shaders)
+target_sources(layer_backend PRIVATE ${KILN_SHADER_TABLE})
+target_include_directories(layer_backend PRIVATE ${KILN_SHADER_OUT})
+add_dependencies(layer_backend kiln_shaders)

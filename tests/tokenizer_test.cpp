@@ -18,7 +18,7 @@
 #include "gguf/gguf.h"
 #include "gguf/writer.h"
 #include "kiln/error.h"
-#include "tokenizer/tokenizer.h"
+#include "kiln/tokenizer.h"
 
 namespace fs = std::filesystem;
 using kiln::TokenId;

@@ -30,6 +30,7 @@
 #include "cli/text_input.h"
 #include "chat/chat_parser.h"
 #include "cli/server/server.h"
+#include "runtime/chat_format_impl.h"
 
 namespace kiln::cli {
 namespace {
@@ -1123,8 +1124,8 @@ int run_serve(const std::vector<std::string>& argv) {
         throw Error(fmt::format("kiln serve: unknown backend '{}' (available: cpu, vulkan, auto)", backend));
     Engine engine(model, n_ctx, parallel, max_queue, threads, cache, backend, device, kv_k, kv_v);
     if (!template_path.empty() || !template_name.empty() || !engine.has_chat_template()) {
-        ChosenTemplate t = choose_chat_template(model_path, template_path, template_name, "serve");
-        engine.set_chat_template(std::move(t.tmpl), t.end_turn);
+        const ChatFormat t = choose_chat_template(model, template_path, template_name, "serve");
+        engine.set_chat_template(t.impl().tmpl, t.end_turn());  // the Engine takes engine/chat's template until it moves
     }
     Server server(engine, api_key, alias);
     httplib::Server svr;

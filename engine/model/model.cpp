@@ -91,6 +91,12 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
     return model;
 }
 
+ModelInfo Model::read_info(const std::string& path) {
+    LoadOptions lo;
+    lo.touch_weights = false;  // metadata and the architecture's binding only
+    return load(path, lo).info();
+}
+
 void Model::touch_weights(const std::function<bool(float)>& progress) const {
     const auto& tensors = impl_->file->tensors();
     uint64_t total = 0, done = 0;

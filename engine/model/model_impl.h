@@ -9,7 +9,7 @@
 #include "gguf/gguf.h"
 #include "kiln/model.h"
 #include "model/architecture.h"
-#include "tokenizer/tokenizer.h"
+#include "kiln/tokenizer.h"
 
 namespace kiln::runtime {
 struct SharedBackend;  // runtime/shared_backend.h

@@ -8,6 +8,9 @@
 #include <fmt/format.h>
 
 #include "gguf/writer.h"
+#include "kiln/error.h"
+#include "kiln/model.h"
+#include "quant/types.h"
 
 namespace kiln {
 namespace {
@@ -182,6 +185,15 @@ void write_synthetic_llama(const std::string& path, const SyntheticLlama& o) {
         if (!o.tied_output) matrix("output.weight", d, vocab, o.type);
     }
     w.write(path);
+}
+
+void write_demo_model(const std::string& path, const std::string& weight_type) {
+    const auto t = type_from_name(weight_type);
+    if (!t || !traits(*t).can_quantize) throw Error(fmt::format("demo model: '{}' is not a weight type kiln can write", weight_type));
+    SyntheticLlama opts;
+    opts.type = *t;
+    opts.story = true;
+    write_synthetic_llama(path, opts);
 }
 
 }  // namespace kiln

@@ -1,4 +1,4 @@
-#include "tokenizer/tokenizer.h"
+#include "kiln/tokenizer.h"
 
 #include <algorithm>
 #include <array>
@@ -735,6 +735,8 @@ void Tokenizer::Impl::bpe_word(std::string_view word, std::vector<TokenId>& out,
 // Tokenizer
 
 Tokenizer::Tokenizer(const gguf::File& file) : impl_(std::make_unique<Impl>()) { impl_->load(file); }
+
+Tokenizer Tokenizer::from_file(const std::string& gguf_path) { return Tokenizer(*gguf::File::open(gguf_path)); }
 Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;

@@ -50,6 +50,19 @@ inline std::string shell_quote(const std::string& s) {
     return q + "'";
 }
 
+// Runs a shell command line; its stdout into r.out, its exit code into r.code.
+inline RunResult run_command_line(const std::string& cmd) {
+    RunResult r;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) return r;
+    std::array<char, 65536> buf;
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+    const int status = ::pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+}
+
 // Runs `kiln ARGS...` (each argument quoted), capturing stdout and stderr separately; stdin is
 // `input` when given, else empty.
 inline RunResult run_kiln(const std::vector<std::string>& args, const std::string& tag = "run", const std::string* input = nullptr) {
@@ -66,14 +79,7 @@ inline RunResult run_kiln(const std::vector<std::string>& args, const std::strin
     cmd += " 2>";
     cmd += shell_quote(err_path.string());
     cmd += input ? " <" + shell_quote(in_path.string()) : std::string(" </dev/null");
-    RunResult r;
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) return r;
-    std::array<char, 65536> buf;
-    size_t n;
-    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-    const int status = ::pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    RunResult r = run_command_line(cmd);
     std::ifstream e(err_path);
     std::stringstream ss;
     ss << e.rdbuf();
@@ -84,5 +90,8 @@ inline RunResult run_kiln(const std::vector<std::string>& args, const std::strin
 }
 
 inline RunResult run_kiln_with_input(const std::vector<std::string>& args, const std::string& input) { return run_kiln(args, "in", &input); }
+
+// Runs a shell command; stdout and stderr together.
+inline RunResult run_shell(const std::string& cmd) { return run_command_line(cmd + " 2>&1"); }
 
 }  // namespace kiln::test

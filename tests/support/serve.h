@@ -262,19 +262,6 @@ private:
     std::vector<Captured> captured_;
 };
 
-// Runs a shell command; stdout and stderr together.
-inline RunResult run_shell(const std::string& cmd) {
-    RunResult r;
-    FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-    if (!p) return r;
-    std::array<char, 65536> buf;
-    size_t n;
-    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-    const int status = ::pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
-
 // npm packages (name, exact version) installed into <build>/client-tests/<folder>, kept across
 // runs. Returns the folder, or "" with `why` saying what is missing (npm, node, the registry).
 inline std::string npm_install(const std::string& folder, const std::vector<std::pair<std::string, std::string>>& pkgs, std::string& why) {

@@ -14,7 +14,7 @@
 
 #include "kiln/error.h"
 
-namespace kiln::vk {
+namespace kiln {
 
 const char* device_type_name(DeviceType t) {
     switch (t) {
@@ -37,6 +37,10 @@ std::string DeviceInfo::api_version_string() const {
     return fmt::format("{}.{}.{}", VK_API_VERSION_MAJOR(api_version), VK_API_VERSION_MINOR(api_version),
                        VK_API_VERSION_PATCH(api_version));
 }
+
+}  // namespace kiln
+
+namespace kiln::vk {
 
 // ---- instance ------------------------------------------------------------------------------
 
@@ -330,10 +334,14 @@ DeviceInfo describe(VkPhysicalDevice pd, uint32_t index) {
     return d;
 }
 
+}  // namespace kiln::vk
+
+namespace kiln {
+
 std::vector<DeviceInfo> list_devices() {
-    auto inst = Instance::get();
+    auto inst = vk::Instance::get();
     std::vector<DeviceInfo> out;
-    for (uint32_t i = 0; i < inst->physical_devices().size(); ++i) out.push_back(describe(inst->physical_devices()[i], i));
+    for (uint32_t i = 0; i < inst->physical_devices().size(); ++i) out.push_back(vk::describe(inst->physical_devices()[i], i));
     return out;
 }
 
@@ -380,4 +388,4 @@ std::optional<uint32_t> select_device(const std::vector<DeviceInfo>& devices, in
     return std::nullopt;
 }
 
-}  // namespace kiln::vk
+}  // namespace kiln

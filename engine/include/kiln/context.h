@@ -32,7 +32,7 @@ struct ContextOptions {
     // Called with the fraction [0, 1] of the weights copied to the device (Vulkan) while the
     // context is created. Not called when the weights are on the device already: the contexts of
     // one Model on one Vulkan device share one copy of the weights (each adds its KV cache only).
-    std::function<void(float)> progress;
+    std::function<void(float)> progress{};
     // On the CPU: compute the memory plan first (kiln/memory.h) and throw kiln::Error with its
     // numbers (what is needed, what is available, the largest n_ctx that fits) instead of taking
     // memory the machine does not have. The KV cache is written once when it is created, so the

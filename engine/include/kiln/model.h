@@ -17,7 +17,7 @@
 
 namespace kiln {
 
-class Tokenizer;  // engine/tokenizer/tokenizer.h (included by kiln/kiln.h)
+class Tokenizer;  // kiln/tokenizer.h
 
 struct LoadOptions {
     // Called while loading with the fraction done (0..1); return false to cancel (load() then
@@ -61,6 +61,9 @@ public:
     // Maps the GGUF file and binds the weights of its architecture. Throws kiln::Error naming the
     // file and what is wrong (unknown architecture, missing or mis-shaped tensor, bad metadata).
     static Model load(const std::string& path, const LoadOptions& options = {});
+    // What load() would report in info(), from the file's metadata alone (nothing of the weights
+    // is read): e.g. the trained context length before choosing a context size. Throws as load().
+    static ModelInfo read_info(const std::string& path);
 
     // Reads every page of the weights (what load() does unless LoadOptions::touch_weights is false);
     // progress(fraction) as in LoadOptions.
@@ -82,5 +85,11 @@ private:
     explicit Model(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
     std::shared_ptr<const Impl> impl_;
 };
+
+// Writes kiln's demo model to `path` (what `kiln demo` runs): a small llama (2 layers, 64 wide, a
+// few MB) whose weights tell a story, "once upon a time there was a kiln ...", while every block
+// of the forward pass runs. weight_type names the matrices' type ("f32", "f16", "q8_0", "q4_K",
+// ...). Throws kiln::Error for a type kiln cannot write, or when the file cannot be written.
+void write_demo_model(const std::string& path, const std::string& weight_type = "q8_0");
 
 }  // namespace kiln

@@ -26,7 +26,6 @@
 
 #include "kiln/error.h"
 #include "model/blocks.h"
-#include "kernels/ops.h"
 #include "quant/quant.h"
 
 namespace kiln::model {
@@ -270,7 +269,8 @@ private:
                     vals = in;
                 } else {
                     dequantize_row(src, in, row.data(), r);
-                    if (!f32) kernels::f32_to_f16(row.data(), row16.data(), r);
+                    if (!f32)
+                        for (int64_t c = 0; c < r; ++c) row16[static_cast<size_t>(c)] = fp32_to_fp16(row[static_cast<size_t>(c)]);
                     vals = f32 ? reinterpret_cast<const uint8_t*>(row.data()) : reinterpret_cast<const uint8_t*>(row16.data());
                 }
                 for (int64_t c = 0; c < r; ++c)  // to head h, row c, column i

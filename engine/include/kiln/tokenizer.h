@@ -3,7 +3,7 @@
 // pre-tokenizer regexes selected by tokenizer.ggml.pre. Behaviour follows llama.cpp's tokenizer,
 // which is what GGUF files are made for: the same ids for the same text.
 //
-// Built from metadata only, so it works on vocab-only files as well as on full models. The
+// kiln public API. Built from metadata only, so it works on vocab-only files as well as on full models. The
 // Tokenizer is immutable after construction; encode/decode are const and safe to call from
 // several threads at once.
 #pragma once
@@ -51,8 +51,11 @@ struct DecodeOptions {
 
 class Tokenizer {
 public:
-    // Reads tokenizer.ggml.* from the file. Throws kiln::Error naming the file and the key when the
-    // metadata is missing, malformed, or uses an unsupported model / pre-tokenizer.
+    // The tokenizer of a GGUF file (a model or a vocab-only file), without loading any weights;
+    // a loaded model has its own (Model::tokenizer()). Throws kiln::Error naming the file and the
+    // key when the metadata is missing, malformed, or uses an unsupported model / pre-tokenizer.
+    static Tokenizer from_file(const std::string& gguf_path);
+    // The same from an opened file (engine-internal: gguf::File is no public type).
     explicit Tokenizer(const gguf::File& file);
     ~Tokenizer();
     Tokenizer(Tokenizer&&) noexcept;

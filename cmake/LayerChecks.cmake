@@ -1,0 +1,51 @@
+# CTest: an include along an arrow compiles, one against it is "No such file" (cmake/Layers.cmake).
+# Each check compiles one line, `#include "HEADER"`, with exactly the include path of the layer's
+# target (its root, the roots of the layers it links, engine/base).
+function(kiln_layer_include_flags layer out)
+  if(layer STREQUAL "cli")  # the CLI's public-API commands: cli/ and the installed headers
+    set(flags -I${KILN_LAYER_ROOTS}/cli -I${CMAKE_SOURCE_DIR}/engine/base -I${CMAKE_SOURCE_DIR}/engine/include
+              -I${CMAKE_BINARY_DIR}/generated/include)
+  else()
+    set(flags -I${KILN_LAYER_ROOTS}/${layer})
+    foreach(d ${KILN_LAYER_DEPS_${layer}})
+      if(d STREQUAL "base")
+        list(APPEND flags -I${CMAKE_SOURCE_DIR}/engine/base)
+      else()
+        list(APPEND flags -I${KILN_LAYER_ROOTS}/${d})
+      endif()
+    endforeach()
+  endif()
+  set(${out} ${flags} PARENT_SCOPE)
+endfunction()
+
+function(kiln_layer_check layer header expect)
+  string(MAKE_C_IDENTIFIER "${layer}_${header}" id)
+  set(src ${CMAKE_BINARY_DIR}/layer_checks/${id}.cpp)
+  file(WRITE ${src} "#include \"${header}\"\n")
+  kiln_layer_include_flags(${layer} flags)
+  set(name "Layers.${layer}_${expect}_${header}")
+  add_test(NAME ${name} COMMAND ${CMAKE_CXX_COMPILER} -std=c++20 -fsyntax-only ${flags} ${src})
+  if(expect STREQUAL "cannot_include")
+    set_tests_properties(${name} PROPERTIES PASS_REGULAR_EXPRESSION "${header}: No such file or directory")
+  endif()
+endfunction()
+
+# Along the arrows.
+kiln_layer_check(gguf quant/types.h includes)
+kiln_layer_check(model graph/graph.h includes)
+kiln_layer_check(backend kernels/ops.h includes)
+kiln_layer_check(runtime model/model_impl.h includes)
+kiln_layer_check(cli kiln/kiln.h includes)
+# Against them.
+kiln_layer_check(quant gguf/gguf.h cannot_include)
+kiln_layer_check(gguf model/hparams.h cannot_include)
+kiln_layer_check(chat tokenizer/pretokenizer.h cannot_include)
+kiln_layer_check(graph backend/backend.h cannot_include)
+kiln_layer_check(kernels graph/graph.h cannot_include)
+kiln_layer_check(model runtime/kv_cache.h cannot_include)
+kiln_layer_check(model kernels/ops.h cannot_include)
+kiln_layer_check(model kiln/context.h cannot_include)
+kiln_layer_check(backend model/architecture.h cannot_include)
+kiln_layer_check(cli backend/vulkan/device.h cannot_include)
+kiln_layer_check(cli model/architecture.h cannot_include)
+kiln_layer_check(cli gguf/gguf.h cannot_include)
