@@ -32,7 +32,7 @@ set(KILN_LAYER_DEPS_runtime base quant gguf tokenizer chat graph kernels model b
 set(KILN_LAYER_PUBLIC_tokenizer tokenizer.h)
 set(KILN_LAYER_PUBLIC_model model.h)
 set(KILN_LAYER_PUBLIC_backend devices.h)
-set(KILN_LAYER_PUBLIC_runtime chat.h context.h generator.h kiln.h memory.h sampler.h)
+set(KILN_LAYER_PUBLIC_runtime chat.h context.h generator.h kiln.h memory.h prefix_cache.h sampler.h)
 
 set(KILN_LAYER_ROOTS ${CMAKE_BINARY_DIR}/layers)
 add_library(layer_base INTERFACE)

@@ -285,6 +285,33 @@ size_t Sampler::collect_bracketed(float floor, size_t k) {
     if (n_sure > k || (n_sure + n_edge < k && lo > floor)) return 0;  // the bracket missed
     const size_t need = std::min(k - n_sure, n_edge);
     uint64_t* edge = keys + n_vocab - n_edge;
+    if (need < n_edge && n_edge > 2048 && hi > lo && std::isfinite(lo) && std::isfinite(hi)) {
+        // Many in the bracket (a large k): bins of the logit over [lo, hi] (monotone in the key) are
+        // counted, the keys of the bins above the one where the count reaches `need` are kept, and
+        // only that bin is selected among.
+        constexpr int kBins = 4096;
+        const float scale = kBins / (hi - lo);
+        auto bin_of = [&](uint64_t key) { return std::clamp(static_cast<int>((key_logit(key) - lo) * scale), 0, kBins - 1); };
+        uint32_t count[kBins] = {};
+        for (size_t i = 0; i < n_edge; ++i) ++count[bin_of(edge[i])];
+        int bin = kBins - 1;
+        size_t above = 0;
+        for (; bin > 0 && above + count[bin] < need; --bin) above += count[bin];
+        size_t nk = 0, nb = 0;
+        uint64_t* side = side_keys_.data();
+        for (size_t i = 0; i < n_edge; ++i) {  // branch-free: both places written, the right count moves
+            const uint64_t key = edge[i];
+            const int b = bin_of(key);
+            keys[n_sure + nk] = key;  // never ahead of edge + i: n_sure + nk <= n_vocab - n_edge + i
+            side[nb] = key;
+            nk += b > bin;
+            nb += b == bin;
+        }
+        const size_t rest = need - nk;
+        if (rest < nb) std::nth_element(side, side + static_cast<long>(rest), side + nb, std::greater<>());
+        std::memcpy(keys + n_sure + nk, side, rest * sizeof(uint64_t));
+        return n_sure + need;
+    }
     if (need < n_edge) std::nth_element(edge, edge + static_cast<long>(need), edge + n_edge, std::greater<>());
     std::memmove(keys + n_sure, edge, need * sizeof(uint64_t));
     return n_sure + need;
