@@ -205,6 +205,15 @@ private:
     // Decode (a few tokens): the query heads of each KV head as one tile, its keys split in
     // chunks over the threads, the parts merged. False when the shape does not suit it.
     bool attention_split(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
+    // What every attention path reads and writes, from token t0 of the batch: the queries, the sinks
+    // (null without), the output rows, and the layer's K and V rows (MLA: V is the head of each K row).
+    struct AttnIo {
+        const float* q;
+        const float* sinks;
+        float* out;
+        KvRows k, v;
+    };
+    AttnIo attn_io(const Node& n, CpuKv& kv, int64_t t0) const;
     bool tiled(int64_t n_tok) const { return n_tok >= std::max<int64_t>(2, g_tiled_min_tokens.load()); }
     void kv_op(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void unary(const Node& n);
@@ -634,16 +643,12 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
     if (attention_split(n, kv, base, T0, T1)) return;
     const int dk = p.head_dim_k, dv = p.head_dim_v;
     const int group = p.n_head / p.n_head_kv;
-    const float* pq = f32(n.src[0]) + T0 * q.ne0;
-    const float* sinks = nullptr;
-    if (n.src[1] != graph::kNone) {
-        const Tensor& st = g_.tensor(n.src[1]);
-        sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
-    }
-    float* out = f32(n.dst) + T0 * (static_cast<int64_t>(p.n_head) * dv);
-    // V rows: their own buffer, or (MLA) the head of each K row.
-    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));
-    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), p.v_in_k ? kv.k(p.layer) : kv.v(p.layer));
+    const AttnIo io = attn_io(n, kv, T0);
+    const float* pq = io.q;
+    const float* sinks = io.sinks;
+    float* out = io.out;
+    const KvRows& krows = io.k;
+    const KvRows& vrows = io.v;
     const int64_t items = n_tok * p.n_head;
     const float cap = p.softcap;
 
@@ -678,6 +683,19 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
             }
         }
     });
+}
+
+CpuExecutable::AttnIo CpuExecutable::attn_io(const Node& n, CpuKv& kv, int64_t T0) const {
+    const graph::AttentionParams& p = n.attn;
+    const KvLayout& L = kv.layout();
+    const auto layer = static_cast<size_t>(p.layer);
+    const float* sinks = nullptr;
+    if (n.src[1] != graph::kNone) {
+        const Tensor& st = g_.tensor(n.src[1]);
+        sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
+    }
+    return {f32(n.src[0]) + T0 * g_.tensor(n.src[0]).ne0, sinks, f32(n.dst) + T0 * (static_cast<int64_t>(p.n_head) * p.head_dim_v),
+            KvRows(L.k_row(layer), kv.k(p.layer)), KvRows(L.v_row(layer), p.v_in_k ? kv.k(p.layer) : kv.v(p.layer))};
 }
 
 void CpuExecutable::unary(const Node& n) {
@@ -859,16 +877,13 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
     const int hpt = (group + hchunks - 1) / hchunks;  // heads per tile
     const int64_t tpt = std::max(1, rt / hpt);         // tokens per tile
     const int64_t tiles = (n_tok + tpt - 1) / tpt * hchunks;
-    const float* pq = f32(n.src[0]) + T0 * q.ne0;
-    const float* sinks = nullptr;
-    if (n.src[1] != graph::kNone) {
-        const Tensor& st = g_.tensor(n.src[1]);
-        sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
-    }
     const int64_t ow = static_cast<int64_t>(H) * dv;  // output row
-    float* out = f32(n.dst) + T0 * ow;
-    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));
-    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), p.v_in_k ? kv.k(p.layer) : kv.v(p.layer));
+    const AttnIo io = attn_io(n, kv, T0);
+    const float* pq = io.q;
+    const float* sinks = io.sinks;
+    float* out = io.out;
+    const KvRows& krows = io.k;
+    const KvRows& vrows = io.v;
     g_tiled_runs.fetch_add(1, std::memory_order_relaxed);
 
     parallel(be_.pool(), tiles * n_kv, [&](int64_t b, int64_t e, int th) {
@@ -949,17 +964,14 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
     if (static_cast<size_t>(n_kv * chunks) * per_part > be_.split_floats()) return false;
     const int64_t csize = ((len + chunks - 1) / chunks + KB - 1) / KB * KB;
     chunks = (len + csize - 1) / csize;
-    const float* pq = f32(n.src[0]) + T0 * q.ne0;
-    const float* sinks = nullptr;
-    if (n.src[1] != graph::kNone) {
-        const Tensor& st = g_.tensor(n.src[1]);
-        sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
-    }
     const int64_t ow = static_cast<int64_t>(H) * dv;
-    float* out = f32(n.dst) + T0 * ow;
     float* parts = be_.split_parts();
-    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));
-    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), p.v_in_k ? kv.k(p.layer) : kv.v(p.layer));
+    const AttnIo io = attn_io(n, kv, T0);
+    const float* pq = io.q;
+    const float* sinks = io.sinks;
+    float* out = io.out;
+    const KvRows& krows = io.k;
+    const KvRows& vrows = io.v;
     g_split_runs.fetch_add(1, std::memory_order_relaxed);
 
     // A chunk of one KV head, a block of keys at a time: every query row of the group takes its
