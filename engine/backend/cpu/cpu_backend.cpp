@@ -644,11 +644,6 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
     const int dk = p.head_dim_k, dv = p.head_dim_v;
     const int group = p.n_head / p.n_head_kv;
     const AttnIo io = attn_io(n, kv, T0);
-    const float* pq = io.q;
-    const float* sinks = io.sinks;
-    float* out = io.out;
-    const KvRows& krows = io.k;
-    const KvRows& vrows = io.v;
     const int64_t items = n_tok * p.n_head;
     const float cap = p.softcap;
 
@@ -661,24 +656,24 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
             const int64_t last = base + t;  // inclusive
             const int64_t first = p.window > 0 ? std::max<int64_t>(0, last - p.window + 1) : 0;
             const int64_t len = last - first + 1;
-            const float* qh = pq + t * q.ne0 + static_cast<int64_t>(h) * dk;
-            float* oh = out + t * (static_cast<int64_t>(p.n_head) * dv) + static_cast<int64_t>(h) * dv;
+            const float* qh = io.q + t * q.ne0 + static_cast<int64_t>(h) * dk;
+            float* oh = io.out + t * (static_cast<int64_t>(p.n_head) * dv) + static_cast<int64_t>(h) * dv;
 
             int64_t slot = first % slots;
             for (int64_t j = 0; j < len; ++j) {
-                float s = krows.dot(qh, slot, kvh, dk) * p.scale;
+                float s = io.k.dot(qh, slot, kvh, dk) * p.scale;
                 if (cap > 0.0f) s = cap * std::tanh(s / cap);
                 scores[j] = s;
                 if (++slot == slots) slot = 0;
             }
             // A sink is one more logit in the softmax whose weight goes nowhere.
-            if (sinks) scores[len] = sinks[h];
-            kernels::softmax_inplace(scores, sinks ? len + 1 : len);
+            if (io.sinks) scores[len] = io.sinks[h];
+            kernels::softmax_inplace(scores, io.sinks ? len + 1 : len);
 
             std::fill(oh, oh + dv, 0.0f);
             slot = first % slots;
             for (int64_t j = 0; j < len; ++j) {
-                vrows.axpy(scores[j], slot, kvh, oh, dv);
+                io.v.axpy(scores[j], slot, kvh, oh, dv);
                 if (++slot == slots) slot = 0;
             }
         }
@@ -879,11 +874,6 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
     const int64_t tiles = (n_tok + tpt - 1) / tpt * hchunks;
     const int64_t ow = static_cast<int64_t>(H) * dv;  // output row
     const AttnIo io = attn_io(n, kv, T0);
-    const float* pq = io.q;
-    const float* sinks = io.sinks;
-    float* out = io.out;
-    const KvRows& krows = io.k;
-    const KvRows& vrows = io.v;
     g_tiled_runs.fetch_add(1, std::memory_order_relaxed);
 
     parallel(be_.pool(), tiles * n_kv, [&](int64_t b, int64_t e, int th) {
@@ -904,11 +894,11 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
             for (int64_t t = t0; t < t1; ++t)
                 for (int g = g0; g < g1; ++g, ++nr) {
                     const int h = kvh * group + g;
-                    qrow[nr] = pq + t * q.ne0 + static_cast<int64_t>(h) * dk;
-                    orow[nr] = out + t * ow + static_cast<int64_t>(h) * dv;
+                    qrow[nr] = io.q + t * q.ne0 + static_cast<int64_t>(h) * dk;
+                    orow[nr] = io.out + t * ow + static_cast<int64_t>(h) * dv;
                     last[nr] = base + t;
                     first[nr] = p.window > 0 ? std::max<int64_t>(0, last[nr] - p.window + 1) : 0;
-                    sink[nr] = sinks ? sinks[h] : 0.0f;
+                    sink[nr] = io.sinks ? io.sinks[h] : 0.0f;
                 }
             fa.begin(nr, qrow, first, last);
             const int64_t lo = first[0], hi = last[nr - 1];
@@ -917,22 +907,22 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
                 float* kb = fa.k_block();
                 int64_t slot = p0 % slots;
                 for (int j = 0; j < nk; ++j) {
-                    krows.to_float(slot, kvh, kb + j * dk, dk);
-                    if (!p.v_in_k) vrows.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
+                    io.k.to_float(slot, kvh, kb + j * dk, dk);
+                    if (!p.v_in_k) io.v.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
                     if (++slot == slots) slot = 0;
                 }
                 // The next block's rows load while this one is computed.
                 const int next = static_cast<int>(std::min<int64_t>(KB, hi - p0 - KB + 1));
                 for (int j = 0; j < next; ++j) {
-                    krows.prefetch(slot, kvh);
-                    if (!p.v_in_k) vrows.prefetch(slot, kvh);
+                    io.k.prefetch(slot, kvh);
+                    if (!p.v_in_k) io.v.prefetch(slot, kvh);
                     if (++slot == slots) slot = 0;
                 }
                 // MLA: the values are the heads of the converted key rows.
                 if (p.v_in_k) fa.block(p0, nk, kb, dk, kb, dk);
                 else fa.block(p0, nk, kb, dk, fa.v_block(), fa.v_stride());
             }
-            fa.end(orow, sinks ? sink : nullptr);
+            fa.end(orow, io.sinks ? sink : nullptr);
         }
     });
 }
@@ -967,11 +957,6 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
     const int64_t ow = static_cast<int64_t>(H) * dv;
     float* parts = be_.split_parts();
     const AttnIo io = attn_io(n, kv, T0);
-    const float* pq = io.q;
-    const float* sinks = io.sinks;
-    float* out = io.out;
-    const KvRows& krows = io.k;
-    const KvRows& vrows = io.v;
     g_split_runs.fetch_add(1, std::memory_order_relaxed);
 
     // A chunk of one KV head, a block of keys at a time: every query row of the group takes its
@@ -994,8 +979,8 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
                 int64_t ahead = (p0 + nk) % slots;
                 const int next = static_cast<int>(std::min<int64_t>(KB, c1 - p0 - KB + 1));
                 for (int j = 0; j < next; ++j) {
-                    krows.prefetch(ahead, kvh);
-                    if (!p.v_in_k) vrows.prefetch(ahead, kvh);
+                    io.k.prefetch(ahead, kvh);
+                    if (!p.v_in_k) io.v.prefetch(ahead, kvh);
                     if (++ahead == slots) ahead = 0;
                 }
                 for (int r = 0; r < rows; ++r) {
@@ -1004,10 +989,10 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
                     const int64_t row_first = p.window > 0 ? std::max<int64_t>(0, row_last - p.window + 1) : 0;
                     const int64_t j0 = std::max<int64_t>(0, row_first - p0), j1 = std::min<int64_t>(nk, row_last - p0 + 1);
                     if (j0 >= j1) continue;  // none of this block's keys is seen by the row
-                    const float* qh = pq + t * q.ne0 + static_cast<int64_t>(kvh * group + r % group) * dk;
+                    const float* qh = io.q + t * q.ne0 + static_cast<int64_t>(kvh * group + r % group) * dk;
                     float bm = -std::numeric_limits<float>::infinity();
                     for (int64_t j = j0; j < j1; ++j) {
-                        float x = krows.dot(qh, (p0 + j) % slots, kvh, dk) * p.scale;
+                        float x = io.k.dot(qh, (p0 + j) % slots, kvh, dk) * p.scale;
                         if (p.softcap > 0.0f) x = p.softcap * std::tanh(x / p.softcap);
                         sc[j] = x;
                         bm = std::max(bm, x);
@@ -1024,7 +1009,7 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
                     for (int64_t j = j0; j < j1; ++j) {
                         const float w = std::exp(sc[j] - m[r]);
                         l[r] += w;
-                        vrows.axpy(w, (p0 + j) % slots, kvh, o, dv);
+                        io.v.axpy(w, (p0 + j) % slots, kvh, o, dv);
                     }
                 }
             }
@@ -1045,7 +1030,7 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
                 pm[c] = part[static_cast<size_t>(rows) * static_cast<size_t>(dvp) + static_cast<size_t>(r)];
                 pl[c] = part[static_cast<size_t>(rows) * static_cast<size_t>(dvp) + static_cast<size_t>(rows + r)];
             }
-            kernels::merge_attention_parts(nc, po, pm, pl, dv, sinks ? sinks + h : nullptr, out + t * ow + static_cast<int64_t>(h) * dv);
+            kernels::merge_attention_parts(nc, po, pm, pl, dv, io.sinks ? io.sinks + h : nullptr, io.out + t * ow + static_cast<int64_t>(h) * dv);
         }
     });
     return true;
