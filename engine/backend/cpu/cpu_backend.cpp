@@ -976,6 +976,9 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
             std::fill(l, l + rows, 0.0f);
             for (int64_t p0 = c0; p0 <= c1; p0 += KB) {
                 const int nk = static_cast<int>(std::min<int64_t>(KB, c1 - p0 + 1));
+                // The block's slots, once for all its rows (a ring wraps at most once in a block).
+                int64_t bslot[KB];
+                for (int j = 0, sl = static_cast<int>(p0 % slots); j < nk; ++j, sl = sl + 1 == slots ? 0 : sl + 1) bslot[j] = sl;
                 int64_t ahead = (p0 + nk) % slots;
                 const int next = static_cast<int>(std::min<int64_t>(KB, c1 - p0 - KB + 1));
                 for (int j = 0; j < next; ++j) {
@@ -992,7 +995,7 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
                     const float* qh = io.q + t * q.ne0 + static_cast<int64_t>(kvh * group + r % group) * dk;
                     float bm = -std::numeric_limits<float>::infinity();
                     for (int64_t j = j0; j < j1; ++j) {
-                        float x = io.k.dot(qh, (p0 + j) % slots, kvh, dk) * p.scale;
+                        float x = io.k.dot(qh, bslot[j], kvh, dk) * p.scale;
                         if (p.softcap > 0.0f) x = p.softcap * std::tanh(x / p.softcap);
                         sc[j] = x;
                         bm = std::max(bm, x);
@@ -1009,7 +1012,7 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
                     for (int64_t j = j0; j < j1; ++j) {
                         const float w = std::exp(sc[j] - m[r]);
                         l[r] += w;
-                        io.v.axpy(w, (p0 + j) % slots, kvh, o, dv);
+                        io.v.axpy(w, bslot[j], kvh, o, dv);
                     }
                 }
             }
