@@ -2,6 +2,7 @@
 // else here, the prompt from a file or stdin, -sys, kiln info -m, and models without a chat template
 // (a ChatML fallback with a warning, or a built-in template by name) in run, chat and serve.
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <httplib.h>
 
 #include <fstream>
@@ -26,7 +27,9 @@ std::string story_model() {
         kiln::SyntheticLlama s;
         s.story = true;
         s.type = kiln::TensorType::F32;
-        const std::string p = kiln::test::temp_path("flags-story.gguf").string();
+        // One file per process: ctest runs these tests side by side, and rewriting a file another
+        // test's kiln has mapped is a bus error there.
+        const std::string p = kiln::test::temp_path("flags-story-" + std::to_string(::getpid()) + ".gguf").string();
         kiln::write_synthetic_llama(p, s);
         return p;
     }();

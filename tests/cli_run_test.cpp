@@ -2,6 +2,7 @@
 // whole forward pass, tokenizer, sampler and detokenizer work together), and bad input exits 1
 // with one clear line.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -22,7 +23,9 @@ std::string story_model(const std::string& name, kiln::TensorType type) {
     kiln::SyntheticLlama s;
     s.story = true;
     s.type = type;
-    const std::string path = kiln::test::temp_path(name).string();
+    // One file per process (ctest runs tests side by side: rewriting a file another test's kiln has
+    // mapped is a bus error there).
+    const std::string path = kiln::test::temp_path(std::to_string(::getpid()) + "-" + name).string();
     kiln::write_synthetic_llama(path, s);
     return path;
 }
