@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu.h"
 #include "kernels/matmul.h"
 #include "roofline.h"
 #include "kernels/ops.h"
@@ -222,6 +223,48 @@ void BM_MatmulBlas(benchmark::State& state, TensorType t, int64_t rows, int64_t 
     state.SetLabel(std::string(kiln::kernels::kernel_level_name()) + " threads=" + std::to_string(p.size()));
 }
 
+// Decode (one token) at the avx2 and the avx512vnni kernel level, timed alternately in one run:
+// weight_GB/s of each and avx512_speedup. 256 rows fit in L2 (the kernel's own speed); 14336 rows
+// stream from memory. Needs a CPU with AVX-512 VNNI (else skipped with a message).
+void BM_MatmulDecodeLevels(benchmark::State& state, TensorType t, int64_t rows, int64_t k) {
+    namespace kk = kiln::kernels;
+    if (!kk::cpu_features().avx512vnni) {
+        state.SkipWithError("this CPU has no AVX-512 VNNI: nothing to compare");
+        return;
+    }
+    const Weights& w = weights(t, rows, k);
+    const std::vector<float> x = activations(1, k);
+    std::vector<float> y(static_cast<size_t>(rows));
+    auto& p = pool();
+    std::vector<uint8_t> scratch(kk::matmul_scratch_bytes(t, k, 1, p.size()));
+    const kk::KernelLevel before = kk::kernel_level();
+    auto run = [&](kk::KernelLevel level) {
+        kk::set_max_kernel_level(level);
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < 8; ++i) kk::matmul(t, w.bytes.data(), rows, k, x.data(), 1, y.data(), scratch.data(), p);
+        benchmark::DoNotOptimize(y.data());
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 8;
+    };
+    run(kk::KernelLevel::Avx2);
+    run(kk::KernelLevel::Avx512Vnni);  // warm both
+    std::vector<double> t2, t5;
+    for (auto _ : state) {
+        t2.push_back(run(kk::KernelLevel::Avx2));
+        t5.push_back(run(kk::KernelLevel::Avx512Vnni));
+        state.SetIterationTime(t5.back());
+    }
+    kk::set_max_kernel_level(before);
+    auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+    };
+    const double gb = static_cast<double>(w.bytes.size()) / 1e9;
+    state.counters["avx2_GB/s"] = gb / median(t2);
+    state.counters["avx512_GB/s"] = gb / median(t5);
+    state.counters["avx512_speedup"] = median(t2) / median(t5);
+    state.SetLabel("threads=" + std::to_string(p.size()));
+}
+
 const TensorType kBenchTypes[] = {
     TensorType::Q4_K, TensorType::Q8_0, TensorType::F16,  TensorType::Q4_0, TensorType::Q6_K,
     TensorType::F32,  TensorType::BF16, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1,
@@ -247,6 +290,14 @@ const TensorType kBenchTypes[] = {
             benchmark::RegisterBenchmark(name.c_str(), BM_MatmulBlas, t, int64_t{4096}, int64_t{4096}, n)
                 ->Unit(benchmark::kMillisecond)
                 ->Iterations(5)
+                ->UseManualTime();
+        }
+    for (TensorType t : {TensorType::Q4_0, TensorType::Q4_K, TensorType::Q6_K, TensorType::Q8_0})
+        for (int64_t rows : {256, 14336}) {
+            const std::string name = std::string("MatmulDecodeLevels/") + kiln::type_name(t) + "/" + std::to_string(rows) + "x4096";
+            benchmark::RegisterBenchmark(name.c_str(), BM_MatmulDecodeLevels, t, rows, int64_t{4096})
+                ->Unit(benchmark::kMillisecond)
+                ->MinTime(0.3)
                 ->UseManualTime();
         }
     // Small batches around the switch from per-token dots to float tiles (speculative decoding,

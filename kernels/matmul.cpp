@@ -115,7 +115,9 @@ size_t per_thread_bytes(int64_t k, TensorType t) {
 // Activations as the path takes them: 8-bit rows (Rows, IntTiles) or rows rounded to the
 // activation grid and kept as floats (scalar Rows, FloatTiles); floats are the largest.
 size_t x_bytes(int64_t k, int64_t n_tokens) {
-    return align_up(static_cast<size_t>(k) * sizeof(float) * static_cast<size_t>(n_tokens));
+    // The avx512vnni decode layout (gemv_vnni.cpp) takes 256 bytes per 4 blocks of 32, rounded up.
+    const size_t gemv_row = align_up(static_cast<size_t>((k / 32 + 3) / 4) * 256);
+    return align_up(std::max(static_cast<size_t>(k) * sizeof(float), gemv_row) * static_cast<size_t>(n_tokens));
 }
 
 [[noreturn]] void fail(const std::string& msg) { throw Error("matmul: " + msg); }
@@ -166,6 +168,20 @@ const float* rounded_x(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
 
 // Few tokens: each weight row is read once and dotted with every token.
 void run_rows(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
+#ifdef KILN_KERNELS_X86
+    if (use_avx512vnni()) {
+        const VnniGemv g = vnni_gemv(p.type);
+        if (g.rows) {
+            const size_t xrow = align_up(g.x_bytes(p.k));
+            for (int64_t t = 0; t < p.n; ++t) g.prepare_x(p.x + t * p.k, p.k, xbuf + static_cast<size_t>(t) * xrow);
+            pool.parallel_for(p.rows, [&](int64_t r0, int64_t r1, int) {
+                for (int64_t t = 0; t < p.n; ++t)
+                    g.rows(p.w, p.row_bytes, r0, r1, p.k, xbuf + static_cast<size_t>(t) * xrow, p.y + t * p.rows + r0);
+            });
+            return;
+        }
+    }
+#endif
     VecDotFn vec_dot = nullptr;
     XFormat xfmt = XFormat::F32;
 #ifdef KILN_KERNELS_X86

@@ -91,6 +91,15 @@ UnpackFn unpacker_vnni(TensorType t);
 void pack_rows_vnni(TensorType t, const CodeFormat& f, UnpackFn unpack, const uint8_t* w,
                     size_t row_bytes, int64_t nrows, size_t slice_offset, int64_t kc, uint8_t* out,
                     uint8_t* tmp);
+// Decode at the avx512vnni level (gemv_vnni.cpp), for the types it has (all null otherwise):
+// prepare_x lays out one token's activations (x_bytes(k) bytes), rows computes
+// y[r - r0] = row r . x for rows [r0, r1) of weights w (row stride row_bytes).
+struct VnniGemv {
+    size_t (*x_bytes)(int64_t k) = nullptr;
+    void (*prepare_x)(const float* x, int64_t k, uint8_t* out) = nullptr;
+    void (*rows)(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t r1, int64_t k, const uint8_t* x, float* y) = nullptr;
+};
+VnniGemv vnni_gemv(TensorType t);
 // y[t*ldy + r] (+)= packed block (nrows valid rows) x activations of nt tokens (token stride
 // xstride bytes; x points at the slice's first group).
 void gemm_vnni(const CodeFormat& f, const uint8_t* packed, int64_t kc, const uint8_t* x,

@@ -353,6 +353,36 @@ TEST(KernelMatmulLevels, AgreeUpToSummationOrder) {
     }
 }
 
+// The per-token dots at every level against the scalar one, at lengths that end inside a group
+// of blocks (the avx512vnni dots take four blocks of 32 at a time), with a zero input row.
+TEST(KernelMatmulLevels, DecodeDotsAtOddLengths) {
+    const int64_t rows = 37;
+    for (TensorType t : kTypes) {
+        if (kiln::activation_grid(t) != 32) continue;
+        for (int64_t k : {32, 64, 96, 160, 608}) {
+            SCOPED_TRACE(std::string(kiln::type_name(t)) + " k=" + std::to_string(k));
+            const auto w = make_weights(t, rows, k, 31);
+            auto x = make_x(3, k, 32);
+            std::fill(x.begin() + k, x.begin() + 2 * k, 0.0f);  // token 1: all zero
+            kiln::ThreadPool pool(2);
+            std::vector<uint8_t> scratch(kk::matmul_scratch_bytes(t, k, 3, pool.size()));
+            std::vector<float> ref(static_cast<size_t>(3 * rows));
+            kk::set_max_kernel_level(kk::KernelLevel::Scalar);
+            kk::matmul(t, w.data(), rows, k, x.data(), 3, ref.data(), scratch.data(), pool);
+            for (auto level : {kk::KernelLevel::Avx2, kk::KernelLevel::Avx512Vnni}) {
+                if (!cpu_has(level)) continue;
+                kk::set_max_kernel_level(level);
+                std::vector<float> y(ref.size(), -1.0f);
+                kk::matmul(t, w.data(), rows, k, x.data(), 3, y.data(), scratch.data(), pool);
+                for (size_t i = 0; i < y.size(); ++i)
+                    ASSERT_NEAR(y[i], ref[i], 1e-4 * (std::abs(ref[i]) + 1.0)) << level_name(level) << " at " << i;
+                for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(y[static_cast<size_t>(rows + r)], 0.0f) << "zero input, row " << r;
+            }
+            kk::set_force_scalar(false);
+        }
+    }
+}
+
 #ifdef KILN_KERNELS_X86
 TEST(KernelQuantizeX, Avx2MatchesScalar) {
     if (!kk::cpu_features().avx2) GTEST_SKIP() << "no AVX2";

@@ -94,6 +94,10 @@ class ReferenceLogitsIncremental : public AtKernelLevel {};
 TEST_P(ReferenceLogitsIncremental, LlamaF32TokenByToken) { check_model("llama-tiny.f32", Mode::TokenByToken); }
 TEST_P(ReferenceLogitsIncremental, Qwen2F32TokenByToken) { check_model("qwen2-tiny.f32", Mode::TokenByToken); }
 TEST_P(ReferenceLogitsIncremental, LlamaQ4KMTokenByToken) { check_model("llama-tiny.q4_k_m", Mode::TokenByToken); }
+// Token by token the matmuls take the per-token dots (at avx512vnni: kernels/gemv_vnni.cpp).
+TEST_P(ReferenceLogitsIncremental, LlamaQ40TokenByToken) { check_model("llama-tiny.q4_0", Mode::TokenByToken); }
+TEST_P(ReferenceLogitsIncremental, LlamaQ80TokenByToken) { check_model("llama-tiny.q8_0", Mode::TokenByToken); }
+TEST_P(ReferenceLogitsIncremental, LlamaQ6KTokenByToken) { check_model("llama-tiny.q6_k", Mode::TokenByToken); }
 TEST_P(ReferenceLogitsIncremental, LlamaF32BatchesOf7) { check_model("llama-tiny.f32", Mode::SmallBatches); }
 TEST_P(ReferenceLogitsIncremental, Qwen2F32BatchesOf7) { check_model("qwen2-tiny.f32", Mode::SmallBatches); }
 // gemma3: the 64-token prompt crosses the sliding window of 16 on 5 of 6 layers; token by token
