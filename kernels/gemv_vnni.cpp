@@ -1,5 +1,6 @@
 // Decode (one token against every weight row) at the avx512vnni level, straight from the file's
-// block layout: no repacked copy of the weights.
+// block layout: no repacked copy of the weights. Q4_0, Q4_K and Q6_K (what Q4_0 and Q4_K_M files
+// are made of); the other types keep the AVX2 dots.
 //
 // The per-row AVX2 dots spend most of their instructions per 32-element block on the block's own
 // bookkeeping (a scalar f16 scale, a broadcast, an int->float conversion and an FMA for 32
@@ -109,6 +110,131 @@ KILN_VNNI void gemv_q4_0(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t
     }
 }
 
+// ---- K-quants: super-blocks of 256 on the activation grid of 256 --------------------------------
+
+// Q4_K: qs[32c + i] holds element 64c + i (low nibble) and 64c + 32 + i (high nibble); sub-block
+// s of 32 elements has a 6-bit scale and min. Two zmm loads of qs give four zmm of codes:
+// low(qs[0..63]) = sub-blocks 0 | 2, high = 1 | 3, and 4 | 6, 5 | 7 from qs[64..127].
+// Activations per super-block (320 bytes): the codes in that order, then float d, then
+// float[8] d * (sum of sub-block s's codes).
+constexpr size_t kQ4KXBytes = 320;
+constexpr int kQ4KOrder[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+KILN_VNNI void prepare_x_q4_K(const float* x, int64_t k, uint8_t* out) {
+    for (int64_t b = 0; b < k / QKK; ++b, out += kQ4KXBytes) {
+        xq256 q;
+        quantize_x_q8x256_avx2(x + b * QKK, &q, QKK);
+        for (int i = 0; i < 8; ++i) std::memcpy(out + 32 * i, q.qs + 32 * kQ4KOrder[i], 32);
+        float* f = reinterpret_cast<float*>(out + 256);
+        f[0] = q.d;
+        for (int i = 1; i < 8; ++i) f[i] = 0.0f;
+        for (int s8 = 0; s8 < 8; ++s8) f[8 + s8] = q.d * static_cast<float>(q.bsums[2 * s8] + q.bsums[2 * s8 + 1]);
+    }
+}
+
+// Lanes 0..7 take entry a, lanes 8..15 entry b.
+KILN_VNNI inline __m512i pair_index(int a, int b) {
+    return _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+}
+
+KILN_VNNI void gemv_q4_K(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t r1, int64_t k, const uint8_t* xs, float* y) {
+    const int64_t nb = k / QKK;
+    const __m512i ix[4] = {pair_index(0, 2), pair_index(1, 3), pair_index(4, 6), pair_index(5, 7)};
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t r = r0; r < r1; ++r) {
+        const q4_K* row = reinterpret_cast<const q4_K*>(w + static_cast<size_t>(r) * row_bytes);
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        __m256 macc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const q4_K& blk = row[b];
+            const uint8_t* xb = xs + b * kQ4KXBytes;
+            const float* xf = reinterpret_cast<const float*>(xb + 256);
+            uint32_t u[3], sm[4];
+            std::memcpy(u, blk.scales, 12);
+            sm[0] = u[0] & 0x3f3f3f3fu;                                               // scales 0..3
+            sm[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);        // scales 4..7
+            sm[2] = u[1] & 0x3f3f3f3fu;                                               // mins 0..3
+            sm[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);  // mins 4..7
+            const __m128i scmn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sm));
+            const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(blk.d | (static_cast<uint32_t>(blk.dmin) << 16))));
+            const float dx = xf[0];
+            const __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scmn, 8)));
+            macc = _mm256_fmadd_ps(_mm256_mul_ps(mins, _mm256_loadu_ps(xf + 8)), _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dd))), macc);
+            const __m512 sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(scmn)), _mm512_set1_ps(_mm_cvtss_f32(dd) * dx));
+            const __m512i z0 = _mm512_loadu_si512(blk.qs), z1 = _mm512_loadu_si512(blk.qs + 64);
+            const __m512i c[4] = {_mm512_and_si512(z0, m4), _mm512_and_si512(_mm512_srli_epi16(z0, 4), m4),
+                                  _mm512_and_si512(z1, m4), _mm512_and_si512(_mm512_srli_epi16(z1, 4), m4)};
+            for (int i = 0; i < 4; ++i) {
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[i], _mm512_loadu_si512(xb + 64 * i));
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(ix[i], sc), acc[i]);
+            }
+        }
+        const __m512 a = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        __m128 m = _mm_add_ps(_mm256_castps256_ps128(macc), _mm256_extractf128_ps(macc, 1));
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        y[r - r0] = hsum512(a) - _mm_cvtss_f32(m);
+    }
+}
+
+// Q6_K: per half h (128 elements) ql[64h .. 64h+63] holds elements 0..63 in its low nibbles and
+// 64..127 in its high ones; qh[32h + i] adds bits 4-5 for elements i, 32 + i, 64 + i, 96 + i
+// (bit pairs 0, 1, 2, 3). Codes 0..63, offset 32, a signed scale per 16 elements. Activations
+// per super-block (576 bytes): the codes in element order, int32[64] -32 * (the sum of the four
+// codes of each vpdpbusd lane), float d.
+constexpr size_t kQ6KXBytes = 576;
+
+KILN_VNNI void prepare_x_q6_K(const float* x, int64_t k, uint8_t* out) {
+    for (int64_t b = 0; b < k / QKK; ++b, out += kQ6KXBytes) {
+        xq256 q;
+        quantize_x_q8x256_avx2(x + b * QKK, &q, QKK);
+        std::memcpy(out, q.qs, 256);
+        int32_t* corr = reinterpret_cast<int32_t*>(out + 256);
+        for (int l = 0; l < 64; ++l)
+            corr[l] = -32 * (q.qs[4 * l] + q.qs[4 * l + 1] + q.qs[4 * l + 2] + q.qs[4 * l + 3]);
+        float* f = reinterpret_cast<float*>(out + 512);
+        f[0] = q.d;
+        for (int i = 1; i < 16; ++i) f[i] = 0.0f;
+    }
+}
+
+KILN_VNNI void gemv_q6_K(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t r1, int64_t k, const uint8_t* xs, float* y) {
+    const int64_t nb = k / QKK;
+    // zmm j of a super-block (elements 64j .. 64j+63): lane l takes scale 4j + l / 4.
+    __m512i ix[4];
+    for (int j = 0; j < 4; ++j) {
+        const int b = 4 * j;
+        ix[j] = _mm512_setr_epi32(b, b, b, b, b + 1, b + 1, b + 1, b + 1, b + 2, b + 2, b + 2, b + 2, b + 3, b + 3, b + 3, b + 3);
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(0x03);
+    for (int64_t r = r0; r < r1; ++r) {
+        const q6_K* row = reinterpret_cast<const q6_K*>(w + static_cast<size_t>(r) * row_bytes);
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t b = 0; b < nb; ++b) {
+            const q6_K& blk = row[b];
+            const uint8_t* xb = xs + b * kQ6KXBytes;
+            const float dx = reinterpret_cast<const float*>(xb + 512)[0];
+            const __m512 sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales)))),
+                                            _mm512_set1_ps(_cvtsh_ss(blk.d) * dx));
+            for (int h = 0; h < 2; ++h) {
+                const __m512i ql = _mm512_loadu_si512(blk.ql + 64 * h);
+                const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * h));
+                // bytes 0..31: bit pair 0 of qh (elements 0..31), bytes 32..63: pair 1 (32..63).
+                const __m512i hb = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+                const __m512i lo = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m3), 4));
+                const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                                   _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 4), m3), 4));
+                const int j0 = 2 * h, j1 = 2 * h + 1;
+                const __m512i p0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xb + 256 + 64 * j0), lo, _mm512_loadu_si512(xb + 64 * j0));
+                const __m512i p1 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xb + 256 + 64 * j1), hi, _mm512_loadu_si512(xb + 64 * j1));
+                acc[j0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_permutexvar_ps(ix[j0], sc), acc[j0]);
+                acc[j1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_permutexvar_ps(ix[j1], sc), acc[j1]);
+            }
+        }
+        y[r - r0] = hsum512(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    }
+}
+
 }  // namespace
 
 VnniGemv vnni_gemv(TensorType t) {
@@ -116,6 +242,10 @@ VnniGemv vnni_gemv(TensorType t) {
         case TensorType::Q4_0:
             return {[](int64_t k) { return static_cast<size_t>(n_groups(k)) * kGroupBytes; },
                     [](const float* x, int64_t k, uint8_t* out) { prepare_x32(x, k, 8, out); }, gemv_q4_0};
+        case TensorType::Q4_K:
+            return {[](int64_t k) { return static_cast<size_t>(k / QKK) * kQ4KXBytes; }, prepare_x_q4_K, gemv_q4_K};
+        case TensorType::Q6_K:
+            return {[](int64_t k) { return static_cast<size_t>(k / QKK) * kQ6KXBytes; }, prepare_x_q6_K, gemv_q6_K};
         default: return {};
     }
 }

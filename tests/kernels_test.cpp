@@ -354,12 +354,15 @@ TEST(KernelMatmulLevels, AgreeUpToSummationOrder) {
 }
 
 // The per-token dots at every level against the scalar one, at lengths that end inside a group
-// of blocks (the avx512vnni dots take four blocks of 32 at a time), with a zero input row.
+// of blocks (the avx512vnni dots take four blocks of 32 at a time; K-quants one or three
+// super-blocks), with a zero input row.
 TEST(KernelMatmulLevels, DecodeDotsAtOddLengths) {
     const int64_t rows = 37;
     for (TensorType t : kTypes) {
-        if (kiln::activation_grid(t) != 32) continue;
-        for (int64_t k : {32, 64, 96, 160, 608}) {
+        const int grid = kiln::activation_grid(t);
+        if (grid == 0) continue;
+        const std::vector<int64_t> lengths = grid == 32 ? std::vector<int64_t>{32, 64, 96, 160, 608} : std::vector<int64_t>{256, 768};
+        for (int64_t k : lengths) {
             SCOPED_TRACE(std::string(kiln::type_name(t)) + " k=" + std::to_string(k));
             const auto w = make_weights(t, rows, k, 31);
             auto x = make_x(3, k, 32);
