@@ -9,8 +9,9 @@
 #
 # Bench models of real shapes are written on first use into --models (default build/bench-models):
 # kiln_make_bench_model writes the F16 originals with kiln's own GGUF writer, llama-quantize makes
-# Q4_0 / Q4_K_M / Q8_0 from them (TinyLlama-1.1B's shapes), Q4_K_M of Qwen3-30B-A3B's layer shapes cut
-# to 4 layers (128 experts of 768, top 8; its F16 original takes 4.8 GB of disk). --only NAME keeps
+# Q4_0 / Q4_K_M / Q8_0 from them (TinyLlama-1.1B's shapes), Q4_K_M of GLM-4.7-Flash's layer shapes
+# (deepseek2 with MLA, 64 experts of 1536, top 4) and of Qwen3-30B-A3B's (128 experts of 768, top 8),
+# each cut to 4 layers (their F16 originals take 3.9 and 4.8 GB of disk). --only NAME keeps
 # the files whose name contains NAME. Tests per file: pp512, tg128, and pp512 + tg32 at depth 4096 and
 # 16384 (llama.cpp with -fa 0 and -fa 1; the better of the two is compared). --quick: pp512/tg128 only.
 set -euo pipefail
@@ -72,7 +73,7 @@ cases() {  # the (P N DEPTH) runs per file
 }
 
 FILES=()
-for spec in tinyllama:Q4_0 tinyllama:Q4_K_M tinyllama:Q8_0 qwen3-30b-a3b:Q4_K_M; do
+for spec in tinyllama:Q4_0 tinyllama:Q4_K_M tinyllama:Q8_0 glm4.7-flash:Q4_K_M qwen3-30b-a3b:Q4_K_M; do
   [ -z "$ONLY" ] || [[ "$spec" == *"$ONLY"* ]] || continue
   FILES+=("$(model "${spec%%:*}" "${spec##*:}")")
 done

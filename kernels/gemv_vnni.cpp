@@ -1,6 +1,6 @@
 // Decode (one token against every weight row) at the avx512vnni level, straight from the file's
-// block layout: no repacked copy of the weights. Q4_0, Q4_K and Q6_K (what Q4_0 and Q4_K_M files
-// are made of); the other types keep the AVX2 dots.
+// block layout: no repacked copy of the weights. Q4_0, Q8_0, Q4_K and Q6_K (what Q4_0, Q8_0 and
+// Q4_K_M files are made of); the other types keep the AVX2 dots.
 //
 // The per-row AVX2 dots spend most of their instructions per 32-element block on the block's own
 // bookkeeping (a scalar f16 scale, a broadcast, an int->float conversion and an FMA for 32
@@ -105,6 +105,66 @@ KILN_VNNI void gemv_q4_0(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t
             alignas(64) uint8_t buf[kGroupW + 64] = {};
             std::memcpy(buf, row + full * kGroupW, static_cast<size_t>(tail) * sizeof(q4_0));
             acc1 = q4_0_group(buf, xs + full * kGroupBytes, ix, acc1);
+        }
+        y[r - r0] = hsum512(_mm512_add_ps(acc0, acc1));
+    }
+}
+
+// Q8_0: signed codes made unsigned (q + 128, the 128 * sum(x) taken back through the accumulator's
+// start), two blocks per zmm. Activations per group of four blocks (384 bytes): the codes in
+// element order, int32[32] -128 * (each lane's four codes), float[32] each lane's block scale.
+constexpr size_t kQ80XBytes = 384;
+
+KILN_VNNI void prepare_x_q8_0(const float* x, int64_t k, uint8_t* out) {
+    const int64_t nb = k / QK, ng = n_groups(k);
+    std::memset(out, 0, static_cast<size_t>(ng) * kQ80XBytes);
+    for (int64_t b = 0; b < nb; ++b) {
+        xq32 q;
+        quantize_x_q8x32_avx2(x + b * QK, &q, QK);
+        uint8_t* g = out + static_cast<size_t>(b / 4) * kQ80XBytes;
+        const int j = static_cast<int>(b % 4);
+        std::memcpy(g + 32 * j, q.qs, 32);
+        int32_t* corr = reinterpret_cast<int32_t*>(g + 128) + 8 * j;
+        float* d = reinterpret_cast<float*>(g + 256) + 8 * j;
+        for (int l = 0; l < 8; ++l) {
+            corr[l] = -128 * (q.qs[4 * l] + q.qs[4 * l + 1] + q.qs[4 * l + 2] + q.qs[4 * l + 3]);
+            d[l] = q.d;
+        }
+    }
+}
+
+// Two blocks (68 bytes at wp) against their 64 activation codes: acc += lanes * d_w * d_x.
+KILN_VNNI inline __m512 q8_0_pair(const uint8_t* wp, const uint8_t* xg, int half, __m512i scale_index, __m512 acc) {
+    const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 2))),
+                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 36)), 1);
+    const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(scale_index, _mm512_loadu_si512(wp))));
+    const __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(xg + 128 + 64 * half), _mm512_xor_si512(q, _mm512_set1_epi8(static_cast<char>(0x80))),
+                                          _mm512_loadu_si512(xg + 64 * half));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, _mm512_loadu_ps(reinterpret_cast<const float*>(xg + 256) + 16 * half)), acc);
+}
+
+KILN_VNNI void gemv_q8_0(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t r1, int64_t k, const uint8_t* xs, float* y) {
+    const int64_t nb = k / QK, full = nb / 4;
+    const int tail = static_cast<int>(nb % 4);
+    alignas(64) uint16_t idx[32] = {};
+    for (int o = 0; o < 16; ++o) idx[o] = static_cast<uint16_t>(o < 8 ? 0 : 17);  // the f16 scales at bytes 0 and 34
+    const __m512i ix = _mm512_load_si512(idx);
+    constexpr size_t kGroupW = 4 * sizeof(q8_0);  // 136 bytes
+    for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* row = w + static_cast<size_t>(r) * row_bytes;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        for (int64_t g = 0; g < full; ++g) {
+            const uint8_t* wg = row + g * kGroupW;
+            const uint8_t* xg = xs + g * kQ80XBytes;
+            acc0 = q8_0_pair(wg, xg, 0, ix, acc0);
+            acc1 = q8_0_pair(wg + 2 * sizeof(q8_0), xg, 1, ix, acc1);
+        }
+        if (tail) {
+            alignas(64) uint8_t buf[kGroupW + 64] = {};
+            std::memcpy(buf, row + full * kGroupW, static_cast<size_t>(tail) * sizeof(q8_0));
+            const uint8_t* xg = xs + full * kQ80XBytes;
+            acc0 = q8_0_pair(buf, xg, 0, ix, acc0);
+            if (tail > 2) acc1 = q8_0_pair(buf + 2 * sizeof(q8_0), xg, 1, ix, acc1);
         }
         y[r - r0] = hsum512(_mm512_add_ps(acc0, acc1));
     }
@@ -242,6 +302,8 @@ VnniGemv vnni_gemv(TensorType t) {
         case TensorType::Q4_0:
             return {[](int64_t k) { return static_cast<size_t>(n_groups(k)) * kGroupBytes; },
                     [](const float* x, int64_t k, uint8_t* out) { prepare_x32(x, k, 8, out); }, gemv_q4_0};
+        case TensorType::Q8_0:
+            return {[](int64_t k) { return static_cast<size_t>(n_groups(k)) * kQ80XBytes; }, prepare_x_q8_0, gemv_q8_0};
         case TensorType::Q4_K:
             return {[](int64_t k) { return static_cast<size_t>(k / QKK) * kQ4KXBytes; }, prepare_x_q4_K, gemv_q4_K};
         case TensorType::Q6_K:

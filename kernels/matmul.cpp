@@ -115,8 +115,9 @@ size_t per_thread_bytes(int64_t k, TensorType t) {
 // Activations as the path takes them: 8-bit rows (Rows, IntTiles) or rows rounded to the
 // activation grid and kept as floats (scalar Rows, FloatTiles); floats are the largest.
 size_t x_bytes(int64_t k, int64_t n_tokens) {
-    // The avx512vnni decode layout (gemv_vnni.cpp) takes 256 bytes per 4 blocks of 32, rounded up.
-    const size_t gemv_row = align_up(static_cast<size_t>((k / 32 + 3) / 4) * 256);
+    // The avx512vnni decode layouts (gemv_vnni.cpp) take at most 384 bytes per 4 blocks of 32
+    // (3 bytes an element), rounded up.
+    const size_t gemv_row = align_up(static_cast<size_t>((k / 32 + 3) / 4) * 384);
     return align_up(std::max(static_cast<size_t>(k) * sizeof(float), gemv_row) * static_cast<size_t>(n_tokens));
 }
 
