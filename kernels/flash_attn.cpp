@@ -241,20 +241,28 @@ void FlashAttn::begin(int n, const float* const* q, const int64_t* first, const 
     if (n < 1 || n > R) throw Error(fmt::format("flash attention: a tile of {} rows (1..{})", n, R));
     n_ = n;
     const int np = static_cast<int>(round16(n));
-    pos_base_ = first[0];
-    max_first_ = first[0];
-    min_last_ = last[0];
+    // Rows that see nothing count neither for the tile's base nor for the unmasked range (with
+    // one of them every block is masked).
+    bool any = false, empty = false;
     for (int r = 0; r < n; ++r) {
-        pos_base_ = std::min(pos_base_, first[r]);
-        max_first_ = std::max(max_first_, first[r]);
-        min_last_ = std::min(min_last_, last[r]);
+        if (last[r] < first[r]) {
+            empty = true;
+            continue;
+        }
+        pos_base_ = any ? std::min(pos_base_, first[r]) : first[r];
+        max_first_ = any ? std::max(max_first_, first[r]) : first[r];
+        min_last_ = any ? std::min(min_last_, last[r]) : last[r];
+        any = true;
     }
+    if (!any) pos_base_ = max_first_ = min_last_ = 0;
+    if (empty) min_last_ = std::numeric_limits<int64_t>::min();
     for (int r = 0; r < n; ++r) {
-        if (last[r] < first[r] || last[r] - pos_base_ >= (int64_t{1} << 24))
+        const bool none = last[r] < first[r];
+        if (!none && last[r] - pos_base_ >= (int64_t{1} << 24))
             throw Error(fmt::format("flash attention: row {} sees positions [{}, {}] (a tile spans under 2^24)", r,
                                     first[r], last[r]));
-        first_[r] = static_cast<float>(first[r] - pos_base_);
-        last_[r] = static_cast<float>(last[r] - pos_base_);
+        first_[r] = none ? 1e30f : static_cast<float>(first[r] - pos_base_);
+        last_[r] = none ? -1e30f : static_cast<float>(last[r] - pos_base_);
         const float* qr = q[r];
         for (int64_t d = 0; d < dk_; ++d) qt_[d * R + r] = qr[d] * scale_;
     }
@@ -304,6 +312,14 @@ void FlashAttn::end(float* const* out, const float* sink) const {
         const float* o = o_ + r * dvp_;
         float* y = out[r];
         for (int64_t d = 0; d < dv_; ++d) y[d] = o[d] * mul;
+    }
+}
+
+void FlashAttn::end_parts(float* const* o, float* m, float* l) const {
+    for (int r = 0; r < n_; ++r) {
+        std::copy(o_ + r * dvp_, o_ + r * dvp_ + dv_, o[r]);
+        m[r] = m_[r];
+        l[r] = l_[r];
     }
 }
 

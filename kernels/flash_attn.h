@@ -40,7 +40,8 @@ public:
     int64_t v_stride() const { return dvp_; }
 
     // Starts a tile of n (1..kRows) rows: row r is the query q[r] (dk floats), seeing keys at
-    // positions first[r] .. last[r] (first <= last; a tile spans fewer than 2^24 positions).
+    // positions first[r] .. last[r] (a tile spans fewer than 2^24 positions; last < first: the row
+    // sees none of them, as a row of decode's split attention whose chunk lies past it).
     void begin(int n, const float* const* q, const int64_t* first, const int64_t* last);
     // Keys at positions pos0 .. pos0 + nk - 1 (1 <= nk <= kKeys, the blocks of a tile in
     // increasing order): key j is the dk floats at k + j * k_stride, its value the floats at
@@ -50,6 +51,10 @@ public:
     // Writes row r's result (dv floats) to out[r]. sink: nullptr, or one more logit per row
     // (an attention sink: it takes part in the softmax, its weight goes nowhere).
     void end(float* const* out, const float* sink) const;
+    // Row r's unnormalised part instead, for merge_attention_parts: o[r] (dv floats: the sum of
+    // e^(s - m) v over the keys it saw), m[r] (its max score) and l[r] (the sum of e^(s - m); 0 when
+    // it saw no key).
+    void end_parts(float* const* o, float* m, float* l) const;
 
 private:
     int64_t dk_, dv_, dvp_;

@@ -959,63 +959,50 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
     const AttnIo io = attn_io(n, kv, T0);
     g_split_runs.fetch_add(1, std::memory_order_relaxed);
 
-    // A chunk of one KV head, a block of keys at a time: every query row of the group takes its
-    // dots and value sums from the block's K and V rows in their stored type (as the per-row path
-    // does), so the block comes from memory once and from the cache for the other rows; an online
-    // softmax per row.
+    // A chunk of one KV head as one tile of the flash-attention kernel: the group's query rows
+    // (every token of the batch times the heads sharing the KV head) against the chunk's keys a
+    // block at a time, each block converted to floats once for all rows; each row's unnormalised
+    // output, max and sum go to the chunk's part.
     parallel(be_.pool(), n_kv * chunks, [&](int64_t b, int64_t e, int th) {
-        float* sc = static_cast<float*>(be_.flash_scratch(th));  // one row's scores of a block
+        FlashAttn fa(be_.flash_scratch(th), dk, dv, p.scale, p.softcap);
+        const float* qrow[R];
+        float* orow[R];
+        int64_t first[R], last[R];
         for (int64_t it = b; it < e; ++it) {
             const int kvh = static_cast<int>(it / chunks);
             const int64_t c0 = lo + (it % chunks) * csize, c1 = std::min(hi, c0 + csize - 1);
             float* part = parts + static_cast<size_t>(it) * per_part;
             float* m = part + static_cast<size_t>(rows) * static_cast<size_t>(dvp);
             float* l = m + rows;
-            std::fill(part, part + static_cast<size_t>(rows) * static_cast<size_t>(dvp), 0.0f);
-            std::fill(m, m + rows, -std::numeric_limits<float>::infinity());
-            std::fill(l, l + rows, 0.0f);
+            for (int r = 0; r < rows; ++r) {
+                const int64_t t = r / group;
+                const int64_t row_last = base + t;
+                const int64_t row_first = p.window > 0 ? std::max<int64_t>(0, row_last - p.window + 1) : 0;
+                qrow[r] = io.q + t * q.ne0 + static_cast<int64_t>(kvh * group + r % group) * dk;
+                orow[r] = part + static_cast<int64_t>(r) * dvp;
+                first[r] = std::max(row_first, c0);  // last < first: none of the chunk's keys
+                last[r] = std::min(row_last, c1);
+            }
+            fa.begin(rows, qrow, first, last);
             for (int64_t p0 = c0; p0 <= c1; p0 += KB) {
                 const int nk = static_cast<int>(std::min<int64_t>(KB, c1 - p0 + 1));
-                // The block's slots, once for all its rows (a ring wraps at most once in a block).
-                int64_t bslot[KB];
-                for (int j = 0, sl = static_cast<int>(p0 % slots); j < nk; ++j, sl = sl + 1 == slots ? 0 : sl + 1) bslot[j] = sl;
-                int64_t ahead = (p0 + nk) % slots;
+                float* kb = fa.k_block();
+                int64_t slot = p0 % slots;
+                for (int j = 0; j < nk; ++j) {
+                    io.k.to_float(slot, kvh, kb + j * dk, dk);
+                    if (!p.v_in_k) io.v.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
+                    if (++slot == slots) slot = 0;
+                }
                 const int next = static_cast<int>(std::min<int64_t>(KB, c1 - p0 - KB + 1));
                 for (int j = 0; j < next; ++j) {
-                    io.k.prefetch(ahead, kvh);
-                    if (!p.v_in_k) io.v.prefetch(ahead, kvh);
-                    if (++ahead == slots) ahead = 0;
+                    io.k.prefetch(slot, kvh);
+                    if (!p.v_in_k) io.v.prefetch(slot, kvh);
+                    if (++slot == slots) slot = 0;
                 }
-                for (int r = 0; r < rows; ++r) {
-                    const int64_t t = r / group;
-                    const int64_t row_last = base + t;
-                    const int64_t row_first = p.window > 0 ? std::max<int64_t>(0, row_last - p.window + 1) : 0;
-                    const int64_t j0 = std::max<int64_t>(0, row_first - p0), j1 = std::min<int64_t>(nk, row_last - p0 + 1);
-                    if (j0 >= j1) continue;  // none of this block's keys is seen by the row
-                    const float* qh = io.q + t * q.ne0 + static_cast<int64_t>(kvh * group + r % group) * dk;
-                    float bm = -std::numeric_limits<float>::infinity();
-                    for (int64_t j = j0; j < j1; ++j) {
-                        float x = io.k.dot(qh, bslot[j], kvh, dk) * p.scale;
-                        if (p.softcap > 0.0f) x = p.softcap * std::tanh(x / p.softcap);
-                        sc[j] = x;
-                        bm = std::max(bm, x);
-                    }
-                    float* o = part + static_cast<int64_t>(r) * dvp;
-                    if (bm > m[r]) {
-                        if (l[r] > 0.0f) {
-                            const float a = std::exp(m[r] - bm);
-                            l[r] *= a;
-                            kernels::scale(o, a, dv);
-                        }
-                        m[r] = bm;
-                    }
-                    for (int64_t j = j0; j < j1; ++j) {
-                        const float w = std::exp(sc[j] - m[r]);
-                        l[r] += w;
-                        io.v.axpy(w, bslot[j], kvh, o, dv);
-                    }
-                }
+                if (p.v_in_k) fa.block(p0, nk, kb, dk, kb, dk);  // MLA: the values are the heads of the key rows
+                else fa.block(p0, nk, kb, dk, fa.v_block(), fa.v_stride());
             }
+            fa.end_parts(orow, m, l);
         }
     });
     // Merge each row's parts (one per chunk).
