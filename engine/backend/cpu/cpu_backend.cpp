@@ -8,7 +8,9 @@
 //
 // Attention: a batch of at least cpu_tiled_attention_min_tokens() tokens (a prompt) runs tiled
 // (attention_tiled: kernels/flash_attn.h, each K/V block converted once per tile of query rows);
-// decode takes one (token, head) at a time (attention, attention_mla).
+// decode runs the same kernel with each KV head's query rows as one tile over chunks of the keys
+// split across the threads, the chunks' parts merged (attention_split); what neither takes (too
+// many rows for a tile) goes one (token, head) at a time (attention, attention_mla).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
