@@ -65,13 +65,18 @@ KILN_VNNI void up_q4_K(const void* w, int64_t n, uint8_t* c, float* s, float* o)
             storeu256(c + 64 * ch, _mm256_and_si256(q, m4));
             storeu256(c + 64 * ch + 32, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
         }
-        const float d = h2f(b[ib].d), dmin = h2f(b[ib].dmin);
-        for (int g = 0; g < 8; ++g) {
-            uint8_t sc, m;
-            scale_min_k4(g, b[ib].scales, &sc, &m);
-            s[g] = d * sc;
-            o[g] = -(dmin * m);
-        }
+        // The 12 scale bytes -> 8 six-bit scales and 8 mins at once (the layout of scale_min_k4).
+        uint32_t u[3], sm[4];
+        std::memcpy(u, b[ib].scales, 12);
+        sm[0] = u[0] & 0x3f3f3f3fu;
+        sm[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+        sm[2] = u[1] & 0x3f3f3f3fu;
+        sm[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+        const __m128i scmn = loadu128(sm);
+        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(scmn));
+        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scmn, 8)));
+        _mm256_storeu_ps(s, _mm256_mul_ps(sc, _mm256_set1_ps(h2f(b[ib].d))));
+        _mm256_storeu_ps(o, _mm256_mul_ps(mn, _mm256_set1_ps(-h2f(b[ib].dmin))));
     }
 }
 
