@@ -3,11 +3,22 @@
 //   ./kiln_bench --benchmark_filter='Memcpy|ReadBandwidth|Matmul/(q4_K|q8_0|f16)/'
 //
 // Counters: weight_GB/s (weight bytes read per second: the decode roofline is memory bandwidth),
-// GFLOP/s (2*rows*k*n_tokens per second), and for decode (n_tokens = 1) of_memcpy = weight_GB/s
-// divided by the memcpy bandwidth measured in this process (BM_Memcpy, bytes copied per second).
+// GFLOP/s (2*rows*k*n_tokens per second), for decode (n_tokens = 1) of_memcpy = weight_GB/s
+// divided by the memcpy bandwidth measured in this process (BM_Memcpy, bytes copied per second),
+// and for prompts of_peak = GFLOP/s divided by the compute peak measured in this process
+// (BM_ComputePeak: 8-bit dot products for the integer tiles, float FMAs otherwise).
 // Threads: KILN_BENCH_THREADS (default: all hardware threads). KILN_FORCE_SCALAR=1 benchmarks
 // the portable path.
 #include <benchmark/benchmark.h>
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 intrinsics (their _mm512_undefined_* idiom) trip these warnings where they inline.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -78,6 +89,99 @@ void BM_ReadBandwidth(benchmark::State& state) {
     state.counters["threads"] = p.size();
 }
 BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->MinTime(0.2)->UseRealTime();
+
+// ---- compute roofline ------------------------------------------------------------------------
+// The machine's peak, measured once in this process on every pool thread: float FMAs (zmm at the
+// avx512vnni level, ymm at avx2) and 8-bit dot products (vpdpbusd zmm, avx512vnni only), each from
+// 12 independent accumulators so that latency does not hide throughput. GFLOP/s counts a multiply-add
+// as 2 (as the matmul counters do).
+#if defined(__x86_64__)
+#define KILN_PEAK512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define KILN_PEAK256 __attribute__((target("avx2,fma")))
+KILN_PEAK512 double fma_loop_512(int64_t iters) {
+    __m512 a[12];
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(1.0f + 1e-3f * static_cast<float>(i));
+    const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (int64_t it = 0; it < iters; ++it)
+        for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], m, c);
+    float s = 0;
+    for (int i = 0; i < 12; ++i) s += _mm512_reduce_add_ps(a[i]);
+    benchmark::DoNotOptimize(s);
+    return static_cast<double>(iters) * 12 * 16 * 2;
+}
+KILN_PEAK256 double fma_loop_256(int64_t iters) {
+    __m256 a[12];
+    for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(1.0f + 1e-3f * static_cast<float>(i));
+    const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    for (int64_t it = 0; it < iters; ++it)
+        for (int i = 0; i < 12; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    alignas(32) float v[8];
+    float s = 0;
+    for (int i = 0; i < 12; ++i) {
+        _mm256_store_ps(v, a[i]);
+        for (float x : v) s += x;
+    }
+    benchmark::DoNotOptimize(s);
+    return static_cast<double>(iters) * 12 * 8 * 2;
+}
+KILN_PEAK512 double dot_loop_512(int64_t iters) {
+    __m512i a[12];
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_epi32(i);
+    const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-2);
+    for (int64_t it = 0; it < iters; ++it)
+        for (int i = 0; i < 12; ++i) a[i] = _mm512_dpbusd_epi32(a[i], u, v);
+    int64_t s = 0;
+    for (int i = 0; i < 12; ++i) s += _mm512_reduce_add_epi32(a[i]);
+    benchmark::DoNotOptimize(s);
+    return static_cast<double>(iters) * 12 * 64 * 2;
+}
+#endif
+
+struct Peak {
+    double fma_gflops = 0;   // float multiply-adds (x2)
+    double int8_gops = 0;    // 8-bit multiply-adds (x2), 0 without AVX-512 VNNI
+};
+// Best of 3 runs of every pool thread at once.
+const Peak& measured_peak() {
+    static const Peak peak = [] {
+        Peak pk;
+#if defined(__x86_64__)
+        namespace kk = kiln::kernels;
+        auto& p = pool();
+        auto run = [&](double (*loop)(int64_t)) {
+            double best = 0;
+            for (int rep = 0; rep < 3; ++rep) {
+                std::vector<double> ops(static_cast<size_t>(p.size()));
+                const auto t0 = std::chrono::steady_clock::now();
+                p.parallel_for(p.size(), [&](int64_t b, int64_t e, int) {
+                    for (int64_t i = b; i < e; ++i) ops[static_cast<size_t>(i)] = loop(int64_t{4} << 20);
+                });
+                const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                double total = 0;
+                for (double o : ops) total += o;
+                best = std::max(best, total / sec / 1e9);
+            }
+            return best;
+        };
+        if (kk::use_avx512vnni()) {
+            pk.fma_gflops = run(fma_loop_512);
+            pk.int8_gops = run(dot_loop_512);
+        } else if (kk::use_avx2()) {
+            pk.fma_gflops = run(fma_loop_256);
+        }
+#endif
+        return pk;
+    }();
+    return peak;
+}
+
+void BM_ComputePeak(benchmark::State& state) {
+    for (auto _ : state) benchmark::DoNotOptimize(measured_peak());
+    state.counters["fma_GFLOP/s"] = measured_peak().fma_gflops;
+    state.counters["int8_GOP/s"] = measured_peak().int8_gops;
+    state.SetLabel(std::string(kiln::kernels::kernel_level_name()) + " threads=" + std::to_string(pool().size()));
+}
+BENCHMARK(BM_ComputePeak)->Iterations(1);
 
 // ---- matmul ---------------------------------------------------------------------------------
 
@@ -184,6 +288,16 @@ void BM_Matmul(benchmark::State& state, TensorType t, int64_t rows, int64_t k, i
     if (n == 1) {
         // A rate counter divides by the elapsed time: weight_GB/s / memcpy_GB/s.
         state.counters["of_memcpy"] = benchmark::Counter(wbytes * iters / 1e9 / gbs_memcpy, benchmark::Counter::kIsRate);
+    } else {
+        // GFLOP/s against the peak of the arithmetic the path runs (8-bit dots for the integer
+        // tiles, float FMAs otherwise), measured in this process (BM_ComputePeak).
+        const Peak& pk = measured_peak();
+        const bool int8 = kiln::kernels::use_avx512vnni() && kiln::kernels::matmul_uses_tiles(t, n) && pk.int8_gops > 0 &&
+                          t != TensorType::F32 && t != TensorType::F16 && t != TensorType::BF16;
+        const double peak = int8 ? pk.int8_gops : pk.fma_gflops;
+        if (peak > 0)
+            state.counters["of_peak"] = benchmark::Counter(2.0 * static_cast<double>(rows * k) * static_cast<double>(n) * iters / 1e9 / peak,
+                                                           benchmark::Counter::kIsRate);
     }
     state.SetLabel(std::string(kiln::kernels::kernel_level_name()) + " threads=" + std::to_string(p.size()));
 }
