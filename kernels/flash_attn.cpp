@@ -263,8 +263,11 @@ void FlashAttn::begin(int n, const float* const* q, const int64_t* first, const 
                                     first[r], last[r]));
         first_[r] = none ? 1e30f : static_cast<float>(first[r] - pos_base_);
         last_[r] = none ? -1e30f : static_cast<float>(last[r] - pos_base_);
-        const float* qr = q[r];
-        for (int64_t d = 0; d < dk_; ++d) qt_[d * R + r] = qr[d] * scale_;
+    }
+    // Transposed a dimension at a time: each store is a run of rows (the query rows stay in L1).
+    for (int64_t d = 0; d < dk_; ++d) {
+        float* qd = qt_ + d * R;
+        for (int r = 0; r < n; ++r) qd[r] = q[r][d] * scale_;
     }
     for (int r = n; r < np; ++r) {  // padding rows: see nothing, queries 0
         first_[r] = 1e30f;
