@@ -10,18 +10,10 @@
 
 #ifdef KILN_KERNELS_X86
 
-// GCC 12's AVX-512 intrinsics (the _mm512_undefined_* idiom they use inside) trip
-// -Wmaybe-uninitialized wherever they inline; the warning is about the header, not this code.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 
-#define KILN_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#include "kernels/avx512.h"
 
 namespace kiln::kernels::detail {
 namespace {

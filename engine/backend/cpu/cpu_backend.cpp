@@ -216,6 +216,8 @@ private:
         KvRows k, v;
     };
     AttnIo attn_io(const Node& n, CpuKv& kv, int64_t t0) const;
+    static void key_blocks(kernels::FlashAttn& fa, const AttnIo& io, const graph::AttentionParams& p, int kvh, int64_t slots,
+                           int64_t lo, int64_t hi);
     bool tiled(int64_t n_tok) const { return n_tok >= std::max<int64_t>(2, g_tiled_min_tokens.load()); }
     void kv_op(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void unary(const Node& n);
@@ -852,9 +854,36 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
 // runs against the keys its rows see, in blocks whose K and V rows are converted to floats once for
 // the whole tile. The callers (attention, attention_mla) have checked the positions, the ring and
 // the MLA restrictions.
+// A tile's keys at positions [lo, hi] of KV head kvh, a block at a time: each block's K and V rows
+// converted to floats once (position j in slot j % slots), the next block's rows prefetched while
+// this one is computed, then the block run against the tile's rows.
+void CpuExecutable::key_blocks(kernels::FlashAttn& fa, const AttnIo& io, const graph::AttentionParams& p, int kvh, int64_t slots,
+                               int64_t lo, int64_t hi) {
+    constexpr int KB = kernels::FlashAttn::kKeys;
+    const int64_t dk = p.head_dim_k, dv = p.head_dim_v;
+    for (int64_t p0 = lo; p0 <= hi; p0 += KB) {
+        const int nk = static_cast<int>(std::min<int64_t>(KB, hi - p0 + 1));
+        float* kb = fa.k_block();
+        int64_t slot = p0 % slots;
+        for (int j = 0; j < nk; ++j) {
+            io.k.to_float(slot, kvh, kb + j * dk, dk);
+            if (!p.v_in_k) io.v.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
+            if (++slot == slots) slot = 0;
+        }
+        const int next = static_cast<int>(std::min<int64_t>(KB, hi - p0 - KB + 1));
+        for (int j = 0; j < next; ++j) {
+            io.k.prefetch(slot, kvh);
+            if (!p.v_in_k) io.v.prefetch(slot, kvh);
+            if (++slot == slots) slot = 0;
+        }
+        if (p.v_in_k) fa.block(p0, nk, kb, dk, kb, dk);  // MLA: the values are the heads of the key rows
+        else fa.block(p0, nk, kb, dk, fa.v_block(), fa.v_stride());
+    }
+}
+
 void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
     using kernels::FlashAttn;
-    constexpr int R = FlashAttn::kRows, KB = FlashAttn::kKeys;
+    constexpr int R = FlashAttn::kRows;
     const graph::AttentionParams& p = n.attn;
     const Tensor& q = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
@@ -903,27 +932,7 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
                     sink[nr] = io.sinks ? io.sinks[h] : 0.0f;
                 }
             fa.begin(nr, qrow, first, last);
-            const int64_t lo = first[0], hi = last[nr - 1];
-            for (int64_t p0 = lo; p0 <= hi; p0 += KB) {
-                const int nk = static_cast<int>(std::min<int64_t>(KB, hi - p0 + 1));
-                float* kb = fa.k_block();
-                int64_t slot = p0 % slots;
-                for (int j = 0; j < nk; ++j) {
-                    io.k.to_float(slot, kvh, kb + j * dk, dk);
-                    if (!p.v_in_k) io.v.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
-                    if (++slot == slots) slot = 0;
-                }
-                // The next block's rows load while this one is computed.
-                const int next = static_cast<int>(std::min<int64_t>(KB, hi - p0 - KB + 1));
-                for (int j = 0; j < next; ++j) {
-                    io.k.prefetch(slot, kvh);
-                    if (!p.v_in_k) io.v.prefetch(slot, kvh);
-                    if (++slot == slots) slot = 0;
-                }
-                // MLA: the values are the heads of the converted key rows.
-                if (p.v_in_k) fa.block(p0, nk, kb, dk, kb, dk);
-                else fa.block(p0, nk, kb, dk, fa.v_block(), fa.v_stride());
-            }
+            key_blocks(fa, io, p, kvh, slots, first[0], last[nr - 1]);
             fa.end(orow, io.sinks ? sink : nullptr);
         }
     });
@@ -986,24 +995,7 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
                 last[r] = std::min(row_last, c1);
             }
             fa.begin(rows, qrow, first, last);
-            for (int64_t p0 = c0; p0 <= c1; p0 += KB) {
-                const int nk = static_cast<int>(std::min<int64_t>(KB, c1 - p0 + 1));
-                float* kb = fa.k_block();
-                int64_t slot = p0 % slots;
-                for (int j = 0; j < nk; ++j) {
-                    io.k.to_float(slot, kvh, kb + j * dk, dk);
-                    if (!p.v_in_k) io.v.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
-                    if (++slot == slots) slot = 0;
-                }
-                const int next = static_cast<int>(std::min<int64_t>(KB, c1 - p0 - KB + 1));
-                for (int j = 0; j < next; ++j) {
-                    io.k.prefetch(slot, kvh);
-                    if (!p.v_in_k) io.v.prefetch(slot, kvh);
-                    if (++slot == slots) slot = 0;
-                }
-                if (p.v_in_k) fa.block(p0, nk, kb, dk, kb, dk);  // MLA: the values are the heads of the key rows
-                else fa.block(p0, nk, kb, dk, fa.v_block(), fa.v_stride());
-            }
+            key_blocks(fa, io, p, kvh, slots, c0, c1);
             fa.end_parts(orow, m, l);
         }
     });
