@@ -37,6 +37,29 @@ namespace {
 
 using kiln::TensorType;
 
+// Random tensors into a GGUF writer: normal values times a scale plus an offset; matrices scaled
+// by 1/sqrt(cols) in the model's type, norms around 1 and vectors around 0 in F32.
+struct RandomTensors {
+    kiln::gguf::Writer& w;
+    std::mt19937_64 rng;
+    TensorType type;
+    std::normal_distribution<float> normal{0.0f, 1.0f};  // one stream for the whole file (it keeps a spare value)
+    void tensor(const std::string& name, std::vector<uint64_t> shape, float scale, float offset, TensorType t) {
+        uint64_t n = 1;
+        for (uint64_t s : shape) n *= s;
+        std::vector<float> v(n);
+        for (float& x : v) x = offset + scale * normal(rng);
+        w.add_tensor_f32(name, t, std::move(shape), v);
+    }
+    void matrix(const std::string& name, uint64_t cols, uint64_t rows, uint64_t n = 0) {
+        std::vector<uint64_t> shape = {cols, rows};
+        if (n) shape.push_back(n);
+        tensor(name, shape, 1.0f / std::sqrt(static_cast<float>(cols)), 0.0f, type);
+    }
+    void norm(const std::string& name, uint64_t n) { tensor(name, {n}, 0.1f, 1.0f, TensorType::F32); }
+    void vec(const std::string& name, uint64_t n) { tensor(name, {n}, 0.1f, 0.0f, TensorType::F32); }
+};
+
 struct Decoder {
     std::string arch, name;
     int n_layer = 2, n_embd = 128, n_head = 4, n_head_kv = 2, head_dim = 32, n_ff = 256, n_rot = 0;
@@ -83,24 +106,12 @@ void write_decoder(const std::string& path, const Decoder& d) {
     if (d.n_nextn) w.set_u32(a + "nextn_predict_layers", static_cast<uint32_t>(d.n_nextn));
     const uint64_t V = kiln::write_synthetic_vocab(w, d.n_vocab).size();
 
-    std::mt19937_64 rng(d.seed);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto tensor = [&](const std::string& name, std::vector<uint64_t> shape, float scale, float offset, TensorType t) {
-        uint64_t n = 1;
-        for (uint64_t s : shape) n *= s;
-        std::vector<float> v(n);
-        for (float& x : v) x = offset + scale * normal(rng);
-        w.add_tensor_f32(name, t, std::move(shape), v);
-    };
+    RandomTensors rt{w, std::mt19937_64(d.seed), d.type};
     const uint64_t E = static_cast<uint64_t>(d.n_embd), HD = static_cast<uint64_t>(d.head_dim);
     const uint64_t QD = HD * static_cast<uint64_t>(d.n_head), KD = HD * static_cast<uint64_t>(d.n_head_kv);
-    auto matrix = [&](const std::string& name, uint64_t cols, uint64_t rows, uint64_t n = 0) {
-        std::vector<uint64_t> shape = {cols, rows};
-        if (n) shape.push_back(n);
-        tensor(name, shape, 1.0f / std::sqrt(static_cast<float>(cols)), 0.0f, d.type);
-    };
-    auto norm = [&](const std::string& name, uint64_t n) { tensor(name, {n}, 0.1f, 1.0f, TensorType::F32); };
-    auto vec = [&](const std::string& name, uint64_t n) { tensor(name, {n}, 0.1f, 0.0f, TensorType::F32); };
+    auto matrix = [&](const std::string& name, uint64_t cols, uint64_t rows, uint64_t n = 0) { rt.matrix(name, cols, rows, n); };
+    auto norm = [&](const std::string& name, uint64_t n) { rt.norm(name, n); };
+    auto vec = [&](const std::string& name, uint64_t n) { rt.vec(name, n); };
 
     matrix("token_embd.weight", E, V);
     for (int il = 0; il < d.n_layer; ++il) {
@@ -193,21 +204,9 @@ void write_mla(const std::string& path, const Mla& d) {
     w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(d.n_dense_lead));
     const uint64_t V = kiln::write_synthetic_vocab(w, d.n_vocab).size();
 
-    std::mt19937_64 rng(d.seed);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto tensor = [&](const std::string& name, std::vector<uint64_t> shape, float scale, float offset, TensorType t) {
-        uint64_t n = 1;
-        for (uint64_t s : shape) n *= s;
-        std::vector<float> v(n);
-        for (float& x : v) x = offset + scale * normal(rng);
-        w.add_tensor_f32(name, t, std::move(shape), v);
-    };
-    auto matrix = [&](const std::string& name, uint64_t cols, uint64_t rows, uint64_t n = 0) {
-        std::vector<uint64_t> shape = {cols, rows};
-        if (n) shape.push_back(n);
-        tensor(name, shape, 1.0f / std::sqrt(static_cast<float>(cols)), 0.0f, d.type);
-    };
-    auto norm = [&](const std::string& name, uint64_t n) { tensor(name, {n}, 0.1f, 1.0f, TensorType::F32); };
+    RandomTensors rt{w, std::mt19937_64(d.seed), d.type};
+    auto matrix = [&](const std::string& name, uint64_t cols, uint64_t rows, uint64_t n = 0) { rt.matrix(name, cols, rows, n); };
+    auto norm = [&](const std::string& name, uint64_t n) { rt.norm(name, n); };
     const uint64_t E = static_cast<uint64_t>(d.n_embd), H = static_cast<uint64_t>(d.n_head);
     const uint64_t KVL = static_cast<uint64_t>(d.kv_lora), ROPE = static_cast<uint64_t>(d.rope);
     const uint64_t NOPE = static_cast<uint64_t>(d.nope), VH = static_cast<uint64_t>(d.v_head);
@@ -233,8 +232,8 @@ void write_mla(const std::string& path, const Mla& d) {
             matrix(p + "ffn_down.weight", F, E);
         } else {
             const uint64_t X = static_cast<uint64_t>(d.n_expert), FE = static_cast<uint64_t>(d.n_ff_exp);
-            tensor(p + "ffn_gate_inp.weight", {E, X}, 1.0f / std::sqrt(static_cast<float>(E)), 0.0f, TensorType::F32);
-            tensor(p + "exp_probs_b.bias", {X}, 0.1f, 0.0f, TensorType::F32);
+            rt.tensor(p + "ffn_gate_inp.weight", {E, X}, 1.0f / std::sqrt(static_cast<float>(E)), 0.0f, TensorType::F32);
+            rt.vec(p + "exp_probs_b.bias", X);
             matrix(p + "ffn_gate_exps.weight", E, FE, X);
             matrix(p + "ffn_up_exps.weight", E, FE, X);
             matrix(p + "ffn_down_exps.weight", FE, E, X);
