@@ -292,7 +292,8 @@ TEST_F(ServerClaudeCodeTest, RestartKeepsThePrefixOnDisk) {
 // typed as the Bash tool's schema says) and runs; the marker the command prints must come back as
 // a tool_result and the model's next answer must be the final result. Claude Code runs with only
 // the Bash tool and a one-line system prompt: the small models' vocabulary spells most text one
-// character per token, so its full ~70K-character request would not fit these models' context.
+// character per token, so its full ~70K-character request (the structure of which renders with all
+// three templates: /v1/messages/count_tokens on ../shared/clients' captures) would be ~60K tokens.
 struct ClaudeFamilyCase {
     const char* tag;
     const char* model;       // under tests/data/models
@@ -394,6 +395,40 @@ TEST(ServerClaudeCodeFamilies, Glm46ToolCall) {
                              "</arg_value>\n<arg_key>timeout</arg_key>\n<arg_value>60000</arg_value>\n</tool_call>\x1e"
                              "<think>It printed the marker.</think>\nThe tool ran.",
                              json{{"command", "echo kiln-tool-ran"}, {"description", "Print a marker"}, {"timeout", 60000}}});
+}
+
+// Claude Code's full first request and the one carrying a tool result (../shared/clients: 2.1.197's
+// captures, long strings shortened, 24 tools with their JSON schemas, a system message in the
+// middle) render with each of the three templates: count_tokens answers with the whole prompt.
+TEST(ServerClaudeCodeFamilies, FullClaudeCodeRequestsRenderWithEachTemplate) {
+    KILN_REQUIRE_SHARED("clients");
+    KILN_REQUIRE_SHARED("templates");
+    const fs::path data = fs::path(__FILE__).parent_path() / "data";
+    const std::vector<std::pair<const char*, fs::path>> cases = {
+        {"qwen3-tiny.q8_0.gguf", shared_dir() / "templates" / "qwen3.jinja"},
+        {"qwen3moe-tiny.q8_0.gguf", data / "templates" / "qwen3-coder.jinja"},
+        {"glm4moe-tiny.q8_0.gguf", shared_dir() / "templates" / "glm-4.6.jinja"}};
+    for (const auto& [model, tmpl] : cases) {
+        SCOPED_TRACE(tmpl.string());
+        ServeProcess server;
+        ASSERT_TRUE(server.start((data / "models" / model).string(), {"-c", "32768", "-t", "2", "--chat-template", tmpl.string()}, nullptr,
+                                 "serve-claude-render"));
+        httplib::Client cl("127.0.0.1", server.port);
+        cl.set_read_timeout(300);
+        int64_t first = 0;
+        for (const char* capture : {"claude-code-first-request.json", "claude-code-tool-result-request.json"}) {
+            std::ifstream in(shared_dir() / "clients" / capture);
+            const json cap = json::parse(in, nullptr, false);
+            ASSERT_TRUE(cap.is_object() && cap.contains("body")) << capture;
+            auto r = cl.Post("/v1/messages/count_tokens", cap["body"].dump(), "application/json");
+            ASSERT_TRUE(r) << capture;
+            ASSERT_EQ(r->status, 200) << capture << ": " << r->body;
+            const int64_t n = json::parse(r->body).value("input_tokens", int64_t{0});
+            EXPECT_GT(n, 10000) << capture << ": " << r->body;  // 12.5K-16.7K with these templates and vocabularies
+            if (first == 0) first = n;
+            else EXPECT_GT(n, first) << capture;  // the tool result adds to the conversation
+        }
+    }
 }
 
 }  // namespace
