@@ -1,4 +1,6 @@
 // kiln info MODEL.gguf [--tensors] [--json]: what a GGUF file holds, without loading weights.
+#include <algorithm>
+#include <cctype>
 #include <map>
 #include <string>
 #include <vector>
@@ -54,6 +56,25 @@ const char* rope_kind(const std::string& arch) {
         arch == "gpt-oss")
         return "neox";
     return "unknown";
+}
+
+// What a layer's attention has beside its projections, from the first layer's tensors (the
+// layouts with separate Q/K/V projections; MLA and others: nothing known): per-head RMS norms on Q
+// and K (qwen3, qwen3moe, gemma3, optional in glm4moe) and which projections carry biases (qwen2,
+// glm4moe, gpt-oss).
+struct AttentionParts {
+    bool known = false, qk_norm = false;
+    std::vector<std::string> biases;  // "q", "k", "v", "output"
+};
+
+AttentionParts attention_parts(const gguf::File& f) {
+    AttentionParts a;
+    if (!f.find_tensor("blk.0.attn_q.weight")) return a;
+    a.known = true;
+    a.qk_norm = f.find_tensor("blk.0.attn_q_norm.weight") && f.find_tensor("blk.0.attn_k_norm.weight");
+    for (const char* p : {"q", "k", "v", "output"})
+        if (f.find_tensor(fmt::format("blk.0.attn_{}.bias", p))) a.biases.emplace_back(p);
+    return a;
 }
 
 struct Summary {
@@ -210,6 +231,7 @@ int run_info(const std::vector<std::string>& argv) {
                           {"bos_token_id", f->get_int_or("tokenizer.ggml.bos_token_id", -1)},
                           {"eos_token_id", f->get_int_or("tokenizer.ggml.eos_token_id", -1)}};
         j["chat_template"] = has_template;
+        if (const AttentionParts a = attention_parts(*f); a.known) j["attention"] = {{"qk_norm", a.qk_norm}, {"biases", a.biases}};
         if (const KvPerToken kv = kv_per_token(*f); kv.known)
             j["kv_cache"] = {{"type", "f16"},
                              {"full_layers", kv.full_layers},
@@ -251,6 +273,11 @@ int run_info(const std::vector<std::string>& argv) {
         for (const auto& [key, value] : s.hparams.items())
             if (std::find(shown.begin(), shown.end(), key) == shown.end())
                 fmt::print("  {:<34} {}\n", key, render(value));
+    }
+    if (const AttentionParts a = attention_parts(*f); a.known) {
+        std::string bias;
+        for (const auto& b : a.biases) bias += (bias.empty() ? "" : ", ") + (b == "output" ? b : std::string(1, static_cast<char>(std::toupper(b[0]))));
+        fmt::print("attention       {}, {}\n", a.qk_norm ? "Q/K RMS norms" : "no Q/K norms", bias.empty() ? "no biases" : "biases on " + bias);
     }
     fmt::print("tokenizer       {} (pre: {}), {} tokens, bos {}, eos {}\n",
                shown(f->get_string_or("tokenizer.ggml.model", "(none)")), shown(f->get_string_or("tokenizer.ggml.pre", "default")),

@@ -524,6 +524,46 @@ TEST(ChatParser, QwenXmlTypesParametersFromTheSchema) {
     EXPECT_NE(bad.content.find("<function=edit>"), std::string::npos);
 }
 
+// GLM-4.5 / 4.6 write a string argument as its bare text and anything else as JSON: a string
+// whose text parses as JSON (a JSON file's content for Claude Code's Write, a quoted word for Edit,
+// a command "true") must stay the string the schema says, byte for byte; numbers and booleans are
+// typed by the schema too.
+TEST(ChatParser, GlmTypesArgumentsFromTheSchema) {
+    ParserOptions o;
+    o.family = ParserFamily::Glm;
+    o.tools_json = R"([{"name":"Write","input_schema":{"type":"object","properties":{"file_path":{"type":"string"},"content":{"type":"string"}}}},
+        {"type":"function","function":{"name":"Edit","parameters":{"type":"object","properties":{"old_string":{"type":"string"},
+        "new_string":{"type":"string"},"replace_all":{"type":"boolean"},"limit":{"type":"integer"}}}}}])";
+    const std::string out =
+        "<think>Write it.</think>\n<tool_call>Write\n<arg_key>file_path</arg_key>\n<arg_value>/tmp/a.json</arg_value>\n"
+        "<arg_key>content</arg_key>\n<arg_value>{\"a\": [1, 2]}\n</arg_value>\n</tool_call>\n<tool_call>Edit\n"
+        "<arg_key>old_string</arg_key>\n<arg_value>\"x\"</arg_value>\n<arg_key>new_string</arg_key>\n<arg_value>42</arg_value>\n"
+        "<arg_key>replace_all</arg_key>\n<arg_value>true</arg_value>\n<arg_key>limit</arg_key>\n<arg_value>7</arg_value>\n"
+        "<arg_key>extra</arg_key>\n<arg_value>{\"k\": 1}</arg_value>\n</tool_call>";
+    const ParsedMessage m = parse_output(out, o);
+    EXPECT_EQ(m.reasoning, "Write it.");
+    ASSERT_EQ(m.tool_calls.size(), 2u);
+    EXPECT_EQ(m.tool_calls[0].name, "Write");
+    EXPECT_EQ(m.tool_calls[0].arguments, R"({"file_path":"/tmp/a.json","content":"{\"a\": [1, 2]}\n"})");
+    EXPECT_EQ(m.tool_calls[1].name, "Edit");
+    // "extra" has no schema: JSON, as it parses.
+    EXPECT_EQ(m.tool_calls[1].arguments, R"({"old_string":"\"x\"","new_string":"42","replace_all":true,"limit":7,"extra":{"k":1}})");
+    EXPECT_TRUE(m.warnings.empty());
+    // Byte by byte: the same message.
+    std::vector<std::string_view> bytes;
+    for (size_t i = 0; i < out.size(); ++i) bytes.push_back(std::string_view(out).substr(i, 1));
+    ParsedMessage m2;
+    m2.apply(feed_pieces(o, bytes));
+    EXPECT_EQ(m2, m);
+    // Without the tools' schemas (kiln chat without tools): JSON when it parses, as before.
+    ParserOptions plain = o;
+    plain.tools_json.clear();
+    const ParsedMessage m3 = parse_output(out, plain);
+    ASSERT_EQ(m3.tool_calls.size(), 2u);
+    EXPECT_EQ(m3.tool_calls[0].arguments, R"({"file_path":"/tmp/a.json","content":{"a":[1,2]}})");
+    EXPECT_EQ(m3.tool_calls[1].arguments, R"({"old_string":"x","new_string":42,"replace_all":true,"limit":7,"extra":{"k":1}})");
+}
+
 TEST(ChatParser, ThinkingCloserEndsReasoning) {
     for (ParserFamily f : {ParserFamily::Generic, ParserFamily::Hermes, ParserFamily::Glm, ParserFamily::DeepSeek,
                            ParserFamily::Harmony, ParserFamily::QwenXml}) {

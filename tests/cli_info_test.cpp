@@ -74,6 +74,23 @@ TEST(CliInfo, NewArchitecturesShowTheirHyperParameters) {
     EXPECT_EQ(j["hparams"]["expert_count"], 128);
     EXPECT_EQ(j["hparams"]["expert_used_count"], 8);
     EXPECT_EQ(j["hparams"]["attention.key_length"], 64);
+    EXPECT_EQ(j["attention"]["qk_norm"], true);
+    EXPECT_EQ(j["attention"]["biases"], nlohmann::json::array());
+    // qwen3: a head size (128) that is not width / heads (128 / 32), per-head Q/K norms, no biases.
+    const auto q = run_kiln({"info", (dir / "qwen3-tiny.f32.gguf").string()}, "info");
+    ASSERT_EQ(q.code, 0) << q.err;
+    for (const char* want : {"architecture    qwen3\n", "width                              128\n", "heads                              32\n",
+                             "kv heads                           4\n", "head dim (k)                       128\n",
+                             "head dim (v)                       128\n", "rope type                          neox\n",
+                             "rope dims                          128\n", "attention       Q/K RMS norms, no biases\n",
+                             "kv cache        f16, 2 full layers x 2048 B per token"})
+        EXPECT_NE(q.out.find(want), std::string::npos) << want << "\n" << q.out;
+    // glm4moe: biases on Q, K and V (not on the output), no Q/K norms in this file.
+    EXPECT_NE(glm.out.find("attention       no Q/K norms, biases on Q, K, V\n"), std::string::npos) << glm.out;
+    // qwen3moe: qwen3's attention.
+    const auto qm = run_kiln({"info", (dir / "qwen3moe-tiny.q8_0.gguf").string()}, "info");
+    ASSERT_EQ(qm.code, 0) << qm.err;
+    EXPECT_NE(qm.out.find("attention       Q/K RMS norms, no biases\n"), std::string::npos) << qm.out;
 }
 
 TEST(CliInfo, BadFilesExitOneWithTheLoaderMessage) {

@@ -284,4 +284,151 @@ TEST_F(ServerClaudeCodeTest, RestartKeepsThePrefixOnDisk) {
     fs::remove_all(cache);
 }
 
+// Claude Code on each family of the architectures of issue 15, with the repository's small models
+// (tests/data/models) served under the family's real chat template: qwen3 (Hermes JSON tool calls,
+// Qwen3's template), qwen3moe (Qwen3-Coder's XML tool calls, its template) and glm4moe (GLM-4.6's
+// template and tool calls). The scripted output is the family's own tool-call form: only the right
+// parser, chosen from the template, turns it into a tool_use that Claude Code accepts (its arguments
+// typed as the Bash tool's schema says) and runs; the marker the command prints must come back as
+// a tool_result and the model's next answer must be the final result. Claude Code runs with only
+// the Bash tool and a one-line system prompt: the small models' vocabulary spells most text one
+// character per token, so its full ~70K-character request (the structure of which renders with all
+// three templates: /v1/messages/count_tokens on ../shared/clients' captures) would be ~60K tokens.
+struct ClaudeFamilyCase {
+    const char* tag;
+    const char* model;       // under tests/data/models
+    fs::path chat_template;  // --chat-template
+    const char* parser;      // the family kiln serve must choose from that template
+    std::string script;      // KILN_SERVE_SCRIPTED_OUTPUT: the tool call, \x1e, the answer
+    json tool_input;         // the Bash tool_use's input Claude Code must receive
+};
+
+void claude_code_runs_a_tool(const ClaudeFamilyCase& c) {
+    if (!fs::exists(c.chat_template)) {
+        KILN_REQUIRE_SHARED("templates");
+        FAIL() << c.chat_template << " is missing";
+    }
+    std::string why;
+    const std::string dir = kiln::test::npm_install("claude-code", {{"@anthropic-ai/claude-code", "2.1.197"}}, why);
+    if (dir.empty()) KILN_SKIP_LOUDLY("the Claude Code test needs node and npm: " + why);
+    const fs::path model = fs::path(__FILE__).parent_path() / "data" / "models" / c.model;
+    ServeProcess server;
+    ASSERT_TRUE(server.start(model.string(), {"-c", "16384", "--api-key", kKey, "-t", "2", "--chat-template", c.chat_template.string()},
+                             c.script.c_str(), std::string("serve-claude-") + c.tag));
+    {
+        std::ifstream in(server.log_path);
+        const std::string log((std::istreambuf_iterator<char>(in)), {});
+        EXPECT_NE(log.find(std::string("tool calls: ") + c.parser), std::string::npos) << log;
+    }
+    Recorder rec(server.port);
+    const fs::path home = kiln::test::temp_path(std::string("claude-home-") + c.tag + "-" + std::to_string(::getpid()));
+    fs::create_directories(home);
+    const auto r = kiln::test::run_shell(
+        "cd " + shell_quote(home.string()) + " && HOME=" + shell_quote(home.string()) + " PATH=" + shell_quote(dir + "/node_modules/.bin") +
+        ":\"$PATH\" DISABLE_TELEMETRY=1 DISABLE_AUTOUPDATER=1 DISABLE_ERROR_REPORTING=1 timeout 600 " +
+        shell_quote(kiln::test::kiln_binary()) + " claude --port " + std::to_string(rec.port()) + " --api-key " + kKey +
+        " -- -p 'Run echo kiln-tool-ran' --output-format json --max-turns 3 --tools Bash --allowedTools Bash --system-prompt 'You run tools.'");
+    const auto caps = rec.captured();
+    size_t messages = 0;
+    for (const auto& cap : caps) messages += cap.method == "POST" && cap.target.rfind("/v1/messages", 0) == 0;
+    if (r.code != 0 && messages == 0)
+        KILN_SKIP_LOUDLY("Claude Code did not reach the server (cannot run offline here?): exit " + std::to_string(r.code) + ": " + r.out);
+    std::ifstream log_in(server.log_path);
+    const std::string log((std::istreambuf_iterator<char>(log_in)), {});
+    ASSERT_EQ(r.code, 0) << r.out << "\nserver log:\n" << log;
+    const json j = result_line(r.out);
+    ASSERT_TRUE(j.is_object()) << r.out;
+    EXPECT_FALSE(j.value("is_error", true)) << r.out;
+    EXPECT_EQ(j.value("result", ""), "The tool ran.") << r.out;
+    EXPECT_EQ(j.value("num_turns", 0), 2) << r.out;
+    // The second request carries the conversation: the tool_use Claude Code received (as kiln's
+    // parser made it) and the tool_result of running it.
+    int tool_uses = 0, tool_results = 0;
+    for (const auto& cap : caps) {
+        const json body = json::parse(cap.body, nullptr, false);
+        if (!body.is_object() || !body.contains("messages")) continue;
+        for (const auto& m : body["messages"]) {
+            if (!m["content"].is_array()) continue;
+            for (const auto& blk : m["content"]) {
+                if (m.value("role", "") == "assistant" && blk.value("type", "") == "tool_use") {
+                    ++tool_uses;
+                    EXPECT_EQ(blk.value("name", ""), "Bash") << blk;
+                    EXPECT_EQ(blk["input"], c.tool_input) << blk;
+                }
+                if (m.value("role", "") == "user" && blk.value("type", "") == "tool_result") {
+                    ++tool_results;
+                    EXPECT_FALSE(blk.value("is_error", false)) << blk;
+                    EXPECT_NE(blk["content"].dump().find("kiln-tool-ran"), std::string::npos) << blk;
+                }
+            }
+        }
+    }
+    EXPECT_EQ(tool_uses, 1) << "the tool call did not reach Claude Code as a tool_use";
+    EXPECT_EQ(tool_results, 1) << "no request carried the tool's output";
+    EXPECT_GE(replay_and_check(caps, server.port), 2u);
+}
+
+// Qwen3 (arch qwen3): Hermes JSON in <tool_call>, after a thinking block.
+TEST(ServerClaudeCodeFamilies, Qwen3HermesToolCall) {
+    claude_code_runs_a_tool({"qwen3", "qwen3-tiny.q8_0.gguf", shared_dir() / "templates" / "qwen3.jinja", "hermes",
+                             "<think>\nThe user wants a command run.\n</think>\n\n<tool_call>\n{\"name\": \"Bash\", \"arguments\": "
+                             "{\"command\": \"echo kiln-tool-ran\", \"description\": \"Print a marker\"}}\n</tool_call>\x1e"
+                             "<think>\nIt printed the marker.\n</think>\n\nThe tool ran.",
+                             json{{"command", "echo kiln-tool-ran"}, {"description", "Print a marker"}}});
+}
+
+// Qwen3-Coder (arch qwen3moe): XML parameters, typed by the Bash tool's schema (timeout is a number).
+TEST(ServerClaudeCodeFamilies, Qwen3CoderXmlToolCall) {
+    claude_code_runs_a_tool({"qwen3moe", "qwen3moe-tiny.q8_0.gguf",
+                             fs::path(__FILE__).parent_path() / "data" / "templates" / "qwen3-coder.jinja", "qwen3-coder",
+                             "I will run it.\n<tool_call>\n<function=Bash>\n<parameter=command>\necho kiln-tool-ran\n</parameter>\n"
+                             "<parameter=description>\nPrint a marker\n</parameter>\n<parameter=timeout>\n60000\n</parameter>\n"
+                             "</function>\n</tool_call>\x1eThe tool ran.",
+                             json{{"command", "echo kiln-tool-ran"}, {"description", "Print a marker"}, {"timeout", 60000}}});
+}
+
+// GLM-4.5 / 4.6 (arch glm4moe): <arg_key>/<arg_value> pairs after a thinking block.
+TEST(ServerClaudeCodeFamilies, Glm46ToolCall) {
+    claude_code_runs_a_tool({"glm4moe", "glm4moe-tiny.q8_0.gguf", shared_dir() / "templates" / "glm-4.6.jinja", "glm",
+                             "<think>The user wants a command run.</think>\n<tool_call>Bash\n<arg_key>command</arg_key>\n"
+                             "<arg_value>echo kiln-tool-ran</arg_value>\n<arg_key>description</arg_key>\n<arg_value>Print a marker"
+                             "</arg_value>\n<arg_key>timeout</arg_key>\n<arg_value>60000</arg_value>\n</tool_call>\x1e"
+                             "<think>It printed the marker.</think>\nThe tool ran.",
+                             json{{"command", "echo kiln-tool-ran"}, {"description", "Print a marker"}, {"timeout", 60000}}});
+}
+
+// Claude Code's full first request and the one carrying a tool result (../shared/clients: 2.1.197's
+// captures, long strings shortened, 24 tools with their JSON schemas, a system message in the
+// middle) render with each of the three templates: count_tokens answers with the whole prompt.
+TEST(ServerClaudeCodeFamilies, FullClaudeCodeRequestsRenderWithEachTemplate) {
+    KILN_REQUIRE_SHARED("clients");
+    KILN_REQUIRE_SHARED("templates");
+    const fs::path data = fs::path(__FILE__).parent_path() / "data";
+    const std::vector<std::pair<const char*, fs::path>> cases = {
+        {"qwen3-tiny.q8_0.gguf", shared_dir() / "templates" / "qwen3.jinja"},
+        {"qwen3moe-tiny.q8_0.gguf", data / "templates" / "qwen3-coder.jinja"},
+        {"glm4moe-tiny.q8_0.gguf", shared_dir() / "templates" / "glm-4.6.jinja"}};
+    for (const auto& [model, tmpl] : cases) {
+        SCOPED_TRACE(tmpl.string());
+        ServeProcess server;
+        ASSERT_TRUE(server.start((data / "models" / model).string(), {"-c", "32768", "-t", "2", "--chat-template", tmpl.string()}, nullptr,
+                                 "serve-claude-render"));
+        httplib::Client cl("127.0.0.1", server.port);
+        cl.set_read_timeout(300);
+        int64_t first = 0;
+        for (const char* capture : {"claude-code-first-request.json", "claude-code-tool-result-request.json"}) {
+            std::ifstream in(shared_dir() / "clients" / capture);
+            const json cap = json::parse(in, nullptr, false);
+            ASSERT_TRUE(cap.is_object() && cap.contains("body")) << capture;
+            auto r = cl.Post("/v1/messages/count_tokens", cap["body"].dump(), "application/json");
+            ASSERT_TRUE(r) << capture;
+            ASSERT_EQ(r->status, 200) << capture << ": " << r->body;
+            const int64_t n = json::parse(r->body).value("input_tokens", int64_t{0});
+            EXPECT_GT(n, 10000) << capture << ": " << r->body;  // 12.5K-16.7K with these templates and vocabularies
+            if (first == 0) first = n;
+            else EXPECT_GT(n, first) << capture;  // the tool result adds to the conversation
+        }
+    }
+}
+
 }  // namespace

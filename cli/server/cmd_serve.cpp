@@ -454,7 +454,8 @@ private:
             prompt += r.gen.output_prefix;
         }
         if (r.gen.thinking_budget >= 0) r.gen.thinking_closer = chat::thinking_closer(family);
-        if (family == chat::ParserFamily::QwenXml && r.tools.is_array()) r.gen.tools_json = r.tools.dump();
+        if ((family == chat::ParserFamily::QwenXml || family == chat::ParserFamily::Glm) && r.tools.is_array())
+            r.gen.tools_json = r.tools.dump();
         if (!e_.end_turn().empty() && std::find(r.gen.stop.begin(), r.gen.stop.end(), e_.end_turn()) == r.gen.stop.end())
             r.gen.stop.push_back(e_.end_turn());
         r.gen.prompt = e_.tokenize_prompt(prompt);
@@ -1151,6 +1152,8 @@ int run_serve(const std::vector<std::string>& argv) {
                kv_k == kv_v ? std::string(kv_type_name(kv_k)) : fmt::format("K {} V {}", kv_type_name(kv_k), kv_type_name(kv_v)),
                engine.backend_name(),
                api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
+    if (engine.has_chat_template())
+        fmt::print(stderr, "kiln serve: tool calls: {} (the parser family of the chat template)\n", chat::family_name(engine.parser_family()));
     fmt::print(stderr, "kiln serve: prefix cache: {} MiB of memory{}\n", sp.cache_bytes >> 20,
                engine.prefix_cache().disk_enabled()
                    ? fmt::format(", {:g} GiB on disk in {} ({} block files there)", cache_disk_gib, cache.dir,

@@ -105,7 +105,7 @@ struct GenParams {
     std::string output_prefix;         // already at the end of the prompt (a forced tool call's opener):
                                        // the output parser reads it first, as if generated
     std::string tools_json;            // the request's tools (OpenAI shape), for parsers that type
-                                       // arguments by their schema (Qwen3-Coder's XML calls)
+                                       // arguments by their schema (Qwen3-Coder's XML calls, GLM's arg_value pairs)
 };
 
 struct GenResult {

@@ -112,36 +112,6 @@ std::optional<std::vector<RawCall>> parse_hermes(std::string_view body) {
     return std::vector<RawCall>{{n->get<std::string>(), *args}};
 }
 
-// GLM: name<arg_key>k</arg_key><arg_value>v</arg_value>...; values JSON when they parse, else strings.
-std::optional<std::vector<RawCall>> parse_glm(std::string_view body) {
-    size_t p = body.find(kArgKey);
-    const std::string_view name = trim(body.substr(0, p));
-    if (name.empty() || name.find('<') != std::string_view::npos || name.find('\n') != std::string_view::npos)
-        return std::nullopt;
-    ojson args = ojson::object();
-    std::string_view rest = p == std::string_view::npos ? std::string_view{} : body.substr(p);
-    while (true) {
-        rest = trim(rest);
-        if (rest.empty()) break;
-        if (!rest.starts_with(kArgKey)) return std::nullopt;
-        rest.remove_prefix(kArgKey.size());
-        const size_t ke = rest.find(kArgKeyEnd);
-        if (ke == std::string_view::npos) return std::nullopt;
-        const std::string key(trim(rest.substr(0, ke)));
-        rest = trim(rest.substr(ke + kArgKeyEnd.size()));
-        if (!rest.starts_with(kArgValue)) return std::nullopt;
-        rest.remove_prefix(kArgValue.size());
-        const size_t ve = rest.find(kArgValueEnd);
-        if (ve == std::string_view::npos) return std::nullopt;
-        const std::string_view value = rest.substr(0, ve);
-        rest.remove_prefix(ve + kArgValueEnd.size());
-        if (key.empty()) return std::nullopt;
-        auto j = parse_json(trim(value));
-        args[key] = j ? *j : ojson(std::string(value));
-    }
-    return std::vector<RawCall>{{std::string(name), args.dump()}};
-}
-
 // The JSON schema types of each tool's parameters: tool name -> parameter -> type ("" when unknown).
 using ParamTypes = std::map<std::string, std::map<std::string, std::string>>;
 
@@ -199,6 +169,42 @@ ojson typed_value(std::string_view text, const std::string& type) {
     if (type == "null" && t == "null") return ojson(nullptr);
     auto j = parse_json(t);  // no schema for it: JSON when it parses
     return j ? *j : ojson(std::string(text));
+}
+
+// GLM: name<arg_key>k</arg_key><arg_value>v</arg_value>...; values typed by the tool's JSON schema
+// (GLM's templates write a string argument as its bare text, anything else as JSON: a string whose
+// text happens to parse as JSON - a file's JSON content, a quoted word - stays a string), values of
+// parameters without a schema JSON when they parse, else strings.
+std::optional<std::vector<RawCall>> parse_glm(std::string_view body, const ParamTypes& types) {
+    size_t p = body.find(kArgKey);
+    const std::string_view name = trim(body.substr(0, p));
+    if (name.empty() || name.find('<') != std::string_view::npos || name.find('\n') != std::string_view::npos)
+        return std::nullopt;
+    const auto tool = types.find(std::string(name));
+    ojson args = ojson::object();
+    std::string_view rest = p == std::string_view::npos ? std::string_view{} : body.substr(p);
+    while (true) {
+        rest = trim(rest);
+        if (rest.empty()) break;
+        if (!rest.starts_with(kArgKey)) return std::nullopt;
+        rest.remove_prefix(kArgKey.size());
+        const size_t ke = rest.find(kArgKeyEnd);
+        if (ke == std::string_view::npos) return std::nullopt;
+        const std::string key(trim(rest.substr(0, ke)));
+        rest = trim(rest.substr(ke + kArgKeyEnd.size()));
+        if (!rest.starts_with(kArgValue)) return std::nullopt;
+        rest.remove_prefix(kArgValue.size());
+        const size_t ve = rest.find(kArgValueEnd);
+        if (ve == std::string_view::npos) return std::nullopt;
+        const std::string_view value = rest.substr(0, ve);
+        rest.remove_prefix(ve + kArgValueEnd.size());
+        if (key.empty()) return std::nullopt;
+        std::string type;
+        if (tool != types.end())
+            if (auto it = tool->second.find(key); it != tool->second.end()) type = it->second;
+        args[key] = typed_value(value, type);
+    }
+    return std::vector<RawCall>{{std::string(name), args.dump()}};
 }
 
 // Qwen3-Coder: <function=NAME>\n<parameter=KEY>\nVALUE\n</parameter>...</function>, one or more
@@ -378,7 +384,7 @@ const char* kind_name(ChatEvent::Kind k) {
 ChatParser::ChatParser(ParserOptions options) : opt_(std::move(options)) {
     if (opt_.family == ParserFamily::Harmony) state_ = St::HarmonyHeader;
     else if (opt_.starts_in_thinking) state_ = St::Thinking;
-    if (opt_.family == ParserFamily::QwenXml) types_ = param_types(opt_.tools_json);
+    if (opt_.family == ParserFamily::QwenXml || opt_.family == ParserFamily::Glm) types_ = param_types(opt_.tools_json);
 }
 
 std::vector<ChatEvent> ChatParser::feed(std::string_view delta) {
@@ -497,7 +503,7 @@ void ChatParser::run(std::vector<ChatEvent>& out, bool at_end) {
                 const std::string_view body = std::string_view(buf_).substr(0, p);
                 std::optional<std::vector<RawCall>> calls;
                 if (fam == ParserFamily::Hermes) calls = parse_hermes(body);
-                else if (fam == ParserFamily::Glm) calls = parse_glm(body);
+                else if (fam == ParserFamily::Glm) calls = parse_glm(body, types_);
                 else if (fam == ParserFamily::QwenXml) calls = parse_qwen_xml(body, types_);
                 else calls = parse_deepseek(body);
                 if (calls) {

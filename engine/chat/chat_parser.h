@@ -61,9 +61,9 @@ struct ParserOptions {
     bool starts_in_thinking = false;      // the output begins inside a <think> block
     std::string tool_call_id_prefix = "call_";  // ids are prefix + index (0, 1, ...)
     // The request's tools as JSON text (an array of OpenAI {"type":"function","function":{"name",
-    // "parameters"}} or Anthropic {"name","input_schema"} objects). QwenXml types each parameter's
-    // text by the tool's JSON schema (string, integer / number, boolean, object / array, null);
-    // parameters without a schema are JSON when they parse, else strings.
+    // "parameters"}} or Anthropic {"name","input_schema"} objects). QwenXml and Glm type each
+    // parameter's text by the tool's JSON schema (string, integer / number, boolean, object / array,
+    // null); parameters without a schema are JSON when they parse, else strings.
     std::string tools_json;
 };
 
@@ -110,7 +110,7 @@ private:
     bool strip_leading_ = true;  // drop whitespace at the start of the next text / thinking segment
     int n_calls_ = 0;
     bool finished_ = false;
-    // QwenXml: tool name -> parameter -> JSON schema type, from ParserOptions::tools_json.
+    // QwenXml, Glm: tool name -> parameter -> JSON schema type, from ParserOptions::tools_json.
     std::map<std::string, std::map<std::string, std::string>> types_;
 };
 
