@@ -59,20 +59,24 @@ void Sampler::accept(int32_t token) {
     }
 }
 
-void Sampler::apply_penalties(std::span<float> logits) {
+bool Sampler::apply_penalties(std::span<float> logits, float mx) {
     const bool any = params_.repeat_penalty != 1.0f || params_.presence_penalty != 0.0f ||
                      params_.frequency_penalty != 0.0f;
-    if (!any || history_.empty()) return;
+    if (!any || history_.empty()) return false;
+    bool moved = false;  // a penalised logit was the largest, or is now above it: the largest is found again
     for (int32_t t : history_) ++counts_[static_cast<size_t>(t)];
     for (int32_t t : history_) {
         int32_t& c = counts_[static_cast<size_t>(t)];
         if (c == 0) continue;  // already applied for this token
         float& l = logits[static_cast<size_t>(t)];
+        moved |= !(l < mx);
         if (l > 0) l /= params_.repeat_penalty;
         else l *= params_.repeat_penalty;
         l -= static_cast<float>(c) * params_.frequency_penalty + params_.presence_penalty;
+        moved |= !(l < mx);
         c = 0;
     }
+    return moved;
 }
 
 namespace {
@@ -367,6 +371,27 @@ KILN_SAMPLER_AVX2 double draw_sums_avx2(const float* v, size_t n, float keep, fl
     }
     return z + draw_sums_generic<kEdge>(v, b0, n, keep, edge_lo, edge_hi, mx, inv_t, bsum, edge, n_edge);
 }
+// dst = src, and the largest (NaN ignored, as max_of does), in one pass.
+KILN_SAMPLER_AVX2 float copy_max_avx2(const float* src, float* dst, size_t n) {
+    __m256 acc0 = _mm256_set1_ps(src[0]), acc1 = acc0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 x0 = _mm256_loadu_ps(src + i), x1 = _mm256_loadu_ps(src + i + 8);
+        _mm256_storeu_ps(dst + i, x0);
+        _mm256_storeu_ps(dst + i + 8, x1);
+        acc0 = _mm256_max_ps(x0, acc0);  // max_ps gives its second operand when the first is NaN
+        acc1 = _mm256_max_ps(x1, acc1);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_max_ps(acc0, acc1));
+    float mx = src[0];
+    for (float a : lanes) mx = a > mx ? a : mx;
+    for (; i < n; ++i) {
+        dst[i] = src[i];
+        mx = src[i] > mx ? src[i] : mx;
+    }
+    return mx;
+}
 KILN_SAMPLER_AVX2 size_t gather_avx2(const float* v, size_t n, float lo, float hi, int32_t* edge) {
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
     size_t m = 0, i = 0;
@@ -381,6 +406,13 @@ KILN_SAMPLER_AVX2 size_t gather_avx2(const float* v, size_t n, float lo, float h
     return m;
 }
 #endif
+float copy_max(const float* src, float* dst, size_t n) {
+#ifdef KILN_SAMPLER_X86
+    if (kernels::use_avx2()) return copy_max_avx2(src, dst, n);
+#endif
+    std::copy(src, src + n, dst);
+    return max_of(dst, n);
+}
 template <bool kCount, bool kMass, bool kSkip0 = false>
 double histogram(const float* v, size_t n, float base, float scale, float mx, uint32_t* count, double* mass) {
 #ifdef KILN_SAMPLER_X86
@@ -636,9 +668,8 @@ int32_t Sampler::sample(std::span<const float> logits) {
     if (logits.size() != static_cast<size_t>(n_vocab_))
         throw Error(fmt::format("sampler: got {} logits for a vocabulary of {}", logits.size(), n_vocab_));
     const size_t n_vocab = work_.size();
-    std::copy(logits.begin(), logits.end(), work_.begin());
-    apply_penalties(work_);
-    const float mx = max_of(work_.data(), n_vocab);
+    float mx = copy_max(logits.data(), work_.data(), n_vocab);
+    if (apply_penalties(work_, mx)) mx = max_of(work_.data(), n_vocab);
     cand_valid_ = false;
     by_id_ = false;
     n_cand_ = 0;

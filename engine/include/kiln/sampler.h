@@ -61,7 +61,7 @@ public:
     static constexpr size_t kBlock = 64;  // weights summed per block, so a draw walks blocks first
 
 private:
-    void apply_penalties(std::span<float> logits);
+    bool apply_penalties(std::span<float> logits, float mx);  // true: the largest logit (mx before) may have changed
     // Candidates are keys_ (logit and id in one orderable integer: a larger key ranks first, ties
     // going to the lower id) with a weight each in wts_.
     size_t collect(float floor, size_t k);  // the k best (all if k == 0) of the logits >= floor, unordered
