@@ -252,3 +252,65 @@ TEST(Sampler, NoTruncationDrawsFromTheWholeVocabulary) {
     EXPECT_EQ(s.last_candidates()[1].id, 151000);
     EXPECT_NEAR(s.last_candidates()[0].p, heavy, 1e-5);
 }
+
+// The truncations at a 152K vocabulary (where they cut by bins, never gathering the survivors) draw
+// at the truncated softmax's rate at any temperature: every draw is a kept token, the heavy tokens
+// and the lower half of the kept ones (the edge of the cut) come out as often as they should, and
+// last_candidates() says each kept token's probability.
+TEST(Sampler, TruncatedDrawsFollowTheTruncatedSoftmax) {
+    const int32_t n_vocab = 151936;
+    std::mt19937 rng(11);
+    std::normal_distribution<float> body(0.0f, 1.0f);
+    std::vector<float> logits(static_cast<size_t>(n_vocab));
+    for (float& x : logits) x = body(rng);
+    logits[7] = 12.0f;
+    logits[90000] = 11.5f;
+    logits[151935] = 11.0f;
+    struct Case {
+        int top_k;
+        float top_p, min_p, temp;
+    };
+    for (const Case c : {Case{50000, 1.0f, 0.0f, 0.7f}, Case{0, 0.95f, 0.0f, 1.0f}, Case{0, 0.99f, 2e-5f, 1.5f}, Case{100000, 0.95f, 0.0f, 0.8f}}) {
+        SCOPED_TRACE(testing::Message() << "top_k " << c.top_k << " top_p " << c.top_p << " min_p " << c.min_p << " temp " << c.temp);
+        auto p = plain(c.temp);
+        p.top_k = c.top_k;
+        p.top_p = c.top_p;
+        p.min_p = c.min_p;
+        const std::vector<int32_t> kept = reference_kept(logits, p);
+        ASSERT_GT(kept.size(), 1000u);
+        std::vector<double> want(kept.size());
+        double z = 0;
+        for (size_t i = 0; i < kept.size(); ++i) z += want[i] = std::exp((logits[static_cast<size_t>(kept[i])] - 12.0) / c.temp);
+        std::vector<int64_t> rank(static_cast<size_t>(n_vocab), -1);  // in the kept list
+        for (size_t i = 0; i < kept.size(); ++i) {
+            want[i] /= z;
+            rank[static_cast<size_t>(kept[i])] = static_cast<int64_t>(i);
+        }
+        const size_t half = kept.size() / 2;
+        double want_low = 0;
+        for (size_t i = half; i < kept.size(); ++i) want_low += want[i];
+
+        Sampler s(p, n_vocab);
+        const int n = 2000;
+        int n_top = 0, n_low = 0;
+        for (int d = 0; d < n; ++d) {
+            const int32_t t = s.sample(logits);
+            ASSERT_TRUE(t >= 0 && t < n_vocab);
+            const int64_t r = rank[static_cast<size_t>(t)];
+            ASSERT_GE(r, 0) << "drew token " << t << ", which is not kept";
+            n_top += r == 0;
+            n_low += r >= static_cast<int64_t>(half);
+        }
+        const double sd_top = std::sqrt(want[0] * (1 - want[0]) / n), sd_low = std::sqrt(want_low * (1 - want_low) / n);
+        EXPECT_NEAR(n_top / static_cast<double>(n), want[0], 5 * sd_top);
+        EXPECT_NEAR(n_low / static_cast<double>(n), want_low, 5 * sd_low + 1e-3);
+        const auto got = s.last_candidates();
+        ASSERT_EQ(got.size(), kept.size());
+        double worst = 0;
+        for (size_t i = 0; i < kept.size(); ++i) {
+            ASSERT_EQ(got[i].id, kept[i]) << "rank " << i;
+            worst = std::max(worst, std::abs(got[i].p - want[i]) / want[i]);
+        }
+        EXPECT_LT(worst, 1e-4) << "largest relative error of a kept token's probability";
+    }
+}

@@ -212,9 +212,169 @@ TEST(ServeRobust, IdleAndHalfSentConnectionsDoNotBlock) {
     EXPECT_EQ(ans.rfind("HTTP/1.1 400", 0), 0u) << ans;
     EXPECT_NE(ans.find("Content-Length"), std::string::npos) << ans;
 
-    // The half-sent requests: 400 once --timeout (3 s) passes without their next bytes.
+    // The half-sent requests: 408 once --timeout (3 s) passes without the rest of their headers.
     const std::string late = idle[1]->read(10, "\r\n\r\n");
-    EXPECT_EQ(late.rfind("HTTP/1.1 400", 0), 0u) << late;
+    EXPECT_EQ(late.rfind("HTTP/1.1 408", 0), 0u) << late;
+}
+
+// The threads of a process (/proc/PID/status), -1 if unreadable.
+int thread_count(pid_t pid) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(f, line))
+        if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
+    return -1;
+}
+
+// A client that sends `head` and then one byte every `every_s` for as long as it waits; what it
+// reads back, when the answer began and whether the server then closed the connection.
+struct Trickler {
+    std::unique_ptr<Conn> conn;
+    std::string got;
+    Clock::time_point first, answered;
+    bool closed = false;
+};
+
+// Trickles one byte to each open client every every_s until each has an answer (and the server's
+// end of stream) or max_s passes.
+void trickle(std::vector<Trickler>& ts, double every_s, double max_s) {
+    const auto t0 = Clock::now();
+    auto last = Clock::now() - std::chrono::hours(1);
+    while (seconds_since(t0) < max_s) {
+        bool all_done = true;
+        const bool send_now = seconds_since(last) >= every_s;
+        if (send_now) last = Clock::now();
+        for (auto& t : ts) {
+            if (t.closed) continue;
+            all_done = false;
+            if (send_now && t.got.empty()) t.conn->send("x");
+            pollfd p{t.conn->fd, POLLIN, 0};
+            while (::poll(&p, 1, 0) > 0) {
+                char buf[4096];
+                const ssize_t n = ::recv(t.conn->fd, buf, sizeof buf, MSG_DONTWAIT);
+                if (n <= 0) {
+                    t.closed = true;
+                    break;
+                }
+                if (t.got.empty()) t.answered = Clock::now();
+                t.got.append(buf, static_cast<size_t>(n));
+            }
+        }
+        if (all_done) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+// cpp-httplib's read timeout is per read: a client trickling a byte now and then was never cut
+// off. Now the headers (and then the body) have --timeout in all: a client still sending its
+// headers, or its body, after that gets 408 in the route's error shape and the connection closes.
+TEST(ServeRobust, TricklingClientGets408WithinTheDeadline) {
+    REQUIRE_MODEL();
+    ServeProcess s;
+    ASSERT_TRUE(s.start(model_path(), {"-c", "1024", "-t", "2", "--timeout", "2"}, nullptr, "robust-trickle"));
+    std::vector<Trickler> ts(3);
+    const std::string heads[3] = {
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",                                      // headers, OpenAI route
+        "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{",  // body
+        "GET /heal",  // inside the request line
+    };
+    for (int i = 0; i < 3; ++i) {
+        ts[i].conn = std::make_unique<Conn>(s.port);
+        ASSERT_GE(ts[i].conn->fd, 0);
+        ts[i].first = Clock::now();
+        ASSERT_TRUE(ts[i].conn->send(heads[i]));
+    }
+    trickle(ts, 0.25, 8);
+    for (int i = 0; i < 3; ++i) {
+        const Trickler& t = ts[i];
+        SCOPED_TRACE(heads[i]);
+        EXPECT_TRUE(t.closed) << "the connection was not closed";
+        ASSERT_EQ(t.got.rfind("HTTP/1.1 408 Request Timeout\r\n", 0), 0u) << t.got;
+        const double at = std::chrono::duration<double>(t.answered - t.first).count();
+        EXPECT_GE(at, 1.9);
+        EXPECT_LT(at, 3.0);  // the 2 s deadline, not a per-read timeout that each byte restarts
+        const size_t body_at = t.got.find("\r\n\r\n");
+        ASSERT_NE(body_at, std::string::npos) << t.got;
+        EXPECT_NE(t.got.find("Connection: close\r\n"), std::string::npos) << t.got;
+        const json body = json::parse(t.got.substr(body_at + 4), nullptr, false);
+        ASSERT_FALSE(body.is_discarded()) << t.got;
+        if (i == 0) {  // the OpenAI shape
+            EXPECT_EQ(body["error"]["type"], "invalid_request_error") << body;
+            EXPECT_NE(body["error"]["message"].get<std::string>().find("headers were not complete within 2 s"), std::string::npos) << body;
+        } else {  // the Anthropic shape
+            EXPECT_EQ(body["type"], "error") << body;
+            EXPECT_NE(body["error"]["message"].get<std::string>().find(i == 1 ? "body was not complete within 2 s" : "headers were not complete"),
+                      std::string::npos)
+                << body;
+        }
+    }
+
+    // A request cut short inside its headers (the client ends its side): 400, not silence.
+    Conn cut(s.port);
+    ASSERT_TRUE(cut.send("POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le"));
+    ::shutdown(cut.fd, SHUT_WR);
+    const std::string ans = cut.read(3);
+    EXPECT_EQ(ans.rfind("HTTP/1.1 400 Bad Request\r\n", 0), 0u) << ans;
+    EXPECT_NE(ans.find("incomplete request"), std::string::npos) << ans;
+
+    httplib::Client c("127.0.0.1", s.port);
+    EXPECT_EQ(metric(c, "kiln_http_request_timeouts_total"), 3);
+    EXPECT_EQ(metric(c, "kiln_http_incomplete_requests_total"), 1);
+}
+
+// 64 clients trickling their headers a byte at a time: /health and a real request are answered
+// within 1 s meanwhile, every trickler gets its 408 within the deadline, and afterwards no
+// connection, thread or slot is left behind.
+TEST(ServeRobust, SixtyFourTricklersDoNotBlockAndLeaveNothingBehind) {
+    REQUIRE_MODEL();
+    ServeProcess s;
+    ASSERT_TRUE(s.start(model_path(), {"-c", "1024", "-t", "2", "--timeout", "3"}, nullptr, "robust-trickle64"));
+    httplib::Client c("127.0.0.1", s.port);
+    c.set_read_timeout(10, 0);
+    ASSERT_TRUE(c.Get("/health"));
+    const int threads_before = thread_count(s.pid);
+    ASSERT_GT(threads_before, 0);
+    const int64_t accepted_before = metric(c, "kiln_http_connections_total");
+
+    std::vector<Trickler> ts(64);
+    for (size_t i = 0; i < ts.size(); ++i) {
+        ts[i].conn = std::make_unique<Conn>(s.port);
+        ASSERT_GE(ts[i].conn->fd, 0);
+        ts[i].first = Clock::now();
+        ASSERT_TRUE(ts[i].conn->send(i % 2 ? "GET /health HTTP/1.1\r\nX-Slow: " : "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 90\r\n\r\n"));
+    }
+    std::thread trickler([&] { trickle(ts, 0.5, 10); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    auto t0 = Clock::now();
+    auto h = c.Get("/health");
+    const double health_s = seconds_since(t0);
+    t0 = Clock::now();
+    auto r = c.Post("/v1/messages", messages_body(false, 2).dump(), "application/json");
+    const double real_s = seconds_since(t0);
+    trickler.join();
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 200);
+    EXPECT_LT(health_s, 1.0);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+    EXPECT_LT(real_s, 1.0);
+    for (const Trickler& t : ts) {
+        EXPECT_TRUE(t.closed);
+        ASSERT_EQ(t.got.rfind("HTTP/1.1 408", 0), 0u) << t.got;
+        const double at = std::chrono::duration<double>(t.answered - t.first).count();
+        EXPECT_LT(at, 4.0);
+    }
+
+    // Nothing left: the connections closed (only this client's is open), the thread count is
+    // what it was, no request holds a slot or waits for one.
+    int64_t open = -1;
+    for (int i = 0; i < 50 && (open = metric(c, "kiln_http_connections")) != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(open, 1);
+    EXPECT_GE(metric(c, "kiln_http_connections_total") - accepted_before, 64);
+    EXPECT_EQ(metric(c, "kiln_http_request_timeouts_total"), 64);
+    EXPECT_EQ(thread_count(s.pid), threads_before);
+    EXPECT_EQ(metric(c, "kiln_slots_busy"), 0);
+    EXPECT_EQ(metric(c, "kiln_queue_depth"), 0);
 }
 
 // A non-streaming client that disconnects: its generation is cancelled within 1 s (the slot frees).

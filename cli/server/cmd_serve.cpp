@@ -29,6 +29,7 @@
 #include "cli/command.h"
 #include "cli/text_input.h"
 #include "chat/chat_parser.h"
+#include "cli/server/http_server.h"
 #include "cli/server/server.h"
 #include "runtime/chat_format_impl.h"
 
@@ -261,17 +262,14 @@ public:
     Server(Engine& engine, std::string api_key, std::string model_name)
         : e_(engine), api_key_(std::move(api_key)), model_name_(std::move(model_name)) {}
 
-    // timeout_s: how long a client may keep the server waiting for the next bytes of its request
-    // (or for it to take the next bytes of the answer): then the connection is closed, a request
-    // with its headers incomplete answered 400.
-    void install(httplib::Server& svr, int timeout_s, int max_queue) {
+    // The HTTP layer's limits (HttpServer: total deadlines for a request's headers and body, then
+    // 408) are set where svr is made; here the routes, and the threads for connections.
+    void install(HttpServer& svr, int max_queue) {
+        http_ = &svr;
         svr.set_payload_max_length(kMaxBody);
-        svr.set_read_timeout(timeout_s);
-        svr.set_write_timeout(timeout_s);
-        // An idle keep-alive connection is closed after 5 s. Each open connection holds a thread
-        // until then (cpp-httplib): enough threads that many idle or slow clients leave room for
-        // /health and real requests.
-        svr.set_keep_alive_timeout(5);
+        // Each open connection holds a thread while it is open (cpp-httplib): enough threads that
+        // many idle or slow clients (each cut off by the deadlines) leave room for /health and
+        // real requests.
         const int threads = e_.n_parallel() + max_queue + kSpareConnections;
         svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
 
@@ -881,10 +879,24 @@ private:
         s += "# HELP kiln_cache_evictions_total Blocks dropped from memory (written to disk first when there is a directory).\n"
              "# TYPE kiln_cache_evictions_total counter\n";
         s += fmt::format("kiln_cache_evictions_total {}\n", c.evictions);
+        if (http_) {
+            const HttpCounters& h = http_->counters();
+            s += "# HELP kiln_http_connections Client connections open now.\n# TYPE kiln_http_connections gauge\n";
+            s += fmt::format("kiln_http_connections {}\n", h.open.load());
+            s += "# HELP kiln_http_connections_total Client connections accepted.\n# TYPE kiln_http_connections_total counter\n";
+            s += fmt::format("kiln_http_connections_total {}\n", h.accepted.load());
+            s += "# HELP kiln_http_request_timeouts_total Requests answered 408: headers or body not complete within --timeout.\n"
+                 "# TYPE kiln_http_request_timeouts_total counter\n";
+            s += fmt::format("kiln_http_request_timeouts_total {}\n", h.timed_out.load());
+            s += "# HELP kiln_http_incomplete_requests_total Requests answered 400: the client ended the connection inside the headers.\n"
+                 "# TYPE kiln_http_incomplete_requests_total counter\n";
+            s += fmt::format("kiln_http_incomplete_requests_total {}\n", h.incomplete.load());
+        }
         return s;
     }
 
     Engine& e_;
+    HttpServer* http_ = nullptr;
     std::string api_key_, model_name_;
     std::mutex log_mu_;
     std::set<std::string> rejected_;
@@ -1067,7 +1079,8 @@ int run_serve(const std::vector<std::string>& argv) {
     args.option({"--queue"}, &max_queue, "N", "requests that may wait for a slot before 529 (503 on the OpenAI routes; default 16)", 0,
                 4096);
     args.option({"-to", "--timeout"}, &timeout_s, "N",
-                "seconds a client may stall while sending its request (or taking the answer) before it is dropped (default 30)", 1,
+                "seconds a request's headers, and then its body, may take to arrive in all (then 408 and the connection is closed), "
+                "and that a client may take none of the answer before it is dropped (default 30)", 1,
                 86400);
     args.threads_option(&threads);
     args.option({"--chat-template"}, &template_path, "FILE", "Jinja chat template to use instead of the model's");
@@ -1129,8 +1142,12 @@ int run_serve(const std::vector<std::string>& argv) {
         engine.set_chat_template(t.impl().tmpl, t.end_turn());  // the Engine takes engine/chat's template until it moves
     }
     Server server(engine, api_key, alias);
-    httplib::Server svr;
-    server.install(svr, timeout_s, max_queue);
+    HttpLimits limits;
+    limits.header_timeout_ms = limits.body_timeout_ms = limits.write_timeout_ms = timeout_s * 1000;
+    HttpServer svr(limits, [](httplib::Response& res, int status, const std::string& message, const std::string& path) {
+        send_error(res, ApiError(status, "invalid_request_error", message), is_openai_path(path));
+    });
+    server.install(svr, max_queue);
     // cpp-httplib's defaults: SO_REUSEPORT (a second server on the same port would silently share
     // it) and a listen backlog of 5 (a burst of clients gets connections reset). Instead:
     // SO_REUSEADDR only, and a deep backlog once bound.

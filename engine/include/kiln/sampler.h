@@ -1,9 +1,11 @@
 // Sampler chain: repetition / presence / frequency penalties, then top-k, top-p, min-p,
 // temperature and a seeded draw (or greedy). Buffers are sized once for the vocabulary, so
-// sampling a token allocates nothing. The truncations select (never sort the vocabulary): top-k
-// keeps the k best by partial selection, top-p and min-p cut by thresholds and a mass-weighted
-// selection, and the draw walks the survivors in the order selection left them; at a 152K
-// vocabulary one token costs a few linear passes whatever the parameters (kiln_bench Sampler*).
+// sampling a token allocates nothing. The truncations select (never sort the vocabulary): a small
+// top-k keeps the k best by partial selection; otherwise each truncation keeps a best prefix, found
+// from bins of the logit (counted for top-k, weighed for top-p, one pass) where only the bin that
+// holds the cut is selected among, and the draw weighs the survivors per block of ids without
+// gathering them. At a 152K vocabulary one token costs a few linear passes whatever the parameters
+// (kiln_bench Sampler*).
 #pragma once
 
 #include <cstdint>
@@ -59,15 +61,18 @@ public:
     static constexpr size_t kBlock = 64;  // weights summed per block, so a draw walks blocks first
 
 private:
-    void apply_penalties(std::span<float> logits);
+    bool apply_penalties(std::span<float> logits, float mx);  // true: the largest logit (mx before) may have changed
     // Candidates are keys_ (logit and id in one orderable integer: a larger key ranks first, ties
     // going to the lower id) with a weight each in wts_.
     size_t collect(float floor, size_t k);  // the k best (all if k == 0) of the logits >= floor, unordered
     size_t collect_bracketed(float floor, size_t k);  // collect's fast path for k; 0: take the slow one
     static constexpr size_t kSamples = 1024;
-    // The best prefix of keys_[0, n) whose weight (wts_, at temperature 1 against the best logit mx)
-    // reaches target; keys_ and wts_ are reordered so that it comes first.
-    size_t top_p(size_t n, double target, float mx);
+    static constexpr size_t kSmallK = 1024;  // a top-k up to this gathers its survivors; a larger one cuts by bins
+    // The best prefix of keys[0, n) whose weight (wts, at temperature 1 against the best logit mx)
+    // reaches target; keys and wts are reordered so that it comes first.
+    size_t top_p(uint64_t* keys, float* wts, size_t n, double target, float mx);
+    void pick_best(const int32_t* ids, size_t m, size_t n);  // the n best of ids[0, m) into keys_[0, n) (keys_[0, m) written)
+    size_t walk_by_id(double target) const;  // the draw over the tokens whose key is >= cut_, by block sums
     double u01();
 
     SamplerParams params_;
@@ -82,8 +87,14 @@ private:
     std::vector<float> wts_, bsum_;
     std::vector<uint64_t> side_keys_;  // top_p: the keys of its boundary bin
     std::vector<float> side_wts_;
+    std::vector<float> sel_wts_;     // the weights of the keys of an edge bin
+    std::vector<int32_t> edge_;      // the ids of an edge bin's tokens
     size_t n_cand_ = 0;
-    bool all_ = false;  // no truncation: the candidates are the whole vocabulary in id order (wts_ by id)
+    // by_id_: the candidates are the tokens whose key is >= cut_ (0: all of them), weighing
+    // exp((logit - mx_) * inv_t_), block sums in bsum_; otherwise keys_[0, n_cand_) with wts_[0, n_cand_).
+    bool by_id_ = false;
+    uint64_t cut_ = 0;
+    float mx_ = 0, inv_t_ = 1;
     double draw_z_ = 1;  // sum of wts_ at the last draw, for last_candidates()
     mutable std::vector<Candidate> cand_;  // built by last_candidates()
     mutable bool cand_valid_ = false;
