@@ -11,6 +11,7 @@
 #include "kiln/model.h"
 #include "kiln/prefix_cache.h"
 #include "kiln/sampler.h"
+#include "kiln/serving.h"
 #include "kiln/tokenizer.h"
 #include "kiln/types.h"
 #include "kiln/version.h"
