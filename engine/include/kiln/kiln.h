@@ -7,6 +7,7 @@
 #include "kiln/devices.h"
 #include "kiln/error.h"
 #include "kiln/generator.h"
+#include "kiln/gguf_info.h"
 #include "kiln/memory.h"
 #include "kiln/model.h"
 #include "kiln/prefix_cache.h"
