@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -87,25 +88,27 @@ TEST(ServingEngine, TwoConcurrentRequestsBatchAndMatchALoneGenerator) {
     EXPECT_EQ(engine.n_ctx(), 256);
     EXPECT_STREQ(engine.backend_name(), "cpu");
 
-    // The two decode loops overlap unless the machine stalls one thread for the whole of the
-    // other's run, so a few tries; a step that carried both shows as more tokens than steps.
+    // Each request holds its first piece of text until the other has one too: then both are in
+    // their decode loops and hand in their tokens together (a loaded machine may still stall one
+    // thread past the batch leader's wait, so a few tries). A step that carried both shows as more
+    // tokens than steps.
     bool batched = false;
     for (int attempt = 0; attempt < 12 && !batched; ++attempt) {
         kiln::ServingMetrics& m = engine.metrics();
         const uint64_t steps0 = m.batch_steps.load(), toks0 = m.batch_tokens.load();
         kiln::GenerateResult got[2];
-        std::atomic<int> ready{0};
+        std::atomic<int> generating{0};
         auto run = [&](int i) {
-            kiln::ServeCallbacks cb;
-            cb.on_start = [&](int64_t) {
-                ++ready;
-                while (ready.load() < 2) std::this_thread::yield();  // both hold their slots before either decodes
-            };
             std::string streamed;
             got[i] = engine.generate(prompts[i], greedy(kMax), [&](std::string_view p) {
+                if (streamed.empty()) {
+                    ++generating;
+                    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+                    while (generating.load() < 2 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+                }
                 streamed += p;
                 return true;
-            }, cb);
+            });
             EXPECT_EQ(streamed, got[i].text);
         };
         std::thread a(run, 0), b(run, 1);

@@ -90,6 +90,8 @@ public:
     // the engine stops (stopping() then says so) or keepalive returned false; the prompt is
     // refused with kiln::Error when it is empty or leaves no room for one more token. max_tokens
     // is clamped to the room the context has left (stop reason MaxTokens when that ends it).
+    // The prompt goes in batches of 1024 tokens (ServeCallbacks::keepalive between them), so
+    // GenerateOptions::prompt_chunk and on_prompt are not used.
     GenerateResult generate(std::span<const int32_t> prompt, const GenerateOptions& options,
                             const std::function<bool(std::string_view)>& on_text = {}, const ServeCallbacks& callbacks = {});
     // Answers a rendered conversation: like Generator::chat (the format's parser with
