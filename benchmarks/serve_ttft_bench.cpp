@@ -1,4 +1,4 @@
-// Time to first token through kiln serve's Engine (cli/server/engine.cpp: slots + prefix reuse) for
+// Time to first token through kiln::ServingEngine (kiln/serving.h: slots + prefix reuse; kiln serve's) for
 // a Claude-Code-sized request: ~20K tokens of system prompt and tool schemas in an Anthropic
 // Messages body, rendered by the chat template like the server does. First the cold request, then
 // the same prefix plus one more user turn (what every next turn of an agent sends). Target: the
@@ -60,18 +60,19 @@ json claude_code_like_request() {
                 {"messages", json::array({json{{"role", "user"}, {"content", "List the files in this directory and explain the build."}}})}};
 }
 
-double generate_ms(kiln::serve::Engine& e, std::vector<int32_t> prompt, int64_t* cached) {
-    kiln::serve::GenParams p;
-    p.prompt = std::move(prompt);
+double generate_ms(kiln::ServingEngine& e, const std::vector<int32_t>& prompt, int64_t* cached) {
+    kiln::GenerateOptions p;
     p.max_tokens = 1;  // the first token
     p.sampler.temperature = 0;
-    auto parser = kiln::serve::make_plain_parser();
     const auto t0 = std::chrono::steady_clock::now();
-    const auto r = e.generate(p, *parser, [](int64_t) {}, [] { return true; }, [](const kiln::serve::Event&) { return true; });
+    const kiln::GenerateResult r = e.generate(prompt, p);
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (cached) *cached = r.n_cached;
+    if (cached) *cached = r.n_reused;
     return ms;
 }
+
+// As kiln serve tokenizes a rendered prompt.
+std::vector<int32_t> tokenize(const kiln::ServingEngine& e, const std::string& text) { return e.tokenizer().encode(text, true, true); }
 
 void ServeTTFT(benchmark::State& state) {
     const std::string path = (std::filesystem::path(KILN_SHARED_DIR) / "models" / "qwen3-vocab-tiny.f16.gguf").string();
@@ -80,14 +81,18 @@ void ServeTTFT(benchmark::State& state) {
         return state.SkipWithError(("missing " + path).c_str());
     }
     const kiln::Model model = kiln::Model::load(path);
-    kiln::serve::Engine engine(model, 32768, 1, 4, 0);
+    kiln::ServingOptions so;
+    so.context.n_ctx = 32768;
+    so.max_queue = 4;
+    kiln::ServingEngine engine(model, so);
+    const kiln::ChatFormat format = kiln::ChatFormat::from_model(model);
 
     json body = claude_code_like_request();
-    const auto prompt1 = engine.tokenize_prompt(kiln::serve::render_prompt(engine.chat_template(), kiln::serve::from_anthropic(body)));
+    const auto prompt1 = tokenize(engine, kiln::serve::render_prompt(format, kiln::serve::from_anthropic(body)));
     body["messages"].push_back({{"role", "assistant"}, {"content", "There are three files: CMakeLists.txt, README.md and main.cpp."}});
     body["messages"].push_back({{"role", "user"}, {"content", "Now explain main.cpp."}});
-    const auto prompt2 = engine.tokenize_prompt(kiln::serve::render_prompt(engine.chat_template(), kiln::serve::from_anthropic(body)));
-    const std::vector<int32_t> other = engine.tokenize_prompt("An unrelated short prompt that evicts the cached prefix.");
+    const auto prompt2 = tokenize(engine, kiln::serve::render_prompt(format, kiln::serve::from_anthropic(body)));
+    const std::vector<int32_t> other = tokenize(engine, "An unrelated short prompt that evicts the cached prefix.");
 
     double first = 0, second = 0;
     int64_t cached = 0;

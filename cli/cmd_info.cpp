@@ -10,29 +10,26 @@
 
 #include "cli/args.h"
 #include "cli/command.h"
-#include "gguf/gguf.h"
-#include "model/architecture.h"
+#include "kiln/error.h"
+#include "kiln/gguf_info.h"
 
 namespace kiln::cli {
 namespace {
 
-using gguf::Value;
-using gguf::ValueType;
-
-nlohmann::json to_json(const Value& v) {
-    switch (v.type()) {
-        case ValueType::STRING: return v.as_string();
-        case ValueType::BOOL: return v.as_bool();
-        case ValueType::FLOAT32: case ValueType::FLOAT64: return v.as_float();
-        case ValueType::ARRAY: {
+nlohmann::json to_json(const GgufValue& v) {
+    switch (v.kind) {
+        case GgufValue::Kind::String: return v.s;
+        case GgufValue::Kind::Bool: return v.b;
+        case GgufValue::Kind::Float: return v.f;
+        case GgufValue::Kind::Array: {
             nlohmann::json a = nlohmann::json::array();
-            for (const Value& e : v.as_array()) a.push_back(to_json(e));
+            for (const GgufValue& e : v.items) a.push_back(to_json(e));
             return a;
         }
-        case ValueType::UINT64: case ValueType::UINT32: case ValueType::UINT16: case ValueType::UINT8:
-            return v.as_uint();
-        default: return v.as_int();
+        case GgufValue::Kind::UInt: return v.u;
+        case GgufValue::Kind::Int: return v.i;
     }
+    return nullptr;
 }
 
 std::string human_bytes(double b) {
@@ -67,13 +64,16 @@ struct AttentionParts {
     std::vector<std::string> biases;  // "q", "k", "v", "output"
 };
 
-AttentionParts attention_parts(const gguf::File& f) {
+AttentionParts attention_parts(const GgufInfo& f) {
+    auto has = [&](const std::string& name) {
+        return std::any_of(f.tensors.begin(), f.tensors.end(), [&](const GgufTensor& t) { return t.name == name; });
+    };
     AttentionParts a;
-    if (!f.find_tensor("blk.0.attn_q.weight")) return a;
+    if (!has("blk.0.attn_q.weight")) return a;
     a.known = true;
-    a.qk_norm = f.find_tensor("blk.0.attn_q_norm.weight") && f.find_tensor("blk.0.attn_k_norm.weight");
+    a.qk_norm = has("blk.0.attn_q_norm.weight") && has("blk.0.attn_k_norm.weight");
     for (const char* p : {"q", "k", "v", "output"})
-        if (f.find_tensor(fmt::format("blk.0.attn_{}.bias", p))) a.biases.emplace_back(p);
+        if (has(fmt::format("blk.0.attn_{}.bias", p))) a.biases.emplace_back(p);
     return a;
 }
 
@@ -83,11 +83,11 @@ struct Summary {
     std::map<std::string, std::pair<uint64_t, uint64_t>> per_type;  // name -> (count, bytes)
 };
 
-Summary summarise(const gguf::File& f) {
+Summary summarise(const GgufInfo& f) {
     Summary s;
     const std::string arch = f.architecture();
     const std::string prefix = arch + ".";
-    for (const auto& [key, value] : f.metadata())
+    for (const auto& [key, value] : f.metadata)
         if (!arch.empty() && key.rfind(prefix, 0) == 0) s.hparams[key.substr(prefix.size())] = to_json(value);
 
     auto& h = s.hparams;
@@ -102,10 +102,10 @@ Summary summarise(const gguf::File& f) {
     }
     if (!arch.empty()) h["rope.type"] = rope_kind(arch);
 
-    for (const auto& t : f.tensors()) {
+    for (const auto& t : f.tensors) {
         s.params += t.n_elements;
         s.tensor_bytes += t.n_bytes;
-        auto& e = s.per_type[type_name(t.type)];
+        auto& e = s.per_type[t.type];
         e.first += 1;
         e.second += t.n_bytes;
     }
@@ -171,11 +171,10 @@ struct KvPerToken {
     uint64_t full_bytes = 0, sliding_bytes = 0;  // per token per layer
 };
 
-KvPerToken kv_per_token(const gguf::File& f) {
+KvPerToken kv_per_token(const GgufInfo& f) {
     KvPerToken k;
     try {
-        const auto arch = model::load_architecture(f);
-        for (const model::KvLayerSpec& kl : arch->kv_layers()) {  // MLA layers store K only (V is its head)
+        for (const GgufKvLayer& kl : GgufInfo::read_kv_layers(f.path)) {  // MLA layers store K only (V is its head)
             const uint64_t row = static_cast<uint64_t>(kl.n_head_kv * (kl.head_dim_k + (kl.v_in_k ? 0 : kl.head_dim_v))) * 2;
             if (const int64_t w = kl.window; w > 0) {
                 ++k.sliding_layers;
@@ -209,19 +208,20 @@ int run_info(const std::vector<std::string>& argv) {
     if (files.empty()) throw Error("kiln info: no model given (usage: kiln info MODEL.gguf)");
     if (files.size() > 1) throw Error("kiln info: give one model file");
 
-    auto f = gguf::File::open(path);
-    const Summary s = summarise(*f);
+    const GgufInfo info = GgufInfo::read(path);
+    const GgufInfo* f = &info;
+    const Summary s = summarise(info);
     const std::string arch = f->architecture();
-    const Value* tokens = f->find("tokenizer.ggml.tokens");
-    const uint64_t n_vocab = tokens && tokens->is_array() ? tokens->as_array().size() : 0;
-    const Value* tmpl = f->find("tokenizer.chat_template");
-    const bool has_template = tmpl && tmpl->is_string();
+    const GgufValue* tokens = f->find("tokenizer.ggml.tokens");
+    const uint64_t n_vocab = tokens && tokens->kind == GgufValue::Kind::Array ? tokens->items.size() : 0;
+    const GgufValue* tmpl = f->find("tokenizer.chat_template");
+    const bool has_template = tmpl && tmpl->kind == GgufValue::Kind::String;
 
     if (json) {
         nlohmann::json j;
         j["file"] = path;
-        j["gguf_version"] = f->version();
-        j["file_size"] = f->file_size();
+        j["gguf_version"] = f->version;
+        j["file_size"] = f->file_size;
         j["architecture"] = arch;
         j["name"] = f->get_string_or("general.name", "");
         j["hparams"] = s.hparams;
@@ -231,15 +231,15 @@ int run_info(const std::vector<std::string>& argv) {
                           {"bos_token_id", f->get_int_or("tokenizer.ggml.bos_token_id", -1)},
                           {"eos_token_id", f->get_int_or("tokenizer.ggml.eos_token_id", -1)}};
         j["chat_template"] = has_template;
-        if (const AttentionParts a = attention_parts(*f); a.known) j["attention"] = {{"qk_norm", a.qk_norm}, {"biases", a.biases}};
-        if (const KvPerToken kv = kv_per_token(*f); kv.known)
+        if (const AttentionParts a = attention_parts(info); a.known) j["attention"] = {{"qk_norm", a.qk_norm}, {"biases", a.biases}};
+        if (const KvPerToken kv = kv_per_token(info); kv.known)
             j["kv_cache"] = {{"type", "f16"},
                              {"full_layers", kv.full_layers},
                              {"full_bytes_per_token_per_layer", kv.full_bytes},
                              {"sliding_layers", kv.sliding_layers},
                              {"sliding_window", kv.window},
                              {"sliding_bytes_per_token_per_layer", kv.sliding_bytes}};
-        j["tensor_count"] = f->tensors().size();
+        j["tensor_count"] = f->tensors.size();
         j["parameter_count"] = s.params;
         j["tensor_bytes"] = s.tensor_bytes;
         nlohmann::json types = nlohmann::json::object();
@@ -247,16 +247,16 @@ int run_info(const std::vector<std::string>& argv) {
         j["types"] = types;
         if (tensors) {
             nlohmann::json t = nlohmann::json::array();
-            for (const auto& ti : f->tensors())
-                t.push_back({{"name", ti.name}, {"type", type_name(ti.type)}, {"shape", ti.shape},
-                             {"bytes", ti.n_bytes}, {"offset", f->data_offset() + ti.offset}});
+            for (const auto& ti : f->tensors)
+                t.push_back({{"name", ti.name}, {"type", ti.type}, {"shape", ti.shape},
+                             {"bytes", ti.n_bytes}, {"offset", ti.offset}});
             j["tensors"] = t;
         }
         fmt::print("{}\n", j.dump(2));
         return 0;
     }
 
-    fmt::print("file            {} (GGUF v{}, {})\n", path, f->version(), human_bytes(static_cast<double>(f->file_size())));
+    fmt::print("file            {} (GGUF v{}, {})\n", path, f->version, human_bytes(static_cast<double>(f->file_size)));
     fmt::print("architecture    {}\n", arch.empty() ? "(none)" : arch);
     fmt::print("name            {}\n", shown(f->get_string_or("general.name", "(none)")));
     if (!s.hparams.empty()) {
@@ -274,7 +274,7 @@ int run_info(const std::vector<std::string>& argv) {
             if (std::find(shown.begin(), shown.end(), key) == shown.end())
                 fmt::print("  {:<34} {}\n", key, render(value));
     }
-    if (const AttentionParts a = attention_parts(*f); a.known) {
+    if (const AttentionParts a = attention_parts(info); a.known) {
         std::string bias;
         for (const auto& b : a.biases) bias += (bias.empty() ? "" : ", ") + (b == "output" ? b : std::string(1, static_cast<char>(std::toupper(b[0]))));
         fmt::print("attention       {}, {}\n", a.qk_norm ? "Q/K RMS norms" : "no Q/K norms", bias.empty() ? "no biases" : "biases on " + bias);
@@ -282,7 +282,7 @@ int run_info(const std::vector<std::string>& argv) {
     fmt::print("tokenizer       {} (pre: {}), {} tokens, bos {}, eos {}\n",
                shown(f->get_string_or("tokenizer.ggml.model", "(none)")), shown(f->get_string_or("tokenizer.ggml.pre", "default")),
                n_vocab, f->get_int_or("tokenizer.ggml.bos_token_id", -1), f->get_int_or("tokenizer.ggml.eos_token_id", -1));
-    if (const KvPerToken kv = kv_per_token(*f); kv.known) {
+    if (const KvPerToken kv = kv_per_token(info); kv.known) {
         std::string line = fmt::format("f16, {} full layers x {} B per token", kv.full_layers, kv.full_bytes);
         if (kv.sliding_layers > 0)
             line += fmt::format("; {} sliding-window layers x {} B per token, ring of {} + batch tokens", kv.sliding_layers,
@@ -291,17 +291,17 @@ int run_info(const std::vector<std::string>& argv) {
     } else {
         fmt::print("kv cache        unknown ({})\n", kv.error);
     }
-    fmt::print("chat template   {}\n", has_template ? fmt::format("present ({} chars)", tmpl->as_string().size()) : "none");
+    fmt::print("chat template   {}\n", has_template ? fmt::format("present ({} chars)", tmpl->s.size()) : "none");
     const double bpw = s.params ? 8.0 * static_cast<double>(s.tensor_bytes) / static_cast<double>(s.params) : 0.0;
-    fmt::print("tensors         {} tensors, {} parameters, {} ({:.2f} bits per weight)\n", f->tensors().size(),
+    fmt::print("tensors         {} tensors, {} parameters, {} ({:.2f} bits per weight)\n", f->tensors.size(),
                human_count(static_cast<double>(s.params)), human_bytes(static_cast<double>(s.tensor_bytes)), bpw);
     for (const auto& [name, e] : s.per_type)
         fmt::print("  {:<8} {:>6} tensors {:>12}\n", name, e.first, human_bytes(static_cast<double>(e.second)));
     if (tensors) {
         fmt::print("\n{:<40} {:<8} {:<24} {:>12} {:>12}\n", "name", "type", "shape", "bytes", "offset");
-        for (const auto& ti : f->tensors())
-            fmt::print("{:<40} {:<8} {:<24} {:>12} {:>12}\n", ti.name, type_name(ti.type), ti.shape_string(), ti.n_bytes,
-                       f->data_offset() + ti.offset);
+        for (const auto& ti : f->tensors)
+            fmt::print("{:<40} {:<8} {:<24} {:>12} {:>12}\n", ti.name, ti.type, ti.shape_string(), ti.n_bytes,
+                       ti.offset);
     }
     return 0;
 }

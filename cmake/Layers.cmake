@@ -17,7 +17,8 @@
 #   kernels    base quant
 #   model      base quant gguf tokenizer graph
 #   backend    base quant graph kernels
-#   runtime    every layer above: contexts, sampler, generator, chat formats (the public API's home)
+#   runtime    every layer above: contexts, sampler, the generation step, generator, serving engine,
+#              chat formats, GGUF file info (the public API's home)
 set(KILN_LAYERS quant gguf tokenizer chat graph kernels model backend runtime)
 set(KILN_LAYER_DEPS_quant base)
 set(KILN_LAYER_DEPS_gguf base quant)
@@ -32,7 +33,7 @@ set(KILN_LAYER_DEPS_runtime base quant gguf tokenizer chat graph kernels model b
 set(KILN_LAYER_PUBLIC_tokenizer tokenizer.h)
 set(KILN_LAYER_PUBLIC_model model.h)
 set(KILN_LAYER_PUBLIC_backend devices.h)
-set(KILN_LAYER_PUBLIC_runtime chat.h context.h generator.h kiln.h memory.h prefix_cache.h sampler.h)
+set(KILN_LAYER_PUBLIC_runtime chat.h context.h generator.h gguf_info.h kiln.h memory.h prefix_cache.h sampler.h serving.h)
 
 set(KILN_LAYER_ROOTS ${CMAKE_BINARY_DIR}/layers)
 add_library(layer_base INTERFACE)

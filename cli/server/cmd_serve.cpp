@@ -28,10 +28,8 @@
 #include "kiln/memory.h"
 #include "cli/command.h"
 #include "cli/text_input.h"
-#include "chat/chat_parser.h"
 #include "cli/server/http_server.h"
 #include "cli/server/server.h"
-#include "runtime/chat_format_impl.h"
 
 namespace kiln::cli {
 namespace {
@@ -227,40 +225,41 @@ json openai_usage(const GenResult& g) {
 struct Collector {
     json blocks = json::array();
     std::string last_kind;
-    void add(const Event& e) {
+    void add(const ReplyEvent& e) {
         switch (e.kind) {
-            case Event::Text:
+            case ReplyEvent::Kind::Text:
                 if (last_kind != "text") blocks.push_back(json{{"type", "text"}, {"text", ""}});
                 blocks.back()["text"] = blocks.back()["text"].get<std::string>() + e.text;
                 last_kind = "text";
                 break;
-            case Event::Thinking:
+            case ReplyEvent::Kind::Reasoning:
                 if (last_kind != "thinking") blocks.push_back(json{{"type", "thinking"}, {"thinking", ""}, {"signature", "kiln"}});
                 blocks.back()["thinking"] = blocks.back()["thinking"].get<std::string>() + e.text;
                 last_kind = "thinking";
                 break;
-            case Event::ToolStart:
+            case ReplyEvent::Kind::ToolCallStart:
                 blocks.push_back(json{{"type", "tool_use"}, {"id", e.id}, {"name", e.name}, {"input", ""}});
                 last_kind = "tool_use";
                 break;
-            case Event::ToolArgs:
+            case ReplyEvent::Kind::ToolCallArgs:
                 if (last_kind == "tool_use") blocks.back()["input"] = blocks.back()["input"].get<std::string>() + e.text;
                 break;
-            case Event::ToolEnd:
+            case ReplyEvent::Kind::ToolCallEnd:
                 if (last_kind == "tool_use") {
                     json in = json::parse(blocks.back()["input"].get<std::string>(), nullptr, false);
                     blocks.back()["input"] = in.is_object() ? in : json::object();
                 }
                 last_kind = "";
                 break;
+            case ReplyEvent::Kind::Warning: break;  // logged by Server::generate
         }
     }
 };
 
 class Server {
 public:
-    Server(Engine& engine, std::string api_key, std::string model_name)
-        : e_(engine), api_key_(std::move(api_key)), model_name_(std::move(model_name)) {}
+    Server(ServingEngine& engine, ChatFormat format, std::string api_key, std::string model_name)
+        : e_(engine), format_(std::move(format)), api_key_(std::move(api_key)), model_name_(std::move(model_name)) {}
 
     // The HTTP layer's limits (HttpServer: total deadlines for a request's headers and body, then
     // 408) are set where svr is made; here the routes, and the threads for connections.
@@ -399,7 +398,7 @@ public:
         svr.Post("/v1/messages/count_tokens", [this](const httplib::Request& req, httplib::Response& res) {
             guarded(req, res, false, [&] {
                 const ChatRequest r = from_anthropic(parse_body(req.body));
-                const std::string prompt = render_prompt(e_.chat_template(), r);
+                const std::string prompt = render_prompt(format_, r);
                 const auto toks = e_.tokenizer().encode(prompt, true, true);
                 res.set_content(json{{"input_tokens", toks.size()}}.dump(), "application/json");
             });
@@ -442,27 +441,61 @@ private:
     }
 
     // Prepares the request up to the token ids: the errors a client should get before any stream.
-    GenParams prepare(ChatRequest& r, std::string& prompt) {
-        prompt = render_prompt(e_.chat_template(), r);
-        const chat::ParserFamily family = e_.parser_family();
+    // Tool call ids are id_prefix + a random part + their index. The chat format adds its end of
+    // turn to the stops and its end of thinking for a budget (ServingEngine::chat).
+    GenParams prepare(ChatRequest& r, const char* id_prefix) {
+        std::string prompt = render_prompt(format_, r);
         // tool_choice any / a named tool: the prompt ends inside the family's opened tool call (a
         // family without a tool-call format cannot be forced: the tools are offered, no more).
-        if (!r.force_tool.empty() && r.prefill.empty() && r.gen.json_plan.empty()) {
-            r.gen.output_prefix = chat::tool_call_opener(family, r.force_tool == "*" ? "" : r.force_tool);
-            prompt += r.gen.output_prefix;
+        if (!r.force_tool.empty() && r.prefill.empty() && r.gen.json_schema.empty()) {
+            r.gen.reply.output_prefix = format_.tool_call_opener(r.force_tool == "*" ? "" : r.force_tool);
+            prompt += r.gen.reply.output_prefix;
         }
-        if (r.gen.thinking_budget >= 0) r.gen.thinking_closer = chat::thinking_closer(family);
-        if ((family == chat::ParserFamily::QwenXml || family == chat::ParserFamily::Glm) && r.tools.is_array())
-            r.gen.tools_json = r.tools.dump();
-        if (!e_.end_turn().empty() && std::find(r.gen.stop.begin(), r.gen.stop.end(), e_.end_turn()) == r.gen.stop.end())
-            r.gen.stop.push_back(e_.end_turn());
-        r.gen.prompt = e_.tokenize_prompt(prompt);
+        // Parsers that type tool arguments by the tools' schemas: Qwen3-Coder's XML calls, GLM's arg_value pairs.
+        const std::string family = format_.parser_name();
+        if ((family == "qwen3-coder" || family == "glm") && r.tools.is_array()) r.gen.reply.tools_json = r.tools.dump();
+        r.gen.reply.tool_call_id_prefix = random_id(id_prefix) + "_";
+        r.gen.prompt.tokens = tokenize_prompt(prompt);
+        r.gen.prompt.text = std::move(prompt);
         return r.gen;
     }
-    std::shared_ptr<OutputParser> parser_for(const std::string& prompt, const char* id_prefix, const GenParams& gen) {
-        if (!gen.json_plan.empty()) return make_plain_parser();  // JSON output: text only
-        return make_chat_parser(e_.parser_family(), prompt, random_id(id_prefix) + "_",
-                                gen.output_prefix, gen.tools_json);
+
+    // Tokenizes a prompt; ApiError 400 when it is empty or "prompt is too long: N tokens > M maximum".
+    std::vector<int32_t> tokenize_prompt(const std::string& text) const {
+        std::vector<int32_t> t = e_.tokenizer().encode(text, /*add_special=*/true, /*parse_special=*/true);
+        if (t.empty()) throw bad_request("the prompt is empty");
+        if (static_cast<int64_t>(t.size()) >= e_.n_ctx())
+            throw bad_request(fmt::format("prompt is too long: {} tokens > {} maximum", t.size(), e_.n_ctx() - 1));
+        return t;
+    }
+
+    // A place in the queue: ApiError 529 when the queue is full (503 once stopping).
+    std::shared_ptr<ServingEngine::Admission> admit() {
+        try {
+            return std::make_shared<ServingEngine::Admission>(e_);
+        } catch (const Error&) {
+            if (e_.stopping()) throw shutting_down();
+            throw ApiError(529, "overloaded_error", "the server is overloaded: every slot is busy and the queue is full");
+        }
+    }
+
+    // A chat request through the engine: on_start(n_cached) once it has its slot, keepalive()
+    // about every second while it waits and between prompt batches (false: cancel), emit() each
+    // event of the reply (false: cancel). The parser's warnings go to the log.
+    GenResult generate(const GenParams& gen, const std::function<void(int64_t)>& on_start, const std::function<bool()>& keepalive,
+                       const std::function<bool(const ReplyEvent&)>& emit) {
+        const std::function<bool(const ReplyEvent&)> on_event = [&](const ReplyEvent& e) {
+            if (e.kind != ReplyEvent::Kind::Warning) return emit(e);
+            fmt::print(stderr, "kiln serve: model output: {}\n", e.text);
+            return true;
+        };
+        GenerateResult g = e_.chat(format_, gen.prompt, gen, on_event, ServeCallbacks{on_start, keepalive});
+        return to_result(std::move(g), e_.stopping());
+    }
+    // A completion (no template, plain text).
+    GenResult complete(const GenParams& gen, const std::function<bool()>& keepalive, const std::function<bool(std::string_view)>& emit) {
+        GenerateResult g = e_.generate(gen.prompt.tokens, gen, emit, ServeCallbacks{{}, keepalive});
+        return to_result(std::move(g), e_.stopping());
     }
 
     void log_done(const char* api, const GenResult& g) {
@@ -476,16 +509,14 @@ private:
         const json body = parse_body(req.body);
         if (body.is_object() && !body.contains("max_tokens")) throw bad_request("max_tokens: Field required");
         ChatRequest r = from_anthropic(body);
-        auto adm = std::make_shared<Engine::Admission>(e_);
-        std::string prompt;
-        auto gen = std::make_shared<GenParams>(prepare(r, prompt));
+        auto adm = admit();
+        auto gen = std::make_shared<GenParams>(prepare(r, "toolu_"));
         const std::string id = random_id("msg_");
         const std::string model = r.model.empty() ? model_name_ : r.model;
-        std::shared_ptr<OutputParser> parser = parser_for(prompt, "toolu_", *gen);
         if (!r.stream) {
             Collector col;
             ClientWatch alive(req);
-            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, std::ref(alive), [&](const Event& ev) {
+            const GenResult g = generate(*gen, [](int64_t) {}, std::ref(alive), [&](const ReplyEvent& ev) {
                 col.add(ev);
                 return alive();
             });
@@ -504,8 +535,8 @@ private:
             return;
         }
         res.set_header("Cache-Control", "no-cache");
-        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, parser, id, model](size_t, httplib::DataSink& sink) {
-            stream_messages(sink, *gen, *parser, id, model);
+        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, id, model](size_t, httplib::DataSink& sink) {
+            stream_messages(sink, *gen, id, model);
             sink.done();
             return true;
         });
@@ -516,7 +547,7 @@ private:
         return sink.write(s.data(), s.size());
     }
 
-    void stream_messages(httplib::DataSink& sink, const GenParams& gen, OutputParser& parser, const std::string& id, const std::string& model) {
+    void stream_messages(httplib::DataSink& sink, const GenParams& gen, const std::string& id, const std::string& model) {
         bool alive = true;
         auto last_write = Clock::now();
         auto send = [&](const char* ev, const json& d) {
@@ -542,8 +573,8 @@ private:
         };
         GenResult g;
         try {
-            g = e_.generate(
-                gen, parser,
+            g = generate(
+                gen,
                 [&](int64_t cached) {
                     started = true;
                     send("message_start",
@@ -557,7 +588,7 @@ private:
                                 {"stop_reason", nullptr},
                                 {"stop_sequence", nullptr},
                                 {"usage",
-                                 {{"input_tokens", static_cast<int64_t>(gen.prompt.size()) - cached},
+                                 {{"input_tokens", static_cast<int64_t>(gen.prompt.tokens.size()) - cached},
                                   {"output_tokens", 0},
                                   {"cache_read_input_tokens", cached},
                                   {"cache_creation_input_tokens", 0}}}}}});
@@ -575,24 +606,25 @@ private:
                     }
                     return alive;
                 },
-                [&](const Event& ev) {
+                [&](const ReplyEvent& ev) {
                     switch (ev.kind) {
-                        case Event::Text:
+                        case ReplyEvent::Kind::Text:
                             if (open != "text") open_block("text", json{{"type", "text"}, {"text", ""}});
                             send("content_block_delta", json{{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "text_delta"}, {"text", ev.text}}}});
                             break;
-                        case Event::Thinking:
+                        case ReplyEvent::Kind::Reasoning:
                             if (open != "thinking") open_block("thinking", json{{"type", "thinking"}, {"thinking", ""}});
                             send("content_block_delta", json{{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "thinking_delta"}, {"thinking", ev.text}}}});
                             break;
-                        case Event::ToolStart:
+                        case ReplyEvent::Kind::ToolCallStart:
                             open_block("tool_use", json{{"type", "tool_use"}, {"id", ev.id}, {"name", ev.name}, {"input", json::object()}});
                             break;
-                        case Event::ToolArgs:
+                        case ReplyEvent::Kind::ToolCallArgs:
                             if (open == "tool_use")
                                 send("content_block_delta", json{{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "input_json_delta"}, {"partial_json", ev.text}}}});
                             break;
-                        case Event::ToolEnd: close_block(); break;
+                        case ReplyEvent::Kind::ToolCallEnd: close_block(); break;
+                        case ReplyEvent::Kind::Warning: break;  // logged by generate()
                     }
                     return alive;
                 });
@@ -620,22 +652,20 @@ private:
 
     void chat_completions(const httplib::Request& req, httplib::Response& res) {
         ChatRequest r = from_openai(parse_body(req.body));
-        auto adm = std::make_shared<Engine::Admission>(e_);
-        std::string prompt;
-        auto gen = std::make_shared<GenParams>(prepare(r, prompt));
+        auto adm = admit();
+        auto gen = std::make_shared<GenParams>(prepare(r, "call_"));
         const std::string id = random_id("chatcmpl-");
         const std::string model = r.model.empty() ? model_name_ : r.model;
         const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-        std::shared_ptr<OutputParser> parser = parser_for(prompt, "call_", *gen);
         if (!r.stream) {
             std::string text, reasoning;
             json calls = json::array();
             ClientWatch alive(req);
-            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, std::ref(alive), [&](const Event& ev) {
-                if (ev.kind == Event::Text) text += ev.text;
-                else if (ev.kind == Event::Thinking) reasoning += ev.text;
-                else if (ev.kind == Event::ToolStart) calls.push_back(json{{"id", ev.id}, {"type", "function"}, {"function", {{"name", ev.name}, {"arguments", ""}}}});
-                else if (ev.kind == Event::ToolArgs && !calls.empty())
+            const GenResult g = generate(*gen, [](int64_t) {}, std::ref(alive), [&](const ReplyEvent& ev) {
+                if (ev.kind == ReplyEvent::Kind::Text) text += ev.text;
+                else if (ev.kind == ReplyEvent::Kind::Reasoning) reasoning += ev.text;
+                else if (ev.kind == ReplyEvent::Kind::ToolCallStart) calls.push_back(json{{"id", ev.id}, {"type", "function"}, {"function", {{"name", ev.name}, {"arguments", ""}}}});
+                else if (ev.kind == ReplyEvent::Kind::ToolCallArgs && !calls.empty())
                     calls.back()["function"]["arguments"] = calls.back()["function"]["arguments"].get<std::string>() + ev.text;
                 return alive();
             });
@@ -658,7 +688,7 @@ private:
         }
         const bool include_usage = r.include_usage;
         res.set_header("Cache-Control", "no-cache");
-        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, parser, id, model, created, include_usage](size_t, httplib::DataSink& sink) {
+        res.set_chunked_content_provider("text/event-stream", [this, adm, gen, id, model, created, include_usage](size_t, httplib::DataSink& sink) {
             bool alive = true;
             // logprobs: the tokens generated since the last chunk ride on the next one.
             std::vector<TokenLogprobs> pending;
@@ -680,18 +710,18 @@ private:
             int tool_index = -1;
             GenResult g;
             try {
-                g = e_.generate(
-                    *gen, *parser, [&](int64_t) { chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr); },
+                g = generate(
+                    *gen, [&](int64_t) { chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr); },
                     [&] {
                         if (alive) alive = sink.write(": ping\n\n", 8);
                         return alive;
                     },
-                    [&](const Event& ev) {
-                        if (ev.kind == Event::Text) chunk(json{{"content", ev.text}}, nullptr);
-                        else if (ev.kind == Event::Thinking) chunk(json{{"reasoning_content", ev.text}}, nullptr);
-                        else if (ev.kind == Event::ToolStart)
+                    [&](const ReplyEvent& ev) {
+                        if (ev.kind == ReplyEvent::Kind::Text) chunk(json{{"content", ev.text}}, nullptr);
+                        else if (ev.kind == ReplyEvent::Kind::Reasoning) chunk(json{{"reasoning_content", ev.text}}, nullptr);
+                        else if (ev.kind == ReplyEvent::Kind::ToolCallStart)
                             chunk(json{{"tool_calls", json::array({json{{"index", ++tool_index}, {"id", ev.id}, {"type", "function"}, {"function", {{"name", ev.name}, {"arguments", ""}}}}})}}, nullptr);
-                        else if (ev.kind == Event::ToolArgs)
+                        else if (ev.kind == ReplyEvent::Kind::ToolCallArgs)
                             chunk(json{{"tool_calls", json::array({json{{"index", tool_index}, {"function", {{"arguments", ev.text}}}}})}}, nullptr);
                         return alive;
                     });
@@ -741,9 +771,9 @@ private:
             throw bad_request("prompt: expected a string (one prompt per request)");
         const std::string prompt = it->is_string() ? it->get<std::string>() : (*it)[0].get<std::string>();
         if (body.contains("max_tokens") == false) r.gen.max_tokens = 16;  // OpenAI's default
-        auto adm = std::make_shared<Engine::Admission>(e_);
+        auto adm = admit();
         auto gen = std::make_shared<GenParams>(r.gen);
-        gen->prompt = e_.tokenize_prompt(prompt);
+        gen->prompt.tokens = tokenize_prompt(prompt);
         const std::string id = random_id("cmpl-");
         const std::string model = r.model.empty() ? model_name_ : r.model;
         const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -751,11 +781,10 @@ private:
             return json::array({json{{"text", text}, {"index", 0}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}}});
         };
         if (!r.stream) {
-            auto parser = make_plain_parser();
             std::string text;
             ClientWatch alive(req);
-            const GenResult g = e_.generate(*gen, *parser, [](int64_t) {}, std::ref(alive), [&](const Event& ev) {
-                text += ev.text;
+            const GenResult g = complete(*gen, std::ref(alive), [&](std::string_view piece) {
+                text += piece;
                 return alive();
             });
             log_done("completions", g);
@@ -776,7 +805,6 @@ private:
                 return alive;
             };
             auto base = [&] { return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}}; };
-            auto parser = make_plain_parser();
             std::vector<TokenLogprobs> pending;
             size_t offset = 0;
             if (gen->n_logprobs >= 0) gen->on_logprobs = [&](const TokenLogprobs& t) { pending.push_back(t); };
@@ -788,11 +816,11 @@ private:
                 return lp;
             };
             try {
-                const GenResult g = e_.generate(
-                    *gen, *parser, [](int64_t) {}, [&] { return alive = alive && sink.write(": ping\n\n", 8); },
-                    [&](const Event& ev) {
+                const GenResult g = complete(
+                    *gen, [&] { return alive = alive && sink.write(": ping\n\n", 8); },
+                    [&](std::string_view piece) {
                         json c = base();
-                        c["choices"] = choice(ev.text, nullptr, chunk_logprobs());
+                        c["choices"] = choice(std::string(piece), nullptr, chunk_logprobs());
                         return write(c);
                     });
                 log_done("completions", g);
@@ -820,7 +848,7 @@ private:
     }
 
     std::string metrics_text() {
-        Metrics& m = e_.metrics();
+        ServingMetrics& m = e_.metrics();
         auto rate = [](uint64_t n, uint64_t us) { return us ? 1e6 * static_cast<double>(n) / static_cast<double>(us) : 0.0; };
         std::string s;
         s += "# HELP kiln_requests_total HTTP requests received.\n# TYPE kiln_requests_total counter\n";
@@ -895,7 +923,8 @@ private:
         return s;
     }
 
-    Engine& e_;
+    ServingEngine& e_;
+    const ChatFormat format_;  // the model's template, or --chat-template / --chat-template-name
     HttpServer* http_ = nullptr;
     std::string api_key_, model_name_;
     std::mutex log_mu_;
@@ -958,14 +987,14 @@ const char* signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGT
 
 struct StopTarget {
     std::atomic<httplib::Server*> svr{nullptr};
-    std::atomic<Engine*> engine{nullptr};
+    std::atomic<ServingEngine*> engine{nullptr};
 };
 
 void stop_thread(StopTarget* t) {
     const sigset_t set = stop_signals();
     int sig = 0;
     if (::sigwait(&set, &sig) != 0) return;
-    Engine* engine = t->engine.load();
+    ServingEngine* engine = t->engine.load();
     httplib::Server* svr = t->svr.load();
     if (!engine || !svr) {  // still loading: nothing to keep
         fmt::print(stderr, "kiln serve: {}: exiting\n", signal_name(sig));
@@ -1016,7 +1045,7 @@ ServePlan plan_serve(const Model& model, int64_t n_ctx, int parallel, int thread
     co.kv_type_k = kv_k;
     co.kv_type_v = kv_v;
     co.n_threads = threads;
-    co.n_batch = 1024;  // the server's prompt batch (kPrefillBatch, server/engine.cpp)
+    co.n_batch = 1024;  // the serving engine's prompt batch (kiln/serving.h)
     // The cache's blocks are host memory: on the CPU they count in the plan; on Vulkan the plan is
     // the device's.
     const bool on_cpu = backend == "cpu";
@@ -1046,6 +1075,25 @@ ServePlan plan_serve(const Model& model, int64_t n_ctx, int parallel, int thread
             fmt::print(stderr, "kiln serve: prefix cache: {} of host memory (half of what the plan leaves free; --cache-mem sets it)\n",
                        format_bytes(out.cache_bytes));
     }
+    return out;
+}
+
+// KILN_SERVE_SCRIPTED_OUTPUT, for tests of the output path (parsers, SSE): every generation replays
+// this text's tokens, then end of text. Models with random weights never produce a tool call on
+// their own. Several outputs separated by the ASCII record separator (\x1e) are used in turn, one
+// per generation (then from the first again): a tool call, then the answer after its result.
+std::vector<std::string> scripted_outputs() {
+    std::vector<std::string> out;
+    const char* s = std::getenv("KILN_SERVE_SCRIPTED_OUTPUT");
+    if (!s || !*s) return out;
+    const std::string all = s;
+    for (size_t pos = 0;;) {
+        const size_t end = all.find('\x1e', pos);
+        out.push_back(all.substr(pos, end == std::string::npos ? std::string::npos : end - pos));
+        if (end == std::string::npos) break;
+        pos = end + 1;
+    }
+    fmt::print(stderr, "kiln serve: KILN_SERVE_SCRIPTED_OUTPUT is set: answers replay it ({} output(s))\n", out.size());
     return out;
 }
 
@@ -1136,12 +1184,21 @@ int run_serve(const std::vector<std::string>& argv) {
     cache.dir = default_cache_dir(cache_dir);
     if (backend != "cpu" && backend != "vulkan" && backend != "auto")
         throw Error(fmt::format("kiln serve: unknown backend '{}' (available: cpu, vulkan, auto)", backend));
-    Engine engine(model, n_ctx, parallel, max_queue, threads, cache, backend, device, kv_k, kv_v);
-    if (!template_path.empty() || !template_name.empty() || !engine.has_chat_template()) {
-        const ChatFormat t = choose_chat_template(model, template_path, template_name, "serve");
-        engine.set_chat_template(t.impl().tmpl, t.end_turn());  // the Engine takes engine/chat's template until it moves
-    }
-    Server server(engine, api_key, alias);
+    ChatFormat format = choose_chat_template(model, template_path, template_name, "serve");
+    const std::string parser_family = format.parser_name();
+    ServingOptions so;
+    so.context.n_ctx = n_ctx;
+    so.context.n_threads = threads;
+    so.context.backend = backend;
+    so.context.device = device;
+    so.context.kv_type_k = kv_k;
+    so.context.kv_type_v = kv_v;
+    so.n_parallel = parallel;
+    so.max_queue = max_queue;
+    so.cache = cache;
+    so.scripted_outputs = scripted_outputs();
+    ServingEngine engine(model, so);
+    Server server(engine, std::move(format), api_key, alias);
     HttpLimits limits;
     limits.header_timeout_ms = limits.body_timeout_ms = limits.write_timeout_ms = timeout_s * 1000;
     HttpServer svr(limits, [](httplib::Response& res, int status, const std::string& message, const std::string& path) {
@@ -1169,8 +1226,7 @@ int run_serve(const std::vector<std::string>& argv) {
                kv_k == kv_v ? std::string(kv_type_name(kv_k)) : fmt::format("K {} V {}", kv_type_name(kv_k), kv_type_name(kv_v)),
                engine.backend_name(),
                api_key.empty() ? "" : fmt::format(", API key required: fingerprint {}", key_fingerprint(api_key)));
-    if (engine.has_chat_template())
-        fmt::print(stderr, "kiln serve: tool calls: {} (the parser family of the chat template)\n", chat::family_name(engine.parser_family()));
+    fmt::print(stderr, "kiln serve: tool calls: {} (the parser family of the chat template)\n", parser_family);
     fmt::print(stderr, "kiln serve: prefix cache: {} MiB of memory{}\n", sp.cache_bytes >> 20,
                engine.prefix_cache().disk_enabled()
                    ? fmt::format(", {:g} GiB on disk in {} ({} block files there)", cache_disk_gib, cache.dir,

@@ -93,7 +93,8 @@ std::string tool_result_text(const json& c) {
 // The answer must be JSON matching `schema`: generation follows its plan (no thinking, no tool
 // calls) and the model is told the schema at the end of the system prompt.
 void json_output(ChatRequest& r, const json& schema) {
-    r.gen.json_plan = plan_json(schema);
+    if (!schema.is_object()) throw bad_request("the JSON schema must be an object");
+    r.gen.json_schema = schema.dump();
     r.enable_thinking = false;
     r.prefill.clear();
     const std::string note = "Answer with only a JSON value that matches this JSON schema:\n" + schema.dump();
@@ -444,15 +445,15 @@ ChatRequest from_openai(const json& body) {
     return r;
 }
 
-std::string render_prompt(const ChatTemplate& t, const ChatRequest& r) {
+std::string render_prompt(const ChatFormat& t, const ChatRequest& r) {
     auto ctx_for = [&](const ojson& messages) {
         ojson c{{"messages", messages}, {"add_generation_prompt", true}, {"enable_thinking", r.enable_thinking}};
         if (!r.tools.is_null()) c["tools"] = r.tools;
-        return c;
+        return c.dump();
     };
     try {
-        return t.render(ctx_for(r.messages)) + r.prefill;
-    } catch (const jinja::TemplateError& first) {
+        return t.render_json(ctx_for(r.messages)) + r.prefill;
+    } catch (const Error& first) {
         // Templates that refuse system messages past the first: merge them into the system prompt.
         ojson merged = ojson::array();
         std::string extra;
@@ -471,11 +472,31 @@ std::string render_prompt(const ChatTemplate& t, const ChatRequest& r) {
         else
             merged.insert(merged.begin(), ojson{{"role", "system"}, {"content", extra.substr(2)}});
         try {
-            return t.render(ctx_for(merged)) + r.prefill;
-        } catch (const jinja::TemplateError& e) {
+            return t.render_json(ctx_for(merged)) + r.prefill;
+        } catch (const Error& e) {
             throw bad_request(fmt::format("the chat template refused this conversation: {}", e.what()));
         }
     }
+}
+
+GenResult to_result(GenerateResult&& g, bool stopping) {
+    GenResult out;
+    switch (g.stop) {
+        case StopReason::EndOfGeneration: out.stop_reason = "end"; break;
+        case StopReason::MaxTokens:
+        case StopReason::ContextFull: out.stop_reason = "max_tokens"; break;
+        case StopReason::StopString: out.stop_reason = "stop_sequence"; break;
+        case StopReason::Cancelled: out.stop_reason = stopping ? "shutdown" : "cancelled"; break;
+    }
+    out.stop_sequence = std::move(g.stop_string);
+    out.n_prompt = g.n_prompt;
+    out.n_cached = g.n_reused;
+    out.n_gen = g.n_generated;
+    out.prefill_ms = g.prompt_ms;
+    out.decode_ms = g.generate_ms;
+    out.any_tool_call = !g.reply.tool_calls.empty();
+    out.logprobs = std::move(g.logprobs);
+    return out;
 }
 
 }  // namespace kiln::serve

@@ -1,18 +1,30 @@
 // kiln::ChatFormat, ReplyParser and Reply (kiln/chat.h) on engine/chat's templates and parsers.
+#include <algorithm>
+#include <optional>
 #include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "chat/builtin_templates.h"
+#include "chat/chat_parser.h"
+#include "chat/chat_template.h"
+#include "kiln/chat.h"
 #include "kiln/error.h"
 #include "kiln/tokenizer.h"
 #include "model/model_impl.h"
-#include "runtime/chat_format_impl.h"
 
 namespace kiln {
 
 using ojson = nlohmann::ordered_json;
+
+struct ChatFormat::Impl {
+    std::optional<Model> model;  // its tokenizer tokenizes prompts (none: from_file, or a source with no model)
+    std::string arch;            // general.architecture, for the parser family
+    ChatTemplate tmpl;
+    chat::ParserFamily family = chat::ParserFamily::Generic;
+    std::string origin, end_turn;
+};
 
 namespace {
 
@@ -65,20 +77,26 @@ Message Reply::message() const {
 // ---- ReplyParser ------------------------------------------------------------------------------
 
 struct ReplyParser::Impl {
-    chat::ChatParser parser;
+    std::optional<chat::ChatParser> parser;  // none: plain text
 };
 
 ReplyParser::ReplyParser(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ReplyParser ReplyParser::plain() { return ReplyParser(std::make_unique<Impl>()); }
 ReplyParser::~ReplyParser() = default;
 ReplyParser::ReplyParser(ReplyParser&&) noexcept = default;
 ReplyParser& ReplyParser::operator=(ReplyParser&&) noexcept = default;
 
 void ReplyParser::feed(std::string_view piece, std::vector<ReplyEvent>& out) {
-    for (const chat::ChatEvent& e : impl_->parser.feed(piece)) out.push_back(to_public(e));
+    if (!impl_->parser) {
+        if (!piece.empty()) out.push_back(ReplyEvent{ReplyEvent::Kind::Text, std::string(piece), -1, {}, {}});
+        return;
+    }
+    for (const chat::ChatEvent& e : impl_->parser->feed(piece)) out.push_back(to_public(e));
 }
 
 void ReplyParser::finish(std::vector<ReplyEvent>& out) {
-    for (const chat::ChatEvent& e : impl_->parser.finish()) out.push_back(to_public(e));
+    if (!impl_->parser) return;
+    for (const chat::ChatEvent& e : impl_->parser->finish()) out.push_back(to_public(e));
 }
 
 // ---- ChatFormat -------------------------------------------------------------------------------
@@ -216,12 +234,27 @@ void ChatFormat::set_parser(std::string_view name) {
 }
 
 ReplyParser ChatFormat::parser(std::string_view prompt, std::string_view tools_json) const {
+    ReplyOptions o;
+    o.tools_json = std::string(tools_json);
+    return parser(prompt, o);
+}
+
+ReplyParser ChatFormat::parser(std::string_view prompt, const ReplyOptions& options) const {
     chat::ParserOptions o;
     o.family = impl_->family;
-    o.starts_in_thinking = chat::prompt_opens_thinking(prompt);
-    o.tools_json = std::string(tools_json);
-    return ReplyParser(std::make_unique<ReplyParser::Impl>(ReplyParser::Impl{chat::ChatParser(o)}));
+    const std::string& prefix = options.output_prefix;
+    // Whether the output starts in thinking is the prompt's say before the output prefix.
+    o.starts_in_thinking = chat::prompt_opens_thinking(prompt.substr(0, prompt.size() - std::min(prompt.size(), prefix.size())));
+    o.tools_json = options.tools_json;
+    o.tool_call_id_prefix = options.tool_call_id_prefix;
+    auto impl = std::make_unique<ReplyParser::Impl>();
+    impl->parser.emplace(o);
+    // An opened tool call: nothing is complete yet, so no event comes out of it.
+    if (!prefix.empty()) (void)impl->parser->feed(prefix);
+    return ReplyParser(std::move(impl));
 }
+
+std::string ChatFormat::tool_call_opener(std::string_view tool_name) const { return chat::tool_call_opener(impl_->family, tool_name); }
 
 std::string ChatFormat::thinking_closer() const { return chat::thinking_closer(impl_->family); }
 const std::string& ChatFormat::source() const { return impl_->tmpl.source(); }

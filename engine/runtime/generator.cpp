@@ -9,7 +9,8 @@
 
 #include "kiln/error.h"
 #include "kiln/tokenizer.h"
-#include "runtime/stop_matcher.h"
+#include "runtime/json_output.h"
+#include "runtime/sequence.h"
 
 namespace kiln {
 
@@ -29,44 +30,11 @@ const char* stop_reason_name(StopReason r) {
     return "?";
 }
 
-// Where released text goes: straight to the caller (generate), or through the output parser
-// into events (chat). deliver() returns false when the caller cancels.
-struct Generator::Sink {
-    const std::function<bool(std::string_view)>* on_text = nullptr;
-    ReplyParser* parser = nullptr;
-    const std::function<bool(const ReplyEvent&)>* on_event = nullptr;
+// What one call runs with: where its output goes, and the thinking closer for chat().
+struct Generator::State {
+    OutputSink sink;
     GenerateResult* result = nullptr;
-    std::vector<ReplyEvent> events;  // reused: one buffer for the whole reply
-    bool in_thinking = false;        // the last event was reasoning (for the thinking budget)
-    bool stopped = false;            // a callback returned false: it is not called again
-
-    // The result collects everything; the callbacks see it until one returns false.
-    bool deliver(std::string_view text) {
-        if (text.empty()) return !stopped;
-        if (!parser) {
-            result->text.append(text);
-            if (!stopped && *on_text && !(*on_text)(text)) stopped = true;
-            return !stopped;
-        }
-        events.clear();
-        parser->feed(text, events);
-        return emit();
-    }
-    bool finish() {
-        if (!parser) return !stopped;
-        events.clear();
-        parser->finish(events);
-        return emit();
-    }
-    bool emit() {
-        for (const ReplyEvent& e : events) {
-            if (e.kind == ReplyEvent::Kind::Reasoning) in_thinking = true;
-            else if (e.kind == ReplyEvent::Kind::Text || e.kind == ReplyEvent::Kind::ToolCallStart) in_thinking = false;
-            result->reply.apply(e);
-            if (!stopped && *on_event && !(*on_event)(e)) stopped = true;
-        }
-        return !stopped;
-    }
+    std::string thinking_closer;
 };
 
 Generator::Generator(Context& ctx) : ctx_(ctx) {}
@@ -79,27 +47,29 @@ void Generator::reset() {
 GenerateResult Generator::generate(std::span<const int32_t> prompt, const GenerateOptions& options,
                                    const std::function<bool(std::string_view)>& on_text) {
     GenerateResult r;
-    Sink sink;
-    sink.on_text = &on_text;
-    sink.result = &r;
-    run(prompt, options, sink, r, {});
+    State st;
+    st.sink.on_text = &on_text;
+    st.sink.result = &r;
+    st.result = &r;
+    run(prompt, options, st);
     return r;
 }
 
 GenerateResult Generator::chat(const ChatFormat& format, const ChatPrompt& prompt, const GenerateOptions& options,
                                const std::function<bool(const ReplyEvent&)>& on_event) {
     GenerateResult r;
-    ReplyParser parser = format.parser(prompt.text);
-    Sink sink;
-    sink.parser = &parser;
-    sink.on_event = &on_event;
-    sink.result = &r;
+    // JSON output is read as plain text (a JSON string may hold what looks like a tool call).
+    ReplyParser parser = options.json_schema.empty() ? format.parser(prompt.text, options.reply) : ReplyParser::plain();
+    State st;
+    st.sink.parser = &parser;
+    st.sink.on_event = &on_event;
+    st.sink.result = &r;
+    st.result = &r;
     GenerateOptions opts = options;
     const std::string& end_turn = format.end_turn();
-    if (!end_turn.empty()) opts.stop.push_back(end_turn);
-    std::string closer;
-    if (opts.thinking_budget >= 0) closer = format.thinking_closer();
-    run(prompt.tokens, opts, sink, r, closer);
+    if (!end_turn.empty() && std::find(opts.stop.begin(), opts.stop.end(), end_turn) == opts.stop.end()) opts.stop.push_back(end_turn);
+    if (opts.thinking_budget >= 0) st.thinking_closer = format.thinking_closer();
+    run(prompt.tokens, opts, st);
     // A built-in template's end-of-turn text ends the turn like an end-of-generation token.
     if (r.stop == StopReason::StopString && !end_turn.empty() && r.stop_string == end_turn) {
         r.stop = StopReason::EndOfGeneration;
@@ -108,8 +78,8 @@ GenerateResult Generator::chat(const ChatFormat& format, const ChatPrompt& promp
     return r;
 }
 
-void Generator::run(std::span<const int32_t> prompt, const GenerateOptions& o, Sink& sink, GenerateResult& r,
-                    const std::string& thinking_closer) {
+void Generator::run(std::span<const int32_t> prompt, const GenerateOptions& o, State& st) {
+    GenerateResult& r = *st.result;
     const Tokenizer& tok = ctx_.model().tokenizer();
     const int64_t n_ctx = ctx_.n_ctx();
     r.n_prompt = static_cast<int64_t>(prompt.size());
@@ -117,6 +87,11 @@ void Generator::run(std::span<const int32_t> prompt, const GenerateOptions& o, S
     if (r.n_prompt >= n_ctx)
         throw Error(fmt::format("generate: the prompt is {} tokens and the context holds {}: the answer needs at least one more",
                                 prompt.size(), n_ctx));
+    // A bad schema is refused before any work.
+    if (!o.json_schema.empty()) {
+        (void)plan_json(o.json_schema);
+        if (!json_vocab_) json_vocab_ = std::make_shared<const JsonVocab>(JsonVocab::build(tok));
+    }
     auto cancelled = [&] { return o.cancel && o.cancel->load(std::memory_order_relaxed); };
 
     // Prefix reuse: keep what the context holds of this prompt, always re-decoding at least the
@@ -150,82 +125,25 @@ void Generator::run(std::span<const int32_t> prompt, const GenerateOptions& o, S
     }
     r.prompt_ms = ms_since(t_prompt);
 
-    Sampler sampler(o.sampler, static_cast<int32_t>(ctx_.n_vocab()));
-    r.seed = sampler.seed();
-    for (int32_t t : prompt) sampler.accept(t);
-    // The detokenizer sees the prompt first (its output discarded), so the first generated piece
-    // keeps its leading space and a partial UTF-8 character carries over.
-    Detokenizer detok(tok);
-    for (int32_t t : prompt) (void)detok.push(t);
-    StopMatcher stops(o.stop);
-    const int64_t limit = o.max_tokens < 0 ? std::numeric_limits<int64_t>::max() : o.max_tokens;
-    int64_t thinking_tokens = 0;
-    bool budget_spent = false;
-    auto release = [&](const std::string& text, bool& hit) { sink.deliver(stops.push(text, hit, r.stop_string)); };
-
+    // The generation: the per-sequence step (runtime/sequence.h) on this context alone.
     const auto t_gen = Clock::now();
-    r.stop = StopReason::MaxTokens;
-    while (true) {
-        if (sink.stopped || cancelled()) {
-            r.stop = StopReason::Cancelled;
-            break;
-        }
-        if (r.n_generated >= limit) break;
-        const int32_t next = sampler.sample(ctx_.logits());
-        sampler.accept(next);
-        ++r.n_generated;
-        if (!o.ignore_eos && tok.is_eog(next)) {
-            r.stop = StopReason::EndOfGeneration;
-            break;
-        }
-        bool hit = false;
-        release(detok.push(next), hit);
-        if (hit) {
-            r.stop = StopReason::StopString;
-            break;
-        }
-        if (r.n_generated >= limit) break;
-        if (ctx_.n_past() >= n_ctx) {
-            r.stop = StopReason::ContextFull;
-            break;
-        }
-        ctx_.decode(std::span<const int32_t>(&next, 1));
-        cached_.push_back(next);
-        if (sink.in_thinking) ++thinking_tokens;
-        if (!thinking_closer.empty() && !budget_spent && sink.in_thinking && thinking_tokens >= o.thinking_budget) {
-            // The reasoning budget is spent: the family's end of thinking goes into the context and
-            // the output, and the answer follows.
-            budget_spent = true;
-            const std::vector<int32_t> closer = tok.encode(thinking_closer, /*add_special=*/false, /*parse_special=*/true);
-            const auto n = static_cast<int64_t>(closer.size());
-            if (n > 0 && r.n_generated + n < limit && ctx_.n_past() + n < n_ctx) {
-                ctx_.decode(closer);
-                cached_.insert(cached_.end(), closer.begin(), closer.end());
-                std::string text;
-                for (int32_t t : closer) {
-                    sampler.accept(t);
-                    text += detok.push(t);
-                }
-                r.n_generated += n;
-                release(text, hit);
-                if (hit) {
-                    r.stop = StopReason::StopString;
-                    break;
-                }
+    Sequence seq(tok, prompt, o, static_cast<int32_t>(ctx_.n_vocab()), n_ctx, ctx_.n_past(), st.sink, r, st.thinking_closer,
+                 json_vocab_.get());
+    r.seed = seq.seed();
+    for (;;) {
+        const Sequence::Next nx = seq.step(ctx_.logits(), ctx_.n_past());
+        if (!nx.tokens.empty()) {
+            try {
+                ctx_.decode(nx.tokens);
+            } catch (...) {
+                reset();
+                throw;
             }
+            cached_.insert(cached_.end(), nx.tokens.begin(), nx.tokens.end());
         }
+        if (nx.last) break;
     }
-    // What is held goes out (after a cancel too: the reply so far is kept), unless a stop string
-    // ended the output.
-    if (r.stop != StopReason::StopString) {
-        bool hit = false;
-        std::string rest = stops.push(detok.flush(), hit, r.stop_string);
-        if (hit && r.stop != StopReason::Cancelled) r.stop = StopReason::StopString;
-        if (!hit) rest += stops.flush();
-        sink.deliver(rest);
-    }
-    sink.finish();
-    if (sink.stopped) r.stop = StopReason::Cancelled;
+    seq.finish();
     r.generate_ms = ms_since(t_gen);
 }
 

@@ -98,6 +98,9 @@ struct Reply {
 // thinking block is held back until it is known.
 class ReplyParser {
 public:
+    // A parser that reads every piece as visible text (no reasoning, no tool calls): for output
+    // that is not a chat reply (a completion, JSON forced by a schema).
+    static ReplyParser plain();
     ~ReplyParser();
     ReplyParser(ReplyParser&&) noexcept;
     ReplyParser& operator=(ReplyParser&&) noexcept;
@@ -111,6 +114,16 @@ private:
     struct Impl;
     explicit ReplyParser(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
+};
+
+// How a reply is read (ChatFormat::parser, and Generator::chat through GenerateOptions::reply).
+struct ReplyOptions {
+    // The tools (OpenAI shape), for families that type the arguments by their schema (Qwen3-Coder, GLM).
+    std::string tools_json{};
+    std::string tool_call_id_prefix = "call_";  // tool call ids are this prefix + their index
+    // Text the reply is taken to begin with: it ends the prompt already (e.g. tool_call_opener()
+    // appended to force a tool call), and the parser reads it first, as if generated.
+    std::string output_prefix{};
 };
 
 class ChatFormat {
@@ -160,6 +173,12 @@ public:
     // reply start in reasoning). tools_json: the tools (OpenAI shape) for families that type the
     // arguments by their schema; tool call ids are "call_0", "call_1", ...
     ReplyParser parser(std::string_view prompt, std::string_view tools_json = {}) const;
+    // The same with the ReplyOptions (prompt includes options.output_prefix at its end).
+    ReplyParser parser(std::string_view prompt, const ReplyOptions& options) const;
+    // The text that opens a tool call in the family's format, up to the arguments of `tool_name`
+    // (empty: only the opening marker, the model picks the tool). Appended to a prompt (and given
+    // as ReplyOptions::output_prefix) it forces a tool call. Empty for a family without tool calls.
+    std::string tool_call_opener(std::string_view tool_name = {}) const;
     // The text that ends reasoning and starts the answer (to cut thinking at a budget).
     std::string thinking_closer() const;
 
@@ -170,7 +189,6 @@ public:
     const std::string& end_turn() const;  // a built-in's end-of-turn text (a stop string), else ""
 
     struct Impl;  // engine-internal
-    const Impl& impl() const { return *impl_; }
 
 private:
     explicit ChatFormat(std::unique_ptr<Impl> impl);

@@ -1,8 +1,10 @@
-// kiln public API: generation. A Generator runs the one generation loop of kiln (kiln run and
-// kiln chat use it) on a Context: it keeps the longest prefix the context already holds of the
-// new prompt, decodes the rest, then samples token by token, streaming text (or, for a
-// conversation, the output parser's events) to a callback, until the end of generation, a stop
-// string, max_tokens, a full context or cancellation.
+// kiln public API: generation. A Generator runs kiln's generation loop (kiln run and kiln chat use
+// it; kiln::ServingEngine of kiln/serving.h runs the same per-sequence step for many sequences at
+// once) on a Context: it keeps the longest prefix the context already holds of the new prompt,
+// decodes the rest, then samples token by token, streaming text (or, for a conversation, the
+// output parser's events) to a callback, until the end of generation, a stop string, max_tokens,
+// a full context or cancellation. With GenerateOptions::json_schema the output is JSON that
+// matches the schema.
 //
 //   kiln::Generator gen(ctx);
 //   kiln::GenerateOptions opt;
@@ -18,6 +20,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -29,6 +32,13 @@
 
 namespace kiln {
 
+// A generated token's log-probability and the most likely alternatives (GenerateOptions::n_logprobs).
+struct TokenLogprobs {
+    int32_t token = 0;
+    float logprob = 0;
+    std::vector<TokenLogprob> top{};  // best first
+};
+
 struct GenerateOptions {
     SamplerParams sampler{};
     int64_t max_tokens = -1;         // tokens to generate at most; -1: until the end or a full context
@@ -38,7 +48,26 @@ struct GenerateOptions {
     // answer follows; -1: no limit.
     int64_t thinking_budget = -1;
     // Set to true (any thread, a signal handler) to stop within a token: stop reason Cancelled.
+    // After a cancel (this, or a callback that returned false) no callback is called again; what
+    // was held back (a possible stop string's start, an unfinished tool call) goes into the result.
     const std::atomic<bool>* cancel = nullptr;
+    // A JSON schema (as text; not empty: it must be a JSON object, else kiln::Error): the output is
+    // JSON that matches it. Text the schema fixes (braces, keys, separators, constants) is forced;
+    // values are sampled with every token that would break the JSON masked. Objects get every
+    // property in the schema's order (then required names it does not list, as strings); arrays
+    // minItems items (at least 1, at most maxItems and 16); strings at most maxLength characters
+    // (and 48 tokens); numbers up to 4 digits; enum, const, boolean and null as written; anyOf /
+    // oneOf / allOf take their first schema. Stop strings, end-of-generation tokens and the
+    // thinking budget do not apply; max_tokens (and the room left in the context) cut it short
+    // (stop reason MaxTokens), a complete value ends it (EndOfGeneration). chat() reads such a
+    // reply as plain text (ReplyParser::plain()).
+    std::string json_schema{};
+    // >= 0: each generated token's log-probability and this many alternatives, into
+    // GenerateResult::logprobs and on_logprobs (as generated, before its text is released).
+    // End-of-generation tokens and JSON output are not recorded.
+    int n_logprobs = -1;
+    std::function<void(const TokenLogprobs&)> on_logprobs{};
+    ReplyOptions reply{};  // chat(): how the reply is parsed (tool call ids, a forced opener, tools)
     int64_t prompt_chunk = 512;  // prompt tokens per decode call (on_prompt is called after each)
     std::function<void(int64_t done, int64_t total)> on_prompt{};  // prompt decode progress
 };
@@ -62,7 +91,10 @@ struct GenerateResult {
     uint64_t seed = 0;        // the sampler's seed (the drawn one when SamplerParams::seed is random)
     std::string text{};       // generate(): the text streamed
     Reply reply{};            // chat(): the reply, parsed
+    std::vector<TokenLogprobs> logprobs{};  // GenerateOptions::n_logprobs >= 0: one per generated token
 };
+
+struct JsonVocab;  // engine-internal: which tokens may appear in JSON values
 
 class Generator {
 public:
@@ -86,11 +118,11 @@ public:
     Context& context() { return ctx_; }
 
 private:
-    struct Sink;
-    void run(std::span<const int32_t> prompt, const GenerateOptions& options, Sink& sink, GenerateResult& result,
-             const std::string& thinking_closer);
+    struct State;
+    void run(std::span<const int32_t> prompt, const GenerateOptions& options, State& state);
     Context& ctx_;
     std::vector<int32_t> cached_;
+    std::shared_ptr<const JsonVocab> json_vocab_;  // built on the first JSON-schema request
 };
 
 }  // namespace kiln
