@@ -25,6 +25,12 @@ void KvCache::truncate(int64_t n_keep) {
         throw Error(fmt::format("KV cache: cannot keep {} tokens of {}", n_keep, n_past_));
     n_past_ = n_keep;
     if (n_keep == 0) window_floor_ = written_end_ = 0;
+    buffers_->release_from(n_keep);
+}
+
+void KvCache::clear() {
+    n_past_ = window_floor_ = written_end_ = 0;
+    buffers_->release_from(0);
 }
 
 int64_t KvCache::held_from(size_t layer, bool windowed) const {
