@@ -156,6 +156,38 @@ INSTANTIATE_TEST_SUITE_P(Shared, PagedKvModels,
                                            Case{"glm4.7-flash-dims.q8_0", kiln::KvType::Q8_0}),
                          case_name);
 
+// Every attention path reads through the pages as it reads one contiguous cache: the tiled prompt
+// path, decode's split path and the per-row path (split attention off), and a sliding-window layer
+// that is not a ring (a small context: window + batch reach n_ctx), whose window starts anywhere
+// in a page. Pages of 4 and 16 tokens against one page, bit for bit.
+TEST(PagedKv, EveryAttentionPathReadsThroughPages) {
+    KILN_REQUIRE_SHARED("models");
+    for (const char* name : {"llama-tiny.f32", "gemma3-tiny.f32", "deepseek2-lite-tiny.f32"}) {
+        const kiln::Model model = kiln::Model::load(model_path(name).string());
+        const std::vector<int32_t> tokens = prompt(model, 37);
+        for (bool split : {true, false}) {
+            kiln::backend::set_cpu_split_attention(split);
+            auto run = [&](int64_t page) {
+                kiln::ContextOptions o = ctx_options(kiln::KvType::F16, page);
+                o.n_ctx = 44;
+                o.n_batch = 32;  // gemma3: window 16 + 31 >= 44, so its windowed layers are not rings
+                kiln::Context c(model, o);
+                c.decode(part(tokens, 0, 30), true);  // tiled
+                std::vector<float> out = all_logits(c);
+                for (size_t i = 30; i < tokens.size(); ++i) {  // decode: split or per row
+                    c.decode(part(tokens, i, i + 1));
+                    out.insert(out.end(), c.logits().begin(), c.logits().end());
+                }
+                return out;
+            };
+            const std::vector<float> want = run(64);
+            for (int64_t page : {4, 16})
+                expect_bitwise(run(page), want, std::string(name) + " pages of " + std::to_string(page) + (split ? " split" : " per row"));
+        }
+        kiln::backend::set_cpu_split_attention(true);
+    }
+}
+
 // Pages are taken as the sequence grows and let go when it shrinks; a page size that is not a
 // power of two is refused.
 TEST(PagedKv, MemoryFollowsTheTokens) {
