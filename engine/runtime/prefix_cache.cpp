@@ -550,17 +550,15 @@ int64_t PrefixCache::restore(Context& ctx, std::span<const int32_t> tokens, int6
     {
         std::lock_guard blk(ctx.backend_mutex());
         const bool share = c.shares_pages(p, kv);
-        // Offsets differ between blocks with and without windows: computed per block. Blocks
-        // before j0 were fetched only for the windows they hold.
+        // Blocks before j0 were fetched only for the windows they hold.
         for (int64_t j = 0; j <= k; ++j) {
-            const Block* b = got[static_cast<size_t>(j)].get();
-            if (!b) continue;
+            if (!got[static_cast<size_t>(j)]) continue;
             Block& bk = *got[static_cast<size_t>(j)];
             const int64_t start = j * B, end = start + B;
             if (share && j >= j0) kv.buffers().set_page(j, bk.bare);
             for (size_t il = 0; il < p.layers.size(); ++il) {
                 const LayerPlan& lp = p.layers[il];
-                if (lp.window > 0 && !b->windows) continue;
+                if (lp.window > 0 && !bk.windows) continue;
                 const size_t kb = static_cast<size_t>(lp.rows) * lp.k_row;
                 const uint8_t* rows = bk.rows(lp);
                 if (lp.window == 0) {
