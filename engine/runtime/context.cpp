@@ -149,7 +149,7 @@ Context::Context(const Model& model, const ContextOptions& options) {
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
     auto start = [&] {
         std::lock_guard lk(c.be->mu);
-        c.kv = std::make_unique<runtime::KvCache>(*c.be->backend, layout);
+        c.kv = std::make_unique<runtime::KvCache>(*c.be->backend, layout, c.opt.kv_up_front);
         // The decode shape is compiled up front (on a shared backend: by its first context, which
         // uploads the weights): generating a token never compiles or allocates. The progress
         // callback is this context's only while it is being created.

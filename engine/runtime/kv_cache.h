@@ -14,7 +14,8 @@ namespace kiln::runtime {
 
 class KvCache {
 public:
-    KvCache(backend::Backend& be, backend::KvLayout layout);
+    // up_front: every page is taken now and kept (truncate and clear let none go).
+    KvCache(backend::Backend& be, backend::KvLayout layout, bool up_front = false);
 
     const backend::KvLayout& layout() const { return layout_; }
     int64_t n_ctx() const { return layout_.n_ctx; }
@@ -55,6 +56,7 @@ private:
     std::unique_ptr<backend::KvBuffers> buffers_;
     int64_t n_past_ = 0;
     int64_t window_floor_ = 0;
+    bool up_front_ = false;
     int64_t written_end_ = 0;  // the most tokens held since clear(): a ring's slots hold the positions
                                // before it (truncate() does not bring overwritten rows back)
 };

@@ -42,6 +42,11 @@ struct ContextOptions {
     // Tokens per KV page on the CPU (a power of two). A PrefixCache shares its blocks with the
     // context by reference when its block_tokens equals this; otherwise their rows are copied.
     int64_t kv_page_tokens = 256;
+    // On the CPU: take every KV page when the context is created and keep them whatever the
+    // sequence holds (the whole cache really held from the start, as the memory plan counts it:
+    // no page to find later; kiln run, chat, logits and bench do this). Sharing a prefix cache's
+    // pages then saves computing, not memory. false: pages come and go with the tokens.
+    bool kv_up_front = false;
 };
 
 // KV cache memory by layer kind. A full layer holds n_ctx tokens; a sliding-window layer a ring
