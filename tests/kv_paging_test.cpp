@@ -188,8 +188,8 @@ TEST(PagedKv, EveryAttentionPathReadsThroughPages) {
     }
 }
 
-// Pages are taken as the sequence grows and let go when it shrinks; a page size that is not a
-// power of two is refused.
+// Pages are taken as the sequence grows and let go when it shrinks (or all taken up front and
+// kept); a page size that is not a power of two is refused.
 TEST(PagedKv, MemoryFollowsTheTokens) {
     KILN_REQUIRE_SHARED("models");
     const kiln::Model model = kiln::Model::load(model_path("llama-tiny.f32").string());
@@ -206,6 +206,15 @@ TEST(PagedKv, MemoryFollowsTheTokens) {
     EXPECT_EQ(ctx.kv_bytes_held(), 3 * page);
     ctx.clear();
     EXPECT_EQ(ctx.kv_bytes_held(), 0u);
+
+    // Up front (kiln run, chat, logits, bench): everything from the start, kept.
+    kiln::ContextOptions all = o;
+    all.kv_up_front = true;
+    kiln::Context held(model, all);
+    EXPECT_EQ(held.kv_bytes_held(), held.kv_bytes());
+    held.decode(prompt(model, 20));
+    held.clear();
+    EXPECT_EQ(held.kv_bytes_held(), held.kv_bytes());
 
     for (int64_t bad : {int64_t{0}, int64_t{3}, int64_t{-16}, int64_t{96}}) {
         kiln::ContextOptions b = o;
