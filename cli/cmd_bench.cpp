@@ -80,6 +80,7 @@ int run_bench(const std::vector<std::string>& argv) {
     int threads = 0, reps = 3;
     bool json_out = false, quiet = false;
     ContextOptions co;
+    co.kv_up_front = true;  // one sequence: its whole KV cache held from the start, as `kiln fit` counts it
     Args args("bench", "-m MODEL [-p 512] [-n 128] [-d DEPTH] [-b 512] [-r 3] [-t THREADS] [--backend cpu|vulkan|auto] [--json]");
     args.option({"-m", "--model"}, &model_path, "MODEL", "GGUF model file");
     args.option({"-p", "--n-prompt"}, &n_prompt, "N", "prompt tokens of the ppN test (default 512, 0 = skip)");

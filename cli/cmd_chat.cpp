@@ -125,6 +125,7 @@ int run_chat(const std::vector<std::string>& argv) {
     bool quiet = false, no_think = false;
     SamplerParams sp;
     ContextOptions co;
+    co.kv_up_front = true;  // one sequence: its whole KV cache held from the start, as `kiln fit` counts it
     Args args("chat", "-m MODEL [options]  (then type messages; /reset, /exit)");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to chat with");
     args.ctx_size_option(&n_ctx);

@@ -40,6 +40,7 @@ int run_logits(const std::vector<std::string>& argv) {
     int threads = 0;
     int64_t n_ctx = 0;
     ContextOptions co;
+    co.kv_up_front = true;  // one sequence: its whole KV cache held from the start, as `kiln fit` counts it
     Args args("logits", "-m MODEL --tokens 1,2,3 [--backend cpu|vulkan] [--device N] [-t THREADS] [-c CTX]");
     args.option({"-m", "--model"}, &model_path, "MODEL", "GGUF model file");
     args.option({"--tokens"}, &tokens_arg, "IDS", "comma-separated token ids");

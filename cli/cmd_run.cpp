@@ -32,6 +32,7 @@ int run_run(const std::vector<std::string>& argv) {
     SamplerParams sp;
     int64_t seed = -1;
     ContextOptions co;
+    co.kv_up_front = true;  // one sequence: its whole KV cache held from the start, as `kiln fit` counts it
     Args args("run", "-m MODEL -p PROMPT [options]");
     args.option({"-m", "--model"}, &model_path, "FILE", "GGUF model to run");
     args.option({"-p", "--prompt"}, &prompt, "TEXT", "prompt text (- reads it from standard input)");

@@ -1,9 +1,11 @@
 // Backend: executes graphs (engine/graph/graph.h). A backend compiles a graph once per batch shape
 // (planning all of its buffers then) and runs the result for every batch of that shape; a run
-// allocates nothing. The KV cache memory belongs to the backend (it lives where the attention runs);
-// engine/runtime/ keeps the bookkeeping (which slots are used).
+// allocates nothing (but a paged KV cache's next page, once per page of tokens). The KV cache
+// memory belongs to the backend (it lives where the attention runs); engine/runtime/ keeps the
+// bookkeeping (which slots are used).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -52,6 +54,11 @@ struct KvLayout {
     std::vector<KvLayerShape> layers;
     int64_t n_ctx = 0;
     KvType type_k = KvType::F16, type_v = KvType::F16;  // an MLA layer (v_in_k) stores K only
+    // Paged KV (a backend that pages, KvBuffers::page_tokens() > 0): the rows of every layer that
+    // is not a ring live in pages of page_tokens positions (a power of two), taken as the sequence
+    // grows. Page j holds positions [j * page_tokens, ...) of all those layers, layer by layer
+    // (K rows, then V rows unless MLA); the last page of a context holds only up to n_ctx.
+    int64_t page_tokens = 256;
 
     KvRowFormat k_row(size_t layer) const;
     KvRowFormat v_row(size_t layer) const;  // an MLA layer's V lies in its K rows: k_row's format
@@ -62,7 +69,23 @@ struct KvLayout {
     // slots [slot, slot + n) of that layer exist (and it stores V rows when v).
     size_t checked_row_bytes(size_t layer, bool v, int64_t slot, int64_t n, const char* who) const;
     size_t bytes() const;  // total memory of K and V over all layers
+
+    // Pages (see page_tokens): the positions page j holds, the offset of layer il's K (v false) or
+    // V rows in it and its bytes. Only for layers that are not rings.
+    int64_t n_pages() const { return (n_ctx + page_tokens - 1) / page_tokens; }
+    int64_t page_rows(int64_t j) const { return std::min(page_tokens, n_ctx - j * page_tokens); }
+    size_t page_offset(int64_t j, size_t layer, bool v) const;
+    size_t page_bytes(int64_t j) const;
 };
+
+// A page of KV rows (KvLayout::page_tokens): its memory, shared by every sequence that reads it
+// (and by the prefix cache). A page held by more than one owner is never written: a sequence
+// that writes into it first takes a private copy.
+using KvPage = std::shared_ptr<uint8_t>;
+// A page of `bytes` (64-byte aligned, not initialised). Throws kiln::Error when out of memory.
+KvPage make_kv_page(size_t bytes);
+// Bytes of every KvPage alive in this process (sequences' pages and the prefix cache's blocks).
+size_t kv_page_bytes_live();
 
 // Backend-owned KV memory for one context.
 class KvBuffers {
@@ -75,6 +98,25 @@ public:
     // On a device, write_rows is recorded in order with the next run; read_rows waits for it.
     virtual void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) = 0;
     virtual void write_rows(size_t layer, bool v, int64_t slot, int64_t n, const void* src) = 0;
+
+    // Paging. A backend that does not page (Vulkan: one buffer per layer, allocated whole) keeps
+    // these defaults: page_tokens() 0, and every row of layout() held from the start.
+    // Positions per page (the layout's page_tokens), 0 when not paged.
+    virtual int64_t page_tokens() const { return 0; }
+    // Makes positions [first, end) of the paged layers writable: takes the pages they lie in that
+    // are missing, and replaces a shared one among them by a private copy. A run does this itself
+    // for the positions it writes. Throws kiln::Error when the positions are outside the cache or
+    // memory runs out (nothing is changed then).
+    virtual void prepare(int64_t first, int64_t end) { (void)first, (void)end; }
+    // Lets go of the pages that hold no position before n (freed unless shared).
+    virtual void release_from(int64_t n) { (void)n; }
+    // Page j (nullptr when not taken). Its rows must not be written by anyone while shared.
+    virtual KvPage page(int64_t j) const { (void)j; return nullptr; }
+    // Reads page j from p from now on (shared, by reference): p must have the layout's page_bytes(j)
+    // in its layout. Throws kiln::Error unless paged and j < n_pages().
+    virtual void set_page(int64_t j, KvPage p);
+    // Memory these buffers hold now: rings, pages (shared ones too) or everything.
+    virtual size_t bytes_held() const { return layout().bytes(); }
 };
 
 struct RunArgs {

@@ -1,4 +1,7 @@
 // KV cache sizes and row formats (backend.h), shared by every backend.
+#include <atomic>
+#include <cstdlib>
+
 #include <fmt/format.h>
 
 #include "backend/backend.h"
@@ -74,6 +77,37 @@ size_t KvLayout::bytes() const {
     size_t total = 0;
     for (size_t il = 0; il < layers.size(); ++il) total += layer_bytes(il);
     return total;
+}
+
+size_t KvLayout::page_offset(int64_t j, size_t layer, bool v) const {
+    const auto rows = static_cast<size_t>(page_rows(j));
+    size_t off = 0;
+    for (size_t il = 0; il < layer; ++il)
+        if (!is_ring(il)) off += rows * layers[il].row_bytes(type_k, type_v);
+    return v ? off + rows * k_row(layer).row_bytes() : off;
+}
+
+size_t KvLayout::page_bytes(int64_t j) const { return page_offset(j, layers.size(), false); }
+
+namespace {
+std::atomic<size_t> g_page_bytes{0};
+}  // namespace
+
+KvPage make_kv_page(size_t bytes) {
+    const size_t n = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+    void* p = std::aligned_alloc(64, n);
+    if (!p) throw Error(fmt::format("KV cache: out of memory taking a page of {} bytes", n));
+    g_page_bytes.fetch_add(n, std::memory_order_relaxed);
+    return KvPage(static_cast<uint8_t*>(p), [n](uint8_t* q) {
+        std::free(q);
+        g_page_bytes.fetch_sub(n, std::memory_order_relaxed);
+    });
+}
+
+size_t kv_page_bytes_live() { return g_page_bytes.load(std::memory_order_relaxed); }
+
+void KvBuffers::set_page(int64_t j, KvPage) {
+    throw Error(fmt::format("KV cache: page {} given to buffers that do not page", j));
 }
 
 }  // namespace kiln::backend

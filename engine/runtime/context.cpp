@@ -140,12 +140,16 @@ Context::Context(const Model& model, const ContextOptions& options) {
     if (c.opt.n_threads <= 0) c.opt.n_threads = model.default_threads();
 
     if (c.opt.backend != "cpu") c.be = vulkan_backend(c.m, c.opt);  // nullptr: "auto" found no GPU
-    const backend::KvLayout layout = runtime::kv_layout(*c.m.arch, c.opt.n_ctx, c.opt.n_batch, c.opt.kv_type_k, c.opt.kv_type_v);
+    if (c.opt.kv_page_tokens < 1 || (c.opt.kv_page_tokens & (c.opt.kv_page_tokens - 1)) != 0 ||
+        c.opt.kv_page_tokens > (int64_t{1} << 30))
+        throw Error(fmt::format("kv_page_tokens must be a power of two from 1 to 2^30, got {}", c.opt.kv_page_tokens));
+    backend::KvLayout layout = runtime::kv_layout(*c.m.arch, c.opt.n_ctx, c.opt.n_batch, c.opt.kv_type_k, c.opt.kv_type_v);
+    layout.page_tokens = c.opt.kv_page_tokens;
     c.positions.resize(static_cast<size_t>(c.opt.n_batch));
     c.logits.resize(static_cast<size_t>(hp.n_vocab));
     auto start = [&] {
         std::lock_guard lk(c.be->mu);
-        c.kv = std::make_unique<runtime::KvCache>(*c.be->backend, layout);
+        c.kv = std::make_unique<runtime::KvCache>(*c.be->backend, layout, c.opt.kv_up_front);
         // The decode shape is compiled up front (on a shared backend: by its first context, which
         // uploads the weights): generating a token never compiles or allocates. The progress
         // callback is this context's only while it is being created.
@@ -305,6 +309,10 @@ int64_t Context::n_past() const { return impl_->kv->n_past(); }
 int64_t Context::n_ctx() const { return impl_->kv->n_ctx(); }
 int64_t Context::n_vocab() const { return impl_->m.arch->hparams().n_vocab; }
 size_t Context::kv_bytes() const { return impl_->kv->bytes(); }
+size_t Context::kv_bytes_held() const {
+    std::lock_guard lk(impl_->be->mu);
+    return impl_->kv->bytes_held();
+}
 
 KvStats Context::kv_stats() const { return runtime::kv_stats(impl_->kv->layout()); }
 

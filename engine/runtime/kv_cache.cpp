@@ -8,9 +8,10 @@
 
 namespace kiln::runtime {
 
-KvCache::KvCache(backend::Backend& be, backend::KvLayout layout) : layout_(std::move(layout)) {
+KvCache::KvCache(backend::Backend& be, backend::KvLayout layout, bool up_front) : layout_(std::move(layout)), up_front_(up_front) {
     if (layout_.n_ctx <= 0) throw Error(fmt::format("KV cache: context size must be positive, got {}", layout_.n_ctx));
     buffers_ = be.alloc_kv(layout_);
+    if (up_front_) buffers_->prepare(0, layout_.n_ctx);
 }
 
 void KvCache::advance(int64_t n) {
@@ -25,6 +26,12 @@ void KvCache::truncate(int64_t n_keep) {
         throw Error(fmt::format("KV cache: cannot keep {} tokens of {}", n_keep, n_past_));
     n_past_ = n_keep;
     if (n_keep == 0) window_floor_ = written_end_ = 0;
+    if (!up_front_) buffers_->release_from(n_keep);
+}
+
+void KvCache::clear() {
+    n_past_ = window_floor_ = written_end_ = 0;
+    if (!up_front_) buffers_->release_from(0);
 }
 
 int64_t KvCache::held_from(size_t layer, bool windowed) const {

@@ -1,6 +1,8 @@
 // KV cache bookkeeping for one sequence: the backend holds the memory (one K and one V row per slot
 // and layer, f16 by default), this class knows how many slots are used. Token i of the sequence
-// lives in slot i, so n_past() is also the position of the next token.
+// lives in slot i, so n_past() is also the position of the next token. On a backend that pages
+// (the CPU), the full layers' rows live in pages taken as the sequence grows (a run takes them)
+// and let go when it shrinks; pages may be shared with the prefix cache (by reference).
 #pragma once
 
 #include <cstdint>
@@ -12,21 +14,24 @@ namespace kiln::runtime {
 
 class KvCache {
 public:
-    KvCache(backend::Backend& be, backend::KvLayout layout);
+    // up_front: every page is taken now and kept (truncate and clear let none go).
+    KvCache(backend::Backend& be, backend::KvLayout layout, bool up_front = false);
 
     const backend::KvLayout& layout() const { return layout_; }
     int64_t n_ctx() const { return layout_.n_ctx; }
     int64_t n_past() const { return n_past_; }
     int64_t n_free() const { return layout_.n_ctx - n_past_; }
-    size_t bytes() const { return layout_.bytes(); }
+    size_t bytes() const { return layout_.bytes(); }  // the most it can hold (every page taken)
+    size_t bytes_held() const { return buffers_->bytes_held(); }  // what it holds now
     backend::KvBuffers& buffers() { return *buffers_; }
 
     // Marks n more slots as used (after a batch was written). Throws when that overflows.
     void advance(int64_t n);
-    // Forgets every token (the memory is reused as is).
-    void clear() { n_past_ = window_floor_ = written_end_ = 0; }
+    // Forgets every token (the rings are reused as they are, the pages let go).
+    void clear();
     // Keeps the first n_keep tokens and frees the slots after them (their rows are overwritten by
-    // the next tokens: token i always lives in slot i). n_keep must be in [0, n_past()].
+    // the next tokens: token i always lives in slot i; the pages after n_keep's are let go).
+    // n_keep must be in [0, n_past()].
     void truncate(int64_t n_keep);
 
     // Positions below this are not held by the sliding-window layers (beyond their ring's own
@@ -51,6 +56,7 @@ private:
     std::unique_ptr<backend::KvBuffers> buffers_;
     int64_t n_past_ = 0;
     int64_t window_floor_ = 0;
+    bool up_front_ = false;
     int64_t written_end_ = 0;  // the most tokens held since clear(): a ring's slots hold the positions
                                // before it (truncate() does not bring overwritten rows back)
 };

@@ -85,24 +85,34 @@ struct LayerPlan {
     int64_t window = 0;  // > 0: a sliding-window layer
     int64_t rows = 0;    // rows of each kind a block stores for this layer
     size_t k_row = 0, v_row = 0;  // bytes of one K / V row (v_row 0: MLA, V lies in K)
+    size_t off = 0;  // where its K rows start in the block's full-layer rows (window 0) or window rows
+    size_t bytes() const { return static_cast<size_t>(rows) * (k_row + v_row); }
 };
 struct Plan {
     Key id;
     std::vector<LayerPlan> layers;
     size_t bytes_full = 0;  // payload with the sliding-window layers' rows
-    size_t bytes_bare = 0;  // without them
+    size_t bytes_bare = 0;  // without them: the full layers' rows
     int64_t min_window = 0;  // smallest window of a sliding layer (0: none)
 };
 
+// A block's rows: the full layers' in one KV page (backend::KvPage), laid out as a CPU context's
+// page of block_tokens positions (layer by layer, K rows then V rows), so that a context whose
+// pages are of that size and whose paged layers are the full ones shares it by reference; the
+// sliding-window layers' last rows beside it. In a file they are one payload, layer by layer.
 struct Block {
     Key key, parent;
     std::vector<int32_t> tokens;
     bool windows = false;  // holds the sliding-window layers' rows
-    std::vector<uint8_t> data;
+    backend::KvPage bare;  // Plan::bytes_bare
+    std::vector<uint8_t> win;  // bytes_full - bytes_bare when windows
     const Plan* plan = nullptr;  // its identity's (the plans map keeps them in place)
     uint64_t last_used = 0;
     bool on_disk = false;
-    size_t cost() const { return data.size() + tokens.size() * 4 + 128; }
+    size_t payload() const { return plan->bytes_bare + win.size(); }
+    size_t cost() const { return payload() + tokens.size() * 4 + 128; }
+    // The rows of layer lp (in bare or win).
+    uint8_t* rows(const LayerPlan& lp) { return (lp.window == 0 ? bare.get() : win.data()) + lp.off; }
 };
 
 // File layout: FileHeader, block_tokens int32 ids, payload_bytes of rows, the 64-bit checksum of
@@ -195,15 +205,25 @@ struct PrefixCache::Impl {
             lp.rows = lp.window > 0 ? std::min(lp.window, opt.block_tokens) : opt.block_tokens;
             lp.k_row = L.k_row(il).row_bytes();
             lp.v_row = s.v_in_k ? 0 : L.v_row(il).row_bytes();
-            const size_t bytes = static_cast<size_t>(lp.rows) * (lp.k_row + lp.v_row);
-            p.bytes_full += bytes;
-            if (lp.window == 0) p.bytes_bare += bytes;
+            lp.off = lp.window == 0 ? p.bytes_bare : p.bytes_full - p.bytes_bare;
+            p.bytes_full += lp.bytes();
+            if (lp.window == 0) p.bytes_bare += lp.bytes();
             else p.min_window = p.min_window ? std::min(p.min_window, lp.window) : lp.window;
             desc += fmt::format("[{} {} {} {} w{}]", s.n_head_kv, s.head_dim_k, s.head_dim_v, s.v_in_k, lp.window);
             p.layers.push_back(lp);
         }
         p.id = hash_key(desc.data(), desc.size(), model_id);
         return plans.emplace(type_key, std::move(p)).first->second;
+    }
+
+    // Whether kv's pages are this plan's blocks: pages of block_tokens positions holding exactly
+    // the full layers (a layer with a window is a ring). Then blocks are shared, not copied.
+    bool shares_pages(const Plan& p, runtime::KvCache& kv) const {
+        const backend::KvLayout& L = kv.layout();
+        if (kv.buffers().page_tokens() != opt.block_tokens || L.layers.size() != p.layers.size()) return false;
+        for (size_t il = 0; il < L.layers.size(); ++il)
+            if ((p.layers[il].window == 0) == L.is_ring(il)) return false;
+        return true;
     }
 
     // Keys of the first n_blocks blocks of tokens.
@@ -316,6 +336,28 @@ struct PrefixCache::Impl {
         }
     }
 
+    // A block's rows as one payload, layer by layer (the file format).
+    static std::vector<uint8_t> payload_of(Block& b) {
+        std::vector<uint8_t> data;
+        data.reserve(b.payload());
+        for (const LayerPlan& lp : b.plan->layers) {
+            if (lp.window > 0 && !b.windows) continue;
+            data.insert(data.end(), b.rows(lp), b.rows(lp) + lp.bytes());
+        }
+        return data;
+    }
+    // The rows of a block of plan p from its payload (payload_of's layout).
+    static void set_payload(const Plan& p, Block& b, const uint8_t* data) {
+        b.plan = &p;
+        b.bare = backend::make_kv_page(p.bytes_bare);
+        b.win.assign(b.windows ? p.bytes_full - p.bytes_bare : 0, 0);
+        for (const LayerPlan& lp : p.layers) {
+            if (lp.window > 0 && !b.windows) continue;
+            std::memcpy(b.rows(lp), data, lp.bytes());
+            data += lp.bytes();
+        }
+    }
+
     void write_file(const Plan& p, Block& b) {
         const fs::path path = file_of(p, b.key);
         std::error_code ec;
@@ -330,13 +372,14 @@ struct PrefixCache::Impl {
         h.key_a = b.key.a, h.key_b = b.key.b;
         h.parent_a = b.parent.a, h.parent_b = b.parent.b;
         h.windows = b.windows ? 1 : 0;
-        h.payload_bytes = b.data.size();
-        const uint64_t sum = file_checksum(h, b.tokens.data(), b.tokens.size(), b.data.data(), b.data.size());
+        const std::vector<uint8_t> data = payload_of(b);
+        h.payload_bytes = data.size();
+        const uint64_t sum = file_checksum(h, b.tokens.data(), b.tokens.size(), data.data(), data.size());
         bool ok = false;
         if (FILE* f = std::fopen(tmp.c_str(), "wb")) {
             ok = std::fwrite(&h, sizeof h, 1, f) == 1 &&
                  std::fwrite(b.tokens.data(), 4, b.tokens.size(), f) == b.tokens.size() &&
-                 (b.data.empty() || std::fwrite(b.data.data(), 1, b.data.size(), f) == b.data.size()) &&
+                 (data.empty() || std::fwrite(data.data(), 1, data.size(), f) == data.size()) &&
                  std::fwrite(&sum, sizeof sum, 1, f) == 1;
             ok = (std::fclose(f) == 0) && ok;
         }
@@ -349,7 +392,7 @@ struct PrefixCache::Impl {
             return;
         }
         b.on_disk = true;
-        const uint64_t size = sizeof h + b.tokens.size() * 4 + b.data.size() + sizeof sum;
+        const uint64_t size = sizeof h + b.tokens.size() * 4 + data.size() + sizeof sum;
         ++st.disk_writes;
         st.disk_written_bytes += size;
         auto [it, added] = files.emplace(path.string(), size);
@@ -402,9 +445,8 @@ struct PrefixCache::Impl {
         std::memcpy(&sum, payload + want_payload, 8);
         if (sum != file_checksum(h, b->tokens.data(), n_tok, payload, want_payload)) return reject("checksum mismatch (corrupt)");
         if (!std::equal(b->tokens.begin(), b->tokens.end(), tokens.begin())) return reject("its tokens differ from its key's");
-        b->data.assign(payload, payload + want_payload);
+        set_payload(p, *b, payload);
         b->on_disk = true;
-        b->plan = &p;
         // Recently used: the last to go when the directory is over its budget.
         std::error_code ec;
         fs::last_write_time(path, fs::file_time_type::clock::now(), ec);
@@ -503,35 +545,36 @@ int64_t PrefixCache::restore(Context& ctx, std::span<const int32_t> tokens, int6
     }
     lk.unlock();
 
-    // Copy the rows in: full layers block by block from j0, sliding layers their windows' rows.
+    // The full layers block by block from j0 (their pages taken by reference when the context's
+    // pages are blocks, else the rows copied), the sliding layers their windows' rows (copied).
     {
         std::lock_guard blk(ctx.backend_mutex());
-        // Offsets differ between blocks with and without windows: computed per block. Blocks
-        // before j0 were fetched only for the windows they hold.
+        const bool share = c.shares_pages(p, kv);
+        // Blocks before j0 were fetched only for the windows they hold.
         for (int64_t j = 0; j <= k; ++j) {
-            const Block* b = got[static_cast<size_t>(j)].get();
-            if (!b) continue;
+            if (!got[static_cast<size_t>(j)]) continue;
+            Block& bk = *got[static_cast<size_t>(j)];
             const int64_t start = j * B, end = start + B;
-            size_t o = 0;
+            if (share && j >= j0) kv.buffers().set_page(j, bk.bare);
             for (size_t il = 0; il < p.layers.size(); ++il) {
                 const LayerPlan& lp = p.layers[il];
-                if (lp.window > 0 && !b->windows) continue;
-                const size_t kb = static_cast<size_t>(lp.rows) * lp.k_row, vb = static_cast<size_t>(lp.rows) * lp.v_row;
+                if (lp.window > 0 && !bk.windows) continue;
+                const size_t kb = static_cast<size_t>(lp.rows) * lp.k_row;
+                const uint8_t* rows = bk.rows(lp);
                 if (lp.window == 0) {
-                    if (j >= j0) {
-                        kv.write_positions(il, false, start, B, b->data.data() + o);
-                        if (lp.v_row) kv.write_positions(il, true, start, B, b->data.data() + o + kb);
+                    if (j >= j0 && !share) {
+                        kv.write_positions(il, false, start, B, rows);
+                        if (lp.v_row) kv.write_positions(il, true, start, B, rows + kb);
                     }
                 } else {
                     // Stored: positions [end - rows, end); needed: [L - window, L).
                     const int64_t first = std::max(std::max<int64_t>(0, L - lp.window), end - lp.rows);
                     if (first < end) {
                         const size_t skip = static_cast<size_t>(first - (end - lp.rows));
-                        kv.write_positions(il, false, first, end - first, b->data.data() + o + skip * lp.k_row);
-                        if (lp.v_row) kv.write_positions(il, true, first, end - first, b->data.data() + o + kb + skip * lp.v_row);
+                        kv.write_positions(il, false, first, end - first, rows + skip * lp.k_row);
+                        if (lp.v_row) kv.write_positions(il, true, first, end - first, rows + kb + skip * lp.v_row);
                     }
                 }
-                o += kb + vb;
             }
         }
         kv.restored(L, p.min_window > 0 ? std::max<int64_t>(0, L - p.min_window) : 0);
@@ -573,6 +616,9 @@ size_t PrefixCache::save(Context& ctx, std::span<const int32_t> tokens) {
     std::vector<std::shared_ptr<Block>> made;
     {
         std::lock_guard blk(ctx.backend_mutex());
+        // The context's pages are blocks: the cache takes them by reference (the context copies a
+        // page before it writes into it again, e.g. after a truncate).
+        const bool share = c.shares_pages(p, kv);
         for (int64_t j : todo) {
             auto b = std::make_shared<Block>();
             b->key = keys[static_cast<size_t>(j)];
@@ -580,16 +626,16 @@ size_t PrefixCache::save(Context& ctx, std::span<const int32_t> tokens) {
             b->parent = j == 0 ? p.id : keys[static_cast<size_t>(j - 1)];
             b->tokens.assign(tokens.begin() + j * B, tokens.begin() + (j + 1) * B);
             b->windows = windows_held(j);
-            b->data.resize(b->windows ? p.bytes_full : p.bytes_bare);
-            size_t o = 0;
+            b->bare = share ? kv.buffers().page(j) : backend::make_kv_page(p.bytes_bare);
+            if (!b->bare) throw Error(fmt::format("prefix cache: the context holds no page {}", j));
+            b->win.assign(b->windows ? p.bytes_full - p.bytes_bare : 0, 0);
             const int64_t end = (j + 1) * B;
             for (size_t il = 0; il < p.layers.size(); ++il) {
                 const LayerPlan& lp = p.layers[il];
-                if (lp.window > 0 && !b->windows) continue;
-                const size_t kb = static_cast<size_t>(lp.rows) * lp.k_row, vb = static_cast<size_t>(lp.rows) * lp.v_row;
-                kv.read_positions(il, false, end - lp.rows, lp.rows, b->data.data() + o);
-                if (lp.v_row) kv.read_positions(il, true, end - lp.rows, lp.rows, b->data.data() + o + kb);
-                o += kb + vb;
+                if ((lp.window > 0 && !b->windows) || (lp.window == 0 && share)) continue;
+                const size_t kb = static_cast<size_t>(lp.rows) * lp.k_row;
+                kv.read_positions(il, false, end - lp.rows, lp.rows, b->rows(lp));
+                if (lp.v_row) kv.read_positions(il, true, end - lp.rows, lp.rows, b->rows(lp) + kb);
             }
             made.push_back(std::move(b));
         }

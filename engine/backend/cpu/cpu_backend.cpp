@@ -4,7 +4,7 @@
 // within a context, so executables of different batch shapes share it); the workspace, the matmul
 // scratch and the attention scratch (per-row scores with the KV cache, the tiled prompt attention's
 // per-thread tiles with the backend) are sized when a graph is compiled or a KV cache allocated.
-// run() allocates nothing.
+// run() allocates nothing but the next KV page of a sequence (once per page_tokens tokens, CpuKv).
 //
 // Attention: a batch of at least cpu_tiled_attention_min_tokens() tokens (a prompt) runs tiled
 // (attention_tiled: kernels/flash_attn.h, each K/V block converted once per tile of query rows);
@@ -13,6 +13,7 @@
 // many rows for a tile) goes one (token, head) at a time (attention, attention_mla).
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -65,18 +66,45 @@ AlignedBuf zeroed_bytes(size_t n) {
     return b;
 }
 
-// K and V of every layer, one row per slot (KvRowFormat: n_head_kv heads of head_dim elements, f32,
-// f16 or quantized). An MLA layer (v_in_k) stores K only: V is read from the head of each K row.
+// K and V of every layer (KvRowFormat: n_head_kv heads of head_dim elements, f32, f16 or
+// quantized). A ring layer (sliding window) has one buffer of its slots, taken at once. The other
+// layers are paged (KvLayout::page_tokens): page j holds positions [j * P, (j + 1) * P) of all of
+// them, taken when a run first writes there (zeroed, so that any row read is defined), shared by
+// reference with the prefix cache and other sequences, copied before a shared page is written.
+// Each layer reads its rows through a table of row pointers per page (a ring: one entry), so the
+// attention finds position p's row at table[p >> shift] + (p & mask) * row bytes. An MLA layer
+// (v_in_k) stores K only: V is read from the head of each K row.
 class CpuKv final : public KvBuffers {
 public:
+    static constexpr int kRingShift = 62;  // a ring's slots all lie in its one "page"
+
     CpuKv(const KvLayout& layout, int n_threads) : layout_(layout), n_threads_(n_threads) {
+        const int64_t P = layout.page_tokens;
+        if (P < 1 || (P & (P - 1)) != 0 || P > (int64_t{1} << 30))
+            throw Error(fmt::format("cpu backend: KV pages of {} tokens (a power of two up to 2^30 expected)", P));
+        shift_ = std::countr_zero(static_cast<uint64_t>(P));
+        const int64_t n_pages = layout.n_pages();
+        pages_.resize(static_cast<size_t>(n_pages));
         for (size_t il = 0; il < layout.layers.size(); ++il) {
             const KvLayerShape& l = layout.layers[il];
-            const size_t n = static_cast<size_t>(layout.slots(il));
             layout.k_row(il).check(fmt::format("cpu backend: layer {} keys", il));
-            k_.push_back(zeroed_bytes(n * layout.k_row(il).row_bytes()));
             if (!l.v_in_k) layout.v_row(il).check(fmt::format("cpu backend: layer {} values", il));
-            v_.push_back(l.v_in_k ? AlignedBuf() : zeroed_bytes(n * layout.v_row(il).row_bytes()));
+            if (layout.is_ring(il)) {
+                const size_t n = static_cast<size_t>(layout.slots(il));
+                ring_.push_back(zeroed_bytes(n * layout.k_row(il).row_bytes()));
+                k_.push_back({ring_.back().get()});
+                ring_bytes_ += n * layout.k_row(il).row_bytes();
+                if (!l.v_in_k) {
+                    ring_.push_back(zeroed_bytes(n * layout.v_row(il).row_bytes()));
+                    v_.push_back({ring_.back().get()});
+                    ring_bytes_ += n * layout.v_row(il).row_bytes();
+                } else {
+                    v_.push_back(k_.back());
+                }
+            } else {
+                k_.emplace_back(static_cast<size_t>(n_pages), nullptr);
+                v_.emplace_back(static_cast<size_t>(n_pages), nullptr);
+            }
         }
         // Per thread: the scores of one query head over the whole context.
         scores_stride_ = static_cast<size_t>(layout.n_ctx + 16);
@@ -84,43 +112,125 @@ public:
     }
     const KvLayout& layout() const override { return layout_; }
     void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) override {
-        const auto [p, row] = rows(layer, v, slot, n, "cpu backend: read_rows");
-        std::memcpy(dst, p, row * static_cast<size_t>(n));
+        const size_t row = layout_.checked_row_bytes(layer, v, slot, n, "cpu backend: read_rows");
+        for_runs(layer, slot, n, [&](int64_t s, int64_t off, int64_t run) {
+            const uint8_t* p = row_ptr(layer, v, s);
+            if (!p) throw Error(fmt::format("cpu backend: read_rows: position {} of KV layer {} is not held", s, layer));
+            std::memcpy(static_cast<uint8_t*>(dst) + row * static_cast<size_t>(off), p, row * static_cast<size_t>(run));
+        });
     }
     void write_rows(size_t layer, bool v, int64_t slot, int64_t n, const void* src) override {
-        const auto [p, row] = rows(layer, v, slot, n, "cpu backend: write_rows");
-        std::memcpy(p, src, row * static_cast<size_t>(n));
+        const size_t row = layout_.checked_row_bytes(layer, v, slot, n, "cpu backend: write_rows");
+        if (!layout_.is_ring(layer)) prepare(slot, slot + n);
+        for_runs(layer, slot, n, [&](int64_t s, int64_t off, int64_t run) {
+            std::memcpy(row_ptr(layer, v, s), static_cast<const uint8_t*>(src) + row * static_cast<size_t>(off),
+                        row * static_cast<size_t>(run));
+        });
     }
-    uint8_t* k(int layer) { return k_[static_cast<size_t>(layer)].get(); }
-    uint8_t* v(int layer) { return v_[static_cast<size_t>(layer)].get(); }
+    int64_t page_tokens() const override { return layout_.page_tokens; }
+    void prepare(int64_t first, int64_t end) override {
+        if (first < 0 || first > end || end > layout_.n_ctx)
+            throw Error(fmt::format("cpu backend: KV positions [{}, {}) outside the cache of {}", first, end, layout_.n_ctx));
+        if (first == end) return;
+        const int64_t last_page = (end - 1) >> shift_;
+        // Every page up to the last written is held (a run reads from position 0 or its window).
+        for (; covered_ <= last_page; ++covered_) {
+            if (pages_[static_cast<size_t>(covered_)]) continue;
+            KvPage pg = make_kv_page(layout_.page_bytes(covered_));
+            std::memset(pg.get(), 0, layout_.page_bytes(covered_));
+            assign(covered_, std::move(pg));
+        }
+        // A page that someone else reads too is copied before it is written.
+        for (int64_t j = first >> shift_; j <= last_page; ++j) {
+            const KvPage& pg = pages_[static_cast<size_t>(j)];
+            if (pg.use_count() <= 1) continue;
+            KvPage copy = make_kv_page(layout_.page_bytes(j));
+            std::memcpy(copy.get(), pg.get(), layout_.page_bytes(j));
+            assign(j, std::move(copy));
+        }
+    }
+    void release_from(int64_t n) override {
+        const int64_t keep = std::clamp<int64_t>((n + layout_.page_tokens - 1) >> shift_, 0, layout_.n_pages());
+        for (int64_t j = keep; j < layout_.n_pages(); ++j)
+            if (pages_[static_cast<size_t>(j)]) assign(j, nullptr);
+        covered_ = std::min(covered_, keep);
+    }
+    KvPage page(int64_t j) const override {
+        return j >= 0 && j < layout_.n_pages() ? pages_[static_cast<size_t>(j)] : nullptr;
+    }
+    void set_page(int64_t j, KvPage p) override {
+        if (j < 0 || j >= layout_.n_pages() || !p)
+            throw Error(fmt::format("cpu backend: no KV page {} to set ({} pages)", j, layout_.n_pages()));
+        assign(j, std::move(p));
+    }
+    size_t bytes_held() const override { return ring_bytes_ + page_bytes_; }
+
+    // Layer `layer`'s K (v false) or V row table and its shift (KvRows).
+    uint8_t* const* table(int layer, bool v) const { return (v ? v_ : k_)[static_cast<size_t>(layer)].data(); }
+    int shift(int layer) const { return layout_.is_ring(static_cast<size_t>(layer)) ? kRingShift : shift_; }
     float* scores(int thread) { return reinterpret_cast<float*>(scores_.get()) + scores_stride_ * static_cast<size_t>(thread); }
     int n_threads() const { return n_threads_; }
 
 private:
-    // The first byte of slot `slot`'s row of layer / v and the row's bytes; throws unless slots
-    // [slot, slot + n) exist.
-    std::pair<uint8_t*, size_t> rows(size_t layer, bool v, int64_t slot, int64_t n, const char* what) const {
-        const size_t row = layout_.checked_row_bytes(layer, v, slot, n, what);
-        return {(v ? v_ : k_)[layer].get() + row * static_cast<size_t>(slot), row};
+    // Page j is p from now on (nullptr: none): the tables of every paged layer point into it.
+    void assign(int64_t j, KvPage p) {
+        const auto u = static_cast<size_t>(j);
+        if (pages_[u]) page_bytes_ -= layout_.page_bytes(j);
+        if (p) page_bytes_ += layout_.page_bytes(j);
+        for (size_t il = 0; il < layout_.layers.size(); ++il) {
+            if (layout_.is_ring(il)) continue;
+            k_[il][u] = p ? p.get() + layout_.page_offset(j, il, false) : nullptr;
+            v_[il][u] = p ? p.get() + layout_.page_offset(j, il, !layout_.layers[il].v_in_k) : nullptr;
+        }
+        pages_[u] = std::move(p);
+    }
+    // The row of `slot` (nullptr when its page is not held).
+    uint8_t* row_ptr(size_t layer, bool v, int64_t slot) const {
+        const auto& t = (v ? v_ : k_)[layer];
+        const int sh = shift(static_cast<int>(layer));
+        uint8_t* page = t[static_cast<size_t>(slot >> sh)];
+        const size_t row = (v ? layout_.v_row(layer) : layout_.k_row(layer)).row_bytes();
+        return page ? page + static_cast<size_t>(slot & ((int64_t{1} << sh) - 1)) * row : nullptr;
+    }
+    // f(slot, offset from the first, count) for the runs of [slot, slot + n) within one page.
+    template <class F>
+    void for_runs(size_t layer, int64_t slot, int64_t n, F&& f) const {
+        const int64_t P = layout_.is_ring(layer) ? n + 1 : layout_.page_tokens;
+        for (int64_t done = 0; done < n;) {
+            const int64_t s = slot + done;
+            const int64_t run = std::min(n - done, P - (layout_.is_ring(layer) ? 0 : s & (P - 1)));
+            f(s, done, run);
+            done += run;
+        }
     }
 
     KvLayout layout_;
     int n_threads_ = 0;
-    std::vector<AlignedBuf> k_, v_;
+    int shift_ = 0;
+    std::vector<AlignedBuf> ring_;
+    std::vector<std::vector<uint8_t*>> k_, v_;  // per layer: a row table per page (a ring: its buffer)
+    std::vector<KvPage> pages_;
+    int64_t covered_ = 0;  // pages [0, covered_) are held
+    size_t ring_bytes_ = 0, page_bytes_ = 0;
     AlignedBuf scores_;
     size_t scores_stride_ = 0;
 };
 
-// The rows of one layer's K or V buffer in their stored type: writes a slot's row from floats,
-// dots a query head with a stored head and adds a weighted stored head to an accumulator.
+// The rows of one layer's K or V buffer in their stored type, through its row table (CpuKv):
+// writes a slot's row from floats, dots a query head with a stored head and adds a weighted
+// stored head to an accumulator. The *_at forms take a row pointer (row()) found once for many uses.
 class KvRows {
 public:
-    KvRows(const KvRowFormat& f, uint8_t* base)
-        : f_(f), base_(base), row_(f.row_bytes()), head_(f.head_bytes()), head_codes_(f.head_code_bytes()) {}
+    KvRows(const KvRowFormat& f, uint8_t* const* table, int shift)
+        : f_(f), table_(table), shift_(shift), mask_((int64_t{1} << shift) - 1), row_(f.row_bytes()), head_(f.head_bytes()),
+          head_codes_(f.head_code_bytes()) {}
+
+    // The first byte of row `slot`.
+    uint8_t* row(int64_t slot) const { return table_[slot >> shift_] + static_cast<size_t>(slot & mask_) * row_; }
 
     // Row `slot` from n_head * dim floats.
     void store(int64_t slot, const float* x) const {
-        uint8_t* r = base_ + static_cast<size_t>(slot) * row_;
+        uint8_t* r = row(slot);
         const int64_t n = f_.n_head * f_.dim;
         switch (f_.type) {
             case KvType::F32: std::memcpy(r, x, static_cast<size_t>(n) * 4); return;
@@ -137,8 +247,9 @@ public:
         }
     }
     // sum q[i] * head[i] over the first n elements of head h of row `slot`.
-    float dot(const float* q, int64_t slot, int64_t h, int64_t n) const {
-        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+    float dot(const float* q, int64_t slot, int64_t h, int64_t n) const { return dot_at(q, row(slot), h, n); }
+    float dot_at(const float* q, const uint8_t* r, int64_t h, int64_t n) const {
+        const uint8_t* c = r + static_cast<size_t>(h) * head_;
         switch (f_.type) {
             case KvType::F32: return kernels::dot_f32(q, reinterpret_cast<const float*>(c), n);
             case KvType::F16: return kernels::dot_f32_f16(q, reinterpret_cast<const uint16_t*>(c), n);
@@ -148,8 +259,9 @@ public:
         return 0.0f;
     }
     // The first n elements of head h of row `slot` as floats.
-    void to_float(int64_t slot, int64_t h, float* out, int64_t n) const {
-        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+    void to_float(int64_t slot, int64_t h, float* out, int64_t n) const { to_float_at(row(slot), h, out, n); }
+    void to_float_at(const uint8_t* r, int64_t h, float* out, int64_t n) const {
+        const uint8_t* c = r + static_cast<size_t>(h) * head_;
         switch (f_.type) {
             case KvType::F32: std::memcpy(out, c, static_cast<size_t>(n) * 4); return;
             case KvType::F16: return kernels::f16_to_f32(reinterpret_cast<const uint16_t*>(c), out, n);
@@ -159,12 +271,13 @@ public:
     }
     // Asks for the cache lines of head h of row `slot` (the tiled attention's next block).
     void prefetch(int64_t slot, int64_t h) const {
-        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+        const uint8_t* c = row(slot) + static_cast<size_t>(h) * head_;
         for (size_t off = 0; off < head_; off += 64) __builtin_prefetch(c + off);
     }
     // y += w * (the first n elements of head h of row `slot`).
-    void axpy(float w, int64_t slot, int64_t h, float* y, int64_t n) const {
-        const uint8_t* c = base_ + static_cast<size_t>(slot) * row_ + static_cast<size_t>(h) * head_;
+    void axpy(float w, int64_t slot, int64_t h, float* y, int64_t n) const { axpy_at(w, row(slot), h, y, n); }
+    void axpy_at(float w, const uint8_t* r, int64_t h, float* y, int64_t n) const {
+        const uint8_t* c = r + static_cast<size_t>(h) * head_;
         switch (f_.type) {
             case KvType::F32: return kernels::axpy_f32(w, reinterpret_cast<const float*>(c), y, n);
             case KvType::F16: return kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(c), y, n);
@@ -176,7 +289,9 @@ public:
 private:
     const uint16_t* scales(const uint8_t* head) const { return reinterpret_cast<const uint16_t*>(head + head_codes_); }
     KvRowFormat f_;
-    uint8_t* base_;
+    uint8_t* const* table_;
+    int shift_;
+    int64_t mask_;
     size_t row_, head_, head_codes_;
 };
 
@@ -432,6 +547,20 @@ const float* CpuExecutable::output(TensorId id) const {
 }
 
 void CpuExecutable::run(const RunArgs& args) {
+    // The positions the batch writes get their pages (missing ones taken, shared ones copied)
+    // before anything runs: once per page of tokens at most.
+    for (const Node& n : g_.nodes()) {
+        if (n.op != Op::StoreKV) continue;
+        const int64_t n_tok = g_.tensor(n.src[0]).ne1;
+        if (!args.seq_kv.empty()) {
+            if (args.seq_pos.size() != args.seq_kv.size())
+                throw Error(fmt::format("cpu backend: {} positions for {} sequences", args.seq_pos.size(), args.seq_kv.size()));
+            for (size_t t = 0; t < args.seq_kv.size(); ++t) args.seq_kv[t]->prepare(args.seq_pos[t], args.seq_pos[t] + 1);
+        } else if (args.kv) {
+            args.kv->prepare(args.kv_base, args.kv_base + n_tok);
+        }
+        break;
+    }
     for (const Node& n : g_.nodes()) run_node(n, args);
 }
 
@@ -619,8 +748,8 @@ void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base, int64_t T0,
     const int64_t vw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_v;
     const float* pk = f32(n.src[0]) + T0 * kw;
     const float* pv = p.v_in_k ? nullptr : f32(n.src[1]) + T0 * vw;
-    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));
-    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), pv ? kv.v(p.layer) : nullptr);
+    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.table(p.layer, false), kv.shift(p.layer));
+    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), kv.table(p.layer, !p.v_in_k), kv.shift(p.layer));
     for (int64_t t = 0; t < n_tok; ++t) {
         const int64_t slot = (base + t) % slots;
         krows.store(slot, pk + t * kw);
@@ -694,7 +823,8 @@ CpuExecutable::AttnIo CpuExecutable::attn_io(const Node& n, CpuKv& kv, int64_t T
         sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
     }
     return {f32(n.src[0]) + T0 * g_.tensor(n.src[0]).ne0, sinks, f32(n.dst) + T0 * (static_cast<int64_t>(p.n_head) * p.head_dim_v),
-            KvRows(L.k_row(layer), kv.k(p.layer)), KvRows(L.v_row(layer), p.v_in_k ? kv.k(p.layer) : kv.v(p.layer))};
+            KvRows(L.k_row(layer), kv.table(p.layer, false), kv.shift(p.layer)),
+            KvRows(L.v_row(layer), kv.table(p.layer, !p.v_in_k), kv.shift(p.layer))};
 }
 
 void CpuExecutable::unary(const Node& n) {
@@ -796,7 +926,7 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
     const int dk = p.head_dim_k, dv = p.head_dim_v, H = p.n_head;
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
     float* out = f32(n.dst) + T0 * (static_cast<int64_t>(H) * dv);
-    const KvRows rows(L.k_row(static_cast<size_t>(p.layer)), kv.k(p.layer));  // V = the head of each K row
+    const KvRows rows(L.k_row(static_cast<size_t>(p.layer)), kv.table(p.layer, false), kv.shift(p.layer));  // V = the head of each K row
     // Chunk size: as many heads as keep every thread busy (at least two items each), at most kMaxChunk.
     const int64_t threads = be_.pool().size();
     const int chunk = static_cast<int>(std::clamp<int64_t>(H * n_tok / (2 * threads), 1, kMaxChunk));
@@ -819,9 +949,11 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
             }
             for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
                 const int jb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
+                const uint8_t* rp[kBlock];
+                for (int j = 0; j < jb; ++j) rp[j] = rows.row(j0 + j);
                 for (int j = 0; j < jb; ++j)
                     for (int c = 0; c < nc; ++c)
-                        sc[c][j] = rows.dot(qt + static_cast<int64_t>(h0 + c) * dk, j0 + j, 0, dk) * p.scale;
+                        sc[c][j] = rows.dot_at(qt + static_cast<int64_t>(h0 + c) * dk, rp[j], 0, dk) * p.scale;
                 for (int c = 0; c < nc; ++c) {
                     float bm = mx[c];
                     for (int j = 0; j < jb; ++j) bm = std::max(bm, sc[c][j]);
@@ -837,7 +969,7 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
                     }
                 }
                 for (int j = 0; j < jb; ++j)
-                    for (int c = 0; c < nc; ++c) rows.axpy(sc[c][j], j0 + j, 0, acc + c * dv, dv);
+                    for (int c = 0; c < nc; ++c) rows.axpy_at(sc[c][j], rp[j], 0, acc + c * dv, dv);
             }
             for (int c = 0; c < nc; ++c) {
                 float* oh = out + t * (static_cast<int64_t>(H) * dv) + static_cast<int64_t>(h0 + c) * dv;

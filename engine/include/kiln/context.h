@@ -35,9 +35,18 @@ struct ContextOptions {
     std::function<void(float)> progress{};
     // On the CPU: compute the memory plan first (kiln/memory.h) and throw kiln::Error with its
     // numbers (what is needed, what is available, the largest n_ctx that fits) instead of taking
-    // memory the machine does not have. The KV cache is written once when it is created, so the
-    // memory counted is really held from then on. false skips the check.
+    // memory the machine does not have. The plan counts the KV cache when full; its memory is
+    // written once when taken (the rings when the context is created, the pages as tokens arrive),
+    // so what it holds is really held. false skips the check.
     bool check_memory = true;
+    // Tokens per KV page on the CPU (a power of two). A PrefixCache shares its blocks with the
+    // context by reference when its block_tokens equals this; otherwise their rows are copied.
+    int64_t kv_page_tokens = 256;
+    // On the CPU: take every KV page when the context is created and keep them whatever the
+    // sequence holds (the whole cache really held from the start, as the memory plan counts it:
+    // no page to find later; kiln run, chat, logits and bench do this). Sharing a prefix cache's
+    // pages then saves computing, not memory. false: pages come and go with the tokens.
+    bool kv_up_front = false;
 };
 
 // KV cache memory by layer kind. A full layer holds n_ctx tokens; a sliding-window layer a ring
@@ -77,7 +86,14 @@ public:
     int64_t n_past() const;   // tokens in the context (= position of the next token)
     int64_t n_ctx() const;
     int64_t n_vocab() const;
-    size_t kv_bytes() const;  // memory of the KV cache
+    // Memory of the KV cache when full: what the memory plan counts for this context. On the CPU
+    // the full layers' rows are paged (ContextOptions::kv_page_tokens): pages are taken as the
+    // sequence grows and let go when it shrinks, and a prefix restored from a PrefixCache whose
+    // blocks are pages of this size is shared with the cache and other contexts, not copied.
+    size_t kv_bytes() const;
+    // Memory the KV cache holds now: the rings and every page of the tokens it holds, the pages it
+    // shares included (kv_bytes() on Vulkan, which allocates the whole cache at once).
+    size_t kv_bytes_held() const;
     KvStats kv_stats() const;
     std::string kv_summary() const;  // one line: the KV memory by layer kind
     // Forgets the sequence (the KV cache memory is kept for the next one).

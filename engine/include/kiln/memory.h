@@ -12,7 +12,9 @@
 // - weights: the mapped GGUF file (every page is read by a forward pass) on the CPU; on Vulkan the
 //   weights copied to the device;
 // - kv: the KV cache of every context, by layer kind (full layers hold n_ctx tokens, sliding-window
-//   layers a ring of window + batch - 1, MLA layers one latent row per token);
+//   layers a ring of window + batch - 1, MLA layers one latent row per token), when full: on the CPU
+//   the full layers' pages are taken as the tokens arrive (and shared with the prefix cache), so
+//   this is the most the contexts hold;
 // - scratch: the activations and per-thread buffers of a prompt batch and of decode;
 // - cache: the prefix-cache budget (--cache-mem) of a server.
 // Available: on the CPU, MemAvailable of /proc/meminfo plus this process's own anonymous memory,

@@ -2,7 +2,7 @@
 //
 //   kiln::PrefixCache cache(model, {.mem_bytes = 2ull << 30, .dir = "/home/me/.cache/kiln"});
 //   kiln::Context ctx(model, {.n_ctx = 32768});
-//   int64_t n = cache.restore(ctx, prompt, prompt.size() - 1);  // the cached prefix's KV rows copied in
+//   int64_t n = cache.restore(ctx, prompt, prompt.size() - 1);  // the cached prefix's KV taken in
 //   ctx.decode(std::span(prompt).subspan(n));                     // the rest computed
 //   cache.save(ctx, prompt);                                      // its full blocks kept for the next one
 //   cache.flush();                                                // at exit: every block to disk
@@ -12,8 +12,11 @@
 // the layer shapes and windows, RoPE settings), and holds the K (and V) rows of every layer for its
 // tokens: a full layer's all, a sliding-window layer's last min(window, block_tokens) (what the
 // window of a later token needs), an MLA layer's latent. Blocks are immutable; a request takes the
-// longest chain of cached blocks and its rows are copied into the context (restore does not share
-// memory with the context: attention reads the context's own contiguous cache). Unused blocks go
+// longest chain of cached blocks. On the CPU, where a context's full layers live in pages, a block
+// of ContextOptions::kv_page_tokens tokens (256 both by default) IS a page: restore makes the
+// context read the cached page by reference (any number of contexts share one copy; a context
+// copies a page only before writing into it), save hands the context's pages to the cache the same
+// way. Otherwise (Vulkan, other block sizes) the rows are copied in and out. Unused blocks go
 // least recently used first when the memory budget is full; with a directory they are written
 // there first, and a request whose prefix is on disk reads them back. Files are written under a
 // temporary name and renamed, carry the identity, the tokens and a checksum: a corrupt, truncated
