@@ -1,6 +1,7 @@
 // Chat templates: every case of the shared expected.json (real model templates rendered by Python's
 // jinja2 the way transformers does), byte for byte; ChatTemplate from a GGUF file; `kiln template`.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -236,7 +237,7 @@ TEST(TemplateCli, RendersASharedTemplateByteForByte) {
 TEST(TemplateCli, ReadsTheTemplateFromAModel) {
     auto w = vocab_writer();
     w.set_string("tokenizer.chat_template", "{{ bos_token }}[{{ messages[0].content }}]{{ eos_token }}");
-    const auto model = kiln::test::temp_path("cli-template.gguf");
+    const auto model = kiln::test::temp_path("cli-template-" + std::to_string(::getpid()) + ".gguf");
     w.write(model.string());
     const std::string ctx = write_temp("cli-ctx2.json", R"({"messages": [{"role": "user", "content": "é \"q\""}]})");
     const auto r = kiln::test::run_kiln({"template", "-m", model.string(), "--context", ctx}, "template");
@@ -272,7 +273,7 @@ TEST(TemplateCli, ErrorsExitOneWithThePosition) {
     EXPECT_NE(r.err.find("cli-ctx4.json"), std::string::npos) << r.err;
 
     auto w = vocab_writer();
-    const auto model = kiln::test::temp_path("cli-no-template.gguf");
+    const auto model = kiln::test::temp_path("cli-no-template-" + std::to_string(::getpid()) + ".gguf");
     w.write(model.string());
     r = kiln::test::run_kiln({"template", "-m", model.string(), "--context", ctx}, "template");
     EXPECT_EQ(r.code, 1);

@@ -1,5 +1,6 @@
 // `kiln bench`: ppN / tgN tests with the numbers a user compares, and clear errors.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -9,7 +10,7 @@
 namespace {
 
 std::string bench_model() {
-    const std::string path = kiln::test::temp_path("cli-bench-llama.gguf").string();
+    const std::string path = kiln::test::temp_path("cli-bench-llama-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::SyntheticLlama s;
     s.seed = 9;
     kiln::write_synthetic_llama(path, s);

@@ -214,7 +214,7 @@ TEST(CliFlags, InfoShowsANulInAStringEscaped) {
     w.set_string("general.architecture", "llama");
     w.set_string("general.name", std::string("tiny\0hidden\x01", 12));
     w.add_tensor("t", kiln::TensorType::F32, {4}, std::vector<uint8_t>(16));
-    const auto path = kiln::test::temp_path("flags-nul.gguf");
+    const auto path = kiln::test::temp_path("flags-nul-" + std::to_string(::getpid()) + ".gguf");
     w.write(path.string());
     const auto r = run_kiln({"info", path.string()});
     EXPECT_NE(r.out.find("tiny\\0hidden\\x01"), std::string::npos) << r.out << r.err;
@@ -223,7 +223,7 @@ TEST(CliFlags, InfoShowsANulInAStringEscaped) {
 
 TEST(CliFlags, DemoOutputKeepsItsOrderInOnePipe) {
     const auto r = kiln::test::run_shell(kiln::test::shell_quote(kiln::test::kiln_binary()) + " demo -n 4 -o " +
-                                         kiln::test::shell_quote(kiln::test::temp_path("flags-demo.gguf").string()));
+                                         kiln::test::shell_quote(kiln::test::temp_path("flags-demo-" + std::to_string(::getpid()) + ".gguf").string()));
     ASSERT_EQ(r.code, 0) << r.out;
     const auto info_cmd = r.out.find("$ kiln info"), arch = r.out.find("architecture    llama"), run_cmd = r.out.find("$ kiln run"),
                story = r.out.find("Once upon a time");

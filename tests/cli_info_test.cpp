@@ -1,5 +1,6 @@
 // `kiln info` on every shared file (text and JSON), and on bad files (exit 1, loader message).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -103,7 +104,7 @@ TEST(CliInfo, BadFilesExitOneWithTheLoaderMessage) {
     w.add_tensor("t", kiln::TensorType::F32, {1024}, std::vector<uint8_t>(4096));
     auto bytes = w.to_bytes();
     bytes.resize(bytes.size() - 100);
-    const auto path = kiln::test::temp_path("info-truncated.gguf");
+    const auto path = kiln::test::temp_path("info-truncated-" + std::to_string(::getpid()) + ".gguf");
     std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
     const auto r = run_kiln({"info", path.string()});
     EXPECT_EQ(r.code, 1);
@@ -111,7 +112,7 @@ TEST(CliInfo, BadFilesExitOneWithTheLoaderMessage) {
     EXPECT_NE(r.err.find("runs past end of file"), std::string::npos) << r.err;
     EXPECT_TRUE(r.out.empty());
 
-    const auto text = kiln::test::temp_path("info-text.gguf");
+    const auto text = kiln::test::temp_path("info-text-" + std::to_string(::getpid()) + ".gguf");
     std::ofstream(text) << "hello, not a model\n";
     const auto t = run_kiln({"info", text.string()});
     EXPECT_EQ(t.code, 1);

@@ -1,5 +1,6 @@
 // `kiln logits`: JSON of every position's logits, equal to what the public API computes.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -11,7 +12,7 @@
 namespace {
 
 std::string synthetic_model() {
-    const std::string path = kiln::test::temp_path("cli-logits-llama.gguf").string();
+    const std::string path = kiln::test::temp_path("cli-logits-llama-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::SyntheticLlama s;
     s.type = kiln::TensorType::Q8_0;
     s.seed = 5;

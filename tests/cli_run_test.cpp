@@ -110,7 +110,7 @@ TEST(CliRun, SameSeedSameText) {
 }
 
 TEST(CliRun, DemoRunsEndToEnd) {
-    const std::string out = kiln::test::temp_path("demo-test.gguf").string();
+    const std::string out = kiln::test::temp_path("demo-test-" + std::to_string(::getpid()) + ".gguf").string();
     auto r = run_kiln({"demo", "-o", out, "-n", "24"});
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.out.find("architecture    llama"), std::string::npos) << r.out;
@@ -124,7 +124,7 @@ TEST(CliRun, ErrorsAreOneClearLine) {
     EXPECT_EQ(missing.code, 1);
     EXPECT_NE(missing.err.find("/nonexistent/m.gguf"), std::string::npos) << missing.err;
 
-    const auto text = kiln::test::temp_path("run-not-gguf.gguf");
+    const auto text = kiln::test::temp_path("run-not-gguf-" + std::to_string(::getpid()) + ".gguf");
     std::ofstream(text) << "this is not a model";
     auto notgguf = run_kiln({"run", "-m", text.string(), "-p", "hi"});
     EXPECT_EQ(notgguf.code, 1);
@@ -133,7 +133,7 @@ TEST(CliRun, ErrorsAreOneClearLine) {
     kiln::gguf::Writer w;
     w.set_string("general.architecture", "mamba9");
     w.add_tensor("t", kiln::TensorType::F32, {4}, std::vector<uint8_t>(16));
-    const auto arch = kiln::test::temp_path("run-unknown-arch.gguf");
+    const auto arch = kiln::test::temp_path("run-unknown-arch-" + std::to_string(::getpid()) + ".gguf");
     w.write(arch.string());
     auto unk = run_kiln({"run", "-m", arch.string(), "-p", "hi"});
     EXPECT_EQ(unk.code, 1);

@@ -1,6 +1,7 @@
 // Context::truncate: dropping the tail of the sequence and decoding other tokens gives the same
 // logits as decoding the kept prefix plus those tokens into a fresh context.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <vector>
@@ -12,7 +13,7 @@
 TEST(ContextTruncate, ReusesThePrefix) {
     kiln::SyntheticLlama s;
     s.n_ctx = 64;
-    const std::string path = kiln::test::temp_path("truncate.gguf").string();
+    const std::string path = kiln::test::temp_path("truncate-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::write_synthetic_llama(path, s);
     const kiln::Model model = kiln::Model::load(path);
     kiln::ContextOptions o;

@@ -4,6 +4,7 @@
 // on the CPU and on Vulkan (where the contexts share one backend: StoreKV / Attention run per
 // sequence inside the batch's one submit).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -144,7 +145,7 @@ INSTANTIATE_TEST_SUITE_P(Models, DecodeBatchVulkan,
 TEST(DecodeBatch, RefusesBadBatchesWithoutAdvancing) {
     kiln::SyntheticLlama s;
     s.n_ctx = 8;
-    const std::string path = kiln::test::temp_path("decode_batch.gguf").string();
+    const std::string path = kiln::test::temp_path("decode_batch-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::write_synthetic_llama(path, s);
     const kiln::Model model = kiln::Model::load(path);
     const kiln::Model other = kiln::Model::load(path);

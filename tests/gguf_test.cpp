@@ -1,6 +1,7 @@
 // GGUF reader/writer: round trips, every shared file, and hostile inputs (truncation, corruption,
 // oversized counts) that must give a clear kiln::Error, never a crash.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -132,7 +133,7 @@ TEST(Gguf, RoundTripEveryValueType) {
 }
 
 TEST(Gguf, WriteToDiskAndOpen) {
-    const fs::path p = kiln::test::temp_path("write_to_disk.gguf");
+    const fs::path p = kiln::test::temp_path("write_to_disk-" + std::to_string(::getpid()) + ".gguf");
     sample_writer().write(p.string());
     auto f = File::open(p.string());
     EXPECT_EQ(f->file_size(), fs::file_size(p));
@@ -147,7 +148,7 @@ TEST(Gguf, OpenErrorsNameTheFile) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/model.gguf"), std::string::npos);
     }
-    const fs::path empty = kiln::test::temp_path("empty.gguf");
+    const fs::path empty = kiln::test::temp_path("empty-" + std::to_string(::getpid()) + ".gguf");
     std::ofstream(empty).close();
     EXPECT_THROW(File::open(empty.string()), Error);
     EXPECT_THROW(File::open(fs::temp_directory_path().string()), Error);

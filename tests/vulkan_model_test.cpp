@@ -9,6 +9,7 @@
 // against the CPU on a synthetic model, `kiln run --backend vulkan` on the story model, and the
 // refusal of graphs the shaders cannot run. Skipped (loudly) without a Vulkan device.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -294,7 +295,7 @@ TEST(VulkanModel, KilnRunTellsTheStory) {
     kiln::SyntheticLlama s;
     s.story = true;
     s.type = kiln::TensorType::Q8_0;
-    const std::string path = kiln::test::temp_path("vk-story.gguf").string();
+    const std::string path = kiln::test::temp_path("vk-story-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::write_synthetic_llama(path, s);
     auto r = kiln::test::run_kiln(
         {"run", "-m", path, "-p", "the kiln", "-n", "12", "--temp", "0", "-q", "--backend", "vulkan"});
@@ -336,7 +337,7 @@ TEST(VulkanModel, DecodeIsOneSubmitAndNoNewBuffers) {
     s.type = kiln::TensorType::Q4_K;
     s.n_embd = 256;
     s.n_ff = 512;
-    const std::string path = kiln::test::temp_path("vk-decode.gguf").string();
+    const std::string path = kiln::test::temp_path("vk-decode-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::write_synthetic_llama(path, s);
     const kiln::Model model = kiln::Model::load(path);
     const auto& arch = *model.impl()->arch;
@@ -386,7 +387,7 @@ TEST(VulkanShared, ContextsShareOneCopyOfTheWeights) {
     kiln::SyntheticLlama s;
     s.type = kiln::TensorType::Q8_0;
     s.n_layer = 3;
-    const std::string path = kiln::test::temp_path("vk-shared.gguf").string();
+    const std::string path = kiln::test::temp_path("vk-shared-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::write_synthetic_llama(path, s);
     const kiln::Model model = kiln::Model::load(path);
     const kiln::Model::Impl& m = *model.impl();
@@ -447,7 +448,7 @@ TEST(VulkanShared, ContextsInTwoThreadsTakeTurns) {
     KILN_REQUIRE_VULKAN();
     kiln::SyntheticLlama s;
     s.type = kiln::TensorType::Q8_0;
-    const std::string path = kiln::test::temp_path("vk-threads.gguf").string();
+    const std::string path = kiln::test::temp_path("vk-threads-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::write_synthetic_llama(path, s);
     const kiln::Model model = kiln::Model::load(path);
     kiln::ContextOptions o;
@@ -485,7 +486,7 @@ TEST(VulkanModel, SequenceBatchThroughTheScratchEqualsViews) {
     KILN_REQUIRE_VULKAN();
     kiln::SyntheticLlama s;
     s.type = kiln::TensorType::F32;
-    const std::string path = kiln::test::temp_path("vk-seq.gguf").string();
+    const std::string path = kiln::test::temp_path("vk-seq-" + std::to_string(::getpid()) + ".gguf").string();
     kiln::write_synthetic_llama(path, s);
     const kiln::Model model = kiln::Model::load(path);
     const auto& arch = *model.impl()->arch;
