@@ -24,6 +24,7 @@ TEST(CliBench, JsonHasEveryTestWithItsSamples) {
     EXPECT_EQ(j.at("arch"), "llama");
     EXPECT_EQ(j.at("backend"), "cpu");
     EXPECT_EQ(j.at("depth"), 4);
+    EXPECT_GT(j.at("depth_tps").get<double>(), 0.0);  // the depth is decoded once (then truncated back to)
     ASSERT_EQ(j.at("tests").size(), 2u);
     EXPECT_EQ(j["tests"][0]["test"], "pp16 @ d4");
     EXPECT_EQ(j["tests"][0]["n_tokens"], 16);

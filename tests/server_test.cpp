@@ -667,6 +667,14 @@ TEST_F(ServerTest, ConcurrentRequestsShareTwoSlots) {
     auto met = client().Get("/metrics");
     ASSERT_TRUE(met);
     EXPECT_NE(met->body.find("kiln_slots 2"), std::string::npos) << met->body;
+    // Both slots hold the pages of their last request's tokens: more than nothing, less than full.
+    const auto gauge = [&](const std::string& name) {
+        const size_t at = met->body.find("\n" + name + " ");
+        return at == std::string::npos ? -1.0 : std::stod(met->body.substr(at + name.size() + 2));
+    };
+    const double held = gauge("kiln_kv_bytes{holder=\"slots\"}"), full = gauge("kiln_kv_bytes{holder=\"slot_capacity\"}");
+    EXPECT_GT(held, 0) << met->body;
+    EXPECT_LT(held, 2 * full) << met->body;
 }
 
 TEST_F(ServerTest, ConcurrentGenerationsAreBatchedAndUnchanged) { concurrent_generations_are_batched(48); }

@@ -238,3 +238,31 @@ TEST(Generator, JsonSchemaOutputParsesAndFollowsTheSchema) {
         EXPECT_THROW(gen.generate(story().tokenizer().encode("once", true, true), b), kiln::Error) << bad;
     }
 }
+
+// kv_bytes_held (kiln serve's kiln_kv_bytes{holder="slots"}): a slot holds the KV pages its
+// tokens use, not its whole context, and the count follows each request up and down.
+TEST(ServingEngine, KvHeldFollowsTheTokensInThePages) {
+    const kiln::Tokenizer& tok = story().tokenizer();
+    kiln::ServingOptions so;
+    so.context = ctx_options();
+    so.context.n_ctx = 1024;  // four pages of 256 positions
+    kiln::ServingEngine engine(story(), so);
+    ASSERT_EQ(engine.n_ctx(), 1024);
+    const size_t page = engine.kv_bytes_per_context() / 4;
+    ASSERT_GT(page, 0u);
+    EXPECT_EQ(engine.kv_bytes_held(), 0u);
+
+    const std::vector<int32_t> short_prompt = tok.encode("once upon a", true, true);
+    std::string text;
+    while (tok.encode(text, true, true).size() < 560) text += "the kiln was hot and once upon a time there was ";
+    const std::vector<int32_t> long_prompt = tok.encode(text, true, true);
+    ASSERT_LT(long_prompt.size() + 20, 768u);
+
+    ASSERT_EQ(engine.generate(short_prompt, greedy(20)).n_generated, 20);
+    EXPECT_EQ(engine.kv_bytes_held(), page) << short_prompt.size() + 20 << " tokens: one page";
+    ASSERT_EQ(engine.generate(long_prompt, greedy(20)).n_generated, 20);
+    EXPECT_EQ(engine.kv_bytes_held(), 3 * page) << long_prompt.size() + 20 << " tokens: three pages";
+    // The slot drops the long prompt (its full pages stay in the prefix cache, not in the slot).
+    ASSERT_EQ(engine.generate(short_prompt, greedy(20)).n_generated, 20);
+    EXPECT_EQ(engine.kv_bytes_held(), page);
+}

@@ -883,6 +883,10 @@ private:
         s += "# HELP kiln_slots_busy Slots generating.\n# TYPE kiln_slots_busy gauge\n";
         s += fmt::format("kiln_slots_busy {}\n", active);
         s += fmt::format("# HELP kiln_slots Slots (parallel sequences).\n# TYPE kiln_slots gauge\nkiln_slots {}\n", e_.n_parallel());
+        s += "# HELP kiln_kv_bytes KV cache memory the slots hold (paged: what their tokens use; a shared page counts in each slot), "
+             "and the capacity of one full slot.\n# TYPE kiln_kv_bytes gauge\n";
+        s += fmt::format("kiln_kv_bytes{{holder=\"slots\"}} {}\nkiln_kv_bytes{{holder=\"slot_capacity\"}} {}\n", e_.kv_bytes_held(),
+                         e_.kv_bytes_per_context());
         const PrefixCacheStats c = e_.prefix_cache().stats();
         s += "# HELP kiln_cache_blocks KV blocks of the prefix cache, by tier (disk: the directory's files, any server's).\n"
              "# TYPE kiln_cache_blocks gauge\n";

@@ -36,6 +36,9 @@ struct ServingEngine::Impl {
         std::vector<int32_t> tokens;  // what the context holds
         bool busy = false;
         uint64_t last_used = 0;
+        // The context's KV memory (Context::kv_bytes_held), taken by the slot's request after
+        // each prompt batch and at its end: metrics read it from other threads.
+        std::atomic<size_t> kv_held{0};
     };
     struct StepRequest {
         Context* ctx;
@@ -210,6 +213,7 @@ ServingEngine::Impl::Slot* ServingEngine::Impl::acquire(std::span<const int32_t>
 }
 
 void ServingEngine::Impl::release(Slot* s) {
+    s->kv_held = s->ctx->kv_bytes_held();
     {
         std::lock_guard lk(mu);
         s->busy = false;
@@ -286,6 +290,7 @@ GenerateResult ServingEngine::Impl::run(std::span<const int32_t> prompt, const G
         slot->tokens.insert(slot->tokens.end(), prompt.begin() + static_cast<std::ptrdiff_t>(i),
                             prompt.begin() + static_cast<std::ptrdiff_t>(i + n));
         save_blocks(*slot);
+        slot->kv_held = ctx.kv_bytes_held();
         if (stopping || (o.cancel && o.cancel->load())) {
             r.stop = StopReason::Cancelled;  // not counted: the engine stops, or the caller chose to
             return r;
@@ -410,6 +415,11 @@ int64_t ServingEngine::n_ctx() const { return impl_->n_ctx; }
 int ServingEngine::n_parallel() const { return impl_->n_parallel; }
 const char* ServingEngine::backend_name() const { return impl_->slots[0]->ctx->backend_name(); }
 size_t ServingEngine::kv_bytes_per_context() const { return impl_->kv_bytes; }
+size_t ServingEngine::kv_bytes_held() const {
+    size_t n = 0;
+    for (const auto& s : impl_->slots) n += s->kv_held.load();
+    return n;
+}
 PrefixCache& ServingEngine::prefix_cache() { return *impl_->cache; }
 size_t ServingEngine::flush_cache() { return impl_->cache->flush(); }
 ServingMetrics& ServingEngine::metrics() { return impl_->metrics; }

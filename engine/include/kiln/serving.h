@@ -123,7 +123,11 @@ public:
     int64_t n_ctx() const;  // of each slot
     int n_parallel() const;
     const char* backend_name() const;
-    size_t kv_bytes_per_context() const;
+    size_t kv_bytes_per_context() const;  // a slot's KV cache when full (n_ctx tokens)
+    // The KV memory the slots hold now, summed (Context::kv_bytes_held: with paged KV, what their
+    // tokens use; a page two slots share, e.g. a cached prefix, counts in each). Updated by each
+    // request after every prompt batch and when it ends, so safe to read from any thread.
+    size_t kv_bytes_held() const;
     PrefixCache& prefix_cache();
     size_t flush_cache();  // writes the prefix cache's blocks to its directory; returns the files written
     ServingMetrics& metrics();
