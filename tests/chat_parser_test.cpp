@@ -58,6 +58,13 @@ std::vector<ChatEvent> feed_pieces(const ParserOptions& o, const std::vector<std
     return all;
 }
 
+// The text fed one byte at a time.
+std::vector<ChatEvent> feed_bytes(const ParserOptions& o, std::string_view text) {
+    std::vector<std::string_view> bytes;
+    for (size_t i = 0; i < text.size(); ++i) bytes.push_back(text.substr(i, 1));
+    return feed_pieces(o, bytes);
+}
+
 ParsedMessage merged(const std::vector<ChatEvent>& ev) {
     ParsedMessage m;
     m.apply(ev);
@@ -208,9 +215,7 @@ TEST_P(ChatParserCases, EverySplitGivesTheSameResult) {
             const auto ev = feed_pieces(o, {raw.substr(0, i), raw.substr(i, j - i), raw.substr(j)});
             ASSERT_EQ(merged(ev), want) << "split at " << i << ", " << j;
         }
-    std::vector<std::string_view> bytes;
-    for (size_t i = 0; i < raw.size(); ++i) bytes.push_back(raw.substr(i, 1));
-    const auto ev = feed_pieces(o, bytes);
+    const auto ev = feed_bytes(o, raw);
     EXPECT_EQ(merged(ev), want) << str(merged(ev));
     EXPECT_EQ(coalesce(ev), whole);
 }
@@ -435,9 +440,7 @@ TEST(ChatParser, RandomOutputsAreSplitInvariant) {
                 ASSERT_EQ(merged(ev), merged(whole)) << family_name(fam) << " [" << raw << "] split " << i << "," << j;
                 ASSERT_EQ(ev, whole) << family_name(fam) << " [" << raw << "] split " << i << "," << j;
             }
-            std::vector<std::string_view> bytes;
-            for (size_t i = 0; i < raw.size(); ++i) bytes.push_back(v.substr(i, 1));
-            ASSERT_EQ(coalesce(feed_pieces(o, bytes)), whole) << family_name(fam) << " [" << raw << "] byte by byte";
+            ASSERT_EQ(coalesce(feed_bytes(o, v)), whole) << family_name(fam) << " [" << raw << "] byte by byte";
         }
     }
 }
@@ -505,10 +508,8 @@ TEST(ChatParser, QwenXmlTypesParametersFromTheSchema) {
     EXPECT_EQ(m.tool_calls[1].arguments, want1);
     EXPECT_TRUE(m.warnings.empty());
     // Byte by byte: the same message, no text leaks out of the call.
-    std::vector<std::string_view> bytes;
-    for (size_t i = 0; i < out.size(); ++i) bytes.push_back(std::string_view(out).substr(i, 1));
     ParsedMessage m2;
-    m2.apply(feed_pieces(o, bytes));
+    m2.apply(feed_bytes(o, out));
     EXPECT_EQ(m2, m);
     // Without the schema, values are JSON when they parse: "42" is a number, a path a string.
     ParserOptions plain = o;
@@ -550,10 +551,8 @@ TEST(ChatParser, GlmTypesArgumentsFromTheSchema) {
     EXPECT_EQ(m.tool_calls[1].arguments, R"({"old_string":"\"x\"","new_string":"42","replace_all":true,"limit":7,"extra":{"k":1}})");
     EXPECT_TRUE(m.warnings.empty());
     // Byte by byte: the same message.
-    std::vector<std::string_view> bytes;
-    for (size_t i = 0; i < out.size(); ++i) bytes.push_back(std::string_view(out).substr(i, 1));
     ParsedMessage m2;
-    m2.apply(feed_pieces(o, bytes));
+    m2.apply(feed_bytes(o, out));
     EXPECT_EQ(m2, m);
     // Without the tools' schemas (kiln chat without tools): JSON when it parses, as before.
     ParserOptions plain = o;
