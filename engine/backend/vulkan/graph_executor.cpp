@@ -543,19 +543,14 @@ void VkExecutable::kv_node(const Node& n, const NodeViews& v, VkKv& kv, int64_t 
         vk_.kv_write(v.a, kv.k(layer), static_cast<uint32_t>(base), ring, kv.layout().type_k);
         if (!n.attn.v_in_k) vk_.kv_write(v.b, kv.v(layer), static_cast<uint32_t>(base), ring, kv.layout().type_v);
     } else {
-        vk::AttentionParams ap;
-        ap.pos0 = static_cast<uint32_t>(base);
-        ap.n_kv = static_cast<uint32_t>(base + n_tok);
-        ap.scale = n.attn.scale;
-        ap.window = static_cast<uint32_t>(std::max(0, n.attn.window));
-        ap.softcap = n.attn.softcap;
-        ap.ring = ring;
-        ap.v_in_k = n.attn.v_in_k;
-        ap.dv = static_cast<uint32_t>(n.attn.head_dim_v);
-        ap.k_type = kv.layout().type_k;
-        ap.v_type = kv.layout().type_v;
+        vk::AttentionRun r;
+        r.pos0 = static_cast<uint32_t>(base);
+        r.n_kv = static_cast<uint32_t>(base + n_tok);
+        r.ring = ring;
+        r.k_type = kv.layout().type_k;
+        r.v_type = kv.layout().type_v;
         const vk::Tensor* sinks = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
-        vk_.attention(v.a, kv.k(layer), kv.v(layer), v.c, ap, sinks);
+        vk_.attention(v.a, kv.k(layer), kv.v(layer), v.c, n.attn, r, sinks);
     }
 }
 
@@ -604,23 +599,7 @@ void VkExecutable::run(const RunArgs& args) {
                 else vk_.rms_norm(t(n.src[0]), w, t(n.dst), n.f);
                 break;
             }
-            case Op::Rope: {
-                vk::RopeParams rp;
-                rp.neox = n.rope.mode == graph::RopeMode::Neox;
-                rp.n_dims = n.rope.n_dims;
-                rp.freq_base = n.rope.freq_base;
-                rp.freq_scale = n.rope.freq_scale;
-                rp.mscale = n.rope.attn_factor;
-                if (n.rope.ext_factor != 0.0f) {
-                    float corr[2];
-                    graph::rope_yarn_corr_dims(n.rope, corr);
-                    rp.ext_factor = n.rope.ext_factor;
-                    rp.corr_lo = corr[0];
-                    rp.corr_hi = corr[1];
-                }
-                vk_.rope(v.a, t(n.src[1]), v.c, rp);
-                break;
-            }
+            case Op::Rope: vk_.rope(v.a, t(n.src[1]), v.c, n.rope); break;
             case Op::StoreKV:
             case Op::Attention:
                 if (!seq) {
@@ -640,14 +619,9 @@ void VkExecutable::run(const RunArgs& args) {
             case Op::Sigmoid: vk_.sigmoid(t(n.src[0]), t(n.dst)); break;
             case Op::Softmax: vk_.softmax(t(n.src[0]), t(n.dst)); break;
             case Op::NormalizeSum: vk_.normalize_sum(t(n.src[0]), t(n.dst)); break;
-            case Op::TopK: {
-                vk::TopKParams tp;
-                tp.k = n.topk.k;
-                tp.n_group = n.topk.n_group;
-                tp.n_group_used = n.topk.n_group_used;
-                vk_.top_k(t(n.src[0]), n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr, t(n.dst), tp);
+            case Op::TopK:
+                vk_.top_k(t(n.src[0]), n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr, t(n.dst), n.topk);
                 break;
-            }
             case Op::Gather: vk_.gather(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::MoeMatMul:
                 vk_.moe_matmul(t(n.src[0]), x_of(n, v), &t(n.src[2]), n.src[3] != graph::kNone ? &t(n.src[3]) : nullptr,
