@@ -8,6 +8,7 @@
 #include "kiln/error.h"
 #include "kiln/types.h"
 #include "model/architecture.h"
+#include "quant/types.h"
 
 namespace kiln {
 
@@ -64,11 +65,7 @@ const char* kind_name(GgufValue::Kind k) {
 
 }  // namespace
 
-std::string GgufTensor::shape_string() const {
-    std::string s = "[";
-    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-}
+std::string GgufTensor::shape_string() const { return kiln::shape_string(shape); }
 
 GgufInfo GgufInfo::read(const std::string& path) {
     const auto f = gguf::File::open(path);

@@ -543,7 +543,7 @@ void CpuExecutable::get_rows(const Node& n) {
     const Tensor& dst = g_.tensor(n.dst);
     const int32_t* ids = i32(n.src[1]);
     float* out = f32(n.dst);
-    const uint64_t rb = *row_bytes(w.wtype, static_cast<uint64_t>(w.ne0));
+    const uint64_t rb = w.row_bytes();
     for (int64_t t = 0; t < dst.ne1; ++t) {
         const int32_t id = ids[t];
         if (id < 0 || id >= w.ne1)
@@ -1017,8 +1017,7 @@ void CpuExecutable::grouped_matmul(const Node& n) {
     const float* px = f32(n.src[1]);
     float* py = f32(n.dst);
     const int64_t K = gs.k, R = gs.rows, S = gs.n_slot, T = gs.n_tok, G = gs.n_group;
-    const size_t row_b = static_cast<size_t>(*row_bytes(w.wtype, static_cast<uint64_t>(K)));
-    const size_t mat_b = w.nb2 ? static_cast<size_t>(w.nb2) : row_b * static_cast<size_t>(R);
+    const auto mat_b = static_cast<size_t>(w.matrix_stride());
     const auto* wbase = static_cast<const uint8_t*>(w.data);
     auto x_row = [&](int64_t t, int64_t s) { return px + t * x.ne0 + (x_per_slot ? s * K : 0); };
     auto y_row = [&](int64_t t, int64_t s) { return py + t * (S * R) + s * R; };

@@ -55,11 +55,9 @@ void require_same_count(const Tensor& a, const Tensor& b, const char* op) {
 }  // namespace
 
 std::string Tensor::shape_string() const {
-    std::string s = fmt::format("{} [{}", type_name(type_), ne_[0]);
-    int last = 3;
-    while (last > 1 && ne_[static_cast<size_t>(last)] == 1) --last;
-    for (int i = 1; i <= last; ++i) s += fmt::format(", {}", ne_[static_cast<size_t>(i)]);
-    return s + "]";
+    size_t dims = 4;
+    while (dims > 2 && ne_[dims - 1] == 1) --dims;
+    return fmt::format("{} {}", type_name(type_), kiln::shape_string(std::span<const int64_t>(ne_.data(), dims)));
 }
 
 // ---- lifetime ------------------------------------------------------------------------------

@@ -37,6 +37,10 @@
 
 namespace kiln::vk {
 
+// A device tensor: a range of a device buffer seen as up to four dimensions of one type (a
+// weight, a KV cache, a view of the executor's workspace). Not graph::Tensor, which describes a
+// node of the op graph (kind, dtype, a weight's host bytes): the graph executor makes these from
+// those. Both size rows by quant/types.h's row_bytes and print shapes with kiln::shape_string.
 class Tensor {
 public:
     Tensor() = default;

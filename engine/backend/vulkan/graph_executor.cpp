@@ -27,8 +27,8 @@ constexpr int kMaxHeadDimV = static_cast<int>(vk::Backend::kAttentionMaxDv);  //
 constexpr int kMaxExpertGroups = 64;                                           // top_k.comp: MAX_GROUPS
 
 std::string shape(const graph::Tensor& t) {
-    if (t.kind == TensorKind::Weight) return fmt::format("'{}' {} [{}, {}]", t.name, type_name(t.wtype), t.ne0, t.ne1);
-    return fmt::format("[{}, {}]", t.ne0, t.ne1);
+    if (t.kind == TensorKind::Weight) return fmt::format("'{}' {} {}", t.name, type_name(t.wtype), t.shape_string());
+    return t.shape_string();
 }
 
 [[noreturn]] void unsupported(const graph::Graph& g, const Node& n, const std::string& why) {
@@ -287,11 +287,11 @@ public:
             vk::Tensor d = w.ne2 > 1 ? vk_->tensor(w.wtype, {w.ne0, w.ne1, w.ne2}, w.name)
                                      : vk_->tensor(w.wtype, {w.ne0, w.ne1}, w.name);
             const uint64_t mat = matrix_bytes(w);
-            if (w.ne2 > 1 && w.nb2 != 0 && w.nb2 != mat) {
+            if (w.ne2 > 1 && w.matrix_stride() != mat) {
                 std::vector<uint8_t> packed(bytes_of(w));
                 for (int64_t i = 0; i < w.ne2; ++i)
                     std::memcpy(packed.data() + mat * static_cast<uint64_t>(i),
-                                static_cast<const uint8_t*>(w.data) + w.nb2 * static_cast<uint64_t>(i), mat);
+                                static_cast<const uint8_t*>(w.data) + w.matrix_stride() * static_cast<uint64_t>(i), mat);
                 vk_->upload(d, packed.data(), packed.size());
             } else {
                 vk_->upload(d, w.data, bytes_of(w));
@@ -335,9 +335,7 @@ public:
 private:
     using Key = std::tuple<const void*, int, int64_t, int64_t, int64_t, uint64_t>;
     static Key key(const graph::Tensor& w) { return {w.data, static_cast<int>(w.wtype), w.ne0, w.ne1, w.ne2, w.nb2}; }
-    static uint64_t matrix_bytes(const graph::Tensor& w) {
-        return *row_bytes(w.wtype, static_cast<uint64_t>(w.ne0)) * static_cast<uint64_t>(w.ne1);
-    }
+    static uint64_t matrix_bytes(const graph::Tensor& w) { return w.row_bytes() * static_cast<uint64_t>(w.ne1); }  // packed
     static uint64_t bytes_of(const graph::Tensor& w) { return matrix_bytes(w) * static_cast<uint64_t>(std::max<int64_t>(1, w.ne2)); }
     std::unique_ptr<vk::Backend> vk_;
     std::function<void(uint64_t, uint64_t)> progress_;
