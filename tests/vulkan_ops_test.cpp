@@ -497,7 +497,7 @@ protected:
         kiln::backend::KvLayout layout;
         layout.n_ctx = n_ctx;
         layout.type_k = layout.type_v = c.kv;
-        kiln::backend::KvLayerShape ls;
+        kiln::KvLayer ls;
         ls.n_head_kv = c.n_head_kv;
         ls.head_dim_k = c.dk;
         ls.head_dim_v = c.dv;

@@ -84,10 +84,7 @@ GgufInfo GgufInfo::read(const std::string& path) {
 
 std::vector<GgufKvLayer> GgufInfo::read_kv_layers(const std::string& path) {
     const auto f = gguf::File::open(path);
-    std::vector<GgufKvLayer> out;
-    for (const model::KvLayerSpec& kl : model::load_architecture(*f)->kv_layers())
-        out.push_back(GgufKvLayer{kl.n_head_kv, kl.head_dim_k, kl.head_dim_v, kl.window, kl.v_in_k});
-    return out;
+    return model::load_architecture(*f)->kv_layers();
 }
 
 const GgufValue* GgufInfo::find(std::string_view key) const {

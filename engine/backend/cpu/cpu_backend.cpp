@@ -88,7 +88,7 @@ public:
         const int64_t n_pages = layout.n_pages();
         pages_.resize(static_cast<size_t>(n_pages));
         for (size_t il = 0; il < layout.layers.size(); ++il) {
-            const KvLayerShape& l = layout.layers[il];
+            const KvLayer& l = layout.layers[il];
             layout.k_row(il).check(fmt::format("cpu backend: layer {} keys", il));
             if (!l.v_in_k) layout.v_row(il).check(fmt::format("cpu backend: layer {} values", il));
             if (layout.is_ring(il)) {

@@ -144,7 +144,7 @@ public:
             throw Error(fmt::format("vulkan: the KV cache of {} positions ({} bytes) does not fit: {}", layout.n_ctx,
                                     layout.bytes(), why));
         for (size_t il = 0; il < layout.layers.size(); ++il) {
-            const KvLayerShape& l = layout.layers[il];
+            const KvLayer& l = layout.layers[il];
             const int64_t slots = layout.slots(il);
             k_.push_back(vk.kv_cache(layout.type_k, l.head_dim_k, l.n_head_kv, slots, fmt::format("cache_k.{}", il)));
             v_.push_back(l.v_in_k ? k_.back()
