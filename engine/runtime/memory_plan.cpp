@@ -328,9 +328,15 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
 
     const size_t fixed = p.process_bytes + p.weights_bytes + scratch_fixed + p.cache_bytes;
     cost.n_batch = nb;
+    // The contexts suggested (the largest that fits, per KV type) leave kSuggestionSlack of what is
+    // available unplanned: the process's own memory (its heap, measured before planning) differs by
+    // a few pages from one run to the next with the flags and the build, and a context one run
+    // names must fit in the next (an exact suggestion was off by one page's tokens).
+    constexpr size_t kSuggestionSlack = size_t{1} << 20;
+    const size_t suggest = p.available_bytes > kSuggestionSlack ? p.available_bytes - kSuggestionSlack : 0;
     for (KvType t : {KvType::F16, KvType::Q8_0, KvType::Q4_0})
-        p.max_ctx.push_back({t, std::min(bind_cap_for(t, t), largest_ctx(cost, t, t, fixed, o.n_parallel, p.available_bytes))});
-    p.largest_ = std::min(bind_cap, largest_ctx(cost, o.kv_type_k, o.kv_type_v, fixed, o.n_parallel, p.available_bytes));
+        p.max_ctx.push_back({t, std::min(bind_cap_for(t, t), largest_ctx(cost, t, t, fixed, o.n_parallel, suggest))});
+    p.largest_ = std::min(bind_cap, largest_ctx(cost, o.kv_type_k, o.kv_type_v, fixed, o.n_parallel, suggest));
 
     if (hp.n_ctx_train > 0 && p.n_ctx > hp.n_ctx_train && hp.rope_scaling == model::RopeScaling::None)
         p.warnings.push_back(fmt::format(
