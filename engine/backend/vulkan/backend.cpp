@@ -24,7 +24,6 @@ constexpr uint32_t kTile = 64;          // BM = BN in matmul_tiled.comp
 constexpr uint32_t kTiledWorkgroup = 256;
 constexpr int64_t kAttnMaxDk = Backend::kAttentionMaxDk;  // DMAX in attention.comp
 constexpr int64_t kAttnMaxRows = 8;     // 2 * RPAIRS in attention.comp: output dimensions per thread
-constexpr int kTopKMaxGroups = 64;      // MAX_GROUPS in top_k.comp
 // Split-K attention (Auto, on GPUs): for at most kSplitMaxTokens query tokens when (token, head)
 // pairs are fewer than kSplitTargetGroups workgroups and the keys make at least two chunks of
 // kSplitMinChunk; then as many chunks as bring the workgroups to about kSplitTargetGroups.

@@ -199,6 +199,7 @@ public:
     // ids [k, n] (I32) = the k largest of each row of scores [n_expert, n] (+ bias [n_expert] f32
     // when given), best first, ties to the lower index; group-limited when asked.
     void top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids, const graph::TopKParams& p);
+    static constexpr int kTopKMaxGroups = 64;  // MAX_GROUPS in top_k.comp
     // out = x with each group of `group` elements of every row (rows of x.ne(0), a multiple of
     // group) rounded to 8-bit codes and back: d = amax / 127, round to nearest even. The
     // activation rounding of the integer dot products of the CPU kernels and llama.cpp; the

@@ -24,7 +24,6 @@ using graph::TensorKind;
 
 constexpr int kMaxHeadDimK = static_cast<int>(vk::Backend::kAttentionMaxDk);  // attention.comp: DMAX
 constexpr int kMaxHeadDimV = static_cast<int>(vk::Backend::kAttentionMaxDv);  // attention.comp: 8 rows x 64 invocations
-constexpr int kMaxExpertGroups = 64;                                           // top_k.comp: MAX_GROUPS
 
 std::string shape(const graph::Tensor& t) {
     if (t.kind == TensorKind::Weight) return fmt::format("'{}' {} {}", t.name, type_name(t.wtype), t.shape_string());
@@ -101,9 +100,9 @@ void vulkan_check_graph(const graph::Graph& g, KvType type_k, KvType type_v) {
             case Op::TopK: {
                 const graph::TopKParams& p = n.topk;
                 const int64_t ne = g.tensor(n.src[0]).ne0;
-                if (p.n_group > 1 && p.n_group_used < p.n_group && (p.n_group > kMaxExpertGroups || ne % p.n_group))
+                if (p.n_group > 1 && p.n_group_used < p.n_group && (p.n_group > vk::Backend::kTopKMaxGroups || ne % p.n_group))
                     unsupported(g, n, fmt::format("{} expert groups over {} experts (the shader takes at most {} equal groups)",
-                                                  p.n_group, ne, kMaxExpertGroups));
+                                                  p.n_group, ne, vk::Backend::kTopKMaxGroups));
                 check_weight_type(g, n, n.src[1], false);
                 break;
             }
