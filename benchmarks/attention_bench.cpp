@@ -72,13 +72,13 @@ struct FilledCache {
         be::KvLayout layout;
         layout.n_ctx = n_ctx;
         layout.type_k = layout.type_v = type;
-        be::KvLayerShape ls;
+        kiln::KvLayer ls;
         ls.n_head_kv = s.n_head_kv;
         ls.head_dim_k = s.dk;
         ls.head_dim_v = s.dv;
         ls.v_in_k = s.mla;
         layout.layers.push_back(ls);
-        row_bytes = layout.layers[0].row_bytes(type, type);
+        row_bytes = layout.slot_bytes(0);
         backend = be::make_cpu_backend(kiln::bench::bench_threads());
         kv = backend->alloc_kv(layout);
         constexpr int64_t kChunk = 512;

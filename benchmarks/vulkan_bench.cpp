@@ -18,6 +18,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -307,21 +308,22 @@ void BM_VulkanAttention(benchmark::State& state, int64_t n_head, int64_t n_kv_he
         Tensor q = vk->tensor(TensorType::F32, {dk, n_head, 1}, "q");
         vk->upload(q, qs.data(), q.bytes());
         Tensor out = vk->tensor(TensorType::F32, {dv, n_head, 1}, "out");
-        kiln::vk::AttentionParams p;
+        kiln::graph::AttentionParams ap;
+        ap.scale = 1.0f / std::sqrt(static_cast<float>(dk));
+        ap.v_in_k = mla;
+        kiln::vk::AttentionRun p;
         p.pos0 = static_cast<uint32_t>(n_kv - 1);
         p.n_kv = static_cast<uint32_t>(n_kv);
-        p.v_in_k = mla;
-        p.dv = static_cast<uint32_t>(dv);
         p.kernel = kernel;
-        vk->attention(q, kc, vc, out, p);  // warm-up: pipelines and first touch
+        vk->attention(q, kc, vc, out, ap, p);  // warm-up: pipelines and first touch
         vk->submit();
         const uint64_t d0 = vk->stats().dispatches;
-        vk->attention(q, kc, vc, out, p);
+        vk->attention(q, kc, vc, out, ap, p);
         const uint64_t per_op = vk->stats().dispatches - d0;  // 2: split-K, 1: single pass
         vk->submit();
         double total = 0;
         for (auto _ : state) {
-            for (int r = 0; r < reps; ++r) vk->attention(q, kc, vc, out, p);
+            for (int r = 0; r < reps; ++r) vk->attention(q, kc, vc, out, ap, p);
             const double t = seconds_of([&] { vk->submit(); });
             state.SetIterationTime(t);
             total += t;
@@ -360,14 +362,15 @@ void BM_VulkanAttentionPrompt(benchmark::State& state, int64_t n_head, int64_t n
         Tensor q = vk->tensor(TensorType::F32, {dk, n_head, n_tok}, "q");
         vk->upload(q, qs.data(), q.bytes());
         Tensor out = vk->tensor(TensorType::F32, {dv, n_head, n_tok}, "out");
-        kiln::vk::AttentionParams p;
+        kiln::graph::AttentionParams ap;
+        ap.scale = 1.0f / std::sqrt(static_cast<float>(dk));
+        ap.v_in_k = mla;
+        kiln::vk::AttentionRun p;
         p.pos0 = static_cast<uint32_t>(depth);
         p.n_kv = static_cast<uint32_t>(n_kv);
-        p.v_in_k = mla;
-        p.dv = static_cast<uint32_t>(dv);
         auto run = [&](AttentionKernel k) {
             p.kernel = k;
-            vk->attention(q, kc, vc, out, p);
+            vk->attention(q, kc, vc, out, ap, p);
             return seconds_of([&] { vk->submit(); });
         };
         const auto [tiled, single] =

@@ -8,7 +8,7 @@
 # libkiln.a / libkiln.so are made of every layer's objects.
 #
 # The arrows (a layer lists what it may include, the lower layers its headers need included):
-#   base       kiln::Error, the KV cache type (engine/base/kiln/: public headers every layer uses)
+#   base       kiln::Error, the KV cache type and layer (engine/base/kiln/: public headers every layer uses)
 #   quant      base                     the tensor type table, reference (de)quantization
 #   gguf       base quant               the reader sizes tensors by quant's type table; the writer quantizes
 #   tokenizer  base quant gguf

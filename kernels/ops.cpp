@@ -1,5 +1,6 @@
 #include "kernels/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -185,6 +186,30 @@ void gelu_tanh(const float* x, float* out, int64_t n) {
         const float v = x[i];
         out[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
     }
+}
+
+void swiglu_oai(const float* gate, const float* up, float* out, int64_t n, float alpha, float limit) {
+    for (int64_t i = 0; i < n; ++i) {
+        const float x = std::min(gate[i], limit);
+        const float y = std::clamp(up[i], -limit, limit);
+        out[i] = x / (1.0f + std::exp(-alpha * x)) * (y + 1.0f);
+    }
+}
+
+void softcap(const float* x, float* out, int64_t n, float cap) {
+    const float inv = 1.0f / cap;
+    for (int64_t i = 0; i < n; ++i) out[i] = cap * std::tanh(x[i] * inv);
+}
+
+void sigmoid(const float* x, float* out, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) out[i] = 1.0f / (1.0f + std::exp(-x[i]));
+}
+
+void normalize_sum(const float* x, float* out, int64_t n) {
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += x[i];
+    const float inv = static_cast<float>(1.0 / std::max(sum, 6.103515625e-5));
+    for (int64_t i = 0; i < n; ++i) out[i] = x[i] * inv;
 }
 
 void add(const float* a, const float* b, float* out, int64_t n) {

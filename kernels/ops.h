@@ -18,6 +18,16 @@ void softmax_inplace(float* x, int64_t n);
 void silu(const float* x, float* out, int64_t n);
 // out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). out may be x.
 void gelu_tanh(const float* x, float* out, int64_t n);
+// gpt-oss's clamped SwiGLU: x = min(gate, limit), y = clamp(up, -limit, limit), out = x *
+// sigmoid(alpha x) * (y + 1). out may be gate or up.
+void swiglu_oai(const float* gate, const float* up, float* out, int64_t n, float alpha, float limit);
+// out = cap * tanh(x / cap) (as x * (1 / cap)). out may be x.
+void softcap(const float* x, float* out, int64_t n, float cap);
+// out = 1 / (1 + exp(-x)). out may be x.
+void sigmoid(const float* x, float* out, int64_t n);
+// out = x / max(sum(x), 2^-14) (the sum in double; the smallest normal half keeps an all-zero row
+// finite). out may be x.
+void normalize_sum(const float* x, float* out, int64_t n);
 // out = a + b, out = a * b (element-wise). out may be a or b.
 void add(const float* a, const float* b, float* out, int64_t n);
 void mul(const float* a, const float* b, float* out, int64_t n);

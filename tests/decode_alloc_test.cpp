@@ -156,7 +156,7 @@ TEST(PromptAttentionAllocations, NoneInTheTiledPath) {
         be::KvLayout layout;
         layout.n_ctx = 64;
         layout.type_k = layout.type_v = s.kv;
-        layout.layers.push_back({s.n_head_kv, s.dk, s.dv, s.mla, 0});
+        layout.layers.push_back({.n_head_kv = s.n_head_kv, .head_dim_k = s.dk, .head_dim_v = s.dv, .v_in_k = s.mla});
         auto backend = be::make_cpu_backend(2);
         auto kv = backend->alloc_kv(layout);
         const int64_t n = 24;

@@ -114,7 +114,7 @@ public:
         kiln::backend::KvLayout layout;
         layout.n_ctx = c.prefix + c.n + 5;
         layout.type_k = layout.type_v = c.kv;
-        kiln::backend::KvLayerShape ls;
+        kiln::KvLayer ls;
         ls.n_head_kv = c.n_head_kv;
         ls.head_dim_k = c.dk;
         ls.head_dim_v = c.dv;

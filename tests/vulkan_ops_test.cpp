@@ -240,11 +240,7 @@ TEST_F(VulkanOps, TopKAndGatherMatchTheCpu) {
 
             Tensor ts = f32(s, {c.n_expert, n}, "scores"), tb = f32(b, {c.n_expert}, "bias");
             Tensor ids = poisoned(TensorType::I32, {c.k, n}, "ids");
-            kiln::vk::TopKParams vp;
-            vp.k = c.k;
-            vp.n_group = c.n_group;
-            vp.n_group_used = c.n_group_used;
-            vk().top_k(ts, c.bias ? &tb : nullptr, ids, vp);
+            vk().top_k(ts, c.bias ? &tb : nullptr, ids, tp);
             Tensor g = poisoned(TensorType::F32, {c.k, n}, "gathered");
             vk().gather(ts, ids, g);
             std::vector<int32_t> got(want.size());
@@ -453,19 +449,8 @@ TEST_F(VulkanOps, RopeYarnMatchesTheCpu) {
             CpuRun cpu;
             const auto want = cpu.run(cpu.g.rope(cpu.input_f32(x, c.head_dim * n_head, n), cpu.input_i32(pos, n, 1), rp));
 
-            kiln::vk::RopeParams vp;
-            vp.neox = c.mode == kiln::graph::RopeMode::Neox;
-            vp.n_dims = c.n_dims;
-            vp.freq_base = c.base;
-            vp.freq_scale = c.scale;
-            vp.ext_factor = 1.0f;
-            float corr[2];
-            kiln::graph::rope_yarn_corr_dims(rp, corr);
-            vp.corr_lo = corr[0];
-            vp.corr_hi = corr[1];
-            vp.mscale = c.attn_factor;
             Tensor o = poisoned(TensorType::F32, {c.head_dim, n_head, n}, "o");
-            vk().rope(f32(x, {c.head_dim, n_head, n}, "x"), i32(pos, {n}, "pos"), o, vp);
+            vk().rope(f32(x, {c.head_dim, n_head, n}, "x"), i32(pos, {n}, "pos"), o, rp);
             const double err = rel_error(vk().read_f32(o), want);
             report(std::string("rope ") + c.name + " n=" + std::to_string(n), err);
             EXPECT_LT(err, 1e-4) << c.name;
@@ -494,7 +479,7 @@ struct AttnCase {
 // kv_write (the ring where the layer is one) + attention, against store_kv + attention.
 class VulkanAttentionOps : public VulkanOps {
 protected:
-    int f16_tiles_ = -1;  // AttentionParams::f16_tiles of the Vulkan runs
+    int f16_tiles_ = -1;  // AttentionRun::f16_tiles of the Vulkan runs
     // batch: the prefix's batch size; attend_prefix: whether the prefix batches attend too (else
     // they only store their keys and values); kernel/chunks: the Vulkan attention's variant.
     double run_case(const AttnCase& c, int64_t prefix, int64_t n, int64_t batch = 8, bool attend_prefix = true,
@@ -512,7 +497,7 @@ protected:
         kiln::backend::KvLayout layout;
         layout.n_ctx = n_ctx;
         layout.type_k = layout.type_v = c.kv;
-        kiln::backend::KvLayerShape ls;
+        kiln::KvLayer ls;
         ls.n_head_kv = c.n_head_kv;
         ls.head_dim_k = c.dk;
         ls.head_dim_v = c.dv;
@@ -564,21 +549,16 @@ protected:
 
             vk().kv_write(f32(k, {c.dk, c.n_head_kv, m}, "k"), kc, static_cast<uint32_t>(base), ring, c.kv);
             if (!c.mla) vk().kv_write(f32(v, {c.dv, c.n_head_kv, m}, "v"), vc, static_cast<uint32_t>(base), ring, c.kv);
-            kiln::vk::AttentionParams p;
+            kiln::vk::AttentionRun p;
             p.k_type = p.v_type = c.kv;
             p.pos0 = static_cast<uint32_t>(base);
             p.n_kv = static_cast<uint32_t>(base + m);
-            p.scale = ap.scale;
-            p.window = static_cast<uint32_t>(c.window);
-            p.softcap = c.softcap;
             p.ring = ring;
-            p.v_in_k = c.mla;
-            p.dv = static_cast<uint32_t>(c.dv);
             p.kernel = kernel;
             p.split_chunks = chunks;
             p.f16_tiles = f16_tiles_;
             out = poisoned(TensorType::F32, {c.dv, c.n_head, m}, "out");
-            vk().attention(f32(q, {c.dk, c.n_head, m}, "q"), kc, vc, out, p, c.sinks ? &tsinks : nullptr);
+            vk().attention(f32(q, {c.dk, c.n_head, m}, "q"), kc, vc, out, ap, p, c.sinks ? &tsinks : nullptr);
             base += m;
         }
         return rel_error(vk().read_f32(out), want);
@@ -650,12 +630,14 @@ TEST_F(VulkanOps, AttentionKernelChoiceSplitKOnGpusForDecodeOnLongContexts) {
     auto dispatches = [&](int64_t n_tok, uint32_t n_kv, AttentionKernel kernel) {
         Tensor q = f32(random_floats(static_cast<size_t>(64 * 8 * n_tok), 5), {64, 8, n_tok}, "q");
         Tensor out = poisoned(TensorType::F32, {64, 8, n_tok}, "out");
-        kiln::vk::AttentionParams p;
+        kiln::graph::AttentionParams ap;
+        ap.scale = 1.0f / std::sqrt(64.0f);
+        kiln::vk::AttentionRun p;
         p.pos0 = n_kv - static_cast<uint32_t>(n_tok);
         p.n_kv = n_kv;
         p.kernel = kernel;
         const uint64_t d0 = vk().stats().dispatches;
-        vk().attention(q, kc, kc, out, p);
+        vk().attention(q, kc, kc, out, ap, p);
         const uint64_t d = vk().stats().dispatches - d0;
         for (float v : vk().read_f32(out)) EXPECT_TRUE(std::isfinite(v));
         return d;

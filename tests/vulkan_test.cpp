@@ -760,7 +760,11 @@ TEST_F(VulkanTest, RopeNormalAndNeoxWithPartialDimsAndLinearScaling) {
             const auto want = rope_ref(x, pos, c.head_dim, nh, c.n_dims, c.neox, c.base, c.scale);
             Tensor tx = upload_f32(vk(), x, {c.head_dim, nh, n}, "x"), tp = upload_i32(vk(), pos, "pos");
             Tensor y = poisoned(vk(), TensorType::F32, {c.head_dim, nh, n}, "y");
-            const kiln::vk::RopeParams rp{c.neox, static_cast<int>(c.n_dims), c.base, c.scale};
+            kiln::graph::RopeParams rp;
+            rp.mode = c.neox ? kiln::graph::RopeMode::Neox : kiln::graph::RopeMode::Normal;
+            rp.n_dims = static_cast<int>(c.n_dims);
+            rp.freq_base = c.base;
+            rp.freq_scale = c.scale;
             vk().rope(tx, tp, y, rp);
             const double err = rel_error(vk().read_f32(y), want);
             vk().rope(tx, tp, tx, rp);  // in place
@@ -861,14 +865,14 @@ namespace {
 // Reference attention over f16 caches (decoded), double accumulation.
 std::vector<double> attention_ref(const std::vector<float>& q, const std::vector<uint16_t>& kc,
                                   const std::vector<uint16_t>& vc, int64_t Dk, int64_t Dv, int64_t nh, int64_t nkv,
-                                  int64_t n_tok, const kiln::vk::AttentionParams& p) {
+                                  int64_t n_tok, const kiln::graph::AttentionParams& ap, const kiln::vk::AttentionRun& p) {
     std::vector<double> out(static_cast<size_t>(Dv * nh * n_tok), 0.0);
-    const double scale = p.scale ? p.scale : 1.0 / std::sqrt(static_cast<double>(Dk));
+    const double scale = ap.scale;
     for (int64_t t = 0; t < n_tok; ++t)
         for (int64_t h = 0; h < nh; ++h) {
             const int64_t g = h / (nh / nkv), pos = p.pos0 + t;
             const int64_t hi = std::min<int64_t>(pos + 1, p.n_kv);
-            const int64_t lo = p.window ? std::max<int64_t>(0, pos + 1 - p.window) : 0;
+            const int64_t lo = ap.window ? std::max<int64_t>(0, pos + 1 - ap.window) : 0;
             std::vector<double> s;
             double m = -INFINITY;
             for (int64_t j = lo; j < hi; ++j) {
@@ -915,15 +919,17 @@ TEST_F(VulkanTest, AttentionCausalGqaSlidingWindowAgainstTheReference) {
         vk().upload(tk, kc.data(), tk.bytes());
         vk().upload(tv, vc.data(), tv.bytes());
         for (int64_t n : {1, 7, 64}) {
-            kiln::vk::AttentionParams p;
+            kiln::graph::AttentionParams ap;
+            ap.scale = 1.0f / std::sqrt(static_cast<float>(c.Dk));
+            ap.window = static_cast<int>(c.window);
+            kiln::vk::AttentionRun p;
             p.n_kv = static_cast<uint32_t>(n == 1 ? 139 : 137);  // > 2 tiles of keys, not a multiple of one
             p.pos0 = p.n_kv - static_cast<uint32_t>(n);
-            p.window = c.window;
             const auto q = random_floats(static_cast<size_t>(c.Dk * c.nh * n), 90 + static_cast<uint32_t>(n), -2, 2);
             Tensor tq = upload_f32(vk(), q, {c.Dk, c.nh, n}, "q");
             Tensor out = poisoned(vk(), TensorType::F32, {c.Dv, c.nh, n}, "out");
-            vk().attention(tq, tk, tv, out, p);
-            const double err = rel_error(vk().read_f32(out), attention_ref(q, kc, vc, c.Dk, c.Dv, c.nh, c.nkv, n, p));
+            vk().attention(tq, tk, tv, out, ap, p);
+            const double err = rel_error(vk().read_f32(out), attention_ref(q, kc, vc, c.Dk, c.Dv, c.nh, c.nkv, n, ap, p));
             report(std::string("attention ") + c.name + " n=" + std::to_string(n), err);
             EXPECT_LT(err, 1e-3) << c.name << " n=" << n;
         }
@@ -948,17 +954,19 @@ TEST_F(VulkanTest, AttentionAfterKvWriteInOneSubmit) {
     const auto before = vk().stats().submits;
     vk().kv_write(tkn, tk, pos0);
     vk().kv_write(tvn, tv, pos0);
-    kiln::vk::AttentionParams p;
+    kiln::graph::AttentionParams ap;
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    kiln::vk::AttentionRun p;
     p.pos0 = pos0;
     p.n_kv = pos0 + static_cast<uint32_t>(n);
-    vk().attention(tq, tk, tv, out, p);
+    vk().attention(tq, tk, tv, out, ap, p);
     const auto got = vk().read_f32(out);
     EXPECT_EQ(vk().stats().submits - before, 1u);
     for (size_t i = 0; i < k.size(); ++i) {
         kc[static_cast<size_t>(pos0) * D * nkv + i] = kiln::fp32_to_fp16(k[i]);
         vc[static_cast<size_t>(pos0) * D * nkv + i] = kiln::fp32_to_fp16(v[i]);
     }
-    const double err = rel_error(got, attention_ref(q, kc, vc, D, D, nh, nkv, n, p));
+    const double err = rel_error(got, attention_ref(q, kc, vc, D, D, nh, nkv, n, ap, p));
     report("kv_write + attention, one submit", err);
     EXPECT_LT(err, 1e-3);
 }

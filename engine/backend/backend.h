@@ -18,20 +18,6 @@
 
 namespace kiln::backend {
 
-// Shape of the KV cache: one entry per layer. A full layer has n_ctx slots and keeps the token at
-// position p in slot p. A sliding-window layer is a ring of n_slots < n_ctx slots: position p
-// lives in slot p % n_slots, so it holds the last n_slots tokens. Attention over a window w in a
-// batch of n tokens needs n_slots >= w + n - 1 (the first token's window and the batch itself).
-struct KvLayerShape {
-    int n_head_kv = 0;
-    int head_dim_k = 0;
-    int head_dim_v = 0;
-    bool v_in_k = false;  // MLA: V is the head of each K row; only K is stored
-    int64_t n_slots = 0;  // 0: n_ctx (a full layer); else a ring of this many slots
-
-    size_t row_bytes(KvType type_k, KvType type_v) const;  // K (+ V) bytes of one slot
-};
-
 // One slot's K (or V) row of a layer: n_head heads of `dim` elements, one after another. An F32 or
 // F16 head is its values. A Q8_0 or Q4_0 head (kernels/kv_quant.h) is its codes (dim bytes, or
 // dim / 2), then its f16 scales (kv_blocks(dim)), padded to 4 bytes so that every head starts on
@@ -50,8 +36,11 @@ struct KvRowFormat {
     void check(const std::string& what) const;
 };
 
+// The KV cache of a context: one kiln::KvLayer per layer (kiln/types.h). A full layer has n_ctx
+// slots and keeps the token at position p in slot p; a sliding-window layer is a ring of its
+// n_slots < n_ctx slots (position p in slot p % n_slots).
 struct KvLayout {
-    std::vector<KvLayerShape> layers;
+    std::vector<KvLayer> layers;
     int64_t n_ctx = 0;
     KvType type_k = KvType::F16, type_v = KvType::F16;  // an MLA layer (v_in_k) stores K only
     // Paged KV (a backend that pages, KvBuffers::page_tokens() > 0): the rows of every layer that
@@ -64,6 +53,7 @@ struct KvLayout {
     KvRowFormat v_row(size_t layer) const;  // an MLA layer's V lies in its K rows: k_row's format
     int64_t slots(size_t layer) const;  // slots of that layer (n_ctx for a full one)
     bool is_ring(size_t layer) const { return slots(layer) < n_ctx; }
+    size_t slot_bytes(size_t layer) const;  // K (+ V) bytes of one slot of that layer
     size_t layer_bytes(size_t layer) const;
     // The bytes of one K (v false) or V row of `layer`; throws kiln::Error naming `who` unless
     // slots [slot, slot + n) of that layer exist (and it stores V rows when v).

@@ -41,19 +41,17 @@ void KvRowFormat::check(const std::string& what) const {
                                 kv_type_name(type), multiple, n_head, dim));
 }
 
-size_t KvLayerShape::row_bytes(KvType type_k, KvType type_v) const {
-    size_t bytes = KvRowFormat{type_k, n_head_kv, head_dim_k}.row_bytes();
-    if (!v_in_k) bytes += KvRowFormat{type_v, n_head_kv, head_dim_v}.row_bytes();
-    return bytes;
+size_t KvLayout::slot_bytes(size_t layer) const {
+    return k_row(layer).row_bytes() + (layers.at(layer).v_in_k ? 0 : v_row(layer).row_bytes());
 }
 
 KvRowFormat KvLayout::k_row(size_t layer) const {
-    const KvLayerShape& l = layers.at(layer);
+    const KvLayer& l = layers.at(layer);
     return KvRowFormat{type_k, l.n_head_kv, l.head_dim_k};
 }
 
 KvRowFormat KvLayout::v_row(size_t layer) const {
-    const KvLayerShape& l = layers.at(layer);
+    const KvLayer& l = layers.at(layer);
     return l.v_in_k ? k_row(layer) : KvRowFormat{type_v, l.n_head_kv, l.head_dim_v};
 }
 
@@ -63,7 +61,7 @@ int64_t KvLayout::slots(size_t layer) const {
 }
 
 size_t KvLayout::layer_bytes(size_t layer) const {
-    return static_cast<size_t>(slots(layer)) * layers.at(layer).row_bytes(type_k, type_v);
+    return static_cast<size_t>(slots(layer)) * slot_bytes(layer);
 }
 
 size_t KvLayout::checked_row_bytes(size_t layer, bool v, int64_t slot, int64_t n, const char* who) const {
@@ -83,7 +81,7 @@ size_t KvLayout::page_offset(int64_t j, size_t layer, bool v) const {
     const auto rows = static_cast<size_t>(page_rows(j));
     size_t off = 0;
     for (size_t il = 0; il < layer; ++il)
-        if (!is_ring(il)) off += rows * layers[il].row_bytes(type_k, type_v);
+        if (!is_ring(il)) off += rows * slot_bytes(il);
     return v ? off + rows * k_row(layer).row_bytes() : off;
 }
 

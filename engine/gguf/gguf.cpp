@@ -175,11 +175,7 @@ bool Value::operator==(const Value& o) const {
     return data_ == o.data_;
 }
 
-std::string TensorInfo::shape_string() const {
-    std::string s = "[";
-    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-}
+std::string TensorInfo::shape_string() const { return kiln::shape_string(shape); }
 
 // ---------------------------------------------------------------------------------------------
 // Parsing

@@ -1,6 +1,7 @@
 #include "graph/graph.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 
@@ -41,11 +42,17 @@ const char* op_name(Op op) {
     return "?";
 }
 
-namespace {
-std::string shape_str(const Tensor& t) {
-    return t.ne2 > 1 ? fmt::format("[{}, {}, {}]", t.ne0, t.ne1, t.ne2) : fmt::format("[{}, {}]", t.ne0, t.ne1);
+uint64_t Tensor::row_bytes() const {
+    const std::optional<uint64_t> rb = kiln::row_bytes(wtype, static_cast<uint64_t>(ne0));
+    if (!rb) throw Error(fmt::format("graph: tensor '{}' has rows of {} elements, not whole {} blocks", name, ne0, type_name(wtype)));
+    return *rb;
 }
-}  // namespace
+
+std::string Tensor::shape_string() const {
+    if (ne2 > 1) return kiln::shape_string(std::array<int64_t, 3>{ne0, ne1, ne2});
+    return kiln::shape_string(std::array<int64_t, 2>{ne0, ne1});
+}
+
 
 // Pair index i turns through n_rot = 2π full turns over the original context when
 // n_ctx_orig * base^(-2i / n_dims) = 2π n_rot; solved for i.
@@ -131,7 +138,7 @@ TensorId Graph::get_rows(TensorId w, TensorId ids) {
     const Tensor& W = t(w);
     const Tensor& I = t(ids);
     require(W.kind == TensorKind::Weight, Op::GetRows, "source must be a weight");
-    require(I.dtype == DType::I32 && I.ne1 == 1, Op::GetRows, "ids must be one i32 row, got " + shape_str(I));
+    require(I.dtype == DType::I32 && I.ne1 == 1, Op::GetRows, "ids must be one i32 row, got " + I.shape_string());
     const int64_t ne0 = W.ne0, n = I.ne0;
     const TensorId d = new_value(ne0, n);
     nodes_.emplace_back(Node(Op::GetRows, d, w, ids));
@@ -142,9 +149,9 @@ TensorId Graph::matmul(TensorId w, TensorId x) {
     const Tensor& W = t(w);
     const Tensor& X = t(x);
     require(W.kind == TensorKind::Weight, Op::MatMul, "first operand must be a weight");
-    require(W.ne2 == 1, Op::MatMul, fmt::format("weight '{}' is 3-D {}", W.name, shape_str(W)));
+    require(W.ne2 == 1, Op::MatMul, fmt::format("weight '{}' is 3-D {}", W.name, W.shape_string()));
     require(X.dtype == DType::F32 && X.ne0 == W.ne0, Op::MatMul,
-            fmt::format("weight '{}' {} does not fit input {}", W.name, shape_str(W), shape_str(X)));
+            fmt::format("weight '{}' {} does not fit input {}", W.name, W.shape_string(), X.shape_string()));
     const int64_t rows = W.ne1, n = X.ne1;
     const TensorId d = new_value(rows, n);
     nodes_.emplace_back(Node(Op::MatMul, d, w, x));
@@ -158,7 +165,7 @@ static bool broadcastable(const Tensor& a, const Tensor& b) {
 TensorId Graph::add(TensorId a, TensorId b) {
     const Tensor& A = t(a);
     const Tensor& B = t(b);
-    require(broadcastable(A, B), Op::Add, fmt::format("{} + {}", shape_str(A), shape_str(B)));
+    require(broadcastable(A, B), Op::Add, fmt::format("{} + {}", A.shape_string(), B.shape_string()));
     const int64_t ne0 = A.ne0, ne1 = A.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::Add, d, a, b));
@@ -168,7 +175,7 @@ TensorId Graph::add(TensorId a, TensorId b) {
 TensorId Graph::mul(TensorId a, TensorId b) {
     const Tensor& A = t(a);
     const Tensor& B = t(b);
-    require(broadcastable(A, B), Op::Mul, fmt::format("{} * {}", shape_str(A), shape_str(B)));
+    require(broadcastable(A, B), Op::Mul, fmt::format("{} * {}", A.shape_string(), B.shape_string()));
     const int64_t ne0 = A.ne0, ne1 = A.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::Mul, d, a, b));
@@ -179,7 +186,7 @@ TensorId Graph::rms_norm(TensorId x, TensorId w, float eps) {
     const Tensor& X = t(x);
     if (w != kNone) {
         const Tensor& W = t(w);
-        require(W.ne0 == X.ne0 && W.ne1 == 1, Op::RmsNorm, fmt::format("weight {} for input {}", shape_str(W), shape_str(X)));
+        require(W.ne0 == X.ne0 && W.ne1 == 1, Op::RmsNorm, fmt::format("weight {} for input {}", W.shape_string(), X.shape_string()));
         require(W.kind != TensorKind::Weight || W.wtype == TensorType::F32, Op::RmsNorm,
                 fmt::format("weight '{}' must be f32, is {}", W.name, type_name(W.wtype)));
     }
@@ -197,7 +204,7 @@ TensorId Graph::rms_norm_groups(TensorId x, TensorId w, float eps, int64_t group
             fmt::format("groups of {} do not divide a row of {}", group, X.ne0));
     if (w != kNone) {
         const Tensor& W = t(w);
-        require(W.ne0 == group && W.ne1 == 1, Op::RmsNorm, fmt::format("weight {} for groups of {}", shape_str(W), group));
+        require(W.ne0 == group && W.ne1 == 1, Op::RmsNorm, fmt::format("weight {} for groups of {}", W.shape_string(), group));
         require(W.kind != TensorKind::Weight || W.wtype == TensorType::F32, Op::RmsNorm,
                 fmt::format("weight '{}' must be f32, is {}", W.name, type_name(W.wtype)));
     }
@@ -218,7 +225,7 @@ TensorId Graph::rope(TensorId x, TensorId positions, const RopeParams& p) {
     require(p.n_dims > 0 && p.n_dims <= p.head_dim && p.n_dims % 2 == 0, Op::Rope,
             fmt::format("rotated dims {} must be even and at most the head size {}", p.n_dims, p.head_dim));
     require(P.dtype == DType::I32 && P.ne0 == X.ne1 && P.ne1 == 1, Op::Rope,
-            fmt::format("positions {} for {} rows", shape_str(P), X.ne1));
+            fmt::format("positions {} for {} rows", P.shape_string(), X.ne1));
     require(p.ext_factor == 0.0f || (p.n_ctx_orig > 0 && p.beta_fast > 0 && p.beta_slow > 0), Op::Rope,
             fmt::format("YaRN needs the original context ({}) and positive betas ({}, {})", p.n_ctx_orig, p.beta_fast,
                         p.beta_slow));
@@ -245,7 +252,7 @@ void Graph::store_kv(TensorId k, TensorId v, const AttentionParams& p) {
     }
     const Tensor& V = t(v);
     require(V.ne0 == static_cast<int64_t>(p.n_head_kv) * p.head_dim_v && V.ne1 == K.ne1, Op::StoreKV,
-            fmt::format("V {} does not match K {} ({} heads of {})", shape_str(V), shape_str(K), p.n_head_kv, p.head_dim_v));
+            fmt::format("V {} does not match K {} ({} heads of {})", V.shape_string(), K.shape_string(), p.n_head_kv, p.head_dim_v));
     Node n(Op::StoreKV, kNone, k, v);
     n.attn = p;
     nodes_.push_back(n);
@@ -256,7 +263,7 @@ TensorId Graph::attention(TensorId q, const AttentionParams& p, TensorId sinks) 
     if (sinks != kNone) {
         const Tensor& S = t(sinks);
         require(S.ne0 == p.n_head && S.ne1 == 1, Op::Attention,
-                fmt::format("sinks {} for {} heads", shape_str(S), p.n_head));
+                fmt::format("sinks {} for {} heads", S.shape_string(), p.n_head));
         require(S.kind != TensorKind::Weight || S.wtype == TensorType::F32, Op::Attention,
                 fmt::format("sinks '{}' must be f32, is {}", S.name, type_name(S.wtype)));
     }
@@ -277,7 +284,7 @@ TensorId Graph::attention(TensorId q, const AttentionParams& p, TensorId sinks) 
 TensorId Graph::swiglu(TensorId gate, TensorId up) {
     const Tensor& G = t(gate);
     const Tensor& U = t(up);
-    require(G.ne0 == U.ne0 && G.ne1 == U.ne1, Op::SwiGLU, fmt::format("{} and {}", shape_str(G), shape_str(U)));
+    require(G.ne0 == U.ne0 && G.ne1 == U.ne1, Op::SwiGLU, fmt::format("{} and {}", G.shape_string(), U.shape_string()));
     const int64_t ne0 = G.ne0, ne1 = G.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::SwiGLU, d, gate, up));
@@ -287,7 +294,7 @@ TensorId Graph::swiglu(TensorId gate, TensorId up) {
 TensorId Graph::geglu(TensorId gate, TensorId up) {
     const Tensor& G = t(gate);
     const Tensor& U = t(up);
-    require(G.ne0 == U.ne0 && G.ne1 == U.ne1, Op::GeGLU, fmt::format("{} and {}", shape_str(G), shape_str(U)));
+    require(G.ne0 == U.ne0 && G.ne1 == U.ne1, Op::GeGLU, fmt::format("{} and {}", G.shape_string(), U.shape_string()));
     const int64_t ne0 = G.ne0, ne1 = G.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::GeGLU, d, gate, up));
@@ -297,7 +304,7 @@ TensorId Graph::geglu(TensorId gate, TensorId up) {
 TensorId Graph::swiglu_oai(TensorId gate, TensorId up, float alpha, float limit) {
     const Tensor& G = t(gate);
     const Tensor& U = t(up);
-    require(G.ne0 == U.ne0 && G.ne1 == U.ne1, Op::SwiGLUOai, fmt::format("{} and {}", shape_str(G), shape_str(U)));
+    require(G.ne0 == U.ne0 && G.ne1 == U.ne1, Op::SwiGLUOai, fmt::format("{} and {}", G.shape_string(), U.shape_string()));
     require(limit > 0.0f, Op::SwiGLUOai, fmt::format("limit {} must be positive", limit));
     const int64_t ne0 = G.ne0, ne1 = G.ne1;
     const TensorId d = new_value(ne0, ne1);
@@ -337,7 +344,7 @@ TensorId Graph::scale(TensorId x, float s) {
 TensorId Graph::rows(TensorId x, int64_t first, int64_t count) {
     const Tensor& X = t(x);
     require(first >= 0 && count >= 0 && first + count <= X.ne1, Op::Rows,
-            fmt::format("rows [{}, {}) of {}", first, first + count, shape_str(X)));
+            fmt::format("rows [{}, {}) of {}", first, first + count, X.shape_string()));
     const int64_t ne0 = X.ne0;
     const TensorId d = new_value(ne0, count);
     Node n(Op::Rows, d, x);
@@ -378,7 +385,7 @@ TensorId Graph::concat_heads(TensorId a, TensorId b, int n_head) {
     const Tensor& A = t(a);
     const Tensor& B = t(b);
     require(n_head > 0 && A.ne0 % n_head == 0 && B.ne0 % n_head == 0 && A.ne1 == B.ne1, Op::ConcatHeads,
-            fmt::format("{} and {} as {} heads", shape_str(A), shape_str(B), n_head));
+            fmt::format("{} and {} as {} heads", A.shape_string(), B.shape_string(), n_head));
     const int64_t ne0 = A.ne0 + B.ne0, ne1 = A.ne1;
     const TensorId d = new_value(ne0, ne1);
     Node n(Op::ConcatHeads, d, a, b);
@@ -392,7 +399,7 @@ TensorId Graph::head_matmul(TensorId w, TensorId x) {
     const Tensor& X = t(x);
     require(W.kind == TensorKind::Weight, Op::HeadMatMul, "first operand must be a weight");
     require(X.dtype == DType::F32 && X.ne0 == W.ne0 * W.ne2, Op::HeadMatMul,
-            fmt::format("weight '{}' {} does not fit input {}", W.name, shape_str(W), shape_str(X)));
+            fmt::format("weight '{}' {} does not fit input {}", W.name, W.shape_string(), X.shape_string()));
     const int64_t ne0 = W.ne1 * W.ne2, ne1 = X.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::HeadMatMul, d, w, x));
@@ -410,7 +417,7 @@ TensorId Graph::top_k(TensorId scores, TensorId bias, const TopKParams& p) {
     if (bias != kNone) {
         const Tensor& B = t(bias);
         require(B.ne0 == S.ne0 && B.ne1 == 1 && (B.kind != TensorKind::Weight || B.wtype == TensorType::F32), Op::TopK,
-                fmt::format("bias {} for scores {}", shape_str(B), shape_str(S)));
+                fmt::format("bias {} for scores {}", B.shape_string(), S.shape_string()));
     }
     const int64_t ne1 = S.ne1;
     const TensorId d = new_value(p.k, ne1, DType::I32);
@@ -424,7 +431,7 @@ TensorId Graph::gather(TensorId x, TensorId ids) {
     const Tensor& X = t(x);
     const Tensor& I = t(ids);
     require(X.dtype == DType::F32 && I.dtype == DType::I32 && I.ne1 == X.ne1, Op::Gather,
-            fmt::format("{} by ids {}", shape_str(X), shape_str(I)));
+            fmt::format("{} by ids {}", X.shape_string(), I.shape_string()));
     const int64_t ne0 = I.ne0, ne1 = I.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::Gather, d, x, ids));
@@ -444,14 +451,14 @@ TensorId Graph::moe_matmul(TensorId w, TensorId x, TensorId ids, TensorId b) {
     const Tensor& I = t(ids);
     require(W.kind == TensorKind::Weight && W.ne2 >= 1, Op::MoeMatMul, "first operand must be a 3-D weight");
     require(I.dtype == DType::I32 && I.ne1 == X.ne1, Op::MoeMatMul,
-            fmt::format("ids {} for input {}", shape_str(I), shape_str(X)));
+            fmt::format("ids {} for input {}", I.shape_string(), X.shape_string()));
     require(X.dtype == DType::F32 && (X.ne0 == W.ne0 || X.ne0 == W.ne0 * I.ne0), Op::MoeMatMul,
-            fmt::format("weight '{}' {} does not fit input {} with {} experts a token", W.name, shape_str(W),
-                        shape_str(X), I.ne0));
+            fmt::format("weight '{}' {} does not fit input {} with {} experts a token", W.name, W.shape_string(),
+                        X.shape_string(), I.ne0));
     if (b != kNone) {
         const Tensor& B = t(b);
         require(B.kind == TensorKind::Weight && B.wtype == TensorType::F32 && B.ne0 == W.ne1 && B.ne1 == W.ne2,
-                Op::MoeMatMul, fmt::format("bias '{}' {} for weight {}", B.name, shape_str(B), shape_str(W)));
+                Op::MoeMatMul, fmt::format("bias '{}' {} for weight {}", B.name, B.shape_string(), W.shape_string()));
     }
     const int64_t ne0 = W.ne1 * I.ne0, ne1 = X.ne1;
     const TensorId d = new_value(ne0, ne1);
@@ -463,7 +470,7 @@ TensorId Graph::moe_combine(TensorId y, TensorId w) {
     const Tensor& Y = t(y);
     const Tensor& Wt = t(w);
     require(Wt.ne0 > 0 && Y.ne0 % Wt.ne0 == 0 && Y.ne1 == Wt.ne1, Op::MoeCombine,
-            fmt::format("{} weighted by {}", shape_str(Y), shape_str(Wt)));
+            fmt::format("{} weighted by {}", Y.shape_string(), Wt.shape_string()));
     const int64_t ne0 = Y.ne0 / Wt.ne0, ne1 = Y.ne1;
     const TensorId d = new_value(ne0, ne1);
     nodes_.emplace_back(Node(Op::MoeCombine, d, y, w));
@@ -475,7 +482,7 @@ std::string Graph::dump() const {
     auto name = [&](TensorId id) -> std::string {
         if (id == kNone) return "-";
         const Tensor& x = tensors_[static_cast<size_t>(id)];
-        return x.name.empty() ? fmt::format("%{}{}", id, shape_str(x)) : fmt::format("{}{}", x.name, shape_str(x));
+        return x.name.empty() ? fmt::format("%{}{}", id, x.shape_string()) : fmt::format("{}{}", x.name, x.shape_string());
     };
     for (const Node& n : nodes_) {
         out += fmt::format("{} = {}({}", name(n.dst), op_name(n.op), name(n.src[0]));

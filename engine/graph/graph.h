@@ -29,6 +29,10 @@ enum class TensorKind : uint8_t {
     Output,  // result read back after the run (kept alive to the end)
 };
 
+// A node's tensor: what it is (kind, dtype, shape; a weight's stored type and bytes), not where a
+// backend keeps it. The Vulkan backend's vk::Tensor is that other thing (a device buffer range
+// of up to four dimensions, views included), made from these by its graph executor; the two
+// share the type table (quant/types.h: row_bytes, type_name) and kiln::shape_string.
 struct Tensor {
     TensorKind kind = TensorKind::Value;
     DType dtype = DType::F32;
@@ -44,6 +48,11 @@ struct Tensor {
     std::string name;  // weights and inputs/outputs: for messages and debugging
 
     int64_t n_elements() const { return ne0 * ne1; }
+    // Weights: the bytes of one row (ne0 elements of wtype; throws kiln::Error when ne0 is not a
+    // whole number of blocks) and the distance between the matrices of a stack (nb2, or packed).
+    uint64_t row_bytes() const;
+    uint64_t matrix_stride() const { return nb2 ? nb2 : row_bytes() * static_cast<uint64_t>(ne1); }
+    std::string shape_string() const;  // "[4096, 32000]" ("[2048, 768, 128]": a stack of matrices)
 };
 
 enum class RopeMode : uint8_t {

@@ -9,6 +9,7 @@
 
 #include "gguf/gguf.h"
 #include "graph/graph.h"
+#include "kiln/types.h"
 #include "model/hparams.h"
 
 namespace kiln::model {
@@ -24,22 +25,14 @@ struct BatchShape {
     int64_t n_outputs = 1;
 };
 
-// One layer of the KV cache (AttentionParams::layer indexes the list an architecture gives).
-struct KvLayerSpec {
-    int n_head_kv = 0;
-    int head_dim_k = 0;
-    int head_dim_v = 0;
-    bool v_in_k = false;  // MLA: only K rows are stored; V is the head of each
-    int64_t window = 0;   // sliding window (0: full): the layer keeps a ring of window + batch - 1 slots
-};
-
 class Architecture {
 public:
     virtual ~Architecture() = default;
     virtual const HParams& hparams() const = 0;
-    // The KV cache this architecture's graphs use. Default: every layer, n_head_kv heads of
-    // head_dim_k (K) and head_dim_v (V), the layer's sliding window from hparams().window(il).
-    virtual std::vector<KvLayerSpec> kv_layers() const;
+    // The KV cache this architecture's graphs use (kiln::KvLayer, n_slots 0; AttentionParams::layer
+    // indexes it). Default: every layer, n_head_kv heads of head_dim_k (K) and head_dim_v (V), the
+    // layer's sliding window from hparams().window(il).
+    virtual std::vector<KvLayer> kv_layers() const;
     // Builds the forward graph of one batch. Inputs kInputTokens and kInputPositions; output
     // kOutputLogits (absent when n_outputs is 0). Token t's K/V go to cache slot kv_base + t.
     virtual graph::Graph build(const BatchShape& shape) const = 0;

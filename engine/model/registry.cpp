@@ -24,13 +24,13 @@ constexpr Entry kArchitectures[] = {
 };
 }  // namespace
 
-std::vector<KvLayerSpec> Architecture::kv_layers() const {
+std::vector<KvLayer> Architecture::kv_layers() const {
     const HParams& hp = hparams();
-    KvLayerSpec l;
-    l.n_head_kv = static_cast<int>(hp.n_head_kv);
-    l.head_dim_k = static_cast<int>(hp.head_dim_k);
-    l.head_dim_v = static_cast<int>(hp.head_dim_v);
-    std::vector<KvLayerSpec> out(static_cast<size_t>(hp.n_layer), l);
+    KvLayer l;
+    l.n_head_kv = hp.n_head_kv;
+    l.head_dim_k = hp.head_dim_k;
+    l.head_dim_v = hp.head_dim_v;
+    std::vector<KvLayer> out(static_cast<size_t>(hp.n_layer), l);
     for (int64_t il = 0; il < hp.n_layer; ++il) out[static_cast<size_t>(il)].window = hp.window(il);
     return out;
 }

@@ -14,12 +14,6 @@ graph::TensorId Weight::in(graph::Graph& g) const {
 
 std::string WeightBinder::layer(int64_t il, const char* suffix) { return fmt::format("blk.{}.{}", il, suffix); }
 
-static std::string shape_string(const std::vector<int64_t>& s) {
-    std::string out = "[";
-    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + "]";
-}
-
 Weight WeightBinder::bind(const gguf::TensorInfo& t, const std::vector<int64_t>& shape) {
     // Trailing 1s are not significant ([256] == [256, 1]).
     std::vector<uint64_t> actual = t.shape;
@@ -30,7 +24,7 @@ Weight WeightBinder::bind(const gguf::TensorInfo& t, const std::vector<int64_t>&
     for (size_t i = 0; ok && i < want.size(); ++i) ok = static_cast<int64_t>(actual[i]) == want[i];
     if (!ok)
         throw Error(fmt::format("{}: tensor '{}' has shape {}, expected {}", f_.path(), t.name, t.shape_string(),
-                                shape_string(shape)));
+                                kiln::shape_string(shape)));
     if (want.size() == 1 && t.type != TensorType::F32)
         throw Error(fmt::format("{}: tensor '{}' is {}, expected f32 for a 1-D tensor", f_.path(), t.name,
                                 type_name(t.type)));
@@ -53,7 +47,7 @@ Weight WeightBinder::bind(const gguf::TensorInfo& t, const std::vector<int64_t>&
 Weight WeightBinder::require(const std::string& name, std::vector<int64_t> shape) {
     const gguf::TensorInfo* t = f_.find_tensor(name);
     if (!t)
-        throw Error(fmt::format("{}: missing tensor '{}' (expected shape {})", f_.path(), name, shape_string(shape)));
+        throw Error(fmt::format("{}: missing tensor '{}' (expected shape {})", f_.path(), name, kiln::shape_string(shape)));
     return bind(*t, shape);
 }
 

@@ -88,6 +88,18 @@ std::optional<TensorType> type_from_name(std::string_view name) {
     return std::nullopt;
 }
 
+namespace {
+template <class Int>
+std::string dims_string(std::span<const Int> ne) {
+    std::string s = "[";
+    for (size_t i = 0; i < ne.size(); ++i) s += (i ? ", " : "") + std::to_string(ne[i]);
+    return s + "]";
+}
+}  // namespace
+
+std::string shape_string(std::span<const int64_t> ne) { return dims_string(ne); }
+std::string shape_string(std::span<const uint64_t> ne) { return dims_string(ne); }
+
 std::optional<uint64_t> row_bytes(TensorType t, uint64_t n) {
     const TypeTraits& tr = traits(t);
     if (n % tr.block_size != 0) return std::nullopt;

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -39,6 +40,11 @@ std::optional<TensorType> type_from_name(std::string_view name);  // case-insens
 
 // Bytes of a row of n elements; nullopt when n is not a whole number of blocks.
 std::optional<uint64_t> row_bytes(TensorType t, uint64_t n);
+
+// A tensor shape as every message prints it, "[4096, 32000]" (ggml order: the row length first):
+// GGUF tensor infos, graph tensors, device tensors, the weights a model expects.
+std::string shape_string(std::span<const int64_t> ne);
+std::string shape_string(std::span<const uint64_t> ne);
 
 // The group size a matmul rounds its float input to 8-bit codes in before it meets weights of type t
 // (d = amax / 127 per group, codes rounded to nearest even), as llama.cpp's CPU dot products do

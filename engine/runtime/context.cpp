@@ -342,9 +342,8 @@ int64_t Context::truncate(int64_t n_keep) {
     // A sliding-window layer keeps a ring of its last n_slots positions: the kept tokens' window
     // [n_keep - w, n_keep) must not have been overwritten since, else nothing can be kept.
     const backend::KvLayout& L = c.kv->layout();
-    const auto specs = c.m.arch->kv_layers();
-    for (size_t il = 0; il < L.layers.size() && il < specs.size(); ++il) {
-        const int64_t w = specs[il].window;
+    for (size_t il = 0; il < L.layers.size(); ++il) {
+        const int64_t w = L.layers[il].window;
         if (w <= 0) continue;
         if (std::max<int64_t>(0, n_keep - w) < c.kv->held_from(il, true)) {
             n_keep = 0;

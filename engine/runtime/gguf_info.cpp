@@ -8,6 +8,7 @@
 #include "kiln/error.h"
 #include "kiln/types.h"
 #include "model/architecture.h"
+#include "quant/types.h"
 
 namespace kiln {
 
@@ -64,11 +65,7 @@ const char* kind_name(GgufValue::Kind k) {
 
 }  // namespace
 
-std::string GgufTensor::shape_string() const {
-    std::string s = "[";
-    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-}
+std::string GgufTensor::shape_string() const { return kiln::shape_string(shape); }
 
 GgufInfo GgufInfo::read(const std::string& path) {
     const auto f = gguf::File::open(path);
@@ -87,10 +84,7 @@ GgufInfo GgufInfo::read(const std::string& path) {
 
 std::vector<GgufKvLayer> GgufInfo::read_kv_layers(const std::string& path) {
     const auto f = gguf::File::open(path);
-    std::vector<GgufKvLayer> out;
-    for (const model::KvLayerSpec& kl : model::load_architecture(*f)->kv_layers())
-        out.push_back(GgufKvLayer{kl.n_head_kv, kl.head_dim_k, kl.head_dim_v, kl.window, kl.v_in_k});
-    return out;
+    return model::load_architecture(*f)->kv_layers();
 }
 
 const GgufValue* GgufInfo::find(std::string_view key) const {

@@ -31,15 +31,10 @@ backend::KvLayout kv_layout(const model::Architecture& arch, int64_t n_ctx, int6
     layout.n_ctx = n_ctx;
     layout.type_k = type_k;
     layout.type_v = type_v;
-    for (const model::KvLayerSpec& l : arch.kv_layers()) {
-        backend::KvLayerShape s;
-        s.n_head_kv = l.n_head_kv;
-        s.head_dim_k = l.head_dim_k;
-        s.head_dim_v = l.head_dim_v;
-        s.v_in_k = l.v_in_k;
+    for (KvLayer l : arch.kv_layers()) {
         // A sliding-window layer keeps a ring of the window plus what one batch adds.
-        if (l.window > 0) s.n_slots = std::min(n_ctx, l.window + std::min(n_batch, n_ctx) - 1);
-        layout.layers.push_back(s);
+        if (l.window > 0) l.n_slots = std::min(n_ctx, l.window + std::min(n_batch, n_ctx) - 1);
+        layout.layers.push_back(l);
     }
     return layout;
 }
@@ -50,7 +45,7 @@ KvStats kv_stats(const backend::KvLayout& L) {
     st.type_v = L.type_v;
     st.n_ctx = L.n_ctx;
     for (size_t il = 0; il < L.layers.size(); ++il) {
-        const size_t row = L.layers[il].row_bytes(L.type_k, L.type_v);
+        const size_t row = L.slot_bytes(il);
         if (L.is_ring(il)) {
             ++st.n_sliding_layers;
             st.sliding_slots = L.slots(il);
@@ -262,7 +257,7 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
         const std::string kind = L.is_ring(il) ? "sliding" : L.layers[il].v_in_k ? "mla" : "full";
         auto it = std::find_if(p.kv.begin(), p.kv.end(), [&](const MemoryPlan::KvKind& k) { return k.kind == kind; });
         if (it == p.kv.end()) {
-            p.kv.push_back({kind, 0, L.slots(il), L.layers[il].row_bytes(o.kv_type_k, o.kv_type_v), 0});
+            p.kv.push_back({kind, 0, L.slots(il), L.slot_bytes(il), 0});
             it = p.kv.end() - 1;
         }
         ++it->n_layers;
@@ -297,7 +292,7 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
         const backend::KvLayout one = runtime::kv_layout(arch, 1, 1, k, v);
         for (size_t il = 0; il < one.layers.size(); ++il) {
             const size_t row = std::max(one.k_row(il).row_bytes(), one.v_row(il).row_bytes());
-            if (row > 0 && arch.kv_layers()[il].window <= 0) cap = std::min<int64_t>(cap, static_cast<int64_t>(bind_range / row));
+            if (row > 0 && one.layers[il].window <= 0) cap = std::min<int64_t>(cap, static_cast<int64_t>(bind_range / row));
         }
         return cap;
     };
@@ -333,9 +328,15 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
 
     const size_t fixed = p.process_bytes + p.weights_bytes + scratch_fixed + p.cache_bytes;
     cost.n_batch = nb;
+    // The contexts suggested (the largest that fits, per KV type) leave kSuggestionSlack of what is
+    // available unplanned: the process's own memory (its heap, measured before planning) differs by
+    // a few pages from one run to the next with the flags and the build, and a context one run
+    // names must fit in the next (an exact suggestion was off by one page's tokens).
+    constexpr size_t kSuggestionSlack = size_t{1} << 20;
+    const size_t suggest = p.available_bytes > kSuggestionSlack ? p.available_bytes - kSuggestionSlack : 0;
     for (KvType t : {KvType::F16, KvType::Q8_0, KvType::Q4_0})
-        p.max_ctx.push_back({t, std::min(bind_cap_for(t, t), largest_ctx(cost, t, t, fixed, o.n_parallel, p.available_bytes))});
-    p.largest_ = std::min(bind_cap, largest_ctx(cost, o.kv_type_k, o.kv_type_v, fixed, o.n_parallel, p.available_bytes));
+        p.max_ctx.push_back({t, std::min(bind_cap_for(t, t), largest_ctx(cost, t, t, fixed, o.n_parallel, suggest))});
+    p.largest_ = std::min(bind_cap, largest_ctx(cost, o.kv_type_k, o.kv_type_v, fixed, o.n_parallel, suggest));
 
     if (hp.n_ctx_train > 0 && p.n_ctx > hp.n_ctx_train && hp.rope_scaling == model::RopeScaling::None)
         p.warnings.push_back(fmt::format(

@@ -191,7 +191,6 @@ struct PrefixCache::Impl {
         if (auto it = plans.find(type_key); it != plans.end()) return it->second;
         const model::Architecture& arch = *model.impl()->arch;
         const model::HParams& hp = arch.hparams();
-        const std::vector<model::KvLayerSpec> specs = arch.kv_layers();
         Plan p;
         std::string desc = fmt::format("kiln-prefix-v{} {} {} {} B{} ", kFileVersion, hp.arch, kv_type_name(L.type_k),
                                        kv_type_name(L.type_v), opt.block_tokens);
@@ -199,9 +198,9 @@ struct PrefixCache::Impl {
                             static_cast<int>(hp.rope_scaling), hp.rope_scale_factor, hp.rope_n_ctx_orig, hp.rope_yarn_log_mul,
                             hp.rope_attn_factor, hp.yarn_ext_factor, hp.yarn_beta_fast, hp.yarn_beta_slow);
         for (size_t il = 0; il < L.layers.size(); ++il) {
-            const backend::KvLayerShape& s = L.layers[il];
+            const KvLayer& s = L.layers[il];
             LayerPlan lp;
-            lp.window = il < specs.size() ? specs[il].window : 0;
+            lp.window = s.window;
             lp.rows = lp.window > 0 ? std::min(lp.window, opt.block_tokens) : opt.block_tokens;
             lp.k_row = L.k_row(il).row_bytes();
             lp.v_row = s.v_in_k ? 0 : L.v_row(il).row_bytes();

@@ -22,10 +22,12 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "kernels/attention.h"
 #include "kernels/flash_attn.h"
 #include "kernels/matmul.h"
-#include "kernels/kv_quant.h"
+#include "kernels/moe.h"
 #include "kernels/ops.h"
+#include "kernels/rope.h"
 #include "kernels/threadpool.h"
 #include "kiln/error.h"
 #include "quant/quant.h"
@@ -86,7 +88,7 @@ public:
         const int64_t n_pages = layout.n_pages();
         pages_.resize(static_cast<size_t>(n_pages));
         for (size_t il = 0; il < layout.layers.size(); ++il) {
-            const KvLayerShape& l = layout.layers[il];
+            const KvLayer& l = layout.layers[il];
             layout.k_row(il).check(fmt::format("cpu backend: layer {} keys", il));
             if (!l.v_in_k) layout.v_row(il).check(fmt::format("cpu backend: layer {} values", il));
             if (layout.is_ring(il)) {
@@ -216,84 +218,10 @@ private:
     size_t scores_stride_ = 0;
 };
 
-// The rows of one layer's K or V buffer in their stored type, through its row table (CpuKv):
-// writes a slot's row from floats, dots a query head with a stored head and adds a weighted
-// stored head to an accumulator. The *_at forms take a row pointer (row()) found once for many uses.
-class KvRows {
-public:
-    KvRows(const KvRowFormat& f, uint8_t* const* table, int shift)
-        : f_(f), table_(table), shift_(shift), mask_((int64_t{1} << shift) - 1), row_(f.row_bytes()), head_(f.head_bytes()),
-          head_codes_(f.head_code_bytes()) {}
-
-    // The first byte of row `slot`.
-    uint8_t* row(int64_t slot) const { return table_[slot >> shift_] + static_cast<size_t>(slot & mask_) * row_; }
-
-    // Row `slot` from n_head * dim floats.
-    void store(int64_t slot, const float* x) const {
-        uint8_t* r = row(slot);
-        const int64_t n = f_.n_head * f_.dim;
-        switch (f_.type) {
-            case KvType::F32: std::memcpy(r, x, static_cast<size_t>(n) * 4); return;
-            case KvType::F16: kernels::f32_to_f16(x, reinterpret_cast<uint16_t*>(r), n); return;
-            case KvType::Q8_0:
-            case KvType::Q4_0:
-                for (int64_t h = 0; h < f_.n_head; ++h) {
-                    uint8_t* codes = r + static_cast<size_t>(h) * head_;
-                    uint16_t* sc = reinterpret_cast<uint16_t*>(codes + head_codes_);
-                    if (f_.type == KvType::Q8_0) kernels::quantize_q8kv(x + h * f_.dim, f_.dim, reinterpret_cast<int8_t*>(codes), sc);
-                    else kernels::quantize_q4kv(x + h * f_.dim, f_.dim, codes, sc);
-                }
-                return;
-        }
-    }
-    // sum q[i] * head[i] over the first n elements of head h of row `slot`.
-    float dot(const float* q, int64_t slot, int64_t h, int64_t n) const { return dot_at(q, row(slot), h, n); }
-    float dot_at(const float* q, const uint8_t* r, int64_t h, int64_t n) const {
-        const uint8_t* c = r + static_cast<size_t>(h) * head_;
-        switch (f_.type) {
-            case KvType::F32: return kernels::dot_f32(q, reinterpret_cast<const float*>(c), n);
-            case KvType::F16: return kernels::dot_f32_f16(q, reinterpret_cast<const uint16_t*>(c), n);
-            case KvType::Q8_0: return kernels::dot_f32_q8kv(q, reinterpret_cast<const int8_t*>(c), scales(c), n);
-            case KvType::Q4_0: return kernels::dot_f32_q4kv(q, c, scales(c), n);
-        }
-        return 0.0f;
-    }
-    // The first n elements of head h of row `slot` as floats.
-    void to_float(int64_t slot, int64_t h, float* out, int64_t n) const { to_float_at(row(slot), h, out, n); }
-    void to_float_at(const uint8_t* r, int64_t h, float* out, int64_t n) const {
-        const uint8_t* c = r + static_cast<size_t>(h) * head_;
-        switch (f_.type) {
-            case KvType::F32: std::memcpy(out, c, static_cast<size_t>(n) * 4); return;
-            case KvType::F16: return kernels::f16_to_f32(reinterpret_cast<const uint16_t*>(c), out, n);
-            case KvType::Q8_0: return kernels::dequantize_q8kv(reinterpret_cast<const int8_t*>(c), scales(c), n, out);
-            case KvType::Q4_0: return kernels::dequantize_q4kv(c, scales(c), n, out);
-        }
-    }
-    // Asks for the cache lines of head h of row `slot` (the tiled attention's next block).
-    void prefetch(int64_t slot, int64_t h) const {
-        const uint8_t* c = row(slot) + static_cast<size_t>(h) * head_;
-        for (size_t off = 0; off < head_; off += 64) __builtin_prefetch(c + off);
-    }
-    // y += w * (the first n elements of head h of row `slot`).
-    void axpy(float w, int64_t slot, int64_t h, float* y, int64_t n) const { axpy_at(w, row(slot), h, y, n); }
-    void axpy_at(float w, const uint8_t* r, int64_t h, float* y, int64_t n) const {
-        const uint8_t* c = r + static_cast<size_t>(h) * head_;
-        switch (f_.type) {
-            case KvType::F32: return kernels::axpy_f32(w, reinterpret_cast<const float*>(c), y, n);
-            case KvType::F16: return kernels::axpy_f16(w, reinterpret_cast<const uint16_t*>(c), y, n);
-            case KvType::Q8_0: return kernels::axpy_q8kv(w, reinterpret_cast<const int8_t*>(c), scales(c), y, n);
-            case KvType::Q4_0: return kernels::axpy_q4kv(w, c, scales(c), y, n);
-        }
-    }
-
-private:
-    const uint16_t* scales(const uint8_t* head) const { return reinterpret_cast<const uint16_t*>(head + head_codes_); }
-    KvRowFormat f_;
-    uint8_t* const* table_;
-    int shift_;
-    int64_t mask_;
-    size_t row_, head_, head_codes_;
-};
+// The rows of one layer's K or V buffer (kernels/kv_rows.h) in format f, through a row table of CpuKv.
+kernels::KvRows kv_rows(const KvRowFormat& f, uint8_t* const* table, int shift) {
+    return kernels::KvRows(f.type, f.n_head, f.dim, f.head_bytes(), f.head_code_bytes(), table, shift);
+}
 
 class CpuBackend;
 
@@ -328,11 +256,9 @@ private:
         const float* q;
         const float* sinks;
         float* out;
-        KvRows k, v;
+        kernels::KvRows k, v;
     };
     AttnIo attn_io(const Node& n, CpuKv& kv, int64_t t0) const;
-    static void key_blocks(kernels::FlashAttn& fa, const AttnIo& io, const graph::AttentionParams& p, int kvh, int64_t slots,
-                           int64_t lo, int64_t hi);
     bool tiled(int64_t n_tok) const { return n_tok >= std::max<int64_t>(2, g_tiled_min_tokens.load()); }
     void kv_op(const Node& n, CpuKv& kv, int64_t base, int64_t t0, int64_t t1);
     void unary(const Node& n);
@@ -617,7 +543,7 @@ void CpuExecutable::get_rows(const Node& n) {
     const Tensor& dst = g_.tensor(n.dst);
     const int32_t* ids = i32(n.src[1]);
     float* out = f32(n.dst);
-    const uint64_t rb = *row_bytes(w.wtype, static_cast<uint64_t>(w.ne0));
+    const uint64_t rb = w.row_bytes();
     for (int64_t t = 0; t < dst.ne1; ++t) {
         const int32_t id = ids[t];
         if (id < 0 || id >= w.ne1)
@@ -682,48 +608,13 @@ void CpuExecutable::rope(const Node& n) {
     const int32_t* pos = i32(n.src[1]);
     float* d = f32(n.dst);
     const int64_t ne0 = x.ne0;
-    const int half = p.n_dims / 2;
-    if (half > 512) throw Error(fmt::format("cpu backend: rope over {} dims (at most 1024)", p.n_dims));
+    if (p.n_dims > kernels::kRopeMaxDims)
+        throw Error(fmt::format("cpu backend: rope over {} dims (at most {})", p.n_dims, kernels::kRopeMaxDims));
     float corr[2] = {0.0f, 0.0f};
     if (p.ext_factor != 0.0f) graph::rope_yarn_corr_dims(p, corr);
-    // theta_i = pos * base^(-2i / n_dims), i < n_dims / 2, scaled by freq_scale (linear); with YaRN
-    // the scaled and unscaled angles mix by the ramp of pair i between the correction dims.
     maybe_parallel(be_.pool(), x.ne1, ne0 * 8, [&](int64_t r0, int64_t r1, int) {
-        float cs[512], sn[512];  // n_dims / 2 <= 512 (head sizes up to 1024)
-        for (int64_t r = r0; r < r1; ++r) {
-            const double position = static_cast<double>(pos[r]);
-            for (int i = 0; i < half; ++i) {
-                const double extrap = position * std::pow(static_cast<double>(p.freq_base), -2.0 * i / p.n_dims);
-                double theta = extrap * p.freq_scale;
-                if (p.ext_factor != 0.0f) {
-                    const double y = (i - corr[0]) / std::max(0.001, static_cast<double>(corr[1] - corr[0]));
-                    const double mix = (1.0 - std::clamp(y, 0.0, 1.0)) * p.ext_factor;
-                    theta = theta * (1.0 - mix) + extrap * mix;
-                }
-                cs[i] = static_cast<float>(std::cos(theta) * p.attn_factor);
-                sn[i] = static_cast<float>(std::sin(theta) * p.attn_factor);
-            }
-            const float* xr = px + r * ne0;
-            float* dr = d + r * ne0;
-            for (int h = 0; h < p.n_head; ++h) {
-                const float* xh = xr + static_cast<int64_t>(h) * p.head_dim;
-                float* dh = dr + static_cast<int64_t>(h) * p.head_dim;
-                if (p.mode == graph::RopeMode::Normal) {
-                    for (int i = 0; i < half; ++i) {
-                        const float a = xh[2 * i], b = xh[2 * i + 1];
-                        dh[2 * i] = a * cs[i] - b * sn[i];
-                        dh[2 * i + 1] = a * sn[i] + b * cs[i];
-                    }
-                } else {
-                    for (int i = 0; i < half; ++i) {
-                        const float a = xh[i], b = xh[i + half];
-                        dh[i] = a * cs[i] - b * sn[i];
-                        dh[i + half] = a * sn[i] + b * cs[i];
-                    }
-                }
-                for (int i = p.n_dims; i < p.head_dim; ++i) dh[i] = xh[i];
-            }
-        }
+        kernels::rope(px + r0 * ne0, d + r0 * ne0, r1 - r0, ne0, pos + r0, p.n_head, p.head_dim, p.n_dims,
+                      p.mode == graph::RopeMode::Neox, p.freq_base, p.freq_scale, p.ext_factor, corr, p.attn_factor);
     });
 }
 
@@ -748,8 +639,8 @@ void CpuExecutable::store_kv(const Node& n, CpuKv& kv, int64_t base, int64_t T0,
     const int64_t vw = static_cast<int64_t>(p.n_head_kv) * p.head_dim_v;
     const float* pk = f32(n.src[0]) + T0 * kw;
     const float* pv = p.v_in_k ? nullptr : f32(n.src[1]) + T0 * vw;
-    const KvRows krows(L.k_row(static_cast<size_t>(p.layer)), kv.table(p.layer, false), kv.shift(p.layer));
-    const KvRows vrows(L.v_row(static_cast<size_t>(p.layer)), kv.table(p.layer, !p.v_in_k), kv.shift(p.layer));
+    const kernels::KvRows krows = kv_rows(L.k_row(static_cast<size_t>(p.layer)), kv.table(p.layer, false), kv.shift(p.layer));
+    const kernels::KvRows vrows = kv_rows(L.v_row(static_cast<size_t>(p.layer)), kv.table(p.layer, !p.v_in_k), kv.shift(p.layer));
     for (int64_t t = 0; t < n_tok; ++t) {
         const int64_t slot = (base + t) % slots;
         krows.store(slot, pk + t * kw);
@@ -778,37 +669,17 @@ void CpuExecutable::attention(const Node& n, CpuKv& kv, int64_t base, int64_t T0
     const int group = p.n_head / p.n_head_kv;
     const AttnIo io = attn_io(n, kv, T0);
     const int64_t items = n_tok * p.n_head;
-    const float cap = p.softcap;
 
     parallel(be_.pool(), items, [&](int64_t b, int64_t e, int th) {
         float* scores = kv.scores(th);
         for (int64_t it = b; it < e; ++it) {
             const int64_t t = it / p.n_head;
             const int h = static_cast<int>(it % p.n_head);
-            const int kvh = h / group;
             const int64_t last = base + t;  // inclusive
             const int64_t first = p.window > 0 ? std::max<int64_t>(0, last - p.window + 1) : 0;
-            const int64_t len = last - first + 1;
-            const float* qh = io.q + t * q.ne0 + static_cast<int64_t>(h) * dk;
-            float* oh = io.out + t * (static_cast<int64_t>(p.n_head) * dv) + static_cast<int64_t>(h) * dv;
-
-            int64_t slot = first % slots;
-            for (int64_t j = 0; j < len; ++j) {
-                float s = io.k.dot(qh, slot, kvh, dk) * p.scale;
-                if (cap > 0.0f) s = cap * std::tanh(s / cap);
-                scores[j] = s;
-                if (++slot == slots) slot = 0;
-            }
-            // A sink is one more logit in the softmax whose weight goes nowhere.
-            if (io.sinks) scores[len] = io.sinks[h];
-            kernels::softmax_inplace(scores, io.sinks ? len + 1 : len);
-
-            std::fill(oh, oh + dv, 0.0f);
-            slot = first % slots;
-            for (int64_t j = 0; j < len; ++j) {
-                io.v.axpy(scores[j], slot, kvh, oh, dv);
-                if (++slot == slots) slot = 0;
-            }
+            kernels::attend(io.q + t * q.ne0 + static_cast<int64_t>(h) * dk, io.k, io.v, h / group, first, last - first + 1,
+                            slots, dk, dv, p.scale, p.softcap, io.sinks ? io.sinks + h : nullptr, scores,
+                            io.out + t * (static_cast<int64_t>(p.n_head) * dv) + static_cast<int64_t>(h) * dv);
         }
     });
 }
@@ -823,8 +694,8 @@ CpuExecutable::AttnIo CpuExecutable::attn_io(const Node& n, CpuKv& kv, int64_t T
         sinks = st.kind == TensorKind::Weight ? static_cast<const float*>(st.data) : f32(n.src[1]);
     }
     return {f32(n.src[0]) + T0 * g_.tensor(n.src[0]).ne0, sinks, f32(n.dst) + T0 * (static_cast<int64_t>(p.n_head) * p.head_dim_v),
-            KvRows(L.k_row(layer), kv.table(p.layer, false), kv.shift(p.layer)),
-            KvRows(L.v_row(layer), kv.table(p.layer, !p.v_in_k), kv.shift(p.layer))};
+            kv_rows(L.k_row(layer), kv.table(p.layer, false), kv.shift(p.layer)),
+            kv_rows(L.v_row(layer), kv.table(p.layer, !p.v_in_k), kv.shift(p.layer))};
 }
 
 void CpuExecutable::unary(const Node& n) {
@@ -854,23 +725,16 @@ void CpuExecutable::unary(const Node& n) {
         }
         case Op::SwiGLUOai: {
             const float* u = f32(n.src[1]);
-            const float alpha = n.f, limit = n.f1;
             maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
-                for (int64_t i = r0 * ne0; i < r1 * ne0; ++i) {
-                    const float x = std::min(a[i], limit);
-                    const float y = std::clamp(u[i], -limit, limit);
-                    d[i] = x / (1.0f + std::exp(-alpha * x)) * (y + 1.0f);
-                }
+                kernels::swiglu_oai(a + r0 * ne0, u + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0, n.f, n.f1);
             });
             return;
         }
-        case Op::Softcap: {
-            const float cap = n.f, inv = 1.0f / n.f;
+        case Op::Softcap:
             maybe_parallel(be_.pool(), dst.ne1, ne0 * 16, [&](int64_t r0, int64_t r1, int) {
-                for (int64_t i = r0 * ne0; i < r1 * ne0; ++i) d[i] = cap * std::tanh(a[i] * inv);
+                kernels::softcap(a + r0 * ne0, d + r0 * ne0, (r1 - r0) * ne0, n.f);
             });
             return;
-        }
         case Op::Silu:
             kernels::silu(a, d, dst.n_elements());
             return;
@@ -879,7 +743,7 @@ void CpuExecutable::unary(const Node& n) {
             kernels::scale(d, n.f, dst.n_elements());
             return;
         case Op::Sigmoid:
-            for (int64_t i = 0; i < dst.n_elements(); ++i) d[i] = 1.0f / (1.0f + std::exp(-a[i]));
+            kernels::sigmoid(a, d, dst.n_elements());
             return;
         case Op::Softmax:
             for (int64_t r = 0; r < dst.ne1; ++r) {
@@ -888,13 +752,7 @@ void CpuExecutable::unary(const Node& n) {
             }
             return;
         case Op::NormalizeSum:
-            for (int64_t r = 0; r < dst.ne1; ++r) {
-                double sum = 0;
-                for (int64_t i = 0; i < ne0; ++i) sum += a[r * ne0 + i];
-                // The smallest normal half: an all-zero row stays finite.
-                const float inv = static_cast<float>(1.0 / std::max(sum, 6.103515625e-5));
-                for (int64_t i = 0; i < ne0; ++i) d[r * ne0 + i] = a[r * ne0 + i] * inv;
-            }
+            for (int64_t r = 0; r < dst.ne1; ++r) kernels::normalize_sum(a + r * ne0, d + r * ne0, ne0);
             return;
         default:
             throw Error(fmt::format("cpu backend: op {} not handled", graph::op_name(n.op)));
@@ -906,9 +764,6 @@ void CpuExecutable::unary(const Node& n) {
 // them, block by block, with an online softmax (a running max and sum per head), so the cache is
 // streamed once per chunk instead of once per head and no context-sized scratch is needed.
 void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
-    constexpr int kMaxChunk = 8;     // heads per work item
-    constexpr int kBlock = 64;       // cache rows per softmax block
-    constexpr int kMaxDv = 1024;     // value width the per-thread accumulators hold
     const graph::AttentionParams& p = n.attn;
     const Tensor& q = g_.tensor(n.src[0]);
     const KvLayout& L = kv.layout();
@@ -916,66 +771,30 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
     if (base < 0 || base + n_tok > L.n_ctx)
         throw Error(fmt::format("cpu backend: attention over positions [0, {}) outside the cache of {}", base + n_tok,
                                 L.n_ctx));
-    if (p.n_head_kv != 1 || p.window > 0 || p.softcap > 0 || n.src[1] != graph::kNone || p.head_dim_v > kMaxDv ||
+    if (p.n_head_kv != 1 || p.window > 0 || p.softcap > 0 || n.src[1] != graph::kNone || p.head_dim_v > kernels::kMlaMaxDv ||
         L.slots(static_cast<size_t>(p.layer)) != L.n_ctx)
         throw Error(fmt::format("cpu backend: MLA attention of layer {} takes one KV head of a full layer, no window, "
                                 "soft-cap or sinks, and V rows of at most {}",
-                                p.layer, kMaxDv));
+                                p.layer, kernels::kMlaMaxDv));
     if (tiled(n_tok)) return attention_tiled(n, kv, base, T0, T1);
     if (attention_split(n, kv, base, T0, T1)) return;
     const int dk = p.head_dim_k, dv = p.head_dim_v, H = p.n_head;
     const float* pq = f32(n.src[0]) + T0 * q.ne0;
     float* out = f32(n.dst) + T0 * (static_cast<int64_t>(H) * dv);
-    const KvRows rows(L.k_row(static_cast<size_t>(p.layer)), kv.table(p.layer, false), kv.shift(p.layer));  // V = the head of each K row
-    // Chunk size: as many heads as keep every thread busy (at least two items each), at most kMaxChunk.
+    // V = the head of each K row.
+    const kernels::KvRows rows = kv_rows(L.k_row(static_cast<size_t>(p.layer)), kv.table(p.layer, false), kv.shift(p.layer));
+    // Chunk size: as many heads as keep every thread busy (at least two items each), at most kMlaMaxHeads.
     const int64_t threads = be_.pool().size();
-    const int chunk = static_cast<int>(std::clamp<int64_t>(H * n_tok / (2 * threads), 1, kMaxChunk));
+    const int chunk = static_cast<int>(std::clamp<int64_t>(H * n_tok / (2 * threads), 1, kernels::kMlaMaxHeads));
     const int n_chunks = (H + chunk - 1) / chunk;
 
     parallel(be_.pool(), n_tok * n_chunks, [&](int64_t b, int64_t e, int) {
-        float sc[kMaxChunk][kBlock];
-        float mx[kMaxChunk], sum[kMaxChunk];
-        alignas(64) float acc[kMaxChunk * kMaxDv];
         for (int64_t it = b; it < e; ++it) {
             const int64_t t = it / n_chunks;
             const int h0 = static_cast<int>(it % n_chunks) * chunk;
-            const int nc = std::min(chunk, H - h0);
             const int64_t len = base + t + 1;  // causal: rows [0, base + t]
-            const float* qt = pq + t * q.ne0;
-            for (int c = 0; c < nc; ++c) {
-                mx[c] = -INFINITY;
-                sum[c] = 0.0f;
-                std::fill(acc + c * dv, acc + (c + 1) * dv, 0.0f);
-            }
-            for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
-                const int jb = static_cast<int>(std::min<int64_t>(kBlock, len - j0));
-                const uint8_t* rp[kBlock];
-                for (int j = 0; j < jb; ++j) rp[j] = rows.row(j0 + j);
-                for (int j = 0; j < jb; ++j)
-                    for (int c = 0; c < nc; ++c)
-                        sc[c][j] = rows.dot_at(qt + static_cast<int64_t>(h0 + c) * dk, rp[j], 0, dk) * p.scale;
-                for (int c = 0; c < nc; ++c) {
-                    float bm = mx[c];
-                    for (int j = 0; j < jb; ++j) bm = std::max(bm, sc[c][j]);
-                    if (bm > mx[c]) {  // rescale what was summed under the old max
-                        const float f = std::exp(mx[c] - bm);
-                        sum[c] *= f;
-                        kernels::scale(acc + c * dv, f, dv);
-                        mx[c] = bm;
-                    }
-                    for (int j = 0; j < jb; ++j) {
-                        sc[c][j] = std::exp(sc[c][j] - mx[c]);
-                        sum[c] += sc[c][j];
-                    }
-                }
-                for (int j = 0; j < jb; ++j)
-                    for (int c = 0; c < nc; ++c) rows.axpy_at(sc[c][j], rp[j], 0, acc + c * dv, dv);
-            }
-            for (int c = 0; c < nc; ++c) {
-                float* oh = out + t * (static_cast<int64_t>(H) * dv) + static_cast<int64_t>(h0 + c) * dv;
-                const float inv = 1.0f / sum[c];
-                for (int i = 0; i < dv; ++i) oh[i] = acc[c * dv + i] * inv;
-            }
+            kernels::attend_mla(pq + t * q.ne0 + static_cast<int64_t>(h0) * dk, std::min(chunk, H - h0), rows, len, dk, dv,
+                                p.scale, out + t * (static_cast<int64_t>(H) * dv) + static_cast<int64_t>(h0) * dv);
         }
     });
 }
@@ -986,33 +805,6 @@ void CpuExecutable::attention_mla(const Node& n, CpuKv& kv, int64_t base, int64_
 // runs against the keys its rows see, in blocks whose K and V rows are converted to floats once for
 // the whole tile. The callers (attention, attention_mla) have checked the positions, the ring and
 // the MLA restrictions.
-// A tile's keys at positions [lo, hi] of KV head kvh, a block at a time: each block's K and V rows
-// converted to floats once (position j in slot j % slots), the next block's rows prefetched while
-// this one is computed, then the block run against the tile's rows.
-void CpuExecutable::key_blocks(kernels::FlashAttn& fa, const AttnIo& io, const graph::AttentionParams& p, int kvh, int64_t slots,
-                               int64_t lo, int64_t hi) {
-    constexpr int KB = kernels::FlashAttn::kKeys;
-    const int64_t dk = p.head_dim_k, dv = p.head_dim_v;
-    for (int64_t p0 = lo; p0 <= hi; p0 += KB) {
-        const int nk = static_cast<int>(std::min<int64_t>(KB, hi - p0 + 1));
-        float* kb = fa.k_block();
-        int64_t slot = p0 % slots;
-        for (int j = 0; j < nk; ++j) {
-            io.k.to_float(slot, kvh, kb + j * dk, dk);
-            if (!p.v_in_k) io.v.to_float(slot, kvh, fa.v_block() + j * fa.v_stride(), dv);
-            if (++slot == slots) slot = 0;
-        }
-        const int next = static_cast<int>(std::min<int64_t>(KB, hi - p0 - KB + 1));
-        for (int j = 0; j < next; ++j) {
-            io.k.prefetch(slot, kvh);
-            if (!p.v_in_k) io.v.prefetch(slot, kvh);
-            if (++slot == slots) slot = 0;
-        }
-        if (p.v_in_k) fa.block(p0, nk, kb, dk, kb, dk);  // MLA: the values are the heads of the key rows
-        else fa.block(p0, nk, kb, dk, fa.v_block(), fa.v_stride());
-    }
-}
-
 void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int64_t T0, int64_t T1) {
     using kernels::FlashAttn;
     constexpr int R = FlashAttn::kRows;
@@ -1064,7 +856,7 @@ void CpuExecutable::attention_tiled(const Node& n, CpuKv& kv, int64_t base, int6
                     sink[nr] = io.sinks ? io.sinks[h] : 0.0f;
                 }
             fa.begin(nr, qrow, first, last);
-            key_blocks(fa, io, p, kvh, slots, first[0], last[nr - 1]);
+            kernels::flash_key_blocks(fa, io.k, io.v, p.v_in_k, kvh, slots, dk, dv, first[0], last[nr - 1]);
             fa.end(orow, io.sinks ? sink : nullptr);
         }
     });
@@ -1127,7 +919,7 @@ bool CpuExecutable::attention_split(const Node& n, CpuKv& kv, int64_t base, int6
                 last[r] = std::min(row_last, c1);
             }
             fa.begin(rows, qrow, first, last);
-            key_blocks(fa, io, p, kvh, slots, c0, c1);
+            kernels::flash_key_blocks(fa, io.k, io.v, p.v_in_k, kvh, slots, dk, dv, c0, c1);
             fa.end_parts(orow, m, l);
         }
     });
@@ -1180,8 +972,6 @@ void CpuExecutable::concat_heads(const Node& n) {
         }
 }
 
-// Group-limited top-k: a group's score is the sum of its two best; only the best n_group_used
-// groups compete. Ties go to the lower index.
 void CpuExecutable::top_k(const Node& n) {
     const Tensor& S = g_.tensor(n.src[0]);
     const graph::TopKParams& p = n.topk;
@@ -1192,50 +982,10 @@ void CpuExecutable::top_k(const Node& n) {
         bias = B.kind == TensorKind::Weight ? static_cast<const float*>(B.data) : f32(n.src[1]);
     }
     int32_t* out = reinterpret_cast<int32_t*>(f32(n.dst));
-    const int64_t ne = S.ne0;
     const bool grouped = p.n_group > 1 && p.n_group_used < p.n_group;
-    const int64_t per_group = ne / p.n_group;
-    constexpr int kMaxGroups = 64;
-    if (grouped && p.n_group > kMaxGroups)
-        throw Error(fmt::format("cpu backend: top_k over {} expert groups (at most {})", p.n_group, kMaxGroups));
-    for (int64_t t = 0; t < S.ne1; ++t) {
-        const float* row = sc + t * ne;
-        auto score = [&](int64_t i) { return bias ? row[i] + bias[i] : row[i]; };
-        bool allowed[kMaxGroups];
-        if (grouped) {
-            float gscore[kMaxGroups];
-            for (int gi = 0; gi < p.n_group; ++gi) {
-                float b1 = -INFINITY, b2 = -INFINITY;
-                for (int64_t i = gi * per_group; i < (gi + 1) * per_group; ++i) {
-                    const float v = score(i);
-                    if (v > b1) b2 = b1, b1 = v;
-                    else if (v > b2) b2 = v;
-                }
-                gscore[gi] = b1 + b2;
-                allowed[gi] = false;
-            }
-            for (int u = 0; u < p.n_group_used; ++u) {
-                int best = -1;
-                for (int gi = 0; gi < p.n_group; ++gi)
-                    if (!allowed[gi] && (best < 0 || gscore[gi] > gscore[best])) best = gi;
-                allowed[best] = true;
-            }
-        }
-        int32_t* o = out + t * p.k;
-        for (int j = 0; j < p.k; ++j) {
-            int64_t best = -1;
-            float bv = 0.0f;
-            for (int64_t i = 0; i < ne; ++i) {
-                if (grouped && !allowed[i / per_group]) continue;
-                bool taken = false;
-                for (int q = 0; q < j; ++q) taken |= o[q] == i;
-                if (taken) continue;
-                const float v = score(i);
-                if (best < 0 || v > bv) best = i, bv = v;
-            }
-            o[j] = static_cast<int32_t>(best);
-        }
-    }
+    if (grouped && p.n_group > kernels::kTopKMaxGroups)
+        throw Error(fmt::format("cpu backend: top_k over {} expert groups (at most {})", p.n_group, kernels::kTopKMaxGroups));
+    for (int64_t t = 0; t < S.ne1; ++t) kernels::top_k(sc + t * S.ne0, bias, S.ne0, p.k, p.n_group, p.n_group_used, out + t * p.k);
 }
 
 void CpuExecutable::gather(const Node& n) {
@@ -1267,8 +1017,7 @@ void CpuExecutable::grouped_matmul(const Node& n) {
     const float* px = f32(n.src[1]);
     float* py = f32(n.dst);
     const int64_t K = gs.k, R = gs.rows, S = gs.n_slot, T = gs.n_tok, G = gs.n_group;
-    const size_t row_b = static_cast<size_t>(*row_bytes(w.wtype, static_cast<uint64_t>(K)));
-    const size_t mat_b = w.nb2 ? static_cast<size_t>(w.nb2) : row_b * static_cast<size_t>(R);
+    const auto mat_b = static_cast<size_t>(w.matrix_stride());
     const auto* wbase = static_cast<const uint8_t*>(w.data);
     auto x_row = [&](int64_t t, int64_t s) { return px + t * x.ne0 + (x_per_slot ? s * K : 0); };
     auto y_row = [&](int64_t t, int64_t s) { return py + t * (S * R) + s * R; };
@@ -1277,20 +1026,13 @@ void CpuExecutable::grouped_matmul(const Node& n) {
     const size_t pairs = static_cast<size_t>(T * S);
     auto* count = reinterpret_cast<int32_t*>(be_.aux());
     int32_t* order = count + G + 1;
-    std::fill(count, count + G + 1, 0);
     auto group_of = [&](int64_t pair) -> int64_t {
         if (!moe) return pair % S;
         const int32_t e = ids[pair];
         if (e < 0 || e >= G) throw Error(fmt::format("cpu backend: expert id {} of '{}' outside [0, {})", e, w.name, G));
         return e;
     };
-    for (size_t pr = 0; pr < pairs; ++pr) ++count[group_of(static_cast<int64_t>(pr)) + 1];
-    for (int64_t e = 0; e < G; ++e) count[e + 1] += count[e];
-    {
-        int32_t* fill = order + pairs;  // per-group cursors
-        std::copy(count, count + G, fill);
-        for (size_t pr = 0; pr < pairs; ++pr) order[fill[group_of(static_cast<int64_t>(pr))]++] = static_cast<int32_t>(pr);
-    }
+    kernels::sort_by_group(static_cast<int64_t>(pairs), G, group_of, count, order, order + pairs);
     auto al = [](size_t b) { return (b + 63) / 64 * 64; };
     float* xg = reinterpret_cast<float*>(be_.aux() + al((pairs + static_cast<size_t>(G) + 1) * sizeof(int32_t) * 2));
     float* yg = xg + al(pairs * static_cast<size_t>(K) * sizeof(float)) / sizeof(float);
@@ -1347,15 +1089,7 @@ void CpuExecutable::moe_combine(const Node& n) {
     const Tensor& Y = g_.tensor(n.src[0]);
     const Tensor& W = g_.tensor(n.src[1]);
     const Tensor& D = g_.tensor(n.dst);
-    const float* y = f32(n.src[0]);
-    const float* w = f32(n.src[1]);
-    float* d = f32(n.dst);
-    const int64_t E = D.ne0, S = W.ne0;
-    for (int64_t t = 0; t < D.ne1; ++t) {
-        float* o = d + t * E;
-        std::fill(o, o + E, 0.0f);
-        for (int64_t s = 0; s < S; ++s) kernels::axpy_f32(w[t * S + s], y + t * Y.ne0 + s * E, o, E);
-    }
+    kernels::moe_combine(f32(n.src[0]), Y.ne0, f32(n.src[1]), W.ne0, D.ne0, D.ne1, f32(n.dst));
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "kernels/rope.h"
 #include "kiln/error.h"
 
 namespace kiln::vk {
@@ -23,7 +24,6 @@ constexpr uint32_t kTile = 64;          // BM = BN in matmul_tiled.comp
 constexpr uint32_t kTiledWorkgroup = 256;
 constexpr int64_t kAttnMaxDk = Backend::kAttentionMaxDk;  // DMAX in attention.comp
 constexpr int64_t kAttnMaxRows = 8;     // 2 * RPAIRS in attention.comp: output dimensions per thread
-constexpr int kTopKMaxGroups = 64;      // MAX_GROUPS in top_k.comp
 // Split-K attention (Auto, on GPUs): for at most kSplitMaxTokens query tokens when (token, head)
 // pairs are fewer than kSplitTargetGroups workgroups and the keys make at least two chunks of
 // kSplitMinChunk; then as many chunks as bring the workgroups to about kSplitTargetGroups.
@@ -54,11 +54,9 @@ void require_same_count(const Tensor& a, const Tensor& b, const char* op) {
 }  // namespace
 
 std::string Tensor::shape_string() const {
-    std::string s = fmt::format("{} [{}", type_name(type_), ne_[0]);
-    int last = 3;
-    while (last > 1 && ne_[static_cast<size_t>(last)] == 1) --last;
-    for (int i = 1; i <= last; ++i) s += fmt::format(", {}", ne_[static_cast<size_t>(i)]);
-    return s + "]";
+    size_t dims = 4;
+    while (dims > 2 && ne_[dims - 1] == 1) --dims;
+    return fmt::format("{} {}", type_name(type_), kiln::shape_string(std::span<const int64_t>(ne_.data(), dims)));
 }
 
 // ---- lifetime ------------------------------------------------------------------------------
@@ -445,7 +443,7 @@ void Backend::softmax(const Tensor& x, const Tensor& out, float scale) {
     ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
 }
 
-void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, const RopeParams& rp) {
+void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, const graph::RopeParams& rp) {
     require_type(x, TensorType::F32, "rope", "x");
     require_type(positions, TensorType::I32, "rope", "positions");
     require_type(out, TensorType::F32, "rope", "out");
@@ -454,13 +452,22 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
     const int64_t n_dims = rp.n_dims ? rp.n_dims : head_dim;
     if (head_dim % 2 || n_dims % 2 || n_dims > head_dim)
         throw Error(fmt::format("vk rope: head_dim {} and n_dims {} must be even, n_dims <= head_dim", head_dim, n_dims));
+    if ((rp.head_dim && rp.head_dim != head_dim) || (rp.n_head && rp.n_head != n_head))
+        throw Error(fmt::format("vk rope: x '{}' is {}, not {} heads of {}", x.name(), x.shape_string(), rp.n_head,
+                                rp.head_dim));
     if (positions.n_elements() != n_tok)
         throw Error(fmt::format("vk rope: {} positions for {} tokens (x is {})", positions.n_elements(), n_tok,
                                 x.shape_string()));
+    // YaRN's correction range of pair indices, as the CPU backend takes it.
+    float corr[2] = {0.0f, 0.0f};
+    if (rp.ext_factor != 0.0f) {
+        graph::RopeParams full = rp;
+        full.n_dims = static_cast<int>(n_dims);
+        graph::rope_yarn_corr_dims(full, corr);
+    }
     // The frequency table of this (n_dims, base, scale, YaRN ramp), made once in double precision.
     // YaRN's angle pos * theta_i * (freq_scale * (1 - mix_i) + mix_i) is linear in pos too.
-    const std::array<float, 6> key{static_cast<float>(n_dims), rp.freq_base, rp.freq_scale, rp.ext_factor,
-                                   rp.corr_lo, rp.corr_hi};
+    const std::array<float, 6> key{static_cast<float>(n_dims), rp.freq_base, rp.freq_scale, rp.ext_factor, corr[0], corr[1]};
     auto it = rope_freqs_.find(key);
     if (it == rope_freqs_.end()) {
         std::vector<float> f(static_cast<size_t>(n_dims / 2));
@@ -468,24 +475,23 @@ void Backend::rope(const Tensor& x, const Tensor& positions, const Tensor& out, 
             const double theta = std::pow(static_cast<double>(rp.freq_base), -2.0 * static_cast<double>(i) / static_cast<double>(n_dims));
             double factor = rp.freq_scale;
             if (rp.ext_factor != 0.0f) {
-                const double y = (static_cast<double>(i) - rp.corr_lo) / std::max(0.001, static_cast<double>(rp.corr_hi - rp.corr_lo));
-                const double mix = (1.0 - std::clamp(y, 0.0, 1.0)) * rp.ext_factor;
+                const double mix = kernels::rope_yarn_mix(static_cast<int>(i), corr, rp.ext_factor);
                 factor = factor * (1.0 - mix) + mix;
             }
             f[i] = static_cast<float>(theta * factor);
         }
         Tensor t = tensor(TensorType::F32, {n_dims / 2},
                           fmt::format("rope frequencies {}:{}:{}:{}:{}:{}", n_dims, rp.freq_base, rp.freq_scale,
-                                      rp.ext_factor, rp.corr_lo, rp.corr_hi));
+                                      rp.ext_factor, corr[0], corr[1]));
         upload(t, f.data(), t.bytes());
         it = rope_freqs_.emplace(key, t).first;
     }
     struct {
         uint32_t head_dim, n_head, n_tok, n_dims;
         float mscale;
-    } pc{u32(head_dim, "head_dim"), u32(n_head, "n_head"), u32(n_tok, "n_tok"), u32(n_dims, "n_dims"), rp.mscale};
+    } pc{u32(head_dim, "head_dim"), u32(n_head, "n_head"), u32(n_tok, "n_tok"), u32(n_dims, "n_dims"), rp.attn_factor};
     const Binding b[] = {bind(x, false), bind(positions, false), bind(out, true), bind(it->second, false)};
-    const auto& p = ctx_->pipeline("rope", {wg_elementwise_, rp.neox ? 1u : 0u}, 4);
+    const auto& p = ctx_->pipeline("rope", {wg_elementwise_, rp.mode == graph::RopeMode::Neox ? 1u : 0u}, 4);
     uint32_t gx, gy;
     groups_for(ceil_div(static_cast<uint64_t>(head_dim / 2 * n_head * n_tok), wg_elementwise_), &gx, &gy);
     ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
@@ -622,17 +628,24 @@ void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, boo
 }
 
 void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
-                        const AttentionParams& ap, const Tensor* sinks) {
+                        const graph::AttentionParams& ap, const AttentionRun& r, const Tensor* sinks) {
     require_type(q, TensorType::F32, "attention", "q");
     require_type(out, TensorType::F32, "attention", "out");
     const int64_t Dk = q.ne(0), n_head = q.ne(1), n_tok = q.ne(2) * q.ne(3);
-    const int64_t Dv = ap.v_in_k ? ap.dv : out.ne(0), n_kv_head = k_cache.ne(1), n_ctx = k_cache.ne(2) * k_cache.ne(3);
-    const backend::KvRowFormat kf = kv_format(k_cache, ap.k_type, Dk, "attention", "k_cache");
+    const int64_t Dv = out.ne(0), n_kv_head = k_cache.ne(1), n_ctx = k_cache.ne(2) * k_cache.ne(3);
+    if ((ap.head_dim_k && ap.head_dim_k != Dk) || (ap.head_dim_v && ap.head_dim_v != Dv) || (ap.n_head && ap.n_head != n_head) ||
+        (ap.n_head_kv && ap.n_head_kv != n_kv_head))
+        throw Error(fmt::format("vk attention: q {}, k_cache {} and out {} are not {} heads of K {} / V {} over {} KV heads",
+                                q.shape_string(), k_cache.shape_string(), out.shape_string(), ap.n_head, ap.head_dim_k,
+                                ap.head_dim_v, ap.n_head_kv));
+    if (ap.window < 0) throw Error(fmt::format("vk attention: window {} is negative", ap.window));
+    const auto window = static_cast<uint32_t>(ap.window);
+    const backend::KvRowFormat kf = kv_format(k_cache, r.k_type, Dk, "attention", "k_cache");
     if (ap.v_in_k && (v_cache.buffer_ != k_cache.buffer_ || v_cache.offset_ != k_cache.offset_ || Dv <= 0 || Dv > Dk))
         throw Error(fmt::format("vk attention: MLA reads V ({} of each K head of {}) from the K cache itself", Dv, Dk));
     // MLA: a value is the head of its K head, stored in K's format.
     const backend::KvRowFormat vf =
-        ap.v_in_k ? kf : kv_format(v_cache, ap.v_type, Dv, "attention", "v_cache");
+        ap.v_in_k ? kf : kv_format(v_cache, r.v_type, Dv, "attention", "v_cache");
     if (v_cache.ne(1) != n_kv_head || v_cache.ne(2) * v_cache.ne(3) != n_ctx)
         throw Error(fmt::format("vk attention: k_cache {} and v_cache {} differ in heads or positions",
                                 k_cache.shape_string(), v_cache.shape_string()));
@@ -644,12 +657,12 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
     if (Dk % 2 || Dk > kAttnMaxDk || Dv % 2 || Dv > kAttnMaxRows * wg_attention_)
         throw Error(fmt::format("vk attention: head dims Dk {} and Dv {} must be even, Dk <= {}, Dv <= {}", Dk, Dv,
                                 kAttnMaxDk, kAttnMaxRows * wg_attention_));
-    if (ap.ring) {
-        if (ap.window == 0 || static_cast<int64_t>(ap.window) + n_tok - 1 > n_ctx)
+    if (r.ring) {
+        if (window == 0 || static_cast<int64_t>(window) + n_tok - 1 > n_ctx)
             throw Error(fmt::format("vk attention: a ring of {} rows cannot hold a window of {} and a batch of {}",
-                                    n_ctx, ap.window, n_tok));
-    } else if (ap.n_kv > n_ctx) {
-        throw Error(fmt::format("vk attention: n_kv {} passes the cache of {} positions", ap.n_kv, n_ctx));
+                                    n_ctx, window, n_tok));
+    } else if (r.n_kv > n_ctx) {
+        throw Error(fmt::format("vk attention: n_kv {} passes the cache of {} positions", r.n_kv, n_ctx));
     }
     if (sinks) {
         require_type(*sinks, TensorType::F32, "attention", "sinks");
@@ -657,8 +670,8 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
             throw Error(fmt::format("vk attention: sinks '{}' {} for {} heads", sinks->name(), sinks->shape_string(), n_head));
     }
     // The positions any token of the batch may see: [k0, k_end).
-    const uint32_t k0 = (ap.window > 0 && ap.pos0 + 1 > ap.window) ? ap.pos0 + 1 - ap.window : 0;
-    const uint64_t k_end = std::min<uint64_t>(uint64_t{ap.pos0} + static_cast<uint64_t>(n_tok), ap.n_kv);
+    const uint32_t k0 = (window > 0 && r.pos0 + 1 > window) ? r.pos0 + 1 - window : 0;
+    const uint64_t k_end = std::min<uint64_t>(uint64_t{r.pos0} + static_cast<uint64_t>(n_tok), r.n_kv);
     const uint64_t span = k_end > k0 ? k_end - k0 : 0;
     // Split-K's chunks: enough for about kSplitTargetGroups workgroups, each of at least
     // kSplitMinChunk keys (at least two when asked for).
@@ -666,40 +679,40 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
     const uint64_t max_chunks = ceil_div(span, static_cast<uint64_t>(kSplitMinChunk));
     const uint64_t want_chunks = std::min<uint64_t>(ceil_div(static_cast<uint64_t>(kSplitTargetGroups), pairs), max_chunks);
     uint64_t n_chunks = 1;
-    if (ap.kernel == AttentionKernel::Split)
-        n_chunks = ap.split_chunks ? ap.split_chunks : std::max<uint64_t>(2, want_chunks);
-    else if (ap.kernel == AttentionKernel::Auto && split_auto_ && n_tok <= kSplitMaxTokens &&
+    if (r.kernel == AttentionKernel::Split)
+        n_chunks = r.split_chunks ? r.split_chunks : std::max<uint64_t>(2, want_chunks);
+    else if (r.kernel == AttentionKernel::Auto && split_auto_ && n_tok <= kSplitMaxTokens &&
              pairs < static_cast<uint64_t>(kSplitTargetGroups) && max_chunks >= 2)
         n_chunks = want_chunks;
     n_chunks = std::max<uint64_t>(1, std::min<uint64_t>(n_chunks, std::max<uint64_t>(span, 1)));
-    const bool split = ap.kernel == AttentionKernel::Split || n_chunks > 1;
+    const bool split = r.kernel == AttentionKernel::Split || n_chunks > 1;
     const uint64_t chunk = std::max<uint64_t>(1, ceil_div(span, n_chunks));
     const uint64_t rows = static_cast<uint64_t>(n_tok * n_head) * n_chunks;
 
-    const float scale = ap.scale != 0.0f ? ap.scale : 1.0f / std::sqrt(static_cast<float>(Dk));
+    const float scale = ap.scale;
     struct {
         uint32_t Dk, Dv, n_head, n_kv_head, n_tok, pos0, n_kv, window, q_stride, o_stride;
         float scale, softcap;
         uint32_t n_slots, k_row, k_head, v_row, v_head, k_scale, v_scale;
         uint32_t n_chunks, chunk, k0, acc_off;
     } pc{u32(Dk, "Dk"), u32(Dv, "Dv"), u32(n_head, "n_head"), u32(n_kv_head, "n_kv_head"), u32(n_tok, "n_tok"),
-         ap.pos0, ap.n_kv, ap.window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale,
+         r.pos0, r.n_kv, window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale,
          ap.softcap, u32(n_ctx, "slots"), u32(static_cast<int64_t>(kf.row_bytes() / 4), "k row"),
          u32(static_cast<int64_t>(kf.head_bytes() / 4), "k head"), u32(static_cast<int64_t>(vf.row_bytes() / 4), "v row"),
          u32(static_cast<int64_t>(vf.head_bytes() / 4), "v head"), u32(static_cast<int64_t>(kf.head_code_bytes() / 4), "k scales"),
          u32(static_cast<int64_t>(vf.head_code_bytes() / 4), "v scales"),
          static_cast<uint32_t>(n_chunks), static_cast<uint32_t>(chunk), k0, u32(static_cast<int64_t>(2 * rows), "acc offset")};
-    const bool want_tiled = ap.kernel == AttentionKernel::Tiled ||
-                            (ap.kernel == AttentionKernel::Auto && n_tok >= kTiledMinTokens);
+    const bool want_tiled = r.kernel == AttentionKernel::Tiled ||
+                            (r.kernel == AttentionKernel::Auto && n_tok >= kTiledMinTokens);
     if (want_tiled) {
-        if (ap.f16_tiles == 1 && !ctx_->info().fp16_arithmetic)
+        if (r.f16_tiles == 1 && !ctx_->info().fp16_arithmetic)
             throw Error(fmt::format("vk attention: f16 tiles need fp16 arithmetic (shaderFloat16), which {} lacks",
                                     ctx_->info().name));
         // Auto: 16-bit tiles hold an f16 cache exactly; a quantized cache's values would be rounded.
-        const bool f16 = ap.f16_tiles == 1 || (ap.f16_tiles < 0 && ctx_->info().fp16_arithmetic &&
+        const bool f16 = r.f16_tiles == 1 || (r.f16_tiles < 0 && ctx_->info().fp16_arithmetic &&
                                                kf.type == KvType::F16 && vf.type == KvType::F16);
         const auto [R, TK] = tiled_attention_shape(Dk, Dv, ap.v_in_k, f16);
-        if (R == 0 && ap.kernel == AttentionKernel::Tiled)
+        if (R == 0 && r.kernel == AttentionKernel::Tiled)
             throw Error(fmt::format("vk attention: no tile of heads K {} / V {} fits the {} bytes of shared memory", Dk,
                                     Dv, ctx_->info().max_shared_memory));
         if (R > 0) {
@@ -807,7 +820,7 @@ void Backend::normalize_sum(const Tensor& x, const Tensor& out) {
     ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
 }
 
-void Backend::top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids, const TopKParams& tp) {
+void Backend::top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids, const graph::TopKParams& tp) {
     require_type(scores, TensorType::F32, "top_k", "scores");
     require_type(ids, TensorType::I32, "top_k", "ids");
     const int64_t n = scores.ne(0), n_tok = scores.n_rows();

@@ -31,11 +31,16 @@
 #include <vector>
 
 #include "backend/vulkan/context.h"
+#include "graph/graph.h"
 #include "kiln/types.h"
 #include "quant/types.h"
 
 namespace kiln::vk {
 
+// A device tensor: a range of a device buffer seen as up to four dimensions of one type (a
+// weight, a KV cache, a view of the executor's workspace). Not graph::Tensor, which describes a
+// node of the op graph (kind, dtype, a weight's host bytes): the graph executor makes these from
+// those. Both size rows by quant/types.h's row_bytes and print shapes with kiln::shape_string.
 class Tensor {
 public:
     Tensor() = default;
@@ -83,19 +88,6 @@ struct MatvecOptions {
     bool integer_dot = false;
 };
 
-struct RopeParams {
-    bool neox = false;       // pairs (i, i + n_dims/2) instead of (2i, 2i+1)
-    int n_dims = 0;          // rotated dimensions (<= head_dim, even); 0: all of head_dim
-    float freq_base = 10000.0f;
-    float freq_scale = 1.0f;  // linear scaling: positions are multiplied by this
-    // YaRN: with ext_factor > 0, pair i's angle mixes the scaled and the unscaled angle by
-    // ext_factor * (1 - clamp((i - corr_lo) / max(0.001, corr_hi - corr_lo), 0, 1)) (see
-    // graph::RopeParams); cos and sin are multiplied by mscale (YaRN's attn_factor).
-    float ext_factor = 0.0f;
-    float corr_lo = 0.0f, corr_hi = 0.0f;
-    float mscale = 1.0f;
-};
-
 // Single: one workgroup per (token, head) over all its keys. Split: split-K (flash-decoding), the
 // keys cut into chunks run by separate workgroups, then a combine pass. Auto: Split for a few
 // tokens (decode) on a long context, where (token, head) pairs alone are too few workgroups to
@@ -105,19 +97,15 @@ struct RopeParams {
 // row); Auto uses it for prompts (kTiledMinTokens tokens or more).
 enum class AttentionKernel { Auto, Single, Split, Tiled };
 
-struct AttentionParams {
+// How one attention call runs, beside what the graph says of the attention itself
+// (graph::AttentionParams: heads, head sizes, scale, window, softcap, MLA): where the batch sits
+// in the cache, how the caches store their heads, and which kernel runs it.
+struct AttentionRun {
     uint32_t pos0 = 0;    // cache position of the first query token
     uint32_t n_kv = 0;    // cache rows holding valid keys/values (usually pos0 + n_tok)
-    float scale = 0.0f;   // 0: 1/sqrt(Dk)
-    uint32_t window = 0;  // sliding window in tokens (0: none)
-    float softcap = 0.0f; // > 0: scores become softcap * tanh(score / softcap)
     // The caches are rings (a sliding-window layer): position j lives in row j % rows, and
     // n_kv may pass the rows (window + n_tok - 1 <= rows is required).
     bool ring = false;
-    // MLA: v_cache is the K cache itself and each head's value is the first dv halves of its K
-    // head (dv <= Dk).
-    bool v_in_k = false;
-    uint32_t dv = 0;
     // How the caches store a head (backend::KvRowFormat): F16 caches are F16 tensors [D, n_kv_head,
     // rows]; Q8_0 / Q4_0 caches are I8 tensors [head bytes, n_kv_head, rows] (see kv_write).
     KvType k_type = KvType::F16, v_type = KvType::F16;
@@ -127,12 +115,6 @@ struct AttentionParams {
     // (exact there) where the device has fp16 arithmetic (shaderFloat16), 0 never, 1 always (a
     // quantized cache's values then rounded to halves; an error without shaderFloat16).
     int f16_tiles = -1;
-};
-
-struct TopKParams {
-    int k = 0;             // chosen per row
-    int n_group = 1;       // group-limited: n_group equal groups scored by the sum of their two best,
-    int n_group_used = 1;  // only the best n_group_used compete
 };
 
 class Backend {
@@ -194,8 +176,10 @@ public:
     void get_rows(const Tensor& table, const Tensor& ids, const Tensor& out);
     // out = x / sqrt(mean(x^2) + eps) * weight, per row; weight [K] f32 or nullptr. out may be x.
     void rms_norm(const Tensor& x, const Tensor* weight, const Tensor& out, float eps);
-    // x [head_dim, n_head, n_tok] f32, positions [n_tok] I32. out may be x.
-    void rope(const Tensor& x, const Tensor& positions, const Tensor& out, const RopeParams& p);
+    // x [head_dim, n_head, n_tok] f32, positions [n_tok] I32. out may be x. The heads are x's
+    // shape: p.n_head and p.head_dim, where set (not 0), must agree with it; p.n_dims 0 rotates
+    // the whole head. YaRN's correction dims come from p (graph::rope_yarn_corr_dims).
+    void rope(const Tensor& x, const Tensor& positions, const Tensor& out, const graph::RopeParams& p);
     // out = softmax(x * scale) per row.
     void softmax(const Tensor& x, const Tensor& out, float scale = 1.0f);
     // out = a + b, a * b: b has a's element count or divides it (repeated: a bias, a norm weight).
@@ -214,7 +198,8 @@ public:
     void normalize_sum(const Tensor& x, const Tensor& out);
     // ids [k, n] (I32) = the k largest of each row of scores [n_expert, n] (+ bias [n_expert] f32
     // when given), best first, ties to the lower index; group-limited when asked.
-    void top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids, const TopKParams& p);
+    void top_k(const Tensor& scores, const Tensor* bias, const Tensor& ids, const graph::TopKParams& p);
+    static constexpr int kTopKMaxGroups = 64;  // MAX_GROUPS in top_k.comp
     // out = x with each group of `group` elements of every row (rows of x.ne(0), a multiple of
     // group) rounded to 8-bit codes and back: d = amax / 127, round to nearest even. The
     // activation rounding of the integer dot products of the CPU kernels and llama.cpp; the
@@ -256,14 +241,16 @@ public:
     void kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring = false, KvType type = KvType::F16);
     // A cache tensor of n_ctx rows of n_kv_head heads of head_dim elements of `type` (F16 or I8).
     Tensor kv_cache(KvType type, int64_t head_dim, int64_t n_kv_head, int64_t n_ctx, const std::string& name);
-    // q [Dk, n_head, n_tok] f32; k_cache [Dk, n_kv_head, n_ctx] F16 (or a quantized cache, p.k_type);
-    // v_cache [Dv, n_kv_head, n_ctx] likewise (p.v_type); out [Dv, n_head, n_tok] f32. Causal (token t at pos0 + t sees cache rows
-    // <= pos0 + t), grouped-query (n_head a multiple of n_kv_head), optional sliding window;
+    // q [Dk, n_head, n_tok] f32; k_cache [Dk, n_kv_head, n_ctx] F16 (or a quantized cache, r.k_type);
+    // v_cache [Dv, n_kv_head, n_ctx] likewise (r.v_type); out [Dv, n_head, n_tok] f32. Causal (token t at r.pos0 + t sees cache rows
+    // <= r.pos0 + t), grouped-query (n_head a multiple of n_kv_head), optional sliding window (p.window);
     // tiled online softmax (memory O(tile), not O(context)). Dk <= 576, Dv <= 512, both even.
-    // Optional: soft-capping, a ring cache, MLA (v_cache = k_cache, p.v_in_k, p.dv), sinks [n_head]
-    // f32 (one more softmax term per head that takes no value).
+    // The heads are the tensors' shapes: p's head counts and sizes, where set (not 0), must agree.
+    // p.scale multiplies q.k. Optional: soft-capping, a ring cache (r.ring), MLA (v_cache = k_cache,
+    // p.v_in_k: a value is the first Dv of its K head), sinks [n_head] f32 (one more softmax term per
+    // head that takes no value).
     void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
-                   const AttentionParams& p, const Tensor* sinks = nullptr);
+                   const graph::AttentionParams& p, const AttentionRun& r, const Tensor* sinks = nullptr);
     static constexpr int64_t kAttentionMaxDk = 576;
     static constexpr int64_t kTiledMinTokens = 8;
     // The tiled attention's rows and keys per tile for these heads (the largest that fit the

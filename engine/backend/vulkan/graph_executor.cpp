@@ -24,11 +24,10 @@ using graph::TensorKind;
 
 constexpr int kMaxHeadDimK = static_cast<int>(vk::Backend::kAttentionMaxDk);  // attention.comp: DMAX
 constexpr int kMaxHeadDimV = static_cast<int>(vk::Backend::kAttentionMaxDv);  // attention.comp: 8 rows x 64 invocations
-constexpr int kMaxExpertGroups = 64;                                           // top_k.comp: MAX_GROUPS
 
 std::string shape(const graph::Tensor& t) {
-    if (t.kind == TensorKind::Weight) return fmt::format("'{}' {} [{}, {}]", t.name, type_name(t.wtype), t.ne0, t.ne1);
-    return fmt::format("[{}, {}]", t.ne0, t.ne1);
+    if (t.kind == TensorKind::Weight) return fmt::format("'{}' {} {}", t.name, type_name(t.wtype), t.shape_string());
+    return t.shape_string();
 }
 
 [[noreturn]] void unsupported(const graph::Graph& g, const Node& n, const std::string& why) {
@@ -101,9 +100,9 @@ void vulkan_check_graph(const graph::Graph& g, KvType type_k, KvType type_v) {
             case Op::TopK: {
                 const graph::TopKParams& p = n.topk;
                 const int64_t ne = g.tensor(n.src[0]).ne0;
-                if (p.n_group > 1 && p.n_group_used < p.n_group && (p.n_group > kMaxExpertGroups || ne % p.n_group))
+                if (p.n_group > 1 && p.n_group_used < p.n_group && (p.n_group > vk::Backend::kTopKMaxGroups || ne % p.n_group))
                     unsupported(g, n, fmt::format("{} expert groups over {} experts (the shader takes at most {} equal groups)",
-                                                  p.n_group, ne, kMaxExpertGroups));
+                                                  p.n_group, ne, vk::Backend::kTopKMaxGroups));
                 check_weight_type(g, n, n.src[1], false);
                 break;
             }
@@ -144,7 +143,7 @@ public:
             throw Error(fmt::format("vulkan: the KV cache of {} positions ({} bytes) does not fit: {}", layout.n_ctx,
                                     layout.bytes(), why));
         for (size_t il = 0; il < layout.layers.size(); ++il) {
-            const KvLayerShape& l = layout.layers[il];
+            const KvLayer& l = layout.layers[il];
             const int64_t slots = layout.slots(il);
             k_.push_back(vk.kv_cache(layout.type_k, l.head_dim_k, l.n_head_kv, slots, fmt::format("cache_k.{}", il)));
             v_.push_back(l.v_in_k ? k_.back()
@@ -287,11 +286,11 @@ public:
             vk::Tensor d = w.ne2 > 1 ? vk_->tensor(w.wtype, {w.ne0, w.ne1, w.ne2}, w.name)
                                      : vk_->tensor(w.wtype, {w.ne0, w.ne1}, w.name);
             const uint64_t mat = matrix_bytes(w);
-            if (w.ne2 > 1 && w.nb2 != 0 && w.nb2 != mat) {
+            if (w.ne2 > 1 && w.matrix_stride() != mat) {
                 std::vector<uint8_t> packed(bytes_of(w));
                 for (int64_t i = 0; i < w.ne2; ++i)
                     std::memcpy(packed.data() + mat * static_cast<uint64_t>(i),
-                                static_cast<const uint8_t*>(w.data) + w.nb2 * static_cast<uint64_t>(i), mat);
+                                static_cast<const uint8_t*>(w.data) + w.matrix_stride() * static_cast<uint64_t>(i), mat);
                 vk_->upload(d, packed.data(), packed.size());
             } else {
                 vk_->upload(d, w.data, bytes_of(w));
@@ -335,9 +334,7 @@ public:
 private:
     using Key = std::tuple<const void*, int, int64_t, int64_t, int64_t, uint64_t>;
     static Key key(const graph::Tensor& w) { return {w.data, static_cast<int>(w.wtype), w.ne0, w.ne1, w.ne2, w.nb2}; }
-    static uint64_t matrix_bytes(const graph::Tensor& w) {
-        return *row_bytes(w.wtype, static_cast<uint64_t>(w.ne0)) * static_cast<uint64_t>(w.ne1);
-    }
+    static uint64_t matrix_bytes(const graph::Tensor& w) { return w.row_bytes() * static_cast<uint64_t>(w.ne1); }  // packed
     static uint64_t bytes_of(const graph::Tensor& w) { return matrix_bytes(w) * static_cast<uint64_t>(std::max<int64_t>(1, w.ne2)); }
     std::unique_ptr<vk::Backend> vk_;
     std::function<void(uint64_t, uint64_t)> progress_;
@@ -543,19 +540,14 @@ void VkExecutable::kv_node(const Node& n, const NodeViews& v, VkKv& kv, int64_t 
         vk_.kv_write(v.a, kv.k(layer), static_cast<uint32_t>(base), ring, kv.layout().type_k);
         if (!n.attn.v_in_k) vk_.kv_write(v.b, kv.v(layer), static_cast<uint32_t>(base), ring, kv.layout().type_v);
     } else {
-        vk::AttentionParams ap;
-        ap.pos0 = static_cast<uint32_t>(base);
-        ap.n_kv = static_cast<uint32_t>(base + n_tok);
-        ap.scale = n.attn.scale;
-        ap.window = static_cast<uint32_t>(std::max(0, n.attn.window));
-        ap.softcap = n.attn.softcap;
-        ap.ring = ring;
-        ap.v_in_k = n.attn.v_in_k;
-        ap.dv = static_cast<uint32_t>(n.attn.head_dim_v);
-        ap.k_type = kv.layout().type_k;
-        ap.v_type = kv.layout().type_v;
+        vk::AttentionRun r;
+        r.pos0 = static_cast<uint32_t>(base);
+        r.n_kv = static_cast<uint32_t>(base + n_tok);
+        r.ring = ring;
+        r.k_type = kv.layout().type_k;
+        r.v_type = kv.layout().type_v;
         const vk::Tensor* sinks = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
-        vk_.attention(v.a, kv.k(layer), kv.v(layer), v.c, ap, sinks);
+        vk_.attention(v.a, kv.k(layer), kv.v(layer), v.c, n.attn, r, sinks);
     }
 }
 
@@ -604,23 +596,7 @@ void VkExecutable::run(const RunArgs& args) {
                 else vk_.rms_norm(t(n.src[0]), w, t(n.dst), n.f);
                 break;
             }
-            case Op::Rope: {
-                vk::RopeParams rp;
-                rp.neox = n.rope.mode == graph::RopeMode::Neox;
-                rp.n_dims = n.rope.n_dims;
-                rp.freq_base = n.rope.freq_base;
-                rp.freq_scale = n.rope.freq_scale;
-                rp.mscale = n.rope.attn_factor;
-                if (n.rope.ext_factor != 0.0f) {
-                    float corr[2];
-                    graph::rope_yarn_corr_dims(n.rope, corr);
-                    rp.ext_factor = n.rope.ext_factor;
-                    rp.corr_lo = corr[0];
-                    rp.corr_hi = corr[1];
-                }
-                vk_.rope(v.a, t(n.src[1]), v.c, rp);
-                break;
-            }
+            case Op::Rope: vk_.rope(v.a, t(n.src[1]), v.c, n.rope); break;
             case Op::StoreKV:
             case Op::Attention:
                 if (!seq) {
@@ -640,14 +616,9 @@ void VkExecutable::run(const RunArgs& args) {
             case Op::Sigmoid: vk_.sigmoid(t(n.src[0]), t(n.dst)); break;
             case Op::Softmax: vk_.softmax(t(n.src[0]), t(n.dst)); break;
             case Op::NormalizeSum: vk_.normalize_sum(t(n.src[0]), t(n.dst)); break;
-            case Op::TopK: {
-                vk::TopKParams tp;
-                tp.k = n.topk.k;
-                tp.n_group = n.topk.n_group;
-                tp.n_group_used = n.topk.n_group_used;
-                vk_.top_k(t(n.src[0]), n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr, t(n.dst), tp);
+            case Op::TopK:
+                vk_.top_k(t(n.src[0]), n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr, t(n.dst), n.topk);
                 break;
-            }
             case Op::Gather: vk_.gather(t(n.src[0]), t(n.src[1]), t(n.dst)); break;
             case Op::MoeMatMul:
                 vk_.moe_matmul(t(n.src[0]), x_of(n, v), &t(n.src[2]), n.src[3] != graph::kNone ? &t(n.src[3]) : nullptr,

@@ -1,6 +1,7 @@
 // Small enums shared by the public API and the layers below it.
 #pragma once
 
+#include <cstdint>
 #include <string_view>
 
 namespace kiln {
@@ -32,5 +33,20 @@ inline bool parse_kv_type(std::string_view s, KvType* out) {
 }
 
 inline bool kv_type_quantized(KvType t) { return t == KvType::Q8_0 || t == KvType::Q4_0; }
+
+// One layer of the KV cache: what an architecture declares (model::Architecture::kv_layers();
+// graph::AttentionParams::layer indexes that list), the memory planner and the prefix cache size,
+// the backends lay out (backend::KvLayout) and kiln::GgufInfo::read_kv_layers returns. A full
+// layer keeps every position of the context; a sliding-window layer (window > 0) a ring of
+// n_slots slots, position p in slot p % n_slots (its last n_slots tokens).
+struct KvLayer {
+    int64_t n_head_kv = 0, head_dim_k = 0, head_dim_v = 0;
+    int64_t window = 0;   // sliding window in tokens (0: a full layer)
+    bool v_in_k = false;  // MLA: only K rows are stored; V is the head of each
+    // The slots a cache of this layer keeps, set when a cache is laid out (runtime::kv_layout: the
+    // window plus one batch - 1, since attention over a window w in a batch of n tokens needs
+    // n_slots >= w + n - 1); 0: n_ctx, every position (what an architecture declares).
+    int64_t n_slots = 0;
+};
 
 }  // namespace kiln

@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "kiln/types.h"
+
 namespace kiln {
 
 // One metadata value, as stored: integers keep their signedness, floats are doubles, arrays hold
@@ -41,13 +43,10 @@ struct GgufTensor {
     std::string shape_string() const;  // "[4096, 32000]"
 };
 
-// A KV cache layer: a full layer keeps every token of the context, a sliding-window one (window
-// > 0) a ring of its window plus one batch. v_in_k: an MLA layer stores K only (V is part of it).
-struct GgufKvLayer {
-    int64_t n_head_kv = 0, head_dim_k = 0, head_dim_v = 0;
-    int64_t window = 0;
-    bool v_in_k = false;
-};
+// A KV cache layer (kiln/types.h): a full layer keeps every token of the context, a
+// sliding-window one (window > 0) a ring of its window plus one batch. v_in_k: an MLA layer
+// stores K only (V is part of it). n_slots is 0 here (no cache is laid out).
+using GgufKvLayer = KvLayer;
 
 struct GgufInfo {
     std::string path{};

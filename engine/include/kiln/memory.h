@@ -80,7 +80,9 @@ struct MemoryPlan {
     // One line for a plan that does not fit: what it needs, what is free, the largest -c that fits
     // and the KV type that would make the asked -c fit. Empty when it fits.
     std::string refusal() const;
-    // The largest context that fits with this plan's KV types (capped at `cap` when cap > 0).
+    // The largest context that fits with this plan's KV types (capped at `cap` when cap > 0). This
+    // and max_ctx keep 1 MiB of what is available back: a context one run suggests fits the next,
+    // whose own memory may differ by a few pages.
     int64_t largest_ctx(int64_t cap = 0) const { return cap > 0 && largest_ > cap ? cap : largest_; }
 
     int64_t largest_ = 0;  // internal: the largest n_ctx that fits with kv_type_k / kv_type_v

@@ -155,13 +155,13 @@ public:
 
     // One cache layer per main layer: the latent and the rope key, [c, k_pe], read as K by every
     // head and (its first kv_lora values) as V.
-    std::vector<KvLayerSpec> kv_layers() const override {
-        KvLayerSpec l;
+    std::vector<KvLayer> kv_layers() const override {
+        KvLayer l;
         l.n_head_kv = 1;
-        l.head_dim_k = static_cast<int>(p_.kv_lora + hp_.n_rot);
-        l.head_dim_v = static_cast<int>(p_.kv_lora);
+        l.head_dim_k = p_.kv_lora + hp_.n_rot;
+        l.head_dim_v = p_.kv_lora;
         l.v_in_k = true;
-        return std::vector<KvLayerSpec>(static_cast<size_t>(n_main_layers()), l);
+        return std::vector<KvLayer>(static_cast<size_t>(n_main_layers()), l);
     }
 
     const HParams& hparams() const override { return hp_; }

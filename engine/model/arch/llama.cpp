@@ -104,8 +104,8 @@ public:
         return g;
     }
 
-    std::vector<KvLayerSpec> kv_layers() const override {
-        std::vector<KvLayerSpec> l = Architecture::kv_layers();
+    std::vector<KvLayer> kv_layers() const override {
+        std::vector<KvLayer> l = Architecture::kv_layers();
         l.resize(static_cast<size_t>(n_main_layers()));
         return l;
     }
