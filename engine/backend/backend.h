@@ -99,9 +99,12 @@ public:
     virtual void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) = 0;
     virtual void write_rows(size_t layer, bool v, int64_t slot, int64_t n, const void* src) = 0;
 
-    // Paging. A backend that does not page (Vulkan: one buffer per layer, allocated whole) keeps
-    // these defaults: page_tokens() 0, and every row of layout() held from the start.
-    // Positions per page (the layout's page_tokens), 0 when not paged.
+    // Paging. A backend that does not page keeps these defaults: page_tokens() 0, and every row of
+    // layout() held from the start.
+    // Positions per host page (KvPage: page() / set_page() exchange them with the prefix cache), 0
+    // when there are none. The Vulkan backend pages too, in device memory (its pages are not host
+    // KvPages, so it reports 0 here and the prefix cache copies rows): prepare, release_from and
+    // bytes_held work as below.
     virtual int64_t page_tokens() const { return 0; }
     // Makes positions [first, end) of the paged layers writable: takes the pages they lie in that
     // are missing, and replaces a shared one among them by a private copy. A run does this itself
@@ -117,6 +120,8 @@ public:
     virtual void set_page(int64_t j, KvPage p);
     // Memory these buffers hold now: rings, pages (shared ones too) or everything.
     virtual size_t bytes_held() const { return layout().bytes(); }
+    // The most they hold, every page taken (Vulkan: whole pages, see vulkan_kv_bytes).
+    virtual size_t bytes_max() const { return layout().bytes(); }
 };
 
 struct RunArgs {
