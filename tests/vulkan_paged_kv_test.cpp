@@ -227,13 +227,15 @@ std::span<const int32_t> part(const std::vector<int32_t>& t, size_t from, size_t
     return std::span<const int32_t>(t.data() + from, to - from);
 }
 
-// Device bytes of the KV page pools of the model's one shared Vulkan backend.
-uint64_t pool_bytes(const kiln::Model& model) {
+// Device bytes of the KV page pools of the model's one shared Vulkan backend (held: of the pages
+// held by caches or the prefix cache).
+uint64_t pool_bytes(const kiln::Model& model, bool held = false) {
     const kiln::Model::Impl& m = *model.impl();
     std::lock_guard lk(m.backends_mu);
     if (m.vulkan_backends.size() != 1) return 0;
     const auto be = m.vulkan_backends.begin()->second.lock();
-    return be ? kiln::backend::vulkan_kv_pool_bytes(*be->backend) : 0;
+    if (!be) return 0;
+    return held ? kiln::backend::vulkan_kv_pool_held_bytes(*be->backend) : kiln::backend::vulkan_kv_pool_bytes(*be->backend);
 }
 
 struct ModelCase {
@@ -335,6 +337,53 @@ TEST_P(VulkanPagedKvModels, RestoredPrefixEqualsColdPrefill) {
     expect_bitwise(all_logits(one), want, k.model + ": one page");
 }
 
+// Blocks of 16 are the device pages of contexts with pages of 16: the cache takes the saving
+// context's pages by reference and a restoring context reads them in place (no page taken for
+// the prefix); a context that truncates into a shared page copies it first, and nobody else sees
+// its rows.
+TEST_P(VulkanPagedKvModels, PrefixSharedByReferenceCopyOnWrite) {
+    KILN_REQUIRE_SHARED("models");
+    KILN_REQUIRE_VULKAN();
+    const ModelCase k = GetParam();
+    const kiln::Model model = kiln::Model::load(model_path(k.model).string());
+    const std::vector<int32_t> tokens = prompt(model, 64);
+    std::vector<int32_t> other = tokens;  // the same first 40 tokens, then others
+    for (size_t i = 40; i < other.size(); ++i) other[i] = tokens[(i * 7) % 40] + 1;
+    auto cold = [&](const std::vector<int32_t>& t, size_t split) {
+        kiln::Context c(model, vk_options(k.kv, 128));
+        c.decode(part(t, 0, split));
+        c.decode(part(t, split, t.size()), true);
+        return all_logits(c);
+    };
+    const std::vector<float> want = cold(tokens, 48), want_other = cold(other, 40);
+
+    kiln::PrefixCacheOptions po;
+    po.block_tokens = 16;
+    kiln::PrefixCache cache(model, po);
+    kiln::Context a(model, vk_options(k.kv, 16));
+    a.decode(part(tokens, 0, 48));
+    const uint64_t held_a = pool_bytes(model, true);
+    EXPECT_EQ(cache.save(a, tokens), 3u);
+    EXPECT_EQ(pool_bytes(model, true), held_a) << "the cache takes a's pages, no copy";
+    kiln::Context b(model, vk_options(k.kv, 16)), c(model, vk_options(k.kv, 16));
+    ASSERT_EQ(cache.restore(b, tokens, 63), 48);
+    ASSERT_EQ(cache.restore(c, tokens, 63), 48);
+    EXPECT_EQ(pool_bytes(model, true), held_a) << "b and c read the cached pages";
+    EXPECT_EQ(b.kv_bytes_held(), a.kv_bytes_held());
+
+    int64_t kept = c.truncate(40);
+    if (kept == 0) kept = cache.restore(c, other, 63);  // a ring that no longer holds position 40
+    c.decode(part(other, static_cast<size_t>(kept), 64), true);
+    EXPECT_GT(pool_bytes(model, true), held_a);
+    std::vector<float> got_other = all_logits(c);
+    got_other.erase(got_other.begin(), got_other.end() - static_cast<std::ptrdiff_t>(want_other.size()));
+    expect_bitwise(got_other, want_other, k.model + ": c after diverging in a shared page");
+    a.decode(part(tokens, 48, 64), true);
+    expect_bitwise(all_logits(a), want, k.model + ": a, whose pages the cache took");
+    b.decode(part(tokens, 48, 64), true);
+    expect_bitwise(all_logits(b), want, k.model + ": b from shared pages");
+}
+
 INSTANTIATE_TEST_SUITE_P(Shared, VulkanPagedKvModels,
                          ::testing::Values(ModelCase{"llama-tiny.f32", kiln::KvType::F16},
                                            ModelCase{"llama-tiny.f32", kiln::KvType::Q8_0},
@@ -398,6 +447,59 @@ TEST(VulkanPagedKv, MemoryFollowsTheTokens) {
     held.decode(prompt(model, 20));
     held.clear();
     EXPECT_EQ(held.kv_bytes_held(), held.kv_bytes());
+}
+
+// Four contexts restoring a 1024-token prefix from the cache (blocks of 64: the contexts' device
+// pages) and decoding their own 20 tokens hold well under 4x the device memory of one: the
+// prefix's pages once, one page of their own each. The first context stays (a server's slot: the
+// cache's device pages live as long as the backend's pool, i.e. while a context of that shape
+// does; after that its blocks are restored by copy). A restored context's logits equal a cold one's.
+TEST(VulkanPagedKv, FourContextsShareALongPrefix) {
+    KILN_REQUIRE_SHARED("models");
+    KILN_REQUIRE_VULKAN();
+    const kiln::Model model = kiln::Model::load(model_path("llama-tiny.f32").string());
+    constexpr size_t kPrefix = 1024, kSuffix = 20;
+    const std::vector<int32_t> shared = prompt(model, kPrefix);
+    auto request = [&](size_t i) {
+        std::vector<int32_t> t = shared;
+        const std::vector<int32_t> own = prompt(model, kSuffix, 7 + i);
+        t.insert(t.end(), own.begin(), own.end());
+        return t;
+    };
+    kiln::ContextOptions o = vk_options(kiln::KvType::F16, 64, 1088);
+    o.n_batch = 256;
+    kiln::PrefixCacheOptions po;
+    po.block_tokens = 64;
+    kiln::PrefixCache cache(model, po);
+    kiln::Context first(model, o);
+    const std::vector<int32_t> t0 = request(0);
+    first.decode(part(t0, 0, kPrefix));
+    EXPECT_EQ(cache.save(first, t0), kPrefix / 64);
+    first.decode(part(t0, kPrefix, t0.size()));
+    const uint64_t one = pool_bytes(model, true);
+    EXPECT_EQ(one, first.kv_bytes_held());
+    first.clear();  // its pages go back; the prefix's stay with the cache
+    std::vector<kiln::Context> ctxs;
+    for (int i = 0; i < 4; ++i) ctxs.emplace_back(model, o);
+    for (size_t i = 0; i < 4; ++i) {
+        const std::vector<int32_t> t = request(i + 1);
+        ASSERT_EQ(cache.restore(ctxs[i], t, static_cast<int64_t>(t.size()) - 1), static_cast<int64_t>(kPrefix));
+        ctxs[i].decode(part(t, kPrefix, t.size()));
+    }
+    const uint64_t four = pool_bytes(model, true);
+    std::printf("[ vk paged  ] one context of %zu tokens: %.2f MiB of device KV; four sharing its %zu-token prefix: %.2f MiB "
+                "(%.3fx; unshared: %.2f MiB); a context's -c %lld: %.2f MiB\n",
+                kPrefix + kSuffix, one / 1048576.0, kPrefix, four / 1048576.0, static_cast<double>(four) / static_cast<double>(one),
+                4.0 * static_cast<double>(one) / 1048576.0, static_cast<long long>(o.n_ctx), ctxs[0].kv_bytes() / 1048576.0);
+    EXPECT_LE(static_cast<double>(four), 1.3 * static_cast<double>(one));
+    EXPECT_EQ(cache.stats().mem_hit_tokens, 4 * kPrefix);
+
+    kiln::Context cold(model, o);
+    const std::vector<int32_t> t = request(1);
+    cold.decode(part(t, 0, kPrefix));
+    cold.decode(part(t, kPrefix, t.size()));
+    expect_bitwise(std::vector<float>(ctxs[0].logits().begin(), ctxs[0].logits().end()),
+                   std::vector<float>(cold.logits().begin(), cold.logits().end()), "restored by reference vs cold");
 }
 
 }  // namespace

@@ -2,8 +2,8 @@
 // and layer, f16 by default), this class knows how many slots are used. Token i of the sequence
 // lives in slot i, so n_past() is also the position of the next token. The full layers' rows live
 // in pages taken as the sequence grows (a run takes them) and let go when it shrinks: on the CPU
-// pages of host memory, which may be shared with the prefix cache (by reference); on Vulkan pages
-// of a device pool shared by the backend's caches (the prefix cache copies rows there).
+// pages of host memory, on Vulkan pages of a device pool shared by the backend's caches; either may
+// be shared with the prefix cache by reference.
 #pragma once
 
 #include <cstdint>

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -151,7 +152,8 @@ void check_vulkan_kv_types(const KvLayout& layout) {
 // same full layers, KV types and page size) on this backend: per full layer one K and one V tensor
 // (MLA: K only) of capacity() pages of P rows; page i is rows [i * P, (i + 1) * P) of every one of
 // them, so a cache's one page table serves all its layers. Pages are taken and given back by
-// reference count (a page held twice is never written: the writer copies it first). When no page
+// reference count - caches, and the prefix cache's blocks through VkPageRef (a page held twice is
+// never written: the writer copies it first). When no page
 // is free the pool grows - by an eighth at least, so that decoding copies the pool O(1) times per
 // page of tokens on average - layer by layer, each layer's rows copied to its new tensors and the
 // old ones freed before the next, up to what one buffer binds. Pages given back (a sequence
@@ -159,6 +161,35 @@ void check_vulkan_kv_types(const KvLayout& layout) {
 // pages still held down into the free ones (rewriting the page tables that name them) and shrinks
 // to them, and it goes with its last cache.
 class VkKv;
+struct VkPageRef;
+
+// A pool's page bookkeeping, shared with the references the prefix cache holds (VkPageRef), which
+// may be dropped by another thread without the backend's lock: every use holds mu. `alive` goes
+// false with the pool (its pages with it: a reference then names nothing).
+struct VkPageBook {
+    std::mutex mu;
+    std::vector<uint32_t> refs;  // per page: its holders (caches and references)
+    std::vector<uint32_t> free;  // pages nobody holds, a stack
+    std::vector<VkPageRef*> out;  // the references alive
+    bool alive = true;
+    void drop(uint32_t i) {
+        if (--refs[i] == 0) free.push_back(i);
+    }
+};
+
+// A page held outside the caches (KvBuffers::device_page).
+struct VkPageRef final : KvDevicePage {
+    VkPageRef(std::shared_ptr<VkPageBook> b, uint32_t p) : book(std::move(b)), page(p) {}
+    ~VkPageRef() override {
+        std::lock_guard lk(book->mu);
+        if (!book->alive) return;
+        std::erase(book->out, this);
+        book->drop(page);
+    }
+    std::shared_ptr<VkPageBook> book;
+    uint32_t page;  // moved by the pool's trim (under book->mu)
+};
+
 class VkKvPool {
 public:
     VkKvPool(vk::Backend& vk, const KvLayout& shape, int64_t P)
@@ -193,7 +224,24 @@ public:
     int shift() const { return shift_; }
     uint64_t page_bytes() const { return page_bytes_; }  // one page of every full layer
     int64_t capacity() const { return cap_; }
-    int64_t held() const { return cap_ - static_cast<int64_t>(free_.size()); }
+    int64_t held() const {
+        std::lock_guard lk(book_->mu);
+        return cap_ - static_cast<int64_t>(free_.size());
+    }
+    ~VkKvPool() {
+        std::lock_guard lk(book_->mu);
+        book_->alive = false;
+        book_->out.clear();
+    }
+    const std::shared_ptr<VkPageBook>& book() const { return book_; }
+    // Page i held by a reference (it must be held already).
+    std::shared_ptr<KvDevicePage> reference(uint32_t i) {
+        std::lock_guard lk(book_->mu);
+        ++refs_[i];
+        auto r = std::make_shared<VkPageRef>(book_, i);
+        book_->out.push_back(r.get());
+        return r;
+    }
     int64_t max_pages() const { return max_pages_; }
     // Pages the caches of this pool may hold together (their page tables' sizes): the pool never
     // grows past that on its own account (what the memory plan counted for them).
@@ -210,6 +258,7 @@ public:
     // Makes n pages free, growing the pool; throws kiln::Error (the pool unchanged but for layers
     // grown already, which keep their larger tensors) when the device cannot hold or bind them.
     void reserve_free(int64_t n) {
+        std::lock_guard lk(book_->mu);
         const auto free = static_cast<int64_t>(free_.size());
         if (free >= n) return;
         const int64_t need = cap_ + n - free;
@@ -218,17 +267,25 @@ public:
     }
     // A free page (reserve_free first), held once.
     uint32_t take() {
+        std::lock_guard lk(book_->mu);
         if (free_.empty()) throw Error("vulkan: internal error: no free KV page");
         const uint32_t i = free_.back();
         free_.pop_back();
         refs_[i] = 1;
         return i;
     }
-    void hold(uint32_t i) { ++refs_[i]; }
-    void drop(uint32_t i) {
-        if (--refs_[i] == 0) free_.push_back(i);
+    void hold(uint32_t i) {
+        std::lock_guard lk(book_->mu);
+        ++refs_[i];
     }
-    bool shared(uint32_t i) const { return refs_[i] > 1; }
+    void drop(uint32_t i) {
+        std::lock_guard lk(book_->mu);
+        book_->drop(i);
+    }
+    bool shared(uint32_t i) const {
+        std::lock_guard lk(book_->mu);
+        return refs_[i] > 1;
+    }
     // Records the copy of page `from`'s rows, every layer, into page `to`.
     void copy_page(uint32_t from, uint32_t to) {
         for (size_t il = 0; il < paged_.size(); ++il) {
@@ -300,8 +357,9 @@ private:
     std::vector<vk::Tensor> k_, v_;  // per layer (none for a ring)
     uint64_t page_bytes_ = 0;
     int64_t cap_ = 0, max_pages_ = 0, reserved_ = 0;
-    std::vector<uint32_t> refs_;  // per page
-    std::vector<uint32_t> free_;  // a stack
+    std::shared_ptr<VkPageBook> book_ = std::make_shared<VkPageBook>();
+    std::vector<uint32_t>& refs_ = book_->refs;  // per page
+    std::vector<uint32_t>& free_ = book_->free;  // a stack
     std::vector<VkKv*> members_;  // the caches whose tables name its pages
 };
 
@@ -432,6 +490,34 @@ public:
         return ring_bytes_ + static_cast<size_t>(held_) * (pool_ ? pool_->page_bytes() : 0);
     }
     size_t bytes_max() const override { return vulkan_kv_bytes(layout_); }
+    int64_t device_page_tokens() const override { return pool_ ? pool_->page_tokens() : 0; }
+    std::shared_ptr<KvDevicePage> device_page(int64_t j) override {
+        if (!pool_ || j < 0 || j >= n_pages_ || page_at(j) < 0) return nullptr;
+        return pool_->reference(static_cast<uint32_t>(page_at(j)));
+    }
+    bool set_device_page(int64_t j, const std::shared_ptr<KvDevicePage>& p) override {
+        const auto* r = dynamic_cast<const VkPageRef*>(p.get());
+        if (!pool_ || !r || r->book != pool_->book() || j < 0 || j >= n_pages_) return false;
+        uint32_t page = 0;
+        {
+            std::lock_guard lk(r->book->mu);
+            if (!r->book->alive) return false;
+            page = r->page;
+        }
+        if (page_at(j) == static_cast<int64_t>(page)) return true;
+        pool_->hold(page);
+        if (page_at(j) >= 0) {
+            pool_->drop(static_cast<uint32_t>(page_at(j)));
+            --held_;
+        }
+        assign(j, page);
+        while (covered_ < n_pages_ && page_at(covered_) >= 0) ++covered_;
+        if (dirty_) {
+            owner_->write_bytes(table_, 0, host_table_.data(), host_table_.size() * 4);
+            dirty_ = false;
+        }
+        return true;
+    }
 
     const vk::Backend* owner() const { return owner_; }
     const vk::Tensor& k(int layer) const { return tensor(static_cast<size_t>(layer), false); }
@@ -1024,6 +1110,7 @@ void VkExecutable::run(const RunArgs& args) {
 }
 
 void VkKvPool::trim() {
+    std::lock_guard lk(book_->mu);
     const int64_t used = cap_ - static_cast<int64_t>(free_.size());
     const int64_t spare = cap_ - used;
     if (spare == 0 || spare < cap_ / 8) return;
@@ -1041,6 +1128,8 @@ void VkKvPool::trim() {
         to[static_cast<size_t>(t)] = f;
     }
     for (VkKv* c : members_) c->remap(to);
+    for (VkPageRef* r : book_->out)
+        if (to[r->page] >= 0) r->page = static_cast<uint32_t>(to[r->page]);
     refs_.resize(static_cast<size_t>(used));
     free_.clear();
     cap_ = used;

@@ -42,8 +42,8 @@ struct ContextOptions {
     // Tokens per KV page (a power of two). On the CPU a PrefixCache shares its blocks with the
     // context by reference when its block_tokens equals this; otherwise their rows are copied. On
     // Vulkan the pages are device memory of a pool shared by the contexts of the model on that
-    // device (a page there holds min(this, n_ctx rounded up to a power of two) positions), and a
-    // prefix cache's rows are copied into them.
+    // device (a page there holds min(this, n_ctx rounded up to a power of two) positions), shared
+    // by reference with a PrefixCache whose block_tokens equals that.
     int64_t kv_page_tokens = 256;
     // Take every KV page when the context is created and keep them whatever the
     // sequence holds (the whole cache really held from the start, as the memory plan counts it:
@@ -92,8 +92,8 @@ public:
     // Memory of the KV cache when full: what the memory plan counts for this context. The full
     // layers' rows are paged (ContextOptions::kv_page_tokens): pages are taken as the sequence
     // grows and let go when it shrinks. On the CPU a prefix restored from a PrefixCache whose
-    // blocks are pages of this size is shared with the cache and other contexts, not copied. On
-    // Vulkan the pages are device memory (whole pages: n_ctx rounded up to one).
+    // blocks are pages of this size is shared with the cache and other contexts, not copied; on
+    // Vulkan likewise with device pages (whole pages: n_ctx rounded up to one).
     size_t kv_bytes() const;
     // Memory the KV cache holds now: the rings and every page of the tokens it holds, the pages it
     // shares included (on Vulkan, the device pool it takes pages from keeps pages given back for
