@@ -2,7 +2,8 @@
 // Attention for one sequence over the KV cache: out = softmax(scale * q K^T + mask) V.
 //   q    f32 [n_tok][n_head][Dk] (token stride q_stride floats)
 //   K, V caches of n_slots rows: position j lives in row j % n_slots (the identity for a full
-//        cache, a ring for a sliding-window layer that keeps only its last n_slots positions).
+//        cache, a ring for a sliding-window layer that keeps only its last n_slots positions),
+//        or with `paged` in a pool of pages through the page table tbl (kv_slot.glsl).
 //        Everything is addressed in 32-bit words: a K row is k_row words, KV head g at g * k_head;
 //        likewise V (MLA reads V from the K cache itself: v_row = k_row, v_head = k_head, and a
 //        value is the first Dv elements of its K head). A head is stored as K_TYPE / V_TYPE says:
@@ -39,6 +40,8 @@ layout(std430, set = 0, binding = 4) readonly buffer Sinks { float sinks[]; };
 // SPLIT: per (token, head, chunk) row r = (t * n_head + h) * n_chunks + c: part[2r] = m,
 // part[2r + 1] = l, part[acc_off + r * Dv + d] = unnormalised output dimension d.
 layout(std430, set = 0, binding = 5) writeonly buffer Part { float part[]; };
+// paged: the page of each page_tokens positions (kv_slot.glsl); not read otherwise.
+layout(std430, set = 0, binding = 6) readonly buffer Table { uint tbl[]; };
 
 layout(constant_id = 1) const bool HAS_SINKS = false;
 layout(constant_id = 2) const bool SPLIT = false;
@@ -52,13 +55,16 @@ layout(push_constant) uniform Params {
     float scale, softcap;
     uint n_slots, k_row, k_head, v_row, v_head, k_scale, v_scale;
     uint n_chunks, chunk, k0, acc_off;  // SPLIT only
+    uint paged, page_shift;             // kv_slot.glsl
 } p;
 
 shared float qs[DMAX];
 shared float sc[WG];
 shared float pr[WG];
+shared uint key_row[WG];  // the cache row of each key of the tile
 
 #include "kv_read.glsl"
+#include "kv_slot.glsl"
 
 // q . k for the K head starting at word kb.
 float score(uint kb) {
@@ -126,7 +132,9 @@ void main() {
         // 1. scores of this tile, one key per thread
         float s = -1.0 / 0.0;
         if (tid < cnt) {
-            s = score(((j0 + tid) % p.n_slots) * p.k_row + kvh * p.k_head);
+            const uint row = kv_slot(j0 + tid);
+            key_row[tid] = row;
+            s = score(row * p.k_row + kvh * p.k_head);
             if (p.softcap > 0.0) s = p.softcap * (1.0 - 2.0 / (exp(2.0 * s / p.softcap) + 1.0));
         }
         sc[tid] = s;
@@ -144,7 +152,7 @@ void main() {
         for (uint i = 0; i < cnt; ++i) {
             const float w = pr[i];
             l += w;
-            const uint vb = ((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head;
+            const uint vb = key_row[i] * p.v_row + kvh * p.v_head;
             for (uint r = 0; r < RPAIRS; ++r) {
                 const uint q = tid + r * WG;
                 if (2u * q < p.Dv) acc[r] += w * v_pair(vb, q);

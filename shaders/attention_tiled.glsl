@@ -27,6 +27,7 @@ layout(std430, set = 0, binding = 1) readonly buffer KC { uint kc[]; };
 layout(std430, set = 0, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer Out { float o[]; };
 layout(std430, set = 0, binding = 4) readonly buffer Sinks { float sinks[]; };
+layout(std430, set = 0, binding = 5) readonly buffer Table { uint tbl[]; };  // paged (kv_slot.glsl)
 
 layout(constant_id = 1) const bool HAS_SINKS = false;
 layout(constant_id = 3) const uint K_TYPE = 0;  // 0 f16, 1 q8_0, 2 q4_0
@@ -44,6 +45,7 @@ layout(push_constant) uniform Params {
     float scale, softcap;
     uint n_slots, k_row, k_head, v_row, v_head, k_scale, v_scale;
     uint n_chunks, chunk, k0, acc_off;  // not used here
+    uint paged, page_shift;             // kv_slot.glsl
 } p;
 
 const uint KS = DK + PAD;  // shared row strides
@@ -55,8 +57,10 @@ shared TILE ks[TK * KS];
 shared TILE vs[MLA ? 1u : TK * VS];
 shared float sc[R * TK];
 shared float row_m[R], row_l[R], row_alpha[R];
+shared uint key_row[TK];  // the cache row of each key of the tile
 
 #include "kv_read.glsl"
+#include "kv_slot.glsl"
 
 void main() {
     const uint G = p.n_head / p.n_kv_head;
@@ -96,10 +100,12 @@ void main() {
     for (uint j0 = lo; j0 < hi; j0 += TK) {
         const uint cnt = min(TK, hi - j0);
         // 1. the tile's keys (and values), read once for all rows
+        for (uint i = tid; i < cnt; i += WG) key_row[i] = kv_slot(j0 + i);
+        barrier();
         const uint kpairs = DK >> 1;
         for (uint e = tid; e < cnt * kpairs; e += WG) {
             const uint i = e / kpairs, d = e % kpairs;
-            const vec2 k2 = k_pair(((j0 + i) % p.n_slots) * p.k_row + kvh * p.k_head, d);
+            const vec2 k2 = k_pair(key_row[i] * p.k_row + kvh * p.k_head, d);
             ks[i * KS + 2u * d] = TILE(k2.x);
             ks[i * KS + 2u * d + 1u] = TILE(k2.y);
         }
@@ -107,7 +113,7 @@ void main() {
             const uint vpairs = DV >> 1;
             for (uint e = tid; e < cnt * vpairs; e += WG) {
                 const uint i = e / vpairs, d = e % vpairs;
-                const vec2 v2 = v_pair(((j0 + i) % p.n_slots) * p.v_row + kvh * p.v_head, d);
+                const vec2 v2 = v_pair(key_row[i] * p.v_row + kvh * p.v_head, d);
                 vs[i * VS + 2u * d] = TILE(v2.x);
                 vs[i * VS + 2u * d + 1u] = TILE(v2.y);
             }

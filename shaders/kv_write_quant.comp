@@ -1,7 +1,8 @@
 #version 450
 // Writes n_tok rows of f32 keys or values (n_head heads of dim floats, rows s_stride floats apart)
 // into a q8_0 (Q4 false) or q4_0 (Q4 true) cache of n_slots rows: the token at position pos + t
-// goes to row (pos + t) % n_slots. A head is head_words 32-bit words: its codes, then from word
+// goes to row (pos + t) % n_slots, or with `paged` to the row of its page in a pool of pages
+// (kv_slot.glsl). A head is head_words 32-bit words: its codes, then from word
 // code_words one f16 scale per 32 elements (kernels/kv_quant.h has the rules, which these follow).
 // One invocation per (token, head, word of scales): it quantizes that word's two blocks, so no
 // two invocations write the same word.
@@ -9,13 +10,17 @@
 
 layout(std430, set = 0, binding = 0) readonly buffer Src { float s[]; };
 layout(std430, set = 0, binding = 1) buffer Cache { uint c[]; };
+layout(std430, set = 0, binding = 2) readonly buffer Table { uint tbl[]; };  // paged only
 
 layout(constant_id = 1) const bool Q4 = false;
 
 layout(push_constant) uniform Params {
     uint dim, n_head, n_tok, pos, s_stride, n_slots;
     uint head_words, code_words, n_blocks, scale_words;
+    uint paged, page_shift;  // kv_slot.glsl
 } p;
+
+#include "kv_slot.glsl"
 
 void main() {
     const uint idx = flat_group() * WG + gl_LocalInvocationID.x;
@@ -23,7 +28,7 @@ void main() {
     const uint sw = idx % p.scale_words, th = idx / p.scale_words;
     const uint h = th % p.n_head, t = th / p.n_head;
     const uint src = t * p.s_stride + h * p.dim;
-    const uint head = (((p.pos + t) % p.n_slots) * p.n_head + h) * p.head_words;
+    const uint head = (kv_slot(p.pos + t) * p.n_head + h) * p.head_words;
     vec2 scales = vec2(0.0);
     for (uint k = 0; k < 2u; ++k) {
         const uint b = 2u * sw + k;

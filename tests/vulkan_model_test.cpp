@@ -380,8 +380,9 @@ TEST(VulkanModel, DecodeIsOneSubmitAndNoNewBuffers) {
 }
 
 // The contexts of one model on one device share one backend: the second context uploads no
-// weights and compiles nothing; it adds its KV cache (one K and one V tensor per layer) and no
-// other device memory. The backend goes with the last context.
+// weights and compiles nothing; it adds its page table, and its KV pages as its tokens arrive
+// (the backend's pool of pages grows by one page of every layer), and no other device memory.
+// The backend goes with the last context.
 TEST(VulkanShared, ContextsShareOneCopyOfTheWeights) {
     KILN_REQUIRE_VULKAN();
     kiln::SyntheticLlama s;
@@ -417,14 +418,13 @@ TEST(VulkanShared, ContextsShareOneCopyOfTheWeights) {
     EXPECT_EQ(m.vulkan_backends.begin()->second.lock(), be);
     EXPECT_EQ(kiln::backend::vulkan_weight_bytes(b), weights);  // nothing uploaded again
     EXPECT_EQ(progress_calls, 0);
-    EXPECT_EQ(st.buffers - buffers1, 2u * static_cast<uint64_t>(s.n_layer));  // K and V per layer, nothing else
+    EXPECT_EQ(st.buffers - buffers1, 1u);  // its page table, nothing else
     EXPECT_EQ(st.pipelines, pipelines1);
-    // Its KV cache, plus each tensor's 16 bytes of slack rounded up to the allocation granularity.
-    EXPECT_GE(used2 - used1, c->kv_bytes());
-    EXPECT_LE(used2 - used1, c->kv_bytes() + 2u * static_cast<uint64_t>(s.n_layer) * 4096u);
-    EXPECT_LT(used2 - used1, weights / 4);
+    EXPECT_EQ(c->kv_bytes_held(), 0u);
+    EXPECT_LE(used2 - used1, 4096u);
 
-    // Both decode on it (one after the other, each on its own cache) and agree.
+    // Both decode on it (one after the other, each on its own cache) and agree. Each takes one
+    // page (64 positions: one page of 64): the pool holds 2, K and V per layer.
     const std::vector<int32_t> prompt = {1, 7, 11, 19, 23};
     a->decode(prompt);
     c->decode(std::span<const int32_t>(prompt.data(), 2));
@@ -432,14 +432,26 @@ TEST(VulkanShared, ContextsShareOneCopyOfTheWeights) {
     const auto la = a->logits(), lc = c->logits();
     ASSERT_EQ(la.size(), lc.size());
     for (size_t i = 0; i < la.size(); ++i) ASSERT_EQ(la[i], lc[i]) << i;
-
-    // Freeing a context gives its KV cache back; the last one takes the backend with it.
+    EXPECT_EQ(c->kv_bytes_held(), c->kv_bytes());
+    EXPECT_EQ(kiln::backend::vulkan_kv_pool_bytes(b), 2 * c->kv_bytes());
+    EXPECT_EQ(kiln::backend::vulkan_kv_pool_held_bytes(b), 2 * c->kv_bytes());
     const uint64_t used3 = kiln::backend::vulkan_device_bytes(b);
+
+    // Freeing a context gives its pages back (the pool shrinks to c's page, each tensor's 16 bytes
+    // of slack rounded up to the allocation granularity); the last one takes the backend with it.
     const size_t kv_a = a->kv_bytes();
     a.reset();
+    EXPECT_EQ(kiln::backend::vulkan_kv_pool_bytes(b), c->kv_bytes());
     EXPECT_GE(used3 - kiln::backend::vulkan_device_bytes(b), kv_a);
-    EXPECT_LE(used3 - kiln::backend::vulkan_device_bytes(b), kv_a + 2u * static_cast<uint64_t>(s.n_layer) * 4096u);
+    EXPECT_LE(used3 - kiln::backend::vulkan_device_bytes(b), kv_a + 2u * static_cast<uint64_t>(s.n_layer) * 4096u + 4096u);
     EXPECT_EQ(be.use_count(), 2);  // this test's and c's
+    // c reads its page where the pool moved it.
+    c->decode(std::span<const int32_t>(prompt.data(), 1));
+    a = std::make_unique<kiln::Context>(model, o);
+    a->decode(prompt);
+    a->decode(std::span<const int32_t>(prompt.data(), 1));
+    const auto la2 = a->logits(), lc2 = c->logits();
+    for (size_t i = 0; i < la2.size(); ++i) ASSERT_EQ(la2[i], lc2[i]) << i;
 }
 
 // Contexts of one shared backend created and driven from two threads at once take turns on it

@@ -77,6 +77,13 @@ KvPage make_kv_page(size_t bytes);
 // Bytes of every KvPage alive in this process (sequences' pages and the prefix cache's blocks).
 size_t kv_page_bytes_live();
 
+// A page of KV rows in device memory held by reference outside its cache (the prefix cache's
+// blocks, on Vulkan): the page is not freed while one lives, and nobody writes it while shared (a
+// cache that writes into it copies it first). Opaque: only the backend that made it reads it.
+struct KvDevicePage {
+    virtual ~KvDevicePage() = default;
+};
+
 // Backend-owned KV memory for one context.
 class KvBuffers {
 public:
@@ -89,9 +96,12 @@ public:
     virtual void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) = 0;
     virtual void write_rows(size_t layer, bool v, int64_t slot, int64_t n, const void* src) = 0;
 
-    // Paging. A backend that does not page (Vulkan: one buffer per layer, allocated whole) keeps
-    // these defaults: page_tokens() 0, and every row of layout() held from the start.
-    // Positions per page (the layout's page_tokens), 0 when not paged.
+    // Paging. A backend that does not page keeps these defaults: page_tokens() 0, and every row of
+    // layout() held from the start.
+    // Positions per host page (KvPage: page() / set_page() exchange them with the prefix cache), 0
+    // when there are none. The Vulkan backend pages too, in device memory (its pages are not host
+    // KvPages, so it reports 0 here; see device_page below): prepare, release_from and bytes_held
+    // work as below.
     virtual int64_t page_tokens() const { return 0; }
     // Makes positions [first, end) of the paged layers writable: takes the pages they lie in that
     // are missing, and replaces a shared one among them by a private copy. A run does this itself
@@ -105,8 +115,17 @@ public:
     // Reads page j from p from now on (shared, by reference): p must have the layout's page_bytes(j)
     // in its layout. Throws kiln::Error unless paged and j < n_pages().
     virtual void set_page(int64_t j, KvPage p);
+    // Device pages (Vulkan), shared by reference with the prefix cache as the CPU's KvPages are:
+    // positions per page (0: none); page j held by reference (nullptr when not held); page j
+    // read from p from now on (false, and nothing changed, when p is not a page of this cache's
+    // pool, or that pool is gone).
+    virtual int64_t device_page_tokens() const { return 0; }
+    virtual std::shared_ptr<KvDevicePage> device_page(int64_t j) { (void)j; return nullptr; }
+    virtual bool set_device_page(int64_t j, const std::shared_ptr<KvDevicePage>& p) { (void)j, (void)p; return false; }
     // Memory these buffers hold now: rings, pages (shared ones too) or everything.
     virtual size_t bytes_held() const { return layout().bytes(); }
+    // The most they hold, every page taken (Vulkan: whole pages, see vulkan_kv_bytes).
+    virtual size_t bytes_max() const { return layout().bytes(); }
 };
 
 struct RunArgs {

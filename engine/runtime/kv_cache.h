@@ -1,8 +1,9 @@
 // KV cache bookkeeping for one sequence: the backend holds the memory (one K and one V row per slot
 // and layer, f16 by default), this class knows how many slots are used. Token i of the sequence
-// lives in slot i, so n_past() is also the position of the next token. On a backend that pages
-// (the CPU), the full layers' rows live in pages taken as the sequence grows (a run takes them)
-// and let go when it shrinks; pages may be shared with the prefix cache (by reference).
+// lives in slot i, so n_past() is also the position of the next token. The full layers' rows live
+// in pages taken as the sequence grows (a run takes them) and let go when it shrinks: on the CPU
+// pages of host memory, on Vulkan pages of a device pool shared by the backend's caches; either may
+// be shared with the prefix cache by reference.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +22,7 @@ public:
     int64_t n_ctx() const { return layout_.n_ctx; }
     int64_t n_past() const { return n_past_; }
     int64_t n_free() const { return layout_.n_ctx - n_past_; }
-    size_t bytes() const { return layout_.bytes(); }  // the most it can hold (every page taken)
+    size_t bytes() const { return buffers_->bytes_max(); }  // the most it can hold (every page taken)
     size_t bytes_held() const { return buffers_->bytes_held(); }  // what it holds now
     backend::KvBuffers& buffers() { return *buffers_; }
 

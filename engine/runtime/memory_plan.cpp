@@ -168,7 +168,8 @@ struct CtxCost {
     bool cpu = true;
     size_t per_context(int64_t n_ctx, KvType k, KvType v) const {
         const backend::KvLayout L = runtime::kv_layout(*arch, n_ctx, n_batch, k, v);
-        return L.bytes() + (cpu ? backend::cpu_kv_scores_bytes(n_ctx, n_threads) : 0);
+        // Vulkan: whole device pages (n_ctx rounded up to one) and the page table.
+        return cpu ? L.bytes() + backend::cpu_kv_scores_bytes(n_ctx, n_threads) : backend::vulkan_kv_bytes(L);
     }
     bool valid(KvType k, KvType v) const {
         const backend::KvLayout L = runtime::kv_layout(*arch, 1, 1, k, v);
@@ -261,9 +262,9 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
             it = p.kv.end() - 1;
         }
         ++it->n_layers;
-        it->bytes += L.layer_bytes(il) * n_par;
+        it->bytes += (device ? backend::vulkan_kv_layer_bytes(L, il) : L.layer_bytes(il)) * n_par;
     }
-    p.kv_bytes = L.bytes() * n_par;
+    p.kv_bytes = (device ? backend::vulkan_kv_bytes(L) : L.bytes()) * n_par;
 
     // Compute scratch: the graphs a context compiles (decode, a prompt batch; a server's batched
     // decode step of every slot).
@@ -284,7 +285,8 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
     const size_t scratch_fixed = p.scratch_bytes - (device ? 0 : backend::cpu_kv_scores_bytes(p.n_ctx, n_threads) * n_par);
 
     Available avail;
-    // Vulkan: the largest n_ctx whose KV rows of each full layer bind as one buffer.
+    // Vulkan: the largest n_ctx whose KV rows of each full layer bind as one buffer (whole pages of
+    // 256 positions: a context's pages of a layer lie in one buffer of the device's page pool).
     uint64_t bind_range = 0;
     auto bind_cap_for = [&](KvType k, KvType v) {
         if (bind_range == 0) return kMaxPlanCtx;
@@ -294,7 +296,8 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
             const size_t row = std::max(one.k_row(il).row_bytes(), one.v_row(il).row_bytes());
             if (row > 0 && one.layers[il].window <= 0) cap = std::min<int64_t>(cap, static_cast<int64_t>(bind_range / row));
         }
-        return cap;
+        const int64_t page = backend::KvLayout{}.page_tokens;
+        return cap >= page ? cap / page * page : cap;
     };
     int64_t bind_cap = kMaxPlanCtx;
     if (!device) {

@@ -105,6 +105,9 @@ struct Block {
     std::vector<int32_t> tokens;
     bool windows = false;  // holds the sliding-window layers' rows
     backend::KvPage bare;  // Plan::bytes_bare
+    // The same rows as a device page of the Vulkan context that saved them (held by reference: a
+    // context of the same device pool restores the block by reference, no copy); nullptr else.
+    std::shared_ptr<backend::KvDevicePage> dev;
     std::vector<uint8_t> win;  // bytes_full - bytes_bare when windows
     const Plan* plan = nullptr;  // its identity's (the plans map keeps them in place)
     uint64_t last_used = 0;
@@ -220,6 +223,16 @@ struct PrefixCache::Impl {
     bool shares_pages(const Plan& p, runtime::KvCache& kv) const {
         const backend::KvLayout& L = kv.layout();
         if (kv.buffers().page_tokens() != opt.block_tokens || L.layers.size() != p.layers.size()) return false;
+        for (size_t il = 0; il < L.layers.size(); ++il)
+            if ((p.layers[il].window == 0) == L.is_ring(il)) return false;
+        return true;
+    }
+
+    // Whether kv's device pages (Vulkan) are this plan's blocks: pages of block_tokens positions
+    // holding exactly the full layers. Then a block keeps a reference to its device page too.
+    bool shares_device(const Plan& p, runtime::KvCache& kv) const {
+        const backend::KvLayout& L = kv.layout();
+        if (kv.buffers().device_page_tokens() != opt.block_tokens || L.layers.size() != p.layers.size()) return false;
         for (size_t il = 0; il < L.layers.size(); ++il)
             if ((p.layers[il].window == 0) == L.is_ring(il)) return false;
         return true;
@@ -549,19 +562,22 @@ int64_t PrefixCache::restore(Context& ctx, std::span<const int32_t> tokens, int6
     {
         std::lock_guard blk(ctx.backend_mutex());
         const bool share = c.shares_pages(p, kv);
+        const bool share_dev = c.shares_device(p, kv);
         // Blocks before j0 were fetched only for the windows they hold.
         for (int64_t j = 0; j <= k; ++j) {
             if (!got[static_cast<size_t>(j)]) continue;
             Block& bk = *got[static_cast<size_t>(j)];
             const int64_t start = j * B, end = start + B;
             if (share && j >= j0) kv.buffers().set_page(j, bk.bare);
+            // A device page of the same pool: by reference (else its rows are copied below).
+            const bool by_ref = share || (share_dev && j >= j0 && bk.dev && kv.buffers().set_device_page(j, bk.dev));
             for (size_t il = 0; il < p.layers.size(); ++il) {
                 const LayerPlan& lp = p.layers[il];
                 if (lp.window > 0 && !bk.windows) continue;
                 const size_t kb = static_cast<size_t>(lp.rows) * lp.k_row;
                 const uint8_t* rows = bk.rows(lp);
                 if (lp.window == 0) {
-                    if (j >= j0 && !share) {
+                    if (j >= j0 && !by_ref) {
                         kv.write_positions(il, false, start, B, rows);
                         if (lp.v_row) kv.write_positions(il, true, start, B, rows + kb);
                     }
@@ -618,6 +634,7 @@ size_t PrefixCache::save(Context& ctx, std::span<const int32_t> tokens) {
         // The context's pages are blocks: the cache takes them by reference (the context copies a
         // page before it writes into it again, e.g. after a truncate).
         const bool share = c.shares_pages(p, kv);
+        const bool share_dev = c.shares_device(p, kv);
         for (int64_t j : todo) {
             auto b = std::make_shared<Block>();
             b->key = keys[static_cast<size_t>(j)];
@@ -627,6 +644,8 @@ size_t PrefixCache::save(Context& ctx, std::span<const int32_t> tokens) {
             b->windows = windows_held(j);
             b->bare = share ? kv.buffers().page(j) : backend::make_kv_page(p.bytes_bare);
             if (!b->bare) throw Error(fmt::format("prefix cache: the context holds no page {}", j));
+            // The host bytes are read as well (the disk tier, and contexts of other pools or the CPU).
+            if (share_dev) b->dev = kv.buffers().device_page(j);
             b->win.assign(b->windows ? p.bytes_full - p.bytes_bare : 0, 0);
             const int64_t end = (j + 1) * B;
             for (size_t il = 0; il < p.layers.size(); ++il) {

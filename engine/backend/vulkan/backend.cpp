@@ -594,7 +594,17 @@ Tensor Backend::kv_cache(KvType type, int64_t head_dim, int64_t n_kv_head, int64
     return tensor(TensorType::I8, {static_cast<int64_t>(f.head_bytes()), n_kv_head, n_ctx}, name);
 }
 
-void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring, KvType type) {
+namespace {
+// The positions a paged cache's table reaches (KvPages); throws unless it is one.
+int64_t paged_positions(const KvPages& pg, bool ring, const char* op) {
+    if (!pg.table || !pg.table->valid() || pg.table->type() != TensorType::I32 || pg.shift > 30)
+        throw Error(fmt::format("vk {}: a paged cache needs an I32 page table and pages of at most 2^30 rows", op));
+    if (ring) throw Error(fmt::format("vk {}: a ring cache is not paged", op));
+    return pg.table->n_elements() << pg.shift;
+}
+}  // namespace
+
+void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring, KvType type, const KvPages* pages) {
     require_type(src, TensorType::F32, "kv_write", "src");
     const int64_t dim = src.ne(0), n_ctx = cache.ne(2) * cache.ne(3), n_tok = src.ne(2) * src.ne(3);
     const backend::KvRowFormat f = kv_format(cache, type, dim, "kv_write", "cache");
@@ -603,32 +613,37 @@ void Backend::kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, boo
                                 src.shape_string(), cache.name(), cache.shape_string()));
     if (type == KvType::F16 && (dim * cache.ne(1)) % 2)
         throw Error(fmt::format("vk kv_write: cache rows of {} halves; the shader needs an even width", dim * cache.ne(1)));
-    if (ring ? n_tok > n_ctx : static_cast<int64_t>(pos) + n_tok > n_ctx)
+    // A paged cache's positions are those of its table (its rows are the pool's pages).
+    const int64_t positions = pages ? paged_positions(*pages, ring, "kv_write") : n_ctx;
+    if (ring ? n_tok > n_ctx : static_cast<int64_t>(pos) + n_tok > positions)
         throw Error(fmt::format("vk kv_write: positions {}..{} pass the {}cache '{}' of {} positions", pos,
-                                static_cast<int64_t>(pos) + n_tok - 1, ring ? "ring " : "", cache.name(), n_ctx));
-    Binding b[] = {bind(src, false), bind(cache, true)};
+                                static_cast<int64_t>(pos) + n_tok - 1, ring ? "ring " : pages ? "paged " : "", cache.name(),
+                                positions));
+    Binding b[] = {bind(src, false), bind(cache, true), bind(pages ? *pages->table : src, false)};
+    const uint32_t paged = pages ? 1u : 0u, shift = pages ? pages->shift : 0u;
     uint32_t gx, gy;
     if (type == KvType::F16) {
         const int64_t width = dim * cache.ne(1);
-        const uint32_t pc[5] = {u32(width, "width"), u32(n_tok, "n_tok"), pos, u32(width, "width"), u32(n_ctx, "slots")};
-        const auto& p = ctx_->pipeline("kv_write", {wg_elementwise_}, 2);
+        const uint32_t pc[7] = {u32(width, "width"), u32(n_tok, "n_tok"), pos, u32(width, "width"), u32(n_ctx, "slots"),
+                                paged, shift};
+        const auto& p = ctx_->pipeline("kv_write", {wg_elementwise_}, 3);
         groups_for(ceil_div(static_cast<uint64_t>(width / 2 * n_tok), wg_elementwise_), &gx, &gy);
         ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
         return;
     }
     const auto n_blocks = static_cast<uint32_t>(f.blocks_per_head());
     const uint32_t scale_words = (n_blocks + 1) / 2;
-    const uint32_t pc[10] = {u32(dim, "dim"), u32(cache.ne(1), "heads"), u32(n_tok, "n_tok"), pos,
+    const uint32_t pc[12] = {u32(dim, "dim"), u32(cache.ne(1), "heads"), u32(n_tok, "n_tok"), pos,
                              u32(dim * cache.ne(1), "src stride"), u32(n_ctx, "slots"),
                              static_cast<uint32_t>(f.head_bytes() / 4), static_cast<uint32_t>(f.head_code_bytes() / 4),
-                             n_blocks, scale_words};
-    const auto& p = ctx_->pipeline("kv_write_quant", {wg_elementwise_, type == KvType::Q4_0 ? 1u : 0u}, 2);
+                             n_blocks, scale_words, paged, shift};
+    const auto& p = ctx_->pipeline("kv_write_quant", {wg_elementwise_, type == KvType::Q4_0 ? 1u : 0u}, 3);
     groups_for(ceil_div(static_cast<uint64_t>(n_tok * cache.ne(1)) * scale_words, wg_elementwise_), &gx, &gy);
     ctx_->dispatch(p, b, pc, sizeof pc, gx, gy);
 }
 
 void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
-                        const graph::AttentionParams& ap, const AttentionRun& r, const Tensor* sinks) {
+                        const graph::AttentionParams& ap, const AttentionRun& r, const Tensor* sinks, const KvPages* pages) {
     require_type(q, TensorType::F32, "attention", "q");
     require_type(out, TensorType::F32, "attention", "out");
     const int64_t Dk = q.ne(0), n_head = q.ne(1), n_tok = q.ne(2) * q.ne(3);
@@ -661,9 +676,11 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
         if (window == 0 || static_cast<int64_t>(window) + n_tok - 1 > n_ctx)
             throw Error(fmt::format("vk attention: a ring of {} rows cannot hold a window of {} and a batch of {}",
                                     n_ctx, window, n_tok));
-    } else if (r.n_kv > n_ctx) {
-        throw Error(fmt::format("vk attention: n_kv {} passes the cache of {} positions", r.n_kv, n_ctx));
     }
+    const int64_t positions = pages ? paged_positions(*pages, r.ring, "attention") : n_ctx;
+    if (!r.ring && r.n_kv > positions)
+        throw Error(fmt::format("vk attention: n_kv {} passes the {}cache of {} positions", r.n_kv, pages ? "paged " : "",
+                                positions));
     if (sinks) {
         require_type(*sinks, TensorType::F32, "attention", "sinks");
         if (sinks->n_elements() != n_head)
@@ -695,13 +712,16 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
         float scale, softcap;
         uint32_t n_slots, k_row, k_head, v_row, v_head, k_scale, v_scale;
         uint32_t n_chunks, chunk, k0, acc_off;
+        uint32_t paged, page_shift;
     } pc{u32(Dk, "Dk"), u32(Dv, "Dv"), u32(n_head, "n_head"), u32(n_kv_head, "n_kv_head"), u32(n_tok, "n_tok"),
          r.pos0, r.n_kv, window, u32(Dk * n_head, "q stride"), u32(Dv * n_head, "out stride"), scale,
          ap.softcap, u32(n_ctx, "slots"), u32(static_cast<int64_t>(kf.row_bytes() / 4), "k row"),
          u32(static_cast<int64_t>(kf.head_bytes() / 4), "k head"), u32(static_cast<int64_t>(vf.row_bytes() / 4), "v row"),
          u32(static_cast<int64_t>(vf.head_bytes() / 4), "v head"), u32(static_cast<int64_t>(kf.head_code_bytes() / 4), "k scales"),
          u32(static_cast<int64_t>(vf.head_code_bytes() / 4), "v scales"),
-         static_cast<uint32_t>(n_chunks), static_cast<uint32_t>(chunk), k0, u32(static_cast<int64_t>(2 * rows), "acc offset")};
+         static_cast<uint32_t>(n_chunks), static_cast<uint32_t>(chunk), k0, u32(static_cast<int64_t>(2 * rows), "acc offset"),
+         pages ? 1u : 0u, pages ? pages->shift : 0u};
+    const Tensor& table = pages ? *pages->table : q;  // bound, not read, when not paged
     const bool want_tiled = r.kernel == AttentionKernel::Tiled ||
                             (r.kernel == AttentionKernel::Auto && n_tok >= kTiledMinTokens);
     if (want_tiled) {
@@ -717,12 +737,12 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
                                     Dv, ctx_->info().max_shared_memory));
         if (R > 0) {
             const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, true),
-                                 bind(sinks ? *sinks : q, false)};
+                                 bind(sinks ? *sinks : q, false), bind(table, false)};
             const auto& p = ctx_->pipeline(f16 ? "attention_tiled_f16" : "attention_tiled",
                                            {wg_attention_tiled_, sinks ? 1u : 0u, 0u, kv_type_code(kf.type),
                                             kv_type_code(vf.type), R, TK, static_cast<uint32_t>(Dk),
                                             static_cast<uint32_t>(Dv), ap.v_in_k ? 1u : 0u},
-                                           5);
+                                           6);
             uint32_t gx, gy;
             groups_for(static_cast<uint64_t>(n_kv_head) * ceil_div(static_cast<uint64_t>(n_tok * (n_head / n_kv_head)), R),
                        &gx, &gy);
@@ -742,9 +762,9 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
         part = Binding{attn_part_, 0, bytes, true};
     }
     const Binding b[] = {bind(q, false), bind(k_cache, false), bind(v_cache, false), bind(out, !split),
-                         bind(sinks ? *sinks : q, false), part};
+                         bind(sinks ? *sinks : q, false), part, bind(table, false)};
     const auto& p = ctx_->pipeline(
-        "attention", {wg_attention_, sinks ? 1u : 0u, split ? 1u : 0u, kv_type_code(kf.type), kv_type_code(vf.type)}, 6);
+        "attention", {wg_attention_, sinks ? 1u : 0u, split ? 1u : 0u, kv_type_code(kf.type), kv_type_code(vf.type)}, 7);
     uint32_t gx, gy;
     groups_for(rows, &gx, &gy);
     ctx_->dispatch(p, b, &pc, sizeof pc, gx, gy);
@@ -758,12 +778,13 @@ void Backend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_
 
 std::pair<uint32_t, uint32_t> Backend::tiled_attention_shape(int64_t Dk, int64_t Dv, bool mla, bool f16) const {
     // attention_tiled.glsl's shared memory: Q rows (f32), K tile, V tile (none for MLA), each row
-    // padded by one word, the scores, three floats per row.
+    // padded by one word, the scores, three floats per row, the cache row of each key.
     const uint64_t el = f16 ? 2 : 4, pad = f16 ? 2 : 1;
     const uint64_t limit = ctx_->info().max_shared_memory;
     static constexpr std::pair<uint32_t, uint32_t> kShapes[] = {{32, 32}, {16, 32}, {16, 16}, {8, 16}, {8, 8}, {4, 8}, {2, 8}, {1, 8}};
     for (const auto& [R, TK] : kShapes) {
-        const uint64_t bytes = 4 * R * (Dk + 1) + el * (TK * (Dk + pad) + (mla ? 1 : TK * (Dv + pad))) + 4 * (R * TK + 3 * R);
+        const uint64_t bytes =
+            4 * R * (Dk + 1) + el * (TK * (Dk + pad) + (mla ? 1 : TK * (Dv + pad))) + 4 * (R * TK + 3 * R) + 4 * TK;
         // R <= the workgroup (a thread per row) and at most 64 accumulators per thread.
         if (bytes <= limit && R <= wg_attention_tiled_ && R * static_cast<uint64_t>(Dv) <= 64u * wg_attention_tiled_)
             return {R, TK};

@@ -117,6 +117,15 @@ struct AttentionRun {
     int f16_tiles = -1;
 };
 
+// A paged KV cache (the graph backend's device pool of pages, graph_executor.cpp): the cache tensor
+// is a pool of pages of 2^shift rows, and position j lives in row table[j >> shift] * 2^shift +
+// (j & (2^shift - 1)). table: an I32 tensor of one page index per 2^shift positions (positions
+// up to its size times 2^shift may be written and read).
+struct KvPages {
+    const Tensor* table = nullptr;
+    uint32_t shift = 0;
+};
+
 class Backend {
 public:
     // Picks a device by the rules of select_device(). Returns nullptr when none was chosen and
@@ -238,7 +247,9 @@ public:
     // Q8_0 / Q4_0, cache [head bytes, n_kv_head, n_ctx] I8 holding backend::KvRowFormat heads
     // (quantized as kernels/kv_quant.h says; head_dim a multiple of 4 / 8). ring: the cache is a
     // ring of its rows (position j in row j % rows; n_tok <= rows), positions may pass them.
-    void kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring = false, KvType type = KvType::F16);
+    // pages: the cache is a pool of pages written through pages->table (KvPages; not with ring).
+    void kv_write(const Tensor& src, const Tensor& cache, uint32_t pos, bool ring = false, KvType type = KvType::F16,
+                  const KvPages* pages = nullptr);
     // A cache tensor of n_ctx rows of n_kv_head heads of head_dim elements of `type` (F16 or I8).
     Tensor kv_cache(KvType type, int64_t head_dim, int64_t n_kv_head, int64_t n_ctx, const std::string& name);
     // q [Dk, n_head, n_tok] f32; k_cache [Dk, n_kv_head, n_ctx] F16 (or a quantized cache, r.k_type);
@@ -248,9 +259,11 @@ public:
     // The heads are the tensors' shapes: p's head counts and sizes, where set (not 0), must agree.
     // p.scale multiplies q.k. Optional: soft-capping, a ring cache (r.ring), MLA (v_cache = k_cache,
     // p.v_in_k: a value is the first Dv of its K head), sinks [n_head] f32 (one more softmax term per
-    // head that takes no value).
+    // head that takes no value); pages: both caches are pools of pages read through pages->table
+    // (KvPages; not with a ring).
     void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
-                   const graph::AttentionParams& p, const AttentionRun& r, const Tensor* sinks = nullptr);
+                   const graph::AttentionParams& p, const AttentionRun& r, const Tensor* sinks = nullptr,
+                   const KvPages* pages = nullptr);
     static constexpr int64_t kAttentionMaxDk = 576;
     static constexpr int64_t kTiledMinTokens = 8;
     // The tiled attention's rows and keys per tile for these heads (the largest that fit the

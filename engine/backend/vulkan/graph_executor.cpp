@@ -1,9 +1,11 @@
 #include "backend/vulkan/graph_executor.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -128,53 +130,447 @@ void vulkan_check_graph(const graph::Graph& g, KvType type_k, KvType type_v) {
 
 namespace {
 
-// One K (and V) tensor per layer of that layer's slots: n_ctx for a full layer, the ring's size
-// for a sliding-window one (position p in row p % slots); an MLA layer (v_in_k) stores K only.
+// Vulkan pages: layout.page_tokens, but no more than n_ctx rounded up to a power of two (a small
+// context takes one page of its size, not 256 rows).
+int64_t vulkan_page_tokens(const KvLayout& L) {
+    const int64_t P = L.page_tokens;
+    if (P < 1 || (P & (P - 1)) != 0 || P > (int64_t{1} << 30))
+        throw Error(fmt::format("vulkan: KV pages of {} tokens (a power of two up to 2^30 expected)", P));
+    return std::min<int64_t>(P, static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(std::max<int64_t>(1, L.n_ctx)))));
+}
+
+void check_vulkan_kv_types(const KvLayout& layout) {
+    for (const KvType t : {layout.type_k, layout.type_v})
+        if (t != KvType::F16 && !kv_type_quantized(t))
+            throw Error(fmt::format("vulkan: a KV cache of type {} is not supported (f16, q8_0 and q4_0 are); use "
+                                    "--backend cpu",
+                                    kv_type_name(t)));
+}
+
+// The device pages of the full (not ring) layers' KV rows, shared by every cache of one shape (the
+// same full layers, KV types and page size) on this backend: per full layer one K and one V tensor
+// (MLA: K only) of capacity() pages of P rows; page i is rows [i * P, (i + 1) * P) of every one of
+// them, so a cache's one page table serves all its layers. Pages are taken and given back by
+// reference count - caches, and the prefix cache's blocks through VkPageRef (a page held twice is
+// never written: the writer copies it first). When no page
+// is free the pool grows - by an eighth at least, so that decoding copies the pool O(1) times per
+// page of tokens on average - layer by layer, each layer's rows copied to its new tensors and the
+// old ones freed before the next, up to what one buffer binds. Pages given back (a sequence
+// cleared or truncated) wait for the next cache that grows; when a cache goes, the pool moves the
+// pages still held down into the free ones (rewriting the page tables that name them) and shrinks
+// to them, and it goes with its last cache.
+class VkKv;
+struct VkPageRef;
+
+// A pool's page bookkeeping, shared with the references the prefix cache holds (VkPageRef), which
+// may be dropped by another thread without the backend's lock: every use holds mu. `alive` goes
+// false with the pool (its pages with it: a reference then names nothing).
+struct VkPageBook {
+    std::mutex mu;
+    std::vector<uint32_t> refs;  // per page: its holders (caches and references)
+    std::vector<uint32_t> free;  // pages nobody holds, a stack
+    std::vector<VkPageRef*> out;  // the references alive
+    bool alive = true;
+    void drop(uint32_t i) {
+        if (--refs[i] == 0) free.push_back(i);
+    }
+};
+
+// A page held outside the caches (KvBuffers::device_page).
+struct VkPageRef final : KvDevicePage {
+    VkPageRef(std::shared_ptr<VkPageBook> b, uint32_t p) : book(std::move(b)), page(p) {}
+    ~VkPageRef() override {
+        std::lock_guard lk(book->mu);
+        if (!book->alive) return;
+        std::erase(book->out, this);
+        book->drop(page);
+    }
+    std::shared_ptr<VkPageBook> book;
+    uint32_t page;  // moved by the pool's trim (under book->mu)
+};
+
+class VkKvPool {
+public:
+    VkKvPool(vk::Backend& vk, const KvLayout& shape, int64_t P)
+        : vk_(vk), shape_(shape), P_(P), shift_(std::countr_zero(static_cast<uint64_t>(P))) {
+        paged_.resize(shape.layers.size());
+        k_.resize(shape.layers.size());
+        v_.resize(shape.layers.size());
+        uint64_t widest = 0;
+        for (size_t il = 0; il < shape.layers.size(); ++il) {
+            if (shape.is_ring(il)) continue;
+            paged_[il] = true;
+            const uint64_t k = shape.k_row(il).row_bytes(), v = shape.layers[il].v_in_k ? 0 : shape.v_row(il).row_bytes();
+            page_bytes_ += static_cast<uint64_t>(P) * (k + v);
+            widest = std::max(widest, std::max(k, v) * static_cast<uint64_t>(P));
+        }
+        // vk::Backend::tensor refuses a tensor larger than one binding.
+        max_pages_ = widest ? static_cast<int64_t>(vk.device().max_storage_buffer_range / widest) : 0;
+    }
+    // Whether a cache of layout L with pages of P rows reads this pool.
+    bool matches(const KvLayout& L, int64_t P) const {
+        if (P != P_ || L.type_k != shape_.type_k || L.type_v != shape_.type_v || L.layers.size() != paged_.size()) return false;
+        for (size_t il = 0; il < paged_.size(); ++il) {
+            if (L.is_ring(il) == paged_[il]) return false;
+            const KvLayer &a = L.layers[il], &b = shape_.layers[il];
+            if (paged_[il] && (a.n_head_kv != b.n_head_kv || a.head_dim_k != b.head_dim_k ||
+                               (!a.v_in_k && a.head_dim_v != b.head_dim_v) || a.v_in_k != b.v_in_k))
+                return false;
+        }
+        return true;
+    }
+    int64_t page_tokens() const { return P_; }
+    int shift() const { return shift_; }
+    uint64_t page_bytes() const { return page_bytes_; }  // one page of every full layer
+    int64_t capacity() const { return cap_; }
+    int64_t held() const {
+        std::lock_guard lk(book_->mu);
+        return cap_ - static_cast<int64_t>(free_.size());
+    }
+    ~VkKvPool() {
+        std::lock_guard lk(book_->mu);
+        book_->alive = false;
+        book_->out.clear();
+    }
+    const std::shared_ptr<VkPageBook>& book() const { return book_; }
+    // Page i held by a reference (it must be held already).
+    std::shared_ptr<KvDevicePage> reference(uint32_t i) {
+        std::lock_guard lk(book_->mu);
+        ++refs_[i];
+        auto r = std::make_shared<VkPageRef>(book_, i);
+        book_->out.push_back(r.get());
+        return r;
+    }
+    int64_t max_pages() const { return max_pages_; }
+    // Pages the caches of this pool may hold together (their page tables' sizes): the pool never
+    // grows past that on its own account (what the memory plan counted for them).
+    int64_t reserved() const { return reserved_; }
+    void reserve(int64_t n) { reserved_ += n; }
+    const vk::Tensor& k(size_t layer) const { return k_[layer]; }
+    const vk::Tensor& v(size_t layer) const { return v_[layer]; }
+    void join(VkKv* c) { members_.push_back(c); }
+    void leave(VkKv* c) { std::erase(members_, c); }
+    // Moves the pages held down into the free ones below them and shrinks the tensors to the
+    // pages held (when at least an eighth are free).
+    void trim();
+
+    // Makes n pages free, growing the pool; throws kiln::Error (the pool unchanged but for layers
+    // grown already, which keep their larger tensors) when the device cannot hold or bind them.
+    void reserve_free(int64_t n) {
+        std::lock_guard lk(book_->mu);
+        const auto free = static_cast<int64_t>(free_.size());
+        if (free >= n) return;
+        const int64_t need = cap_ + n - free;
+        const int64_t want = std::max(need, std::min(cap_ + std::max<int64_t>(1, cap_ / 8), reserved_));
+        grow(std::min(want, std::max(need, max_pages_)));
+    }
+    // A free page (reserve_free first), held once.
+    uint32_t take() {
+        std::lock_guard lk(book_->mu);
+        if (free_.empty()) throw Error("vulkan: internal error: no free KV page");
+        const uint32_t i = free_.back();
+        free_.pop_back();
+        refs_[i] = 1;
+        return i;
+    }
+    void hold(uint32_t i) {
+        std::lock_guard lk(book_->mu);
+        ++refs_[i];
+    }
+    void drop(uint32_t i) {
+        std::lock_guard lk(book_->mu);
+        book_->drop(i);
+    }
+    bool shared(uint32_t i) const {
+        std::lock_guard lk(book_->mu);
+        return refs_[i] > 1;
+    }
+    // Records the copy of page `from`'s rows, every layer, into page `to`.
+    void copy_page(uint32_t from, uint32_t to) {
+        for (size_t il = 0; il < paged_.size(); ++il) {
+            if (!paged_[il]) continue;
+            const int64_t rows = P_ * k_[il].ne(1);  // tensor rows: one per head of each position
+            vk_.copy_rows(k_[il], from * rows, k_[il], to * rows, rows);
+            if (!shape_.layers[il].v_in_k) vk_.copy_rows(v_[il], from * rows, v_[il], to * rows, rows);
+        }
+    }
+
+private:
+    void grow(int64_t want) {
+        if (want > max_pages_)
+            throw Error(fmt::format("vulkan: {} KV pages of {} positions are more than {} binds in one buffer for a layer "
+                                    "({} bytes); use a smaller -c or a quantized KV cache",
+                                    want, P_, vk_.device().name, vk_.device().max_storage_buffer_range));
+        const uint64_t add = static_cast<uint64_t>(want - cap_) * page_bytes_;
+        std::string why;
+        if (!vk_.fits(add, &why))
+            throw Error(fmt::format("vulkan: {} more KV pages of {} positions ({} bytes; the caches hold {} pages) do not "
+                                    "fit: {}",
+                                    want - cap_, P_, add, cap_ - static_cast<int64_t>(free_.size()), why));
+        const int64_t rows = want * P_;
+        for (size_t il = 0; il < paged_.size(); ++il) {
+            if (!paged_[il] || (k_[il].valid() && k_[il].ne(2) >= rows)) continue;
+            const KvLayer& l = shape_.layers[il];
+            vk::Tensor nk = vk_.kv_cache(shape_.type_k, l.head_dim_k, l.n_head_kv, rows, fmt::format("kv_pages_k.{}", il));
+            vk::Tensor nv = l.v_in_k ? nk
+                                     : vk_.kv_cache(shape_.type_v, l.head_dim_v, l.n_head_kv, rows, fmt::format("kv_pages_v.{}", il));
+            if (k_[il].valid()) {
+                vk_.copy_rows(k_[il], 0, nk, 0, k_[il].n_rows());
+                if (!l.v_in_k) vk_.copy_rows(v_[il], 0, nv, 0, v_[il].n_rows());
+            }
+            const bool copied = k_[il].valid();
+            k_[il] = std::move(nk);
+            v_[il] = std::move(nv);
+            if (copied) vk_.submit();  // the old tensors go now: two copies of one layer at most
+        }
+        refs_.resize(static_cast<size_t>(want), 0);
+        for (int64_t i = want - 1; i >= cap_; --i) free_.push_back(static_cast<uint32_t>(i));  // lowest first
+        cap_ = want;
+    }
+    // The tensors as rows [0, pages * P) of what they hold (no pages: none).
+    void resize(int64_t pages) {
+        const int64_t rows = pages * P_;
+        for (size_t il = 0; il < paged_.size(); ++il) {
+            if (!paged_[il] || !k_[il].valid()) continue;
+            const KvLayer& l = shape_.layers[il];
+            if (pages == 0) {
+                k_[il] = v_[il] = vk::Tensor();
+                continue;
+            }
+            vk::Tensor nk = vk_.kv_cache(shape_.type_k, l.head_dim_k, l.n_head_kv, rows, fmt::format("kv_pages_k.{}", il));
+            vk::Tensor nv = l.v_in_k ? nk
+                                     : vk_.kv_cache(shape_.type_v, l.head_dim_v, l.n_head_kv, rows, fmt::format("kv_pages_v.{}", il));
+            vk_.copy_rows(k_[il], 0, nk, 0, nk.n_rows());
+            if (!l.v_in_k) vk_.copy_rows(v_[il], 0, nv, 0, nv.n_rows());
+            k_[il] = std::move(nk);
+            v_[il] = std::move(nv);
+            vk_.submit();
+        }
+    }
+
+    vk::Backend& vk_;
+    KvLayout shape_;
+    int64_t P_;
+    int shift_;
+    std::vector<bool> paged_;
+    std::vector<vk::Tensor> k_, v_;  // per layer (none for a ring)
+    uint64_t page_bytes_ = 0;
+    int64_t cap_ = 0, max_pages_ = 0, reserved_ = 0;
+    std::shared_ptr<VkPageBook> book_ = std::make_shared<VkPageBook>();
+    std::vector<uint32_t>& refs_ = book_->refs;  // per page
+    std::vector<uint32_t>& free_ = book_->free;  // a stack
+    std::vector<VkKv*> members_;  // the caches whose tables name its pages
+};
+
+// One context's KV cache on the device. A sliding-window layer is a ring of its own (position p in
+// row p % slots). The full layers live in pages of the backend's pool (VkKvPool) taken as the
+// sequence grows (a run takes the pages it writes; nothing is allocated per token) and given back
+// when it shrinks; a page table on the device (one I32 per page of positions, shared by all its
+// layers) maps position p to pool row table[p >> shift] * P + (p & (P - 1)), and every shader
+// that reads or writes the cache goes through it. An MLA layer (v_in_k) stores K only.
 class VkKv final : public KvBuffers {
 public:
-    VkKv(vk::Backend& vk, const KvLayout& layout) : owner_(&vk), layout_(layout) {
-        for (const KvType t : {layout.type_k, layout.type_v})
-            if (t != KvType::F16 && !kv_type_quantized(t))
-                throw Error(fmt::format("vulkan: a KV cache of type {} is not supported (f16, q8_0 and q4_0 are); use "
-                                        "--backend cpu",
-                                        kv_type_name(t)));
+    VkKv(vk::Backend& vk, std::shared_ptr<VkKvPool> pool, const KvLayout& layout)
+        : owner_(&vk), layout_(layout), pool_(std::move(pool)) {
+        uint64_t ring_bytes = 0;
+        for (size_t il = 0; il < layout.layers.size(); ++il)
+            if (layout.is_ring(il)) ring_bytes += layout.layer_bytes(il);
+        if (pool_) n_pages_ = (layout.n_ctx + pool_->page_tokens() - 1) / pool_->page_tokens();
+        const uint64_t table_bytes = static_cast<uint64_t>(n_pages_) * 4;
         std::string why;
-        if (!vk.fits(layout.bytes(), &why))
-            throw Error(fmt::format("vulkan: the KV cache of {} positions ({} bytes) does not fit: {}", layout.n_ctx,
-                                    layout.bytes(), why));
+        if (!vk.fits(ring_bytes + table_bytes, &why))
+            throw Error(fmt::format("vulkan: the KV cache's sliding-window rings ({} bytes) do not fit: {}", ring_bytes, why));
+        k_.resize(layout.layers.size());
+        v_.resize(layout.layers.size());
         for (size_t il = 0; il < layout.layers.size(); ++il) {
             const KvLayer& l = layout.layers[il];
+            if (!layout.is_ring(il)) continue;
             const int64_t slots = layout.slots(il);
-            k_.push_back(vk.kv_cache(layout.type_k, l.head_dim_k, l.n_head_kv, slots, fmt::format("cache_k.{}", il)));
-            v_.push_back(l.v_in_k ? k_.back()
-                                  : vk.kv_cache(layout.type_v, l.head_dim_v, l.n_head_kv, slots, fmt::format("cache_v.{}", il)));
+            k_[il] = vk.kv_cache(layout.type_k, l.head_dim_k, l.n_head_kv, slots, fmt::format("cache_k.{}", il));
+            v_[il] = l.v_in_k ? k_[il] : vk.kv_cache(layout.type_v, l.head_dim_v, l.n_head_kv, slots, fmt::format("cache_v.{}", il));
+        }
+        ring_bytes_ = ring_bytes;
+        if (pool_) {
+            table_ = vk.tensor(TensorType::I32, {n_pages_}, "KV page table");
+            pages_.assign(static_cast<size_t>(n_pages_), -1);
+            host_table_.assign(static_cast<size_t>(n_pages_), -1);  // not on the device yet: every entry is written once taken
+            pool_->reserve(n_pages_);
+            pool_->join(this);
+        }
+    }
+    ~VkKv() override {
+        if (!pool_) return;
+        release_from(0);
+        pool_->reserve(-n_pages_);
+        pool_->leave(this);
+        try {
+            pool_->trim();
+        } catch (const Error&) {
+            // Out of memory for the smaller copy: the pool keeps its pages.
+        }
+    }
+    // The pool moved its pages: page i is to[i] from now on (-1: unchanged); the table is rewritten.
+    void remap(const std::vector<int64_t>& to) {
+        for (int64_t j = 0; j < n_pages_; ++j) {
+            const int64_t pg = page_at(j);
+            if (pg < 0 || to[static_cast<size_t>(pg)] < 0) continue;
+            --held_;
+            assign(j, static_cast<uint32_t>(to[static_cast<size_t>(pg)]));
+        }
+        if (dirty_) {
+            owner_->write_bytes(table_, 0, host_table_.data(), host_table_.size() * 4);
+            dirty_ = false;
         }
     }
     const KvLayout& layout() const override { return layout_; }
     void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) override {
-        const auto [t, off, bytes] = rows(layer, v, slot, n, "vulkan: read_rows");
-        owner_->read_bytes(*t, off, dst, bytes);
+        const uint64_t row = layout_.checked_row_bytes(layer, v, slot, n, "vulkan: read_rows");
+        for_runs(layer, slot, n, [&](int64_t s, int64_t off, int64_t run) {
+            const int64_t r = pool_row(layer, s);
+            if (r < 0) throw Error(fmt::format("vulkan: read_rows: position {} of KV layer {} is not held", s, layer));
+            owner_->read_bytes(tensor(layer, v), row * static_cast<uint64_t>(r),
+                               static_cast<uint8_t*>(dst) + row * static_cast<uint64_t>(off), row * static_cast<uint64_t>(run));
+        });
     }
     void write_rows(size_t layer, bool v, int64_t slot, int64_t n, const void* src) override {
-        const auto [t, off, bytes] = rows(layer, v, slot, n, "vulkan: write_rows");
-        owner_->write_bytes(*t, off, src, bytes);
+        const uint64_t row = layout_.checked_row_bytes(layer, v, slot, n, "vulkan: write_rows");
+        if (!layout_.is_ring(layer)) prepare(slot, slot + n);
+        for_runs(layer, slot, n, [&](int64_t s, int64_t off, int64_t run) {
+            owner_->write_bytes(tensor(layer, v), row * static_cast<uint64_t>(pool_row(layer, s)),
+                                static_cast<const uint8_t*>(src) + row * static_cast<uint64_t>(off),
+                                row * static_cast<uint64_t>(run));
+        });
     }
+    // Makes positions [first, end) writable: every page up to the last is taken (a run reads from
+    // position 0 or its window), a shared one among them replaced by a private copy; the page
+    // table is written (recorded, in order with the next run) when it changed.
+    void prepare(int64_t first, int64_t end) override {
+        if (first < 0 || first > end || end > layout_.n_ctx)
+            throw Error(fmt::format("vulkan: KV positions [{}, {}) outside the cache of {}", first, end, layout_.n_ctx));
+        if (first == end || !pool_) return;
+        const int shift = pool_->shift();
+        const int64_t last = (end - 1) >> shift;
+        int64_t need = 0;
+        for (int64_t j = covered_; j <= last; ++j) need += page_at(j) < 0 ? 1 : 0;
+        for (int64_t j = first >> shift; j <= last; ++j) need += page_at(j) >= 0 && pool_->shared(static_cast<uint32_t>(page_at(j))) ? 1 : 0;
+        if (need > 0) pool_->reserve_free(need);  // throws before anything changed
+        for (; covered_ <= last; ++covered_)
+            if (page_at(covered_) < 0) assign(covered_, pool_->take());
+        for (int64_t j = first >> shift; j <= last; ++j) {
+            const int64_t old = page_at(j);
+            if (!pool_->shared(static_cast<uint32_t>(old))) continue;
+            const uint32_t copy = pool_->take();
+            pool_->copy_page(static_cast<uint32_t>(old), copy);
+            pool_->drop(static_cast<uint32_t>(old));
+            --held_;
+            pages_[static_cast<size_t>(j)] = -1;
+            assign(j, copy);
+        }
+        if (dirty_) {
+            owner_->write_bytes(table_, 0, host_table_.data(), host_table_.size() * 4);
+            dirty_ = false;
+        }
+    }
+    void release_from(int64_t n) override {
+        if (!pool_) return;
+        const int64_t keep = std::clamp<int64_t>((n + pool_->page_tokens() - 1) >> pool_->shift(), 0, n_pages_);
+        for (int64_t j = keep; j < n_pages_; ++j) {
+            const int64_t pg = page_at(j);
+            if (pg < 0) continue;
+            pool_->drop(static_cast<uint32_t>(pg));
+            pages_[static_cast<size_t>(j)] = -1;
+            --held_;
+        }
+        covered_ = std::min(covered_, keep);
+    }
+    // The rings and the pages held now (a page shared with other caches too); not the page table
+    // (4 bytes per page).
+    size_t bytes_held() const override {
+        return ring_bytes_ + static_cast<size_t>(held_) * (pool_ ? pool_->page_bytes() : 0);
+    }
+    size_t bytes_max() const override { return vulkan_kv_bytes(layout_); }
+    int64_t device_page_tokens() const override { return pool_ ? pool_->page_tokens() : 0; }
+    std::shared_ptr<KvDevicePage> device_page(int64_t j) override {
+        if (!pool_ || j < 0 || j >= n_pages_ || page_at(j) < 0) return nullptr;
+        return pool_->reference(static_cast<uint32_t>(page_at(j)));
+    }
+    bool set_device_page(int64_t j, const std::shared_ptr<KvDevicePage>& p) override {
+        const auto* r = dynamic_cast<const VkPageRef*>(p.get());
+        if (!pool_ || !r || r->book != pool_->book() || j < 0 || j >= n_pages_) return false;
+        uint32_t page = 0;
+        {
+            std::lock_guard lk(r->book->mu);
+            if (!r->book->alive) return false;
+            page = r->page;
+        }
+        if (page_at(j) == static_cast<int64_t>(page)) return true;
+        pool_->hold(page);
+        if (page_at(j) >= 0) {
+            pool_->drop(static_cast<uint32_t>(page_at(j)));
+            --held_;
+        }
+        assign(j, page);
+        while (covered_ < n_pages_ && page_at(covered_) >= 0) ++covered_;
+        if (dirty_) {
+            owner_->write_bytes(table_, 0, host_table_.data(), host_table_.size() * 4);
+            dirty_ = false;
+        }
+        return true;
+    }
+
     const vk::Backend* owner() const { return owner_; }
-    const vk::Tensor& k(int layer) const { return k_.at(static_cast<size_t>(layer)); }
-    const vk::Tensor& v(int layer) const { return v_.at(static_cast<size_t>(layer)); }
+    const vk::Tensor& k(int layer) const { return tensor(static_cast<size_t>(layer), false); }
+    const vk::Tensor& v(int layer) const { return tensor(static_cast<size_t>(layer), true); }
     bool ring(int layer) const { return layout_.is_ring(static_cast<size_t>(layer)); }
+    // The page table of the full layers (pages_ of kv_write / attention).
+    vk::KvPages pages() const { return vk::KvPages{&table_, static_cast<uint32_t>(pool_ ? pool_->shift() : 0)}; }
 
 private:
-    // The tensor of layer / v, the byte offset of slot `slot` and the bytes of n slots; throws
-    // unless slots [slot, slot + n) exist.
-    std::tuple<const vk::Tensor*, uint64_t, uint64_t> rows(size_t layer, bool v, int64_t slot, int64_t n, const char* what) const {
-        const uint64_t row = layout_.checked_row_bytes(layer, v, slot, n, what);
-        return {&(v ? v_ : k_)[layer], row * static_cast<uint64_t>(slot), row * static_cast<uint64_t>(n)};
+    int64_t page_at(int64_t j) const { return pages_[static_cast<size_t>(j)]; }
+    void assign(int64_t j, uint32_t page) {
+        pages_[static_cast<size_t>(j)] = page;
+        ++held_;
+        if (host_table_[static_cast<size_t>(j)] != static_cast<int32_t>(page)) {
+            host_table_[static_cast<size_t>(j)] = static_cast<int32_t>(page);
+            dirty_ = true;
+        }
+    }
+    const vk::Tensor& tensor(size_t layer, bool v) const {
+        if (layout_.is_ring(layer)) return v ? v_[layer] : k_[layer];
+        return v ? pool_->v(layer) : pool_->k(layer);
+    }
+    // The row of position `slot` in the layer's tensor (-1: its page is not held).
+    int64_t pool_row(size_t layer, int64_t slot) const {
+        if (layout_.is_ring(layer)) return slot;
+        const int64_t pg = page_at(slot >> pool_->shift());
+        return pg < 0 ? -1 : (pg << pool_->shift()) | (slot & (pool_->page_tokens() - 1));
+    }
+    // f(slot, offset from the first, count) for the runs of [slot, slot + n) within one page (a
+    // ring: one run; KvCache splits where a ring wraps).
+    template <class F>
+    void for_runs(size_t layer, int64_t slot, int64_t n, F&& f) const {
+        const bool ring = layout_.is_ring(layer);
+        const int64_t P = ring ? 0 : pool_->page_tokens();
+        for (int64_t done = 0; done < n;) {
+            const int64_t s = slot + done;
+            const int64_t run = ring ? n : std::min(n - done, P - (s & (P - 1)));
+            f(s, done, run);
+            done += run;
+        }
     }
 
     vk::Backend* owner_;  // the device its tensors live on
     KvLayout layout_;
-    std::vector<vk::Tensor> k_, v_;
+    std::shared_ptr<VkKvPool> pool_;  // nullptr: no full layer
+    std::vector<vk::Tensor> k_, v_;   // the rings (per layer; none for a full layer)
+    uint64_t ring_bytes_ = 0;
+    int64_t n_pages_ = 0;
+    vk::Tensor table_;
+    std::vector<int64_t> pages_;        // per page of positions: its pool page, -1 when not held
+    std::vector<int32_t> host_table_;   // what table_ holds (or will, once dirty_ is written)
+    bool dirty_ = false;
+    int64_t covered_ = 0;  // pages [0, covered_) are held
+    int64_t held_ = 0;
 };
 
 class VulkanGraphBackend;
@@ -257,7 +653,30 @@ public:
         return std::make_unique<VkExecutable>(*this, std::move(g));
     }
     std::unique_ptr<KvBuffers> alloc_kv(const KvLayout& layout) override {
-        return std::make_unique<VkKv>(*vk_, layout);
+        check_vulkan_kv_types(layout);
+        return std::make_unique<VkKv>(*vk_, pool_for(layout), layout);
+    }
+    // The pool of pages a cache of `layout` takes its pages from: one of the same shape with room
+    // for its page table in what one buffer binds (else a new one); nullptr when every layer is a
+    // ring.
+    std::shared_ptr<VkKvPool> pool_for(const KvLayout& layout) {
+        bool any_full = false;
+        for (size_t il = 0; il < layout.layers.size(); ++il) any_full |= !layout.is_ring(il);
+        if (!any_full) return nullptr;
+        const int64_t P = vulkan_page_tokens(layout);
+        const int64_t n_pages = (layout.n_ctx + P - 1) / P;
+        std::erase_if(pools_, [](const std::weak_ptr<VkKvPool>& w) { return w.expired(); });
+        for (const auto& w : pools_) {
+            std::shared_ptr<VkKvPool> p = w.lock();
+            if (p && p->matches(layout, P) && p->reserved() + n_pages <= p->max_pages()) return p;
+        }
+        auto p = std::make_shared<VkKvPool>(*vk_, layout, P);
+        if (n_pages > p->max_pages())
+            throw Error(fmt::format("vulkan: the KV cache of {} positions puts more rows in one layer than {} binds in one "
+                                    "buffer ({} bytes); use a smaller -c or a quantized KV cache",
+                                    layout.n_ctx, vk_->device().name, vk_->device().max_storage_buffer_range));
+        pools_.push_back(p);
+        return p;
     }
     void set_progress(std::function<void(uint64_t, uint64_t)> p) { progress_ = std::move(p); }
     uint64_t weight_bytes() const { return weight_bytes_; }
@@ -345,6 +764,17 @@ private:
     uint64_t workspace_bytes_ = 0;
     int64_t xq_elements_ = 0;
     std::vector<VkExecutable*> executables_;  // alive, of this backend
+public:
+    // Bytes of the pools' pages: all of them, or those held.
+    uint64_t pool_bytes(bool held) const {
+        uint64_t b = 0;
+        for (const auto& w : pools_)
+            if (auto p = w.lock()) b += static_cast<uint64_t>(held ? p->held() : p->capacity()) * p->page_bytes();
+        return b;
+    }
+
+private:
+    std::vector<std::weak_ptr<VkKvPool>> pools_;  // the KV page pools (each goes with its last cache)
 };
 
 int VkExecutable::xq_group(const Node& n) const {
@@ -536,9 +966,11 @@ void VkExecutable::kv_node(const Node& n, const NodeViews& v, VkKv& kv, int64_t 
     const int64_t n_tok = v.a.ne(2);
     const int layer = n.attn.layer;
     const bool ring = kv.ring(layer);
+    const vk::KvPages pages = kv.pages();
+    const vk::KvPages* pg = ring ? nullptr : &pages;  // a full layer's rows are in the pool's pages
     if (n.op == Op::StoreKV) {
-        vk_.kv_write(v.a, kv.k(layer), static_cast<uint32_t>(base), ring, kv.layout().type_k);
-        if (!n.attn.v_in_k) vk_.kv_write(v.b, kv.v(layer), static_cast<uint32_t>(base), ring, kv.layout().type_v);
+        vk_.kv_write(v.a, kv.k(layer), static_cast<uint32_t>(base), ring, kv.layout().type_k, pg);
+        if (!n.attn.v_in_k) vk_.kv_write(v.b, kv.v(layer), static_cast<uint32_t>(base), ring, kv.layout().type_v, pg);
     } else {
         vk::AttentionRun r;
         r.pos0 = static_cast<uint32_t>(base);
@@ -547,7 +979,7 @@ void VkExecutable::kv_node(const Node& n, const NodeViews& v, VkKv& kv, int64_t 
         r.k_type = kv.layout().type_k;
         r.v_type = kv.layout().type_v;
         const vk::Tensor* sinks = n.src[1] != graph::kNone ? &t(n.src[1]) : nullptr;
-        vk_.attention(v.a, kv.k(layer), kv.v(layer), v.c, n.attn, r, sinks);
+        vk_.attention(v.a, kv.k(layer), kv.v(layer), v.c, n.attn, r, sinks, pg);
     }
 }
 
@@ -580,6 +1012,12 @@ void VkExecutable::run(const RunArgs& args) {
     } else if (kv_tokens_ > 0) {
         kv = &check_kv(args.kv, args.kv_base, kv_tokens_, -1);
     }
+    // The positions the batch writes get their pages (missing ones taken, shared ones copied, the
+    // page tables written) before anything of the pass is recorded: once per page of tokens.
+    if (seq)
+        for (size_t i = 0; i < args.seq_kv.size(); ++i) args.seq_kv[i]->prepare(args.seq_pos[i], args.seq_pos[i] + 1);
+    else if (kv)
+        kv->prepare(args.kv_base, args.kv_base + kv_tokens_);
     const int64_t base = args.kv_base;
     const auto& nodes = g_.nodes();
     for (size_t ni = 0; ni < nodes.size(); ++ni) {
@@ -642,7 +1080,47 @@ void VkExecutable::run(const RunArgs& args) {
     if (first) vk_.submit();
 }
 
+void VkKvPool::trim() {
+    std::lock_guard lk(book_->mu);
+    const int64_t used = cap_ - static_cast<int64_t>(free_.size());
+    const int64_t spare = cap_ - used;
+    if (spare == 0 || spare < cap_ / 8) return;
+    // Every held page at or above `used` moves to a free page below it.
+    std::vector<int64_t> to(static_cast<size_t>(cap_), -1);
+    std::vector<uint32_t> holes;
+    for (uint32_t f : free_)
+        if (f < used) holes.push_back(f);
+    for (int64_t t = used; t < cap_; ++t) {
+        if (refs_[static_cast<size_t>(t)] == 0) continue;
+        const uint32_t f = holes.back();
+        holes.pop_back();
+        copy_page(static_cast<uint32_t>(t), f);
+        refs_[f] = refs_[static_cast<size_t>(t)];
+        to[static_cast<size_t>(t)] = f;
+    }
+    for (VkKv* c : members_) c->remap(to);
+    for (VkPageRef* r : book_->out)
+        if (to[r->page] >= 0) r->page = static_cast<uint32_t>(to[r->page]);
+    refs_.resize(static_cast<size_t>(used));
+    free_.clear();
+    cap_ = used;
+    resize(used);  // last: a layer left larger (out of memory) still holds every page
+}
+
 }  // namespace
+
+size_t vulkan_kv_layer_bytes(const KvLayout& L, size_t il) {
+    if (L.is_ring(il)) return L.layer_bytes(il);
+    const int64_t P = vulkan_page_tokens(L);
+    const auto rows = static_cast<size_t>((L.n_ctx + P - 1) / P * P);
+    return rows * (L.k_row(il).row_bytes() + (L.layers[il].v_in_k ? 0 : L.v_row(il).row_bytes()));
+}
+
+size_t vulkan_kv_bytes(const KvLayout& L) {
+    size_t b = 0;
+    for (size_t il = 0; il < L.layers.size(); ++il) b += vulkan_kv_layer_bytes(L, il);
+    return b;
+}
 
 const vk::ContextStats* vulkan_stats(const Backend& b) {
     const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
@@ -664,6 +1142,16 @@ uint64_t vulkan_device_bytes(const Backend& b) {
     if (!v) return 0;
     vk::Context& c = v->vk().context();
     return c.heap_used(c.heap_of(vk::MemoryKind::Device));
+}
+
+uint64_t vulkan_kv_pool_bytes(const Backend& b) {
+    const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
+    return v ? v->pool_bytes(false) : 0;
+}
+
+uint64_t vulkan_kv_pool_held_bytes(const Backend& b) {
+    const auto* v = dynamic_cast<const VulkanGraphBackend*>(&b);
+    return v ? v->pool_bytes(true) : 0;
 }
 
 void vulkan_set_progress(Backend& b, std::function<void(uint64_t, uint64_t)> progress) {

@@ -39,10 +39,13 @@ struct ContextOptions {
     // written once when taken (the rings when the context is created, the pages as tokens arrive),
     // so what it holds is really held. false skips the check.
     bool check_memory = true;
-    // Tokens per KV page on the CPU (a power of two). A PrefixCache shares its blocks with the
-    // context by reference when its block_tokens equals this; otherwise their rows are copied.
+    // Tokens per KV page (a power of two). On the CPU a PrefixCache shares its blocks with the
+    // context by reference when its block_tokens equals this; otherwise their rows are copied. On
+    // Vulkan the pages are device memory of a pool shared by the contexts of the model on that
+    // device (a page there holds min(this, n_ctx rounded up to a power of two) positions), shared
+    // by reference with a PrefixCache whose block_tokens equals that.
     int64_t kv_page_tokens = 256;
-    // On the CPU: take every KV page when the context is created and keep them whatever the
+    // Take every KV page when the context is created and keep them whatever the
     // sequence holds (the whole cache really held from the start, as the memory plan counts it:
     // no page to find later; kiln run, chat, logits and bench do this). Sharing a prefix cache's
     // pages then saves computing, not memory. false: pages come and go with the tokens.
@@ -86,13 +89,15 @@ public:
     int64_t n_past() const;   // tokens in the context (= position of the next token)
     int64_t n_ctx() const;
     int64_t n_vocab() const;
-    // Memory of the KV cache when full: what the memory plan counts for this context. On the CPU
-    // the full layers' rows are paged (ContextOptions::kv_page_tokens): pages are taken as the
-    // sequence grows and let go when it shrinks, and a prefix restored from a PrefixCache whose
-    // blocks are pages of this size is shared with the cache and other contexts, not copied.
+    // Memory of the KV cache when full: what the memory plan counts for this context. The full
+    // layers' rows are paged (ContextOptions::kv_page_tokens): pages are taken as the sequence
+    // grows and let go when it shrinks. On the CPU a prefix restored from a PrefixCache whose
+    // blocks are pages of this size is shared with the cache and other contexts, not copied; on
+    // Vulkan likewise with device pages (whole pages: n_ctx rounded up to one).
     size_t kv_bytes() const;
     // Memory the KV cache holds now: the rings and every page of the tokens it holds, the pages it
-    // shares included (kv_bytes() on Vulkan, which allocates the whole cache at once).
+    // shares included (on Vulkan, the device pool it takes pages from keeps pages given back for
+    // the next context that grows).
     size_t kv_bytes_held() const;
     KvStats kv_stats() const;
     std::string kv_summary() const;  // one line: the KV memory by layer kind

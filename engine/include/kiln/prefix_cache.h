@@ -16,7 +16,11 @@
 // of ContextOptions::kv_page_tokens tokens (256 both by default) IS a page: restore makes the
 // context read the cached page by reference (any number of contexts share one copy; a context
 // copies a page only before writing into it), save hands the context's pages to the cache the same
-// way. Otherwise (Vulkan, other block sizes) the rows are copied in and out. Unused blocks go
+// way. On Vulkan, where they live in pages of a device pool, a block of the contexts' page size
+// also keeps a reference to the device page it was saved from, and a context of the same pool
+// restores it by reference likewise (its rows stay in host memory too, for the disk and for other
+// contexts; once no context of that pool is left, the device page goes). Otherwise (other block
+// sizes) the rows are copied in and out. Unused blocks go
 // least recently used first when the memory budget is full; with a directory they are written
 // there first, and a request whose prefix is on disk reads them back. Files are written under a
 // temporary name and renamed, carry the identity, the tokens and a checksum: a corrupt, truncated
