@@ -26,6 +26,7 @@
 #include "kernels/kv_quant.h"
 #include "kiln/error.h"
 #include "quant/quant.h"
+#include "support/vulkan.h"
 
 namespace {
 
@@ -38,37 +39,8 @@ using kiln::vk::Tensor;
 constexpr uint32_t kPoison = 0x7fc00000u;  // quiet NaN
 constexpr uint32_t kPoisonHalves = 0x7e007e00u;  // two f16 NaNs: poisons every scale of a quantized KV head
 
-class VulkanOps : public ::testing::Test {
-public:
-    static void SetUpTestSuite() {
-        try {
-            vk_ = kiln::vk::Backend::open({.device = -1, .require = true, .validation = true});
-        } catch (const kiln::Error& e) {
-            why_ = e.what();
-        }
-    }
-    static void TearDownTestSuite() { vk_.reset(); }
-
+class VulkanOps : public kiln::test::VulkanOpsSuite<VulkanOps> {
 protected:
-    void SetUp() override {
-        if (!vk_) {
-            std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", why_.c_str());
-            GTEST_SKIP() << "no Vulkan device: " << why_;
-        }
-        messages_ = vk_->context().validation_messages();
-    }
-    void TearDown() override {
-        if (vk_) {
-            EXPECT_EQ(vk_->context().validation_messages(), messages_) << "Vulkan validation messages";
-        }
-    }
-    kiln::vk::Backend& vk() { return *vk_; }
-
-    Tensor f32(const std::vector<float>& v, std::initializer_list<int64_t> ne, const char* name) {
-        Tensor t = vk().tensor(TensorType::F32, ne, name);
-        vk().upload(t, v.data(), t.bytes());
-        return t;
-    }
     Tensor i32(const std::vector<int32_t>& v, std::initializer_list<int64_t> ne, const char* name) {
         Tensor t = vk().tensor(TensorType::I32, ne, name);
         vk().upload(t, v.data(), t.bytes());
@@ -79,13 +51,7 @@ protected:
         vk().fill(t, kPoison);
         return t;
     }
-
-    static std::unique_ptr<kiln::vk::Backend> vk_;
-    static std::string why_;
-    uint64_t messages_ = 0;
 };
-std::unique_ptr<kiln::vk::Backend> VulkanOps::vk_;
-std::string VulkanOps::why_;
 
 std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
     std::mt19937 rng(seed);

@@ -52,43 +52,7 @@ size_t bitwise_diffs(const std::vector<float>& got, const std::vector<float>& wa
 
 // ---- the shaders ------------------------------------------------------------------------------
 
-class VulkanPagedKvOps : public ::testing::Test {
-public:
-    static void SetUpTestSuite() {
-        try {
-            vk_ = kiln::vk::Backend::open({.device = -1, .require = true, .validation = true});
-        } catch (const kiln::Error& e) {
-            why_ = e.what();
-        }
-    }
-    static void TearDownTestSuite() { vk_.reset(); }
-
-protected:
-    void SetUp() override {
-        if (!vk_) {
-            std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", why_.c_str());
-            GTEST_SKIP() << "no Vulkan device: " << why_;
-        }
-        messages_ = vk_->context().validation_messages();
-    }
-    void TearDown() override {
-        if (vk_) {
-            EXPECT_EQ(vk_->context().validation_messages(), messages_) << "Vulkan validation messages";
-        }
-    }
-    kiln::vk::Backend& vk() { return *vk_; }
-    Tensor f32(const std::vector<float>& v, std::initializer_list<int64_t> ne, const char* name) {
-        Tensor t = vk().tensor(TensorType::F32, ne, name);
-        vk().upload(t, v.data(), t.bytes());
-        return t;
-    }
-
-    static std::unique_ptr<kiln::vk::Backend> vk_;
-    static std::string why_;
-    uint64_t messages_ = 0;
-};
-std::unique_ptr<kiln::vk::Backend> VulkanPagedKvOps::vk_;
-std::string VulkanPagedKvOps::why_;
+class VulkanPagedKvOps : public kiln::test::VulkanOpsSuite<VulkanPagedKvOps> {};
 
 struct OpCase {
     const char* name;

@@ -4,8 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <initializer_list>
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "backend/vulkan/backend.h"
 #include "backend/vulkan/graph_executor.h"
 #include "kiln/error.h"
 
@@ -24,6 +28,46 @@ inline const std::string& no_vulkan() {
     }();
     return why;
 }
+
+// A suite of op-level tests on one kiln::vk::Backend (validation on), opened once per suite:
+// each test skips loudly without a device and fails if it added validation messages. Derived is
+// the suite's own class (each suite gets its own backend).
+template <class Derived>
+class VulkanOpsSuite : public ::testing::Test {
+public:
+    static void SetUpTestSuite() {
+        try {
+            vk_ = kiln::vk::Backend::open({.device = -1, .require = true, .validation = true});
+        } catch (const kiln::Error& e) {
+            why_ = e.what();
+        }
+    }
+    static void TearDownTestSuite() { vk_.reset(); }
+
+protected:
+    void SetUp() override {
+        if (!vk_) {
+            std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", why_.c_str());
+            GTEST_SKIP() << "no Vulkan device: " << why_;
+        }
+        messages_ = vk_->context().validation_messages();
+    }
+    void TearDown() override {
+        if (vk_) {
+            EXPECT_EQ(vk_->context().validation_messages(), messages_) << "Vulkan validation messages";
+        }
+    }
+    kiln::vk::Backend& vk() { return *vk_; }
+    kiln::vk::Tensor f32(const std::vector<float>& v, std::initializer_list<int64_t> ne, const char* name) {
+        kiln::vk::Tensor t = vk().tensor(kiln::TensorType::F32, ne, name);
+        vk().upload(t, v.data(), t.bytes());
+        return t;
+    }
+
+    static inline std::unique_ptr<kiln::vk::Backend> vk_;
+    static inline std::string why_;
+    uint64_t messages_ = 0;
+};
 
 }  // namespace kiln::test
 
