@@ -16,20 +16,16 @@
 
 #include "backend/backend.h"
 #include "kiln/kiln.h"
+#include "support/paging.h"
 #include "support/shared.h"
 
 namespace {
 
-std::filesystem::path model_path(const std::string& name) {
-    return kiln::test::shared_dir() / "models" / (name + ".gguf");
-}
-
-std::vector<int32_t> prompt(const kiln::Model& m, size_t n, size_t salt = 0) {
-    std::vector<int32_t> t;
-    const auto v = static_cast<size_t>(std::min<int64_t>(m.info().n_vocab, 30000));
-    for (size_t i = 0; i < n; ++i) t.push_back(1 + static_cast<int32_t>((i * 37 + i * i * 11 + salt * 101) % (v - 2)));
-    return t;
-}
+using kiln::test::all_logits;
+using kiln::test::expect_bitwise;
+using kiln::test::part;
+std::filesystem::path model_path(const std::string& name) { return kiln::test::shared_model_path(name); }
+std::vector<int32_t> prompt(const kiln::Model& m, size_t n, size_t salt = 0) { return kiln::test::spread_prompt(m, n, salt); }
 
 // page 256 > n_ctx: one contiguous page, the cold reference.
 kiln::ContextOptions ctx_options(kiln::KvType kv, int64_t page) {
@@ -40,24 +36,6 @@ kiln::ContextOptions ctx_options(kiln::KvType kv, int64_t page) {
     o.kv_type_k = o.kv_type_v = kv;
     o.kv_page_tokens = page;
     return o;
-}
-
-std::vector<float> all_logits(const kiln::Context& ctx) {
-    std::vector<float> out;
-    for (int64_t i = 0; i < ctx.n_logits(); ++i) out.insert(out.end(), ctx.logits(i).begin(), ctx.logits(i).end());
-    return out;
-}
-
-void expect_bitwise(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
-    ASSERT_EQ(got.size(), want.size()) << what;
-    size_t diff = 0, first = 0;
-    for (size_t i = 0; i < got.size(); ++i)
-        if (std::memcmp(&got[i], &want[i], 4) != 0 && diff++ == 0) first = i;
-    EXPECT_EQ(diff, 0u) << what << ": " << diff << " logits differ, first at " << first;
-}
-
-std::span<const int32_t> part(const std::vector<int32_t>& t, size_t from, size_t to) {
-    return std::span<const int32_t>(t.data() + from, to - from);
 }
 
 // The logits of tokens[split, end) of a cold context (one contiguous page) that decoded

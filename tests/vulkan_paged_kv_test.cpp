@@ -24,6 +24,7 @@
 #include "kiln/kiln.h"
 #include "model/model_impl.h"
 #include "runtime/shared_backend.h"
+#include "support/paging.h"
 #include "support/shared.h"
 #include "support/vulkan.h"
 
@@ -156,14 +157,11 @@ TEST_F(VulkanPagedKvOps, EveryKernelReadsThroughShuffledPagesBitExact) {
 
 // ---- whole models -------------------------------------------------------------------------------
 
-std::filesystem::path model_path(const std::string& name) { return kiln::test::shared_dir() / "models" / (name + ".gguf"); }
-
-std::vector<int32_t> prompt(const kiln::Model& m, size_t n, size_t salt = 0) {
-    std::vector<int32_t> t;
-    const auto v = static_cast<size_t>(std::min<int64_t>(m.info().n_vocab, 30000));
-    for (size_t i = 0; i < n; ++i) t.push_back(1 + static_cast<int32_t>((i * 37 + i * i * 11 + salt * 101) % (v - 2)));
-    return t;
-}
+using kiln::test::all_logits;
+using kiln::test::expect_bitwise;
+using kiln::test::part;
+std::filesystem::path model_path(const std::string& name) { return kiln::test::shared_model_path(name); }
+std::vector<int32_t> prompt(const kiln::Model& m, size_t n, size_t salt = 0) { return kiln::test::spread_prompt(m, n, salt); }
 
 // page >= n_ctx: one page covering the context, the reference.
 kiln::ContextOptions vk_options(kiln::KvType kv, int64_t page, int64_t n_ctx = 128) {
@@ -175,22 +173,6 @@ kiln::ContextOptions vk_options(kiln::KvType kv, int64_t page, int64_t n_ctx = 1
     o.kv_type_k = o.kv_type_v = kv;
     o.kv_page_tokens = page;
     return o;
-}
-
-std::vector<float> all_logits(const kiln::Context& ctx) {
-    std::vector<float> out;
-    for (int64_t i = 0; i < ctx.n_logits(); ++i) out.insert(out.end(), ctx.logits(i).begin(), ctx.logits(i).end());
-    return out;
-}
-
-void expect_bitwise(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
-    size_t first = 0;
-    const size_t diff = bitwise_diffs(got, want, &first);
-    EXPECT_EQ(diff, 0u) << what << ": " << diff << " logits differ, first at " << first;
-}
-
-std::span<const int32_t> part(const std::vector<int32_t>& t, size_t from, size_t to) {
-    return std::span<const int32_t>(t.data() + from, to - from);
 }
 
 // Device bytes of the KV page pools of the model's one shared Vulkan backend (held: of the pages
