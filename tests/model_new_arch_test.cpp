@@ -10,6 +10,7 @@
 #include "gguf/writer.h"
 #include "kiln/error.h"
 #include "kiln/kiln.h"
+#include "support/shared.h"
 
 namespace {
 
@@ -28,7 +29,7 @@ std::string edited_copy(const char* src, const std::string& tag, const std::func
         if (t.name == drop) continue;
         w.add_tensor(t.name, t.type, t.shape, std::vector<uint8_t>(t.data, t.data + t.n_bytes));
     }
-    const fs::path out = fs::temp_directory_path() / ("kiln-arch-" + tag + ".gguf");
+    const fs::path out = kiln::test::temp_path("arch-" + tag + ".gguf");
     w.write(out.string());
     return out.string();
 }

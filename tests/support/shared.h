@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <string>
 
+#include <unistd.h>
+
 namespace kiln::test {
 
 inline std::filesystem::path shared_dir() {
@@ -17,10 +19,22 @@ inline std::filesystem::path shared_dir() {
 
 inline bool have_shared(const std::string& sub) { return std::filesystem::is_directory(shared_dir() / sub); }
 
+// A file name in this test process's own scratch directory, $TMPDIR/kiln-tests/<pid>/: ctest runs
+// every test in its own process, two at a time, so a fixed name shared between processes would let
+// one test truncate a file another is reading. The directory goes when the process exits.
 inline std::filesystem::path temp_path(const std::string& name) {
-    auto dir = std::filesystem::temp_directory_path() / "kiln-tests";
-    std::filesystem::create_directories(dir);
-    return dir / name;
+    struct ProcessDir {
+        pid_t owner = ::getpid();
+        std::filesystem::path path = std::filesystem::temp_directory_path() / "kiln-tests" / std::to_string(owner);
+        ProcessDir() { std::filesystem::create_directories(path); }
+        ~ProcessDir() {
+            std::error_code ec;
+            if (::getpid() == owner) std::filesystem::remove_all(path, ec);  // not in a forked child
+        }
+    };
+    static const ProcessDir dir;
+    std::filesystem::create_directories(dir.path);
+    return dir.path / name;
 }
 
 }  // namespace kiln::test
