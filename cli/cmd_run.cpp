@@ -12,6 +12,7 @@
 #include "cli/model_load.h"
 #include "cli/progress.h"
 #include "kiln/kiln.h"
+#include "kiln/memory.h"
 
 namespace kiln::cli {
 namespace {
@@ -137,6 +138,10 @@ int run_run(const std::vector<std::string>& argv) {
         print_rate("eval time", r.generate_ms, r.n_generated, "runs");
         fmt::print(stderr, "{:<17}= {:10.2f} ms / {:5} tokens (stopped: {}, seed {})\n", "total time",
                    load_ms + r.prompt_ms + r.generate_ms, static_cast<int64_t>(tokens.size()) + r.n_generated, stop_reason, r.seed);
+        // On the CPU backend, what `kiln fit` plans for the same flags.
+        if (const size_t peak = peak_resident_bytes())
+            fmt::print(stderr, "{:<17}= {:10.2f} MiB resident in RAM at most\n", "peak memory",
+                       static_cast<double>(peak) / (1 << 20));
     }
     return 0;
 }

@@ -77,6 +77,7 @@ ProcessMemory process_memory() {
     m.rss = proc_kb("/proc/self/status", "VmRSS").value_or(0);
     m.rss_anon = proc_kb("/proc/self/status", "RssAnon").value_or(m.rss);
     m.vm_size = proc_kb("/proc/self/status", "VmSize").value_or(0);
+    m.peak_rss = proc_kb("/proc/self/status", "VmHWM").value_or(m.rss);
     return m;
 }
 
@@ -208,6 +209,8 @@ std::string format_bytes(size_t b) {
     if (b >= (size_t{1} << 20)) return fmt::format("{:.1f} MiB", d / (1 << 20));
     return fmt::format("{:.1f} KiB", d / 1024);
 }
+
+size_t peak_resident_bytes() { return runtime::process_memory().peak_rss; }
 
 MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& o) {
     const Model::Impl& m = *model.impl();

@@ -22,7 +22,7 @@ KvStats kv_stats(const backend::KvLayout& layout);
 
 // This process's memory now (from /proc/self/status; 0 where unreadable).
 struct ProcessMemory {
-    size_t rss = 0, rss_anon = 0, vm_size = 0;
+    size_t rss = 0, rss_anon = 0, vm_size = 0, peak_rss = 0;
 };
 ProcessMemory process_memory();
 // Resident bytes of this process's mapping that starts at `start` (from /proc/self/smaps; 0 when

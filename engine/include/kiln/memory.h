@@ -96,4 +96,9 @@ MemoryPlan plan_memory(const Model& model, const MemoryPlanOptions& options);
 // "1.23 GiB", "456.0 MiB", "12.0 KiB".
 std::string format_bytes(size_t bytes);
 
+// The most memory this process has had resident since it started (Linux: VmHWM of
+// /proc/self/status, which starts afresh at exec, unlike getrusage's ru_maxrss, which keeps the
+// forking parent's); 0 where the system does not say.
+size_t peak_resident_bytes();
+
 }  // namespace kiln
