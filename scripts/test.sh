@@ -31,4 +31,11 @@ fuzz jinja "${KILN_FUZZ_SECONDS:-30}" build/release/fuzz-corpus/jinja
 # Which CPU kernel levels this machine runs: the model reference tests run once per level, and the
 # levels the CPU lacks are reported by ctest as skipped.
 ./build/release/kiln_tests --gtest_filter='KernelLevels.ThisCpu' | grep '^\[ levels \]' | sed 's/^\[ levels \]/kiln test:/' || true
-ctest --preset release -j"$jobs"
+# A failed test's output is printed where it finished, far above the summary; run the failed ones
+# again at the end, one at a time, so their output is the last thing printed. The exit status stays
+# the first run's.
+if ! ctest --preset release -j"$jobs"; then
+  echo "kiln test: FAILED; running the failed tests again, alone, with their output:"
+  ctest --preset release --rerun-failed --output-on-failure -j1 || true
+  exit 1
+fi
