@@ -5,7 +5,8 @@
 //  - whole models (GQA, gemma3's rings, MLA; f16 and q8_0 caches) give bit for bit the logits of
 //    one page covering the context, across page boundaries, with two contexts whose pages
 //    interleave in the pool, also when decoded as one batch;
-//  - a prefix restored from a PrefixCache into a paged context equals its cold prefill;
+//  - a prefix restored from a PrefixCache (from memory, and from disk after a restart) into a paged
+//    context equals its cold prefill;
 //  - the memory a context holds follows its tokens, and pages given back are reused.
 // Skipped (loudly) without a Vulkan device (lavapipe counts) or /work/shared.
 #include <gtest/gtest.h>
@@ -14,6 +15,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -263,7 +266,12 @@ TEST_P(VulkanPagedKvModels, RestoredPrefixEqualsColdPrefill) {
     const std::vector<int32_t> tokens = prompt(model, 64);
     kiln::PrefixCacheOptions po;
     po.block_tokens = 16;
-    kiln::PrefixCache cache(model, po);
+    po.dir = kiln::test::temp_path("vk-prefix-" + k.model + "-" + std::string(kiln::kv_type_name(k.kv))).string();
+    std::filesystem::remove_all(po.dir);
+    std::vector<std::string> logged;
+    po.log = [&](const std::string& m) { logged.push_back(m); };
+    auto cache_ptr = std::make_unique<kiln::PrefixCache>(model, po);
+    kiln::PrefixCache& cache = *cache_ptr;
     kiln::Context cold(model, vk_options(k.kv, 16));
     cold.decode(part(tokens, 0, 48));
     EXPECT_EQ(cache.save(cold, tokens), 3u);
@@ -283,6 +291,19 @@ TEST_P(VulkanPagedKvModels, RestoredPrefixEqualsColdPrefill) {
     one.decode(part(tokens, 0, 48));
     one.decode(part(tokens, 48, 64), true);
     expect_bitwise(all_logits(one), want, k.model + ": one page");
+
+    // The disk tier: the blocks written (read back from the device pages), a new cache on the same
+    // directory (a restart) restores them into the pages of a new context.
+    EXPECT_EQ(cache.flush(), 3u);
+    cache_ptr.reset();
+    kiln::PrefixCache restarted(model, po);
+    kiln::Context from_disk(model, vk_options(k.kv, 16));
+    ASSERT_EQ(restarted.restore(from_disk, tokens, 63), 48);
+    EXPECT_EQ(restarted.stats().disk_hit_tokens, 48u);
+    from_disk.decode(part(tokens, 48, 64), true);
+    expect_bitwise(all_logits(from_disk), want, k.model + ": restored from disk");
+    EXPECT_TRUE(logged.empty()) << logged.front();
+    std::filesystem::remove_all(po.dir);
 }
 
 // Blocks of 16 are the device pages of contexts with pages of 16: the cache takes the saving

@@ -29,6 +29,7 @@
 #include "kiln/error.h"
 #include "quant/quant.h"
 #include "support/run.h"
+#include "support/vulkan.h"
 
 namespace {
 
@@ -41,38 +42,8 @@ constexpr uint32_t kPoison = 0x7fc00000u;  // quiet NaN
 
 // ---- the shared backend --------------------------------------------------------------------
 
-class VulkanTest : public ::testing::Test {
-public:
-    static void SetUpTestSuite() {
-        try {
-            backend_ = Backend::open({.device = -1, .require = true, .validation = true});
-        } catch (const kiln::Error& e) {
-            why_ = e.what();
-        }
-    }
-    static void TearDownTestSuite() { backend_.reset(); }
-
-protected:
-    void SetUp() override {
-        if (!backend_) {
-            std::fprintf(stderr, "\n*** SKIPPED: no Vulkan device (%s) ***\n\n", why_.c_str());
-            GTEST_SKIP() << "no Vulkan device: " << why_;
-        }
-        messages_ = backend_->context().validation_messages();
-    }
-    void TearDown() override {
-        if (backend_) {
-            EXPECT_EQ(backend_->context().validation_messages(), messages_) << "Vulkan validation messages";
-        }
-    }
-    Backend& vk() { return *backend_; }
-
-    static std::unique_ptr<Backend> backend_;
-    static std::string why_;
-    uint64_t messages_ = 0;
-};
-std::unique_ptr<Backend> VulkanTest::backend_;
-std::string VulkanTest::why_;
+// One backend (validation on) for every test of this file, the matmul cases included.
+class VulkanTest : public kiln::test::VulkanOpsSuite<VulkanTest> {};
 
 // ---- random data and references ------------------------------------------------------------
 
@@ -135,12 +106,6 @@ double rel_error(const std::vector<float>& got, const std::vector<double>& want)
         scale = std::max(scale, std::fabs(want[i]));
     }
     return scale > 0 ? err / scale : err;
-}
-
-Tensor upload_f32(Backend& vk, const std::vector<float>& v, std::initializer_list<int64_t> ne, const char* name) {
-    Tensor t = vk.tensor(TensorType::F32, ne, name);
-    vk.upload(t, v.data(), t.bytes());
-    return t;
 }
 
 Tensor upload_i32(Backend& vk, const std::vector<int32_t>& v, const char* name) {
@@ -385,7 +350,7 @@ TEST_F(VulkanTest, OutOfMemoryIsRefusedBeforeAllocating) {
 
 TEST_F(VulkanTest, UploadFillAndReadBack) {
     const auto v = random_floats(100003, 1);
-    Tensor t = upload_f32(vk(), v, {100003}, "roundtrip");
+    Tensor t = f32(v, {100003}, "roundtrip");
     EXPECT_EQ(vk().read_f32(t), v);
     vk().fill(t, kPoison);
     for (float f : vk().read_f32(t)) ASSERT_TRUE(std::isnan(f));
@@ -394,7 +359,7 @@ TEST_F(VulkanTest, UploadFillAndReadBack) {
     const int64_t n = (80 << 20) / 4;
     std::vector<float> big(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) big[static_cast<size_t>(i)] = static_cast<float>(i % 1000003) + 0.5f;
-    Tensor b = upload_f32(vk(), big, {n}, "streamed");
+    Tensor b = f32(big, {n}, "streamed");
     EXPECT_TRUE(vk().read_f32(b) == big);
 
     const std::string e = error_of([&] { vk().upload(t, v.data(), 12); });
@@ -404,7 +369,7 @@ TEST_F(VulkanTest, UploadFillAndReadBack) {
 TEST_F(VulkanTest, AGraphIsOneSubmitWithBarriersOnlyWhereNeeded) {
     const int64_t n = 5000;
     const auto a = random_floats(n, 2), b = random_floats(n, 3);
-    Tensor ta = upload_f32(vk(), a, {n}, "a"), tb = upload_f32(vk(), b, {n}, "b");
+    Tensor ta = f32(a, {n}, "a"), tb = f32(b, {n}, "b");
     vk().submit();
     Tensor s1 = vk().tensor(TensorType::F32, {n}, "s1"), s2 = vk().tensor(TensorType::F32, {n}, "s2");
     Tensor out = vk().tensor(TensorType::F32, {n}, "out");
@@ -489,7 +454,7 @@ TEST_P(VulkanMatmul, MatchesTheReferenceForEveryTokenCountAndKernel) {
     for (int64_t n : {1, 7, 64}) {
         const auto x = random_floats(static_cast<size_t>(K * n), 100 + static_cast<uint32_t>(n));
         const auto want = matmul_ref(wf, x, K, N, n);
-        Tensor tx = upload_f32(vk(), x, {K, n}, "x");
+        Tensor tx = f32(x, {K, n}, "x");
         for (MatmulKernel kernel : {MatmulKernel::Vector, MatmulKernel::Tiled, MatmulKernel::Auto}) {
             Tensor y = poisoned(vk(), TensorType::F32, {N, n}, "y");
             vk().matmul(w, tx, y, kernel);
@@ -592,7 +557,7 @@ TEST_F(VulkanTest, IntegerDotMatvecMatchesTheReferenceOnRoundedActivations) {
             // x far from the rounded reference would show that the variant did not run).
             const auto want_rounded = matmul_ref(wf, round8(x, static_cast<size_t>(G)), K, N, n);
             const auto want_raw = dot ? want_rounded : matmul_ref(wf, x, K, N, n);
-            Tensor tx = upload_f32(vk(), x, {K, n}, "x");
+            Tensor tx = f32(x, {K, n}, "x");
             Tensor tr = vk().tensor(TensorType::F32, {K, n}, "x rounded");
             vk().quantize_x(tx, tr, G);
             for (bool subgroup : {false, true}) {
@@ -622,7 +587,7 @@ INSTANTIATE_TEST_SUITE_P(Vulkan, VulkanMatmul, ::testing::ValuesIn(kMatmulCases)
 TEST_F(VulkanTest, MatmulF32WithRowsNotAMultipleOfTheTileDepth) {
     const int64_t K = 300, N = 70, n = 9;  // K % 16 != 0 exercises the tiled kernel's tail
     const auto wf = random_floats(static_cast<size_t>(K * N), 7), x = random_floats(static_cast<size_t>(K * n), 8);
-    Tensor w = upload_f32(vk(), wf, {K, N}, "w"), tx = upload_f32(vk(), x, {K, n}, "x");
+    Tensor w = f32(wf, {K, N}, "w"), tx = f32(x, {K, n}, "x");
     for (MatmulKernel kernel : {MatmulKernel::Vector, MatmulKernel::Tiled}) {
         Tensor y = poisoned(vk(), TensorType::F32, {N, n}, "y");
         vk().matmul(w, tx, y, kernel);
@@ -656,7 +621,7 @@ TEST_F(VulkanTest, GetRowsDecodesEveryType) {
         EXPECT_LT(err, 1e-6) << kiln::type_name(c.type);
     }
     // An id outside the table reads as NaN, never as another row.
-    Tensor table = upload_f32(vk(), random_floats(64 * 3, 9), {64, 3}, "small");
+    Tensor table = f32(random_floats(64 * 3, 9), {64, 3}, "small");
     Tensor tid = upload_i32(vk(), {2, 3, -1}, "ids");
     Tensor out = poisoned(vk(), TensorType::F32, {64, 3}, "out");
     vk().fill(out, 0);
@@ -685,7 +650,7 @@ TEST_F(VulkanTest, RmsNormWithAndWithoutWeightAndInPlace) {
                 weighted[r * K + k] = x[r * K + k] * s * w[k];
             }
         }
-        Tensor tx = upload_f32(vk(), x, {K, n}, "x"), tw = upload_f32(vk(), w, {K}, "w");
+        Tensor tx = f32(x, {K, n}, "x"), tw = f32(w, {K}, "w");
         Tensor a = poisoned(vk(), TensorType::F32, {K, n}, "a"), b = poisoned(vk(), TensorType::F32, {K, n}, "b");
         vk().rms_norm(tx, nullptr, a, eps);
         vk().rms_norm(tx, &tw, b, eps);
@@ -710,7 +675,7 @@ TEST_F(VulkanTest, SoftmaxWithScale) {
             for (int64_t k = 0; k < K; ++k) s += std::exp(0.5 * x[r * K + k] - m);
             for (int64_t k = 0; k < K; ++k) want[r * K + k] = std::exp(0.5 * x[r * K + k] - m) / s;
         }
-        Tensor tx = upload_f32(vk(), x, {K, n}, "x");
+        Tensor tx = f32(x, {K, n}, "x");
         Tensor y = poisoned(vk(), TensorType::F32, {K, n}, "y");
         vk().softmax(tx, y, 0.5f);
         const double err = rel_error(vk().read_f32(y), want);
@@ -758,7 +723,7 @@ TEST_F(VulkanTest, RopeNormalAndNeoxWithPartialDimsAndLinearScaling) {
             std::mt19937 rng(static_cast<uint32_t>(n));
             for (auto& p : pos) p = static_cast<int32_t>(rng() % 4096);
             const auto want = rope_ref(x, pos, c.head_dim, nh, c.n_dims, c.neox, c.base, c.scale);
-            Tensor tx = upload_f32(vk(), x, {c.head_dim, nh, n}, "x"), tp = upload_i32(vk(), pos, "pos");
+            Tensor tx = f32(x, {c.head_dim, nh, n}, "x"), tp = upload_i32(vk(), pos, "pos");
             Tensor y = poisoned(vk(), TensorType::F32, {c.head_dim, nh, n}, "y");
             kiln::graph::RopeParams rp;
             rp.mode = c.neox ? kiln::graph::RopeMode::Neox : kiln::graph::RopeMode::Normal;
@@ -785,8 +750,8 @@ TEST_F(VulkanTest, ElementwiseOps) {
         const int64_t K = 1003, N = K * n;
         const auto a = random_floats(static_cast<size_t>(N), 60, -6, 6), b = random_floats(static_cast<size_t>(N), 61, -6, 6);
         const auto row = random_floats(static_cast<size_t>(K), 62);
-        Tensor ta = upload_f32(vk(), a, {K, n}, "a"), tb = upload_f32(vk(), b, {K, n}, "b");
-        Tensor trow = upload_f32(vk(), row, {K}, "row");
+        Tensor ta = f32(a, {K, n}, "a"), tb = f32(b, {K, n}, "b");
+        Tensor trow = f32(row, {K}, "row");
         struct Op {
             const char* name;
             std::function<void(const Tensor&)> run;
@@ -821,7 +786,7 @@ TEST_F(VulkanTest, ElementwiseOps) {
         }
     }
     // gelu saturates cleanly far out.
-    Tensor far = upload_f32(vk(), {-100.f, -20.f, 20.f, 100.f}, {4}, "far");
+    Tensor far = f32({-100.f, -20.f, 20.f, 100.f}, {4}, "far");
     vk().gelu(far, far);
     const auto g = vk().read_f32(far);
     EXPECT_NEAR(g[0], 0.0f, 1e-6f);
@@ -837,7 +802,7 @@ TEST_F(VulkanTest, KvWriteStoresHalvesAtTheirPositions) {
     for (int64_t n : {1, 7, 64}) {
         const uint32_t pos = n == 64 ? 16 : 5;
         const auto src = random_floats(static_cast<size_t>(hd * nkv * n), 70 + static_cast<uint32_t>(n), -4, 4);
-        Tensor ts = upload_f32(vk(), src, {hd, nkv, n}, "k");
+        Tensor ts = f32(src, {hd, nkv, n}, "k");
         Tensor cache = poisoned(vk(), TensorType::F16, {hd, nkv, n_ctx}, "k_cache");
         vk().kv_write(ts, cache, pos);
         std::vector<uint16_t> got(static_cast<size_t>(hd * nkv * n_ctx));
@@ -926,7 +891,7 @@ TEST_F(VulkanTest, AttentionCausalGqaSlidingWindowAgainstTheReference) {
             p.n_kv = static_cast<uint32_t>(n == 1 ? 139 : 137);  // > 2 tiles of keys, not a multiple of one
             p.pos0 = p.n_kv - static_cast<uint32_t>(n);
             const auto q = random_floats(static_cast<size_t>(c.Dk * c.nh * n), 90 + static_cast<uint32_t>(n), -2, 2);
-            Tensor tq = upload_f32(vk(), q, {c.Dk, c.nh, n}, "q");
+            Tensor tq = f32(q, {c.Dk, c.nh, n}, "q");
             Tensor out = poisoned(vk(), TensorType::F32, {c.Dv, c.nh, n}, "out");
             vk().attention(tq, tk, tv, out, ap, p);
             const double err = rel_error(vk().read_f32(out), attention_ref(q, kc, vc, c.Dk, c.Dv, c.nh, c.nkv, n, ap, p));
@@ -948,8 +913,8 @@ TEST_F(VulkanTest, AttentionAfterKvWriteInOneSubmit) {
     vk().submit();
     const auto k = random_floats(static_cast<size_t>(D * nkv * n), 112), v = random_floats(static_cast<size_t>(D * nkv * n), 113);
     const auto q = random_floats(static_cast<size_t>(D * nh * n), 114);
-    Tensor tkn = upload_f32(vk(), k, {D, nkv, n}, "k"), tvn = upload_f32(vk(), v, {D, nkv, n}, "v");
-    Tensor tq = upload_f32(vk(), q, {D, nh, n}, "q");
+    Tensor tkn = f32(k, {D, nkv, n}, "k"), tvn = f32(v, {D, nkv, n}, "v");
+    Tensor tq = f32(q, {D, nh, n}, "q");
     Tensor out = poisoned(vk(), TensorType::F32, {D, nh, n}, "out");
     const auto before = vk().stats().submits;
     vk().kv_write(tkn, tk, pos0);
