@@ -360,10 +360,12 @@ void run_int_tiles(const Plan& p, ThreadPool& pool, uint8_t* xbuf) {
                 const uint8_t* xs = xbuf + static_cast<size_t>(k0 / f.group) * xgroup;
                 for (int64_t tc = t0; tc < t0 + nt; tc += kTokenChunk) {
                     const int64_t ntc = std::min(kTokenChunk, t0 + nt - tc);
-                    for (int64_t bi = 0; bi < nblk; ++bi)
-                        gemm_vnni(f, area + static_cast<size_t>(bi) * blk_bytes, kc, xs + static_cast<size_t>(tc) * xrow,
-                                  xrow, ntc, p.y + tc * p.rows + r0 + bi * kVnniRows, p.rows,
-                                  std::min<int64_t>(kVnniRows, nr - bi * kVnniRows), k0 > 0);
+                    for (int64_t bi = 0; bi < nblk; bi += 2) {  // two blocks of rows per pass over the tokens
+                        const int nb = bi + 1 < nblk ? 2 : 1;
+                        gemm_vnni(f, p.grid, area + static_cast<size_t>(bi) * blk_bytes, blk_bytes, nb, kc,
+                                  xs + static_cast<size_t>(tc) * xrow, xrow, ntc, p.y + tc * p.rows + r0 + bi * kVnniRows,
+                                  p.rows, std::min<int64_t>(kVnniRows, nr - (bi + nb - 1) * kVnniRows), k0 > 0);
+                    }
                 }
             }
         }

@@ -55,7 +55,7 @@ using UnpackFn = void (*)(const void* w, int64_t n, uint8_t* codes, float* s, fl
 UnpackFn unpacker_scalar(TensorType t);
 
 // Activations for the integer tiles: per group of G, int8 codes then {float d, int32 corr =
-// offset * sum(codes), float dsum = d * sum(codes), pad}.
+// offset * sum(codes), float sum(codes), float dsum = d * sum(codes)}.
 constexpr int kVnniRows = 16;  // weight rows per packed block (one zmm of int32 lanes)
 inline size_t vnni_xgroup_bytes(int group) { return static_cast<size_t>(group) + 16; }
 inline size_t vnni_xrow_bytes(int group, int64_t k) { return static_cast<size_t>(k / group) * vnni_xgroup_bytes(group); }
@@ -100,10 +100,12 @@ struct VnniGemv {
     void (*rows)(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t r1, int64_t k, const uint8_t* x, float* y) = nullptr;
 };
 VnniGemv vnni_gemv(TensorType t);
-// y[t*ldy + r] (+)= packed block (nrows valid rows) x activations of nt tokens (token stride
-// xstride bytes; x points at the slice's first group).
-void gemm_vnni(const CodeFormat& f, const uint8_t* packed, int64_t kc, const uint8_t* x,
-               size_t xstride, int64_t nt, float* y, int64_t ldy, int64_t nrows, bool accumulate);
+// y[t*ldy + r] (+)= n_blocks (1 or 2) packed blocks of rows (bstride bytes apart, consecutive
+// rows; last_rows valid rows in the last) x activations of nt tokens (token stride xstride bytes;
+// x points at the slice's first group, which starts an activation grid block of `grid` elements:
+// the x of quantize_x_vnni with that grid).
+void gemm_vnni(const CodeFormat& f, int grid, const uint8_t* packed, size_t bstride, int n_blocks, int64_t kc,
+               const uint8_t* x, size_t xstride, int64_t nt, float* y, int64_t ldy, int64_t last_rows, bool accumulate);
 #endif
 
 }  // namespace kiln::kernels::detail

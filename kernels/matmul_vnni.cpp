@@ -184,63 +184,126 @@ KILN_VNNI inline float load_f32(const uint8_t* p) {
     return v;
 }
 
-template <int G, int NT, bool MIN>
-KILN_VNNI void kern(const uint8_t* packed, int64_t ng, const uint8_t* x, size_t xstride, float* y, int64_t ldy,
-                    __mmask16 rows_mask, bool accumulate) {
+// RB blocks of 16 rows (packed blocks `bstride` bytes apart; rows_mask: the valid rows of the
+// last) x NT tokens over ng groups: each activation dword loaded is used by RB integer dots.
+// SHARED: the activation scale d is the same for the pg groups of one activation grid block
+// (pg = grid / G > 1), so each group's integer dot is scaled by its weight scale alone and summed
+// in floats, and the sum multiplied by d once per grid block (per group and token one convert and
+// one multiply-add, two with mins, besides the integer dots). Otherwise (pg = 1) each group's dot
+// is scaled by its weight scale times its d.
+template <int G, int NT, int RB, bool MIN, bool SHARED>
+KILN_VNNI void kern(const uint8_t* packed, size_t bstride, int64_t ng, int64_t pg, const uint8_t* x, size_t xstride,
+                    float* y, int64_t ldy, __mmask16 rows_mask, bool accumulate) {
     constexpr size_t kGroupBytes = static_cast<size_t>(kVnniRows) * G + 2 * kVnniRows * sizeof(float);
     constexpr size_t kXGroup = G + 16;
-    __m512 facc[NT];
-    for (int t = 0; t < NT; ++t) facc[t] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < ng; ++g) {
-        const uint8_t* c = packed + static_cast<size_t>(g) * kGroupBytes;
-        const uint8_t* xg = x + static_cast<size_t>(g) * kXGroup;
-        __m512i iacc[NT];
-        for (int t = 0; t < NT; ++t) iacc[t] = _mm512_setzero_si512();
-        for (int j = 0; j < G / 4; ++j) {
-            const __m512i wv = _mm512_load_si512(c + 64 * j);
-            for (int t = 0; t < NT; ++t)
-                iacc[t] = _mm512_dpbusd_epi32(iacc[t], wv, _mm512_set1_epi32(load_i32(xg + t * xstride + 4 * j)));
+    if constexpr (!SHARED) pg = 1;
+    __m512 facc[RB][NT];
+    for (int b = 0; b < RB; ++b)
+        for (int t = 0; t < NT; ++t) facc[b][t] = _mm512_setzero_ps();
+    for (int64_t g0 = 0; g0 < ng; g0 += pg) {
+        __m512 sb[RB][NT];
+        if constexpr (SHARED)
+            for (int b = 0; b < RB; ++b)
+                for (int t = 0; t < NT; ++t) sb[b][t] = _mm512_setzero_ps();
+        for (int64_t g = g0; g < g0 + pg; ++g) {
+            const uint8_t* c = packed + static_cast<size_t>(g) * kGroupBytes;
+            const uint8_t* xg = x + static_cast<size_t>(g) * kXGroup;
+            __m512i iacc[RB][NT];
+            for (int b = 0; b < RB; ++b)
+                for (int t = 0; t < NT; ++t) iacc[b][t] = _mm512_setzero_si512();
+            for (int j = 0; j < G / 4; ++j) {
+                __m512i wv[RB];
+                for (int b = 0; b < RB; ++b) wv[b] = _mm512_load_si512(c + b * bstride + 64 * j);
+                for (int t = 0; t < NT; ++t) {
+                    const __m512i xv = _mm512_set1_epi32(load_i32(xg + t * xstride + 4 * j));
+                    for (int b = 0; b < RB; ++b) iacc[b][t] = _mm512_dpbusd_epi32(iacc[b][t], wv[b], xv);
+                }
+            }
+            for (int b = 0; b < RB; ++b) {
+                const float* so = reinterpret_cast<const float*>(c + b * bstride + kVnniRows * G);
+                const __m512 s = _mm512_load_ps(so);
+                for (int t = 0; t < NT; ++t) {
+                    const uint8_t* xr = xg + t * xstride + G;  // d, corr, sum of codes, d x sum
+                    __m512i acc = iacc[b][t];
+                    if constexpr (!MIN) acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(load_i32(xr + 4)));
+                    const __m512 o = _mm512_load_ps(so + kVnniRows);
+                    if constexpr (SHARED) {
+                        sb[b][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, sb[b][t]);
+                        if constexpr (MIN) sb[b][t] = _mm512_fmadd_ps(o, _mm512_set1_ps(load_f32(xr + 8)), sb[b][t]);
+                    } else {
+                        const __m512 d = _mm512_set1_ps(load_f32(xr));
+                        facc[b][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(s, d), facc[b][t]);
+                        if constexpr (MIN) facc[b][t] = _mm512_fmadd_ps(o, _mm512_set1_ps(load_f32(xr + 12)), facc[b][t]);
+                    }
+                }
+            }
         }
-        const float* so = reinterpret_cast<const float*>(c + kVnniRows * G);
-        const __m512 s = _mm512_load_ps(so);
+        if constexpr (SHARED) {
+            const uint8_t* xd = x + static_cast<size_t>(g0) * kXGroup + G;
+            for (int t = 0; t < NT; ++t) {
+                const __m512 d = _mm512_set1_ps(load_f32(xd + t * xstride));
+                for (int b = 0; b < RB; ++b) facc[b][t] = _mm512_fmadd_ps(sb[b][t], d, facc[b][t]);
+            }
+        }
+    }
+    for (int b = 0; b < RB; ++b)
         for (int t = 0; t < NT; ++t) {
-            const uint8_t* xr = xg + t * xstride + G;  // d, corr, dsum
-            __m512i acc = iacc[t];
-            if constexpr (!MIN) acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(load_i32(xr + 4)));
-            facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(s, _mm512_set1_ps(load_f32(xr))), facc[t]);
-            if constexpr (MIN) facc[t] = _mm512_fmadd_ps(_mm512_load_ps(so + kVnniRows), _mm512_set1_ps(load_f32(xr + 8)), facc[t]);
+            float* out = y + t * ldy + b * kVnniRows;
+            const __mmask16 m = b == RB - 1 ? rows_mask : static_cast<__mmask16>(0xFFFF);
+            __m512 v = facc[b][t];
+            if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, out));
+            _mm512_mask_storeu_ps(out, m, v);
         }
-    }
-    for (int t = 0; t < NT; ++t) {
-        float* out = y + t * ldy;
-        __m512 v = facc[t];
-        if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(rows_mask, out));
-        _mm512_mask_storeu_ps(out, rows_mask, v);
-    }
 }
 
-template <int G, bool MIN>
-KILN_VNNI void kern_tokens(const uint8_t* packed, int64_t ng, const uint8_t* x, size_t xstride, int64_t nt, float* y,
-                           int64_t ldy, __mmask16 mask, bool acc) {
+// Every token, NT at a time (8 for one block of rows, 4 for two), then the rest.
+template <int G, int RB, bool MIN, bool SHARED>
+KILN_VNNI void kern_tokens(const uint8_t* packed, size_t bstride, int64_t ng, int64_t pg, const uint8_t* x,
+                           size_t xstride, int64_t nt, float* y, int64_t ldy, __mmask16 mask, bool acc) {
+    constexpr int NT = RB == 1 ? 8 : 4;
     int64_t t = 0;
-    for (; t + 8 <= nt; t += 8) kern<G, 8, MIN>(packed, ng, x + t * xstride, xstride, y + t * ldy, ldy, mask, acc);
+    for (; t + NT <= nt; t += NT)
+        kern<G, NT, RB, MIN, SHARED>(packed, bstride, ng, pg, x + t * xstride, xstride, y + t * ldy, ldy, mask, acc);
     const uint8_t* xt = x + t * xstride;
     float* yt = y + t * ldy;
+    if constexpr (RB == 1) {  // with two blocks, fewer than 4 are left
+        switch (nt - t) {
+            case 7: return kern<G, 7, 1, MIN, SHARED>(packed, bstride, ng, pg, xt, xstride, yt, ldy, mask, acc);
+            case 6: return kern<G, 6, 1, MIN, SHARED>(packed, bstride, ng, pg, xt, xstride, yt, ldy, mask, acc);
+            case 5: return kern<G, 5, 1, MIN, SHARED>(packed, bstride, ng, pg, xt, xstride, yt, ldy, mask, acc);
+            case 4: return kern<G, 4, 1, MIN, SHARED>(packed, bstride, ng, pg, xt, xstride, yt, ldy, mask, acc);
+            default: break;
+        }
+    }
     switch (nt - t) {
-        case 7: kern<G, 7, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
-        case 6: kern<G, 6, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
-        case 5: kern<G, 5, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
-        case 4: kern<G, 4, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
-        case 3: kern<G, 3, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
-        case 2: kern<G, 2, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
-        case 1: kern<G, 1, MIN>(packed, ng, xt, xstride, yt, ldy, mask, acc); break;
+        case 3: kern<G, 3, RB, MIN, SHARED>(packed, bstride, ng, pg, xt, xstride, yt, ldy, mask, acc); break;
+        case 2: kern<G, 2, RB, MIN, SHARED>(packed, bstride, ng, pg, xt, xstride, yt, ldy, mask, acc); break;
+        case 1: kern<G, 1, RB, MIN, SHARED>(packed, bstride, ng, pg, xt, xstride, yt, ldy, mask, acc); break;
         default: break;
     }
 }
 
-// One group of G activations -> int8 codes + {d, corr, dsum}, with amax taken over the group's
-// grid block (llama.cpp's rounding). Same rounding as the scalar quantisers (d = amax / 127, codes
-// = round-to-nearest-even(x * 127 / amax)).
+template <int G, bool MIN>
+KILN_VNNI void kern_dispatch(const uint8_t* packed, size_t bstride, int n_blocks, int64_t ng, int64_t pg,
+                             const uint8_t* x, size_t xstride, int64_t nt, float* y, int64_t ldy, __mmask16 mask,
+                             bool acc) {
+    if (n_blocks == 2) {
+        if (pg > 1)
+            kern_tokens<G, 2, MIN, true>(packed, bstride, ng, pg, x, xstride, nt, y, ldy, mask, acc);
+        else
+            kern_tokens<G, 2, MIN, false>(packed, bstride, ng, 1, x, xstride, nt, y, ldy, mask, acc);
+    } else {
+        if (pg > 1)
+            kern_tokens<G, 1, MIN, true>(packed, bstride, ng, pg, x, xstride, nt, y, ldy, mask, acc);
+        else
+            kern_tokens<G, 1, MIN, false>(packed, bstride, ng, 1, x, xstride, nt, y, ldy, mask, acc);
+    }
+}
+
+// One group of G activations -> int8 codes + {d, corr, the codes' sum as a float, d x that sum},
+// with amax taken over the group's grid block (llama.cpp's rounding), so d is the same in every
+// group of a block. Same rounding as the scalar quantisers (d = amax / 127, codes =
+// round-to-nearest-even(x * 127 / amax)).
 template <int G>
 KILN_VNNI void quant_group(const float* x, float amax, int offset, uint8_t* out) {
     constexpr int V = G / 16;
@@ -256,11 +319,12 @@ KILN_VNNI void quant_group(const float* x, float amax, int offset, uint8_t* out)
     }
     const int32_t total = _mm512_reduce_add_epi32(sum);
     const int32_t corr = offset * total;
-    const float dsum = d * static_cast<float>(total);
+    const auto codes_sum = static_cast<float>(total);
+    const float dsum = d * codes_sum;
     std::memcpy(out + G, &d, 4);
     std::memcpy(out + G + 4, &corr, 4);
-    std::memcpy(out + G + 8, &dsum, 4);
-    std::memset(out + G + 12, 0, 4);
+    std::memcpy(out + G + 8, &codes_sum, 4);
+    std::memcpy(out + G + 12, &dsum, 4);
 }
 
 }  // namespace
@@ -303,19 +367,23 @@ void pack_rows_vnni(TensorType, const CodeFormat& f, UnpackFn unpack, const uint
         pack<16>(unpack, w, row_bytes, nrows, slice_offset, kc, out, tmp);
 }
 
-void gemm_vnni(const CodeFormat& f, const uint8_t* packed, int64_t kc, const uint8_t* x, size_t xstride,
-               int64_t nt, float* y, int64_t ldy, int64_t nrows, bool accumulate) {
-    const __mmask16 mask = static_cast<__mmask16>(nrows >= 16 ? 0xFFFF : (1u << nrows) - 1u);
+void gemm_vnni(const CodeFormat& f, int grid, const uint8_t* packed, size_t bstride, int n_blocks, int64_t kc,
+               const uint8_t* x, size_t xstride, int64_t nt, float* y, int64_t ldy, int64_t last_rows, bool accumulate) {
+    const __mmask16 mask = static_cast<__mmask16>(last_rows >= 16 ? 0xFFFF : (1u << last_rows) - 1u);
+    const int64_t ng = kc / f.group;
+    // Groups sharing one activation scale (the slice starts on a grid boundary).
+    int64_t pg = std::max<int64_t>(grid / f.group, 1);
+    if (ng % pg != 0) pg = 1;
     if (f.group == 32) {
         if (f.has_min)
-            kern_tokens<32, true>(packed, kc / 32, x, xstride, nt, y, ldy, mask, accumulate);
+            kern_dispatch<32, true>(packed, bstride, n_blocks, ng, pg, x, xstride, nt, y, ldy, mask, accumulate);
         else
-            kern_tokens<32, false>(packed, kc / 32, x, xstride, nt, y, ldy, mask, accumulate);
+            kern_dispatch<32, false>(packed, bstride, n_blocks, ng, pg, x, xstride, nt, y, ldy, mask, accumulate);
     } else {
         if (f.has_min)
-            kern_tokens<16, true>(packed, kc / 16, x, xstride, nt, y, ldy, mask, accumulate);
+            kern_dispatch<16, true>(packed, bstride, n_blocks, ng, pg, x, xstride, nt, y, ldy, mask, accumulate);
         else
-            kern_tokens<16, false>(packed, kc / 16, x, xstride, nt, y, ldy, mask, accumulate);
+            kern_dispatch<16, false>(packed, bstride, n_blocks, ng, pg, x, xstride, nt, y, ldy, mask, accumulate);
     }
 }
 

@@ -179,7 +179,7 @@ TEST_P(KernelMatmul, MatchesReference) {
     const TensorType t = GetParam().type;
     const int64_t k = 1280;  // 5 super-blocks; two k-slices in the tiled path (512 + 512 + 256)
     uint32_t seed = 100;
-    for (int64_t n : {1, 3, 17, 64}) {
+    for (int64_t n : {1, 3, 11, 17, 64}) {  // tile kernels: 8 or 4 tokens at a time, and every tail
         check_matmul(t, 37, k, n, 3, seed++);   // rows not a multiple of the thread count
         check_matmul(t, 130, k, n, 2, seed++);  // more than one row tile, with a tail
     }
