@@ -47,11 +47,7 @@ std::vector<float> cold(const kiln::Model& model, kiln::KvType kv, const std::ve
     return all_logits(c);
 }
 
-struct Case {
-    std::string model;
-    kiln::KvType kv;
-};
-void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " KV " << kiln::kv_type_name(c.kv); }
+using Case = kiln::test::KvModelCase;
 
 class PagedKvModels : public ::testing::TestWithParam<Case> {};
 
@@ -117,13 +113,6 @@ TEST_P(PagedKvModels, SharedPrefixIsBitExactAndSequencesDiverge) {
     }
 }
 
-std::string case_name(const ::testing::TestParamInfo<Case>& i) {
-    std::string s = i.param.model + "_" + kiln::kv_type_name(i.param.kv);
-    for (char& ch : s)
-        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-    return s;
-}
-
 INSTANTIATE_TEST_SUITE_P(Shared, PagedKvModels,
                          ::testing::Values(Case{"llama-tiny.f32", kiln::KvType::F16}, Case{"llama-tiny.q4_k_m", kiln::KvType::Q4_0},
                                            Case{"qwen2-tiny.f32", kiln::KvType::F16}, Case{"qwen2-tiny.q8_0", kiln::KvType::Q8_0},
@@ -132,7 +121,7 @@ INSTANTIATE_TEST_SUITE_P(Shared, PagedKvModels,
                                            Case{"deepseek2-lite-tiny.f32", kiln::KvType::F16},
                                            Case{"glm4.7-flash-tiny.f32", kiln::KvType::F16},
                                            Case{"glm4.7-flash-dims.q8_0", kiln::KvType::Q8_0}),
-                         case_name);
+                         kiln::test::kv_model_case_name);
 
 // Every attention path reads through the pages as it reads one contiguous cache: the tiled prompt
 // path, decode's split path and the per-row path (split attention off), and a sliding-window layer

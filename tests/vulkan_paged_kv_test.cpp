@@ -30,6 +30,7 @@
 #include "support/paging.h"
 #include "support/shared.h"
 #include "support/vulkan.h"
+#include "support/random.h"
 
 namespace {
 
@@ -38,13 +39,7 @@ using kiln::vk::Tensor;
 
 constexpr uint32_t kPoison = 0x7e007e00u;  // two f16 NaNs: any unwritten half (value or scale) read is a NaN
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-    std::mt19937 rng(seed);
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
+using kiln::test::random_floats;
 
 size_t bitwise_diffs(const std::vector<float>& got, const std::vector<float>& want, size_t* first = nullptr) {
     EXPECT_EQ(got.size(), want.size());
@@ -189,17 +184,7 @@ uint64_t pool_bytes(const kiln::Model& model, bool held = false) {
     return held ? kiln::backend::vulkan_kv_pool_held_bytes(*be->backend) : kiln::backend::vulkan_kv_pool_bytes(*be->backend);
 }
 
-struct ModelCase {
-    std::string model;
-    kiln::KvType kv;
-};
-void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.model << " KV " << kiln::kv_type_name(c.kv); }
-std::string case_name(const ::testing::TestParamInfo<ModelCase>& i) {
-    std::string s = i.param.model + "_" + kiln::kv_type_name(i.param.kv);
-    for (char& ch : s)
-        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-    return s;
-}
+using ModelCase = kiln::test::KvModelCase;
 
 class VulkanPagedKvModels : public ::testing::TestWithParam<ModelCase> {};
 
@@ -361,7 +346,7 @@ INSTANTIATE_TEST_SUITE_P(Shared, VulkanPagedKvModels,
                                            ModelCase{"deepseek2-lite-tiny.f32", kiln::KvType::F16},
                                            ModelCase{"glm4.7-flash-tiny.f32", kiln::KvType::F16},
                                            ModelCase{"glm4.7-flash-tiny.f32", kiln::KvType::Q8_0}),
-                         case_name);
+                         kiln::test::kv_model_case_name);
 
 // The pages a context holds follow its tokens (taken as it grows, given back when it shrinks);
 // the device pool grows only when no page is free, so pages one context gave back serve the next;

@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <ostream>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,6 +47,19 @@ inline void expect_bitwise(const std::vector<float>& got, const std::vector<floa
 
 inline std::span<const int32_t> part(const std::vector<int32_t>& t, size_t from, size_t to) {
     return std::span<const int32_t>(t.data() + from, to - from);
+}
+
+// The parameter of the model-level paging tests: a file of ../shared/models and a KV cache type.
+struct KvModelCase {
+    std::string model;
+    kiln::KvType kv;
+};
+inline void PrintTo(const KvModelCase& c, std::ostream* os) { *os << c.model << " KV " << kiln::kv_type_name(c.kv); }
+inline std::string kv_model_case_name(const ::testing::TestParamInfo<KvModelCase>& i) {
+    std::string s = i.param.model + "_" + kiln::kv_type_name(i.param.kv);
+    for (char& ch : s)
+        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    return s;
 }
 
 }  // namespace kiln::test
