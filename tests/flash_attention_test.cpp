@@ -22,6 +22,7 @@
 #include "kernels/half.h"
 #include "kernels/kv_quant.h"
 #include "support/levels.h"
+#include "support/random.h"
 
 namespace {
 
@@ -42,13 +43,7 @@ struct Case {
     bool mla = false;
 };
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
-    std::mt19937 rng(seed);
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
+using kiln::test::random_floats;
 
 // The values a head of `x` reads back from a cache of type t.
 std::vector<double> stored(KvType t, const float* x, int64_t n) {

@@ -15,6 +15,7 @@
 #include "kernels/half.h"
 #include "kiln/error.h"
 #include "quant/quant.h"
+#include "support/random.h"
 
 namespace {
 
@@ -22,13 +23,7 @@ namespace kk = kiln::kernels;
 using kiln::KvType;
 using kiln::TensorType;
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -3.0f, float hi = 3.0f) {
-    std::mt19937 rng(seed);
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
+using kiln::test::random_floats;
 
 // What kiln stores for a head of n values, as floats.
 std::vector<float> stored(KvType t, const std::vector<float>& x) {
@@ -78,7 +73,7 @@ class KvQuant : public ::testing::TestWithParam<KvType> {};
 TEST_P(KvQuant, StoresWhatLlamaCppsReferenceQuantizerStores) {
     const KvType t = GetParam();
     for (const int64_t n : {int64_t{32}, int64_t{64}, int64_t{80}, int64_t{128}, int64_t{200}, int64_t{576}}) {
-        auto x = random_floats(static_cast<size_t>(n), 7 + static_cast<uint32_t>(n));
+        auto x = random_floats(static_cast<size_t>(n), 7 + static_cast<uint32_t>(n), -3.0f, 3.0f);
         x[3] = 0.0f;
         x[static_cast<size_t>(n) - 1] = -40.0f;  // a large negative value in the last block
         const auto got = stored(t, x), want = llama_rule(t, x);
@@ -104,7 +99,7 @@ TEST_P(KvQuant, DotAndAxpyOfEveryKernelLevelMatchTheDequantizedHead) {
     const KvType t = GetParam();
     const kk::KernelLevel before = kk::kernel_level();
     for (const int64_t n : {int64_t{32}, int64_t{80}, int64_t{128}, int64_t{576}}) {
-        const auto x = random_floats(static_cast<size_t>(n), 100 + static_cast<uint32_t>(n));
+        const auto x = random_floats(static_cast<size_t>(n), 100 + static_cast<uint32_t>(n), -3.0f, 3.0f);
         const auto a = random_floats(static_cast<size_t>(n), 200 + static_cast<uint32_t>(n), -1.0f, 1.0f);
         std::vector<uint8_t> codes(static_cast<size_t>(n));
         std::vector<uint16_t> scales(static_cast<size_t>(kk::kv_blocks(n)));

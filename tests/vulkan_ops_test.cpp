@@ -27,6 +27,7 @@
 #include "kiln/error.h"
 #include "quant/quant.h"
 #include "support/vulkan.h"
+#include "support/random.h"
 
 namespace {
 
@@ -53,16 +54,7 @@ protected:
     }
 };
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-    std::mt19937 rng(seed);
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) {
-        do x = d(rng);
-        while (std::fabs(x) < 1e-3f);
-    }
-    return v;
-}
+using kiln::test::random_nonzero_floats;  // relative errors need nonzero values
 
 std::vector<uint8_t> quantized(TensorType t, const std::vector<float>& f, int64_t k) {
     const uint64_t rb = *kiln::row_bytes(t, static_cast<uint64_t>(k));
@@ -137,7 +129,7 @@ std::vector<int32_t> as_i32(const std::vector<float>& words) {
 TEST_F(VulkanOps, GegluSwigluOaiSoftcapSigmoidMatchTheCpu) {
     for (int64_t n : {1, 7, 64}) {
         const int64_t K = 301;
-        const auto a = random_floats(static_cast<size_t>(K * n), 1, -9, 9), b = random_floats(static_cast<size_t>(K * n), 2, -9, 9);
+        const auto a = random_nonzero_floats(static_cast<size_t>(K * n), 1, -9, 9), b = random_nonzero_floats(static_cast<size_t>(K * n), 2, -9, 9);
         Tensor ta = f32(a, {K, n}, "a"), tb = f32(b, {K, n}, "b");
         struct Case {
             const char* name;
@@ -169,7 +161,7 @@ TEST_F(VulkanOps, GegluSwigluOaiSoftcapSigmoidMatchTheCpu) {
 
 TEST_F(VulkanOps, NormalizeSumMatchesTheCpu) {
     const int64_t k = 6, n = 37;
-    auto a = random_floats(static_cast<size_t>(k * n), 3, 0.01f, 1.0f);
+    auto a = random_nonzero_floats(static_cast<size_t>(k * n), 3, 0.01f, 1.0f);
     std::fill(a.begin(), a.begin() + k, 0.0f);  // an all-zero row stays finite (zero)
     CpuRun cpu;
     const auto want = cpu.run(cpu.g.normalize_sum(cpu.input_f32(a, k, n)));
@@ -190,8 +182,8 @@ TEST_F(VulkanOps, TopKAndGatherMatchTheCpu) {
     for (const Case c : {Case{4, 2, 1, 1, false, "4 experts top-2"}, Case{64, 6, 1, 1, true, "64 top-6 biased"},
                          Case{256, 8, 8, 4, true, "256 top-8, 4 of 8 groups"}, Case{32, 4, 4, 2, false, "32 top-4, 2 of 4 groups"}}) {
         for (int64_t n : {1, 9, 64}) {
-            const auto s = random_floats(static_cast<size_t>(c.n_expert * n), 10 + static_cast<uint32_t>(n), -3, 3);
-            const auto b = random_floats(static_cast<size_t>(c.n_expert), 11, -0.5f, 0.5f);
+            const auto s = random_nonzero_floats(static_cast<size_t>(c.n_expert * n), 10 + static_cast<uint32_t>(n), -3, 3);
+            const auto b = random_nonzero_floats(static_cast<size_t>(c.n_expert), 11, -0.5f, 0.5f);
             kiln::graph::TopKParams tp;
             tp.k = c.k;
             tp.n_group = c.n_group;
@@ -224,14 +216,14 @@ TEST_F(VulkanOps, TopKAndGatherMatchTheCpu) {
 TEST_F(VulkanOps, MoeMatmulReadsTheChosenExpertsLikeTheCpu) {
     const int64_t K = 256, R = 48, G = 8, S = 3;
     for (TensorType type : {TensorType::F32, TensorType::F16, TensorType::Q8_0, TensorType::Q4_K, TensorType::MXFP4}) {
-        const auto wf = random_floats(static_cast<size_t>(K * R * G), 20);
+        const auto wf = random_nonzero_floats(static_cast<size_t>(K * R * G), 20);
         std::vector<uint8_t> wbytes;
         if (type == TensorType::F32) {
             wbytes.assign(reinterpret_cast<const uint8_t*>(wf.data()), reinterpret_cast<const uint8_t*>(wf.data() + wf.size()));
         } else {
             wbytes = quantized(type, wf, K);
         }
-        const auto bias = random_floats(static_cast<size_t>(R * G), 21);
+        const auto bias = random_nonzero_floats(static_cast<size_t>(R * G), 21);
         Tensor tw = vk().tensor(type, {K, R, G}, "experts");
         vk().upload(tw, wbytes.data(), wbytes.size());
         Tensor tbias = f32(bias, {R, G}, "bias");
@@ -241,7 +233,7 @@ TEST_F(VulkanOps, MoeMatmulReadsTheChosenExpertsLikeTheCpu) {
             for (const bool per_slot : {false, true}) {
                 for (const bool with_bias : {false, true}) {
                     const int64_t xk = per_slot ? S * K : K;
-                    const auto x = random_floats(static_cast<size_t>(xk * n), 22 + static_cast<uint32_t>(n), -2, 2);
+                    const auto x = random_nonzero_floats(static_cast<size_t>(xk * n), 22 + static_cast<uint32_t>(n), -2, 2);
                     std::vector<int32_t> ids(static_cast<size_t>(S * n));
                     for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 5 + i / 3) % G);
                     CpuRun cpu;
@@ -290,11 +282,11 @@ TEST_F(VulkanOps, TiledMoeMatmulHandlesSkewedAndBadRoutes) {
     // must come out as NaN without touching the other outputs. The routing order varies; the
     // values must not: two runs are compared bit for bit.
     const int64_t K = 96, R = 80, G = 9, S = 3, n = 150;
-    const auto wf = random_floats(static_cast<size_t>(K * R * G), 50);
+    const auto wf = random_nonzero_floats(static_cast<size_t>(K * R * G), 50);
     const auto wbytes = quantized(TensorType::Q8_0, wf, K);
     Tensor tw = vk().tensor(TensorType::Q8_0, {K, R, G}, "experts");
     vk().upload(tw, wbytes.data(), wbytes.size());
-    const auto x = random_floats(static_cast<size_t>(K * n), 51, -2, 2);
+    const auto x = random_nonzero_floats(static_cast<size_t>(K * n), 51, -2, 2);
     std::vector<int32_t> ids(static_cast<size_t>(S * n));
     for (int64_t t = 0; t < n; ++t) {
         ids[static_cast<size_t>(t * S)] = 2;
@@ -334,14 +326,14 @@ TEST_F(VulkanOps, TiledMoeMatmulHandlesSkewedAndBadRoutes) {
 TEST_F(VulkanOps, HeadMatmulIsOneMatrixPerHead) {
     // MLA's absorbed projections: a [192, 512, H] F16 stack and a Q8_0 view with a row stride.
     const int64_t K = 192, R = 512, H = 4;
-    const auto wf = random_floats(static_cast<size_t>(K * R * H), 30);
+    const auto wf = random_nonzero_floats(static_cast<size_t>(K * R * H), 30);
     std::vector<uint16_t> wh(wf.size());
     for (size_t i = 0; i < wf.size(); ++i) wh[i] = kiln::fp32_to_fp16(wf[i]);
     Tensor tw = vk().tensor(TensorType::F16, {K, R, H}, "k_b");
     vk().upload(tw, wh.data(), wh.size() * 2);
     // 1 and 6 tokens: one output per workgroup; 70: the tiled kernel (two column tiles).
     for (int64_t n : {1, 6, 70}) {
-        const auto x = random_floats(static_cast<size_t>(K * H * n), 31, -2, 2);
+        const auto x = random_nonzero_floats(static_cast<size_t>(K * H * n), 31, -2, 2);
         CpuRun cpu;
         const auto want = cpu.run(cpu.g.head_matmul(cpu.g.weight3("k_b", TensorType::F16, wh.data(), K, R, H), cpu.input_f32(x, K * H, n)));
         Tensor y = poisoned(TensorType::F32, {R * H, n}, "y");
@@ -354,7 +346,7 @@ TEST_F(VulkanOps, HeadMatmulIsOneMatrixPerHead) {
 
 TEST_F(VulkanOps, MoeCombineSliceAndConcatHeadsMatchTheCpu) {
     const int64_t E = 96, S = 4, n = 11;
-    const auto y = random_floats(static_cast<size_t>(S * E * n), 40), w = random_floats(static_cast<size_t>(S * n), 41, 0.01f, 1);
+    const auto y = random_nonzero_floats(static_cast<size_t>(S * E * n), 40), w = random_nonzero_floats(static_cast<size_t>(S * n), 41, 0.01f, 1);
     {
         CpuRun cpu;
         const auto want = cpu.run(cpu.g.moe_combine(cpu.input_f32(y, S * E, n), cpu.input_f32(w, S, n)));
@@ -365,7 +357,7 @@ TEST_F(VulkanOps, MoeCombineSliceAndConcatHeadsMatchTheCpu) {
         EXPECT_LT(err, 1e-6);
     }
     const int H = 5, hd = 24;
-    const auto x = random_floats(static_cast<size_t>(H * hd * n), 42);
+    const auto x = random_nonzero_floats(static_cast<size_t>(H * hd * n), 42);
     for (auto [first, count] : {std::pair{0, 16}, std::pair{16, 8}, std::pair{3, 21}}) {
         CpuRun cpu;
         const auto want = cpu.run(cpu.g.slice_heads(cpu.input_f32(x, H * hd, n), H, hd, first, count));
@@ -375,7 +367,7 @@ TEST_F(VulkanOps, MoeCombineSliceAndConcatHeadsMatchTheCpu) {
         report("slice_heads [" + std::to_string(first) + ", +" + std::to_string(count) + ")", err);
         EXPECT_EQ(err, 0.0);
     }
-    const auto b = random_floats(static_cast<size_t>(H * 8 * n), 43);
+    const auto b = random_nonzero_floats(static_cast<size_t>(H * 8 * n), 43);
     CpuRun cpu;
     const auto want = cpu.run(cpu.g.concat_heads(cpu.input_f32(x, H * hd, n), cpu.input_f32(b, H * 8, n), H));
     Tensor o = poisoned(TensorType::F32, {H * (hd + 8), n}, "o");
@@ -399,7 +391,7 @@ TEST_F(VulkanOps, RopeYarnMatchesTheCpu) {
                          Case{kiln::graph::RopeMode::Normal, 64, 64, 10000.0f, 1.0f / 40, 1.0f, 4096, "normal yarn x40 (deepseek2)"}}) {
         const int n_head = 3;
         for (int64_t n : {1, 17}) {
-            const auto x = random_floats(static_cast<size_t>(c.head_dim * n_head * n), 50, -2, 2);
+            const auto x = random_nonzero_floats(static_cast<size_t>(c.head_dim * n_head * n), 50, -2, 2);
             std::vector<int32_t> pos(static_cast<size_t>(n));
             for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<int32_t>(i * 97 + 3);  // up to ~1.5K
             kiln::graph::RopeParams rp;
@@ -484,7 +476,7 @@ protected:
             vc = vk().kv_cache(c.kv, c.dv, c.n_head_kv, slots, "v_cache");
             vk().fill(vc, poison);
         }
-        const auto sinks = random_floats(static_cast<size_t>(c.n_head), 60, -2, 2);
+        const auto sinks = random_nonzero_floats(static_cast<size_t>(c.n_head), 60, -2, 2);
         Tensor tsinks = f32(sinks, {c.n_head}, "sinks");
         std::vector<float> want;
         Tensor out;
@@ -496,9 +488,9 @@ protected:
         for (size_t bi = 0; bi < batches.size(); ++bi) {
             const int64_t m = batches[bi];
             const bool attend = attend_prefix || bi + 1 == batches.size();
-            const auto k = random_floats(static_cast<size_t>(c.n_head_kv * c.dk * m), 61 + static_cast<uint32_t>(base), -2, 2);
-            const auto v = random_floats(static_cast<size_t>(c.n_head_kv * c.dv * m), 62 + static_cast<uint32_t>(base), -2, 2);
-            const auto q = random_floats(static_cast<size_t>(c.n_head * c.dk * m), 63 + static_cast<uint32_t>(base), -1, 1);
+            const auto k = random_nonzero_floats(static_cast<size_t>(c.n_head_kv * c.dk * m), 61 + static_cast<uint32_t>(base), -2, 2);
+            const auto v = random_nonzero_floats(static_cast<size_t>(c.n_head_kv * c.dv * m), 62 + static_cast<uint32_t>(base), -2, 2);
+            const auto q = random_nonzero_floats(static_cast<size_t>(c.n_head * c.dk * m), 63 + static_cast<uint32_t>(base), -1, 1);
             CpuRun cpu;
             const TensorId tk = cpu.input_f32(k, c.n_head_kv * c.dk, m);
             const TensorId tv = c.mla ? kiln::graph::kNone : cpu.input_f32(v, c.n_head_kv * c.dv, m);
@@ -594,7 +586,7 @@ TEST_F(VulkanOps, AttentionKernelChoiceSplitKOnGpusForDecodeOnLongContexts) {
     Tensor kc = poisoned(TensorType::F16, {64, 2, 4096}, "k_cache");
     vk().fill(kc, 0x3c003c00u);
     auto dispatches = [&](int64_t n_tok, uint32_t n_kv, AttentionKernel kernel) {
-        Tensor q = f32(random_floats(static_cast<size_t>(64 * 8 * n_tok), 5), {64, 8, n_tok}, "q");
+        Tensor q = f32(random_nonzero_floats(static_cast<size_t>(64 * 8 * n_tok), 5), {64, 8, n_tok}, "q");
         Tensor out = poisoned(TensorType::F32, {64, 8, n_tok}, "out");
         kiln::graph::AttentionParams ap;
         ap.scale = 1.0f / std::sqrt(64.0f);
@@ -712,7 +704,7 @@ TEST_F(VulkanOps, QuantizedKvWriteStoresTheCpuBytes) {
         for (const int64_t dim : {int64_t{32}, int64_t{80}, int64_t{128}, int64_t{576}}) {
             const int64_t heads = dim == 576 ? 1 : 3, slots = 6, n_tok = 4;
             const kiln::backend::KvRowFormat f{kv, heads, dim};
-            const auto x = random_floats(static_cast<size_t>(heads * dim * n_tok), 91 + static_cast<uint32_t>(dim), -3, 3);
+            const auto x = random_nonzero_floats(static_cast<size_t>(heads * dim * n_tok), 91 + static_cast<uint32_t>(dim), -3, 3);
             Tensor cache = vk().kv_cache(kv, dim, heads, slots, "cache");
             vk().fill(cache, kPoisonHalves);
             vk().kv_write(f32(x, {dim, heads, n_tok}, "x"), cache, 4, true, kv);  // positions 4..7: rows 4, 5, 0, 1
@@ -750,7 +742,7 @@ TEST_F(VulkanOps, QuantizedKvWriteStoresTheCpuBytes) {
 
 TEST_F(VulkanOps, RingKvWriteWrapsAndRefusesMoreThanItHolds) {
     const int64_t hd = 8, slots = 5;
-    const auto src = random_floats(static_cast<size_t>(hd * 4), 70);
+    const auto src = random_nonzero_floats(static_cast<size_t>(hd * 4), 70);
     Tensor cache = poisoned(TensorType::F16, {hd, 1, slots}, "ring");
     vk().kv_write(f32(src, {hd, 1, 4}, "k"), cache, 13, /*ring=*/true);  // positions 13..16 -> rows 3, 4, 0, 1
     std::vector<uint16_t> got(static_cast<size_t>(hd * slots));
@@ -759,7 +751,7 @@ TEST_F(VulkanOps, RingKvWriteWrapsAndRefusesMoreThanItHolds) {
         for (int64_t e = 0; e < hd; ++e)
             EXPECT_EQ(got[static_cast<size_t>(((13 + t) % slots) * hd + e)], kiln::fp32_to_fp16(src[static_cast<size_t>(t * hd + e)]));
     for (int64_t e = 0; e < hd; ++e) EXPECT_EQ(got[static_cast<size_t>(2 * hd + e)], e % 2 ? (kPoison >> 16) : (kPoison & 0xffff));
-    const auto six = random_floats(static_cast<size_t>(hd * 6), 71);
+    const auto six = random_nonzero_floats(static_cast<size_t>(hd * 6), 71);
     EXPECT_THROW(vk().kv_write(f32(six, {hd, 1, 6}, "k6"), cache, 0, true), kiln::Error);
     EXPECT_THROW(vk().kv_write(f32(src, {hd, 1, 4}, "k"), cache, 13, false), kiln::Error);
 }
@@ -769,7 +761,7 @@ TEST_F(VulkanOps, QuantizeXRoundsEachGroupToEightBitCodes) {
     // nearest even; a zero group stays zero.
     for (int group : {32, 256}) {
         const int64_t K = 512, n = 3;
-        auto x = random_floats(static_cast<size_t>(K * n), 80, -5, 5);
+        auto x = random_nonzero_floats(static_cast<size_t>(K * n), 80, -5, 5);
         std::fill(x.begin(), x.begin() + group, 0.0f);
         x[static_cast<size_t>(group) + 7] = 0.0f;
         std::vector<float> want(x.size());

@@ -30,6 +30,7 @@
 #include "quant/quant.h"
 #include "support/run.h"
 #include "support/vulkan.h"
+#include "support/random.h"
 
 namespace {
 
@@ -47,16 +48,7 @@ class VulkanTest : public kiln::test::VulkanOpsSuite<VulkanTest> {};
 
 // ---- random data and references ------------------------------------------------------------
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-    std::mt19937 rng(seed);
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) {
-        do x = d(rng);
-        while (std::fabs(x) < 1e-3f);
-    }
-    return v;
-}
+using kiln::test::random_nonzero_floats;  // relative errors need nonzero values
 
 void put_f16(std::vector<uint8_t>& b, size_t at, float v) {
     const uint16_t h = kiln::fp32_to_fp16(v);
@@ -69,7 +61,7 @@ std::vector<uint8_t> random_weights(TensorType t, int64_t k, int64_t n_rows, uin
     std::vector<uint8_t> out(rb * static_cast<uint64_t>(n_rows));
     const auto& tr = kiln::traits(t);
     if (tr.can_quantize) {
-        const auto f = random_floats(static_cast<size_t>(k * n_rows), seed);
+        const auto f = random_nonzero_floats(static_cast<size_t>(k * n_rows), seed);
         for (int64_t r = 0; r < n_rows; ++r) kiln::quantize_row(t, f.data() + r * k, out.data() + r * rb, k);
         return out;
     }
@@ -349,7 +341,7 @@ TEST_F(VulkanTest, OutOfMemoryIsRefusedBeforeAllocating) {
 }
 
 TEST_F(VulkanTest, UploadFillAndReadBack) {
-    const auto v = random_floats(100003, 1);
+    const auto v = random_nonzero_floats(100003, 1);
     Tensor t = f32(v, {100003}, "roundtrip");
     EXPECT_EQ(vk().read_f32(t), v);
     vk().fill(t, kPoison);
@@ -368,7 +360,7 @@ TEST_F(VulkanTest, UploadFillAndReadBack) {
 
 TEST_F(VulkanTest, AGraphIsOneSubmitWithBarriersOnlyWhereNeeded) {
     const int64_t n = 5000;
-    const auto a = random_floats(n, 2), b = random_floats(n, 3);
+    const auto a = random_nonzero_floats(n, 2), b = random_nonzero_floats(n, 3);
     Tensor ta = f32(a, {n}, "a"), tb = f32(b, {n}, "b");
     vk().submit();
     Tensor s1 = vk().tensor(TensorType::F32, {n}, "s1"), s2 = vk().tensor(TensorType::F32, {n}, "s2");
@@ -452,7 +444,7 @@ TEST_P(VulkanMatmul, MatchesTheReferenceForEveryTokenCountAndKernel) {
     Tensor w = vk().tensor(type, {K, N}, "w");
     vk().upload(w, wq.data(), wq.size());
     for (int64_t n : {1, 7, 64}) {
-        const auto x = random_floats(static_cast<size_t>(K * n), 100 + static_cast<uint32_t>(n));
+        const auto x = random_nonzero_floats(static_cast<size_t>(K * n), 100 + static_cast<uint32_t>(n));
         const auto want = matmul_ref(wf, x, K, N, n);
         Tensor tx = f32(x, {K, n}, "x");
         for (MatmulKernel kernel : {MatmulKernel::Vector, MatmulKernel::Tiled, MatmulKernel::Auto}) {
@@ -552,7 +544,7 @@ TEST_F(VulkanTest, IntegerDotMatvecMatchesTheReferenceOnRoundedActivations) {
         Tensor w = vk().tensor(type, {K, N}, "w");
         vk().upload(w, wq.data(), wq.size());
         for (int64_t n : {1, 3, 8}) {
-            const auto x = random_floats(static_cast<size_t>(K * n), 200 + static_cast<uint32_t>(n), -2.0f, 2.0f);
+            const auto x = random_nonzero_floats(static_cast<size_t>(K * n), 200 + static_cast<uint32_t>(n), -2.0f, 2.0f);
             // The float path (Q5_K) uses x as given; the integer-dot one rounds it first (so a raw
             // x far from the rounded reference would show that the variant did not run).
             const auto want_rounded = matmul_ref(wf, round8(x, static_cast<size_t>(G)), K, N, n);
@@ -586,7 +578,7 @@ INSTANTIATE_TEST_SUITE_P(Vulkan, VulkanMatmul, ::testing::ValuesIn(kMatmulCases)
 
 TEST_F(VulkanTest, MatmulF32WithRowsNotAMultipleOfTheTileDepth) {
     const int64_t K = 300, N = 70, n = 9;  // K % 16 != 0 exercises the tiled kernel's tail
-    const auto wf = random_floats(static_cast<size_t>(K * N), 7), x = random_floats(static_cast<size_t>(K * n), 8);
+    const auto wf = random_nonzero_floats(static_cast<size_t>(K * N), 7), x = random_nonzero_floats(static_cast<size_t>(K * n), 8);
     Tensor w = f32(wf, {K, N}, "w"), tx = f32(x, {K, n}, "x");
     for (MatmulKernel kernel : {MatmulKernel::Vector, MatmulKernel::Tiled}) {
         Tensor y = poisoned(vk(), TensorType::F32, {N, n}, "y");
@@ -621,7 +613,7 @@ TEST_F(VulkanTest, GetRowsDecodesEveryType) {
         EXPECT_LT(err, 1e-6) << kiln::type_name(c.type);
     }
     // An id outside the table reads as NaN, never as another row.
-    Tensor table = f32(random_floats(64 * 3, 9), {64, 3}, "small");
+    Tensor table = f32(random_nonzero_floats(64 * 3, 9), {64, 3}, "small");
     Tensor tid = upload_i32(vk(), {2, 3, -1}, "ids");
     Tensor out = poisoned(vk(), TensorType::F32, {64, 3}, "out");
     vk().fill(out, 0);
@@ -637,8 +629,8 @@ TEST_F(VulkanTest, GetRowsDecodesEveryType) {
 TEST_F(VulkanTest, RmsNormWithAndWithoutWeightAndInPlace) {
     for (int64_t n : {1, 7, 64}) {
         const int64_t K = 1001;
-        const auto x = random_floats(static_cast<size_t>(K * n), 20 + static_cast<uint32_t>(n), -3, 3);
-        const auto w = random_floats(static_cast<size_t>(K), 21);
+        const auto x = random_nonzero_floats(static_cast<size_t>(K * n), 20 + static_cast<uint32_t>(n), -3, 3);
+        const auto w = random_nonzero_floats(static_cast<size_t>(K), 21);
         const float eps = 1e-5f;
         std::vector<double> plain(x.size()), weighted(x.size());
         for (int64_t r = 0; r < n; ++r) {
@@ -667,7 +659,7 @@ TEST_F(VulkanTest, RmsNormWithAndWithoutWeightAndInPlace) {
 TEST_F(VulkanTest, SoftmaxWithScale) {
     for (int64_t n : {1, 7, 64}) {
         const int64_t K = 1000;
-        const auto x = random_floats(static_cast<size_t>(K * n), 30 + static_cast<uint32_t>(n), -10, 10);
+        const auto x = random_nonzero_floats(static_cast<size_t>(K * n), 30 + static_cast<uint32_t>(n), -10, 10);
         std::vector<double> want(x.size());
         for (int64_t r = 0; r < n; ++r) {
             double m = -INFINITY, s = 0;
@@ -718,7 +710,7 @@ TEST_F(VulkanTest, RopeNormalAndNeoxWithPartialDimsAndLinearScaling) {
                          Case{true, 80, 32, 10000.f, 0.25f}, Case{false, 128, 96, 500000.f, 0.5f}}) {
         for (int64_t n : {1, 7, 64}) {
             const int64_t nh = 5;
-            const auto x = random_floats(static_cast<size_t>(c.head_dim * nh * n), 40 + static_cast<uint32_t>(n));
+            const auto x = random_nonzero_floats(static_cast<size_t>(c.head_dim * nh * n), 40 + static_cast<uint32_t>(n));
             std::vector<int32_t> pos(static_cast<size_t>(n));
             std::mt19937 rng(static_cast<uint32_t>(n));
             for (auto& p : pos) p = static_cast<int32_t>(rng() % 4096);
@@ -748,8 +740,8 @@ TEST_F(VulkanTest, RopeNormalAndNeoxWithPartialDimsAndLinearScaling) {
 TEST_F(VulkanTest, ElementwiseOps) {
     for (int64_t n : {1, 7, 64}) {
         const int64_t K = 1003, N = K * n;
-        const auto a = random_floats(static_cast<size_t>(N), 60, -6, 6), b = random_floats(static_cast<size_t>(N), 61, -6, 6);
-        const auto row = random_floats(static_cast<size_t>(K), 62);
+        const auto a = random_nonzero_floats(static_cast<size_t>(N), 60, -6, 6), b = random_nonzero_floats(static_cast<size_t>(N), 61, -6, 6);
+        const auto row = random_nonzero_floats(static_cast<size_t>(K), 62);
         Tensor ta = f32(a, {K, n}, "a"), tb = f32(b, {K, n}, "b");
         Tensor trow = f32(row, {K}, "row");
         struct Op {
@@ -801,7 +793,7 @@ TEST_F(VulkanTest, KvWriteStoresHalvesAtTheirPositions) {
     const int64_t hd = 64, nkv = 4, n_ctx = 80;
     for (int64_t n : {1, 7, 64}) {
         const uint32_t pos = n == 64 ? 16 : 5;
-        const auto src = random_floats(static_cast<size_t>(hd * nkv * n), 70 + static_cast<uint32_t>(n), -4, 4);
+        const auto src = random_nonzero_floats(static_cast<size_t>(hd * nkv * n), 70 + static_cast<uint32_t>(n), -4, 4);
         Tensor ts = f32(src, {hd, nkv, n}, "k");
         Tensor cache = poisoned(vk(), TensorType::F16, {hd, nkv, n_ctx}, "k_cache");
         vk().kv_write(ts, cache, pos);
@@ -861,7 +853,7 @@ std::vector<double> attention_ref(const std::vector<float>& q, const std::vector
 }
 
 std::vector<uint16_t> random_halves(size_t n, uint32_t seed) {
-    const auto f = random_floats(n, seed, -2, 2);
+    const auto f = random_nonzero_floats(n, seed, -2, 2);
     std::vector<uint16_t> h(n);
     for (size_t i = 0; i < n; ++i) h[i] = kiln::fp32_to_fp16(f[i]);
     return h;
@@ -890,7 +882,7 @@ TEST_F(VulkanTest, AttentionCausalGqaSlidingWindowAgainstTheReference) {
             kiln::vk::AttentionRun p;
             p.n_kv = static_cast<uint32_t>(n == 1 ? 139 : 137);  // > 2 tiles of keys, not a multiple of one
             p.pos0 = p.n_kv - static_cast<uint32_t>(n);
-            const auto q = random_floats(static_cast<size_t>(c.Dk * c.nh * n), 90 + static_cast<uint32_t>(n), -2, 2);
+            const auto q = random_nonzero_floats(static_cast<size_t>(c.Dk * c.nh * n), 90 + static_cast<uint32_t>(n), -2, 2);
             Tensor tq = f32(q, {c.Dk, c.nh, n}, "q");
             Tensor out = poisoned(vk(), TensorType::F32, {c.Dv, c.nh, n}, "out");
             vk().attention(tq, tk, tv, out, ap, p);
@@ -911,8 +903,8 @@ TEST_F(VulkanTest, AttentionAfterKvWriteInOneSubmit) {
     vk().upload(tk, kc.data(), tk.bytes());
     vk().upload(tv, vc.data(), tv.bytes());
     vk().submit();
-    const auto k = random_floats(static_cast<size_t>(D * nkv * n), 112), v = random_floats(static_cast<size_t>(D * nkv * n), 113);
-    const auto q = random_floats(static_cast<size_t>(D * nh * n), 114);
+    const auto k = random_nonzero_floats(static_cast<size_t>(D * nkv * n), 112), v = random_nonzero_floats(static_cast<size_t>(D * nkv * n), 113);
+    const auto q = random_nonzero_floats(static_cast<size_t>(D * nh * n), 114);
     Tensor tkn = f32(k, {D, nkv, n}, "k"), tvn = f32(v, {D, nkv, n}, "v");
     Tensor tq = f32(q, {D, nh, n}, "q");
     Tensor out = poisoned(vk(), TensorType::F32, {D, nh, n}, "out");
