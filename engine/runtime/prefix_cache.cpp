@@ -218,21 +218,13 @@ struct PrefixCache::Impl {
         return plans.emplace(type_key, std::move(p)).first->second;
     }
 
-    // Whether kv's pages are this plan's blocks: pages of block_tokens positions holding exactly
-    // the full layers (a layer with a window is a ring). Then blocks are shared, not copied.
-    bool shares_pages(const Plan& p, runtime::KvCache& kv) const {
+    // Whether pages of `page_tokens` positions of kv are this plan's blocks: pages of block_tokens
+    // positions holding exactly the full layers (a layer with a window is a ring). Then blocks are
+    // shared, not copied: kv's host pages (page_tokens()) and, on Vulkan, its device pages
+    // (device_page_tokens(): a block keeps a reference to its device page too).
+    bool shares(const Plan& p, const runtime::KvCache& kv, int64_t page_tokens) const {
         const backend::KvLayout& L = kv.layout();
-        if (kv.buffers().page_tokens() != opt.block_tokens || L.layers.size() != p.layers.size()) return false;
-        for (size_t il = 0; il < L.layers.size(); ++il)
-            if ((p.layers[il].window == 0) == L.is_ring(il)) return false;
-        return true;
-    }
-
-    // Whether kv's device pages (Vulkan) are this plan's blocks: pages of block_tokens positions
-    // holding exactly the full layers. Then a block keeps a reference to its device page too.
-    bool shares_device(const Plan& p, runtime::KvCache& kv) const {
-        const backend::KvLayout& L = kv.layout();
-        if (kv.buffers().device_page_tokens() != opt.block_tokens || L.layers.size() != p.layers.size()) return false;
+        if (page_tokens != opt.block_tokens || L.layers.size() != p.layers.size()) return false;
         for (size_t il = 0; il < L.layers.size(); ++il)
             if ((p.layers[il].window == 0) == L.is_ring(il)) return false;
         return true;
@@ -561,8 +553,8 @@ int64_t PrefixCache::restore(Context& ctx, std::span<const int32_t> tokens, int6
     // pages are blocks, else the rows copied), the sliding layers their windows' rows (copied).
     {
         std::lock_guard blk(ctx.backend_mutex());
-        const bool share = c.shares_pages(p, kv);
-        const bool share_dev = c.shares_device(p, kv);
+        const bool share = c.shares(p, kv, kv.buffers().page_tokens());
+        const bool share_dev = c.shares(p, kv, kv.buffers().device_page_tokens());
         // Blocks before j0 were fetched only for the windows they hold.
         for (int64_t j = 0; j <= k; ++j) {
             if (!got[static_cast<size_t>(j)]) continue;
@@ -633,8 +625,8 @@ size_t PrefixCache::save(Context& ctx, std::span<const int32_t> tokens) {
         std::lock_guard blk(ctx.backend_mutex());
         // The context's pages are blocks: the cache takes them by reference (the context copies a
         // page before it writes into it again, e.g. after a truncate).
-        const bool share = c.shares_pages(p, kv);
-        const bool share_dev = c.shares_device(p, kv);
+        const bool share = c.shares(p, kv, kv.buffers().page_tokens());
+        const bool share_dev = c.shares(p, kv, kv.buffers().device_page_tokens());
         for (int64_t j : todo) {
             auto b = std::make_shared<Block>();
             b->key = keys[static_cast<size_t>(j)];
