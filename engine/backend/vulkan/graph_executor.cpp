@@ -310,41 +310,37 @@ private:
         const int64_t rows = want * P_;
         for (size_t il = 0; il < paged_.size(); ++il) {
             if (!paged_[il] || (k_[il].valid() && k_[il].ne(2) >= rows)) continue;
-            const KvLayer& l = shape_.layers[il];
-            vk::Tensor nk = vk_.kv_cache(shape_.type_k, l.head_dim_k, l.n_head_kv, rows, fmt::format("kv_pages_k.{}", il));
-            vk::Tensor nv = l.v_in_k ? nk
-                                     : vk_.kv_cache(shape_.type_v, l.head_dim_v, l.n_head_kv, rows, fmt::format("kv_pages_v.{}", il));
-            if (k_[il].valid()) {
-                vk_.copy_rows(k_[il], 0, nk, 0, k_[il].n_rows());
-                if (!l.v_in_k) vk_.copy_rows(v_[il], 0, nv, 0, v_[il].n_rows());
-            }
-            const bool copied = k_[il].valid();
-            k_[il] = std::move(nk);
-            v_[il] = std::move(nv);
-            if (copied) vk_.submit();  // the old tensors go now: two copies of one layer at most
+            retensor(il, rows);
         }
         refs_.resize(static_cast<size_t>(want), 0);
         for (int64_t i = want - 1; i >= cap_; --i) free_.push_back(static_cast<uint32_t>(i));  // lowest first
         cap_ = want;
+    }
+    // Layer il's K and V as new tensors of `rows` rows holding the first rows of the old ones (as
+    // many as both have); the old ones go at once (two copies of one layer at most).
+    void retensor(size_t il, int64_t rows) {
+        const KvLayer& l = shape_.layers[il];
+        vk::Tensor nk = vk_.kv_cache(shape_.type_k, l.head_dim_k, l.n_head_kv, rows, fmt::format("kv_pages_k.{}", il));
+        vk::Tensor nv = l.v_in_k ? nk : vk_.kv_cache(shape_.type_v, l.head_dim_v, l.n_head_kv, rows, fmt::format("kv_pages_v.{}", il));
+        const bool copied = k_[il].valid();
+        if (copied) {
+            const int64_t n = std::min(k_[il].n_rows(), nk.n_rows());
+            vk_.copy_rows(k_[il], 0, nk, 0, n);
+            if (!l.v_in_k) vk_.copy_rows(v_[il], 0, nv, 0, n);
+        }
+        k_[il] = std::move(nk);
+        v_[il] = std::move(nv);
+        if (copied) vk_.submit();
     }
     // The tensors as rows [0, pages * P) of what they hold (no pages: none).
     void resize(int64_t pages) {
         const int64_t rows = pages * P_;
         for (size_t il = 0; il < paged_.size(); ++il) {
             if (!paged_[il] || !k_[il].valid()) continue;
-            const KvLayer& l = shape_.layers[il];
-            if (pages == 0) {
+            if (pages == 0)
                 k_[il] = v_[il] = vk::Tensor();
-                continue;
-            }
-            vk::Tensor nk = vk_.kv_cache(shape_.type_k, l.head_dim_k, l.n_head_kv, rows, fmt::format("kv_pages_k.{}", il));
-            vk::Tensor nv = l.v_in_k ? nk
-                                     : vk_.kv_cache(shape_.type_v, l.head_dim_v, l.n_head_kv, rows, fmt::format("kv_pages_v.{}", il));
-            vk_.copy_rows(k_[il], 0, nk, 0, nk.n_rows());
-            if (!l.v_in_k) vk_.copy_rows(v_[il], 0, nv, 0, nv.n_rows());
-            k_[il] = std::move(nk);
-            v_[il] = std::move(nv);
-            vk_.submit();
+            else
+                retensor(il, rows);
         }
     }
 
@@ -417,10 +413,7 @@ public:
             --held_;
             assign(j, static_cast<uint32_t>(to[static_cast<size_t>(pg)]));
         }
-        if (dirty_) {
-            owner_->write_bytes(table_, 0, host_table_.data(), host_table_.size() * 4);
-            dirty_ = false;
-        }
+        write_table();
     }
     const KvLayout& layout() const override { return layout_; }
     void read_rows(size_t layer, bool v, int64_t slot, int64_t n, void* dst) override {
@@ -466,10 +459,7 @@ public:
             pages_[static_cast<size_t>(j)] = -1;
             assign(j, copy);
         }
-        if (dirty_) {
-            owner_->write_bytes(table_, 0, host_table_.data(), host_table_.size() * 4);
-            dirty_ = false;
-        }
+        write_table();
     }
     void release_from(int64_t n) override {
         if (!pool_) return;
@@ -511,10 +501,7 @@ public:
         }
         assign(j, page);
         while (covered_ < n_pages_ && page_at(covered_) >= 0) ++covered_;
-        if (dirty_) {
-            owner_->write_bytes(table_, 0, host_table_.data(), host_table_.size() * 4);
-            dirty_ = false;
-        }
+        write_table();
         return true;
     }
 
@@ -527,6 +514,12 @@ public:
 
 private:
     int64_t page_at(int64_t j) const { return pages_[static_cast<size_t>(j)]; }
+    // The device's page table := host_table_, when it changed (recorded in order with the next run).
+    void write_table() {
+        if (!dirty_) return;
+        owner_->write_bytes(table_, 0, host_table_.data(), host_table_.size() * 4);
+        dirty_ = false;
+    }
     void assign(int64_t j, uint32_t page) {
         pages_[static_cast<size_t>(j)] = page;
         ++held_;
